@@ -1,0 +1,65 @@
+"""Every knob of a run in one place (CleanRL style: one config object, a comment per field)."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+
+class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
+    # --- run shape ---
+    task: str = "synthetic-images"  # synthetic-images | synthetic-stories | cifar10 | tinystories
+    data_dir: str | None = None  # local dataset directory for cifar10 / tinystories
+    n_envs: int = 4  # independent training runs side by side
+    episodes: int = 3  # episodes per env (a PPO update follows each round of episodes)
+    epochs: int = 12  # host epochs per episode (one RL step each)
+    batches_per_epoch: int = 40  # training batches per env per epoch
+    batch_size: int = 64  # samples per env per batch (SharedBatchIterator draws n_envs x this)
+    val_batches: int = 4  # validation batches per env per epoch (fixed set, same every epoch)
+    seed: int = 0  # every random source derives from this
+    device: str = "cpu"  # torch device string; "cuda" where none exists is a clear error
+    # --- optimisation ---
+    host_lr: float | None = None  # None: the task's default
+    seed_lr: float | None = None  # None: the task's default
+    max_grad_norm: float | None = 1.0  # global clip over host + live seeds; None or 0 disables
+    amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler per env)
+    # --- policy ---
+    policy: str = "heuristic"  # heuristic | ppo
+    slots: tuple[str, ...] | None = None  # None: every slot of the host
+    # --- attribution ---
+    attribution_every: int = 1  # epochs between Shapley attributions (0 disables)
+    shapley_exact_max: int = 4  # exact Shapley up to this many active seeds, sampled above
+    shapley_permutations: int = 32  # antithetic permutation pairs when sampling
+    # --- governor ---
+    sensitivity: float = 6.0  # divergence: loss > mean + sensitivity * std
+    multiplier: float = 3.0  # divergence: loss > multiplier * mean
+    absolute_threshold: float = 10.0  # divergence: loss > absolute_threshold
+    death_penalty: float = 10.0  # reward added to the last transition on a governor rollback
+    history_window: int = 20  # losses kept for the divergence statistics
+    min_panics_before_rollback: int = 2  # consecutive divergence panics before a rollback
+    max_rollbacks_per_episode: int = 3  # after this many, the env's episode ends (host re-created)
+    # --- reward ---
+    param_rent: float = 0.02  # reward cost per doubling of parameters over the bare host
+    # --- telemetry ---
+    batch_stats_every: int = 10  # a BatchStats event every k batches per env (0 disables)
+
+    def clip_enabled(self) -> bool:
+        return self.max_grad_norm is not None and self.max_grad_norm > 0
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message naming the bad value."""
+        if self.n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {self.n_envs}")
+        for name in ("episodes", "epochs", "batches_per_epoch", "batch_size", "val_batches"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.max_grad_norm is not None and (
+            not math.isfinite(self.max_grad_norm) or self.max_grad_norm < 0
+        ):
+            raise ValueError(f"max_grad_norm must be finite and >= 0, got {self.max_grad_norm}")
+        if self.amp not in ("off", "bf16", "fp16"):
+            raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
+        if self.policy not in ("heuristic", "ppo"):
+            raise ValueError(f"policy must be heuristic or ppo, got {self.policy!r}")

@@ -1,0 +1,1 @@
+"""Overwatch: the operator console for esper_engine."""

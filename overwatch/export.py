@@ -1,0 +1,125 @@
+"""Export a recording for other tools: every event as JSON Lines, or the epoch summaries as CSV.
+
+JSON Lines: one object per event with the struct tag under ``"type"`` and every field, nested
+structs as objects. JSON has no inf/nan, so msgspec writes non-finite floats as ``null`` (an
+infinite perplexity or loss at panic comes out as ``null``); every line stays valid JSON.
+
+CSV: one row per ``EpochSummary`` with fixed columns (``CSV_COLUMNS``) followed by
+``<slot_id>.stage``, ``<slot_id>.blueprint`` and ``<slot_id>.alpha`` for every slot in the run.
+None becomes an empty cell; non-finite floats are written as ``inf``/``nan``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from collections.abc import Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from esper_engine.contracts import EpochSummary, Event, RunStarted
+from esper_engine.recording import read_recording
+
+FORMATS = ("jsonl", "csv")
+CSV_COLUMNS = (
+    "run_id",
+    "env",
+    "episode",
+    "epoch",
+    "wall_time",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "perplexity",
+    "grad_norm_pre_clip",
+    "grad_norm_post_clip",
+    "clipped_fraction",
+    "clip_threshold",
+    "consecutive_panics",
+    "total_panics",
+    "anomalies",
+    "rollbacks",
+    "last_action",
+    "reward",
+    "samples_per_s",
+)
+SLOT_FIELDS = ("stage", "blueprint", "alpha")
+
+
+def export_recording(
+    path: str | os.PathLike[str],
+    fmt: str = "jsonl",
+    output: str | os.PathLike[str] | None = None,
+) -> int:
+    """Write the recording at ``path`` as ``fmt`` to ``output`` (stdout when None); return the
+    number of lines or rows written (CSV header excluded). A truncation warning goes to stderr."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    recording = read_recording(path)
+    if recording.warning:
+        print(f"warning: {recording.warning}", file=sys.stderr)
+    with _open_output(output) as out:
+        if fmt == "jsonl":
+            return write_jsonl(recording.events, out)
+        return write_csv(recording.events, out)
+
+
+def _open_output(output: str | os.PathLike[str] | None) -> IO[str] | nullcontext[IO[str]]:
+    """The output file (parent directories created, like the recorder's), or stdout."""
+    if output is None:
+        return nullcontext(sys.stdout)
+    target = Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return open(target, "w", encoding="utf-8", newline="")
+
+
+def write_jsonl(events: Iterable[Event], out: IO[str]) -> int:
+    """One JSON object per event; returns the number of lines."""
+    encode = msgspec.json.Encoder().encode
+    count = 0
+    for event in events:
+        out.write(encode(event).decode())
+        out.write("\n")
+        count += 1
+    return count
+
+
+def write_csv(events: Iterable[Event], out: IO[str]) -> int:
+    """One row per ``EpochSummary``; returns the number of rows (header excluded)."""
+    events = list(events)
+    summaries = [e for e in events if isinstance(e, EpochSummary)]
+    slot_ids = _slot_ids(events)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*CSV_COLUMNS, *(f"{s}.{f}" for s in slot_ids for f in SLOT_FIELDS)])
+    for summary in summaries:
+        writer.writerow(_csv_row(summary, slot_ids))
+    return len(summaries)
+
+
+def _slot_ids(events: list[Event]) -> list[str]:
+    """Slot ids in depth order from ``RunStarted``, then any others in order of appearance."""
+    seen: dict[str, None] = {}
+    for event in events:
+        if isinstance(event, RunStarted):
+            seen.update(dict.fromkeys(event.slot_ids))
+        elif isinstance(event, EpochSummary):
+            seen.update(dict.fromkeys(slot.slot_id for slot in event.slots))
+    return list(seen)
+
+
+def _csv_row(summary: EpochSummary, slot_ids: list[str]) -> list[Any]:
+    row = [_cell(getattr(summary, column)) for column in CSV_COLUMNS]
+    slots = {slot.slot_id: slot for slot in summary.slots}
+    for slot_id in slot_ids:
+        slot = slots.get(slot_id)
+        row.extend(_cell(getattr(slot, f)) if slot else "" for f in SLOT_FIELDS)
+    return row
+
+
+def _cell(value: Any) -> Any:
+    return "" if value is None else value

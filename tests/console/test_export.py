@@ -1,0 +1,160 @@
+"""Export: a recording written by the Recorder comes out as exact JSON Lines and CSV."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from esper_engine import contracts as c
+from esper_engine.recording import Recorder
+from overwatch.export import export_recording
+
+RUN_STARTED = c.RunStarted(
+    run_id="r1",
+    wall_time=0.5,
+    task="tiny-lm",
+    task_kind="language_model",
+    n_envs=2,
+    slot_ids=["s0", "s1"],
+    policy="heuristic",
+    episodes=1,
+    epochs=2,
+    batches_per_epoch=4,
+    random_guess_loss=5.5,
+)
+SUMMARY_0 = c.EpochSummary(
+    run_id="r1",
+    env=0,
+    episode=0,
+    epoch=1,
+    wall_time=2.0,
+    train_loss=2.5,
+    train_accuracy=0.25,
+    val_loss=3.0,
+    val_accuracy=0.125,
+    perplexity=float("inf"),
+    grad_norm_pre_clip=4.0,
+    grad_norm_post_clip=1.0,
+    clipped_fraction=0.75,
+    clip_threshold=1.0,
+    slots=[
+        c.SlotState(slot_id="s0", stage="TRAINING", blueprint="mlp", alpha=0.0),
+        c.SlotState(slot_id="s1", stage="DORMANT"),
+    ],
+    consecutive_panics=1,
+    total_panics=2,
+    rollbacks=0,
+    anomalies=3,
+    last_action="GERMINATE s0 mlp",
+    reward=None,
+    samples_per_s=800.0,
+)
+SUMMARY_1 = c.EpochSummary(
+    run_id="r1",
+    env=1,
+    episode=0,
+    epoch=1,
+    wall_time=2.5,
+    train_loss=2.0,
+    train_accuracy=0.5,
+    val_loss=2.25,
+    val_accuracy=0.375,
+    perplexity=9.5,
+    grad_norm_pre_clip=0.5,
+    grad_norm_post_clip=0.5,
+    clipped_fraction=0.0,
+    clip_threshold=None,
+    slots=[c.SlotState(slot_id="s1", stage="BLENDING", blueprint="attn", alpha=0.5)],
+    consecutive_panics=0,
+    total_panics=0,
+    rollbacks=1,
+    reward=-0.5,
+)
+FINISHED = c.RunFinished(run_id="r1", wall_time=3.0, status="completed")
+EVENTS = [RUN_STARTED, SUMMARY_0, SUMMARY_1, FINISHED]
+
+CSV_HEADER = (
+    "run_id,env,episode,epoch,wall_time,train_loss,train_accuracy,val_loss,val_accuracy,"
+    "perplexity,grad_norm_pre_clip,grad_norm_post_clip,clipped_fraction,clip_threshold,"
+    "consecutive_panics,total_panics,anomalies,rollbacks,last_action,reward,samples_per_s,"
+    "s0.stage,s0.blueprint,s0.alpha,s1.stage,s1.blueprint,s1.alpha"
+)
+CSV_ROWS = [
+    "r1,0,0,1,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,3,0,GERMINATE s0 mlp,,800.0,"
+    "TRAINING,mlp,0.0,DORMANT,,0.0",
+    "r1,1,0,1,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,0,1,WAIT,-0.5,0.0,,,,BLENDING,attn,0.5",
+]
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> Path:
+    path = tmp_path / "run.ovwrec"
+    with Recorder(path) as recorder:
+        for event in EVENTS:
+            recorder.emit(event)
+    return path
+
+
+def test_jsonl_has_one_tagged_object_per_event(recording: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    assert export_recording(recording, "jsonl", out) == len(EVENTS)
+    lines = out.read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == [
+        "RunStarted",
+        "EpochSummary",
+        "EpochSummary",
+        "RunFinished",
+    ]
+    assert lines[3] == (
+        '{"type":"RunFinished","run_id":"r1","env":null,"episode":0,"epoch":0,'
+        '"wall_time":3.0,"status":"completed","error":null}'
+    )
+    summary = json.loads(lines[1])
+    assert summary["perplexity"] is None  # inf has no JSON spelling: written as null
+    assert summary["reward"] is None
+    assert summary["slots"][1] == {
+        "slot_id": "s1",
+        "stage": "DORMANT",
+        "blueprint": None,
+        "alpha": 0.0,
+        "epochs_in_stage": 0,
+        "params": 0,
+    }
+    assert json.loads(lines[2])["perplexity"] == 9.5
+    assert json.loads(lines[0])["slot_ids"] == ["s0", "s1"]
+
+
+def test_jsonl_to_stdout(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export_recording(recording, "jsonl")
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == len(EVENTS)
+    assert captured.err == ""
+
+
+def test_csv_has_one_row_per_epoch_summary(recording: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nested" / "out.csv"  # parent directory is created
+    assert export_recording(recording, "csv", out) == 2
+    assert out.read_text() == "\n".join([CSV_HEADER, *CSV_ROWS]) + "\n"
+
+
+def test_csv_to_stdout(recording: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export_recording(recording, fmt="csv")
+    assert capsys.readouterr().out.splitlines() == [CSV_HEADER, *CSV_ROWS]
+
+
+def test_truncated_recording_warns_and_still_exports(
+    recording: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = recording.read_bytes()
+    recording.write_bytes(data[:-5])  # kill -9 in the middle of RunFinished
+    assert export_recording(recording, "csv") == 2
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [CSV_HEADER, *CSV_ROWS]
+    assert captured.err.startswith("warning: ") and "truncated" in captured.err
+
+
+def test_unknown_format_is_rejected(recording: Path) -> None:
+    with pytest.raises(ValueError, match="unknown export format 'xml'"):
+        export_recording(recording, "xml")

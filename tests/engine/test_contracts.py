@@ -1,0 +1,202 @@
+"""The telemetry/command contract: every struct round-trips, tags sit under "type", and payloads
+written before a defaulted field was appended still decode."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from esper_engine import contracts as c
+
+SLOTS = [
+    c.SlotState(
+        slot_id="r0c0",
+        stage="BLENDING",
+        blueprint="conv_light",
+        alpha=0.25,
+        epochs_in_stage=3,
+        params=1234,
+    ),
+    c.SlotState(
+        slot_id="r0c1",
+        stage="TRAINING",
+        blueprint="attention",
+        alpha=0.5,
+        epochs_in_stage=1,
+        params=99,
+    ),
+]
+COMMON = {"run_id": "run-7", "env": 2, "episode": 4, "epoch": 11, "wall_time": 12.5}
+
+# One instance of every struct with every field set to a non-default value.
+EVENT_SAMPLES: dict[type, c.Event] = {
+    c.RunStarted: c.RunStarted(
+        **COMMON,
+        task="synthetic-images",
+        task_kind="classification",
+        n_envs=3,
+        slot_ids=["r0c0", "r0c1"],
+        policy="heuristic",
+        episodes=5,
+        epochs=20,
+        batches_per_epoch=8,
+        random_guess_loss=2.302585,
+        schema_version=7,
+        blueprints=["conv_light", "attention"],
+        device="cuda:0",
+        config={"lr": 0.1, "nested": {"a": [1, 2]}},
+    ),
+    c.BatchStats: c.BatchStats(
+        **COMMON,
+        batch=6,
+        loss=1.5,
+        grad_norm_pre_clip=3.5,
+        grad_norm_post_clip=1.0,
+        clip_threshold=1.0,
+        clipped=True,
+    ),
+    c.EpochSummary: c.EpochSummary(
+        **COMMON,
+        train_loss=0.9,
+        train_accuracy=0.61,
+        val_loss=1.1,
+        val_accuracy=0.55,
+        perplexity=3.0,
+        grad_norm_pre_clip=2.5,
+        grad_norm_post_clip=1.0,
+        clipped_fraction=0.25,
+        clip_threshold=1.0,
+        slots=SLOTS,
+        consecutive_panics=1,
+        total_panics=4,
+        rollbacks=2,
+        anomalies=3,
+        last_panic_reason="divergence",
+        last_action="GERMINATE r0c1 attention",
+        reward=0.75,
+        samples_per_s=1520.5,
+        host_params=50000,
+        seed_params=1333,
+    ),
+    c.SeedTransition: c.SeedTransition(
+        **COMMON,
+        slot_id="r0c0",
+        blueprint="conv_light",
+        from_stage="TRAINING",
+        to_stage="BLENDING",
+        alpha=0.1,
+        epochs_in_stage=5,
+        initiator="gate",
+    ),
+    c.GovernorPanic: c.GovernorPanic(
+        **COMMON,
+        reason="nan",
+        loss=float("inf"),
+        threshold=4.5,
+        consecutive_panics=2,
+        rollback_due=True,
+    ),
+    c.GovernorRollback: c.GovernorRollback(
+        **COMMON,
+        reason="lobotomy",
+        initiator="operator",
+        loss_at_panic=9.5,
+        consecutive_panics=3,
+        seeds_pruned=["r0c1"],
+        penalty=-1.0,
+        threshold=4.5,
+        episode_ended=True,
+    ),
+    c.Attribution: c.Attribution(
+        **COMMON,
+        shapley={"r0c0": 1.5, "r0c1": -0.25},
+        std={"r0c0": 0.1, "r0c1": 0.2},
+        full_value=0.6,
+        empty_value=0.45,
+        exact=True,
+        coalitions=4,
+        full_loss=1.0,
+        empty_loss=1.4,
+        cost_ratio=2.5,
+    ),
+    c.PolicyUpdate: c.PolicyUpdate(
+        **COMMON,
+        update=3,
+        policy_loss=-0.02,
+        value_loss=0.5,
+        entropy=1.2,
+        approx_kl=0.01,
+        clip_fraction=0.1,
+        explained_variance=0.3,
+        grad_norm=0.8,
+        mean_episode_reward=1.25,
+    ),
+    c.CommandAck: c.CommandAck(
+        **COMMON,
+        command="SetClipThreshold",
+        accepted=False,
+        reason="non-positive threshold",
+        value=-1.0,
+        command_id=17,
+    ),
+    c.RunFinished: c.RunFinished(**COMMON, status="crashed", error="RuntimeError: boom"),
+}
+COMMAND_SAMPLES: dict[type, c.Command] = {
+    c.ForceRollback: c.ForceRollback(command_id=1, env=2),
+    c.SetClipThreshold: c.SetClipThreshold(command_id=2, value=0.5, env=1),
+    c.Pause: c.Pause(command_id=3),
+    c.Resume: c.Resume(command_id=4),
+    c.Stop: c.Stop(command_id=5),
+}
+ALL_SAMPLES = [*EVENT_SAMPLES.values(), *COMMAND_SAMPLES.values()]
+
+
+def test_every_contract_type_has_a_sample() -> None:
+    assert set(EVENT_SAMPLES) == set(c.EVENT_TYPES)
+    assert set(COMMAND_SAMPLES) == set(c.COMMAND_TYPES)
+
+
+@pytest.mark.parametrize("sample", ALL_SAMPLES, ids=lambda s: type(s).__name__)
+def test_samples_set_every_field(sample: msgspec.Struct) -> None:
+    # A field left at its default would not prove that it survives the round trip.
+    for field in msgspec.structs.fields(sample):
+        if field.default is not msgspec.NODEFAULT:
+            assert getattr(sample, field.name) != field.default, field.name
+
+
+@pytest.mark.parametrize("event", EVENT_SAMPLES.values(), ids=lambda e: type(e).__name__)
+def test_event_round_trip(event: c.Event) -> None:
+    data = c.encode(event)
+    assert c.decode_event(data) == event
+    assert msgspec.msgpack.decode(data)["type"] == type(event).__name__
+    assert c.event_type(event) == type(event).__name__
+
+
+@pytest.mark.parametrize("command", COMMAND_SAMPLES.values(), ids=lambda e: type(e).__name__)
+def test_command_round_trip(command: c.Command) -> None:
+    data = c.encode(command)
+    assert c.decode_command(data) == command
+    assert msgspec.msgpack.decode(data)["type"] == type(command).__name__
+
+
+@pytest.mark.parametrize("sample", ALL_SAMPLES, ids=lambda s: type(s).__name__)
+def test_payload_without_defaulted_fields_still_decodes(sample: msgspec.Struct) -> None:
+    # An old recording lacks fields appended later (all with defaults): they take the default.
+    fields = msgspec.structs.fields(sample)
+    defaulted = {f.name: f.default for f in fields if f.default is not msgspec.NODEFAULT}
+    payload = {k: v for k, v in msgspec.to_builtins(sample).items() if k not in defaulted}
+    decode = c.decode_event if isinstance(sample, c.Event) else c.decode_command
+    decoded = decode(msgspec.msgpack.encode(payload))
+    assert decoded == msgspec.structs.replace(sample, **defaulted)
+
+
+def test_unknown_type_is_rejected() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        c.decode_event(msgspec.msgpack.encode({"type": "NoSuchEvent"}))
+    with pytest.raises(msgspec.ValidationError):
+        c.decode_command(c.encode(EVENT_SAMPLES[c.RunFinished]))
+
+
+def test_events_are_frozen() -> None:
+    with pytest.raises(AttributeError):
+        EVENT_SAMPLES[c.BatchStats].loss = 0.0  # type: ignore[misc]

@@ -1,0 +1,66 @@
+"""Seed lifecycle: the stages a seed passes through and the only transitions allowed between them.
+
+DORMANT -> GERMINATED -> TRAINING -> BLENDING -> HOLDING -> FOSSILIZED (terminal)
+GERMINATED | TRAINING | BLENDING | HOLDING -> PRUNED -> EMBARGOED -> RESETTING -> DORMANT
+HOLDING -> BLENDING (alpha ramp-down before a prune)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SeedStage(StrEnum):
+    """A slot's stage; the value is the name that telemetry carries."""
+
+    DORMANT = "DORMANT"
+    GERMINATED = "GERMINATED"
+    TRAINING = "TRAINING"
+    BLENDING = "BLENDING"
+    HOLDING = "HOLDING"
+    FOSSILIZED = "FOSSILIZED"
+    PRUNED = "PRUNED"
+    EMBARGOED = "EMBARGOED"
+    RESETTING = "RESETTING"
+
+
+# Stages in which a seed exists and is still on probation (it can be pruned).
+LIVE_STAGES: frozenset[SeedStage] = frozenset(
+    {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING}
+)
+
+ALLOWED_TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
+    SeedStage.DORMANT: frozenset({SeedStage.GERMINATED}),
+    SeedStage.GERMINATED: frozenset({SeedStage.TRAINING, SeedStage.PRUNED}),
+    SeedStage.TRAINING: frozenset({SeedStage.BLENDING, SeedStage.PRUNED}),
+    SeedStage.BLENDING: frozenset({SeedStage.HOLDING, SeedStage.PRUNED}),
+    SeedStage.HOLDING: frozenset({SeedStage.FOSSILIZED, SeedStage.PRUNED, SeedStage.BLENDING}),
+    SeedStage.FOSSILIZED: frozenset(),
+    SeedStage.PRUNED: frozenset({SeedStage.EMBARGOED}),
+    SeedStage.EMBARGOED: frozenset({SeedStage.RESETTING}),
+    SeedStage.RESETTING: frozenset({SeedStage.DORMANT}),
+}
+
+
+class LifecycleError(Exception):
+    """A transition the lifecycle does not allow (or a gate refused); names both stages."""
+
+    def __init__(self, from_stage: SeedStage, to_stage: SeedStage, reason: str = "") -> None:
+        self.from_stage = from_stage
+        self.to_stage = to_stage
+        self.reason = reason or "not an allowed transition"
+        super().__init__(f"seed transition {from_stage} -> {to_stage} refused: {self.reason}")
+
+
+class GateError(LifecycleError):
+    """The transition is in the table but its gate is not satisfied yet."""
+
+
+def is_allowed(from_stage: SeedStage, to_stage: SeedStage) -> bool:
+    return to_stage in ALLOWED_TRANSITIONS[from_stage]
+
+
+def check_transition(from_stage: SeedStage, to_stage: SeedStage) -> None:
+    """Raise LifecycleError unless ``from_stage -> to_stage`` is in the table."""
+    if not is_allowed(from_stage, to_stage):
+        raise LifecycleError(from_stage, to_stage)

@@ -1,0 +1,271 @@
+"""One env's training and validation step: AMP, unscale-before-clip, global clipping, no syncs.
+
+Every function returns 0-dim tensors on the env's device; the trainer synchronises once per epoch,
+not once per batch (Simic's vectorized loop runs every env in lockstep).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {
+    "off": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+# Above this mean NLL exp() is astronomically large; report infinity instead (SPEC section 3).
+PERPLEXITY_CAP_NLL = 20.0
+
+
+class TrainStepResult(NamedTuple):
+    """Per-batch training figures, all 0-dim tensors on the device (no host sync)."""
+
+    loss_sum: Tensor  # mean loss x count, so epoch means weight batches by their size
+    correct: Tensor
+    count: Tensor
+    grad_norm_pre: Tensor  # global norm of host + live-seed grads before clipping (unscaled)
+    grad_norm_post: Tensor  # min(pre, threshold); equal to pre when clipping is disabled
+    clipped: Tensor  # float 0/1, so its epoch mean is the fraction of clipped steps
+
+
+class ValStepResult(NamedTuple):
+    """Per-batch validation figures, all 0-dim tensors on the device."""
+
+    loss_sum: Tensor
+    correct: Tensor
+    count: Tensor
+
+
+class ParallelEnvState:
+    """One env's model, host and seed optimizers, GradScaler, clip threshold and CUDA stream."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        host_optimizer: torch.optim.Optimizer,
+        *,
+        seed_lr: float,
+        amp: str = "off",
+        clip_threshold: float | None = 1.0,
+        device: torch.device | str,
+        seed_momentum: float = 0.9,
+    ) -> None:
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        self.model = model
+        self.host_optimizer = host_optimizer
+        self.seed_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.seed_lr = seed_lr
+        self.seed_momentum = seed_momentum
+        self.device = torch.device(device)
+        self.amp_dtype = AMP_DTYPES[amp]
+        # bf16 has fp32's exponent range, so only fp16 needs loss scaling.
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        self.clip_threshold = clip_threshold  # mutable: the trainer applies SetClipThreshold
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    @property
+    def clip_enabled(self) -> bool:
+        return self.clip_threshold is not None and self.clip_threshold > 0
+
+    def add_seed_optimizer(self, slot_id: str) -> torch.optim.Optimizer:
+        """Create the seed's own SGD optimizer (called when the seed is germinated)."""
+        params = list(self.model.seed_parameters(slot_id))
+        if not params:
+            raise ValueError(f"seed in slot {slot_id!r} has no parameters to optimise")
+        optimizer = torch.optim.SGD(params, lr=self.seed_lr, momentum=self.seed_momentum)
+        self.seed_optimizers[slot_id] = optimizer
+        return optimizer
+
+    def drop_seed_optimizer(self, slot_id: str) -> None:
+        """Forget a pruned or fossilized seed's optimizer (and its momentum)."""
+        self.seed_optimizers.pop(slot_id, None)
+
+    def sync_seed_optimizers(self) -> None:
+        """Give every live seed an optimizer over its current parameters; drop all others.
+
+        The trainer calls add/drop on lifecycle events; this guards against a missed call, which
+        would otherwise leave a live seed untrained or keep a stale optimizer over an old module.
+        """
+        live = self.model.live_slots()
+        for slot_id in list(self.seed_optimizers):
+            if slot_id not in live or not self._optimizes_current_seed(slot_id):
+                self.drop_seed_optimizer(slot_id)
+        for slot_id in live:
+            if slot_id not in self.seed_optimizers:
+                self.add_seed_optimizer(slot_id)
+
+    def _optimizes_current_seed(self, slot_id: str) -> bool:
+        held = [p for group in self.seed_optimizers[slot_id].param_groups for p in group["params"]]
+        current = list(self.model.seed_parameters(slot_id))
+        return len(held) == len(current) and all(a is b for a, b in zip(held, current, strict=True))
+
+
+def process_train_batch(env: ParallelEnvState, x: Tensor, y: Tensor, task: Any) -> TrainStepResult:
+    """One optimisation step of host and live seeds, in the order SPEC section 5 fixes."""
+    with _on_env_stream(env, x, y):
+        env.sync_seed_optimizers()
+        optimizers = [env.host_optimizer, *env.seed_optimizers.values()]
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        env.model.train()  # validation or attribution may have left it in eval mode
+        with _autocast(env):
+            logits = env.model(x)
+            loss = task.loss(logits, y)
+        if env.scaler is not None:
+            env.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        # "Has grads" is decided once: it picks unscale_ + scaler.step, or a plain (no-op) step.
+        seed_has_grads = {sid: _has_grads(opt) for sid, opt in env.seed_optimizers.items()}
+        _unscale(env, seed_has_grads)
+        pre, post, clipped = _clip(env)
+        _step(env, seed_has_grads)
+        count = torch.full((), task.count(y), device=loss.device)
+        return TrainStepResult(
+            loss_sum=loss.detach().float() * count,
+            correct=task.correct(logits.detach(), y),
+            count=count,
+            grad_norm_pre=pre,
+            grad_norm_post=post,
+            clipped=clipped,
+        )
+
+
+def process_val_batch(model: nn.Module, x: Tensor, y: Tensor, task: Any) -> ValStepResult:
+    """Evaluate one batch in eval mode without autograd."""
+    with _evaluating(model):
+        logits = model(x)
+        return _val_result(logits, y, task)
+
+
+def process_fused_val_batch(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    task: Any,
+    alpha_overrides: Sequence[Mapping[str, float]],
+) -> list[ValStepResult]:
+    """Evaluate several alpha configurations in one fused pass: one result per configuration."""
+    with _evaluating(model):
+        logits = model.fused_forward(x, alpha_overrides)  # [C, B, ...]
+        if logits.shape[0] != len(alpha_overrides):
+            raise ValueError(
+                f"fused_forward returned {logits.shape[0]} configurations, "
+                f"expected {len(alpha_overrides)}"
+            )
+        return [_val_result(config_logits, y, task) for config_logits in logits]
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean token NLL); infinity above an NLL of 20, where the number means nothing."""
+    if mean_nll > PERPLEXITY_CAP_NLL:
+        return math.inf
+    return math.exp(mean_nll)
+
+
+# --- the steps of process_train_batch -------------------------------------------------------
+
+
+def _autocast(env: ParallelEnvState) -> torch.autocast:
+    return torch.autocast(
+        device_type=env.device.type,
+        dtype=env.amp_dtype,
+        enabled=env.amp_dtype is not None,
+    )
+
+
+def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
+    return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
+
+
+def _unscale(env: ParallelEnvState, seed_has_grads: dict[str, bool]) -> None:
+    """Unscale every optimizer with grads, so clipping and the norms see true gradients."""
+    if env.scaler is None:
+        return
+    env.scaler.unscale_(env.host_optimizer)
+    for slot_id, optimizer in env.seed_optimizers.items():
+        if seed_has_grads[slot_id]:
+            env.scaler.unscale_(optimizer)
+
+
+def _clip(env: ParallelEnvState) -> tuple[Tensor, Tensor, Tensor]:
+    """Clip host + live-seed grads by their global norm; return (pre, post, clipped) tensors."""
+    params = list(env.model.host_parameters())
+    for slot_id in env.model.live_slots():
+        params.extend(env.model.seed_parameters(slot_id))
+    grads = [p.grad for p in params if p.grad is not None]
+    pre = get_total_norm(grads)  # what clip_grad_norm_ computes and returns
+    if not env.clip_enabled:
+        return pre, pre, torch.zeros_like(pre)
+    max_norm = env.clip_threshold  # a Python number: using it needs no device sync
+    # clip_grad_norm_ = get_total_norm + clip_grads_with_norm_. Split so that a NaN norm (e.g. an
+    # fp16 overflow inside one seed) scales every grad by 0 like an inf norm does, instead of
+    # turning the finite host grads into NaN while the scaler only skips the seed's step.
+    clip_grads_with_norm_(params, max_norm, torch.nan_to_num(pre, nan=math.inf))
+    post = torch.clamp(pre, max=max_norm)
+    return pre, post, (pre > max_norm).to(pre.dtype)
+
+
+def _step(env: ParallelEnvState, seed_has_grads: dict[str, bool]) -> None:
+    """Step every optimizer; the scaler skips optimizers whose grads hold inf/NaN."""
+    scaler = env.scaler
+    if scaler is None:
+        env.host_optimizer.step()
+        for optimizer in env.seed_optimizers.values():
+            optimizer.step()
+        return
+    scaler.step(env.host_optimizer)
+    for slot_id, optimizer in env.seed_optimizers.items():
+        if seed_has_grads[slot_id]:
+            scaler.step(optimizer)
+        else:
+            # scaler.step needs the inf checks that unscale_ records, and an optimizer without
+            # grads records none; its plain step changes nothing.
+            optimizer.step()
+    scaler.update()
+
+
+@contextmanager
+def _on_env_stream(env: ParallelEnvState, *inputs: Tensor) -> Iterator[None]:
+    """Run on the env's CUDA stream (if any), after the work that produced the inputs."""
+    if env.stream is None:
+        yield
+        return
+    env.stream.wait_stream(torch.cuda.current_stream(env.device))
+    for tensor in inputs:
+        # The caching allocator must not hand the inputs' memory out while this stream reads it.
+        tensor.record_stream(env.stream)
+    with torch.cuda.stream(env.stream):
+        yield
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode for the block; the caller's training mode comes back after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _val_result(logits: Tensor, y: Tensor, task: Any) -> ValStepResult:
+    count = torch.full((), task.count(y), device=logits.device)
+    return ValStepResult(
+        loss_sum=task.loss(logits, y).float() * count,
+        correct=task.correct(logits, y),
+        count=count,
+    )

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from esper_engine.blueprints import BLUEPRINTS, blueprint_names, get_blueprint
+
+ALL = [(kind, name) for kind in BLUEPRINTS for name in BLUEPRINTS[kind]]
+
+
+def _input(kind: str, dim: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    shape = (3, dim, 8, 8) if kind == "cnn" else (3, 6, dim)
+    return torch.randn(shape, generator=g)
+
+
+def _perturb(module: nn.Module) -> None:
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+
+
+def test_each_host_kind_has_at_least_four_blueprints() -> None:
+    assert set(BLUEPRINTS) == {"cnn", "transformer"}
+    assert {"conv_light", "conv_heavy", "attention", "depthwise", "norm"} <= set(
+        blueprint_names("cnn")
+    )
+    assert {"lora", "mlp_small", "attention", "norm"} <= set(blueprint_names("transformer"))
+
+
+@pytest.mark.parametrize(("kind", "name"), ALL)
+@pytest.mark.parametrize("dim", [4, 16, 64])
+def test_param_count_matches_built_module(kind: str, name: str, dim: int) -> None:
+    bp = get_blueprint(kind, name)
+    module = bp.build(dim)
+    assert bp.param_count(dim) == sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize(("kind", "name"), ALL)
+def test_seed_is_exactly_identity_at_germination_and_not_after_training(
+    kind: str, name: str
+) -> None:
+    torch.manual_seed(0)
+    seed = get_blueprint(kind, name).build(16)
+    h = _input(kind, 16)
+    assert torch.equal(seed(h), h)
+    _perturb(seed)
+    assert not torch.allclose(seed(h), h), "the seed must be able to learn a non-identity map"
+
+
+@pytest.mark.parametrize(("kind", "name"), ALL)
+def test_seeds_never_use_batchnorm(kind: str, name: str) -> None:
+    seed = get_blueprint(kind, name).build(8)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in seed.modules())
+
+
+@pytest.mark.parametrize("name", blueprint_names("transformer"))
+def test_transformer_seeds_are_causal(name: str) -> None:
+    torch.manual_seed(0)
+    seed = get_blueprint("transformer", name).build(16)
+    _perturb(seed)
+    h = _input("transformer", 16)
+    changed = h.clone()
+    changed[:, 4] += 1.0
+    a, b = seed(h), seed(changed)
+    assert torch.equal(a[:, :4], b[:, :4])
+    assert not torch.allclose(a[:, 4], b[:, 4])
+
+
+def test_unknown_blueprint_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown cnn blueprint 'lora'.*conv_light"):
+        get_blueprint("cnn", "lora")
+    with pytest.raises(ValueError, match="unknown host kind 'rnn'"):
+        blueprint_names("rnn")

@@ -1,0 +1,67 @@
+"""The lifecycle controller (Tamiyo): action space, observations, heuristic and PPO (Simic).
+
+Pure: imports torch only, never the model or the trainer, so the trainer plugs it in.
+"""
+
+from __future__ import annotations
+
+from esper_engine.policy.actions import (
+    N_OPS,
+    Action,
+    ActionMasks,
+    Op,
+    action_masks,
+    decode_actions,
+    stack_masks,
+    validate,
+)
+from esper_engine.policy.heuristic import (
+    CNN_PREFERENCE,
+    TRANSFORMER_PREFERENCE,
+    HeuristicPolicy,
+    plateaued,
+)
+from esper_engine.policy.observation import (
+    STAGES,
+    EnvObservation,
+    SlotObservation,
+    obs_dim,
+    stack_observations,
+)
+from esper_engine.policy.ppo import (
+    ActOutput,
+    PPOAgent,
+    PPOConfig,
+    RolloutBuffer,
+    compute_gae,
+    explained_variance,
+)
+from esper_engine.policy.rewards import compute_reward, parameter_rent
+
+__all__ = [
+    "CNN_PREFERENCE",
+    "N_OPS",
+    "STAGES",
+    "TRANSFORMER_PREFERENCE",
+    "Action",
+    "ActionMasks",
+    "ActOutput",
+    "EnvObservation",
+    "HeuristicPolicy",
+    "Op",
+    "PPOAgent",
+    "PPOConfig",
+    "RolloutBuffer",
+    "SlotObservation",
+    "action_masks",
+    "compute_gae",
+    "compute_reward",
+    "decode_actions",
+    "explained_variance",
+    "obs_dim",
+    "parameter_rent",
+    "plateaued",
+    "stack_masks",
+    "stack_observations",
+    "validate",
+]

@@ -1,0 +1,100 @@
+"""One interface over the heuristic and the PPO policy, as the trainer's loop sees them.
+
+The loop asks for one action per env each epoch, reports each env's reward an epoch later,
+blames governor rollbacks, cuts episodes short for operator rollbacks and, at the end of a round of
+episodes, asks for an update (PPO only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from esper_engine.policy.actions import (
+    N_OPS,
+    Action,
+    action_masks,
+    decode_actions,
+    stack_masks,
+)
+from esper_engine.policy.heuristic import CNN_PREFERENCE, TRANSFORMER_PREFERENCE, HeuristicPolicy
+from esper_engine.policy.observation import EnvObservation, obs_dim, stack_observations
+from esper_engine.policy.ppo import PPOAgent, PPOConfig, RolloutBuffer
+
+
+class PolicyDriver:
+    """Heuristic: acts, ignores rewards. PPO: acts, records transitions, updates per round."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        n_envs: int,
+        slot_ids: Sequence[str],
+        blueprints: Sequence[str],
+        host_kind: str,
+        seed: int,
+    ) -> None:
+        self.kind = kind
+        self.blueprints = tuple(blueprints)
+        self.slot_ids = tuple(slot_ids)
+        self._has_pending = [False] * n_envs
+        self.heuristic: HeuristicPolicy | None = None
+        self.agent: PPOAgent | None = None
+        self.buffer: RolloutBuffer | None = None
+        if kind == "heuristic":
+            preference = CNN_PREFERENCE if host_kind == "cnn" else TRANSFORMER_PREFERENCE
+            self.heuristic = HeuristicPolicy(len(slot_ids), blueprints, preference=preference)
+        elif kind == "ppo":
+            config = PPOConfig(seed=seed)
+            self.agent = PPOAgent(
+                obs_dim(len(slot_ids)), N_OPS, len(slot_ids), len(blueprints), config
+            )
+            self.buffer = RolloutBuffer(n_envs)
+        else:
+            raise ValueError(f"unknown policy {kind!r}; expected heuristic or ppo")
+
+    def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
+        """One legal action per listed env (the masks make illegal actions unsampleable)."""
+        if self.heuristic is not None:
+            return [self.heuristic.act(obs) for obs in observations]
+        assert self.agent is not None and self.buffer is not None
+        masks = [action_masks(obs, len(self.blueprints)) for obs in observations]
+        vectors = stack_observations(observations)
+        out = self.agent.act(vectors, stack_masks(masks))
+        for i, env in enumerate(envs):
+            self.buffer.add(
+                env, vectors[i], masks[i], out.actions[i], out.log_prob[i], out.value[i]
+            )
+            self._has_pending[env] = True
+        return decode_actions(out.actions)
+
+    def reward(self, env: int, value: float) -> None:
+        """The reward for the env's previous action, known one epoch after it."""
+        if self.buffer is not None and self._has_pending[env]:
+            self.buffer.set_reward(env, value)
+            self._has_pending[env] = False
+
+    def penalize(self, env: int, penalty: float) -> None:
+        """Governor rollback: the env's latest action is blamed and its episode is terminal."""
+        if self.buffer is not None and self.buffer.transitions(env):
+            self._settle(env)
+            self.buffer.add_penalty_to_last(env, penalty)
+
+    def truncate(self, env: int, obs: EnvObservation) -> None:
+        """Operator rollback or episode end: cut the episode, bootstrapping from V(obs)."""
+        if self.buffer is not None and self.buffer.transitions(env):
+            assert self.agent is not None
+            self._settle(env)
+            value = float(self.agent.value(obs.to_vector().unsqueeze(0))[0])
+            self.buffer.finish_episode(env, value, truncated=True)
+
+    def _settle(self, env: int) -> None:
+        # An action whose next epoch never came (cut short) earns no reward beyond what is added.
+        if self._has_pending[env]:
+            self.reward(env, 0.0)
+
+    def update(self) -> dict[str, float] | None:
+        """PPO update over the finished round; None for the heuristic or an empty buffer."""
+        if self.agent is None or self.buffer is None or len(self.buffer) == 0:
+            return None
+        return self.agent.update(self.buffer)

@@ -1,0 +1,146 @@
+"""What a policy sees of one env after an epoch, and its fixed-size vector encoding for PPO.
+
+The policy package stays pure (no model or trainer imports), so stages travel as the
+``SeedStage`` member *names*; ``STAGES`` lists them in lifecycle order for the one-hot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+STAGES: tuple[str, ...] = (
+    "DORMANT",
+    "GERMINATED",
+    "TRAINING",
+    "BLENDING",
+    "HOLDING",
+    "FOSSILIZED",
+    "PRUNED",
+    "EMBARGOED",
+    "RESETTING",
+)
+LIVE_STAGES: frozenset[str] = frozenset({"GERMINATED", "TRAINING", "BLENDING", "HOLDING"})
+
+HISTORY_DELTAS = 4  # recent per-epoch changes of accuracy and loss in the vector
+GLOBAL_FEATURES = 8 + 2 * HISTORY_DELTAS
+SLOT_FEATURES = len(STAGES) + 7
+
+
+@dataclass(frozen=True)
+class SlotObservation:
+    """One slot: lifecycle stage, blend, attribution and what its gates allow now."""
+
+    stage: str  # a SeedStage name, e.g. "TRAINING"
+    blueprint: str | None = None
+    alpha: float = 0.0
+    epochs_in_stage: int = 0
+    contribution: float | None = None  # Shapley value in accuracy points; None = not measured
+    can_advance: bool = False
+    can_prune: bool = False
+    can_fossilize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown seed stage {self.stage!r}; expected one of {STAGES}")
+
+    @property
+    def is_live(self) -> bool:
+        return self.stage in LIVE_STAGES
+
+
+@dataclass(frozen=True)
+class EnvObservation:
+    """One env after an epoch; accuracies are fractions in [0, 1], histories oldest first.
+
+    ``acc_history`` and ``loss_history`` hold this episode's validation accuracy and loss per
+    epoch, *including* the current epoch as the last element.
+    """
+
+    epoch: int
+    max_epochs: int
+    val_accuracy: float
+    val_loss: float
+    train_loss: float
+    random_guess_loss: float
+    acc_history: tuple[float, ...]
+    loss_history: tuple[float, ...]
+    slots: tuple[SlotObservation, ...]
+    consecutive_panics: int = 0
+    total_panics: int = 0
+    rollbacks: int = 0
+    host_params: int = 1
+    seed_params: int = 0
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slots)
+
+    def live_count(self) -> int:
+        return sum(slot.is_live for slot in self.slots)
+
+    def to_vector(self) -> torch.Tensor:
+        """Encode as a float32 vector of length ``obs_dim(n_slots)``, every entry O(1)."""
+        features = _global_features(self)
+        for slot in self.slots:
+            features.extend(_slot_features(slot))
+        return torch.tensor(features, dtype=torch.float32)
+
+
+def obs_dim(n_slots: int) -> int:
+    """Length of ``EnvObservation.to_vector()`` for a host with ``n_slots`` slots."""
+    return GLOBAL_FEATURES + SLOT_FEATURES * n_slots
+
+
+def stack_observations(observations: Sequence[EnvObservation]) -> torch.Tensor:
+    """Batch the vectors of several envs into ``[n_envs, obs_dim]``."""
+    return torch.stack([obs.to_vector() for obs in observations])
+
+
+def _finite(value: float, limit: float) -> float:
+    """Clamp to [-limit, limit]; NaN (a diverged loss) maps to +limit, the worst case."""
+    if math.isnan(value):
+        return limit
+    return max(-limit, min(limit, value))
+
+
+def _recent_deltas(history: Sequence[float], scale: float, limit: float) -> list[float]:
+    """The last ``HISTORY_DELTAS`` epoch-to-epoch changes, newest last, zero-padded in front."""
+    deltas = [(b - a) * scale for a, b in zip(history[:-1], history[1:], strict=True)]
+    deltas = [_finite(d, limit) for d in deltas[-HISTORY_DELTAS:]]
+    return [0.0] * (HISTORY_DELTAS - len(deltas)) + deltas
+
+
+def _global_features(obs: EnvObservation) -> list[float]:
+    rgl = obs.random_guess_loss if obs.random_guess_loss > 0 else 1.0
+    return [
+        obs.epoch / max(obs.max_epochs, 1),
+        _finite(obs.val_accuracy, 1.0),
+        _finite(obs.val_loss / rgl, 5.0),  # 1.0 = random guessing
+        _finite(obs.train_loss / rgl, 5.0),
+        # Accuracy moves by a few hundredths per epoch: x10 brings the deltas near 0.1..1.
+        *_recent_deltas(obs.acc_history, scale=10.0, limit=5.0),
+        *_recent_deltas(obs.loss_history, scale=10.0 / rgl, limit=5.0),
+        min(obs.consecutive_panics, 5) / 5.0,
+        math.log1p(obs.total_panics) / 3.0,
+        math.log1p(obs.rollbacks) / 3.0,
+        math.log2(1.0 + obs.seed_params / max(obs.host_params, 1)),  # doublings of capacity
+    ]
+
+
+def _slot_features(slot: SlotObservation) -> list[float]:
+    one_hot = [1.0 if slot.stage == stage else 0.0 for stage in STAGES]
+    measured = slot.contribution is not None
+    return [
+        *one_hot,
+        _finite(slot.alpha, 1.0),
+        min(slot.epochs_in_stage, 30) / 10.0,
+        _finite(slot.contribution / 10.0, 3.0) if measured else 0.0,  # points / 10
+        1.0 if measured else 0.0,  # tells "not measured" apart from "exactly zero"
+        float(slot.can_advance),
+        float(slot.can_prune),
+        float(slot.can_fossilize),
+    ]

@@ -1,0 +1,482 @@
+"""PPO for the lifecycle controller, after CleanRL's ``ppo.py`` and its implementation details.
+
+What follows the reference: orthogonal init (sqrt 2 for the trunk, 0.01 for the policy heads,
+1 for the value head), Adam with eps 1e-5, GAE, advantages normalised per minibatch, the clipped
+surrogate, a clipped value loss, an entropy bonus, a global gradient clip, shuffled minibatches
+over several epochs, optional early stop on approx-KL (k3 estimator), explained variance.
+
+What is specific here: a *factored* action (op, slot, blueprint) with one masked categorical per
+head. A head only counts when the op uses it (the slot head is ignored for WAIT, the blueprint
+head is used only for GERMINATE), so the log-probability and the entropy are those of the joint
+distribution over *distinct* actions, not of the three independent draws. The slot head has one
+row of logits per op, because "prune block2" and "germinate block2" are different decisions.
+
+One RL step is one host epoch of one env; the tiny network lives on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from esper_engine.policy.actions import N_OPS, ActionMasks, Op, stack_masks
+
+MASKED_LOGIT = -1e9  # finite, so fully masked rows stay NaN-free; exp() underflows to exactly 0
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """Every PPO hyperparameter in one place (CleanRL defaults)."""
+
+    lr: float = 3e-4
+    """Adam learning rate."""
+    gamma: float = 0.99
+    """Discount per RL step (one host epoch)."""
+    gae_lambda: float = 0.95
+    """GAE lambda: bias/variance trade-off of the advantage estimate."""
+    clip_coef: float = 0.2
+    """Surrogate clipping range for the probability ratio (and for the value loss)."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip over all agent parameters."""
+    update_epochs: int = 4
+    """Passes over the rollout per update."""
+    minibatches: int = 4
+    """Minibatches per pass (the rollout is reshuffled each pass)."""
+    norm_adv: bool = True
+    """Normalise advantages to zero mean and unit std within each minibatch."""
+    clip_vloss: bool = True
+    """Clip the value prediction's change around the rollout value, as PPO2 does."""
+    target_kl: float | None = None
+    """Stop the update early after a pass whose approx-KL exceeds this (None: never)."""
+    hidden: int = 64
+    """Width of the two tanh layers of the shared trunk."""
+    seed: int = 0
+    """Seeds the weight init, action sampling and minibatch shuffling."""
+
+
+class ActOutput(NamedTuple):
+    actions: torch.Tensor  # [B, 3] long: op, slot, blueprint
+    log_prob: torch.Tensor  # [B] joint log-probability of the action (heads that matter only)
+    entropy: torch.Tensor  # [B] entropy of the joint action distribution
+    value: torch.Tensor  # [B] state-value estimate
+
+
+class _Heads(NamedTuple):
+    op: torch.Tensor  # [B, N_OPS] masked log-probabilities
+    slot: torch.Tensor  # [B, N_OPS, n_slots] per-op masked log-probabilities
+    blueprint: torch.Tensor  # [B, n_blueprints]
+    value: torch.Tensor  # [B]
+
+
+def _layer(n_in: int, n_out: int, std: float, generator: torch.Generator) -> nn.Linear:
+    layer = nn.Linear(n_in, n_out)
+    nn.init.orthogonal_(layer.weight, std, generator=generator)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _masked_log_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(torch.where(mask, logits, MASKED_LOGIT), dim=-1)
+
+
+def _entropy(log_p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis; masked entries (p == 0) contribute exactly 0."""
+    p = log_p.exp()
+    return -torch.where(p > 0, p * log_p, 0.0).sum(-1)
+
+
+_USES_SLOT = torch.tensor([op != Op.WAIT for op in Op])
+
+
+class PPOAgent(nn.Module):
+    """Actor-critic with a shared tanh trunk, three masked action heads and a value head."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        n_ops: int,
+        n_slots: int,
+        n_blueprints: int,
+        config: PPOConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if n_ops != N_OPS:
+            raise ValueError(f"n_ops must be {N_OPS} (the ops of Op), got {n_ops}")
+        self.config = config or PPOConfig()
+        self.n_slots, self.n_blueprints = n_slots, n_blueprints
+        init = torch.Generator().manual_seed(self.config.seed)
+        hidden = self.config.hidden
+        self.trunk = nn.Sequential(
+            _layer(obs_dim, hidden, math.sqrt(2), init),
+            nn.Tanh(),
+            _layer(hidden, hidden, math.sqrt(2), init),
+            nn.Tanh(),
+        )
+        # Small policy-head init: near-uniform initial policy over the legal actions.
+        self.op_head = _layer(hidden, N_OPS, 0.01, init)
+        self.slot_head = _layer(hidden, N_OPS * n_slots, 0.01, init)
+        self.blueprint_head = _layer(hidden, n_blueprints, 0.01, init)
+        self.value_head = _layer(hidden, 1, 1.0, init)
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(self.config.seed + 1)
+
+    def _heads(self, obs: torch.Tensor, masks: ActionMasks) -> _Heads:
+        if not bool(masks.op.any(dim=-1).all()):
+            raise ValueError("every env needs at least one legal op (WAIT is always legal)")
+        h = self.trunk(obs)
+        slot_logits = self.slot_head(h).view(-1, N_OPS, self.n_slots)
+        return _Heads(
+            op=_masked_log_softmax(self.op_head(h), masks.op),
+            slot=_masked_log_softmax(slot_logits, masks.slot),
+            blueprint=_masked_log_softmax(self.blueprint_head(h), masks.blueprint),
+            value=self.value_head(h).squeeze(-1),
+        )
+
+    @staticmethod
+    def _log_prob(heads: _Heads, actions: torch.Tensor) -> torch.Tensor:
+        op, slot, blueprint = actions.unbind(-1)
+        rows = torch.arange(len(actions))
+        log_p = heads.op[rows, op]
+        log_p = log_p + torch.where(_USES_SLOT[op], heads.slot[rows, op, slot], 0.0)
+        return log_p + torch.where(op == Op.GERMINATE, heads.blueprint[rows, blueprint], 0.0)
+
+    @staticmethod
+    def _entropy(heads: _Heads) -> torch.Tensor:
+        """H(op) + sum over slot-using ops of p(op) H(slot | op) + p(GERMINATE) H(blueprint)."""
+        p_op = heads.op.exp()
+        slot_term = (p_op * _USES_SLOT * _entropy(heads.slot)).sum(-1)
+        return _entropy(heads.op) + slot_term + p_op[:, Op.GERMINATE] * _entropy(heads.blueprint)
+
+    @torch.no_grad()
+    def act(
+        self,
+        obs: torch.Tensor,
+        masks: ActionMasks,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActOutput:
+        """Choose one action per env (``obs [B, obs_dim]``, batched masks); no gradients.
+
+        Sampling uses ``generator`` (default: the agent's own, seeded by ``config.seed``);
+        ``deterministic`` takes the most likely legal op, then its most likely slot and blueprint.
+        """
+        heads = self._heads(obs, masks)
+        generator = self.generator if generator is None else generator
+        op = _choose(heads.op, deterministic, generator)
+        slot = _choose(heads.slot[torch.arange(len(op)), op], deterministic, generator)
+        blueprint = _choose(heads.blueprint, deterministic, generator)
+        actions = torch.stack([op, slot, blueprint], dim=1)
+        return ActOutput(actions, self._log_prob(heads, actions), self._entropy(heads), heads.value)
+
+    def evaluate(
+        self, obs: torch.Tensor, masks: ActionMasks, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probability, entropy and value of given actions, with gradients (for the update)."""
+        heads = self._heads(obs, masks)
+        return self._log_prob(heads, actions), self._entropy(heads), heads.value
+
+    @torch.no_grad()
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        """State value ``[B]``, e.g. to bootstrap a truncated episode."""
+        return self.value_head(self.trunk(obs)).squeeze(-1)
+
+    def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """PPO loss on one minibatch, and its diagnostics (the ratio is 1 before any step)."""
+        cfg = self.config
+        new_log_prob, entropy, new_value = self.evaluate(batch.obs, batch.masks, batch.actions)
+        log_ratio = new_log_prob - batch.log_probs
+        ratio = log_ratio.exp()
+        advantages = batch.advantages
+        if cfg.norm_adv and len(advantages) > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        clipped_ratio = ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+        policy_loss = torch.max(-advantages * ratio, -advantages * clipped_ratio).mean()
+        value_loss = _value_loss(new_value, batch.values, batch.returns, cfg)
+        entropy_mean = entropy.mean()
+        loss = policy_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * value_loss
+        with torch.no_grad():
+            stats = {
+                "policy_loss": policy_loss.item(),
+                "value_loss": value_loss.item(),
+                "entropy": entropy_mean.item(),
+                "approx_kl": ((ratio - 1) - log_ratio).mean().item(),
+                "clip_fraction": ((ratio - 1).abs() > cfg.clip_coef).float().mean().item(),
+                "max_ratio_deviation": (ratio - 1).abs().max().item(),
+            }
+        return loss, stats
+
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """One PPO update from a finished rollout, which it consumes (the buffer is cleared).
+
+        Returns minibatch means keyed like ``contracts.PolicyUpdate``'s fields (without the
+        update counter, which the trainer owns).
+        """
+        cfg = self.config
+        batch = buffer.batch(cfg.gamma, cfg.gae_lambda)
+        episode_returns = buffer.episode_returns()
+        buffer.clear()
+        size = len(batch.actions)
+        minibatch = max(1, math.ceil(size / cfg.minibatches))
+        history: list[dict[str, float]] = []
+        for _ in range(cfg.update_epochs):
+            order = torch.randperm(size, generator=self.generator)
+            for start in range(0, size, minibatch):
+                history.append(self._step(batch.select(order[start : start + minibatch])))
+            if cfg.target_kl is not None and history[-1]["approx_kl"] > cfg.target_kl:
+                break
+        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
+        stats = {key: sum(h[key] for h in history) / len(history) for key in keys}
+        stats["explained_variance"] = explained_variance(batch.values, batch.returns)
+        stats["mean_episode_reward"] = sum(episode_returns) / len(episode_returns)
+        return stats
+
+    def _step(self, batch: RolloutBatch) -> dict[str, float]:
+        loss, stats = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        return {**stats, "grad_norm": grad_norm.item()}  # norm before clipping
+
+
+def _choose(log_p: torch.Tensor, deterministic: bool, generator: torch.Generator) -> torch.Tensor:
+    if deterministic:
+        return log_p.argmax(dim=-1)
+    # Masked entries have probability exactly 0, so multinomial can never pick them.
+    return torch.multinomial(log_p.exp(), 1, generator=generator).squeeze(-1)
+
+
+def _value_loss(
+    new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor, cfg: PPOConfig
+) -> torch.Tensor:
+    unclipped = (new_value - returns) ** 2
+    if not cfg.clip_vloss:
+        return 0.5 * unclipped.mean()
+    clipped_value = old_value + (new_value - old_value).clamp(-cfg.clip_coef, cfg.clip_coef)
+    return 0.5 * torch.max(unclipped, (clipped_value - returns) ** 2).mean()
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target); NaN when the targets do not vary."""
+    var_target = target.var(unbiased=False)
+    if len(target) < 2 or var_target.item() == 0:
+        return math.nan
+    return (1 - (target - predicted).var(unbiased=False) / var_target).item()
+
+
+def compute_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    dones: torch.Tensor,
+    last_value: float,
+    *,
+    truncated: torch.Tensor | None = None,
+    bootstrap_values: torch.Tensor | None = None,
+    gamma: float = 0.99,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns for one env's sequence of T steps.
+
+    ``dones[t]``: the episode ended after step t (terminated *or* truncated), so no advantage
+    flows back across it. ``truncated[t]``: that end was a truncation (time limit, operator
+    rollback), so step t still bootstraps from ``bootstrap_values[t]`` = V(s_{t+1}); a
+    termination bootstraps from 0. ``last_value`` = V(s_T) is used when the last step is not done.
+    """
+    steps = len(rewards)
+    truncated = torch.zeros(steps, dtype=torch.bool) if truncated is None else truncated.bool()
+    if bootstrap_values is None:
+        bootstrap_values = torch.zeros(steps)
+    advantages = torch.zeros(steps)
+    running = 0.0
+    for t in reversed(range(steps)):
+        if dones[t]:
+            next_value, continues = (float(bootstrap_values[t]) if truncated[t] else 0.0), 0.0
+        else:
+            next_value = float(values[t + 1]) if t + 1 < steps else last_value
+            continues = 1.0
+        delta = float(rewards[t]) + gamma * next_value - float(values[t])
+        running = delta + gamma * lam * continues * running
+        advantages[t] = running
+    return advantages, advantages + values.float()
+
+
+@dataclass
+class Transition:
+    """One RL step of one env; the reward arrives an epoch later via ``set_reward``."""
+
+    obs: torch.Tensor
+    masks: ActionMasks
+    action: torch.Tensor
+    log_prob: float
+    value: float
+    reward: float | None = None
+    penalty: float = 0.0  # the governor's death penalty, kept apart so set_reward can't erase it
+    terminal: bool = False  # no bootstrap past this step
+    truncated: bool = False  # the episode was cut here; bootstrap from ``bootstrap_value``
+    bootstrap_value: float = 0.0
+    episode_end: bool = False  # finish_episode was called here (for episode-return stats)
+
+    @property
+    def total_reward(self) -> float:
+        return (self.reward or 0.0) + self.penalty
+
+    @property
+    def done(self) -> bool:
+        return self.terminal or self.truncated
+
+
+@dataclass
+class RolloutBatch:
+    """The flattened rollout with its advantages and returns, ready for minibatching."""
+
+    obs: torch.Tensor
+    masks: ActionMasks
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> RolloutBatch:
+        return RolloutBatch(
+            self.obs[index],
+            ActionMasks(*(part[index] for part in self.masks)),
+            self.actions[index],
+            self.log_probs[index],
+            self.values[index],
+            self.advantages[index],
+            self.returns[index],
+        )
+
+
+class RolloutBuffer:
+    """Per-env transition lists for one PPO round.
+
+    Protocol per env and epoch: after the epoch, ``set_reward`` for the previous action, then
+    ``add`` the new one (``add`` refuses while the previous reward is missing, so a reward can
+    never land on the wrong step). A governor rollback calls ``add_penalty_to_last`` (adds the
+    penalty and marks the step terminal; every transition is kept). At episode end, or on an
+    operator-forced rollback, ``finish_episode(env, V(final obs), truncated=True)`` bootstraps.
+    """
+
+    def __init__(self, n_envs: int) -> None:
+        self.n_envs = n_envs
+        self._steps: list[list[Transition]] = [[] for _ in range(n_envs)]
+
+    def __len__(self) -> int:
+        return sum(len(steps) for steps in self._steps)
+
+    def transitions(self, env: int) -> Sequence[Transition]:
+        return tuple(self._steps[env])
+
+    def clear(self) -> None:
+        self._steps = [[] for _ in range(self.n_envs)]
+
+    def add(
+        self,
+        env: int,
+        obs: torch.Tensor,
+        masks: ActionMasks,
+        action: torch.Tensor,
+        log_prob: float | torch.Tensor,
+        value: float | torch.Tensor,
+        reward: float | None = None,
+    ) -> None:
+        steps = self._steps[env]
+        if steps and steps[-1].reward is None:
+            raise ValueError(f"env {env}: the previous transition has no reward; set_reward first")
+        steps.append(Transition(obs, masks, action.long(), float(log_prob), float(value), reward))
+
+    def _last(self, env: int) -> Transition:
+        if not self._steps[env]:
+            raise ValueError(f"env {env} has no transition yet")
+        return self._steps[env][-1]
+
+    def set_reward(self, env: int, reward: float) -> None:
+        last = self._last(env)
+        if last.reward is not None:
+            raise ValueError(f"env {env}: the last transition already has reward {last.reward}")
+        last.reward = float(reward)
+
+    def mark_terminal(self, env: int) -> None:
+        self._last(env).terminal = True
+
+    def add_penalty_to_last(self, env: int, penalty: float) -> None:
+        """Blame the env's most recent action for a governor rollback; it becomes terminal."""
+        last = self._last(env)
+        last.penalty += penalty
+        last.terminal = True
+
+    def finish_episode(self, env: int, last_value: float, truncated: bool = True) -> None:
+        """End the env's episode: a truncation bootstraps from ``last_value``, else terminal."""
+        if not self._steps[env] or self._steps[env][-1].episode_end:
+            return  # nothing since the last episode ended
+        last = self._last(env)
+        last.episode_end = True
+        if last.terminal:
+            return  # already terminal (a penalised rollback): nothing to bootstrap
+        if truncated:
+            last.truncated, last.bootstrap_value = True, float(last_value)
+        else:
+            last.terminal = True
+
+    def episode_returns(self) -> list[float]:
+        """Undiscounted reward sum of every finished episode (rollback penalties included)."""
+        returns: list[float] = []
+        for steps in self._steps:
+            total = 0.0
+            for step in steps:
+                total += step.total_reward
+                if step.episode_end:
+                    returns.append(total)
+                    total = 0.0
+        return returns
+
+    def batch(self, gamma: float, lam: float) -> RolloutBatch:
+        """Flatten every env's steps with GAE; every step needs its reward, every env an end."""
+        if len(self) == 0:
+            raise ValueError("the rollout buffer is empty")
+        advantages, returns, steps = [], [], []
+        for env, env_steps in enumerate(self._steps):
+            if not env_steps:
+                continue
+            self._check_complete(env, env_steps)
+            adv, ret = compute_gae(
+                torch.tensor([s.total_reward for s in env_steps]),
+                torch.tensor([s.value for s in env_steps]),
+                torch.tensor([s.done for s in env_steps]),
+                last_value=0.0,  # unused: the last step is always done
+                truncated=torch.tensor([s.truncated for s in env_steps]),
+                bootstrap_values=torch.tensor([s.bootstrap_value for s in env_steps]),
+                gamma=gamma,
+                lam=lam,
+            )
+            advantages.append(adv)
+            returns.append(ret)
+            steps.extend(env_steps)
+        return RolloutBatch(
+            obs=torch.stack([s.obs for s in steps]).float(),
+            masks=stack_masks([s.masks for s in steps]),
+            actions=torch.stack([s.action for s in steps]),
+            log_probs=torch.tensor([s.log_prob for s in steps]),
+            values=torch.tensor([s.value for s in steps]),
+            advantages=torch.cat(advantages),
+            returns=torch.cat(returns),
+        )
+
+    @staticmethod
+    def _check_complete(env: int, steps: list[Transition]) -> None:
+        for index, step in enumerate(steps):
+            if step.reward is None:
+                raise ValueError(f"env {env}: transition {index} has no reward")
+        if not steps[-1].done:
+            raise ValueError(f"env {env}: episode not finished; call finish_episode first")

@@ -1,0 +1,425 @@
+"""The governor: one watchdog per env that catches catastrophic training failures and rolls back.
+
+Tolaria's governor in the original design. Three of its defects are fixed here by construction:
+the snapshot holds the host optimizer and GradScaler state and a rollback restores them (so no
+stale momentum pushes the weights back toward the crash), and the death penalty is an API the
+trainer adds to the PPO buffer (`get_punishment_reward`, `GovernorReport.penalty`).
+
+It watches a plain ``nn.Module`` (the snapshot is the whole state dict) or a
+``MorphogeneticModel``, recognised by duck typing (``live_seed_key_prefixes``): then live seeds
+are kept out of the snapshot and pruned on rollback, while fossilized seeds are part of the host.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from esper_engine.contracts import GovernorPanic, GovernorRollback
+
+PanicReason = Literal["nan", "lobotomy", "divergence"]
+RollbackInitiator = Literal["governor", "operator"]
+
+LOBOTOMY_MIN_HISTORY = 10  # losses in history before a collapse to chance can be recognised
+LOBOTOMY_MEAN_FRACTION = 0.6  # "was learning": history mean below 0.6 x the random-guess loss
+LOBOTOMY_TOLERANCE = 0.065  # "collapsed": loss within 6.5 % of the random-guess loss
+# SPEC sets no minimum for divergence; a standard deviation needs two samples, and the absolute
+# and multiplier gates keep the first epochs of an episode safe from false alarms.
+DIVERGENCE_MIN_HISTORY = 2
+
+
+@dataclass(frozen=True)
+class Panic:
+    """One failed vital-sign check; the trainer emits it as a ``GovernorPanic`` event."""
+
+    reason: PanicReason
+    loss: float
+    threshold: float | None  # the value the loss crossed; None for a non-finite loss
+    consecutive_panics: int
+    rollback_due: bool
+
+    def to_event(
+        self,
+        *,
+        run_id: str = "",
+        env: int | None = None,
+        episode: int = 0,
+        epoch: int = 0,
+        wall_time: float | None = None,
+    ) -> GovernorPanic:
+        return GovernorPanic(
+            run_id=run_id,
+            env=env,
+            episode=episode,
+            epoch=epoch,
+            wall_time=time.time() if wall_time is None else wall_time,
+            reason=self.reason,
+            loss=self.loss,
+            threshold=self.threshold,
+            consecutive_panics=self.consecutive_panics,
+            rollback_due=self.rollback_due,
+        )
+
+
+@dataclass(frozen=True)
+class GovernorReport:
+    """What a rollback did. ``penalty`` is a magnitude: the reward added is ``-penalty``."""
+
+    reason: str
+    initiator: RollbackInitiator
+    loss_at_panic: float | None
+    threshold: float | None
+    consecutive_panics: int
+    seeds_pruned: tuple[str, ...]
+    penalty: float  # death_penalty for a governor rollback, 0.0 when the operator forced it
+    episode_ended: bool  # max_rollbacks_per_episode reached: end the episode, re-create the host
+
+    def to_event(
+        self,
+        *,
+        run_id: str = "",
+        env: int | None = None,
+        episode: int = 0,
+        epoch: int = 0,
+        wall_time: float | None = None,
+    ) -> GovernorRollback:
+        return GovernorRollback(
+            run_id=run_id,
+            env=env,
+            episode=episode,
+            epoch=epoch,
+            wall_time=time.time() if wall_time is None else wall_time,
+            reason=self.reason,
+            initiator=self.initiator,
+            loss_at_panic=self.loss_at_panic,
+            consecutive_panics=self.consecutive_panics,
+            seeds_pruned=list(self.seeds_pruned),
+            penalty=self.penalty,
+            threshold=self.threshold,
+            episode_ended=self.episode_ended,
+        )
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Last known good state, entirely on CPU."""
+
+    weights: dict[str, torch.Tensor]  # host + fossilized seeds; never live seeds
+    optimizer: dict[str, Any] | None
+    scaler: dict[str, Any] | None
+    fossilized: frozenset[str]  # slots already fossilized when the snapshot was taken
+
+
+class TolariaGovernor:
+    """Per-env safety net: detects NaN, lobotomy and divergence, and rolls back to the snapshot.
+
+    Call ``check_vital_signs`` once per epoch with the validation loss; when it returns True, call
+    ``execute_rollback()``. ``on_seed_pruned(slot_id)`` is called for every seed a rollback prunes
+    so the owner drops that seed's optimizer.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        sensitivity: float = 6.0,
+        multiplier: float = 3.0,
+        absolute_threshold: float = 10.0,
+        death_penalty: float = 10.0,
+        history_window: int = 20,
+        min_panics_before_rollback: int = 2,
+        random_guess_loss: float = math.log(10),  # the default task's 10 classes
+        max_rollbacks_per_episode: int = 3,
+        on_seed_pruned: Callable[[str], None] | None = None,
+    ) -> None:
+        _check_settings(
+            history_window,
+            min_panics_before_rollback,
+            random_guess_loss,
+            max_rollbacks_per_episode,
+            death_penalty,
+        )
+        self.sensitivity = sensitivity
+        self.multiplier = multiplier
+        self.absolute_threshold = absolute_threshold
+        self.death_penalty = death_penalty
+        self.random_guess_loss = random_guess_loss
+        self.min_panics_before_rollback = min_panics_before_rollback
+        self.max_rollbacks_per_episode = max_rollbacks_per_episode
+        self.on_seed_pruned = on_seed_pruned
+        self._history: deque[float] = deque(maxlen=history_window)
+        self._consecutive_panics = 0
+        self._total_panics = 0
+        self._anomalies = 0
+        self._rollbacks = 0
+        self._episode_rollbacks = 0
+        self.last_panic: Panic | None = None
+        self._attach(model, optimizer, scaler)
+
+    # --- counters (sent every epoch) -------------------------------------------------------
+
+    @property
+    def consecutive_panics(self) -> int:
+        return self._consecutive_panics
+
+    @property
+    def total_panics(self) -> int:
+        return self._total_panics
+
+    @property
+    def anomalies(self) -> int:
+        """Losses kept out of the history (every panicking loss), so the baseline stays clean."""
+        return self._anomalies
+
+    @property
+    def rollbacks(self) -> int:
+        return self._rollbacks
+
+    @property
+    def episode_rollbacks(self) -> int:
+        """Governor-initiated rollbacks in the current episode (operator rollbacks don't count)."""
+        return self._episode_rollbacks
+
+    @property
+    def loss_history(self) -> tuple[float, ...]:
+        return tuple(self._history)
+
+    # --- detection -------------------------------------------------------------------------
+
+    def check_vital_signs(self, loss: float) -> bool:
+        """Judge this epoch's validation loss; True means ``execute_rollback()`` is due now."""
+        loss = float(loss)
+        found = self._detect(loss)
+        if found is None:
+            self._history.append(loss)
+            self._consecutive_panics = 0
+            self.snapshot()  # a clean check makes this state the last known good one
+            return False
+        reason, threshold = found
+        # Anomalous losses stay out of the history so they cannot inflate the baseline.
+        self._anomalies += 1
+        self._total_panics += 1
+        self._consecutive_panics += 1
+        immediate = reason != "divergence"
+        due = immediate or self._consecutive_panics >= self.min_panics_before_rollback
+        self.last_panic = Panic(reason, loss, threshold, self._consecutive_panics, due)
+        return due
+
+    def _detect(self, loss: float) -> tuple[PanicReason, float | None] | None:
+        if not math.isfinite(loss):
+            return "nan", None
+        if self._is_lobotomy(loss):
+            return "lobotomy", self.random_guess_loss
+        threshold = self.divergence_threshold()
+        if threshold is not None and loss > threshold:
+            return "divergence", threshold
+        return None
+
+    def _is_lobotomy(self, loss: float) -> bool:
+        """Loss back at chance level after the run had clearly learned: outputs went uniform."""
+        if len(self._history) < LOBOTOMY_MIN_HISTORY:
+            return False
+        guess = self.random_guess_loss
+        was_learning = statistics.fmean(self._history) < LOBOTOMY_MEAN_FRACTION * guess
+        return was_learning and abs(loss - guess) < LOBOTOMY_TOLERANCE * guess
+
+    def divergence_threshold(self) -> float | None:
+        """The loss must exceed all three gates, i.e. their maximum; None until enough history."""
+        if len(self._history) < DIVERGENCE_MIN_HISTORY:
+            return None
+        mean = statistics.fmean(self._history)
+        std = statistics.pstdev(self._history, mu=mean)
+        return max(self.absolute_threshold, mean + self.sensitivity * std, self.multiplier * mean)
+
+    # --- snapshot and rollback -------------------------------------------------------------
+
+    def snapshot(self) -> None:
+        """Record the last known good state on CPU: host, fossilized seeds, optimizer, scaler.
+
+        Call it on the stream that trains the model (or after synchronising that stream):
+        device-to-host copies are queued there without blocking.
+        """
+        excluded = tuple(self._live_prefixes())
+        weights = {
+            key: _to_cpu(value)
+            for key, value in self.model.state_dict().items()
+            if not key.startswith(excluded)
+        }
+        self._snapshot = _Snapshot(
+            weights=weights,
+            optimizer=_to_cpu(self.optimizer.state_dict()) if self.optimizer is not None else None,
+            scaler=_to_cpu(self.scaler.state_dict()) if self._scaler_enabled() else None,
+            fossilized=frozenset(self._fossilized()),
+        )
+
+    def execute_rollback(
+        self, initiator: RollbackInitiator = "governor", reason: str | None = None
+    ) -> GovernorReport:
+        """Prune live seeds; restore weights, optimizer and scaler; reset the panic state."""
+        if initiator not in ("governor", "operator"):
+            raise ValueError(
+                f"rollback initiator must be 'governor' or 'operator', got {initiator!r}"
+            )
+        panic = self.last_panic if initiator == "governor" and self._consecutive_panics else None
+        pruned = self._prune_live_seeds(initiator)
+        self._restore()
+        self._rollbacks += 1
+        if initiator == "governor":
+            self._episode_rollbacks += 1
+        report = GovernorReport(
+            reason=reason or (panic.reason if panic else initiator),
+            initiator=initiator,
+            loss_at_panic=panic.loss if panic else None,
+            threshold=panic.threshold if panic else None,
+            consecutive_panics=self._consecutive_panics,
+            seeds_pruned=pruned,
+            penalty=self.death_penalty if initiator == "governor" else 0.0,
+            episode_ended=(
+                initiator == "governor"
+                and self._episode_rollbacks >= self.max_rollbacks_per_episode
+            ),
+        )
+        self._consecutive_panics = 0
+        return report
+
+    def get_punishment_reward(self) -> float:
+        """Reward the trainer adds to the env's last PPO transition on a governor rollback."""
+        return -self.death_penalty
+
+    def reset_episode(
+        self,
+        model: nn.Module | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        """Start a new episode, watching the re-created host if one is given; totals keep running.
+
+        The loss history is cleared: a fresh host sits at the random-guess loss, which against
+        the old history would look exactly like a lobotomy.
+        """
+        if model is not None:
+            self._attach(model, optimizer, scaler)
+        else:
+            self.snapshot()
+        self._history.clear()
+        self._consecutive_panics = 0
+        self._episode_rollbacks = 0
+
+    def _attach(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scaler: torch.amp.GradScaler | None,
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self._seeded = hasattr(model, "live_seed_key_prefixes")
+        self.snapshot()
+
+    def _scaler_enabled(self) -> bool:
+        # A disabled GradScaler has an empty state dict, which load_state_dict refuses.
+        return self.scaler is not None and self.scaler.is_enabled()
+
+    def _live_prefixes(self) -> Iterable[str]:
+        return self.model.live_seed_key_prefixes() if self._seeded else ()
+
+    def _fossilized(self) -> Iterable[str]:
+        return self.model.fossilized_slots() if self._seeded else ()
+
+    def _prune_live_seeds(self, initiator: RollbackInitiator) -> tuple[str, ...]:
+        if not self._seeded:
+            return ()
+        pruned = tuple(self.model.live_slots())
+        for slot_id in pruned:
+            self.model.prune(slot_id, initiator=initiator)  # the model emits the SeedTransition
+            if self.on_seed_pruned is not None:
+                self.on_seed_pruned(slot_id)
+        return pruned
+
+    def _restore(self) -> None:
+        _synchronize(self._device())  # snapshot copies may still be in flight
+        self.model.load_state_dict(self._weights_to_load(), strict=True)
+        # Clone again: load_state_dict keeps same-device tensors by reference, and later steps
+        # would then write into the snapshot, corrupting a second rollback.
+        if self.optimizer is not None and self._snapshot.optimizer is not None:
+            self.optimizer.load_state_dict(_to_cpu(self._snapshot.optimizer))
+        if self.scaler is not None and self._snapshot.scaler is not None:
+            self.scaler.load_state_dict(_to_cpu(self._snapshot.scaler))
+
+    def _weights_to_load(self) -> dict[str, torch.Tensor]:
+        """The snapshot, plus seeds fossilized since: fossilization is permanent, so they keep
+        their current weights. Any other mismatch is left for the strict load to report."""
+        weights = dict(self._snapshot.weights)
+        new_fossils = set(self._fossilized()) - self._snapshot.fossilized
+        if new_fossils:
+            prefixes = self._seed_key_prefixes(new_fossils)
+            weights.update(
+                (key, value)
+                for key, value in self.model.state_dict().items()
+                if key.startswith(prefixes)
+            )
+        return weights
+
+    def _seed_key_prefixes(self, slot_ids: Iterable[str]) -> tuple[str, ...]:
+        """State-dict prefixes of these slots' seed modules, found by module identity."""
+        seeds = [self.model.slots[slot_id].seed for slot_id in slot_ids]
+        return tuple(
+            f"{name}."
+            for name, module in self.model.named_modules()
+            if any(module is seed for seed in seeds)
+        )
+
+    def _device(self) -> torch.device:
+        param = next(self.model.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+
+def _check_settings(
+    history_window: int,
+    min_panics: int,
+    random_guess_loss: float,
+    max_rollbacks: int,
+    death_penalty: float,
+) -> None:
+    if history_window < LOBOTOMY_MIN_HISTORY:
+        raise ValueError(
+            f"history_window must be >= {LOBOTOMY_MIN_HISTORY} (lobotomy detection needs that "
+            f"many losses), got {history_window}"
+        )
+    if min_panics < 1:
+        raise ValueError(f"min_panics_before_rollback must be >= 1, got {min_panics}")
+    if max_rollbacks < 1:
+        raise ValueError(f"max_rollbacks_per_episode must be >= 1, got {max_rollbacks}")
+    if not (math.isfinite(random_guess_loss) and random_guess_loss > 0):
+        raise ValueError(f"random_guess_loss must be finite and > 0, got {random_guess_loss}")
+    if not (math.isfinite(death_penalty) and death_penalty >= 0):
+        raise ValueError(f"death_penalty must be finite and >= 0, got {death_penalty}")
+
+
+def _to_cpu(value: Any) -> Any:
+    """Copy a nested state dict with every tensor detached and on CPU (no autograd history)."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu":
+            return value.detach().clone()
+        # Non-blocking device-to-host copy; `_synchronize` runs before any load reads it.
+        return value.detach().to("cpu", non_blocking=True)
+    if isinstance(value, Mapping):
+        return {key: _to_cpu(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_cpu(item) for item in value)
+    return value  # numbers, strings, None: immutable
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

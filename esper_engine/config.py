@@ -16,7 +16,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     epochs: int = 12  # host epochs per episode (one RL step each)
     batches_per_epoch: int = 40  # training batches per env per epoch
     batch_size: int = 64  # samples per env per batch (SharedBatchIterator draws n_envs x this)
-    val_batches: int = 4  # validation batches per env per epoch (fixed set, same every epoch)
+    val_batches: int = 8  # validation batches of 2 x batch_size (a fixed set, same every epoch)
     seed: int = 0  # every random source derives from this
     device: str = "cpu"  # torch device string; "cuda" where none exists is a clear error
     # --- optimisation ---

@@ -1,0 +1,188 @@
+"""One env inside the vectorized loop: its host, optimizers, governor and the epoch's figures.
+
+The loop (``trainer.py``) reads as a story; the per-env bookkeeping it needs lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from esper_engine.config import TrainingConfig
+from esper_engine.governor import TolariaGovernor
+from esper_engine.model import MorphogeneticModel, create_model
+from esper_engine.policy.actions import Action, Op
+from esper_engine.policy.observation import EnvObservation, SlotObservation
+from esper_engine.tasks import Task
+from esper_engine.training_step import ParallelEnvState, TrainStepResult, ValStepResult
+
+
+@dataclass
+class EpochFigures:
+    """One env's epoch after the single host sync: plain floats."""
+
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    grad_norm_pre_clip: float
+    grad_norm_post_clip: float
+    clipped_fraction: float
+    samples: int
+
+
+class TensorTotals:
+    """Per-epoch sums kept as device tensors so the batch loop never synchronises."""
+
+    def __init__(self, device: torch.device) -> None:
+        zero = torch.zeros((), device=device, dtype=torch.float64)
+        self.loss_sum, self.correct, self.count = zero.clone(), zero.clone(), zero.clone()
+        self.grad_pre, self.grad_post, self.clipped = zero.clone(), zero.clone(), zero.clone()
+        self.steps = 0
+
+    def add_train(self, result: TrainStepResult) -> None:
+        self.loss_sum += result.loss_sum
+        self.correct += result.correct
+        self.count += result.count
+        self.grad_pre += result.grad_norm_pre
+        self.grad_post += result.grad_norm_post
+        self.clipped += result.clipped
+        self.steps += 1
+
+    def add_val(self, result: ValStepResult) -> None:
+        self.loss_sum += result.loss_sum
+        self.correct += result.correct
+        self.count += result.count
+
+
+@dataclass
+class EnvRuntime:
+    """Everything the loop tracks for one env across an episode."""
+
+    index: int
+    config: TrainingConfig
+    task: Task
+    state: ParallelEnvState = field(init=False)
+    governor: TolariaGovernor = field(init=False)
+    acc_history: list[float] = field(default_factory=list)
+    loss_history: list[float] = field(default_factory=list)
+    contributions: dict[str, float] = field(default_factory=dict)
+    last_action: str = "WAIT"
+    last_reward: float | None = None
+    prev_val_acc: float | None = None
+    clip_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        self.clip_threshold = self.config.max_grad_norm if self.config.clip_enabled() else None
+        model = self._new_model()
+        self.state = self._new_state(model)
+        self.governor = TolariaGovernor(
+            model,
+            self.state.host_optimizer,
+            self.state.scaler,
+            sensitivity=self.config.sensitivity,
+            multiplier=self.config.multiplier,
+            absolute_threshold=self.config.absolute_threshold,
+            death_penalty=self.config.death_penalty,
+            history_window=self.config.history_window,
+            min_panics_before_rollback=self.config.min_panics_before_rollback,
+            random_guess_loss=self.task.random_guess_loss,
+            max_rollbacks_per_episode=self.config.max_rollbacks_per_episode,
+            on_seed_pruned=self.state.drop_seed_optimizer,
+        )
+
+    @property
+    def model(self) -> MorphogeneticModel:
+        return self.state.model
+
+    def _new_model(self) -> MorphogeneticModel:
+        # Each env and episode gets fresh weights; the seed keeps runs reproducible.
+        torch.manual_seed(self.config.seed * 1000 + self.index)
+        return create_model(self.task, self.config.device, slots=self.config.slots)
+
+    def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:
+        host_lr = self.config.host_lr or self.task.host_lr
+        optimizer = torch.optim.SGD(model.host_parameters(), lr=host_lr, momentum=0.9)
+        return ParallelEnvState(
+            model,
+            optimizer,
+            seed_lr=self.config.seed_lr or self.task.seed_lr,
+            amp=self.config.amp,
+            clip_threshold=self.clip_threshold,
+            device=self.config.device,
+        )
+
+    def reset_episode(self) -> None:
+        """A fresh host (all slots dormant) at the start of every episode; counters keep running."""
+        callback = self.model.on_transition
+        model = self._new_model()
+        model.on_transition = callback
+        self.state = self._new_state(model)
+        self.governor.on_seed_pruned = self.state.drop_seed_optimizer
+        self.governor.reset_episode(model, self.state.host_optimizer, self.state.scaler)
+        self.acc_history.clear()
+        self.loss_history.clear()
+        self.contributions.clear()
+        self.prev_val_acc = None
+        self.last_action, self.last_reward = "WAIT", None
+
+    def set_clip_threshold(self, value: float) -> None:
+        self.clip_threshold = value
+        self.state.clip_threshold = value
+
+    def record(self, figures: EpochFigures) -> None:
+        self.acc_history.append(figures.val_accuracy)
+        self.loss_history.append(figures.val_loss)
+
+    def observe(self, epoch: int, figures: EpochFigures) -> EnvObservation:
+        model = self.model
+        slots = tuple(_slot_observation(model, sid) for sid in model.slot_ids)
+        return EnvObservation(
+            epoch=epoch,
+            max_epochs=self.config.epochs,
+            val_accuracy=figures.val_accuracy,
+            val_loss=figures.val_loss,
+            train_loss=figures.train_loss,
+            random_guess_loss=self.task.random_guess_loss,
+            acc_history=tuple(self.acc_history),
+            loss_history=tuple(self.loss_history),
+            slots=slots,
+            consecutive_panics=self.governor.consecutive_panics,
+            total_panics=self.governor.total_panics,
+            rollbacks=self.governor.rollbacks,
+            host_params=model.host_param_count(),
+            seed_params=model.seed_param_count(),
+        )
+
+    def apply(self, action: Action, blueprints: tuple[str, ...]) -> None:
+        """Carry out a (legal, masked) policy action on the model and the optimizers."""
+        if action.op == Op.WAIT:
+            return
+        slot_id = self.model.slot_ids[action.slot_index]
+        if action.op == Op.GERMINATE:
+            self.model.germinate(slot_id, blueprints[action.blueprint_index], initiator="policy")
+            self.state.add_seed_optimizer(slot_id)
+        elif action.op == Op.ADVANCE:
+            self.model.advance(slot_id, initiator="policy")
+        elif action.op == Op.PRUNE:
+            self.model.prune(slot_id, initiator="policy")
+            self.state.drop_seed_optimizer(slot_id)
+        elif action.op == Op.FOSSILIZE:
+            self.model.fossilize(slot_id, initiator="policy")
+            self.state.drop_seed_optimizer(slot_id)
+
+
+def _slot_observation(model: MorphogeneticModel, slot_id: str) -> SlotObservation:
+    slot = model.slots[slot_id]
+    state = slot.state()
+    return SlotObservation(
+        stage=state.stage,
+        blueprint=state.blueprint,
+        alpha=state.alpha,
+        epochs_in_stage=state.epochs_in_stage,
+        contribution=slot.contribution,
+        can_advance=slot.can_advance()[0],
+        can_prune=slot.can_prune("policy")[0],
+        can_fossilize=slot.can_fossilize()[0],
+    )

@@ -1,0 +1,113 @@
+"""A training run in a background thread, with its telemetry queue, recorder and command queue.
+
+The console and the headless view both drive a run through this object, so neither touches the
+trainer's internals: they poll events, send commands and ask it to stop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from esper_engine.config import TrainingConfig
+from esper_engine.contracts import OperatorCommand, RunFinished, Stop, TelemetryEvent
+from esper_engine.model import resolve_device
+from esper_engine.recording import Recorder
+from esper_engine.tasks import Task, load_task
+from esper_engine.telemetry import FanOutSink, QueueSink
+from esper_engine.trainer import VectorizedTrainer, validate_run
+
+
+class TrainingSession:
+    """Owns the trainer thread; everything it offers is safe to call from the UI thread."""
+
+    def __init__(
+        self,
+        config: TrainingConfig,
+        task: Task,
+        *,
+        run_id: str,
+        record_path: Path | None = None,
+        queue_size: int = 20_000,
+    ) -> None:
+        self.config = config
+        self.task = task
+        self.run_id = run_id
+        self.record_path = record_path
+        self.events = QueueSink(maxsize=queue_size)
+        self.recorder = Recorder(record_path) if record_path is not None else None
+        sinks = [self.events] + ([self.recorder] if self.recorder is not None else [])
+        self._commands: queue.Queue[OperatorCommand] = queue.Queue()
+        self._ids = itertools.count(1)
+        self._trainer = VectorizedTrainer(
+            config, FanOutSink(*sinks), commands=self._commands, run_id=run_id, task=task
+        )
+        self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
+        self.finished: RunFinished | None = None
+
+    def _run(self) -> None:
+        try:
+            self.finished = self._trainer.run()
+        finally:
+            if self.recorder is not None:
+                self.recorder.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def thread_state(self) -> str:
+        if not self._thread.is_alive():
+            return "finished" if self.finished is not None else "idle"
+        return "paused" if self._trainer.paused else "running"
+
+    @property
+    def dropped(self) -> int:
+        return self.events.dropped
+
+    def poll(self, max_items: int | None = None) -> list[TelemetryEvent]:
+        return self.events.drain(max_items)
+
+    def send(self, command: OperatorCommand) -> int:
+        """Queue a command for the trainer's next safe point; returns its command id."""
+        command_id = next(self._ids)
+        self._commands.put(msgspec.structs.replace(command, command_id=command_id))
+        return command_id
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the trainer to stop at a safe point and wait; True when the thread has ended."""
+        if self._thread.is_alive():
+            self.send(Stop())
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def exit_code(self) -> int:
+        if self.finished is None or self.finished.status == "crashed":
+            return 1
+        return 0
+
+
+def prepare_session(
+    config: TrainingConfig,
+    *,
+    run_id: str,
+    record_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TrainingSession:
+    """Load the task and check the config before any thread starts (errors raise ValueError)."""
+    resolve_device(config.device)  # fail fast, before generating or reading any data
+    if progress is not None:
+        progress(f"loading task {config.task} ...")
+    task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
+    validate_run(config, task)
+    return TrainingSession(config, task, run_id=run_id, record_path=record_path)

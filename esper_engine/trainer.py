@@ -1,0 +1,427 @@
+"""The vectorized morphogenetic trainer: n envs in lockstep, one shared loader, one policy.
+
+Read ``VectorizedTrainer.run`` top to bottom: a run is rounds of episodes; an episode is E
+epochs; an epoch trains every env on B batches, validates, lets the governor judge, attributes
+the seeds, lets the policy act and reports. Commands from the operator are applied between
+batches (the safe points). The trainer never blocks on its consumers: the sink it is given
+must not block (``QueueSink`` drops, the recorder writes to a file).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+import traceback
+import uuid
+
+import msgspec
+import torch
+
+from esper_engine.batching import SharedBatchIterator
+from esper_engine.blueprints import blueprint_names
+from esper_engine.commands import acknowledge, rejection
+from esper_engine.config import TrainingConfig
+from esper_engine.contracts import (
+    Attribution,
+    BatchStats,
+    EpochSummary,
+    Event,
+    ForceRollback,
+    OperatorCommand,
+    Pause,
+    PolicyUpdate,
+    Resume,
+    RunFinished,
+    RunStarted,
+    SetClipThreshold,
+    Stop,
+)
+from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
+from esper_engine.model import create_model
+from esper_engine.policy.driver import PolicyDriver
+from esper_engine.policy.observation import EnvObservation
+from esper_engine.policy.rewards import compute_reward
+from esper_engine.shapley import CounterfactualEngine
+from esper_engine.tasks import Task, load_task
+from esper_engine.telemetry import TelemetrySink
+from esper_engine.training_step import perplexity, process_train_batch, process_val_batch
+
+PAUSE_POLL_S = 0.25  # how often a paused trainer re-checks its command queue
+
+
+class StopRequested(Exception):
+    """Raised at a safe point when the operator (or a signal) asked the run to stop."""
+
+
+def validate_run(config: TrainingConfig, task: Task) -> None:
+    """Check what only the task can tell (device, slot ids) before a thread starts."""
+    config.validate()
+    create_model(task, config.device, slots=config.slots)
+
+
+class VectorizedTrainer:
+    def __init__(
+        self,
+        config: TrainingConfig,
+        sink: TelemetrySink,
+        commands: queue.Queue[OperatorCommand] | None = None,
+        run_id: str | None = None,
+        task: Task | None = None,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.sink = sink
+        self.commands: queue.Queue[OperatorCommand] = commands or queue.Queue()
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.task = task
+        self.paused = False
+        self.episode = 0
+        self.epoch = 0
+        self.envs: list[EnvRuntime] = []
+        self._last_obs: dict[int, EnvObservation] = {}
+
+    # --- the story ----------------------------------------------------------------------------
+
+    def run(self) -> RunFinished:
+        """Train every episode; always ends with exactly one RunFinished event."""
+        status, error = "completed", None
+        try:
+            self._setup()
+            for episode in range(self.config.episodes):
+                self._run_episode(episode)
+        except StopRequested:
+            status = "stopped"
+        except Exception as exc:  # noqa: BLE001 - a crash is reported, not swallowed
+            status, error = "crashed", _describe(exc)
+        finished = RunFinished(**self._common(None), status=status, error=error)
+        self.sink.emit(finished)
+        return finished
+
+    def _run_episode(self, episode: int) -> None:
+        self.episode = episode
+        if episode > 0:
+            for env in self.envs:
+                env.reset_episode()
+        for epoch in range(self.config.epochs):
+            self.epoch = epoch
+            self._run_epoch(epoch)
+        for env in self.envs:  # the episode ends by time limit: a truncation, bootstrapped
+            self.policy.truncate(env.index, self._last_obs[env.index])
+        self._update_policy()
+
+    def _run_epoch(self, epoch: int) -> None:
+        started = time.perf_counter()
+        train = self._train_epoch()
+        val = self._validate()
+        figures = self._synchronise(train, val)
+        elapsed = time.perf_counter() - started
+        acting = [env for env in self.envs if not self._govern(env, figures[env.index])]
+        for env in acting:
+            self._attribute(env, epoch)
+        observations = {env.index: self._observe(env, figures, env in acting) for env in self.envs}
+        if epoch < self.config.epochs - 1:  # an action after the last epoch could never pay off
+            self._act(acting, observations)
+        for env in self.envs:
+            env.model.end_epoch()
+            self._emit_summary(env, figures[env.index], elapsed)
+
+    # --- the epoch's parts --------------------------------------------------------------------
+
+    def _train_epoch(self) -> list[TensorTotals]:
+        totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
+        every = self.config.batch_stats_every
+        for batch in range(self.config.batches_per_epoch):
+            self._safe_point()
+            for env, (x, y) in zip(self.envs, next(self.batches), strict=True):
+                result = process_train_batch(env.state, x, y, self.task)
+                totals[env.index].add_train(result)
+                if every and (batch + 1) % every == 0:
+                    self._emit_batch_stats(env, batch, result)
+        self._safe_point()
+        return totals
+
+    def _validate(self) -> list[TensorTotals]:
+        totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
+        for env in self.envs:
+            for x, y in self.val_batches:
+                totals[env.index].add_val(process_val_batch(env.model, x, y, self.task))
+        return totals
+
+    def _synchronise(
+        self, train: list[TensorTotals], val: list[TensorTotals]
+    ) -> list[EpochFigures]:
+        """The epoch's one device-to-host copy: every env's sums at once."""
+        rows = torch.stack(
+            [
+                torch.stack([t.loss_sum, t.correct, t.count, t.grad_pre, t.grad_post, t.clipped,
+                             v.loss_sum, v.correct, v.count])
+                for t, v in zip(train, val, strict=True)
+            ]
+        ).tolist()
+        figures = []
+        for t, row in zip(train, rows, strict=True):
+            loss, correct, count, pre, post, clipped, vloss, vcorrect, vcount = row
+            steps = max(t.steps, 1)
+            figures.append(
+                EpochFigures(
+                    train_loss=loss / max(count, 1),
+                    train_accuracy=correct / max(count, 1),
+                    val_loss=vloss / max(vcount, 1),
+                    val_accuracy=vcorrect / max(vcount, 1),
+                    grad_norm_pre_clip=pre / steps,
+                    grad_norm_post_clip=post / steps,
+                    clipped_fraction=clipped / steps,
+                    samples=t.steps * self.config.batch_size,
+                )
+            )
+        return figures
+
+    def _govern(self, env: EnvRuntime, figures: EpochFigures) -> bool:
+        """The governor's verdict on this epoch; True when it rolled the env back."""
+        for slot_id in env.model.live_slots():
+            env.model.slots[slot_id].record_seed_grad_health(
+                _finite(figures.grad_norm_pre_clip)
+            )
+        rollback_due = env.governor.check_vital_signs(figures.val_loss)
+        panic = env.governor.last_panic
+        if panic is not None and env.governor.consecutive_panics > 0:
+            self.sink.emit(panic.to_event(**self._common(env.index)))
+        if rollback_due:
+            self._rollback(env, initiator="governor")
+            return True
+        env.record(figures)
+        return False
+
+    def _attribute(self, env: EnvRuntime, epoch: int) -> None:
+        every = self.config.attribution_every
+        if not every or epoch % every or not env.model.active_slots():
+            return
+        engine = CounterfactualEngine(
+            env.model,
+            self.task,
+            exact_max=self.config.shapley_exact_max,
+            permutations=self.config.shapley_permutations,
+            seed=self.config.seed + epoch,
+        )
+        result = engine.attribute(self.val_batches)
+        for slot_id, value in result.shapley.items():
+            env.model.slots[slot_id].contribution = value
+        env.contributions = dict(result.shapley)
+        self.sink.emit(
+            Attribution(
+                **self._common(env.index),
+                shapley=dict(result.shapley),
+                std=None if result.std is None else dict(result.std),
+                full_value=result.full_value,
+                empty_value=result.empty_value,
+                exact=result.exact,
+                coalitions=result.coalitions,
+                full_loss=result.full_loss,
+                empty_loss=result.empty_loss,
+                cost_ratio=result.cost_ratio,
+            )
+        )
+
+    def _observe(
+        self, env: EnvRuntime, figures: list[EpochFigures], healthy: bool
+    ) -> EnvObservation:
+        """Observe the env; if the epoch was healthy, reward its previous action now."""
+        fig = figures[env.index]
+        obs = env.observe(self.epoch, fig)
+        if healthy:
+            live = set(env.model.live_slots()) | set(env.model.fossilized_slots())
+            reward = compute_reward(
+                env.prev_val_acc,
+                fig.val_accuracy,
+                {k: v for k, v in env.contributions.items() if k in live},
+                obs.host_params,
+                obs.seed_params,
+                self.config.param_rent,
+            )
+            self.policy.reward(env.index, reward)
+            env.last_reward = reward
+            env.prev_val_acc = fig.val_accuracy
+        self._last_obs[env.index] = obs
+        return obs
+
+    def _act(self, envs: list[EnvRuntime], observations: dict[int, EnvObservation]) -> None:
+        if not envs:
+            return
+        indices = [env.index for env in envs]
+        actions = self.policy.choose(indices, [observations[i] for i in indices])
+        for env, action in zip(envs, actions, strict=True):
+            env.apply(action, self.blueprints)
+            env.last_action = action.describe(env.model.slot_ids, self.blueprints)
+
+    def _update_policy(self) -> None:
+        stats = self.policy.update()
+        if stats is None:
+            return
+        self._updates += 1
+        self.sink.emit(PolicyUpdate(**self._common(None), update=self._updates, **stats))
+
+    # --- governor and operator ----------------------------------------------------------------
+
+    def _rollback(self, env: EnvRuntime, initiator: str) -> None:
+        report = env.governor.execute_rollback(initiator=initiator)
+        self.sink.emit(report.to_event(**self._common(env.index)))
+        if initiator == "governor":
+            self.policy.penalize(env.index, env.governor.get_punishment_reward())
+        elif env.index in self._last_obs:  # the operator's call: a truncation, no blame
+            self.policy.truncate(env.index, self._last_obs[env.index])
+        if report.episode_ended:
+            env.reset_episode()
+
+    def _safe_point(self) -> None:
+        """Apply queued commands; while paused, wait here for Resume or Stop."""
+        self._drain_commands()
+        while self.paused:
+            try:
+                command = self.commands.get(timeout=PAUSE_POLL_S)
+            except queue.Empty:
+                continue
+            self._apply(command)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(command)
+
+    def _apply(self, command: OperatorCommand) -> None:
+        reason = rejection(command, len(self.envs), self.paused)
+        if reason is not None:
+            self.sink.emit(acknowledge(command, accepted=False, reason=reason, **self._common(None)))
+            return
+        if isinstance(command, ForceRollback):
+            self._rollback(self.envs[command.env], initiator="operator")
+        elif isinstance(command, SetClipThreshold):
+            targets = self.envs if command.env is None else [self.envs[command.env]]
+            for env in targets:
+                env.set_clip_threshold(command.value)
+        elif isinstance(command, Pause | Resume):
+            self.paused = isinstance(command, Pause)
+        self.sink.emit(acknowledge(command, accepted=True, **self._common(None)))
+        if isinstance(command, Stop):
+            raise StopRequested
+
+    # --- setup and reporting ------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.config
+        if self.task is None:
+            self.task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
+        device = torch.device(cfg.device)
+        self.batches = SharedBatchIterator(
+            self.task.train_x, self.task.train_y, cfg.n_envs, cfg.batch_size,
+            seed=cfg.seed, device=device, prepare=self.task.prepare,
+        )
+        self.val_batches = self._fixed_val_batches(device)
+        self.envs = [EnvRuntime(i, cfg, self.task) for i in range(cfg.n_envs)]
+        for env in self.envs:
+            env.model.on_transition = self._transition_listener(env.index)
+        slot_ids = self.envs[0].model.slot_ids
+        self.blueprints = tuple(blueprint_names(self.task.host_kind))
+        self.policy = PolicyDriver(
+            cfg.policy, n_envs=cfg.n_envs, slot_ids=slot_ids, blueprints=self.blueprints,
+            host_kind=self.task.host_kind, seed=cfg.seed,
+        )
+        self._updates = 0
+        self.sink.emit(
+            RunStarted(
+                **self._common(None),
+                task=self.task.name,
+                task_kind=self.task.kind,
+                n_envs=cfg.n_envs,
+                slot_ids=list(slot_ids),
+                policy=cfg.policy,
+                episodes=cfg.episodes,
+                epochs=cfg.epochs,
+                batches_per_epoch=cfg.batches_per_epoch,
+                random_guess_loss=self.task.random_guess_loss,
+                blueprints=list(self.blueprints),
+                device=cfg.device,
+                config=msgspec.structs.asdict(cfg),
+            )
+        )
+
+    def _fixed_val_batches(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The same validation samples every epoch, for every env and every coalition."""
+        size = self.config.batch_size * 2
+        n = min(len(self.task.val_x), size * self.config.val_batches)
+        batches = []
+        for start in range(0, n, size):
+            x = self.task.val_x[start : start + size].to(device)
+            y = self.task.val_y[start : start + size].to(device)
+            batches.append((self.task.prepare(x), y))
+        return batches
+
+    def _transition_listener(self, env_index: int):
+        def emit(event: Event) -> None:
+            self.sink.emit(msgspec.structs.replace(event, **self._common(env_index)))
+
+        return emit
+
+    def _emit_batch_stats(self, env: EnvRuntime, batch: int, result) -> None:
+        loss, pre, post, clipped = torch.stack(
+            [result.loss_sum / result.count, result.grad_norm_pre, result.grad_norm_post,
+             result.clipped]
+        ).tolist()  # every k batches only: the one sync BatchStats costs
+        self.sink.emit(
+            BatchStats(
+                **self._common(env.index), batch=batch, loss=loss, grad_norm_pre_clip=pre,
+                grad_norm_post_clip=post, clip_threshold=env.clip_threshold, clipped=clipped > 0,
+            )
+        )
+
+    def _emit_summary(self, env: EnvRuntime, fig: EpochFigures, elapsed: float) -> None:
+        gov = env.governor
+        panic = gov.last_panic
+        is_lm = self.task.kind == "language_model"
+        self.sink.emit(
+            EpochSummary(
+                **self._common(env.index),
+                train_loss=fig.train_loss,
+                train_accuracy=fig.train_accuracy,
+                val_loss=fig.val_loss,
+                val_accuracy=fig.val_accuracy,
+                perplexity=perplexity(fig.val_loss) if is_lm else None,
+                grad_norm_pre_clip=fig.grad_norm_pre_clip,
+                grad_norm_post_clip=fig.grad_norm_post_clip,
+                clipped_fraction=fig.clipped_fraction,
+                clip_threshold=env.clip_threshold,
+                slots=env.model.slot_states(),
+                consecutive_panics=gov.consecutive_panics,
+                total_panics=gov.total_panics,
+                rollbacks=gov.rollbacks,
+                anomalies=gov.anomalies,
+                last_panic_reason=None if panic is None else panic.reason,
+                last_action=env.last_action,
+                reward=env.last_reward,
+                samples_per_s=fig.samples / elapsed if elapsed > 0 else 0.0,
+                host_params=env.model.host_param_count(),
+                seed_params=env.model.seed_param_count(),
+            )
+        )
+
+    def _common(self, env: int | None) -> dict:
+        return {
+            "run_id": self.run_id,
+            "env": env,
+            "episode": self.episode,
+            "epoch": self.epoch,
+            "wall_time": time.time(),
+        }
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
+def _describe(exc: BaseException) -> str:
+    """One line that says what failed, then the tail of the traceback for the record."""
+    head = f"{type(exc).__name__}: {exc}"
+    tail = "".join(traceback.format_exception(exc)[-6:]).rstrip()
+    return f"{head}\n{tail}"

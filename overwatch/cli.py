@@ -1,0 +1,203 @@
+"""The `overwatch` command: run (console or headless), replay, export.
+
+Bad input is one line on stderr and exit code 2; a crashed run exits 1; completed or stopped, 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import secrets
+import sys
+import time
+from pathlib import Path
+
+from esper_engine.config import TrainingConfig
+
+EXIT_OK, EXIT_CRASHED, EXIT_BAD_INPUT = 0, 1, 2
+TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
+
+
+class BadInput(Exception):
+    """User input we refuse: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + message
+        raise BadInput(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _speed(text: str) -> float:
+    value = _finite_float(text)
+    if not 0.25 <= value <= 8:
+        raise argparse.ArgumentTypeError(f"speed must be within 0.25..8, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="overwatch", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    defaults = TrainingConfig()
+
+    run = sub.add_parser("run", help="train with the live console (or --headless)")
+    run.add_argument("--n-envs", type=_positive_int, default=defaults.n_envs)
+    run.add_argument("--task", choices=TASKS, default=defaults.task)
+    run.add_argument("--data-dir", default=None, help="local dataset directory (cifar10, tinystories)")
+    run.add_argument("--episodes", type=_positive_int, default=defaults.episodes)
+    run.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    run.add_argument("--batches-per-epoch", type=_positive_int, default=defaults.batches_per_epoch)
+    run.add_argument("--policy", choices=("heuristic", "ppo"), default=defaults.policy)
+    run.add_argument(
+        "--max-grad-norm", type=_finite_float, default=defaults.max_grad_norm,
+        help="global gradient clip threshold (0 disables)",
+    )
+    run.add_argument("--amp", choices=("off", "bf16", "fp16"), default=defaults.amp)
+    run.add_argument("--device", default=defaults.device)
+    run.add_argument("--seed", type=int, default=defaults.seed)
+    rec = run.add_mutually_exclusive_group()
+    rec.add_argument("--record", default=None, help="recording path (default overwatch-runs/<run-id>.msgpack)")
+    rec.add_argument("--no-record", action="store_true", help="do not record")
+    run.add_argument("--headless", action="store_true", help="no TUI: a compact progress view on stderr")
+    run.add_argument("--refresh-hz", type=_finite_float, default=4.0)
+
+    replay = sub.add_parser("replay", help="play a recording back in the console")
+    replay.add_argument("file")
+    replay.add_argument("--speed", type=_speed, default=1.0)
+    replay.add_argument("--follow", action="store_true", help="tail a recording still being written")
+    replay.add_argument("--refresh-hz", type=_finite_float, default=4.0)
+
+    export = sub.add_parser("export", help="write a recording as JSON lines or CSV")
+    export.add_argument("file")
+    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    export.add_argument("--output", default=None, help="output path (default stdout)")
+    return parser
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    config = TrainingConfig(
+        task=args.task,
+        data_dir=args.data_dir,
+        n_envs=args.n_envs,
+        episodes=args.episodes,
+        epochs=args.epochs,
+        batches_per_epoch=args.batches_per_epoch,
+        policy=args.policy,
+        max_grad_norm=args.max_grad_norm or None,
+        amp=args.amp,
+        device=args.device,
+        seed=args.seed,
+    )
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if args.refresh_hz <= 0:
+        raise BadInput(f"--refresh-hz must be > 0, got {args.refresh_hz}")
+    return config
+
+
+def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
+    if args.no_record:
+        return None
+    path = Path(args.record) if args.record else Path("overwatch-runs") / f"{run_id}.msgpack"
+    if path.exists() and path.is_dir():
+        raise BadInput(f"--record {path} is a directory")
+    return path
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
+    from esper_engine.tasks import DataError  # noqa: PLC0415
+
+    config = config_from_args(args)
+    run_id = new_run_id()
+    path = record_path(args, run_id)
+    try:
+        session = prepare_session(config, run_id=run_id, record_path=path, progress=_progress)
+    except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
+        raise BadInput(str(exc)) from None
+    if path is not None:
+        print(f"recording to {path}", file=sys.stderr)
+    if args.headless:
+        from overwatch.headless import run_headless  # noqa: PLC0415
+
+        code = run_headless(session, refresh_hz=args.refresh_hz)
+    else:
+        from overwatch.app import run_console  # noqa: PLC0415
+        from overwatch.sources import LiveSource  # noqa: PLC0415
+
+        code = run_console(LiveSource(session), refresh_hz=args.refresh_hz)
+    if path is not None:
+        print(f"recorded to {path}", file=sys.stderr)
+    return code
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from esper_engine.recording import RecordingError  # noqa: PLC0415
+    from overwatch.app import run_console  # noqa: PLC0415
+    from overwatch.sources import ReplaySource  # noqa: PLC0415
+
+    if not Path(args.file).is_file():
+        raise BadInput(f"no such recording: {args.file}")
+    try:
+        source = ReplaySource(args.file, speed=args.speed, follow=args.follow)
+    except RecordingError as exc:
+        raise BadInput(str(exc)) from None
+    return run_console(source, refresh_hz=args.refresh_hz)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from esper_engine.recording import RecordingError  # noqa: PLC0415
+    from overwatch.export import export_recording  # noqa: PLC0415
+
+    if not Path(args.file).is_file():
+        raise BadInput(f"no such recording: {args.file}")
+    try:
+        export_recording(args.file, fmt=args.format, output=args.output)
+    except (RecordingError, ValueError, OSError) as exc:
+        raise BadInput(str(exc)) from None
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = {"run": _cmd_run, "replay": _cmd_replay, "export": _cmd_export}[args.command]
+        return handler(args)
+    except BadInput as exc:
+        print(f"overwatch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `overwatch export run.msgpack | head`
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,7 +25,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_grad_norm: float | None = 1.0  # global clip over host + live seeds; None or 0 disables
     amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler per env)
     # --- policy ---
-    policy: str = "heuristic"  # heuristic | ppo
+    policy: str = "heuristic"  # heuristic | ppo | static (never grows: the baseline)
     slots: tuple[str, ...] | None = None  # None: every slot of the host
     # --- attribution ---
     attribution_every: int = 1  # epochs between Shapley attributions (0 disables)
@@ -61,5 +61,5 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"max_grad_norm must be finite and >= 0, got {self.max_grad_norm}")
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
-        if self.policy not in ("heuristic", "ppo"):
-            raise ValueError(f"policy must be heuristic or ppo, got {self.policy!r}")
+        if self.policy not in ("heuristic", "ppo", "static"):
+            raise ValueError(f"policy must be heuristic, ppo or static, got {self.policy!r}")

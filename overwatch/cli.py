@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--episodes", type=_positive_int, default=defaults.episodes)
     run.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
     run.add_argument("--batches-per-epoch", type=_positive_int, default=defaults.batches_per_epoch)
-    run.add_argument("--policy", choices=("heuristic", "ppo"), default=defaults.policy)
+    run.add_argument("--policy", choices=("heuristic", "ppo", "static"), default=defaults.policy,
+                     help="static never grows the host (the baseline)")
     run.add_argument(
         "--max-grad-norm", type=_finite_float, default=defaults.max_grad_norm,
         help="global gradient clip threshold (0 disables)",

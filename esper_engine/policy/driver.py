@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from esper_engine.policy.actions import (
     N_OPS,
     Action,
+    Op,
     action_masks,
     decode_actions,
     stack_masks,
@@ -22,7 +23,8 @@ from esper_engine.policy.ppo import PPOAgent, PPOConfig, RolloutBuffer
 
 
 class PolicyDriver:
-    """Heuristic: acts, ignores rewards. PPO: acts, records transitions, updates per round."""
+    """Heuristic: acts, ignores rewards. PPO: acts, records transitions, updates per round.
+    Static: always WAIT (the no-growth baseline the growth benchmark compares against)."""
 
     def __init__(
         self,
@@ -44,6 +46,8 @@ class PolicyDriver:
         if kind == "heuristic":
             preference = CNN_PREFERENCE if host_kind == "cnn" else TRANSFORMER_PREFERENCE
             self.heuristic = HeuristicPolicy(len(slot_ids), blueprints, preference=preference)
+        elif kind == "static":
+            pass
         elif kind == "ppo":
             config = PPOConfig(seed=seed)
             self.agent = PPOAgent(
@@ -51,12 +55,14 @@ class PolicyDriver:
             )
             self.buffer = RolloutBuffer(n_envs)
         else:
-            raise ValueError(f"unknown policy {kind!r}; expected heuristic or ppo")
+            raise ValueError(f"unknown policy {kind!r}; expected heuristic, ppo or static")
 
     def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
         """One legal action per listed env (the masks make illegal actions unsampleable)."""
         if self.heuristic is not None:
             return [self.heuristic.act(obs) for obs in observations]
+        if self.agent is None:
+            return [Action(Op.WAIT) for _ in observations]
         assert self.agent is not None and self.buffer is not None
         masks = [action_masks(obs, len(self.blueprints)) for obs in observations]
         vectors = stack_observations(observations)

@@ -53,6 +53,10 @@ class TrainingSession:
     def _run(self) -> None:
         try:
             self.finished = self._trainer.run()
+        except Exception as exc:  # noqa: BLE001 - the trainer reports its own crashes; this is
+            # the last line of defence (e.g. the disk under the recorder filled up).
+            self.finished = RunFinished(run_id=self.run_id, status="crashed", error=repr(exc))
+            self.events.emit(self.finished)
         finally:
             if self.recorder is not None:
                 self.recorder.close()

@@ -62,29 +62,43 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train with the live console (or --headless)")
     run.add_argument("--n-envs", type=_positive_int, default=defaults.n_envs)
     run.add_argument("--task", choices=TASKS, default=defaults.task)
-    run.add_argument("--data-dir", default=None, help="local dataset directory (cifar10, tinystories)")
+    run.add_argument(
+        "--data-dir", default=None, help="local dataset directory (cifar10, tinystories)"
+    )
     run.add_argument("--episodes", type=_positive_int, default=defaults.episodes)
     run.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
     run.add_argument("--batches-per-epoch", type=_positive_int, default=defaults.batches_per_epoch)
-    run.add_argument("--policy", choices=("heuristic", "ppo", "static"), default=defaults.policy,
-                     help="static never grows the host (the baseline)")
     run.add_argument(
-        "--max-grad-norm", type=_finite_float, default=defaults.max_grad_norm,
+        "--policy",
+        choices=("heuristic", "ppo", "static"),
+        default=defaults.policy,
+        help="static never grows the host (the baseline)",
+    )
+    run.add_argument(
+        "--max-grad-norm",
+        type=_finite_float,
+        default=defaults.max_grad_norm,
         help="global gradient clip threshold (0 disables)",
     )
     run.add_argument("--amp", choices=("off", "bf16", "fp16"), default=defaults.amp)
     run.add_argument("--device", default=defaults.device)
     run.add_argument("--seed", type=int, default=defaults.seed)
     rec = run.add_mutually_exclusive_group()
-    rec.add_argument("--record", default=None, help="recording path (default overwatch-runs/<run-id>.msgpack)")
+    rec.add_argument(
+        "--record", default=None, help="recording path (default overwatch-runs/<run-id>.msgpack)"
+    )
     rec.add_argument("--no-record", action="store_true", help="do not record")
-    run.add_argument("--headless", action="store_true", help="no TUI: a compact progress view on stderr")
+    run.add_argument(
+        "--headless", action="store_true", help="no TUI: a compact progress view on stderr"
+    )
     run.add_argument("--refresh-hz", type=_finite_float, default=4.0)
 
     replay = sub.add_parser("replay", help="play a recording back in the console")
     replay.add_argument("file")
     replay.add_argument("--speed", type=_speed, default=1.0)
-    replay.add_argument("--follow", action="store_true", help="tail a recording still being written")
+    replay.add_argument(
+        "--follow", action="store_true", help="tail a recording still being written"
+    )
     replay.add_argument("--refresh-hz", type=_finite_float, default=4.0)
 
     export = sub.add_parser("export", help="write a recording as JSON lines or CSV")

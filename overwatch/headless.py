@@ -76,7 +76,9 @@ class HeadlessView:
 @contextmanager
 def stop_on_signals(session: TrainingSession) -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP ask the trainer to stop at its next safe point."""
-    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    wanted = [signal.SIGINT, signal.SIGTERM] + (
+        [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
+    )
     previous = {sig: signal.getsignal(sig) for sig in wanted}
 
     def handler(signum: int, frame: object) -> None:

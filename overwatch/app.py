@@ -1,0 +1,513 @@
+"""The Overwatch console: one panel per env, an event log, and the operator's keys.
+
+The app never blocks on the trainer: a timer polls the source a few times a second, reduces the
+events into ``ConsoleState`` inside ``batch_update()`` and calls ``update()`` once per widget.
+Commands go out through the source; their acknowledgements come back as events (log + toast).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import signal
+import time
+from collections.abc import Callable
+
+from textual import events
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Grid, Vertical
+from textual.widgets import Footer, Static
+
+from esper_engine.contracts import (
+    CommandAck,
+    Event,
+    ForceRollback,
+    OperatorCommand,
+    Pause,
+    Resume,
+    RunFinished,
+    RunStarted,
+    SetClipThreshold,
+)
+from overwatch.sources import EventSource, ReplaySource
+from overwatch.state import ConsoleState, liveness, log_note, reduce_many
+from overwatch.widgets.clip_entry import ClipEntryModal
+from overwatch.widgets.confirm import ConfirmModal
+from overwatch.widgets.crash import CrashModal
+from overwatch.widgets.env_panel import EnvPanel
+from overwatch.widgets.env_row import EnvRow
+from overwatch.widgets.event_log import EventLog, describe_ack, describe_command
+from overwatch.widgets.formatting import env_label
+from overwatch.widgets.header import RunHeader
+from overwatch.widgets.help_screen import HelpScreen
+from overwatch.widgets.replay_bar import ReplayBar
+
+CLIP_FACTOR = 1.25  # ] and [ multiply / divide the threshold by this
+WIDE_MIN = (100, 30)  # below either: the compact layout (one line per env)
+TINY_MIN = (60, 16)  # below either: only a "terminal too small" notice
+PANEL_MIN_WIDTH = 56  # wide layout: columns of env panels = width // this
+STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
+ACK_TOASTS_PER_TICK = 3  # a burst of acks becomes a few toasts, not a wall of them
+
+# Actions that steer the trainer: greyed out in replay and once the run has finished.
+CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause_toggle"})
+REPLAY_ACTIONS = frozenset(
+    {"replay_toggle", "replay_step", "replay_speed", "replay_home", "replay_end"}
+)
+
+# Help-screen wording for actions bound to a pair of keys (one row for both).
+_HELP_PAIRS = {
+    "focus_step": "Previous / next env",
+    "focus_row": "Env above / below",
+    "replay_step": "Step back / forward one epoch",
+    "replay_speed": "Slower / faster replay (0.25x to 8x)",
+    "clip_step": "Clip threshold of every env ÷1.25 / ×1.25",
+}
+_CLIP = Binding.Group("Clip", compact=True)
+_STEP = Binding.Group("Step", compact=True)
+_SPEED = Binding.Group("Speed", compact=True)
+_JUMP = Binding.Group("Jump")
+
+
+class OverwatchApp(App[int]):
+    """The console for a live run (``LiveSource``) or a recording (``ReplaySource``)."""
+
+    CSS_PATH = "overwatch.tcss"
+    TITLE = "Overwatch"
+    ENABLE_COMMAND_PALETTE = False
+    # Short descriptions for the footer; the tooltip is the help screen's longer text. Help and
+    # quit come first so that a narrow footer never cuts them off.
+    BINDINGS = [
+        Binding("question_mark,f1", "help", "Help", key_display="?", tooltip="Show this help"),
+        Binding("q", "quit", "Quit", tooltip="Stop the trainer at a safe point and quit"),
+        Binding("1", "focus_env(0)", "Env", key_display="1-9", tooltip="Focus env 1..9"),
+        *(Binding(str(n), f"focus_env({n - 1})", f"Env {n}", show=False) for n in range(2, 10)),
+        Binding("left", "focus_step(-1)", "Previous env", show=False),
+        Binding("right", "focus_step(1)", "Next env", show=False),
+        Binding("up", "focus_row(-1)", "Env above", show=False),
+        Binding("down", "focus_row(1)", "Env below", show=False),
+        # Priority: the screen's own tab binding (focus cycling) would otherwise take the key.
+        Binding("tab", "focus_step(1)", "Next env", show=False, priority=True),
+        Binding("shift+tab", "focus_step(-1)", "Previous env", show=False, priority=True),
+        Binding("space", "replay_toggle", "Play", tooltip="Play / pause the replay"),
+        Binding(
+            "comma",
+            "replay_step(-1)",
+            "Back",
+            key_display=",",
+            group=_STEP,
+            tooltip="Step back one epoch",
+        ),
+        Binding(
+            "full_stop",
+            "replay_step(1)",
+            "Forward",
+            key_display=".",
+            group=_STEP,
+            tooltip="Step forward one epoch",
+        ),
+        Binding(
+            "less_than_sign",
+            "replay_speed(-1)",
+            "Slower",
+            key_display="<",
+            group=_SPEED,
+            tooltip="Halve the replay speed (down to 0.25x)",
+        ),
+        Binding(
+            "greater_than_sign",
+            "replay_speed(1)",
+            "Faster",
+            key_display=">",
+            group=_SPEED,
+            tooltip="Double the replay speed (up to 8x)",
+        ),
+        Binding("home", "replay_home", "Start", group=_JUMP, tooltip="Jump to the start"),
+        Binding("end", "replay_end", "End", group=_JUMP, tooltip="Jump to the end"),
+        Binding("r", "rollback", "Rollback", tooltip="Force a rollback of the focused env (y/n)"),
+        Binding(
+            "left_square_bracket",
+            "clip_step(-1)",
+            "Clip down",
+            key_display="[",
+            group=_CLIP,
+            tooltip="Lower the clip threshold of every env (÷1.25)",
+        ),
+        Binding(
+            "right_square_bracket",
+            "clip_step(1)",
+            "Clip up",
+            key_display="]",
+            group=_CLIP,
+            tooltip="Raise the clip threshold of every env (×1.25)",
+        ),
+        Binding("c", "clip_entry", "Clip=", tooltip="Type an exact clip threshold"),
+        Binding("p", "pause_toggle", "Pause", tooltip="Pause / resume training"),
+    ]
+
+    def __init__(
+        self,
+        source: EventSource,
+        refresh_hz: float = 4.0,
+        *,
+        clock: Callable[[], float] = time.time,
+        stop_timeout: float = STOP_TIMEOUT_S,
+    ) -> None:
+        super().__init__()
+        if not math.isfinite(refresh_hz) or refresh_hz <= 0:
+            raise ValueError(f"refresh_hz must be a positive number, got {refresh_hz}")
+        self.source = source
+        self.refresh_hz = refresh_hz
+        self.clock = clock
+        self.stop_timeout = stop_timeout
+        self.state = ConsoleState()
+        self.focused_env = 0
+        self.layout_mode = "wide"  # wide | compact | tiny
+        self._sent_ids: set[int] = set()
+        self._pending_clip: float | None = None  # sent, not yet acknowledged
+        self._pause_wanted: bool | None = None  # likewise for pause/resume
+        self._crash_shown = False
+        self._warned: str | None = None
+        self._quitting = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._panels: list[EnvPanel] = []
+        self._rows: list[EnvRow] = []
+        # Held directly, not queried: a timer tick may still land while the app tears down.
+        self._header = RunHeader()
+        self._grid = Grid(id="env-grid")
+        self._row_list = Vertical(id="env-rows")
+        self._detail = EnvPanel(0, id="detail")
+        self._logs = (EventLog(id="wide-log"), EventLog(id="compact-log"))
+        self._notice = Static(id="too-small")
+        replay = isinstance(source, ReplaySource)
+        self._replay_bar = ReplayBar(classes="-active" if replay else "")
+
+    # --- layout ---------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield self._header
+        with Container(id="wide"):
+            yield self._grid
+            yield self._logs[0]
+        with Container(id="compact"):
+            yield self._row_list
+            yield self._detail
+            yield self._logs[1]
+        yield self._notice
+        yield self._replay_bar
+        yield Footer(compact=True)
+
+    async def on_mount(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._apply_layout(self.size.width, self.size.height)
+        self.source.start()
+        await self.tick()
+        self._warn_once()
+        self.set_interval(1.0 / self.refresh_hz, self.tick)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._apply_layout(event.size.width, event.size.height)
+        self._update_widgets()
+
+    def _apply_layout(self, width: int, height: int) -> None:
+        """Pick wide / compact / tiny for this terminal size; CSS does the rest."""
+        if width < TINY_MIN[0] or height < TINY_MIN[1]:
+            mode = "tiny"
+        elif width < WIDE_MIN[0] or height < WIDE_MIN[1]:
+            mode = "compact"
+        else:
+            mode = "wide"
+        self.layout_mode = mode
+        main = self.screen_stack[0]  # not self.screen: a dialog may be on top
+        main.set_class(mode == "compact", "-compact")
+        main.set_class(mode == "tiny", "-tiny")
+        self._notice.update(
+            f"Terminal too small\nneed at least {TINY_MIN[0]}x{TINY_MIN[1]}, have {width}x{height}"
+            "\n\nenlarge the window, or press q to quit"
+        )
+        self._grid.styles.grid_size_columns = self._columns(width)
+
+    def _columns(self, width: int) -> int:
+        return max(1, min(len(self.state.envs) or 1, width // PANEL_MIN_WIDTH))
+
+    # --- the refresh tick -----------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Drain the source, reduce, and redraw every widget once."""
+        polled = self.source.poll()
+        with self.batch_update():
+            if polled.reset:
+                self.state = ConsoleState()
+            reduce_many(self.state, polled.events)
+            self.state.dropped = self.source.dropped
+            await self._ensure_env_widgets()
+            if not polled.reset:
+                self._react(polled.events)
+            self._update_widgets()
+        self._warn_once()
+        if self.state.finished_status == "crashed" and not self._crash_shown:
+            self._crash_shown = True
+            self.push_screen(CrashModal(self.state.error, self.exit_code()))
+
+    def _react(self, new_events: list[Event]) -> None:
+        """Toast the acks of commands this console sent; settle what was pending on them."""
+        acks = [e for e in new_events if type(e) is CommandAck and e.command_id in self._sent_ids]
+        for ack in acks:
+            if ack.command == "SetClipThreshold":
+                self._pending_clip = None
+            elif ack.command in ("Pause", "Resume"):
+                self._pause_wanted = None
+        for ack in acks[-ACK_TOASTS_PER_TICK:]:
+            self.notify(describe_ack(ack), severity="information" if ack.accepted else "error")
+        if any(isinstance(e, RunStarted | RunFinished) for e in new_events):
+            self.refresh_bindings()  # controls grey out once the run has finished
+
+    def _warn_once(self) -> None:
+        """A source's warning (truncated recording, follow error) is shown once, as a toast."""
+        warning = self.source.warning
+        if warning and warning != self._warned:
+            self._warned = warning
+            self.notify(warning, severity="warning", timeout=15)
+
+    async def _ensure_env_widgets(self) -> None:
+        n = len(self.state.envs)
+        if n == len(self._panels):
+            return
+        await self._grid.remove_children()
+        await self._row_list.remove_children()
+        self._panels = [EnvPanel(i) for i in range(n)]
+        self._rows = [EnvRow(i) for i in range(n)]
+        await self._grid.mount(*self._panels)
+        await self._row_list.mount(*self._rows)
+        self._grid.styles.grid_size_columns = self._columns(self.size.width)
+        self.focused_env = min(self.focused_env, max(n - 1, 0))
+
+    def _update_widgets(self) -> None:
+        state = self.state
+        self._header.update(
+            state,
+            liveness=liveness(
+                state, self.clock(), is_live=self.source.is_live, read_only=self.source.read_only
+            ),
+            thread_state=self.source.thread_state,
+        )
+        lm = state.is_language_model
+        for panel, view in zip(self._panels, state.envs, strict=False):
+            panel.update(view, focused=view.env == self.focused_env, language_model=lm)
+        for row, view in zip(self._rows, state.envs, strict=False):
+            row.update(view, focused=view.env == self.focused_env)
+        if state.envs:
+            focused = state.envs[self.focused_env]
+            self._detail.update(focused, focused=True, language_model=lm)
+        for log in self._logs:
+            log.update(state.log, state.log_revision)
+        self._replay_bar.update(self.source.position())
+
+    # --- keys: focus ----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Replay keys exist only in replay; control keys are greyed out when they cannot act."""
+        if action in REPLAY_ACTIONS:
+            return isinstance(self.source, ReplaySource)
+        if action in CONTROL_ACTIONS:
+            if self.source.read_only or self.state.finished or self._quitting:
+                return None
+        if action in ("focus_step", "focus_row") and self.screen.is_modal:
+            return False  # tab inside a dialog moves between its own widgets
+        return True
+
+    def action_focus_env(self, env: int) -> None:
+        if env < len(self.state.envs):
+            self._set_focus(env)
+
+    def action_focus_step(self, delta: int) -> None:
+        if self.state.envs:
+            self._set_focus((self.focused_env + delta) % len(self.state.envs))
+
+    def action_focus_row(self, delta: int) -> None:
+        """Up/down: one grid row in the wide layout, one env in the compact list."""
+        step = self._columns(self.size.width) if self.layout_mode == "wide" else 1
+        target = self.focused_env + delta * step
+        if 0 <= target < len(self.state.envs):
+            self._set_focus(target)
+
+    def _set_focus(self, env: int) -> None:
+        self.focused_env = env
+        self._update_widgets()
+
+    # --- keys: controls (live only) -------------------------------------------------------------
+
+    def action_rollback(self) -> None:
+        if not self.state.envs:
+            self.notify("no env to roll back yet", severity="warning")
+            return
+        env = self.focused_env
+
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                self._send(ForceRollback(env=env))
+
+        self.push_screen(
+            ConfirmModal(
+                f"Force a rollback of {env_label(env)}?",
+                "Prunes its live seeds and restores its last known-good snapshot. The episode "
+                "ends as a truncation, with no penalty for the policy.",
+            ),
+            answered,
+        )
+
+    def action_clip_step(self, direction: int) -> None:
+        current = self._current_clip()
+        if current is None:
+            self.notify("gradient clipping is off; press c to set a threshold", severity="warning")
+            return
+        value = current * CLIP_FACTOR if direction > 0 else current / CLIP_FACTOR
+        self._send_clip(value)
+
+    def action_clip_entry(self) -> None:
+        def entered(value: float | None) -> None:
+            if value is not None:
+                self._send_clip(value)
+
+        self.push_screen(ClipEntryModal(self._current_clip()), entered)
+
+    def action_pause_toggle(self) -> None:
+        paused = self._pause_wanted
+        if paused is None:
+            paused = self.state.trainer_state == "paused"
+        self._pause_wanted = not paused
+        self._send(Resume() if paused else Pause())
+
+    def _current_clip(self) -> float | None:
+        """The threshold to build on: one still in flight wins over the last one reported."""
+        if self._pending_clip is not None:
+            return self._pending_clip
+        return self.state.clip_threshold
+
+    def _send_clip(self, value: float) -> None:
+        self._pending_clip = value
+        self._send(SetClipThreshold(value=value, env=None))
+
+    def _send(self, command: OperatorCommand) -> None:
+        command_id = self.source.send(command)
+        if command_id is None:
+            self.notify("read-only: commands cannot be sent", severity="warning")
+            return
+        self._sent_ids.add(command_id)
+        log_note(
+            self.state,
+            f"sent {describe_command(command)} (#{command_id})",
+            env=getattr(command, "env", None),
+        )
+        self._update_widgets()
+
+    # --- keys: replay ---------------------------------------------------------------------------
+
+    async def action_replay_toggle(self) -> None:
+        await self._replay(lambda source: source.toggle_play())
+
+    async def action_replay_step(self, direction: int) -> None:
+        await self._replay(lambda s: s.step_forward() if direction > 0 else s.step_back())
+
+    async def action_replay_speed(self, direction: int) -> None:
+        await self._replay(lambda s: s.faster() if direction > 0 else s.slower())
+
+    async def action_replay_home(self) -> None:
+        await self._replay(lambda source: source.home())
+
+    async def action_replay_end(self) -> None:
+        await self._replay(lambda source: source.end())
+
+    async def _replay(self, control: Callable[[ReplaySource], None]) -> None:
+        if isinstance(self.source, ReplaySource):
+            control(self.source)
+            await self.tick()  # show the new position now, not at the next timer tick
+
+    # --- keys: help and quit --------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        mode = "replay, read-only" if self.source.read_only else "live"
+        self.push_screen(HelpScreen(self.help_rows(), mode))
+
+    def help_rows(self) -> list[tuple[str, str, bool]]:
+        """(keys, description, usable now) for every binding; paired keys share a row, digits
+        fold into one, and the keys usable in this mode come first."""
+        rows: dict[str, tuple[list[str], bool]] = {}
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            name = binding.action.split("(")[0]
+            if name == "focus_env" and binding.key != "1":
+                continue
+            keys = "? f1" if name == "help" else binding.key_display or binding.key
+            description = _HELP_PAIRS.get(name) or binding.tooltip or binding.description
+            if description not in rows:
+                rows[description] = ([], self.check_action(name, ()) is True)
+            rows[description][0].append(keys)
+        table = [(" ".join(keys), text, usable) for text, (keys, usable) in rows.items()]
+        return sorted(table, key=lambda row: not row[2])
+
+    async def action_quit(self) -> None:
+        self._begin_quit()
+
+    def request_quit(self) -> None:
+        """Stop at a safe point and exit; safe from any thread and from a signal handler."""
+        if self._loop is None:
+            self.exit(self.exit_code(), return_code=self.exit_code())
+            return
+        self._loop.call_soon_threadsafe(self._begin_quit)
+
+    def _begin_quit(self) -> None:
+        if self._quitting:
+            return
+        self._quitting = True
+        self.refresh_bindings()
+        if self.source.read_only:
+            self.source.stop(0)
+            self.exit(self.exit_code(), return_code=self.exit_code())
+            return
+        self.notify("stopping the trainer at a safe point…", timeout=self.stop_timeout)
+        self.run_worker(self._stop_source, thread=True, exit_on_error=False)
+
+    def _stop_source(self) -> None:
+        """Worker thread: wait for the trainer to stop without freezing the screen."""
+        stopped = self.source.stop(self.stop_timeout)
+        self.call_from_thread(self._finish_quit, stopped)
+
+    async def _finish_quit(self, stopped: bool) -> None:
+        await self.tick()  # the run's last events (RunFinished) decide the exit code
+        # A trainer that did not reach a safe point in time left its recording unclosed.
+        code = self.exit_code() if stopped else 1
+        self.exit(code, return_code=code)
+
+    def exit_code(self) -> int:
+        """1 when the trainer crashed in this (live) session; 0 otherwise, replays included."""
+        crashed = self.state.finished_status == "crashed"
+        return 1 if crashed and not self.source.read_only else 0
+
+
+def run_console(source: EventSource, refresh_hz: float = 4.0) -> int:
+    """Run the console until the operator quits; returns the process exit code.
+
+    A dropped SSH session (SIGHUP) or SIGTERM quits like `q`: the trainer stops at a safe point,
+    the recording is closed, the process exits instead of spinning on a dead terminal.
+    """
+    app = OverwatchApp(source, refresh_hz=refresh_hz)
+    wanted = [getattr(signal, name) for name in ("SIGHUP", "SIGTERM") if hasattr(signal, name)]
+    previous = {sig: signal.getsignal(sig) for sig in wanted}
+    for sig in wanted:
+        signal.signal(sig, lambda *_: app.request_quit())
+    try:
+        return run_app(app)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_app(app: OverwatchApp) -> int:
+    """Run a console built by the caller (to wire signals to ``app.request_quit`` first)."""
+    try:
+        app.run()
+    finally:
+        app.source.stop(STOP_TIMEOUT_S)  # whatever ended the app, never leave a trainer running
+    return app.return_code if app.return_code is not None else app.exit_code()

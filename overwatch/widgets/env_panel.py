@@ -1,0 +1,250 @@
+"""One env in full: accuracy, loss, gradient norm against the clip threshold, slots, governor."""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from overwatch.state import EnvView, SlotView
+from overwatch.widgets.formatting import (
+    STAGE_COMPONENTS,
+    env_label,
+    epoch_number,
+    num,
+    pct,
+    points,
+    rate,
+    signed,
+    stage_component,
+)
+from overwatch.widgets.sparkline import block_chart, hbar, sparkline
+
+SHAPLEY_FULL_SCALE = 0.05  # a contribution of 5 accuracy points fills the bar
+SIDE_BY_SIDE_MIN_WIDTH = 52  # below this, accuracy and loss get a line each
+CHART_MAX_HEIGHT = 8  # rows of the validation-accuracy chart when a panel has room to spare
+CHART_GUTTER = 7  # "77.5% " scale labels left of the chart
+
+
+class EnvPanel(Widget):
+    """The detail panel of one env; the app calls ``update`` once per refresh tick."""
+
+    COMPONENT_CLASSES = {
+        "panel--label",
+        "panel--dim",
+        "panel--bad",
+        "panel--warn",
+        "panel--good",
+        "spark--acc",
+        "spark--loss",
+        "spark--grad",
+        "spark--clipped",
+        "shapley--pos",
+        "shapley--neg",
+        *STAGE_COMPONENTS,
+    }
+
+    def __init__(self, env: int, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.env = env
+        self.view: EnvView | None = None
+        self.language_model = False
+        self._shown: tuple[int, bool, bool] | None = None
+        self.border_title = env_label(env)
+
+    def update(self, view: EnvView, *, focused: bool, language_model: bool) -> None:
+        """Show ``view``; the focused env gets the highlighted border. Unchanged: no redraw."""
+        shown = (view.revision, focused, language_model)
+        if shown == self._shown:
+            return
+        self._shown = shown
+        self.view = view
+        self.env = view.env
+        self.language_model = language_model
+        self.set_class(focused, "-focused")
+        self.set_class(view.governor.consecutive_panics > 0, "-panicking")
+        marker = "▶ " if focused else ""
+        self.border_title = f"{marker}{env_label(view.env)}"
+        self.border_subtitle = f"epoch {epoch_number(view.epoch)} · {rate(view.samples_per_s)}"
+        self.refresh()
+
+    def render(self) -> Text:
+        if self.view is None:
+            return Text("waiting for the first epoch", style=self._style("panel--dim"))
+        width, height = self.content_size.width, self.content_size.height
+        lines = self._lines(self.view, width, height)
+        for line in lines:
+            line.truncate(width)
+        return Text("\n", no_wrap=True, overflow="crop").join(lines)
+
+    # --- lines -----------------------------------------------------------------------------------
+
+    def _lines(self, view: EnvView, width: int, height: int) -> list[Text]:
+        """The figures first, then as many slots as fit (dormant ones summarised when tight),
+        then the governor and the last action; extra detail lines only when there is room."""
+        if width >= SIDE_BY_SIDE_MIN_WIDTH:
+            half = width // 2
+            top = [self._accuracy(view, half) + self._loss(view, width - half)]
+        else:
+            top = [self._accuracy(view, width), self._loss(view, width)]
+        fixed = [*top, self._grad(view, width)]
+        tail = [self._governor(view, width), self._action(view)]
+        slots = [self._slot(slot, width) for slot in view.slots.values()]
+        room = max(height - len(fixed) - len(tail), 0)
+        if len(slots) > room:
+            return fixed + self._tight_slots(view, width, room) + tail
+        extras = [self._training(view)]
+        if any(slot.shapley is not None for slot in view.slots.values()):
+            extras.append(self._shapley_summary(view))
+        extras = extras[: room - len(slots)]
+        # Two lines reserved for the extras either way, so side-by-side charts match in height.
+        spare = room - len(slots) - 2
+        chart = self._accuracy_chart(view, width, min(spare, CHART_MAX_HEIGHT)) if spare > 1 else []
+        return top + chart + fixed[len(top) :] + extras[:1] + slots + extras[1:] + tail
+
+    def _tight_slots(self, view: EnvView, width: int, room: int) -> list[Text]:
+        live = [slot for slot in view.slots.values() if slot.stage != "DORMANT"]
+        lines = [self._slot(slot, width) for slot in live][: max(room - 1, 0)]
+        idle = len(view.slots) - len(lines)
+        if idle and room:
+            lines.append(Text(f"+{idle} more slots", style=self._style("panel--dim")))
+        return lines
+
+    def _accuracy(self, view: EnvView, width: int) -> Text:
+        text = self._label("acc ")
+        text.append(pct(view.val_accuracy).rjust(6))
+        text.append(" ")
+        spark_width = max(width - text.cell_len - 1, 0)
+        text.append(sparkline(view.val_acc_history, spark_width), self._style("spark--acc"))
+        return text.append(" " * max(width - text.cell_len, 0))
+
+    def _loss(self, view: EnvView, width: int) -> Text:
+        text = self._label("loss ")
+        text.append(num(view.val_loss).rjust(6))
+        if self.language_model:
+            text.append(self._label(" ppl "))
+            text.append(num(view.perplexity, 1))
+        text.append(" ")
+        spark_width = max(width - text.cell_len, 0)
+        text.append(sparkline(view.val_loss_history, spark_width), self._style("spark--loss"))
+        return text
+
+    def _accuracy_chart(self, view: EnvView, width: int, height: int) -> list[Text]:
+        """Validation accuracy per epoch as a tall bar chart, with its range on the left."""
+        chart_width = width - CHART_GUTTER
+        points = list(view.val_acc_history)[-chart_width:]
+        if not points or height < 2:
+            return []
+        # Few epochs so far: widen each bar (up to 3 columns) rather than leave the chart empty.
+        repeat = max(1, min(3, chart_width // len(points)))
+        rows = block_chart([p for p in points for _ in range(repeat)], chart_width, height)
+        labels = [pct(max(points)), *[""] * (height - 2), pct(min(points))]
+        lines = []
+        for label, row in zip(labels, rows, strict=True):
+            line = Text(f"{label:>{CHART_GUTTER - 1}} ", style=self._style("panel--dim"))
+            lines.append(line.append(row, self._style("spark--acc")))
+        return lines
+
+    def _grad(self, view: EnvView, width: int) -> Text:
+        """Post-clip grad norm against the threshold: bars at the threshold were clipped."""
+        threshold = view.clip_threshold
+        text = self._label("grad ")
+        text.append(num(view.grad_norm_post, 2))
+        text.append(
+            f"/{num(threshold, 2)}" if threshold else " (no clip)", self._style("panel--dim")
+        )
+        clipped = (
+            f" clipped {pct(view.clipped_fraction, 0)}" if view.clipped_fraction is not None else ""
+        )
+        text.append(" ")
+        spark_width = max(width - text.cell_len - len(clipped) - 1, 0)
+        text.append_text(self._grad_spark(view, spark_width))
+        text.append(" " * max(width - text.cell_len - len(clipped), 1))
+        warn = (view.clipped_fraction or 0.0) >= 0.5
+        text.append(clipped.lstrip(), self._style("panel--warn" if warn else "panel--dim"))
+        return text
+
+    def _grad_spark(self, view: EnvView, width: int) -> Text:
+        values = list(view.grad_history)[-width:] if width > 0 else []
+        threshold = view.clip_threshold
+        if not values:
+            return Text()
+        top = max(max(values), threshold or 0.0)
+        chars = sparkline(values, width, lo=0.0, hi=top)
+        normal, clipped = self._style("spark--grad"), self._style("spark--clipped")
+        text = Text()
+        for char, value in zip(chars, values, strict=False):
+            at_limit = threshold is not None and value >= threshold * 0.999
+            text.append(char, clipped if at_limit else normal)
+        return text
+
+    def _slot(self, slot: SlotView, width: int) -> Text:
+        text = Text(f"{slot.slot_id:<7.7} ", style=self._style("panel--label"))
+        text.append(f"{slot.stage:<10.10}", self._style(stage_component(slot.stage)))
+        if slot.stage == "DORMANT":
+            return text
+        text.append(f" {slot.blueprint or '-':<10.10}")
+        text.append(f" α{slot.alpha:.2f}", self._style("panel--dim"))
+        if slot.shapley is not None:
+            positive = slot.shapley >= 0
+            style = self._style("shapley--pos" if positive else "shapley--neg")
+            text.append(f" {points(slot.shapley):>7}", style)
+            bar_width = min(max(width - text.cell_len - 1, 0), 12)
+            text.append(" ")
+            text.append(hbar(abs(slot.shapley) / SHAPLEY_FULL_SCALE, bar_width).rstrip(), style)
+        return text
+
+    def _training(self, view: EnvView) -> Text:
+        text = self._label("train ")
+        text.append(f"loss {num(view.train_loss)} · acc {pct(view.train_accuracy)}")
+        text.append(self._label(" · params "))
+        text.append(f"{view.host_params:,}")
+        if view.seed_params:
+            text.append(f"+{view.seed_params:,}")
+        return text
+
+    def _shapley_summary(self, view: EnvView) -> Text:
+        attribution = view.attribution
+        text = self._label("shapley ")
+        if attribution is None:
+            return text
+        method = "exact" if attribution.exact else "sampled"
+        text.append(method)
+        text.append(self._label(" · v(all) "))
+        text.append(pct(attribution.full_value))
+        text.append(self._label(" · v(∅) "))
+        text.append(pct(attribution.empty_value))
+        return text.append(f" · {attribution.coalitions} coalitions", self._style("panel--dim"))
+
+    def _governor(self, view: EnvView, width: int) -> Text:
+        """Panics (in a row and in total), rollbacks, last reason; anomalies only if room."""
+        gov = view.governor
+        text = self._label("gov ")
+        panicking = gov.consecutive_panics > 0
+        text.append(
+            f"panics {gov.consecutive_panics} ({gov.total_panics} total)",
+            self._style("panel--bad") if panicking else Style(),
+        )
+        text.append(f" · rollbacks {gov.rollbacks}")
+        if gov.last_reason:
+            text.append(" · last ", self._style("panel--label"))
+            text.append(gov.last_reason, self._style("panel--warn"))
+        anomalies = f" · anomalies {gov.anomalies}"
+        if text.cell_len + len(anomalies) <= width:
+            text.append(anomalies)
+        return text
+
+    def _action(self, view: EnvView) -> Text:
+        text = self._label("act ")
+        text.append(view.last_action)
+        text.append(self._label(" · reward "))
+        reward = view.reward
+        style = "panel--dim" if reward is None else ("panel--good" if reward >= 0 else "panel--bad")
+        text.append(signed(reward), self._style(style))
+        return text
+
+    def _label(self, label: str) -> Text:
+        return Text(label, style=self._style("panel--label"))
+
+    def _style(self, component: str) -> Style:
+        return self.get_component_rich_style(component, partial=True)

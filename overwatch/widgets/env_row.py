@@ -1,0 +1,72 @@
+"""One env on one line, for small terminals: the figures an operator scans across envs."""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from overwatch.state import EnvView
+from overwatch.widgets.formatting import STAGE_COMPONENTS, STAGE_GLYPHS, num, pct, stage_component
+from overwatch.widgets.sparkline import sparkline
+
+SPARK_WIDTH = 10
+
+
+class EnvRow(Widget):
+    """Compact-layout row: env, accuracy + sparkline, loss, grad norm, slot glyphs, governor."""
+
+    COMPONENT_CLASSES = {"row--label", "row--dim", "row--bad", "spark--acc", *STAGE_COMPONENTS}
+
+    def __init__(self, env: int, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.env = env
+        self.view: EnvView | None = None
+        self.focused_row = False
+        self._shown: tuple[int, bool] | None = None
+
+    def update(self, view: EnvView, *, focused: bool) -> None:
+        if (view.revision, focused) == self._shown:
+            return
+        self._shown = (view.revision, focused)
+        self.view = view
+        self.focused_row = focused
+        self.set_class(focused, "-focused")
+        self.refresh()
+
+    def render(self) -> Text:
+        text = Text(no_wrap=True, overflow="ellipsis")
+        text.append("▶" if self.focused_row else " ", self._style("row--label"))
+        text.append(f"env{self.env + 1:<2}", self._style("row--label"))
+        view = self.view
+        if view is None:
+            return text.append(" waiting", self._style("row--dim"))
+        text.append(f" {pct(view.val_accuracy):>6} ")
+        text.append(
+            f"{sparkline(view.val_acc_history, SPARK_WIDTH):<{SPARK_WIDTH}}",
+            self._style("spark--acc"),
+        )
+        text.append(self._dim(" L"))
+        text.append(f"{num(view.val_loss, 2):>5}")
+        text.append(self._dim(" g"))
+        text.append(f"{num(view.grad_norm_post, 2)}")
+        text.append(self._dim(f"/{num(view.clip_threshold, 2)}"))
+        text.append(" ")
+        for slot in view.slots.values():
+            text.append(STAGE_GLYPHS.get(slot.stage, "?"), self._style(stage_component(slot.stage)))
+        gov = view.governor
+        text.append(self._dim(" P"))
+        text.append(
+            f"{gov.consecutive_panics}",
+            self._style("row--bad") if gov.consecutive_panics else Style(),
+        )
+        text.append(self._dim(f"/{gov.total_panics} R"))
+        text.append(f"{gov.rollbacks}")
+        text.append(f" {view.last_action}")
+        return text
+
+    def _dim(self, text: str) -> Text:
+        return Text(text, style=self._style("row--dim"))
+
+    def _style(self, component: str) -> Style:
+        return self.get_component_rich_style(component, partial=True)

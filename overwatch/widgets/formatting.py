@@ -1,0 +1,85 @@
+"""How figures read on screen: one place for number formats, env labels and stage styles."""
+
+from __future__ import annotations
+
+import math
+
+STAGES = (
+    "DORMANT",
+    "GERMINATED",
+    "TRAINING",
+    "BLENDING",
+    "HOLDING",
+    "FOSSILIZED",
+    "PRUNED",
+    "EMBARGOED",
+    "RESETTING",
+)
+# Component classes (styled in overwatch.tcss) for each lifecycle stage.
+STAGE_COMPONENTS = frozenset(f"stage--{stage.lower()}" for stage in STAGES)
+# One glyph per stage for the compact one-line env rows.
+STAGE_GLYPHS = {
+    "DORMANT": "·",
+    "GERMINATED": "g",
+    "TRAINING": "T",
+    "BLENDING": "B",
+    "HOLDING": "H",
+    "FOSSILIZED": "F",
+    "PRUNED": "x",
+    "EMBARGOED": "e",
+    "RESETTING": "r",
+}
+
+
+def stage_component(stage: str) -> str:
+    name = f"stage--{stage.lower()}"
+    return name if name in STAGE_COMPONENTS else "stage--dormant"
+
+
+def env_label(env: int | None) -> str:
+    """Envs are shown 1-based so that key N focuses the panel labelled "env N"."""
+    return "run" if env is None else f"env {env + 1}"
+
+
+def episode_number(episode: int) -> int:
+    """Episodes count from 0 in telemetry and from 1 on screen ("episode 3/3" is the last)."""
+    return episode + 1
+
+
+def epoch_number(epoch: int) -> int:
+    """Epochs within an episode likewise: telemetry 0..E-1, on screen 1..E."""
+    return epoch + 1
+
+
+def num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}f}"
+
+
+def signed(value: float | None, digits: int = 3) -> str:
+    if value is None or not math.isfinite(value):
+        return num(value, digits)
+    return f"{value:+.{digits}f}"
+
+
+def pct(fraction: float | None, digits: int = 1) -> str:
+    """A fraction in [0, 1] as a percentage."""
+    if fraction is None or not math.isfinite(fraction):
+        return num(fraction)
+    return f"{100 * fraction:.{digits}f}%"
+
+
+def points(fraction: float | None) -> str:
+    """An accuracy difference (fraction) in percentage points, signed."""
+    if fraction is None or not math.isfinite(fraction):
+        return num(fraction)
+    return f"{100 * fraction:+.1f}pp"
+
+
+def rate(samples_per_s: float) -> str:
+    return f"{samples_per_s:,.0f}/s"

@@ -1,0 +1,170 @@
+"""The run at a glance: identity, progress, throughput, data freshness, trainer and PPO state."""
+
+from __future__ import annotations
+
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from overwatch.state import ConsoleState
+from overwatch.widgets.formatting import episode_number, epoch_number, num, signed
+from overwatch.widgets.sparkline import hbar
+
+PROGRESS_WIDTH = 12
+
+
+class RunHeader(Widget):
+    """Two or three lines; when space is short, the least important segments are dropped."""
+
+    COMPONENT_CLASSES = {
+        "header--title",
+        "header--label",
+        "header--dim",
+        "header--bar",
+        "header--live",
+        "header--stale",
+        "header--replay",
+        "header--paused",
+        "header--bad",
+        "header--good",
+    }
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.state: ConsoleState | None = None
+        self.liveness = "WAITING"
+        self.thread_state = ""
+        self._shown: tuple | None = None
+
+    def update(self, state: ConsoleState, *, liveness: str, thread_state: str) -> None:
+        shown = (state.revision, state.dropped, liveness, thread_state)
+        if shown == self._shown:
+            return
+        self._shown = shown
+        self.state = state
+        self.liveness = liveness
+        self.thread_state = thread_state
+        self.refresh()
+
+    def render(self) -> Text:
+        width = self.content_size.width
+        if self.state is None:
+            return Text("OVERWATCH", style=self._style("header--title"))
+        state = self.state
+        wide = self.content_size.height >= 3  # a third line for the full PPO figures
+        lines = [
+            self._fit(self._identity(state), self._status(), width),
+            self._fit(
+                self._progress(state) + ([] if wide else [self._ppo_short(state)]), Text(), width
+            ),
+        ]
+        if wide:
+            ppo = self._ppo(state)
+            ppo.truncate(width)
+            lines.append(ppo)
+        return Text("\n", no_wrap=True, overflow="crop").join(lines)
+
+    def _fit(self, segments: list[Text], right: Text, width: int) -> Text:
+        """Segments in order, dropping trailing ones that do not fit; ``right`` at the end."""
+        line = Text()
+        room = width - right.cell_len - 1
+        for segment in segments:
+            if line.cell_len + segment.cell_len > room:
+                break
+            line.append_text(segment)
+        line.append(" " * max(width - line.cell_len - right.cell_len, 0))
+        line.append_text(right)
+        line.truncate(width)
+        return line
+
+    def _identity(self, state: ConsoleState) -> list[Text]:
+        title = Text(" OVERWATCH ", style=self._style("header--title"))
+        run = Text(f" {state.run_id or '-'}")
+        task = Text(f" · {state.task or '-'}")
+        policy = Text(f" · {state.policy or '-'}", style=self._style("header--dim"))
+        envs = Text(
+            f" · {state.n_envs} envs · {state.device or '-'}", style=self._style("header--dim")
+        )
+        return [title, run, task, policy, envs]
+
+    def _status(self) -> Text:
+        kind = {
+            "LIVE": "header--live",
+            "STALE": "header--stale",
+            "REPLAY": "header--replay",
+            "ENDED": "header--dim",
+        }.get(self.liveness, "header--dim")
+        text = Text(f"● {self.liveness}", style=self._style(kind))
+        state = self.state
+        trainer = state.trainer_state if state else "-"
+        if state and not state.finished and self.thread_state in ("idle", "finished"):
+            trainer = f"thread {self.thread_state}"  # the thread ended without saying why
+        trainer_kind = {
+            "running": "header--good",
+            "paused": "header--paused",
+            "crashed": "header--bad",
+            "stopping": "header--paused",
+        }.get(trainer, "header--dim")
+        text.append(" │ trainer ", self._style("header--label"))
+        text.append(trainer, self._style(trainer_kind))
+        return text
+
+    def _progress(self, state: ConsoleState) -> list[Text]:
+        label, dim = self._style("header--label"), self._style("header--dim")
+        progress = Text(" episode ", style=label)
+        progress.append(f"{episode_number(state.episode)}/{state.episodes or '-'}")
+        progress.append(" · epoch ", label)
+        progress.append(f"{epoch_number(state.epoch)}/{state.epochs or '-'} ")
+        done = self._fraction_done(state)
+        progress.append(hbar(done, PROGRESS_WIDTH).replace(" ", "░"), self._style("header--bar"))
+        progress.append(f" {100 * done:3.0f}%")
+        throughput = (
+            Text(" │ ", style=dim).append(f"{state.samples_per_s:,.0f}").append(" samples/s", label)
+        )
+        clip = Text(" │ clip ", style=label).append(num(state.clip_threshold, 2))
+        dropped = Text(" │ dropped ", style=label).append(
+            f"{state.dropped}", self._style("header--bad") if state.dropped else Style()
+        )
+        return [progress, throughput, clip, dropped]
+
+    def _ppo(self, state: ConsoleState) -> Text:
+        """Every figure of the last policy update, labelled (wide layout)."""
+        label = self._style("header--label")
+        update = state.policy_update
+        text = Text(" last PPO update ", style=label)
+        if update is None:
+            return text.append("none yet", self._style("header--dim"))
+        text.append(f"#{update.update}")
+        figures = (
+            ("policy loss", signed(update.policy_loss)),
+            ("value loss", num(update.value_loss)),
+            ("entropy", num(update.entropy)),
+            ("KL", num(update.approx_kl, 4)),
+            ("clip frac", num(update.clip_fraction, 2)),
+            ("expl var", num(update.explained_variance, 2)),
+            ("grad", num(update.grad_norm, 2)),
+            ("mean reward", signed(update.mean_episode_reward)),
+        )
+        for name, value in figures:
+            text.append(f" · {name} ", label)
+            text.append(value)
+        return text
+
+    def _ppo_short(self, state: ConsoleState) -> Text:
+        """The last update in a few characters (compact layout)."""
+        update = state.policy_update
+        text = Text(" │ PPO", style=self._style("header--label"))
+        if update is None:
+            return text.append(" -", self._style("header--dim"))
+        return text.append(
+            f"#{update.update} KL {num(update.approx_kl, 4)} H {num(update.entropy, 2)}"
+        )
+
+    @staticmethod
+    def _fraction_done(state: ConsoleState) -> float:
+        if not state.episodes or not state.epochs:
+            return 0.0
+        return min(state.epochs_done / (state.episodes * state.epochs), 1.0)
+
+    def _style(self, component: str) -> Style:
+        return self.get_component_rich_style(component, partial=True)

@@ -1,0 +1,409 @@
+"""The live console driven by a Pilot: every key, the modals, toasts, crash and quit."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from esper_engine.contracts import (
+    CommandAck,
+    ForceRollback,
+    Pause,
+    Resume,
+    RunFinished,
+    SetClipThreshold,
+)
+from overwatch.app import CLIP_FACTOR, OverwatchApp
+from overwatch.sources import LiveSource, ReplaySource
+from overwatch.widgets.clip_entry import ClipEntryModal, parse_clip_value
+from overwatch.widgets.confirm import ConfirmModal
+from overwatch.widgets.crash import CrashModal
+from overwatch.widgets.env_panel import EnvPanel
+from overwatch.widgets.env_row import EnvRow
+from overwatch.widgets.help_screen import HelpScreen
+from tests.console.fixtures import (
+    CRASH_ERROR,
+    N_ENVS,
+    FakeLiveSource,
+    fixture_events,
+    frozen_clock,
+    run_async,
+)
+
+WIDE = (120, 40)
+SMALL = (80, 24)
+
+
+def running_events() -> list:
+    """The fixture run without its RunFinished: the trainer is still going."""
+    return fixture_events()[:-1]
+
+
+def live_app(events: list | None = None) -> tuple[OverwatchApp, FakeLiveSource]:
+    events = running_events() if events is None else events
+    source = FakeLiveSource(events)
+    return OverwatchApp(source, clock=frozen_clock(events)), source
+
+
+def focused_panels(app: OverwatchApp) -> list[int]:
+    return [
+        panel.env
+        for panel in app.query(EnvPanel)
+        if panel.has_class("-focused") and panel.id != "detail"
+    ]
+
+
+@run_async
+async def test_mount_starts_the_source_and_shows_every_env() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert source.started
+        assert len(app.state.envs) == N_ENVS
+        assert len([p for p in app.query(EnvPanel) if p.id != "detail"]) == N_ENVS
+        assert len(app.query(EnvRow)) == N_ENVS
+        assert app.layout_mode == "wide"
+        assert focused_panels(app) == [0]
+
+
+@run_async
+async def test_digit_arrow_and_tab_keys_move_the_focus() -> None:
+    app, _ = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("3")
+        assert app.focused_env == 2
+        await pilot.press("9")  # no ninth env: focus stays
+        assert app.focused_env == 2
+        await pilot.press("right")
+        assert app.focused_env == 3
+        await pilot.press("right")  # wraps around
+        assert app.focused_env == 0
+        await pilot.press("left")
+        assert app.focused_env == 3
+        await pilot.press("tab")
+        assert app.focused_env == 0
+        await pilot.press("shift+tab")
+        assert app.focused_env == 3
+        await pilot.press("1", "down")  # wide layout: two panels per row, down is +2
+        assert app.focused_env == 2
+        await pilot.press("up")
+        assert app.focused_env == 0
+        await pilot.press("up")  # already on the top row
+        assert app.focused_env == 0
+        await pilot.pause()
+        assert focused_panels(app) == [0]
+
+
+@run_async
+async def test_down_moves_one_env_in_the_compact_layout() -> None:
+    app, _ = live_app()
+    async with app.run_test(size=SMALL) as pilot:
+        assert app.layout_mode == "compact"
+        await pilot.press("down", "down")
+        assert app.focused_env == 2
+        await pilot.pause()
+        detail = app.query_one("#detail", EnvPanel)
+        assert detail.env == 2
+        assert [row.env for row in app.query(EnvRow) if row.has_class("-focused")] == [2]
+
+
+@run_async
+async def test_rollback_asks_first_and_sends_only_on_yes() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("2", "r")
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("n")
+        assert not isinstance(app.screen, ConfirmModal)
+        assert source.sent == []
+        await pilot.press("r", "y")
+        await pilot.pause()
+        assert source.sent == [ForceRollback(env=1)]
+
+
+@run_async
+async def test_clip_keys_scale_the_current_threshold() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        current = app.state.clip_threshold
+        assert current is not None
+        await pilot.press("right_square_bracket")
+        await pilot.press("right_square_bracket")  # builds on the value still in flight
+        await pilot.press("left_square_bracket")
+        values = [command.value for command in source.sent]
+        assert values == pytest.approx(
+            [current * CLIP_FACTOR, current * CLIP_FACTOR**2, current * CLIP_FACTOR]
+        )
+        assert all(isinstance(c, SetClipThreshold) and c.env is None for c in source.sent)
+        # once acknowledged, the reported threshold is the base again
+        source.push(
+            CommandAck(command="SetClipThreshold", accepted=True, value=values[-1], command_id=3)
+        )
+        await app.tick()
+        await pilot.press("left_square_bracket")
+        assert source.sent[-1].value == pytest.approx(values[-1] / CLIP_FACTOR)
+
+
+@pytest.mark.parametrize("text", ["abc", "-1", "0", "inf", "nan", ""])
+def test_parse_clip_value_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_clip_value(text)
+
+
+def test_parse_clip_value_accepts_a_positive_number() -> None:
+    assert parse_clip_value(" 0.75 ") == 0.75
+    assert parse_clip_value("1e-3") == 0.001
+
+
+@run_async
+async def test_clip_entry_rejects_bad_input_then_sends_a_good_value() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("c")
+        assert isinstance(app.screen, ClipEntryModal)
+        await pilot.press("a", "b", "c", "enter")
+        assert isinstance(app.screen, ClipEntryModal)  # still open
+        error = str(app.screen.query_one("#clip-error").render())
+        assert "not a number" in error
+        await pilot.press("backspace", "backspace", "backspace", "minus", "2", "enter")
+        assert "greater than 0" in str(app.screen.query_one("#clip-error").render())
+        assert source.sent == []
+        await pilot.press("backspace", "backspace", "0", "full_stop", "5", "enter")
+        await pilot.pause()
+        assert not isinstance(app.screen, ClipEntryModal)
+        assert source.sent == [SetClipThreshold(value=0.5, env=None)]
+
+
+@run_async
+async def test_clip_entry_escape_sends_nothing() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("c", "1", "escape")
+        assert not isinstance(app.screen, ClipEntryModal)
+        assert source.sent == []
+
+
+@run_async
+async def test_p_toggles_pause_and_resume() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("p")
+        assert source.sent == [Pause()]
+        source.push(CommandAck(command="Pause", accepted=True, command_id=1))
+        await app.tick()
+        assert app.state.trainer_state == "paused"
+        await pilot.press("p")
+        assert source.sent == [Pause(), Resume()]
+
+
+@run_async
+async def test_acks_of_sent_commands_are_logged_and_toasted() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("r", "y")
+        await pilot.pause()
+        ack = CommandAck(
+            env=0, command="ForceRollback", accepted=False, reason="env busy", command_id=1
+        )
+        source.push(ack)
+        await app.tick()
+        await pilot.pause()  # notify() posts a message
+        assert app.state.log[-1] == ack
+        toasts = [n.message for n in app._notifications]
+        assert any("ForceRollback" in m and "rejected: env busy" in m for m in toasts)
+
+
+@run_async
+async def test_help_lists_every_key() -> None:
+    app, _ = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        shown = {key for keys, _, _ in app.screen.rows for key in keys.split()}
+        bound = {b.key_display or b.key for b in app.BINDINGS if b.key not in "23456789"}
+        assert (bound - {"?"}) | {"?", "f1"} <= shown
+        assert all(description for _, description, _ in app.screen.rows)
+        usable = [usable for _, _, usable in app.screen.rows]
+        assert usable == sorted(usable, reverse=True)  # what works in this mode comes first
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+        await pilot.press("f1")
+        assert isinstance(app.screen, HelpScreen)
+
+
+@run_async
+async def test_q_stops_the_source_and_exits_zero() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("q")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert source.stopped
+        assert app.return_code == 0
+
+
+@run_async
+async def test_request_quit_works_from_another_thread() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        thread = threading.Thread(target=app.request_quit)
+        thread.start()
+        thread.join()
+        await pilot.pause()
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert source.stopped
+        assert app.return_code == 0
+
+
+@run_async
+async def test_crash_shows_the_error_keeps_the_data_and_exits_one() -> None:
+    app, source = live_app(fixture_events(crash=True))
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, CrashModal)
+        assert app.screen.error == CRASH_ERROR
+        assert app.state.envs[0].val_accuracy is not None  # the data is still there
+        assert app.check_action("rollback", ()) is None  # controls greyed after the end
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CrashModal)
+        await pilot.press("q")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.return_code == 1
+        assert source.stopped
+
+
+@run_async
+async def test_stale_when_no_event_for_ten_seconds() -> None:
+    events = running_events()
+    source = FakeLiveSource(events)
+    now = [events[-1].wall_time + 1.0]
+    app = OverwatchApp(source, clock=lambda: now[0])
+    async with app.run_test(size=WIDE):
+        from overwatch.widgets.header import RunHeader  # noqa: PLC0415
+
+        header = app.query_one(RunHeader)
+        assert header.liveness == "LIVE"
+        now[0] += 11.0
+        await app.tick()
+        assert header.liveness == "STALE"
+
+
+@run_async
+async def test_replay_greys_out_the_controls() -> None:
+    source = ReplaySource.from_events(fixture_events(), clock=lambda: 0.0)
+    app = OverwatchApp(source, clock=lambda: 0.0)
+    async with app.run_test(size=WIDE) as pilot:
+        for action in ("rollback", "clip_step", "clip_entry", "pause_toggle"):
+            assert app.check_action(action, ()) is None
+        await pilot.press("r", "c", "p", "right_square_bracket")
+        await pilot.pause()
+        assert app.screen is app.screen_stack[0]  # no modal opened
+        assert source.send(Pause()) is None
+        active = app.screen.active_bindings
+        assert not active["r"].enabled and active["space"].enabled
+
+
+@run_async
+async def test_live_mode_hides_the_replay_keys() -> None:
+    app, _ = live_app()
+    async with app.run_test(size=WIDE):
+        assert app.check_action("replay_toggle", ()) is False
+        assert "space" not in app.screen.active_bindings
+
+
+@pytest.mark.parametrize(
+    ("size", "mode"),
+    [
+        ((120, 40), "wide"),
+        ((99, 40), "compact"),
+        ((80, 24), "compact"),
+        ((59, 30), "tiny"),
+        ((80, 15), "tiny"),
+    ],
+)
+@run_async
+async def test_layout_follows_the_terminal_size(size: tuple[int, int], mode: str) -> None:
+    app, _ = live_app()
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        assert app.layout_mode == mode
+        notice = app.query_one("#too-small")
+        assert notice.display == (mode == "tiny")
+        if mode == "tiny":
+            assert f"need at least 60x16, have {size[0]}x{size[1]}" in str(notice.render())
+
+
+# --- LiveSource over a session (a stand-in for esper_engine.session.TrainingSession) -------------
+
+
+class StubSession:
+    """The session surface LiveSource uses; its 'thread' is a flag the test flips."""
+
+    run_id = "stub"
+
+    def __init__(self) -> None:
+        self.thread_state = "idle"
+        self.finished = None
+        self.dropped = 7
+        self.queued: list = []
+        self.commands: list = []
+
+    def start(self) -> None:
+        self.thread_state = "running"
+
+    def poll(self) -> list:
+        events, self.queued = self.queued, []
+        return events
+
+    def send(self, command) -> int:
+        self.commands.append(command)
+        return len(self.commands)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        self.thread_state = "finished"
+        return True
+
+
+def test_live_source_passes_events_commands_and_drops_through() -> None:
+    session = StubSession()
+    source = LiveSource(session)
+    source.start()
+    source.start()  # idempotent
+    events = running_events()[:5]
+    session.queued = list(events)
+    assert source.poll().events == events
+    assert source.send(Pause()) == 1 and session.commands == [Pause()]
+    assert (source.dropped, source.thread_state, source.position()) == (7, "running", None)
+    assert source.stop(1.0) and source.thread_state == "finished"
+
+
+def test_live_source_reports_a_thread_that_died_silently() -> None:
+    session = StubSession()
+    source = LiveSource(session)
+    source.start()
+    session.thread_state = "finished"  # ended, but no RunFinished came through
+    (event,) = source.poll().events
+    assert isinstance(event, RunFinished) and event.status == "crashed"
+    assert source.poll().events == []  # said once
+
+
+def test_live_source_trusts_a_real_run_finished() -> None:
+    session = StubSession()
+    source = LiveSource(session)
+    source.start()
+    session.queued = [fixture_events()[-1]]
+    session.thread_state = "finished"
+    assert [e.status for e in source.poll().events] == ["completed"]
+    assert source.poll().events == []
+
+
+def test_live_source_recovers_a_dropped_run_finished() -> None:
+    session = StubSession()
+    source = LiveSource(session)
+    source.start()
+    session.finished = fixture_events()[-1]  # the queue was full when it was emitted
+    session.thread_state = "finished"
+    assert source.poll().events == [session.finished]

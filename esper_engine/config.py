@@ -40,7 +40,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     min_panics_before_rollback: int = 2  # consecutive divergence panics before a rollback
     max_rollbacks_per_episode: int = 3  # after this many, the env's episode ends (host re-created)
     # --- reward ---
-    param_rent: float = 0.5  # reward cost (accuracy points) per doubling of the bare host's parameters
+    param_rent: float = 0.5  # reward (accuracy points) paid per doubling of the host's parameters
     # --- telemetry ---
     batch_stats_every: int = 10  # a BatchStats event every k batches per env (0 disables)
 

@@ -153,8 +153,19 @@ class VectorizedTrainer:
         """The epoch's one device-to-host copy: every env's sums at once."""
         rows = torch.stack(
             [
-                torch.stack([t.loss_sum, t.correct, t.count, t.grad_pre, t.grad_post, t.clipped,
-                             v.loss_sum, v.correct, v.count])
+                torch.stack(
+                    [
+                        t.loss_sum,
+                        t.correct,
+                        t.count,
+                        t.grad_pre,
+                        t.grad_post,
+                        t.clipped,
+                        v.loss_sum,
+                        v.correct,
+                        v.count,
+                    ]
+                )
                 for t, v in zip(train, val, strict=True)
             ]
         ).tolist()
@@ -179,9 +190,7 @@ class VectorizedTrainer:
     def _govern(self, env: EnvRuntime, figures: EpochFigures) -> bool:
         """The governor's verdict on this epoch; True when it rolled the env back."""
         for slot_id in env.model.live_slots():
-            env.model.slots[slot_id].record_seed_grad_health(
-                _finite(figures.grad_norm_pre_clip)
-            )
+            env.model.slots[slot_id].record_seed_grad_health(_finite(figures.grad_norm_pre_clip))
         rollback_due = env.governor.check_vital_signs(figures.val_loss)
         panic = env.governor.last_panic
         if panic is not None and env.governor.consecutive_panics > 0:
@@ -293,7 +302,9 @@ class VectorizedTrainer:
     def _apply(self, command: OperatorCommand) -> None:
         reason = rejection(command, len(self.envs), self.paused)
         if reason is not None:
-            self.sink.emit(acknowledge(command, accepted=False, reason=reason, **self._common(None)))
+            self.sink.emit(
+                acknowledge(command, accepted=False, reason=reason, **self._common(None))
+            )
             return
         if isinstance(command, ForceRollback):
             self._rollback(self.envs[command.env], initiator="operator")
@@ -315,8 +326,13 @@ class VectorizedTrainer:
             self.task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
         device = torch.device(cfg.device)
         self.batches = SharedBatchIterator(
-            self.task.train_x, self.task.train_y, cfg.n_envs, cfg.batch_size,
-            seed=cfg.seed, device=device, prepare=self.task.prepare,
+            self.task.train_x,
+            self.task.train_y,
+            cfg.n_envs,
+            cfg.batch_size,
+            seed=cfg.seed,
+            device=device,
+            prepare=self.task.prepare,
         )
         self.val_batches = self._fixed_val_batches(device)
         self.envs = [EnvRuntime(i, cfg, self.task) for i in range(cfg.n_envs)]
@@ -325,8 +341,12 @@ class VectorizedTrainer:
         slot_ids = self.envs[0].model.slot_ids
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
         self.policy = PolicyDriver(
-            cfg.policy, n_envs=cfg.n_envs, slot_ids=slot_ids, blueprints=self.blueprints,
-            host_kind=self.task.host_kind, seed=cfg.seed,
+            cfg.policy,
+            n_envs=cfg.n_envs,
+            slot_ids=slot_ids,
+            blueprints=self.blueprints,
+            host_kind=self.task.host_kind,
+            seed=cfg.seed,
         )
         self._updates = 0
         self.sink.emit(
@@ -366,13 +386,22 @@ class VectorizedTrainer:
 
     def _emit_batch_stats(self, env: EnvRuntime, batch: int, result) -> None:
         loss, pre, post, clipped = torch.stack(
-            [result.loss_sum / result.count, result.grad_norm_pre, result.grad_norm_post,
-             result.clipped]
+            [
+                result.loss_sum / result.count,
+                result.grad_norm_pre,
+                result.grad_norm_post,
+                result.clipped,
+            ]
         ).tolist()  # every k batches only: the one sync BatchStats costs
         self.sink.emit(
             BatchStats(
-                **self._common(env.index), batch=batch, loss=loss, grad_norm_pre_clip=pre,
-                grad_norm_post_clip=post, clip_threshold=env.clip_threshold, clipped=clipped > 0,
+                **self._common(env.index),
+                batch=batch,
+                loss=loss,
+                grad_norm_pre_clip=pre,
+                grad_norm_post_clip=post,
+                clip_threshold=env.clip_threshold,
+                clipped=clipped > 0,
             )
         )
 

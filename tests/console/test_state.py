@@ -1,8 +1,6 @@
-"""The reducer: what the console shows after each kind of event, and how fast it gets there."""
+"""The reducer: what the console shows after each kind of event."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -237,12 +235,13 @@ def test_liveness() -> None:
     assert liveness(state, last + STALE_AFTER_S + 1, is_live=True, read_only=False) == "ENDED"
 
 
-def test_reduces_100k_events_within_budget() -> None:
-    """The bench ingests a 100k-event recording in <= 2 s; keep a wide margin here."""
+def test_reduces_a_long_run_to_bounded_state() -> None:
+    """100k events (the bench's size; its timing lives in bench/run.py) keep the state bounded."""
     events = fixture_events(episodes=460, epochs=10)
     assert len(events) >= 100_000
-    start = time.perf_counter()
-    state = reduce_many(ConsoleState(), events[:100_000])
-    elapsed = time.perf_counter() - start
+    prefix = events[:100_000]
+    state = reduce_many(ConsoleState(), prefix)
     assert state.events_seen == 100_000
-    assert elapsed < 2.0, f"reducing 100k events took {elapsed:.2f} s"
+    last = [e for e in prefix if isinstance(e, EpochSummary) and e.env == 0][-1]
+    assert state.envs[0].val_accuracy == last.val_accuracy
+    assert len(state.log) == state.log.maxlen  # full, and no longer than its bound

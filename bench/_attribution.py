@@ -1,0 +1,78 @@
+"""Attribution cost: one exact Shapley attribution over 3 active seeds against one plain
+validation pass, both on the trainer's fixed validation set.
+
+The model is a real synthetic-images host with a seed in BLENDING in each of its 3 slots, of the
+blueprint the heuristic policy plants first (``conv_light``), moved away from the identity so no
+coalition is trivially equal to another. Timing does not depend on the weights' quality.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from esper_engine.model import MorphogeneticModel, create_model
+from esper_engine.shapley import CounterfactualEngine
+from esper_engine.tasks import Task
+from esper_engine.training_step import process_val_batch
+
+ValBatches = list[tuple[Tensor, Tensor]]
+
+
+def blending_model(task: Task, blueprint: str = "conv_light", seed: int = 0) -> MorphogeneticModel:
+    """A host with one BLENDING seed per slot (alpha 2/3), reached through the real lifecycle."""
+    torch.manual_seed(seed)
+    model = create_model(task, "cpu")
+    for slot_id in model.slot_ids:
+        model.germinate(slot_id, blueprint, blend_epochs=3)
+    for _ in range(3):  # GERMINATED -> TRAINING, then the minimum training epochs
+        for slot_id in model.slot_ids:
+            model.slots[slot_id].record_seed_grad_health(True)
+        model.end_epoch()
+    for slot_id in model.slot_ids:
+        model.advance(slot_id)  # TRAINING -> BLENDING
+    model.end_epoch()  # alpha 1/3 -> 2/3
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for slot_id in model.slot_ids:
+            for p in model.seed_parameters(slot_id):
+                p.add_(0.5 * torch.randn(p.shape, generator=generator))
+    active = model.active_slots()
+    if len(active) != 3:
+        raise RuntimeError(f"expected 3 active seeds for the attribution bench, got {active}")
+    return model
+
+
+def plain_pass_seconds(model: MorphogeneticModel, task: Task, val: ValBatches) -> float:
+    """One validation pass as the trainer runs it: every batch, then one host sync."""
+    start = time.perf_counter()
+    sums = []
+    for x, y in val:
+        result = process_val_batch(model, x, y, task)
+        sums += [result.loss_sum, result.correct]
+    torch.stack(sums).tolist()
+    return time.perf_counter() - start
+
+
+class AttributionTimer:
+    """Times ``CounterfactualEngine.attribute`` exactly as the trainer calls it (a fresh engine
+    per attribution) and keeps the cost ratio the engine reports about itself."""
+
+    def __init__(self, model: MorphogeneticModel, task: Task, val: ValBatches) -> None:
+        self.model, self.task, self.val = model, task, val
+        self.reported: list[float] = []
+
+    def __call__(self) -> float:
+        start = time.perf_counter()
+        result = CounterfactualEngine(self.model, self.task).attribute(self.val)
+        elapsed = time.perf_counter() - start
+        if not result.exact or result.coalitions != 8:
+            raise RuntimeError(
+                f"expected an exact attribution over 8 coalitions, got exact={result.exact}, "
+                f"coalitions={result.coalitions}"
+            )
+        if result.cost_ratio is not None:
+            self.reported.append(result.cost_ratio)
+        return elapsed

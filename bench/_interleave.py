@@ -42,7 +42,9 @@ def interleave(
 def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:
     """The median over rounds of the ratio taken within each round."""
     if len(numerators) != len(denominators) or not numerators:
-        raise ValueError(f"need equal, non-empty series, got {len(numerators)}, {len(denominators)}")
+        raise ValueError(
+            f"need equal, non-empty series, got {len(numerators)} and {len(denominators)}"
+        )
     return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
 
 

@@ -115,7 +115,8 @@ def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock:
             initiator="policy",
         )
         stages[k] = to
-    active = [sid for sid, st in zip(SLOT_IDS, stages, strict=True) if st in ("BLENDING", "HOLDING")]
+    live = ("BLENDING", "HOLDING")
+    active = [sid for sid, st in zip(SLOT_IDS, stages, strict=True) if st in live]
     if active:
         yield Attribution(
             **at, env=env, wall_time=clock, shapley={s: rng.uniform(-2, 5) for s in active},

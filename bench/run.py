@@ -1,0 +1,337 @@
+"""Performance figures of the engine and the console, each measured side by side on this machine.
+
+    python bench/run.py [--quick] [--json PATH] [--threads N] [--only FIGURE,...]
+
+Prints a table (figure, value, target, pass/fail) on stdout and progress on stderr. Every figure
+is a ratio or a rate from repeated, interleaved, counterbalanced measurements after a warm-up
+(see ``_interleave.py``); see README.md for what each figure compares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from _attribution import AttributionTimer, blending_model, plain_pass_seconds
+from _console import TmuxRunner, tmux_missing_reason
+from _interleave import interleave, median_ratio, spread
+from _replay import build_recording, decode_seconds, ingest_seconds
+from _throughput import (
+    RunShape,
+    bare_loop_seconds,
+    fixed_val_batches,
+    trainer_config,
+    trainer_seconds,
+)
+
+from esper_engine.tasks import Task, load_task
+
+REPLAY_EVENTS = 100_000
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How long and how often each figure is measured."""
+
+    name: str
+    engine: RunShape  # engine_overhead and recorder_overhead runs
+    engine_repeats: int
+    console: RunShape  # console_overhead runs (each is a fresh process)
+    console_repeats: int
+    attribution_repeats: int
+    replay_repeats: int
+    warmup: int = 1
+
+
+QUICK = Profile("quick", RunShape(epochs=2, batches_per_epoch=15), 3,
+                RunShape(epochs=2, batches_per_epoch=15), 3, 7, 3)
+FULL = Profile("full", RunShape(epochs=3, batches_per_epoch=40), 7,
+               RunShape(epochs=3, batches_per_epoch=40), 5, 15, 7)
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    threshold: float
+    at_least: bool  # True: value >= threshold passes; False: value <= threshold passes
+    unit: str = ""
+
+    def describe(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.threshold:g}{self.unit}"
+
+    def passed(self, value: float | None) -> bool | None:
+        if value is None:
+            return None
+        return value >= self.threshold if self.at_least else value <= self.threshold
+
+
+TARGETS = (
+    Target("engine_overhead", 0.90, True),
+    Target("attribution_cost", 2.5, False),
+    Target("console_overhead", 0.95, True),
+    Target("recorder_overhead", 0.99, True),
+    Target("replay_decode_events_per_s", 500_000, True),
+    Target("replay_ingest_s", 2.0, False, " s"),
+)
+FIGURES = ("engine", "attribution", "console", "replay")  # --only choices
+
+
+class Bench:
+    """Holds the figures, their details and why a figure is missing."""
+
+    def __init__(self, profile: Profile, threads: int) -> None:
+        self.profile, self.threads = profile, threads
+        self.values: dict[str, float | None] = {t.key: None for t in TARGETS}
+        self.details: dict[str, object] = {}
+        self.reasons: dict[str, str] = {}
+        self.errors = 0
+        self._task: Task | None = None
+        self._t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def say(self, message: str) -> None:
+        print(f"[bench {self.elapsed:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            self.say("loading task synthetic-images ...")
+            self._task = load_task("synthetic-images", seed=0)
+        return self._task
+
+    def run_figure(self, keys: tuple[str, ...], measure: Callable[[], None]) -> None:
+        """Measure one group of figures; a failure leaves them null with a one-line reason."""
+        try:
+            measure()
+        except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
+            self.errors += 1
+            for key in keys:
+                self.reasons[key] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self.say(f"{', '.join(keys)} failed: {self.reasons[keys[0]]}")
+
+    # --- the figures --------------------------------------------------------------------------
+
+    def engine(self) -> None:
+        """engine_overhead (trainer / bare loop) and recorder_overhead (recording on / off)."""
+        shape = self.profile.engine
+        config = trainer_config(shape)
+        task = self.task
+        self.say(f"engine: {shape.epochs} epochs x {shape.batches_per_epoch} batches x "
+                 f"{shape.n_envs} envs per run, {self.profile.engine_repeats} rounds")
+        times = interleave(
+            {
+                "bare_loop_s": lambda: bare_loop_seconds(config, task),
+                "trainer_recording_s": lambda: trainer_seconds(config, task, record=True),
+                "trainer_no_recording_s": lambda: trainer_seconds(config, task, record=False),
+            },
+            self.profile.engine_repeats, self.profile.warmup, self.say,
+        )
+        # Same samples on every side, so a throughput ratio is the inverse ratio of times.
+        self.values["engine_overhead"] = median_ratio(
+            times["bare_loop_s"], times["trainer_recording_s"])
+        self.values["recorder_overhead"] = median_ratio(
+            times["trainer_no_recording_s"], times["trainer_recording_s"])
+        samples = shape.train_samples
+        self.details["engine"] = {
+            "shape": asdict(shape),
+            "samples_per_run": samples,
+            "bare_loop_samples_per_s": samples / spread(times["bare_loop_s"])["median"],
+            "trainer_samples_per_s": samples / spread(times["trainer_recording_s"])["median"],
+            **{key: spread(values) for key, values in times.items()},
+        }
+
+    def attribution(self) -> None:
+        """attribution_cost: one exact attribution (3 seeds) / one plain validation pass."""
+        task = self.task
+        config = trainer_config(self.profile.engine)
+        model = blending_model(task)
+        val = fixed_val_batches(task, config)
+        timer = AttributionTimer(model, task, val)
+        self.say(f"attribution: 3 active conv_light seeds, {len(val)} validation batches, "
+                 f"{self.profile.attribution_repeats} rounds")
+        times = interleave(
+            {"plain_pass_s": lambda: plain_pass_seconds(model, task, val), "attribution_s": timer},
+            self.profile.attribution_repeats, self.profile.warmup,
+        )
+        self.values["attribution_cost"] = median_ratio(times["attribution_s"],
+                                                       times["plain_pass_s"])
+        reported = timer.reported[self.profile.warmup:]
+        self.details["attribution"] = {
+            "blueprint": "conv_light",
+            "val_batches": len(val),
+            "val_samples": sum(len(y) for _, y in val),
+            # the engine's own figure: solve time / its own plain pass, excluding that pass
+            "engine_reported_cost_ratio": spread(reported)["median"] if reported else None,
+            **{key: spread(values) for key, values in times.items()},
+        }
+
+    def console(self) -> None:
+        """console_overhead: the console in a tmux pty / the same run --headless."""
+        missing = tmux_missing_reason()
+        if missing is not None:
+            self.reasons["console_overhead"] = missing
+            self.say(f"console_overhead skipped: {missing}")
+            return
+        shape = self.profile.console
+        self.say(f"console: {shape.epochs} epochs x {shape.batches_per_epoch} batches per run "
+                 f"in tmux {self.profile.console_repeats} rounds (+ warm-up)")
+        with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
+            runner = TmuxRunner(Path(tmp), epochs=shape.epochs, batches=shape.batches_per_epoch,
+                                threads=self.threads)
+            try:
+                rates = interleave(
+                    {
+                        "headless_samples_per_s": lambda: runner.samples_per_s(headless=True),
+                        "console_samples_per_s": lambda: runner.samples_per_s(headless=False),
+                    },
+                    self.profile.console_repeats, self.profile.warmup, self.say,
+                )
+            finally:
+                runner.close()
+        self.values["console_overhead"] = median_ratio(rates["console_samples_per_s"],
+                                                       rates["headless_samples_per_s"])
+        self.details["console"] = {
+            "shape": asdict(shape),
+            "terminal": "tmux 120x40, default refresh rate, policy static",
+            **{key: spread(values) for key, values in rates.items()},
+        }
+
+    def replay(self) -> None:
+        """replay_decode_events_per_s and replay_ingest_s on a 100k-event recording."""
+        with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
+            path = Path(tmp) / "replay.msgpack"
+            self.say(f"replay: writing a {REPLAY_EVENTS}-event recording ...")
+            size = build_recording(path, REPLAY_EVENTS)
+            latest: list = []
+
+            def decode() -> float:
+                latest.clear()  # free the previous decode first: a replay decodes once
+                elapsed, events = decode_seconds(path, REPLAY_EVENTS)
+                latest.append(events)
+                return elapsed
+
+            times = interleave(
+                {"decode_s": decode, "ingest_s": lambda: ingest_seconds(latest[0])},
+                self.profile.replay_repeats, self.profile.warmup, self.say,
+            )
+        decode_median = spread(times["decode_s"])["median"]
+        self.values["replay_decode_events_per_s"] = REPLAY_EVENTS / decode_median
+        self.values["replay_ingest_s"] = spread(times["ingest_s"])["median"]
+        self.details["replay"] = {
+            "events": REPLAY_EVENTS,
+            "bytes": size,
+            **{key: spread(values) for key, values in times.items()},
+        }
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def format_value(value: float | None) -> str:
+    if value is None:
+        return "null"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3f}"
+
+
+def table(bench: Bench) -> str:
+    rows = [("figure", "value", "target", "result")]
+    for target in TARGETS:
+        value = bench.values[target.key]
+        passed = target.passed(value)
+        result = "n/a" if passed is None else ("pass" if passed else "FAIL")
+        rows.append((target.key, format_value(value), target.describe(), result))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"{key}: null ({reason})" for key, reason in bench.reasons.items()]
+    return "\n".join(lines)
+
+
+def machine_info(threads: int, argv: list[str]) -> dict[str, object]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_version": torch.__version__,
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "bench/run.py", *argv]),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+
+
+def report(bench: Bench, machine: dict[str, object]) -> dict[str, object]:
+    return {
+        **bench.values,
+        "targets": {t.key: t.describe() for t in TARGETS},
+        "passed": {t.key: t.passed(bench.values[t.key]) for t in TARGETS},
+        "null_reasons": bench.reasons,
+        "profile": bench.profile.name,
+        "details": bench.details,
+        "machine": machine,
+    }
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (under 3 minutes)")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads for every side (default 1)")
+    parser.add_argument("--only", default=",".join(FIGURES),
+                        help=f"comma-separated subset of {', '.join(FIGURES)}")
+    args = parser.parse_args(argv)
+    args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(args.only) - set(FIGURES))
+    if unknown:
+        parser.error(f"unknown figure(s) {', '.join(unknown)}; choose from {', '.join(FIGURES)}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)  # the in-process sides; subprocesses get OMP_NUM_THREADS
+    machine = machine_info(args.threads, argv)
+    bench = Bench(QUICK if args.quick else FULL, args.threads)
+    groups = {
+        "engine": (("engine_overhead", "recorder_overhead"), bench.engine),
+        "attribution": (("attribution_cost",), bench.attribution),
+        "console": (("console_overhead",), bench.console),
+        "replay": (("replay_decode_events_per_s", "replay_ingest_s"), bench.replay),
+    }
+    for name in FIGURES:
+        if name in args.only:
+            bench.run_figure(*groups[name])
+        else:
+            for key in groups[name][0]:
+                bench.reasons[key] = "not measured (--only)"
+    machine["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    machine["seconds"] = round(bench.elapsed, 1)
+    print(table(bench))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report(bench, machine), indent=2) + "\n")
+        bench.say(f"wrote {args.json}")
+    return 1 if bench.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

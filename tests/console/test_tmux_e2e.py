@@ -1,0 +1,117 @@
+"""End to end in a real terminal: a live run in tmux, driven by keys, checked in the recording."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from esper_engine.contracts import CommandAck, EpochSummary, GovernorRollback, RunFinished
+from esper_engine.recording import RecordingFollower
+
+pytestmark = [
+    pytest.mark.tmux,
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed"),
+]
+
+DEADLINE_S = 180.0
+
+
+def tmux(*args: str) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=True).stdout
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
+    """Poll a condition of the outside world (screen, file) until it holds or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        # The console runs in another process behind a terminal: polling its screen and its
+        # recording is the only way to observe it. The deadline, not the interval, is the limit.
+        time.sleep(0.1)
+
+
+class Recording:
+    """Events of a recording as it grows (the recorder flushes every epoch and every ack)."""
+
+    def __init__(self, path: Path) -> None:
+        self.follower = RecordingFollower(path)
+        self.events: list = []
+
+    def refresh(self) -> list:
+        self.events.extend(self.follower.poll())
+        return self.events
+
+    def has(self, predicate: Callable[[object], bool]) -> bool:
+        return any(predicate(e) for e in self.refresh())
+
+
+def test_live_console_keys_reach_the_trainer_and_the_recording(tmp_path: Path) -> None:
+    session = f"ow-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "live.msgpack"
+    exit_file = tmp_path / "exit_code"
+    command = (
+        f"cd {tmp_path} && {sys.executable} -m overwatch.cli run --n-envs 2 --episodes 1 "
+        f"--epochs 500 --batches-per-epoch 4 --record {record}; echo $? > {exit_file}"
+    )
+    tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40", command)
+    try:
+        screen = lambda: tmux("capture-pane", "-p", "-t", session)  # noqa: E731
+        rec = Recording(record)
+        wait_until(lambda: rec.has(lambda e: isinstance(e, EpochSummary)), "a first epoch")
+        wait_until(lambda: "LIVE" in screen(), "the console to show LIVE")
+
+        tmux("send-keys", "-t", session, "2")  # focus env 2 (env index 1)
+        tmux("send-keys", "-t", session, "r")
+        wait_until(lambda: "Force a rollback of env 2?" in screen(), "the confirmation")
+        tmux("send-keys", "-t", session, "y")
+        wait_until(
+            lambda: rec.has(lambda e: isinstance(e, CommandAck) and e.command == "ForceRollback"),
+            "the rollback ack",
+        )
+        tmux("send-keys", "-t", session, "]")
+        wait_until(
+            lambda: rec.has(
+                lambda e: isinstance(e, CommandAck) and e.command == "SetClipThreshold"
+            ),
+            "the clip ack",
+        )
+        ack_index = next(
+            i
+            for i, e in enumerate(rec.events)
+            if isinstance(e, CommandAck) and e.command == "SetClipThreshold"
+        )
+        wait_until(
+            lambda: any(isinstance(e, EpochSummary) for e in rec.refresh()[ack_index:]),
+            "a summary after the clip change",
+        )
+        tmux("send-keys", "-t", session, "q")
+        wait_until(exit_file.exists, "the process to exit")
+        assert exit_file.read_text().strip() == "0"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+    events = rec.refresh()
+    acks = [e for e in events if isinstance(e, CommandAck)]
+    assert [(a.command, a.accepted) for a in acks] == [
+        ("ForceRollback", True),
+        ("SetClipThreshold", True),
+        ("Stop", True),
+    ]
+    assert acks[0].env == 1 and acks[1].value == pytest.approx(1.25)
+    rollbacks = [e for e in events if isinstance(e, GovernorRollback)]
+    assert len(rollbacks) == 1
+    assert (rollbacks[0].env, rollbacks[0].initiator, rollbacks[0].penalty) == (1, "operator", 0.0)
+    clip_ack = events.index(acks[1])
+    later = [e for e in events[clip_ack:] if isinstance(e, EpochSummary)]
+    earlier = [e for e in events[:clip_ack] if isinstance(e, EpochSummary)]
+    assert later and all(s.clip_threshold == pytest.approx(1.25) for s in later)
+    assert all(s.clip_threshold == pytest.approx(1.0) for s in earlier)
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"

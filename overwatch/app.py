@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -489,19 +491,38 @@ class OverwatchApp(App[int]):
 def run_console(source: EventSource, refresh_hz: float = 4.0) -> int:
     """Run the console until the operator quits; returns the process exit code.
 
-    A dropped SSH session (SIGHUP) or SIGTERM quits like `q`: the trainer stops at a safe point,
-    the recording is closed, the process exits instead of spinning on a dead terminal.
+    SIGTERM quits like `q`. A dropped SSH session (SIGHUP) leaves no terminal to restore (and
+    Textual's writer can block forever on the dead tty), so it stops the trainer at a safe point,
+    lets the recorder close, and exits the process without touching the terminal again.
     """
     app = OverwatchApp(source, refresh_hz=refresh_hz)
-    wanted = [getattr(signal, name) for name in ("SIGHUP", "SIGTERM") if hasattr(signal, name)]
-    previous = {sig: signal.getsignal(sig) for sig in wanted}
-    for sig in wanted:
-        signal.signal(sig, lambda *_: app.request_quit())
+    handlers = {"SIGTERM": lambda *_: app.request_quit(), "SIGHUP": lambda *_: _hang_up(source)}
+    previous = {}
+    for name, handler in handlers.items():
+        if hasattr(signal, name):
+            sig = getattr(signal, name)
+            previous[sig] = signal.signal(sig, handler)
     try:
         return run_app(app)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _hang_up(source: EventSource) -> None:
+    """The terminal is gone: stop the run in a thread (signal handlers must return) and exit."""
+
+    def stop_and_exit() -> None:
+        stopped = source.stop(STOP_TIMEOUT_S)  # the trainer closes the recording as it ends
+        os._exit(0 if stopped and not _source_crashed(source) else 1)
+
+    threading.Thread(target=stop_and_exit, name="overwatch-hangup", daemon=True).start()
+
+
+def _source_crashed(source: EventSource) -> bool:
+    session = getattr(source, "session", None)
+    finished = getattr(session, "finished", None)
+    return finished is not None and finished.status == "crashed"
 
 
 def run_app(app: OverwatchApp) -> int:

@@ -115,3 +115,27 @@ def test_live_console_keys_reach_the_trainer_and_the_recording(tmp_path: Path) -
     assert later and all(s.clip_threshold == pytest.approx(1.25) for s in later)
     assert all(s.clip_threshold == pytest.approx(1.0) for s in earlier)
     assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
+
+
+def test_dropped_terminal_stops_the_run_and_exits(tmp_path: Path) -> None:
+    """Killing the tmux session hangs up the console's terminal, as a dropped SSH session does."""
+    session = f"ow-{uuid.uuid4().hex[:8]}"
+    record = tmp_path / "hup.msgpack"
+    command = (
+        f"cd {tmp_path} && exec {sys.executable} -m overwatch.cli run --n-envs 2 --episodes 1 "
+        f"--epochs 500 --batches-per-epoch 4 --record {record}"
+    )  # exec: the pane's process is the console itself, so its exit is what we wait for
+    tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
+    pane_pid = int(tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip())
+    rec = Recording(record)
+    try:
+        wait_until(lambda: rec.has(lambda e: isinstance(e, EpochSummary)), "a first epoch")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+    def gone() -> bool:
+        return subprocess.run(["kill", "-0", str(pane_pid)], capture_output=True).returncode != 0
+
+    wait_until(gone, "the console process to exit after the hang-up", timeout=90)
+    events = rec.refresh()
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"

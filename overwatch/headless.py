@@ -43,17 +43,18 @@ class HeadlessView:
         title = "starting ..."
         if self.started is not None:
             s = self.started
-            title = f"{s.run_id}  {s.task}  policy={s.policy}  envs={s.n_envs}"
+            title = f"{s.run_id} {s.task} {s.policy} x{s.n_envs}"
             if dropped:
                 title += f"  dropped={dropped}"
         table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-        for column in ("env", "ep/epoch", "acc", "loss", "grad|clip", "panics", "seeds"):
+        for column in ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds"):
             table.add_column(column, justify="right" if column != "seeds" else "left")
         for env in sorted(self.latest):
             table.add_row(*self.row(self.latest[env]))
         return table
 
     def row(self, s: EpochSummary) -> tuple[str, ...]:
+        episodes = self.started.episodes if self.started else 0
         epochs = self.started.epochs if self.started else 0
         loss = f"ppl {s.perplexity:.2f}" if s.perplexity is not None else f"{s.val_loss:.3f}"
         clip = "off" if s.clip_threshold is None else f"{s.clip_threshold:.2f}"
@@ -63,8 +64,9 @@ class HeadlessView:
             if slot.stage in LIVE_STAGES or slot.stage == "FOSSILIZED"
         )
         return (
-            str(s.env),
-            f"{s.episode}/{s.epoch + 1}/{epochs}",
+            str(s.env + 1),  # counted from 1, as in the console
+            f"{s.episode + 1}/{episodes}",
+            f"{s.epoch + 1}/{epochs}",
             f"{s.val_accuracy:.3f}",
             loss,
             f"{s.grad_norm_post_clip:.2f}|{clip}",

@@ -15,6 +15,21 @@ SCHEMA_VERSION = 1
 Initiator = Literal["policy", "gate", "governor", "operator"]
 RunStatus = Literal["completed", "stopped", "crashed"]
 
+# Seed lifecycle stage names in lifecycle order, as SlotState.stage and SeedTransition carry them
+# (esper_engine.lifecycle.SeedStage has exactly these members).
+SEED_STAGES: tuple[str, ...] = (
+    "DORMANT",
+    "GERMINATED",
+    "TRAINING",
+    "BLENDING",
+    "HOLDING",
+    "FOSSILIZED",
+    "PRUNED",
+    "EMBARGOED",
+    "RESETTING",
+)
+LIVE_SEED_STAGES: frozenset[str] = frozenset({"GERMINATED", "TRAINING", "BLENDING", "HOLDING"})
+
 
 class SlotState(msgspec.Struct, frozen=True, kw_only=True):
     """One slot as seen at the end of an epoch (not an event: nested in ``EpochSummary``)."""

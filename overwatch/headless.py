@@ -16,10 +16,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, Stop, TelemetryEvent
+from esper_engine.contracts import (
+    LIVE_SEED_STAGES,
+    EpochSummary,
+    RunFinished,
+    RunStarted,
+    Stop,
+    TelemetryEvent,
+)
 from esper_engine.session import TrainingSession
-
-LIVE_STAGES = ("GERMINATED", "TRAINING", "BLENDING", "HOLDING")
 
 
 class HeadlessView:
@@ -61,7 +66,7 @@ class HeadlessView:
         seeds = " ".join(
             f"{slot.slot_id}:{slot.stage[:4].lower()}"
             for slot in s.slots
-            if slot.stage in LIVE_STAGES or slot.stage == "FOSSILIZED"
+            if slot.stage in LIVE_SEED_STAGES or slot.stage == "FOSSILIZED"
         )
         return (
             str(s.env + 1),  # counted from 1, as in the console

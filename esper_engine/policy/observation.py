@@ -12,18 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-STAGES: tuple[str, ...] = (
-    "DORMANT",
-    "GERMINATED",
-    "TRAINING",
-    "BLENDING",
-    "HOLDING",
-    "FOSSILIZED",
-    "PRUNED",
-    "EMBARGOED",
-    "RESETTING",
-)
-LIVE_STAGES: frozenset[str] = frozenset({"GERMINATED", "TRAINING", "BLENDING", "HOLDING"})
+from esper_engine.contracts import LIVE_SEED_STAGES, SEED_STAGES
+
+STAGES: tuple[str, ...] = SEED_STAGES
+LIVE_STAGES: frozenset[str] = LIVE_SEED_STAGES
 
 HISTORY_DELTAS = 4  # recent per-epoch changes of accuracy and loss in the vector
 GLOBAL_FEATURES = 8 + 2 * HISTORY_DELTAS

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import math
 
-STAGES = (
-    "DORMANT",
-    "GERMINATED",
-    "TRAINING",
-    "BLENDING",
-    "HOLDING",
-    "FOSSILIZED",
-    "PRUNED",
-    "EMBARGOED",
-    "RESETTING",
-)
+from esper_engine.contracts import SEED_STAGES
+
+STAGES = SEED_STAGES
 # Component classes (styled in overwatch.tcss) for each lifecycle stage.
 STAGE_COMPONENTS = frozenset(f"stage--{stage.lower()}" for stage in STAGES)
 # One glyph per stage for the compact one-line env rows.

@@ -46,3 +46,10 @@ def test_fossilized_is_terminal_and_live_stages_are_the_probation_ones() -> None
     assert LIVE_STAGES == {S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING}
     # Exactly the live stages can be pruned.
     assert {a for a, b in SPEC_TRANSITIONS if b is S.PRUNED} == LIVE_STAGES
+
+
+def test_stage_names_match_the_telemetry_contract() -> None:
+    from esper_engine.contracts import LIVE_SEED_STAGES, SEED_STAGES
+
+    assert tuple(stage.value for stage in SeedStage) == SEED_STAGES
+    assert {stage.value for stage in LIVE_STAGES} == LIVE_SEED_STAGES

@@ -136,6 +136,9 @@ def test_dropped_terminal_stops_the_run_and_exits(tmp_path: Path) -> None:
     def gone() -> bool:
         return subprocess.run(["kill", "-0", str(pane_pid)], capture_output=True).returncode != 0
 
-    wait_until(gone, "the console process to exit after the hang-up", timeout=90)
+    try:
+        wait_until(gone, "the console process to exit after the hang-up", timeout=90)
+    finally:
+        subprocess.run(["kill", "-9", str(pane_pid)], capture_output=True)  # never leave it behind
     events = rec.refresh()
     assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"

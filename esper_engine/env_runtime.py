@@ -29,6 +29,7 @@ class EpochFigures:
     grad_norm_pre_clip: float
     grad_norm_post_clip: float
     clipped_fraction: float
+    finite_grad_fraction: float  # steps whose gradient norm was finite (fp16 overflows are not)
     samples: int
 
 
@@ -39,14 +40,18 @@ class TensorTotals:
         zero = torch.zeros((), device=device, dtype=torch.float64)
         self.loss_sum, self.correct, self.count = zero.clone(), zero.clone(), zero.clone()
         self.grad_pre, self.grad_post, self.clipped = zero.clone(), zero.clone(), zero.clone()
+        self.finite_steps = zero.clone()
         self.steps = 0
 
     def add_train(self, result: TrainStepResult) -> None:
         self.loss_sum += result.loss_sum
         self.correct += result.correct
         self.count += result.count
-        self.grad_pre += result.grad_norm_pre
-        self.grad_post += result.grad_norm_post
+        # A step the GradScaler skipped (inf/NaN norm) must not turn the epoch's mean into inf.
+        finite = torch.isfinite(result.grad_norm_pre)
+        self.grad_pre += torch.where(finite, result.grad_norm_pre, 0.0)
+        self.grad_post += torch.where(finite, result.grad_norm_post, 0.0)
+        self.finite_steps += finite
         self.clipped += result.clipped
         self.steps += 1
 
@@ -67,11 +72,12 @@ class EnvRuntime:
     governor: TolariaGovernor = field(init=False)
     acc_history: list[float] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
-    contributions: dict[str, float] = field(default_factory=dict)
     last_action: str = "WAIT"
     last_reward: float | None = None
     prev_val_acc: float | None = None
     clip_threshold: float | None = None
+    cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
+    episodes_started: int = 0
 
     def __post_init__(self) -> None:
         self.clip_threshold = self.config.max_grad_norm if self.config.clip_enabled() else None
@@ -89,7 +95,6 @@ class EnvRuntime:
             min_panics_before_rollback=self.config.min_panics_before_rollback,
             random_guess_loss=self.task.random_guess_loss,
             max_rollbacks_per_episode=self.config.max_rollbacks_per_episode,
-            on_seed_pruned=self.state.drop_seed_optimizer,
         )
 
     @property
@@ -97,9 +102,15 @@ class EnvRuntime:
         return self.state.model
 
     def _new_model(self) -> MorphogeneticModel:
-        # Each env and episode gets fresh weights; the seed keeps runs reproducible.
-        torch.manual_seed(self.config.seed * 1000 + self.index)
-        return create_model(self.task, self.config.device, slots=self.config.slots)
+        """Fresh weights for each env and episode, reproducible from the run's seed.
+
+        The host's initialisation draws from its own generator state (fork_rng), so creating a
+        host never disturbs the global stream that seed germinations draw from.
+        """
+        init_seed = (self.config.seed * 1000 + self.index) * 1000 + self.episodes_started
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            return create_model(self.task, self.config.device, slots=self.config.slots)
 
     def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:
         host_lr = self.config.host_lr or self.task.host_lr
@@ -116,15 +127,15 @@ class EnvRuntime:
     def reset_episode(self) -> None:
         """A fresh host (all slots dormant) at the start of every episode; counters keep running."""
         callback = self.model.on_transition
+        self.episodes_started += 1
         model = self._new_model()
         model.on_transition = callback
         self.state = self._new_state(model)
-        self.governor.on_seed_pruned = self.state.drop_seed_optimizer
         self.governor.reset_episode(model, self.state.host_optimizer, self.state.scaler)
         self.acc_history.clear()
         self.loss_history.clear()
-        self.contributions.clear()
         self.prev_val_acc = None
+        self.cut_by_operator = False
         self.last_action, self.last_reward = "WAIT", None
 
     def set_clip_threshold(self, value: float) -> None:
@@ -134,6 +145,15 @@ class EnvRuntime:
     def record(self, figures: EpochFigures) -> None:
         self.acc_history.append(figures.val_accuracy)
         self.loss_history.append(figures.val_loss)
+
+    def contributions(self) -> dict[str, float]:
+        """The latest Shapley value of every seed that has one (cleared on germinate/prune)."""
+        slots = self.model.slots
+        return {
+            sid: slots[sid].contribution
+            for sid in self.model.slot_ids
+            if slots[sid].contribution is not None
+        }
 
     def observe(self, epoch: int, figures: EpochFigures) -> EnvObservation:
         model = self.model
@@ -156,21 +176,22 @@ class EnvRuntime:
         )
 
     def apply(self, action: Action, blueprints: tuple[str, ...]) -> None:
-        """Carry out a (legal, masked) policy action on the model and the optimizers."""
+        """Carry out a (legal, masked) policy action on the model.
+
+        Seed optimizers follow the lifecycle by themselves: the training step gives every live
+        seed one and drops the rest (``ParallelEnvState.sync_seed_optimizers``).
+        """
         if action.op == Op.WAIT:
             return
         slot_id = self.model.slot_ids[action.slot_index]
         if action.op == Op.GERMINATE:
             self.model.germinate(slot_id, blueprints[action.blueprint_index], initiator="policy")
-            self.state.add_seed_optimizer(slot_id)
         elif action.op == Op.ADVANCE:
             self.model.advance(slot_id, initiator="policy")
         elif action.op == Op.PRUNE:
             self.model.prune(slot_id, initiator="policy")
-            self.state.drop_seed_optimizer(slot_id)
         elif action.op == Op.FOSSILIZE:
             self.model.fossilize(slot_id, initiator="policy")
-            self.state.drop_seed_optimizer(slot_id)
 
 
 def _slot_observation(model: MorphogeneticModel, slot_id: str) -> SlotObservation:

@@ -44,9 +44,13 @@ from esper_engine.policy.rewards import compute_reward
 from esper_engine.shapley import CounterfactualEngine
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
-from esper_engine.training_step import perplexity, process_train_batch, process_val_batch
-
-PAUSE_POLL_S = 0.25  # how often a paused trainer re-checks its command queue
+from esper_engine.training_step import (
+    env_stream,
+    join_env_streams,
+    perplexity,
+    process_train_batch,
+    process_val_batch,
+)
 
 
 class StopRequested(Exception):
@@ -79,6 +83,7 @@ class VectorizedTrainer:
         self.epoch = 0
         self.envs: list[EnvRuntime] = []
         self._last_obs: dict[int, EnvObservation] = {}
+        self._paused_s = 0.0
 
     # --- the story ----------------------------------------------------------------------------
 
@@ -110,19 +115,23 @@ class VectorizedTrainer:
         self._update_policy()
 
     def _run_epoch(self, epoch: int) -> None:
-        started = time.perf_counter()
+        started, self._paused_s = time.perf_counter(), 0.0
         train = self._train_epoch()
         val = self._validate()
         figures = self._synchronise(train, val)
-        elapsed = time.perf_counter() - started
-        acting = [env for env in self.envs if not self._govern(env, figures[env.index])]
-        for env in acting:
+        elapsed = time.perf_counter() - started - self._paused_s
+        healthy = [env for env in self.envs if not self._govern(env, figures[env.index])]
+        for env in healthy:
             self._attribute(env, epoch)
-        observations = {env.index: self._observe(env, figures, env in acting) for env in self.envs}
-        if epoch < self.config.epochs - 1:  # an action after the last epoch could never pay off
-            self._act(acting, observations)
-        for env in self.envs:
+        for env in self.envs:  # the epoch is over: age the seeds before anyone looks at them
             env.model.end_epoch()
+        observations = {env.index: env.observe(epoch, figures[env.index]) for env in self.envs}
+        for env in healthy:
+            self._reward(env, figures[env.index], observations[env.index])
+        self._last_obs.update(observations)
+        if epoch < self.config.epochs - 1:  # an action after the last epoch could never pay off
+            self._act(healthy, observations)
+        for env in self.envs:
             self._emit_summary(env, figures[env.index], elapsed)
 
     # --- the epoch's parts --------------------------------------------------------------------
@@ -134,10 +143,12 @@ class VectorizedTrainer:
             self._safe_point()
             for env, (x, y) in zip(self.envs, next(self.batches), strict=True):
                 result = process_train_batch(env.state, x, y, self.task)
-                totals[env.index].add_train(result)
+                with env_stream(env.state):  # sum where the step ran: no cross-stream race
+                    totals[env.index].add_train(result)
                 if every and (batch + 1) % every == 0:
                     self._emit_batch_stats(env, batch, result)
         self._safe_point()
+        join_env_streams(env.state for env in self.envs)
         return totals
 
     def _validate(self) -> list[TensorTotals]:
@@ -151,27 +162,26 @@ class VectorizedTrainer:
         self, train: list[TensorTotals], val: list[TensorTotals]
     ) -> list[EpochFigures]:
         """The epoch's one device-to-host copy: every env's sums at once."""
-        rows = torch.stack(
-            [
-                torch.stack(
-                    [
-                        t.loss_sum,
-                        t.correct,
-                        t.count,
-                        t.grad_pre,
-                        t.grad_post,
-                        t.clipped,
-                        v.loss_sum,
-                        v.correct,
-                        v.count,
-                    ]
-                )
-                for t, v in zip(train, val, strict=True)
-            ]
-        ).tolist()
+        columns = [
+            torch.stack(
+                [
+                    t.loss_sum,
+                    t.correct,
+                    t.count,
+                    t.grad_pre,
+                    t.grad_post,
+                    t.finite_steps,
+                    t.clipped,
+                    v.loss_sum,
+                    v.correct,
+                    v.count,
+                ]
+            )
+            for t, v in zip(train, val, strict=True)
+        ]
         figures = []
-        for t, row in zip(train, rows, strict=True):
-            loss, correct, count, pre, post, clipped, vloss, vcorrect, vcount = row
+        for t, row in zip(train, torch.stack(columns).tolist(), strict=True):
+            loss, correct, count, pre, post, finite, clipped, vloss, vcorrect, vcount = row
             steps = max(t.steps, 1)
             figures.append(
                 EpochFigures(
@@ -179,9 +189,10 @@ class VectorizedTrainer:
                     train_accuracy=correct / max(count, 1),
                     val_loss=vloss / max(vcount, 1),
                     val_accuracy=vcorrect / max(vcount, 1),
-                    grad_norm_pre_clip=pre / steps,
-                    grad_norm_post_clip=post / steps,
+                    grad_norm_pre_clip=pre / max(finite, 1),
+                    grad_norm_post_clip=post / max(finite, 1),
                     clipped_fraction=clipped / steps,
+                    finite_grad_fraction=finite / steps,
                     samples=t.steps * self.config.batch_size,
                 )
             )
@@ -189,8 +200,9 @@ class VectorizedTrainer:
 
     def _govern(self, env: EnvRuntime, figures: EpochFigures) -> bool:
         """The governor's verdict on this epoch; True when it rolled the env back."""
+        healthy_grads = figures.finite_grad_fraction >= 0.5  # fp16 overflows now and then
         for slot_id in env.model.live_slots():
-            env.model.slots[slot_id].record_seed_grad_health(_finite(figures.grad_norm_pre_clip))
+            env.model.slots[slot_id].record_seed_grad_health(healthy_grads)
         rollback_due = env.governor.check_vital_signs(figures.val_loss)
         panic = env.governor.last_panic
         if panic is not None and env.governor.consecutive_panics > 0:
@@ -215,7 +227,6 @@ class VectorizedTrainer:
         result = engine.attribute(self.val_batches)
         for slot_id, value in result.shapley.items():
             env.model.slots[slot_id].contribution = value
-        env.contributions = dict(result.shapley)
         self.sink.emit(
             Attribution(
                 **self._common(env.index),
@@ -231,27 +242,23 @@ class VectorizedTrainer:
             )
         )
 
-    def _observe(
-        self, env: EnvRuntime, figures: list[EpochFigures], healthy: bool
-    ) -> EnvObservation:
-        """Observe the env; if the epoch was healthy, reward its previous action now."""
-        fig = figures[env.index]
-        obs = env.observe(self.epoch, fig)
-        if healthy:
-            live = set(env.model.live_slots()) | set(env.model.fossilized_slots())
+    def _reward(self, env: EnvRuntime, fig: EpochFigures, obs: EnvObservation) -> None:
+        """Pay the env's previous action now that its effect is measured."""
+        if env.cut_by_operator:  # the operator's rollback, not the action, shaped this epoch
+            self.policy.truncate(env.index, obs)
+            env.cut_by_operator, env.last_reward = False, 0.0
+        else:
             reward = compute_reward(
                 env.prev_val_acc,
                 fig.val_accuracy,
-                {k: v for k, v in env.contributions.items() if k in live},
+                env.contributions(),
                 obs.host_params,
                 obs.seed_params,
                 self.config.param_rent,
             )
             self.policy.reward(env.index, reward)
             env.last_reward = reward
-            env.prev_val_acc = fig.val_accuracy
-        self._last_obs[env.index] = obs
-        return obs
+        env.prev_val_acc = fig.val_accuracy
 
     def _act(self, envs: list[EnvRuntime], observations: dict[int, EnvObservation]) -> None:
         if not envs:
@@ -276,20 +283,21 @@ class VectorizedTrainer:
         self.sink.emit(report.to_event(**self._common(env.index)))
         if initiator == "governor":
             self.policy.penalize(env.index, env.governor.get_punishment_reward())
-        elif env.index in self._last_obs:  # the operator's call: a truncation, no blame
-            self.policy.truncate(env.index, self._last_obs[env.index])
+            env.last_reward = env.governor.get_punishment_reward()
+        else:  # the operator's call: a truncation without blame, once the epoch is measured
+            env.cut_by_operator = True
         if report.episode_ended:
             env.reset_episode()
 
     def _safe_point(self) -> None:
         """Apply queued commands; while paused, wait here for Resume or Stop."""
         self._drain_commands()
-        while self.paused:
-            try:
-                command = self.commands.get(timeout=PAUSE_POLL_S)
-            except queue.Empty:
-                continue
-            self._apply(command)
+        if not self.paused:
+            return
+        paused_at = time.perf_counter()
+        while self.paused:  # Stop arrives on this queue too, so blocking cannot hang the run
+            self._apply(self.commands.get())
+        self._paused_s += time.perf_counter() - paused_at  # throughput excludes the pause
 
     def _drain_commands(self) -> None:
         while True:
@@ -322,6 +330,7 @@ class VectorizedTrainer:
 
     def _setup(self) -> None:
         cfg = self.config
+        torch.manual_seed(cfg.seed)  # germinated seeds draw their initial weights from here
         if self.task is None:
             self.task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
         device = torch.device(cfg.device)
@@ -443,10 +452,6 @@ class VectorizedTrainer:
             "epoch": self.epoch,
             "wall_time": time.time(),
         }
-
-
-def _finite(value: float) -> bool:
-    return value == value and value not in (float("inf"), float("-inf"))
 
 
 def _describe(exc: BaseException) -> str:

@@ -7,8 +7,8 @@ not once per batch (Simic's vectorized loop runs every env in lockstep).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, NamedTuple
 
 import torch
@@ -245,6 +245,18 @@ def _on_env_stream(env: ParallelEnvState, *inputs: Tensor) -> Iterator[None]:
         tensor.record_stream(env.stream)
     with torch.cuda.stream(env.stream):
         yield
+
+
+def env_stream(env: ParallelEnvState) -> AbstractContextManager[object]:
+    """The env's CUDA stream as the current stream (a no-op on CPU), e.g. to sum its results."""
+    return torch.cuda.stream(env.stream) if env.stream is not None else nullcontext()
+
+
+def join_env_streams(envs: Iterable[ParallelEnvState]) -> None:
+    """Make the current stream wait for every env's stream (before reading what they made)."""
+    for env in envs:
+        if env.stream is not None:
+            torch.cuda.current_stream(env.device).wait_stream(env.stream)
 
 
 # --- validation -------------------------------------------------------------------------------

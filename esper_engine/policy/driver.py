@@ -82,7 +82,9 @@ class PolicyDriver:
 
     def penalize(self, env: int, penalty: float) -> None:
         """Governor rollback: the env's latest action is blamed and its episode is terminal."""
-        if self.buffer is not None and self.buffer.transitions(env):
+        # Only an action not yet paid for is to blame: a second rollback before the env acts
+        # again must not pile another penalty on an already terminal step.
+        if self.buffer is not None and self._has_pending[env]:
             self._settle(env)
             self.buffer.add_penalty_to_last(env, penalty)
 

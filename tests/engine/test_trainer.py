@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import queue
+import threading
 
 import msgspec
 import pytest
@@ -10,6 +11,7 @@ import torch
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
     Attribution,
+    BatchStats,
     CommandAck,
     EpochSummary,
     ForceRollback,
@@ -60,7 +62,7 @@ def run(task, config, commands=None, hook=None):
     sink = HookSink(hook)
     trainer = VectorizedTrainer(config, sink, commands=commands, run_id="t", task=task)
     if hook is not None:
-        sink.trainer = trainer
+        hook.trainer = trainer
     finished = trainer.run()
     return trainer, sink.events, finished
 
@@ -151,10 +153,13 @@ def test_invalid_commands_are_rejected_with_a_reason(images, command, reason):
 
 def test_operator_rollback_is_recorded_without_penalty(images):
     commands: queue.Queue = queue.Queue()
+    captured = {}
 
     def hook(event):
         if isinstance(event, EpochSummary) and event.epoch == 1 and event.env == 1:
             commands.put(ForceRollback(env=1))
+        if isinstance(event, EpochSummary) and event.epoch == 2 and event.env == 1:
+            captured["steps"] = hook.trainer.policy.buffer.transitions(1)
 
     _, events, finished = run(images, small_config(policy="ppo"), commands, hook)
     assert finished.status == "completed", finished.error
@@ -166,35 +171,26 @@ def test_operator_rollback_is_recorded_without_penalty(images):
     assert ack.accepted and ack.command == "ForceRollback" and ack.env == 1
     assert events.index(rb) < events.index(ack)
     assert [s.rollbacks for s in of(events, EpochSummary) if s.env == 1] == [0, 0, 1]
+    # the policy sees a truncation (bootstrapped), never a penalty or a terminal step
+    last = captured["steps"][-1]
+    assert last.truncated and not last.terminal and last.penalty == 0.0
+    assert last.reward == 0.0
 
 
 def test_governor_rollback_on_nan_penalises_the_policy(images):
-    state = {}
+    captured = {}
 
     def hook(event):
+        trainer = hook.trainer
         if isinstance(event, EpochSummary) and event.epoch == 1 and event.env == 0:
-            trainer = hook_sink.trainer
             with torch.no_grad():
                 for p in trainer.envs[0].model.host_parameters():
                     p.fill_(math.nan)
-            state["buffer"] = trainer.policy.buffer
+        if isinstance(event, EpochSummary) and event.epoch == 2 and event.env == 0:
+            captured["steps"] = trainer.policy.buffer.transitions(0)
 
-    hook_sink = HookSink(hook)
-    config = small_config(policy="ppo", epochs=4)
-    trainer = VectorizedTrainer(config, hook_sink, run_id="t", task=images)
-    hook_sink.trainer = trainer
-    # Keep the buffer after the update clears it: capture transitions when the rollback happens.
-    captured = {}
-    original = trainer._rollback
-
-    def spy(env, initiator):
-        original(env, initiator)
-        captured["steps"] = trainer.policy.buffer.transitions(env.index)
-
-    trainer._rollback = spy
-    finished = trainer.run()
+    _, events, finished = run(images, small_config(policy="ppo", epochs=4), hook=hook)
     assert finished.status == "completed", finished.error
-    events = hook_sink.events
     rollbacks = of(events, GovernorRollback)
     assert len(rollbacks) == 1
     rb = rollbacks[0]
@@ -202,6 +198,9 @@ def test_governor_rollback_on_nan_penalises_the_policy(images):
     steps = captured["steps"]
     assert len(steps) == 2  # actions after epochs 0 and 1 are kept
     assert steps[-1].penalty == -10.0 and steps[-1].terminal
+    assert steps[0].penalty == 0.0 and not steps[0].terminal
+    summary = [s for s in of(events, EpochSummary) if s.env == 0 and s.epoch == 2][0]
+    assert summary.reward == -10.0 and summary.rollbacks == 1
     # the env trains on after the rollback with finite losses again
     after = [s for s in of(events, EpochSummary) if s.env == 0 and s.epoch == 3]
     assert math.isfinite(after[0].val_loss)
@@ -251,6 +250,44 @@ def test_stop_and_pause_are_acknowledged_and_stop_ends_the_run(images):
         ("Stop", True),
     ]
     assert isinstance(events[-1], RunFinished) and not of(events, EpochSummary)
+
+
+def test_a_paused_trainer_trains_nothing_but_still_obeys_commands(images):
+    commands: queue.Queue = queue.Queue()
+    paused, rolled_back = threading.Event(), threading.Event()
+
+    def hook(event):
+        if isinstance(event, CommandAck) and event.command == "Pause":
+            paused.set()
+        if isinstance(event, CommandAck) and event.command == "ForceRollback":
+            rolled_back.set()
+
+    sink = HookSink(hook)
+    trainer = VectorizedTrainer(
+        small_config(epochs=2, batch_stats_every=1), sink, commands=commands, task=images
+    )
+    thread = threading.Thread(target=trainer.run)
+    thread.start()
+    commands.put(Pause())
+    assert paused.wait(timeout=120)
+    commands.put(ForceRollback(env=0))
+    assert rolled_back.wait(timeout=120)
+    commands.put(Resume())
+    commands.put(Stop())
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    events = sink.events
+    acks = of(events, CommandAck)
+    between = events[events.index(acks[0]) : events.index(acks[1]) + 1]
+    # while paused: the rollback is applied and acknowledged, no batch is trained
+    assert not of(between, BatchStats) and len(of(between, GovernorRollback)) == 1
+    assert [a.command for a in acks] == [
+        "Pause",
+        "ForceRollback",
+        "Resume",
+        "Stop",
+    ]
+    assert of(events, RunFinished)[0].status == "stopped"
 
 
 def test_crash_is_reported_not_raised(images, monkeypatch):

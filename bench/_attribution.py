@@ -8,9 +8,8 @@ coalition is trivially equal to another. Timing does not depend on the weights' 
 
 from __future__ import annotations
 
-import time
-
 import torch
+from _timing import Timed, stopwatch
 from torch import Tensor
 
 from esper_engine.model import MorphogeneticModel, create_model
@@ -45,15 +44,15 @@ def blending_model(task: Task, blueprint: str = "conv_light", seed: int = 0) -> 
     return model
 
 
-def plain_pass_seconds(model: MorphogeneticModel, task: Task, val: ValBatches) -> float:
+def plain_pass_seconds(model: MorphogeneticModel, task: Task, val: ValBatches) -> Timed:
     """One validation pass as the trainer runs it: every batch, then one host sync."""
-    start = time.perf_counter()
-    sums = []
-    for x, y in val:
-        result = process_val_batch(model, x, y, task)
-        sums += [result.loss_sum, result.correct]
-    torch.stack(sums).tolist()
-    return time.perf_counter() - start
+    with stopwatch() as watch:
+        sums = []
+        for x, y in val:
+            result = process_val_batch(model, x, y, task)
+            sums += [result.loss_sum, result.correct]
+        torch.stack(sums).tolist()
+    return watch.result
 
 
 class AttributionTimer:
@@ -64,10 +63,9 @@ class AttributionTimer:
         self.model, self.task, self.val = model, task, val
         self.reported: list[float] = []
 
-    def __call__(self) -> float:
-        start = time.perf_counter()
-        result = CounterfactualEngine(self.model, self.task).attribute(self.val)
-        elapsed = time.perf_counter() - start
+    def __call__(self) -> Timed:
+        with stopwatch() as watch:
+            result = CounterfactualEngine(self.model, self.task).attribute(self.val)
         if not result.exact or result.coalitions != 8:
             raise RuntimeError(
                 f"expected an exact attribution over 8 coalitions, got exact={result.exact}, "
@@ -75,4 +73,4 @@ class AttributionTimer:
             )
         if result.cost_ratio is not None:
             self.reported.append(result.cost_ratio)
-        return elapsed
+        return watch.result

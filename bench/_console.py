@@ -10,13 +10,14 @@ sent ``q``; the headless process exits by itself.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _throughput import RunShape
 
 from esper_engine.contracts import EpochSummary, RunFinished, RunStarted
 from esper_engine.recording import RecordingFollower
@@ -39,26 +40,31 @@ def tmux_missing_reason() -> str | None:
 
 
 class TmuxRunner:
-    """Runs ``overwatch run`` in detached sessions of a private tmux server (ours to kill)."""
+    """Runs ``overwatch run`` in detached sessions of a private tmux server (ours to kill).
 
-    def __init__(self, workdir: Path, *, epochs: int, batches: int, threads: int) -> None:
+    The pane runs ``sh -c 'overwatch run ...; echo $? > rc'``: the shell reaps the run and
+    writes its exit status, because a detached tmux server was seen to leave an exited pane
+    process unreaped (pane dead, no exit status) for minutes.
+    """
+
+    def __init__(self, workdir: Path, *, threads: int) -> None:
         self.workdir = workdir
-        self.socket = f"overwatch-bench-{os.getpid()}"
+        self.socket = workdir / "tmux.sock"  # private server, removed with the workdir
         self.conf = workdir / "tmux.conf"
         self.conf.write_text(TMUX_CONF)
-        self.epochs, self.batches, self.threads = epochs, batches, threads
+        self.threads = threads
         self.runs = 0
-        self.timeout_s = 600.0
+        self.timeout_s = 300.0
 
-    def samples_per_s(self, headless: bool) -> float:
+    def samples_per_s(self, shape: RunShape, headless: bool) -> float:
         """One complete run; the trainer's samples/s as its recording tells it."""
         self.runs += 1
         name = f"run{self.runs}"
-        recording = self.workdir / f"{name}.msgpack"
+        recording, status = self.workdir / f"{name}.msgpack", self.workdir / f"{name}.status"
         self._tmux("new-session", "-d", "-s", name, "-x", SIZE[0], "-y", SIZE[1],
-                   "-c", str(REPO_ROOT), self._command(recording, headless))
+                   "-c", str(REPO_ROOT), self._command(shape, recording, headless, status))
         try:
-            events = self._wait(name, recording, send_quit=not headless)
+            events = self._wait(name, recording, status, send_quit=not headless)
         finally:
             self._tmux("kill-session", "-t", name, check=False)
             recording.unlink(missing_ok=True)
@@ -67,42 +73,47 @@ class TmuxRunner:
     def close(self) -> None:
         self._tmux("kill-server", check=False)
 
-    def _command(self, recording: Path, headless: bool) -> str:
+    def _command(self, shape: RunShape, recording: Path, headless: bool, status: Path) -> str:
         threads = str(self.threads)
         argv = [
             "env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}",
-            sys.executable, "-m", "overwatch.cli", "run", "--n-envs", "4", "--episodes", "1",
-            "--epochs", str(self.epochs), "--batches-per-epoch", str(self.batches),
-            "--policy", "static", "--seed", "0", "--record", str(recording),
-        ]
-        return shlex.join(argv + (["--headless"] if headless else []))
+            sys.executable, "-m", "overwatch.cli", "run", "--n-envs", str(shape.n_envs),
+            "--episodes", "1", "--epochs", str(shape.epochs),
+            "--batches-per-epoch", str(shape.batches_per_epoch), "--policy", "static",
+            "--seed", str(shape.seed), "--record", str(recording),
+        ] + (["--headless"] if headless else [])
+        partial = shlex.quote(f"{status}.partial")
+        # written then renamed, so a status file that exists is complete
+        return f"{shlex.join(argv)}; echo $? > {partial}; mv {partial} {shlex.quote(str(status))}"
 
-    def _wait(self, name: str, recording: Path, send_quit: bool) -> list:
+    def _wait(self, name: str, recording: Path, status: Path, send_quit: bool) -> list:
         events: list = []
         quit_sent = False
         deadline = time.monotonic() + self.timeout_s
         with RecordingFollower(recording) as follower:
-            while True:
-                dead, status = self._pane_state(name)
+            while not status.exists():
                 events += follower.poll()
-                if dead:
-                    break
                 if send_quit and not quit_sent and any(type(e) is RunFinished for e in events):
+                    self._check_rendered(name)
                     self._tmux("send-keys", "-t", name, "q")
                     quit_sent = True
                 if time.monotonic() > deadline:
-                    raise ConsoleBenchError(f"{name}: no exit within {self.timeout_s:.0f} s")
+                    raise ConsoleBenchError(f"{name}: no exit within {self.timeout_s:.0f} s "
+                                            f"({len(events)} events): {self._pane_tail(name)}")
                 time.sleep(POLL_S)
             events += follower.poll()
-        if status != "0":
-            tail = self._pane_tail(name)
-            raise ConsoleBenchError(f"{name}: exited with status {status}: {tail}")
+        code = status.read_text().strip()
+        if code != "0":
+            raise ConsoleBenchError(f"{name}: exited with status {code}: {self._pane_tail(name)}")
+        if not send_quit:
+            self._check_rendered(name)
         return events
 
-    def _pane_state(self, name: str) -> tuple[bool, str]:
-        out = self._tmux("display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status}")
-        dead, _, status = out.strip().partition(" ")
-        return dead == "1", status
+    def _check_rendered(self, name: str) -> None:
+        """The run's view is on the pane (both views name the task), so the pty was used."""
+        text = self._tmux("capture-pane", "-p", "-t", name)
+        if "synthetic-images" not in text:
+            raise ConsoleBenchError(f"{name}: the view never showed up: {self._pane_tail(name)}")
 
     def _pane_tail(self, name: str) -> str:
         text = self._tmux("capture-pane", "-p", "-t", name, check=False)
@@ -111,7 +122,7 @@ class TmuxRunner:
 
     def _tmux(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
-            ["tmux", "-L", self.socket, "-f", str(self.conf), *args],
+            ["tmux", "-S", str(self.socket), "-f", str(self.conf), *args],
             capture_output=True, text=True, check=False,
         )
         if check and result.returncode != 0:

@@ -9,8 +9,9 @@ and a PolicyUpdate per episode of 12 epochs. It is written with the real ``Recor
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
+
+from _timing import Timed, stopwatch
 
 from esper_engine.contracts import (
     Attribution,
@@ -47,21 +48,20 @@ def build_recording(path: Path, n_events: int = 100_000, seed: int = 0) -> int:
     return path.stat().st_size
 
 
-def decode_seconds(path: Path, expected: int) -> tuple[float, list[Event]]:
-    """Wall time of ``read_recording`` (file read and decode of every frame)."""
-    start = time.perf_counter()
-    events = read_recording(path).events
-    elapsed = time.perf_counter() - start
+def decode_seconds(path: Path, expected: int) -> tuple[Timed, list[Event]]:
+    """Time of ``read_recording`` (file read and decode of every frame), and its events."""
+    with stopwatch() as watch:
+        events = read_recording(path).events
     if len(events) != expected:
         raise RuntimeError(f"{path}: decoded {len(events)} events, expected {expected}")
-    return elapsed, events
+    return watch.result, events
 
 
-def ingest_seconds(events: list[Event]) -> float:
-    """Wall time of the console's reducer consuming every event into a fresh state."""
-    start = time.perf_counter()
-    reduce_many(ConsoleState(), events)
-    return time.perf_counter() - start
+def ingest_seconds(events: list[Event]) -> Timed:
+    """Time of the console's reducer consuming every event into a fresh state."""
+    with stopwatch() as watch:
+        reduce_many(ConsoleState(), events)
+    return watch.result
 
 
 def _events(rng: random.Random):

@@ -11,11 +11,11 @@ the overhead being measured.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from _timing import Timed, stopwatch
 from torch import Tensor
 
 from esper_engine.batching import SharedBatchIterator
@@ -67,7 +67,7 @@ def fixed_val_batches(task: Task, config: TrainingConfig) -> list[tuple[Tensor, 
     ]
 
 
-def trainer_seconds(config: TrainingConfig, task: Task, record: bool) -> float:
+def trainer_seconds(config: TrainingConfig, task: Task, record: bool) -> Timed:
     """Wall time of one run through ``TrainingSession``, the path ``overwatch run`` uses.
 
     Its event queue is drained by nobody (the console's cost is ``console_overhead``); it is far
@@ -76,20 +76,24 @@ def trainer_seconds(config: TrainingConfig, task: Task, record: bool) -> float:
     with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
         path = Path(tmp) / "run.msgpack" if record else None
         session = TrainingSession(config, task, run_id="bench", record_path=path)
-        start = time.perf_counter()
-        session.start()
-        session.wait()
-        elapsed = time.perf_counter() - start
+        with stopwatch() as watch:  # closing the recorder (flush, fsync) is inside
+            session.start()
+            session.wait()
     finished = session.finished
     if finished is None or finished.status != "completed":
         error = "no RunFinished" if finished is None else f"{finished.status}: {finished.error}"
         raise RuntimeError(f"benchmark run did not complete ({error})")
-    return elapsed
+    return watch.result
 
 
-def bare_loop_seconds(config: TrainingConfig, task: Task) -> float:
-    """Wall time of the minimal loop doing the trainer's work with plain PyTorch."""
-    start = time.perf_counter()
+def bare_loop_seconds(config: TrainingConfig, task: Task) -> Timed:
+    """Time of the minimal loop doing the trainer's work with plain PyTorch."""
+    with stopwatch() as watch:
+        _bare_loop(config, task)
+    return watch.result
+
+
+def _bare_loop(config: TrainingConfig, task: Task) -> None:
     hosts = []
     for index in range(config.n_envs):
         torch.manual_seed(config.seed * 1000 + index)  # the trainer's per-env initial weights
@@ -110,7 +114,6 @@ def bare_loop_seconds(config: TrainingConfig, task: Task) -> float:
                 torch.nn.utils.clip_grad_norm_(host.parameters(), config.max_grad_norm)
                 optimizer.step()
         _validate(hosts, val, task)
-    return time.perf_counter() - start
 
 
 def _validate(hosts: list[torch.nn.Module], val: list[tuple[Tensor, Tensor]], task: Task) -> None:

@@ -4,7 +4,7 @@
 
 Prints a table (figure, value, target, pass/fail) on stdout and progress on stderr. Every figure
 is a ratio or a rate from repeated, interleaved, counterbalanced measurements after a warm-up
-(see ``_interleave.py``); see README.md for what each figure compares.
+(see ``_timing.py``); see README.md for what each figure compares.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import median
 
 import torch
 from _attribution import AttributionTimer, blending_model, plain_pass_seconds
 from _console import TmuxRunner, tmux_missing_reason
-from _interleave import interleave, median_ratio, spread
 from _replay import build_recording, decode_seconds, ingest_seconds
 from _throughput import (
     RunShape,
@@ -33,6 +33,7 @@ from _throughput import (
     trainer_config,
     trainer_seconds,
 )
+from _timing import Timed, cpus, interleave, median_ratio, spread, walls
 
 from esper_engine.tasks import Task, load_task
 
@@ -50,13 +51,14 @@ class Profile:
     console_repeats: int
     attribution_repeats: int
     replay_repeats: int
-    warmup: int = 1
+    # Warms caches, the allocator and imports before the first kept round of a run figure.
+    warmup_shape: RunShape = RunShape(epochs=1, batches_per_epoch=5)
 
 
 QUICK = Profile("quick", RunShape(epochs=2, batches_per_epoch=15), 3,
-                RunShape(epochs=2, batches_per_epoch=15), 3, 7, 3)
+                RunShape(epochs=2, batches_per_epoch=15), 3, 9, 3)
 FULL = Profile("full", RunShape(epochs=3, batches_per_epoch=40), 7,
-               RunShape(epochs=3, batches_per_epoch=40), 5, 15, 7)
+               RunShape(epochs=3, batches_per_epoch=40), 5, 21, 7)
 
 
 @dataclass(frozen=True)
@@ -126,56 +128,58 @@ class Bench:
 
     def engine(self) -> None:
         """engine_overhead (trainer / bare loop) and recorder_overhead (recording on / off)."""
-        shape = self.profile.engine
+        shape, task = self.profile.engine, self.task
         config = trainer_config(shape)
-        task = self.task
         self.say(f"engine: {shape.epochs} epochs x {shape.batches_per_epoch} batches x "
                  f"{shape.n_envs} envs per run, {self.profile.engine_repeats} rounds")
+        sides = {
+            "bare_loop": lambda c: bare_loop_seconds(c, task),
+            "trainer_recording": lambda c: trainer_seconds(c, task, record=True),
+            "trainer_no_recording": lambda c: trainer_seconds(c, task, record=False),
+        }
+        warm = trainer_config(self.profile.warmup_shape)
+        for name, side in sides.items():
+            self.say(f"  warm-up {name}: {side(warm)}")
         times = interleave(
-            {
-                "bare_loop_s": lambda: bare_loop_seconds(config, task),
-                "trainer_recording_s": lambda: trainer_seconds(config, task, record=True),
-                "trainer_no_recording_s": lambda: trainer_seconds(config, task, record=False),
-            },
-            self.profile.engine_repeats, self.profile.warmup, self.say,
+            {name: (lambda side=side: side(config)) for name, side in sides.items()},
+            self.profile.engine_repeats, warmup=0, progress=self.say,
         )
+        bare, rec, norec = (times[n] for n in sides)
         # Same samples on every side, so a throughput ratio is the inverse ratio of times.
-        self.values["engine_overhead"] = median_ratio(
-            times["bare_loop_s"], times["trainer_recording_s"])
-        self.values["recorder_overhead"] = median_ratio(
-            times["trainer_no_recording_s"], times["trainer_recording_s"])
+        self.values["engine_overhead"] = median_ratio(walls(bare), walls(rec))
+        self.values["recorder_overhead"] = median_ratio(walls(norec), walls(rec))
         samples = shape.train_samples
         self.details["engine"] = {
             "shape": asdict(shape),
             "samples_per_run": samples,
-            "bare_loop_samples_per_s": samples / spread(times["bare_loop_s"])["median"],
-            "trainer_samples_per_s": samples / spread(times["trainer_recording_s"])["median"],
-            **{key: spread(values) for key, values in times.items()},
+            "bare_loop_samples_per_s": samples / median(walls(bare)),
+            "trainer_samples_per_s": samples / median(walls(rec)),
+            **_timed_details(times),
         }
 
     def attribution(self) -> None:
         """attribution_cost: one exact attribution (3 seeds) / one plain validation pass."""
         task = self.task
-        config = trainer_config(self.profile.engine)
         model = blending_model(task)
-        val = fixed_val_batches(task, config)
+        val = fixed_val_batches(task, trainer_config(self.profile.engine))
         timer = AttributionTimer(model, task, val)
         self.say(f"attribution: 3 active conv_light seeds, {len(val)} validation batches, "
                  f"{self.profile.attribution_repeats} rounds")
         times = interleave(
-            {"plain_pass_s": lambda: plain_pass_seconds(model, task, val), "attribution_s": timer},
-            self.profile.attribution_repeats, self.profile.warmup,
+            {"plain_pass": lambda: plain_pass_seconds(model, task, val), "attribution": timer},
+            self.profile.attribution_repeats, warmup=1,
         )
-        self.values["attribution_cost"] = median_ratio(times["attribution_s"],
-                                                       times["plain_pass_s"])
-        reported = timer.reported[self.profile.warmup:]
+        plain, attribution = times["plain_pass"], times["attribution"]
+        self.values["attribution_cost"] = median_ratio(walls(attribution), walls(plain))
+        reported = timer.reported[1:]  # without the warm-up round
         self.details["attribution"] = {
             "blueprint": "conv_light",
             "val_batches": len(val),
             "val_samples": sum(len(y) for _, y in val),
-            # the engine's own figure: solve time / its own plain pass, excluding that pass
-            "engine_reported_cost_ratio": spread(reported)["median"] if reported else None,
-            **{key: spread(values) for key, values in times.items()},
+            # The engine's own figure: its solve time over a plain pass it times itself, which
+            # ``attribute`` runs on top of the solve (so it is not inside that figure).
+            "engine_reported_cost_ratio": median(reported),
+            **_timed_details(times),
         }
 
     def console(self) -> None:
@@ -186,18 +190,21 @@ class Bench:
             self.say(f"console_overhead skipped: {missing}")
             return
         shape = self.profile.console
-        self.say(f"console: {shape.epochs} epochs x {shape.batches_per_epoch} batches per run "
-                 f"in tmux {self.profile.console_repeats} rounds (+ warm-up)")
+        self.say(f"console: {shape.epochs} epochs x {shape.batches_per_epoch} batches per run, "
+                 f"{self.profile.console_repeats} rounds of two processes in tmux")
         with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
-            runner = TmuxRunner(Path(tmp), epochs=shape.epochs, batches=shape.batches_per_epoch,
-                                threads=self.threads)
+            runner = TmuxRunner(Path(tmp), threads=self.threads)
             try:
+                # Each run is a fresh process and only the trainer's window is timed, so one
+                # short console run is warm-up enough (page cache) and proves the path works.
+                rate = runner.samples_per_s(self.profile.warmup_shape, headless=False)
+                self.say(f"  warm-up console: {rate:.4g}")
                 rates = interleave(
                     {
-                        "headless_samples_per_s": lambda: runner.samples_per_s(headless=True),
-                        "console_samples_per_s": lambda: runner.samples_per_s(headless=False),
+                        "headless_samples_per_s": lambda: runner.samples_per_s(shape, True),
+                        "console_samples_per_s": lambda: runner.samples_per_s(shape, False),
                     },
-                    self.profile.console_repeats, self.profile.warmup, self.say,
+                    self.profile.console_repeats, warmup=0, progress=self.say,
                 )
             finally:
                 runner.close()
@@ -217,24 +224,28 @@ class Bench:
             size = build_recording(path, REPLAY_EVENTS)
             latest: list = []
 
-            def decode() -> float:
+            def decode() -> Timed:
                 latest.clear()  # free the previous decode first: a replay decodes once
-                elapsed, events = decode_seconds(path, REPLAY_EVENTS)
+                timed, events = decode_seconds(path, REPLAY_EVENTS)
                 latest.append(events)
-                return elapsed
+                return timed
 
             times = interleave(
-                {"decode_s": decode, "ingest_s": lambda: ingest_seconds(latest[0])},
-                self.profile.replay_repeats, self.profile.warmup, self.say,
+                {"decode": decode, "ingest": lambda: ingest_seconds(latest[0])},
+                self.profile.replay_repeats, warmup=1, progress=self.say,
             )
-        decode_median = spread(times["decode_s"])["median"]
-        self.values["replay_decode_events_per_s"] = REPLAY_EVENTS / decode_median
-        self.values["replay_ingest_s"] = spread(times["ingest_s"])["median"]
-        self.details["replay"] = {
-            "events": REPLAY_EVENTS,
-            "bytes": size,
-            **{key: spread(values) for key, values in times.items()},
-        }
+        decode_s, ingest_s = times["decode"], times["ingest"]
+        self.values["replay_decode_events_per_s"] = REPLAY_EVENTS / median(walls(decode_s))
+        self.values["replay_ingest_s"] = median(walls(ingest_s))
+        self.details["replay"] = {"events": REPLAY_EVENTS, "bytes": size,
+                                  **_timed_details(times)}
+
+
+def _timed_details(times: dict[str, list[Timed]]) -> dict[str, object]:
+    """Wall and process CPU seconds per side, for the JSON: CPU well below wall means the
+    side waited (I/O, the GIL, other processes); on a VM, time stolen by the host counts as CPU."""
+    return {f"{name}_s": {"wall": spread(walls(v)), "cpu": spread(cpus(v))}
+            for name, v in times.items()}
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -253,7 +264,7 @@ def table(bench: Bench) -> str:
         passed = target.passed(value)
         result = "n/a" if passed is None else ("pass" if passed else "FAIL")
         rows.append((target.key, format_value(value), target.describe(), result))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [f"{key}: null ({reason})" for key, reason in bench.reasons.items()]

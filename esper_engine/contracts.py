@@ -228,7 +228,7 @@ COMMAND_TYPES: tuple[type[Command], ...] = (ForceRollback, SetClipThreshold, Pau
 # --- one reusable encoder/decoder -------------------------------------------------------------
 
 _ENCODER = msgspec.msgpack.Encoder()
-_EVENT_DECODER = msgspec.msgpack.Decoder(TelemetryEvent)
+EVENT_DECODER = msgspec.msgpack.Decoder(TelemetryEvent)  # reused: building one is costly
 _COMMAND_DECODER = msgspec.msgpack.Decoder(OperatorCommand)
 
 
@@ -239,7 +239,7 @@ def encode(obj: Event | Command) -> bytes:
 
 def decode_event(data: bytes) -> TelemetryEvent:
     """Decode one msgpack event; raises ``msgspec.DecodeError`` (or ValidationError) on garbage."""
-    return _EVENT_DECODER.decode(data)
+    return EVENT_DECODER.decode(data)
 
 
 def decode_command(data: bytes) -> OperatorCommand:

@@ -77,6 +77,7 @@ class EnvRuntime:
     prev_val_acc: float | None = None
     clip_threshold: float | None = None
     cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
+    val_pass_s: float | None = None  # this epoch's plain validation pass, in seconds
     episodes_started: int = 0
 
     def __post_init__(self) -> None:

@@ -238,7 +238,7 @@ def _decode_frames(
     frame starts (``len(data)`` when none). ``base_offset`` maps ``data`` back to file offsets."""
     size = len(data)
     unpack_length = _LENGTH.unpack_from
-    decode = contracts.decode_event
+    decode = contracts.EVENT_DECODER.decode  # bound method: no wrapper call per frame
     append = out.append
     while pos + LENGTH_SIZE <= size:
         (length,) = unpack_length(data, pos)

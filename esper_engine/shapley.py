@@ -294,8 +294,16 @@ class CounterfactualEngine:
         # one stream across calls: each attribution draws fresh permutations, reproducibly
         self._rng = random.Random(seed)
 
-    def attribute(self, val_batches: Sequence[tuple[Tensor, Tensor]]) -> AttributionResult:
-        """Attribute accuracy points to every active seed; batches are prepared (x, y) pairs."""
+    def attribute(
+        self,
+        val_batches: Sequence[tuple[Tensor, Tensor]],
+        plain_pass_s: float | None = None,
+    ) -> AttributionResult:
+        """Attribute accuracy points to every active seed; batches are prepared (x, y) pairs.
+
+        ``plain_pass_s`` is the time of one ordinary validation pass over the same batches, when
+        the caller has just measured it (the trainer has); otherwise one is timed here.
+        """
         if not val_batches:
             raise ValueError("attribution needs at least one validation batch")
         order = {sid: k for k, sid in enumerate(self.model.slot_ids)}
@@ -305,7 +313,7 @@ class CounterfactualEngine:
             start = time.perf_counter()
             scores, phi, errors = self._solve(active, val_batches)
             elapsed = time.perf_counter() - start
-            plain = self._plain_pass_seconds(val_batches)
+            plain = plain_pass_s if plain_pass_s else self._plain_pass_seconds(val_batches)
         full, empty = scores[frozenset(range(n))], scores[frozenset()]
         return AttributionResult(
             shapley=dict(zip(active, phi, strict=True)),

@@ -154,8 +154,10 @@ class VectorizedTrainer:
     def _validate(self) -> list[TensorTotals]:
         totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
         for env in self.envs:
+            started = time.perf_counter()
             for x, y in self.val_batches:
                 totals[env.index].add_val(process_val_batch(env.model, x, y, self.task))
+            env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
         return totals
 
     def _synchronise(
@@ -224,7 +226,8 @@ class VectorizedTrainer:
             permutations=self.config.shapley_permutations,
             seed=self.config.seed + epoch,
         )
-        result = engine.attribute(self.val_batches)
+        on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
+        result = engine.attribute(self.val_batches, env.val_pass_s if on_cpu else None)
         for slot_id, value in result.shapley.items():
             env.model.slots[slot_id].contribution = value
         self.sink.emit(

@@ -115,7 +115,8 @@ def process_train_batch(env: ParallelEnvState, x: Tensor, y: Tensor, task: Any) 
         optimizers = [env.host_optimizer, *env.seed_optimizers.values()]
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        env.model.train()  # validation or attribution may have left it in eval mode
+        if not env.model.training:  # validation or attribution left it in eval mode
+            env.model.train()  # (walks every module: only when needed, not per batch)
         with _autocast(env):
             logits = env.model(x)
             loss = task.loss(logits, y)

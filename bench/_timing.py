@@ -1,24 +1,53 @@
-"""Interleaved, counterbalanced repeats: the bench's defence against a noisy, shared machine.
+"""How the bench times things: wall and CPU seconds, interleaved and counterbalanced repeats.
 
 Every figure compares two (or three) things measured in the same rounds: A B C, then C B A, ...
 so that slow drift (another process starting, the CPU heating up) hits every side alike and no
 side always runs first. A ratio is taken inside each round, then the median over rounds.
+Figures use wall time; process CPU time is kept beside it to show when a side was waiting.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple, TypeVar
 
+T = TypeVar("T")
 Progress = Callable[[str], None]
 
 
+class Timed(NamedTuple):
+    """Seconds of one measurement: wall clock and this process's CPU (all its threads)."""
+
+    wall: float
+    cpu: float
+
+    def __str__(self) -> str:
+        return f"wall {self.wall:.3f} s, cpu {self.cpu:.3f} s"
+
+
+class Stopwatch:
+    """Filled in when its ``stopwatch()`` block ends."""
+
+    result: Timed = Timed(0.0, 0.0)
+
+
+@contextmanager
+def stopwatch() -> Iterator[Stopwatch]:
+    watch = Stopwatch()
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield watch
+    watch.result = Timed(time.perf_counter() - wall, time.process_time() - cpu)
+
+
 def interleave(
-    measures: Mapping[str, Callable[[], float]],
+    measures: Mapping[str, Callable[[], T]],
     repeats: int,
     warmup: int = 1,
     progress: Progress | None = None,
-) -> dict[str, list[float]]:
+) -> dict[str, list[T]]:
     """Run each measure once per round for ``warmup + repeats`` rounds; keep the last ``repeats``.
 
     Odd rounds run the measures in reverse order (counterbalancing).
@@ -26,14 +55,15 @@ def interleave(
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     names = list(measures)
-    kept: dict[str, list[float]] = {name: [] for name in names}
+    kept: dict[str, list[T]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
         order = names if round_index % 2 == 0 else names[::-1]
         label = "warm-up" if round_index < warmup else f"round {round_index - warmup + 1}/{repeats}"
         for name in order:
             value = measures[name]()
             if progress is not None:
-                progress(f"  {label} {name}: {value:.4g}")
+                shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+                progress(f"  {label} {name}: {shown}")
             if round_index >= warmup:
                 kept[name].append(value)
     return kept
@@ -50,8 +80,12 @@ def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of a series, for the JSON details."""
-    return {
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-    }
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def walls(values: Sequence[Timed]) -> list[float]:
+    return [v.wall for v in values]
+
+
+def cpus(values: Sequence[Timed]) -> list[float]:
+    return [v.cpu for v in values]

@@ -83,6 +83,15 @@ class OverwatchApp(App[int]):
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help", key_display="?", tooltip="Show this help"),
         Binding("q", "quit", "Quit", tooltip="Stop the trainer at a safe point and quit"),
+        # Textual binds ctrl+c to a "press q to quit" hint; here it quits like q.
+        Binding(
+            "ctrl+c",
+            "quit",
+            "Quit",
+            show=False,
+            priority=True,
+            tooltip="Stop the trainer at a safe point and quit",  # one help row with q
+        ),
         Binding("1", "focus_env(0)", "Env", key_display="1-9", tooltip="Focus env 1..9"),
         *(Binding(str(n), f"focus_env({n - 1})", f"Env {n}", show=False) for n in range(2, 10)),
         Binding("left", "focus_step(-1)", "Previous env", show=False),

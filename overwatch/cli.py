@@ -155,6 +155,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         session = prepare_session(config, run_id=run_id, record_path=path, progress=_progress)
     except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
         raise BadInput(str(exc)) from None
+    except OSError as exc:  # the tasks wrap their own OSErrors: this one is the recorder's
+        if path is None:
+            raise
+        raise BadInput(f"cannot record to {path}: {exc.strerror}") from None
     if path is not None:
         print(f"recording to {path}", file=sys.stderr)
     if args.headless:

@@ -1,8 +1,9 @@
 """`overwatch run --headless`: a compact Rich progress view on stderr, no TUI.
 
 One line per env (epoch, accuracy, loss or perplexity, grad norm after clipping, panics, seeds),
-refreshed a few times a second; meant for nohup, tmux and batch jobs. SIGINT, SIGTERM and SIGHUP
-stop the trainer at a safe point and the recording is closed.
+refreshed a few times a second in a terminal; elsewhere (nohup, a batch job, a pipe) one plain
+line per env and epoch as it happens. SIGINT, SIGTERM and SIGHUP stop the trainer at a safe point
+and the recording is closed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from esper_engine.contracts import (
@@ -26,37 +28,49 @@ from esper_engine.contracts import (
 )
 from esper_engine.session import TrainingSession
 
+COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds")
+
 
 class HeadlessView:
-    """Latest summary per env; rendered as one Rich table."""
+    """Latest summary per env; rendered as one Rich table, or as one plain line per summary."""
 
     def __init__(self) -> None:
         self.started: RunStarted | None = None
         self.latest: dict[int, EpochSummary] = {}
         self.finished: RunFinished | None = None
 
-    def ingest(self, events: list[TelemetryEvent]) -> None:
+    def ingest(self, events: list[TelemetryEvent]) -> list[EpochSummary]:
+        """Keep the latest state; returns the new per-env summaries (a progress line each)."""
+        new: list[EpochSummary] = []
         for event in events:
             if isinstance(event, EpochSummary) and event.env is not None:
                 self.latest[event.env] = event
+                new.append(event)
             elif isinstance(event, RunStarted):
                 self.started = event
             elif isinstance(event, RunFinished):
                 self.finished = event
+        return new
+
+    def title(self, dropped: int = 0) -> str:
+        if self.started is None:
+            return "starting ..."
+        s = self.started
+        title = f"{s.run_id} {s.task} {s.policy} x{s.n_envs}"
+        return title + (f"  dropped={dropped}" if dropped else "")
 
     def render(self, dropped: int = 0) -> Table:
-        title = "starting ..."
-        if self.started is not None:
-            s = self.started
-            title = f"{s.run_id} {s.task} {s.policy} x{s.n_envs}"
-            if dropped:
-                title += f"  dropped={dropped}"
-        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
-        for column in ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds"):
+        table = Table(title=self.title(dropped), title_justify="left", box=None, pad_edge=False)
+        for column in COLUMNS:
             table.add_column(column, justify="right" if column != "seeds" else "left")
         for env in sorted(self.latest):
             table.add_row(*self.row(self.latest[env]))
         return table
+
+    def line(self, s: EpochSummary) -> str:
+        """One table row as a plain labelled line, for logs: "env 1  episode 1/3  epoch ..."."""
+        pairs = zip(COLUMNS, self.row(s), strict=True)
+        return "  ".join(f"{name} {value}" for name, value in pairs)
 
     def row(self, s: EpochSummary) -> tuple[str, ...]:
         episodes = self.started.episodes if self.started else 0
@@ -100,22 +114,52 @@ def stop_on_signals(session: TrainingSession) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def run_headless(session: TrainingSession, refresh_hz: float = 4.0) -> int:
+def run_headless(
+    session: TrainingSession, refresh_hz: float = 4.0, *, console: Console | None = None
+) -> int:
     """Run to the end (or a stop signal); the exit code follows RunFinished's status."""
-    console = Console(file=sys.stderr)
+    console = console or Console(file=sys.stderr)
     view = HeadlessView()
     period = 1.0 / max(refresh_hz, 0.1)
     with stop_on_signals(session):
         session.start()
-        with Live(view.render(), console=console, refresh_per_second=max(refresh_hz, 1)) as live:
-            while not session.wait(timeout=period):
-                view.ingest(session.poll())
-                live.update(view.render(session.dropped))
-            view.ingest(session.poll())
-            live.update(view.render(session.dropped))
+        # Off a terminal (nohup, a batch job, a pipe) Live would print only the final table.
+        follow = _follow_live if console.is_terminal else _follow_lines
+        follow(session, view, console, period)
     finished = session.finished
     if finished is not None and finished.status == "crashed":
-        console.print(f"[bold red]run crashed:[/] {finished.error}")
+        console.print(f"[bold red]run crashed:[/] {escape(finished.error or '')}")
     elif finished is not None:
         console.print(f"run {finished.status}")
     return session.exit_code
+
+
+def _follow_live(
+    session: TrainingSession, view: HeadlessView, console: Console, period: float
+) -> None:
+    """A table redrawn in place; Live ends it with a newline, so the status gets its own line."""
+    refresh = max(1.0 / period, 1.0)
+    with Live(view.render(), console=console, refresh_per_second=refresh) as live:
+        while not session.wait(timeout=period):
+            view.ingest(session.poll())
+            live.update(view.render(session.dropped))
+        view.ingest(session.poll())
+        live.update(view.render(session.dropped))
+
+
+def _follow_lines(
+    session: TrainingSession, view: HeadlessView, console: Console, period: float
+) -> None:
+    """One flushed plain line per epoch summary, so a log shows progress as it happens."""
+    out = console.file
+    announced = False
+    done = False
+    while not done:
+        done = session.wait(timeout=period)
+        lines = [view.line(summary) for summary in view.ingest(session.poll())]
+        if not announced and view.started is not None:
+            announced = True
+            lines.insert(0, view.title())
+        if lines:
+            out.write("".join(line + "\n" for line in lines))
+            out.flush()

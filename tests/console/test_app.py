@@ -244,6 +244,17 @@ async def test_q_stops_the_source_and_exits_zero() -> None:
 
 
 @run_async
+async def test_ctrl_c_stops_the_source_and_exits_zero_like_q() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("ctrl+c")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert source.stopped
+        assert app.return_code == 0
+
+
+@run_async
 async def test_request_quit_works_from_another_thread() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:

@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from esper_engine.contracts import CommandAck, EpochSummary, RunFinished, RunStarted
 from esper_engine.recording import read_recording
 from overwatch.cli import main
 
+PROGRESS = re.compile(r"^env (?P<env>\d+)  episode \S+  epoch (?P<epoch>\S+)  acc ")
 SMALL_RUN = ["--n-envs", "2", "--episodes", "1", "--epochs", "2", "--batches-per-epoch", "2"]
 
 
@@ -31,8 +36,13 @@ def overwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["run", "--task", "mnist"], "invalid choice"),
         (["run", "--max-grad-norm", "nan"], "finite"),
         (["run", "--amp", "fp8"], "invalid choice"),
-        (["run", "--device", "cuda", "--headless"], "CUDA is not available"),
+        pytest.param(
+            ["run", "--device", "cuda", "--headless"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
         (["run", "--task", "cifar10", "--data-dir", "/nonexistent", "--headless"], "cifar10"),
+        (["run", "--headless", "--record", "/proc/nope/x.msgpack"], "cannot record to"),
         (["replay", "/nonexistent.msgpack"], "no such recording"),
         (["replay", "x.msgpack", "--speed", "16"], "0.25..8"),
         (["export", "/nonexistent.msgpack"], "no such recording"),
@@ -64,7 +74,13 @@ def test_headless_run_records_and_exports(tmp_path):
     events = list(read_recording(tmp_path / "run.msgpack"))
     assert isinstance(events[0], RunStarted) and isinstance(events[-1], RunFinished)
     assert events[-1].status == "completed"
-    assert len([e for e in events if isinstance(e, EpochSummary)]) == 4
+    summaries = [e for e in events if isinstance(e, EpochSummary)]
+    assert len(summaries) == 4
+    # stderr is a pipe here: one plain progress line per env and epoch, then the status alone.
+    progress = [PROGRESS.match(line) for line in result.stderr.splitlines()]
+    seen = sorted((int(m["env"]), m["epoch"]) for m in progress if m)
+    assert seen == sorted((s.env + 1, f"{s.epoch + 1}/2") for s in summaries)
+    assert "run completed" in result.stderr.splitlines()
 
     exported = overwatch("export", "run.msgpack", "--format", "jsonl", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
@@ -97,46 +113,39 @@ def test_default_recording_path_is_printed(tmp_path):
 
 
 def test_sigterm_stops_at_a_safe_point_and_closes_the_recording(tmp_path):
-    import signal
-
+    long_run = ["--n-envs", "1", "--epochs", "50", "--batches-per-epoch", "5"]
+    long_run += ["--record", "long.msgpack"]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "overwatch.cli",
-            "run",
-            "--headless",
-            "--n-envs",
-            "1",
-            "--epochs",
-            "50",
-            "--batches-per-epoch",
-            "5",
-            "--record",
-            "long.msgpack",
-        ],
+        [sys.executable, "-m", "overwatch.cli", "run", "--headless", *long_run],
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Wait for the first epoch to be on disk (the recorder flushes every epoch), then signal.
-    path = tmp_path / "long.msgpack"
-    for _ in range(600):
-        try:
-            if any(isinstance(e, EpochSummary) for e in read_recording(path)):
-                break
-        except Exception:  # noqa: BLE001 - the file may not exist yet
-            pass
-        try:
-            proc.wait(timeout=0.5)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    events = list(read_recording(path))
+    stderr: list[str] = []
+    first_epoch = threading.Event()
+
+    def read_stderr() -> None:
+        for line in proc.stderr:
+            stderr.append(line)
+            if PROGRESS.match(line):
+                first_epoch.set()
+        first_epoch.set()  # end of output: the asserts below say what went wrong
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert first_epoch.wait(timeout=120), "no progress line within 120 s"
+        assert proc.poll() is None, "".join(stderr)  # still training: 50 epochs to go
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, "".join(stderr)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    events = list(read_recording(tmp_path / "long.msgpack"))
     assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
+    assert sum(isinstance(e, EpochSummary) for e in events) < 50
     acks = [e for e in events if isinstance(e, CommandAck)]
     assert acks and acks[-1].command == "Stop" and acks[-1].accepted
+    assert "run stopped" in "".join(stderr).splitlines()

@@ -62,10 +62,18 @@ class AttributionTimer:
     def __init__(self, model: MorphogeneticModel, task: Task, val: ValBatches) -> None:
         self.model, self.task, self.val = model, task, val
         self.reported: list[float] = []
+        self.last_plain_s: float | None = None  # the trainer hands over its epoch's val pass
+
+    def plain_pass(self) -> Timed:
+        """A plain validation pass, remembered as the trainer remembers its epoch's pass."""
+        timed = plain_pass_seconds(self.model, self.task, self.val)
+        self.last_plain_s = timed.wall
+        return timed
 
     def __call__(self) -> Timed:
         with stopwatch() as watch:
-            result = CounterfactualEngine(self.model, self.task).attribute(self.val)
+            engine = CounterfactualEngine(self.model, self.task)
+            result = engine.attribute(self.val, plain_pass_s=self.last_plain_s)
         if not result.exact or result.coalitions != 8:
             raise RuntimeError(
                 f"expected an exact attribution over 8 coalitions, got exact={result.exact}, "

@@ -31,7 +31,7 @@ class MorphogeneticModel(nn.Module):
         slots: Sequence[str] | None = None,
         *,
         embargo_epochs: int = 2,
-        min_training_epochs: int = 2,
+        min_training_epochs: int = 1,
         min_prune_age: int = 1,
     ) -> None:
         super().__init__()

@@ -43,6 +43,7 @@ class HeuristicPolicy:
         min_prune_age: int = 2,
         holding_patience: int = 3,
         max_live: int = 1,
+        grow_from_start: bool = True,
     ) -> None:
         """Thresholds are in accuracy points (Shapley units); ``plateau_delta`` is a fraction.
 
@@ -61,6 +62,7 @@ class HeuristicPolicy:
         self.min_prune_age = min_prune_age
         self.holding_patience = holding_patience
         self.max_live = max_live
+        self.grow_from_start = grow_from_start
 
     def _preferred_blueprint(self, preference: Sequence[str]) -> int:
         for name in preference:
@@ -110,6 +112,19 @@ class HeuristicPolicy:
             lambda s: s.contribution is not None and s.contribution > self.fossilize_threshold,
         )
 
+    def _first_seed_due(self, obs: EnvObservation) -> bool:
+        """The episode's first seed goes in after its first epoch, not on a plateau.
+
+        The default host is small by design; a seed planted early has the most epochs to learn
+        and blend (in the growth study a seed from the start ended clearly above one planted on
+        the plateau, which the short episodes reach only near their end).
+        """
+        return (
+            self.grow_from_start
+            and obs.epoch == 0
+            and all(slot.stage == "DORMANT" for slot in obs.slots)
+        )
+
     def _advance(self, obs: EnvObservation) -> Action | None:
         # HOLDING is left alone: leaving it is FOSSILIZE or PRUNE, which need the contribution.
         return self._first(obs, Op.ADVANCE, lambda s: s.stage != "HOLDING")
@@ -117,7 +132,10 @@ class HeuristicPolicy:
     def _germinate(self, obs: EnvObservation) -> Action | None:
         if obs.live_count() >= self.max_live:
             return None
-        if not plateaued(obs.acc_history, self.plateau_window, self.plateau_delta):
+        if not (
+            self._first_seed_due(obs)
+            or plateaued(obs.acc_history, self.plateau_window, self.plateau_delta)
+        ):
             return None
         action = self._first(obs, Op.GERMINATE, lambda s: True)
         if action is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -87,6 +88,19 @@ def test_germinates_on_plateau_into_shallowest_dormant_slot_with_preferred_bluep
     slots = [SlotObservation("FOSSILIZED", "norm", alpha=1.0), *dormant(2)]
     action = policy().act(make_obs(*slots, acc=FLAT))
     assert action == Action(Op.GERMINATE, 1, BLUEPRINTS.index("conv_light"))
+
+
+def test_the_first_seed_goes_in_after_the_first_epoch_without_a_plateau() -> None:
+    first_epoch = dataclasses.replace(make_obs(*dormant(3), acc=(0.3,)), epoch=0)
+    assert policy().act(first_epoch) == Action(Op.GERMINATE, 0, BLUEPRINTS.index("conv_light"))
+    assert policy(grow_from_start=False).act(first_epoch) == Action(Op.WAIT)
+    # later in the episode, or once a slot was used, growth waits for a plateau again
+    later = dataclasses.replace(first_epoch, epoch=1)
+    assert policy().act(later) == Action(Op.WAIT)
+    used = dataclasses.replace(
+        first_epoch, slots=(SlotObservation("EMBARGOED", "norm"), *dormant(2))
+    )
+    assert policy().act(used) == Action(Op.WAIT)
 
 
 def test_transformer_preference_picks_lora() -> None:

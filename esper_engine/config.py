@@ -6,6 +6,8 @@ import math
 
 import msgspec
 
+LR_SCHEDULES = ("cosine", "constant")
+
 
 class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     # --- run shape ---
@@ -43,6 +45,16 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     param_rent: float = 0.5  # reward (accuracy points) paid per doubling of the host's parameters
     # --- telemetry ---
     batch_stats_every: int = 10  # a BatchStats event every k batches per env (0 disables)
+    # --- optimisation (appended: older recordings' configs still decode) ---
+    # cosine: host and seed lrs follow 0.5 * (1 + cos(pi * epoch / epochs)) within each episode, so
+    # the last epochs settle instead of swinging; constant: the base lrs throughout.
+    lr_schedule: str = "cosine"
+
+    def lr_scale(self, epoch: int) -> float:
+        """The factor applied to every base lr during ``epoch`` of an episode."""
+        if self.lr_schedule == "constant":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
 
     def clip_enabled(self) -> bool:
         return self.max_grad_norm is not None and self.max_grad_norm > 0
@@ -61,5 +73,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"max_grad_norm must be finite and >= 0, got {self.max_grad_norm}")
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.policy not in ("heuristic", "ppo", "static"):
             raise ValueError(f"policy must be heuristic, ppo or static, got {self.policy!r}")

@@ -149,6 +149,14 @@ class MorphogeneticModel(nn.Module):
         """Seeds blended in with alpha > 0 and not fossilized: the players Shapley attributes."""
         return [sid for sid in self.slot_ids if self.slots[sid].is_active]
 
+    def learning_slots(self) -> list[str]:
+        """Slots whose seed has an optimizer: live seeds and fossilized ones (part of the host)."""
+        return [
+            sid
+            for sid in self.slot_ids
+            if self.slots[sid].is_live or self.slots[sid].stage is SeedStage.FOSSILIZED
+        ]
+
     def fossilized_slots(self) -> list[str]:
         return [sid for sid in self.slot_ids if self.slots[sid].stage is SeedStage.FOSSILIZED]
 

@@ -6,7 +6,8 @@ Forward semantics (``h`` is the host activation arriving at the slot):
   equals the host's exactly while the seed gets the gradient it would get fully blended;
 - BLENDING / HOLDING: ``lerp(h, seed(h.detach()), alpha)``;
 - FOSSILIZED: ``seed(h)``, fully on and reading ``h`` directly: it is part of the host now, so the
-  host's gradient flows through it. Its parameters are frozen at fossilization;
+  host's gradient flows through it and it keeps learning with the host (a seed frozen after its
+  few epochs of probation held the host back: in the growth study freezing cost 1-4 points);
 - an alpha override (float or per-sample ``[B]`` tensor) forces ``lerp(h, seed(h.detach()), a)``
   for TRAINING/BLENDING/HOLDING seeds; fossilized seeds ignore it, and a germinated seed (still
   exactly the identity) returns ``h``, which is the same value.
@@ -231,12 +232,10 @@ class SeedSlot(nn.Module):
         self._grad_now = self._grad_last = None
 
     def fossilize(self, initiator: str = "policy") -> None:
-        """HOLDING -> FOSSILIZED: the seed becomes a permanent, frozen part of the host."""
+        """HOLDING -> FOSSILIZED: the seed becomes a permanent part of the host, still learning."""
         _check_initiator(initiator)
         self._require(self.can_fossilize(), SeedStage.FOSSILIZED)
         self._transition(SeedStage.FOSSILIZED, initiator)
-        assert self.seed is not None
-        self.seed.requires_grad_(False)
 
     def record_seed_grad_health(self, finite: bool | Tensor) -> None:
         """The trainer reports if this batch's seed gradients were finite (a tensor is fine)."""

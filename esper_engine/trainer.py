@@ -116,6 +116,8 @@ class VectorizedTrainer:
 
     def _run_epoch(self, epoch: int) -> None:
         started, self._paused_s = time.perf_counter(), 0.0
+        for env in self.envs:
+            env.state.set_lr_scale(self.config.lr_scale(epoch))
         train = self._train_epoch()
         val = self._validate()
         figures = self._synchronise(train, val)
@@ -283,6 +285,7 @@ class VectorizedTrainer:
 
     def _rollback(self, env: EnvRuntime, initiator: str) -> None:
         report = env.governor.execute_rollback(initiator=initiator)
+        env.state.after_rollback()
         self.sink.emit(report.to_event(**self._common(env.index)))
         if initiator == "governor":
             self.policy.penalize(env.index, env.governor.get_punishment_reward())

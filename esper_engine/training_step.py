@@ -70,37 +70,63 @@ class ParallelEnvState:
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
         self.clip_threshold = clip_threshold  # mutable: the trainer applies SetClipThreshold
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        # Learning rates are the base rates times one schedule factor (set once per epoch).
+        self.lr_scale = 1.0
+        for group in host_optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
 
     @property
     def clip_enabled(self) -> bool:
         return self.clip_threshold is not None and self.clip_threshold > 0
 
     def add_seed_optimizer(self, slot_id: str) -> torch.optim.Optimizer:
-        """Create the seed's own SGD optimizer (called when the seed is germinated)."""
+        """Create the seed's own SGD optimizer, at the seed lr times the current schedule factor."""
         params = list(self.model.seed_parameters(slot_id))
         if not params:
             raise ValueError(f"seed in slot {slot_id!r} has no parameters to optimise")
-        optimizer = torch.optim.SGD(params, lr=self.seed_lr, momentum=self.seed_momentum)
+        optimizer = torch.optim.SGD(
+            params, lr=self.seed_lr * self.lr_scale, momentum=self.seed_momentum
+        )
+        optimizer.param_groups[0]["initial_lr"] = self.seed_lr
         self.seed_optimizers[slot_id] = optimizer
         return optimizer
 
     def drop_seed_optimizer(self, slot_id: str) -> None:
-        """Forget a pruned or fossilized seed's optimizer (and its momentum)."""
+        """Forget a pruned seed's optimizer (and its momentum)."""
         self.seed_optimizers.pop(slot_id, None)
 
     def sync_seed_optimizers(self) -> None:
-        """Give every live seed an optimizer over its current parameters; drop all others.
+        """Give every learning seed (live or fossilized) an optimizer over its current parameters;
+        drop all others.
 
-        The trainer calls add/drop on lifecycle events; this guards against a missed call, which
-        would otherwise leave a live seed untrained or keep a stale optimizer over an old module.
+        Seed optimizers follow the lifecycle through this call alone: it creates one for a new
+        seed, drops a pruned seed's, and replaces one that holds an old module's parameters.
         """
-        live = self.model.live_slots()
+        learning = self.model.learning_slots()
         for slot_id in list(self.seed_optimizers):
-            if slot_id not in live or not self._optimizes_current_seed(slot_id):
+            if slot_id not in learning or not self._optimizes_current_seed(slot_id):
                 self.drop_seed_optimizer(slot_id)
-        for slot_id in live:
+        for slot_id in learning:
             if slot_id not in self.seed_optimizers:
                 self.add_seed_optimizer(slot_id)
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Every optimizer's lr = its base lr x ``scale`` (the schedule's factor for this epoch)."""
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"lr scale must be finite and >= 0, got {scale}")
+        self.lr_scale = scale
+        for optimizer in (self.host_optimizer, *self.seed_optimizers.values()):
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * scale
+
+    def after_rollback(self) -> None:
+        """A rollback restored the weights and the host optimizer from the last good epoch.
+
+        Seed momentum belongs to the abandoned trajectory (new optimizers are made on the next
+        step) and the restored host optimizer carries that older epoch's lr: re-apply this one's.
+        """
+        self.seed_optimizers.clear()
+        self.set_lr_scale(self.lr_scale)
 
     def _optimizes_current_seed(self, slot_id: str) -> bool:
         held = [p for group in self.seed_optimizers[slot_id].param_groups for p in group["params"]]
@@ -198,9 +224,9 @@ def _unscale(env: ParallelEnvState, seed_has_grads: dict[str, bool]) -> None:
 
 
 def _clip(env: ParallelEnvState) -> tuple[Tensor, Tensor, Tensor]:
-    """Clip host + live-seed grads by their global norm; return (pre, post, clipped) tensors."""
+    """Clip host + seed grads by their global norm; return (pre, post, clipped) tensors."""
     params = list(env.model.host_parameters())
-    for slot_id in env.model.live_slots():
+    for slot_id in env.model.learning_slots():
         params.extend(env.model.seed_parameters(slot_id))
     grads = [p.grad for p in params if p.grad is not None]
     pre = get_total_norm(grads)  # what clip_grad_norm_ computes and returns

@@ -14,6 +14,8 @@ from esper_engine.policy.observation import EnvObservation, SlotObservation
 
 CNN_PREFERENCE = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
 TRANSFORMER_PREFERENCE = ("lora", "mlp_small", "attention", "norm")
+# Stages a slot can be in while the episode's early seeds are still going in (nothing judged yet).
+_EARLY_STAGES = frozenset({"DORMANT", "GERMINATED", "TRAINING"})
 
 
 def plateaued(history: Sequence[float], window: int, delta: float) -> bool:
@@ -42,13 +44,17 @@ class HeuristicPolicy:
         prune_threshold: float = 0.0,
         min_prune_age: int = 2,
         holding_patience: int = 3,
-        max_live: int = 1,
+        max_live: int = 2,
         grow_from_start: bool = True,
+        min_epochs_left: int = 5,
     ) -> None:
         """Thresholds are in accuracy points (Shapley units); ``plateau_delta`` is a fraction.
 
         ``holding_patience``: epochs a HOLDING seed may stay below ``fossilize_threshold``
         before it is pruned, so a lukewarm seed cannot block its slot (and ``max_live``) forever.
+        ``min_epochs_left``: no germination on a plateau with fewer epochs left in the episode:
+        a seed spends one germinated, one training and three blending before it can be judged,
+        and one planted later only costs compute and perturbs the host's gradients.
         """
         if not blueprints:
             raise ValueError("HeuristicPolicy needs at least one blueprint")
@@ -63,6 +69,7 @@ class HeuristicPolicy:
         self.holding_patience = holding_patience
         self.max_live = max_live
         self.grow_from_start = grow_from_start
+        self.min_epochs_left = min_epochs_left
 
     def _preferred_blueprint(self, preference: Sequence[str]) -> int:
         for name in preference:
@@ -112,18 +119,30 @@ class HeuristicPolicy:
             lambda s: s.contribution is not None and s.contribution > self.fossilize_threshold,
         )
 
-    def _first_seed_due(self, obs: EnvObservation) -> bool:
-        """The episode's first seed goes in after its first epoch, not on a plateau.
+    def _early_seed_due(self, obs: EnvObservation) -> bool:
+        """The episode's first ``max_live`` seeds go in one per epoch from its start, not on a
+        plateau.
 
-        The default host is small by design; a seed planted early has the most epochs to learn
-        and blend (in the growth study a seed from the start ended clearly above one planted on
-        the plateau, which the short episodes reach only near their end).
+        The default host is small by design and the episode's budget is fixed; a seed planted
+        early has the most epochs to learn and blend. In the growth study (bench/growth.py) two
+        seeds from the start ended clearly above one, and one from the start clearly above one
+        planted on the plateau, which short episodes reach only near their end.
         """
         return (
             self.grow_from_start
-            and obs.epoch == 0
-            and all(slot.stage == "DORMANT" for slot in obs.slots)
+            and obs.epoch < self.max_live
+            and all(slot.stage in _EARLY_STAGES for slot in obs.slots)
         )
+
+    def _late_seed_due(self, obs: EnvObservation) -> bool:
+        """Later seeds answer a plateau, and only while one can still be blended in and judged.
+
+        The early seeds are exempt from ``min_epochs_left``: in a short episode (the 4-epoch
+        smoke run) they are the only ones that can grow at all.
+        """
+        if obs.max_epochs - 1 - obs.epoch < self.min_epochs_left:
+            return False
+        return plateaued(obs.acc_history, self.plateau_window, self.plateau_delta)
 
     def _advance(self, obs: EnvObservation) -> Action | None:
         # HOLDING is left alone: leaving it is FOSSILIZE or PRUNE, which need the contribution.
@@ -132,10 +151,7 @@ class HeuristicPolicy:
     def _germinate(self, obs: EnvObservation) -> Action | None:
         if obs.live_count() >= self.max_live:
             return None
-        if not (
-            self._first_seed_due(obs)
-            or plateaued(obs.acc_history, self.plateau_window, self.plateau_delta)
-        ):
+        if not (self._early_seed_due(obs) or self._late_seed_due(obs)):
             return None
         action = self._first(obs, Op.GERMINATE, lambda s: True)
         if action is None:

@@ -3,7 +3,7 @@
 Class = stripe texture (5 orientation x frequency pairs) x shape (disk or square). The shape is
 filled with the texture on a plain background; colours, stripe phase, position and size are random
 and Gaussian noise (std 0.25) is added. Textures are easy; telling the shapes apart under the noise
-needs capacity, so a 4-8-16 CNN host plateaus below what host + seeds reach.
+needs capacity, so the small default CNN host (3-6-12) stays below what host + seeds reach.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ RADIUS = (8.0, 10.0)
 SIZES = {"default": (8000, 2000), "small": (400, 200)}
 STATS_SAMPLE = 1000
 CHUNK = 1000  # images drawn per vectorised step: bounds peak memory
-# A modest SGD step: at lr 0.05 with momentum validation accuracy swung by +-0.15 between epochs.
-HOST_LR = 0.02
-SEED_LR = 0.02
+# Tuned for the static host under the default cosine schedule and clip 1.0 (final accuracy, 12 x 40
+# batches: lr 0.1 -> 0.78, 0.2 -> 0.79, 0.3 -> 0.77). The epoch-to-epoch swings seen at a constant
+# lr (+-0.15, mostly BatchNorm's running statistics lagging fast-moving weights) settle as the
+# cosine decays. Seeds: 0.05 and 0.2 gave the same growth; the lower one keeps the straight-through
+# incubation (whose gradient never sees the seed's own output) from drifting far.
+HOST_LR = 0.2
+SEED_LR = 0.05
 
 
 def load(*, data_dir: str | None = None, seed: int = 0, scale: str = "default") -> Task:

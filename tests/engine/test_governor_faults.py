@@ -84,7 +84,7 @@ class Env:
 
 def make_env(seed: int, amp: str) -> Env:
     torch.manual_seed(seed)
-    model = create_model(CNN_TASK, "cpu")
+    model = create_model(CNN_TASK, "cpu", widths=(4, 8, 16))  # learns the prototypes quickly
     optimizer = torch.optim.SGD(model.host_parameters(), lr=0.1, momentum=0.9)
     state = ParallelEnvState(
         model, optimizer, seed_lr=0.1, amp=amp, clip_threshold=1.0, device="cpu"

@@ -90,17 +90,38 @@ def test_germinates_on_plateau_into_shallowest_dormant_slot_with_preferred_bluep
     assert action == Action(Op.GERMINATE, 1, BLUEPRINTS.index("conv_light"))
 
 
-def test_the_first_seed_goes_in_after_the_first_epoch_without_a_plateau() -> None:
+def test_the_first_seeds_go_in_one_per_epoch_from_the_start_without_a_plateau() -> None:
+    conv_light = BLUEPRINTS.index("conv_light")
     first_epoch = dataclasses.replace(make_obs(*dormant(3), acc=(0.3,)), epoch=0)
-    assert policy().act(first_epoch) == Action(Op.GERMINATE, 0, BLUEPRINTS.index("conv_light"))
+    assert policy().act(first_epoch) == Action(Op.GERMINATE, 0, conv_light)
     assert policy(grow_from_start=False).act(first_epoch) == Action(Op.WAIT)
+    # the second epoch plants the second seed (max_live is 2 by default) next to the first
+    growing = SlotObservation("GERMINATED", "conv_light")
+    second_epoch = dataclasses.replace(
+        first_epoch, epoch=1, acc_history=(0.3, 0.4), slots=(growing, *dormant(2))
+    )
+    assert policy().act(second_epoch) == Action(Op.GERMINATE, 1, conv_light)
+    assert policy(max_live=1).act(second_epoch) == Action(Op.WAIT)
     # later in the episode, or once a slot was used, growth waits for a plateau again
-    later = dataclasses.replace(first_epoch, epoch=1)
+    later = dataclasses.replace(first_epoch, epoch=2)
     assert policy().act(later) == Action(Op.WAIT)
     used = dataclasses.replace(
         first_epoch, slots=(SlotObservation("EMBARGOED", "norm"), *dormant(2))
     )
     assert policy().act(used) == Action(Op.WAIT)
+
+
+def test_no_seed_is_planted_too_late_to_be_blended_in_and_judged() -> None:
+    flat = make_obs(*dormant(3), acc=FLAT)  # epoch 6 of 12: five epochs left
+    assert policy().act(flat).op == Op.GERMINATE
+    late = dataclasses.replace(flat, epoch=7)
+    assert policy().act(late) == Action(Op.WAIT)
+    assert policy(min_epochs_left=4).act(late).op == Op.GERMINATE
+    # a plateau in a short episode plants nothing, but the early seeds still go in
+    plateau_in_a_short_episode = dataclasses.replace(flat, epoch=1, max_epochs=5)
+    assert policy(grow_from_start=False).act(plateau_in_a_short_episode) == Action(Op.WAIT)
+    start_of_a_short_episode = dataclasses.replace(flat, epoch=0, max_epochs=4)
+    assert policy().act(start_of_a_short_episode).op == Op.GERMINATE
 
 
 def test_transformer_preference_picks_lora() -> None:
@@ -110,10 +131,13 @@ def test_transformer_preference_picks_lora() -> None:
     assert action.describe(("seg0", "seg1"), blueprints) == "GERMINATE seg0 lora"
 
 
-def test_one_live_seed_at_a_time_by_default() -> None:
-    slots = [SlotObservation("TRAINING", "conv_light", epochs_in_stage=1), *dormant(2)]
-    assert policy().act(make_obs(*slots, acc=FLAT)) == Action(Op.WAIT)
-    assert policy(max_live=2).act(make_obs(*slots, acc=FLAT)).op == Op.GERMINATE
+def test_at_most_max_live_seeds_grow_at_once() -> None:
+    training = SlotObservation("TRAINING", "conv_light", epochs_in_stage=1)
+    one = [training, *dormant(2)]
+    two = [training, training, *dormant(1)]
+    assert policy().act(make_obs(*one, acc=FLAT)).op == Op.GERMINATE  # default max_live is 2
+    assert policy().act(make_obs(*two, acc=FLAT)) == Action(Op.WAIT)
+    assert policy(max_live=1).act(make_obs(*one, acc=FLAT)) == Action(Op.WAIT)
 
 
 def test_advances_when_the_gate_allows() -> None:

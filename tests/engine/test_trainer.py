@@ -301,3 +301,19 @@ def test_crash_is_reported_not_raised(images, monkeypatch):
     assert finished.status == "crashed"
     assert finished.error.startswith("RuntimeError: validation exploded")
     assert events[-1] == finished
+
+
+def test_learning_rates_follow_the_schedule_epoch_by_epoch(images):
+    seen: dict[int, float] = {}
+
+    def hook(event):
+        if isinstance(event, EpochSummary) and event.env == 0:
+            seen[event.epoch] = hook.trainer.envs[0].state.host_optimizer.param_groups[0]["lr"]
+
+    for schedule in ("cosine", "constant"):
+        config = small_config(epochs=4, lr_schedule=schedule, policy="static")
+        _, _, finished = run(images, config, hook=hook)
+        assert finished.status == "completed", finished.error
+        expected = [images.host_lr * config.lr_scale(epoch) for epoch in range(4)]
+        assert [seen[epoch] for epoch in range(4)] == pytest.approx(expected)
+    assert len(set(expected)) == 1  # constant: the base lr throughout

@@ -33,6 +33,7 @@ class StandInModel(nn.Module):
         self.host = nn.Linear(IN, OUT)
         self.seeds = nn.ModuleDict({"s0": nn.Linear(IN, OUT), "s1": nn.Linear(IN, OUT)})
         self.live = ["s0", "s1"]
+        self.fossils: list[str] = []  # fully on and still learning, like live seeds here
         self.silent = set(silent)
         self.modes_seen: list[bool] = []
         self.logits_dtypes: list[torch.dtype] = []
@@ -46,10 +47,13 @@ class StandInModel(nn.Module):
     def live_slots(self) -> list[str]:
         return list(self.live)
 
+    def learning_slots(self) -> list[str]:
+        return [*self.live, *self.fossils]
+
     def forward(self, x: torch.Tensor, alphas: dict[str, float] | None = None) -> torch.Tensor:
         self.modes_seen.append(self.training)
         out = self.host(x)
-        for slot_id in self.live:
+        for slot_id in [*self.live, *self.fossils]:
             if slot_id not in self.silent:
                 alpha = 1.0 if alphas is None else alphas.get(slot_id, 0.0)
                 out = out + alpha * self.seeds[slot_id](x)
@@ -167,6 +171,52 @@ def test_step_keeps_seed_optimizers_in_line_with_live_seeds():
     model.seeds["s0"] = nn.Linear(IN, OUT)  # a new seed in the same slot
     process_train_batch(env, *batch(), TASK)
     assert env.seed_optimizers["s0"].param_groups[0]["params"][0] is model.seeds["s0"].weight
+
+
+def test_fossilized_seed_keeps_its_optimizer_and_learns():
+    model = StandInModel()
+    env = make_env(model)
+    model.live, model.fossils = ["s0"], ["s1"]  # s1 became part of the host
+    optimizer = env.seed_optimizers["s1"]
+    before = model.seeds["s1"].weight.detach().clone()
+    process_train_batch(env, *batch(), TASK)
+    assert env.seed_optimizers["s1"] is optimizer  # momentum carries on
+    assert not torch.equal(model.seeds["s1"].weight, before)
+    model.fossils = []  # gone (e.g. the host was re-created): its optimizer goes too
+    process_train_batch(env, *batch(), TASK)
+    assert list(env.seed_optimizers) == ["s0"]
+
+
+def test_lr_scale_applies_to_every_optimizer_and_to_seeds_created_later():
+    model = StandInModel()
+    env = make_env(model)
+    host_lr = env.host_optimizer.param_groups[0]["lr"]
+    env.set_lr_scale(0.25)
+    assert env.host_optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * host_lr)
+    for optimizer in env.seed_optimizers.values():
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * env.seed_lr)
+    env.drop_seed_optimizer("s0")
+    env.add_seed_optimizer("s0")  # a seed germinated mid-episode starts on the schedule
+    assert env.seed_optimizers["s0"].param_groups[0]["lr"] == pytest.approx(0.25 * env.seed_lr)
+    env.set_lr_scale(1.0)  # scales are not compounded: always relative to the base lr
+    assert env.host_optimizer.param_groups[0]["lr"] == pytest.approx(host_lr)
+    with pytest.raises(ValueError, match="lr scale"):
+        env.set_lr_scale(float("nan"))
+
+
+def test_after_rollback_drops_seed_momentum_and_reapplies_the_epoch_lr():
+    model = StandInModel()
+    env = make_env(model)
+    host_lr = env.host_optimizer.param_groups[0]["lr"]
+    env.set_lr_scale(0.5)
+    snapshot = copy.deepcopy(env.host_optimizer.state_dict())
+    env.set_lr_scale(0.1)
+    env.host_optimizer.load_state_dict(snapshot)  # what a governor rollback does
+    env.after_rollback()
+    assert env.host_optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * host_lr)
+    assert env.seed_optimizers == {}
+    process_train_batch(env, *batch(), TASK)  # fresh optimizers, on the current schedule
+    assert env.seed_optimizers["s1"].param_groups[0]["lr"] == pytest.approx(0.1 * env.seed_lr)
 
 
 # --- process_train_batch ------------------------------------------------------------------------

@@ -36,15 +36,8 @@ LOBOTOMY_TOLERANCE = 0.065  # "collapsed": loss within 6.5 % of the random-guess
 DIVERGENCE_MIN_HISTORY = 2
 
 
-@dataclass(frozen=True)
-class Panic:
-    """One failed vital-sign check; the trainer emits it as a ``GovernorPanic`` event."""
-
-    reason: PanicReason
-    loss: float
-    threshold: float | None  # the value the loss crossed; None for a non-finite loss
-    consecutive_panics: int
-    rollback_due: bool
+class _Reportable:
+    """A governor outcome the trainer emits as a telemetry event with the common fields."""
 
     def to_event(
         self,
@@ -54,13 +47,32 @@ class Panic:
         episode: int = 0,
         epoch: int = 0,
         wall_time: float | None = None,
-    ) -> GovernorPanic:
-        return GovernorPanic(
+    ) -> GovernorPanic | GovernorRollback:
+        return self._event(
             run_id=run_id,
             env=env,
             episode=episode,
             epoch=epoch,
             wall_time=time.time() if wall_time is None else wall_time,
+        )
+
+    def _event(self, **common: Any) -> GovernorPanic | GovernorRollback:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Panic(_Reportable):
+    """One failed vital-sign check; the trainer emits it as a ``GovernorPanic`` event."""
+
+    reason: PanicReason
+    loss: float
+    threshold: float | None  # the value the loss crossed; None for a non-finite loss
+    consecutive_panics: int
+    rollback_due: bool
+
+    def _event(self, **common: Any) -> GovernorPanic:
+        return GovernorPanic(
+            **common,
             reason=self.reason,
             loss=self.loss,
             threshold=self.threshold,
@@ -70,7 +82,7 @@ class Panic:
 
 
 @dataclass(frozen=True)
-class GovernorReport:
+class GovernorReport(_Reportable):
     """What a rollback did. ``penalty`` is a magnitude: the reward added is ``-penalty``."""
 
     reason: str
@@ -82,21 +94,9 @@ class GovernorReport:
     penalty: float  # death_penalty for a governor rollback, 0.0 when the operator forced it
     episode_ended: bool  # max_rollbacks_per_episode reached: end the episode, re-create the host
 
-    def to_event(
-        self,
-        *,
-        run_id: str = "",
-        env: int | None = None,
-        episode: int = 0,
-        epoch: int = 0,
-        wall_time: float | None = None,
-    ) -> GovernorRollback:
+    def _event(self, **common: Any) -> GovernorRollback:
         return GovernorRollback(
-            run_id=run_id,
-            env=env,
-            episode=episode,
-            epoch=epoch,
-            wall_time=time.time() if wall_time is None else wall_time,
+            **common,
             reason=self.reason,
             initiator=self.initiator,
             loss_at_panic=self.loss_at_panic,

@@ -31,7 +31,10 @@ SEED_STAGES: tuple[str, ...] = (
 LIVE_SEED_STAGES: frozenset[str] = frozenset({"GERMINATED", "TRAINING", "BLENDING", "HOLDING"})
 
 
-class SlotState(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: events and slot states are frozen and hold only scalars, strings and lists of those,
+# so they can never be part of a reference cycle; untracked, they decode about 25% faster
+# (a replay decodes 100k of them) and never make the cyclic GC walk a long recording.
+class SlotState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One slot as seen at the end of an epoch (not an event: nested in ``EpochSummary``)."""
 
     slot_id: str
@@ -42,7 +45,7 @@ class SlotState(msgspec.Struct, frozen=True, kw_only=True):
     params: int = 0
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True, gc=False):
     """Fields common to every event; ``env`` is None for run-level events."""
 
     run_id: str = ""

@@ -161,8 +161,9 @@ def test_follow_mode_picks_up_appended_events(tmp_path: Path, events: list[Event
 
 
 def test_truncated_recording_replays_what_it_has(recording: Path, events: list[Event]) -> None:
-    data = recording.read_bytes()
-    recording.write_bytes(data[:-3])
+    # kill -9 while RunFinished was being written: every event before it, then a cut-off frame.
+    write_recording(recording, events[:-1])
+    recording.write_bytes(recording.read_bytes() + b"\x00\x00\x00\x40\x91\x84")
     source = ReplaySource(recording)
     assert source.warning and "truncated" in source.warning
     assert source.events == events[:-1]
@@ -227,7 +228,8 @@ async def test_playback_advances_with_the_clock(recording: Path, events: list[Ev
 
 @run_async
 async def test_a_truncated_recording_is_announced(recording: Path, events: list[Event]) -> None:
-    recording.write_bytes(recording.read_bytes()[:-3])
+    write_recording(recording, events[:-1])  # and RunFinished's frame cut off by a kill -9
+    recording.write_bytes(recording.read_bytes() + b"\x00\x00\x00\x40\x91\x84")
     app, source, _ = replay_app(recording)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()

@@ -1,4 +1,5 @@
-"""Recordings: round trip, crash truncation at every byte, clear errors on garbage, follow mode."""
+"""Recordings: round trip, batched frames, crash truncation at every byte, clear errors on
+garbage, version 1 files, follow mode."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import msgspec
 import pytest
 
 from esper_engine import contracts as c
+from esper_engine import recording
 from esper_engine.recording import (
+    BATCH_BYTES,
+    FORMAT_VERSION,
     HEADER_SIZE,
     MAGIC,
     Recorder,
@@ -21,15 +25,37 @@ from esper_engine.recording import (
 from tests.engine.test_contracts import EVENT_SAMPLES
 
 EVENTS = list(EVENT_SAMPLES.values())
+# The events after which the recorder writes its batch at once (the spec, restated here).
+FLUSHED = (c.RunStarted, c.EpochSummary, c.GovernorRollback, c.CommandAck, c.RunFinished)
+BATCH_DECODER = msgspec.msgpack.Decoder(list[c.TelemetryEvent])
 
 
 def frame(event: c.Event) -> bytes:
+    """A version 1 frame: one event."""
     payload = c.encode(event)
     return struct.pack(">I", len(payload)) + payload
 
 
-def header(version: int = c.SCHEMA_VERSION) -> bytes:
+def batch_frame(events: list[c.Event]) -> bytes:
+    """A version 2 frame: a msgpack array of events."""
+    payload = msgspec.msgpack.encode(events)
+    return struct.pack(">I", len(payload)) + payload
+
+
+def header(version: int = FORMAT_VERSION) -> bytes:
     return MAGIC + bytes([version])
+
+
+def frames_of(data: bytes) -> list[tuple[int, list[c.Event]]]:
+    """(end offset, events) of each version 2 frame, parsed independently of the reader."""
+    assert data[:HEADER_SIZE] == header()
+    pos, frames = HEADER_SIZE, []
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        pos += 4 + length
+        frames.append((pos, BATCH_DECODER.decode(data[pos - length : pos])))
+    assert pos == len(data)
+    return frames
 
 
 def batch(i: int) -> c.BatchStats:
@@ -44,89 +70,184 @@ def batch(i: int) -> c.BatchStats:
     )
 
 
-def test_recorder_round_trip(tmp_path: Path) -> None:
+def write(path: Path, events: list[c.Event]) -> Path:
+    with Recorder(path) as recorder:
+        for event in events:
+            recorder.emit(event)
+    return path
+
+
+def test_recorder_round_trip_writes_one_frame_per_flush(tmp_path: Path) -> None:
     path = tmp_path / "runs" / "deep" / "run.ovwrec"  # parent dirs are created
     with Recorder(path) as recorder:
         for event in EVENTS:
             recorder.emit(event)
     assert recorder.events_written == len(EVENTS)
-    assert path.read_bytes() == header() + b"".join(frame(e) for e in EVENTS)
-    recording = read_recording(path)
-    assert recording.events == EVENTS
-    assert list(recording) == EVENTS and len(recording) == len(EVENTS)
-    assert recording[2] == EVENTS[2]
-    assert recording.warning is None
-    assert recording.schema_version == c.SCHEMA_VERSION
+    groups: list[list[c.Event]] = [[]]
+    for event in EVENTS:
+        groups[-1].append(event)
+        if isinstance(event, FLUSHED):
+            groups.append([])
+    assert len(groups) > 3 and groups[-1] == []  # the samples end with RunFinished
+    assert path.read_bytes() == header() + b"".join(batch_frame(g) for g in groups[:-1])
+    read = read_recording(path)
+    assert read.events == EVENTS
+    assert list(read) == EVENTS and len(read) == len(EVENTS)
+    assert read[2] == EVENTS[2]
+    assert read.warning is None
+    assert read.format_version == FORMAT_VERSION == 2
 
 
 def test_empty_recording_reads_back_empty(tmp_path: Path) -> None:
     path = tmp_path / "empty.ovwrec"
     Recorder(path).close()
-    recording = read_recording(path)
-    assert recording.events == [] and recording.warning is None
+    assert path.read_bytes() == header()
+    read = read_recording(path)
+    assert read.events == [] and read.warning is None
 
 
-def test_close_is_idempotent_and_emit_after_close_fails(tmp_path: Path) -> None:
+def test_close_writes_the_pending_batch_once_and_emit_after_close_fails(tmp_path: Path) -> None:
     recorder = Recorder(tmp_path / "r.ovwrec")
     recorder.emit(batch(0))
+    recorder.emit(batch(1))
     recorder.close()
     recorder.close()
-    assert recorder.closed
+    assert recorder.closed and recorder.events_written == 2
     with pytest.raises(RecordingError, match="after the recorder was closed"):
-        recorder.emit(batch(1))
-    assert read_recording(recorder.path).events == [batch(0)]
+        recorder.emit(batch(2))
+    assert recorder.events_written == 2
+    assert frames_of(recorder.path.read_bytes())[0][1] == [batch(0), batch(1)]
+    assert read_recording(recorder.path).events == [batch(0), batch(1)]
 
 
-def test_epoch_summary_is_flushed_before_close(tmp_path: Path) -> None:
+def test_a_flush_event_closes_the_frame_before_close(tmp_path: Path) -> None:
     path = tmp_path / "live.ovwrec"
     recorder = Recorder(path)
-    events = [batch(0), batch(1), EVENT_SAMPLES[c.EpochSummary]]
+    recorder.emit(batch(0))
+    recorder.emit(batch(1))
+    assert read_recording(path).events == []  # pending, as it was in the file buffer before
+    recorder.emit(EVENT_SAMPLES[c.EpochSummary])
+    # Another reader sees the whole epoch, as one clean frame, while the recorder is open.
+    read = read_recording(path)
+    assert read.events == [batch(0), batch(1), EVENT_SAMPLES[c.EpochSummary]]
+    assert read.warning is None and len(frames_of(path.read_bytes())) == 1
+    recorder.close()
+
+
+def test_a_long_stretch_without_flush_is_written_in_full_frames(tmp_path: Path) -> None:
+    path = tmp_path / "batches.ovwrec"
+    events = [batch(i) for i in range(300)]
+    recorder = Recorder(path)
     for event in events:
         recorder.emit(event)
-    # Another reader sees the whole epoch while the recorder is still open.
-    assert read_recording(path).events == events
+    # Already on disk in whole frames; only the last, partly filled batch waits in memory.
+    on_disk = read_recording(path)
+    assert on_disk.warning is None
+    assert on_disk.events == events[: len(on_disk.events)]
+    assert sum(len(c.encode(e)) for e in events[len(on_disk.events) :]) < BATCH_BYTES
     recorder.close()
+
+    frames = frames_of(path.read_bytes())
+    assert [e for _, frame_events in frames for e in frame_events] == events
+    assert 3 <= len(frames) < len(events) // 20
+    sizes = [sum(len(c.encode(e)) for e in frame_events) for _, frame_events in frames]
+    assert all(size <= BATCH_BYTES for size in sizes)
+    # Every frame but the last was full: the next event would have pushed it over.
+    nexts = [frame_events[0] for _, frame_events in frames[1:]]
+    for size, following in zip(sizes, nexts, strict=False):
+        assert size + len(c.encode(following)) > BATCH_BYTES
+
+
+def big_summary(n_slots: int) -> c.EpochSummary:
+    slot = EVENT_SAMPLES[c.EpochSummary].slots[0]
+    return msgspec.structs.replace(EVENT_SAMPLES[c.EpochSummary], slots=[slot] * n_slots)
+
+
+def test_an_event_larger_than_a_batch_gets_a_frame_of_its_own(tmp_path: Path) -> None:
+    big = big_summary(200)
+    assert len(c.encode(big)) > BATCH_BYTES
+    path = write(tmp_path / "big.ovwrec", [batch(0), big, batch(1)])
+    assert [events for _, events in frames_of(path.read_bytes())] == [[batch(0)], [big], [batch(1)]]
+
+
+def test_an_event_over_the_frame_limit_is_refused_at_emit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recording, "MAX_FRAME_SIZE", 2000)
+    big = big_summary(40)
+    assert len(c.encode(big)) > 2000
+    with Recorder(tmp_path / "r.ovwrec") as recorder:
+        recorder.emit(batch(0))
+        with pytest.raises(RecordingError, match="EpochSummary encodes to .* 2000-byte frame"):
+            recorder.emit(big)
+        recorder.emit(batch(1))  # the recorder carries on
+    assert recorder.events_written == 2
+    assert read_recording(recorder.path).events == [batch(0), batch(1)]
 
 
 def test_concurrent_emits_never_interleave_frames(tmp_path: Path) -> None:
     path = tmp_path / "threads.ovwrec"
+    summary = EVENT_SAMPLES[c.EpochSummary]
+
+    def emit_many(k: int) -> None:
+        for i in range(300):
+            recorder.emit(batch(k * 1000 + i))
+            if i % 50 == 0:
+                recorder.emit(summary)
+
     with Recorder(path) as recorder:
-        threads = [
-            threading.Thread(
-                target=lambda k=k: [recorder.emit(batch(k * 1000 + i)) for i in range(300)]
-            )
-            for k in range(4)
-        ]
+        threads = [threading.Thread(target=emit_many, args=(k,)) for k in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    batches = sorted(e.batch for e in read_recording(path))
+    events = read_recording(path).events
+    assert recorder.events_written == len(events) == 4 * (300 + 6)
+    batches = sorted(e.batch for e in events if isinstance(e, c.BatchStats))
     assert batches == sorted(k * 1000 + i for k in range(4) for i in range(300))
 
 
-def test_truncation_at_every_byte_keeps_all_complete_frames(tmp_path: Path) -> None:
-    path = tmp_path / "full.ovwrec"
-    with Recorder(path) as recorder:
-        for event in EVENTS:
-            recorder.emit(event)
-    data = path.read_bytes()
+def version_1_recording(path: Path) -> tuple[bytes, list[int]]:
+    """A version 1 file written by hand (one event per frame) and its frame boundaries."""
+    data = header(1) + b"".join(frame(e) for e in EVENTS)
+    path.write_bytes(data)
     boundaries = [HEADER_SIZE]
     for event in EVENTS:
         boundaries.append(boundaries[-1] + len(frame(event)))
-    assert boundaries[-1] == len(data)
+    return data, boundaries
 
+
+def test_version_1_recordings_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "v1.ovwrec"
+    version_1_recording(path)
+    read = read_recording(path)
+    assert read.events == EVENTS and read.warning is None and read.format_version == 1
+    with RecordingFollower(path) as follower:
+        assert follower.poll() == EVENTS and follower.format_version == 1
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_truncation_at_every_byte_keeps_all_complete_frames(tmp_path: Path, version: int) -> None:
+    full = tmp_path / "full.ovwrec"
+    if version == 1:
+        data, boundaries = version_1_recording(full)
+        ends = [(end, 1) for end in boundaries[1:]]
+    else:
+        data = write(full, EVENTS).read_bytes()
+        ends = [(end, len(events)) for end, events in frames_of(data)]
+        boundaries = [HEADER_SIZE] + [end for end, _ in ends]
+        assert len(ends) < len(EVENTS)  # batched: some frames hold several events
     cut_path = tmp_path / "cut.ovwrec"
     for cut in range(len(data) + 1):
         cut_path.write_bytes(data[:cut])
-        recording = read_recording(cut_path)
-        complete = sum(1 for end in boundaries[1:] if end <= cut)
-        assert recording.events == EVENTS[:complete], cut
+        read = read_recording(cut_path)
+        complete = sum(n for end, n in ends if end <= cut)
+        assert read.events == EVENTS[:complete], cut
         # A cut exactly at a frame boundary is a clean file; anywhere else (the header
         # included: an empty read) is reported.
-        assert (recording.warning is None) == (cut in boundaries), cut
-        if recording.warning:
-            assert str(cut_path) in recording.warning and "\n" not in recording.warning
+        assert (read.warning is None) == (cut in boundaries), cut
+        if read.warning:
+            assert str(cut_path) in read.warning and "\n" not in read.warning
 
 
 def assert_one_line_error(path: Path, *fragments: str) -> None:
@@ -141,21 +262,28 @@ def assert_one_line_error(path: Path, *fragments: str) -> None:
     assert info.value.__context__ is None or info.value.__suppress_context__
 
 
+FIRST = batch_frame([batch(0)])
+
+
 @pytest.mark.parametrize(
     ("content", "fragments"),
     [
         (b"PK\x03\x04 not a recording at all", ("bad magic", "byte 0")),
-        (b"OVWRE!\x00\x01", ("bad magic",)),
-        (header(0), ("invalid schema version 0",)),
-        (
-            header() + frame(batch(0)) + b"\x00\x00\x00\x03\xc1\xc1\xc1",
-            ("frame at byte", "does not decode"),
-        ),
-        (header() + struct.pack(">I", 4) + b"\x81\xa4type", ("frame at byte 8",)),
-        (header() + frame(batch(0)) + b"\xff\xff\xff\xff" + b"x" * 10, ("claims 4294967295",)),
+        (b"OVWRE!\x00\x02", ("bad magic",)),
+        (header(0), ("invalid recording format version 0",)),
+        (header() + FIRST + b"\x00\x00\x00\x03\xc1\xc1\xc1", ("frame at byte", "does not decode")),
+        (header() + struct.pack(">I", 4) + b"\x91\x81\xa4t", ("frame at byte 8",)),
+        (header() + frame(batch(0)), ("frame at byte 8", "does not decode")),  # not an array
+        (header() + FIRST + b"\x00\x00\x00\x01\x90", (f"byte {8 + len(FIRST)} holds no events",)),
+        (header() + FIRST[:-1] + b"\x00" + FIRST[-1:], ("does not decode",)),  # length is off
+        (header() + FIRST + b"\xff\xff\xff\xff" + b"x" * 10, ("claims 4294967295",)),
         (header() + b"\x00\x00\x00\x00", ("frame at byte 8 claims 0 bytes",)),
+        (header(1) + frame(batch(0)) + b"\x00\x00\x00\x02\xc1\xc1", ("does not decode",)),
     ],
-    ids=["zip", "near-magic", "version-0", "bad-msgpack", "truncated-msgpack", "huge", "zero"],
+    ids=[
+        "zip", "near-magic", "version-0", "bad-msgpack", "truncated-msgpack", "not-an-array",
+        "empty-array", "trailing-byte", "huge", "zero", "v1-bad-msgpack",
+    ],
 )
 def test_garbage_is_one_clear_error(tmp_path: Path, content: bytes, fragments: tuple) -> None:
     path = tmp_path / "garbage.ovwrec"
@@ -165,43 +293,46 @@ def test_garbage_is_one_clear_error(tmp_path: Path, content: bytes, fragments: t
 
 def test_unknown_event_type_names_its_offset(tmp_path: Path) -> None:
     path = tmp_path / "unknown.ovwrec"
-    payload = msgspec.msgpack.encode({"type": "FromTheFuture", "x": 1})
-    first = frame(batch(0))
-    path.write_bytes(header() + first + struct.pack(">I", len(payload)) + payload)
-    assert_one_line_error(path, f"frame at byte {HEADER_SIZE + len(first)}", "FromTheFuture")
+    payload = b"\x92" + c.encode(batch(1)) + msgspec.msgpack.encode({"type": "FromTheFuture"})
+    path.write_bytes(header() + FIRST + struct.pack(">I", len(payload)) + payload)
+    assert_one_line_error(path, f"frame at byte {HEADER_SIZE + len(FIRST)}", "FromTheFuture")
 
 
-def test_newer_schema_version_is_refused(tmp_path: Path) -> None:
+def test_newer_format_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.ovwrec"
-    path.write_bytes(header(c.SCHEMA_VERSION + 1) + frame(batch(0)))
-    assert_one_line_error(path, f"schema version {c.SCHEMA_VERSION + 1}", "newer")
+    path.write_bytes(header(FORMAT_VERSION + 1) + FIRST)
+    assert_one_line_error(path, f"format version {FORMAT_VERSION + 1}", "newer", "upgrade")
 
 
 def test_missing_file_is_a_recording_error(tmp_path: Path) -> None:
     assert_one_line_error(tmp_path / "nope.ovwrec", "cannot read")
 
 
-def test_follower_sees_frames_as_they_are_appended(tmp_path: Path) -> None:
+def test_follower_sees_frames_as_they_arrive_in_pieces(tmp_path: Path) -> None:
     path = tmp_path / "growing.ovwrec"
-    a, b, d = frame(batch(0)), frame(batch(1)), frame(EVENT_SAMPLES[c.EpochSummary])
+    summary = EVENT_SAMPLES[c.EpochSummary]
+    a, b, d = batch_frame([batch(0)]), batch_frame([batch(1), batch(2)]), batch_frame([summary])
     with RecordingFollower(path) as follower:
         assert follower.poll() == []  # not created yet
         with open(path, "wb", buffering=0) as f:
-            steps = [
-                (header()[:3], []),
-                (header()[3:], []),
-                (a[:2], []),  # half a length prefix
-                (a[2:9], []),
-                (a[9:], [batch(0)]),
-                (b + d[:-1], [batch(1)]),
-                (b"", []),
-                (d[-1:], [EVENT_SAMPLES[c.EpochSummary]]),
+            steps = [  # (bytes appended, events polled, bytes held back)
+                (header()[:3], [], 3),
+                (header()[3:], [], 0),
+                (a[:2], [], 2),  # half a length prefix
+                (a[2:9], [], 9),
+                (a[9:], [batch(0)], 0),
+                (b[:5], [], 5),  # the length and the array header alone
+                (b[5:-1], [], len(b) - 1),
+                (b[-1:] + d[:-1], [batch(1), batch(2)], len(d) - 1),
+                (b"", [], len(d) - 1),
+                (d[-1:], [summary], 0),
             ]
-            for chunk, expected in steps:
+            for chunk, expected, held in steps:
                 f.write(chunk)
                 assert follower.poll() == expected
+                assert follower.pending_bytes == held
         assert follower.pending_bytes == 0
-        assert follower.schema_version == c.SCHEMA_VERSION
+        assert follower.format_version == FORMAT_VERSION
 
 
 def test_follower_tracks_a_live_recorder(tmp_path: Path) -> None:
@@ -210,22 +341,23 @@ def test_follower_tracks_a_live_recorder(tmp_path: Path) -> None:
     with Recorder(path) as recorder:
         assert follower.poll() == []
         recorder.emit(batch(0))
+        assert follower.poll() == []  # still pending in the recorder
         recorder.emit(EVENT_SAMPLES[c.EpochSummary])  # flushes the epoch
         assert follower.poll() == [batch(0), EVENT_SAMPLES[c.EpochSummary]]
+        recorder.emit(batch(1))
         recorder.emit(EVENT_SAMPLES[c.RunFinished])
-    assert follower.poll() == [EVENT_SAMPLES[c.RunFinished]]
+    assert follower.poll() == [batch(1), EVENT_SAMPLES[c.RunFinished]]
     follower.close()
 
 
 def test_follower_reports_garbage_with_its_file_offset(tmp_path: Path) -> None:
     path = tmp_path / "bad.ovwrec"
-    first = frame(batch(0))
-    path.write_bytes(header() + first)
+    path.write_bytes(header() + FIRST)
     with RecordingFollower(path) as follower:
         assert follower.poll() == [batch(0)]
         with open(path, "ab") as f:
-            f.write(b"\x00\x00\x00\x02\xc1\xc1")
-        with pytest.raises(RecordingError, match=f"frame at byte {HEADER_SIZE + len(first)}"):
+            f.write(b"\x00\x00\x00\x01\x90")
+        with pytest.raises(RecordingError, match=f"frame at byte {HEADER_SIZE + len(FIRST)}"):
             follower.poll()
 
 

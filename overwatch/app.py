@@ -1,13 +1,16 @@
 """The Overwatch console: one panel per env, an event log, and the operator's keys.
 
 The app never blocks on the trainer: a timer polls the source a few times a second, reduces the
-events into ``ConsoleState`` inside ``batch_update()`` and calls ``update()`` once per widget.
+events into ``ConsoleState`` inside ``batch_update()`` and calls ``update()`` on the widgets of
+the layout on screen; a widget repaints only what changed, as Textual's rendering is most of
+the console's CPU and the trainer shares the process (and the GIL) with it.
 Commands go out through the source; their acknowledgements come back as events (log + toast).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import os
 import signal
@@ -28,8 +31,6 @@ from esper_engine.contracts import (
     OperatorCommand,
     Pause,
     Resume,
-    RunFinished,
-    RunStarted,
     SetClipThreshold,
 )
 from overwatch.sources import EventSource, ReplaySource
@@ -179,6 +180,7 @@ class OverwatchApp(App[int]):
         self._pending_clip: float | None = None  # sent, not yet acknowledged
         self._pause_wanted: bool | None = None  # likewise for pause/resume
         self._crash_shown = False
+        self._finished_shown = False  # the run's end as the footer's key states last saw it
         self._warned: str | None = None
         self._quitting = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -245,7 +247,8 @@ class OverwatchApp(App[int]):
     # --- the refresh tick -----------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Drain the source, reduce, and redraw every widget once."""
+        """Drain the source, reduce, and update the widgets on screen (each repaints only the
+        lines that changed)."""
         polled = self.source.poll()
         with self.batch_update():
             if polled.reset:
@@ -256,6 +259,11 @@ class OverwatchApp(App[int]):
             if not polled.reset:
                 self._react(polled.events)
             self._update_widgets()
+        if self.state.finished != self._finished_shown:
+            # Controls grey out once the run has finished. Only then: the footer rebuilds all
+            # its keys on every refresh_bindings.
+            self._finished_shown = self.state.finished
+            self.refresh_bindings()
         self._warn_once()
         if self.state.finished_status == "crashed" and not self._crash_shown:
             self._crash_shown = True
@@ -271,8 +279,6 @@ class OverwatchApp(App[int]):
                 self._pause_wanted = None
         for ack in acks[-ACK_TOASTS_PER_TICK:]:
             self.notify(describe_ack(ack), severity="information" if ack.accepted else "error")
-        if any(isinstance(e, RunStarted | RunFinished) for e in new_events):
-            self.refresh_bindings()  # controls grey out once the run has finished
 
     def _warn_once(self) -> None:
         """A source's warning (truncated recording, follow error) is shown once, as a toast."""
@@ -295,7 +301,15 @@ class OverwatchApp(App[int]):
         self.focused_env = min(self.focused_env, max(n - 1, 0))
 
     def _update_widgets(self) -> None:
+        """Update the widgets of the layout on screen; each repaints only what changed.
+
+        The other layout's widgets (display: none) are skipped: they catch up when a resize
+        shows them, since ``on_resize`` calls this again after switching the layout.
+        """
         state = self.state
+        mode = self.layout_mode
+        if mode == "tiny":
+            return  # only the "too small" notice is on screen
         self._header.update(
             state,
             liveness=liveness(
@@ -304,15 +318,16 @@ class OverwatchApp(App[int]):
             thread_state=self.source.thread_state,
         )
         lm = state.is_language_model
-        for panel, view in zip(self._panels, state.envs, strict=False):
-            panel.update(view, focused=view.env == self.focused_env, language_model=lm)
-        for row, view in zip(self._rows, state.envs, strict=False):
-            row.update(view, focused=view.env == self.focused_env)
-        if state.envs:
-            focused = state.envs[self.focused_env]
-            self._detail.update(focused, focused=True, language_model=lm)
-        for log in self._logs:
-            log.update(state.log, state.log_revision)
+        if mode == "wide":
+            for panel, view in zip(self._panels, state.envs, strict=False):
+                panel.update(view, focused=view.env == self.focused_env, language_model=lm)
+        else:
+            for row, view in zip(self._rows, state.envs, strict=False):
+                row.update(view, focused=view.env == self.focused_env)
+            if state.envs:
+                focused = state.envs[self.focused_env]
+                self._detail.update(focused, focused=True, language_model=lm)
+        self._logs[0 if mode == "wide" else 1].update(state.log, state.log_revision)
         self._replay_bar.update(self.source.position())
 
     # --- keys: focus ----------------------------------------------------------------------------
@@ -505,6 +520,12 @@ def run_console(source: EventSource, refresh_hz: float = 4.0) -> int:
     lets the recorder close, and exits the process without touching the terminal again.
     """
     app = OverwatchApp(source, refresh_hz=refresh_hz)
+    # The trainer runs in this process. A full GC pass over all that is loaded by now (torch, the
+    # session, a replay's events: 300k+ objects) holds the GIL for 100-200 ms, and it is the
+    # console's allocations that trigger such passes during a run (measured: one in about every
+    # other 3 s bench run, 5% of its throughput). Frozen objects are never scanned again, so a
+    # later full pass only walks what was allocated since.
+    gc.freeze()
     handlers = {"SIGTERM": lambda *_: app.request_quit(), "SIGHUP": lambda *_: _hang_up(source)}
     previous = {}
     for name, handler in handlers.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from rich.style import Style
 from rich.text import Text
-from textual.widget import Widget
 
 from overwatch.state import EnvView, SlotView
 from overwatch.widgets.formatting import (
@@ -18,6 +17,7 @@ from overwatch.widgets.formatting import (
     signed,
     stage_component,
 )
+from overwatch.widgets.lines import LineWidget
 from overwatch.widgets.sparkline import block_chart, hbar, sparkline
 
 SHAPLEY_FULL_SCALE = 0.05  # a contribution of 5 accuracy points fills the bar
@@ -26,7 +26,7 @@ CHART_MAX_HEIGHT = 8  # rows of the validation-accuracy chart when a panel has r
 CHART_GUTTER = 7  # "77.5% " scale labels left of the chart
 
 
-class EnvPanel(Widget):
+class EnvPanel(LineWidget):
     """The detail panel of one env; the app calls ``update`` once per refresh tick."""
 
     COMPONENT_CLASSES = {
@@ -50,6 +50,7 @@ class EnvPanel(Widget):
         self.view: EnvView | None = None
         self.language_model = False
         self._shown: tuple[int, bool, bool] | None = None
+        self._titles = (env_label(env), "")
         self.border_title = env_label(env)
 
     def update(self, view: EnvView, *, focused: bool, language_model: bool) -> None:
@@ -64,18 +65,22 @@ class EnvPanel(Widget):
         self.set_class(focused, "-focused")
         self.set_class(view.governor.consecutive_panics > 0, "-panicking")
         marker = "▶ " if focused else ""
-        self.border_title = f"{marker}{env_label(view.env)}"
-        self.border_subtitle = f"epoch {epoch_number(view.epoch)} · {rate(view.samples_per_s)}"
-        self.refresh()
+        titles = (
+            f"{marker}{env_label(view.env)}",
+            f"epoch {epoch_number(view.epoch)} · {rate(view.samples_per_s)}",
+        )
+        if titles != self._titles:
+            self._titles = titles
+            self.set_border_titles(*titles)
+        self.redraw()
 
-    def render(self) -> Text:
+    def build_lines(self, width: int, height: int) -> list[Text]:
         if self.view is None:
-            return Text("waiting for the first epoch", style=self._style("panel--dim"))
-        width, height = self.content_size.width, self.content_size.height
+            return [Text("waiting for the first epoch", style=self._style("panel--dim"))]
         lines = self._lines(self.view, width, height)
         for line in lines:
             line.truncate(width)
-        return Text("\n", no_wrap=True, overflow="crop").join(lines)
+        return lines
 
     # --- lines -----------------------------------------------------------------------------------
 
@@ -247,4 +252,4 @@ class EnvPanel(Widget):
         return Text(label, style=self._style("panel--label"))
 
     def _style(self, component: str) -> Style:
-        return self.get_component_rich_style(component, partial=True)
+        return self.component_style(component)

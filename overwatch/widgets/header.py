@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from rich.style import Style
 from rich.text import Text
-from textual.widget import Widget
 
 from overwatch.state import ConsoleState
 from overwatch.widgets.formatting import episode_number, epoch_number, num, signed
+from overwatch.widgets.lines import LineWidget
 from overwatch.widgets.sparkline import hbar
 
 PROGRESS_WIDTH = 12
 
 
-class RunHeader(Widget):
+class RunHeader(LineWidget):
     """Two or three lines; when space is short, the least important segments are dropped."""
 
     COMPONENT_CLASSES = {
@@ -44,14 +44,13 @@ class RunHeader(Widget):
         self.state = state
         self.liveness = liveness
         self.thread_state = thread_state
-        self.refresh()
+        self.redraw()  # most events change no figure up here: usually nothing to repaint
 
-    def render(self) -> Text:
-        width = self.content_size.width
+    def build_lines(self, width: int, height: int) -> list[Text]:
         if self.state is None:
-            return Text("OVERWATCH", style=self._style("header--title"))
+            return [Text("OVERWATCH", style=self._style("header--title"))]
         state = self.state
-        wide = self.content_size.height >= 3  # a third line for the full PPO figures
+        wide = height >= 3  # a third line for the full PPO figures
         lines = [
             self._fit(self._identity(state), self._status(), width),
             self._fit(
@@ -62,7 +61,7 @@ class RunHeader(Widget):
             ppo = self._ppo(state)
             ppo.truncate(width)
             lines.append(ppo)
-        return Text("\n", no_wrap=True, overflow="crop").join(lines)
+        return lines
 
     def _fit(self, segments: list[Text], right: Text, width: int) -> Text:
         """Segments in order, dropping trailing ones that do not fit; ``right`` at the end."""
@@ -167,4 +166,4 @@ class RunHeader(Widget):
         return min(state.epochs_done / (state.episodes * state.epochs), 1.0)
 
     def _style(self, component: str) -> Style:
-        return self.get_component_rich_style(component, partial=True)
+        return self.component_style(component)

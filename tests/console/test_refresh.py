@@ -1,0 +1,151 @@
+"""Per-tick work follows change: a widget repaints only the lines whose content changed, and the
+hidden layout is not updated at all; the screen stays what a full repaint would show."""
+
+from __future__ import annotations
+
+from esper_engine.contracts import BatchStats, EpochSummary, Event
+from overwatch.app import OverwatchApp
+from overwatch.widgets.env_panel import EnvPanel
+from tests.console.fixtures import FakeLiveSource, fixture_events, frozen_clock, run_async
+
+WIDE = (120, 40)
+SMALL = (80, 24)
+CUT = 200  # events shown before the ticks under test: episode 0, a few epochs in
+
+
+def running_events() -> list[Event]:
+    return fixture_events()[:-1]
+
+
+def app_with(events: list[Event], shown: int) -> tuple[OverwatchApp, FakeLiveSource]:
+    source = FakeLiveSource(events[:shown])
+    return OverwatchApp(source, clock=frozen_clock(events)), source
+
+
+def next_of(events: list[Event], kind: type, env: int) -> Event:
+    return next(e for e in events[CUT:] if type(e) is kind and e.env == env)
+
+
+def panels_made(app: OverwatchApp) -> list[int]:
+    return [panel.strips_made for panel in app.query(EnvPanel) if panel.id != "detail"]
+
+
+@run_async
+async def test_batch_stats_repaint_one_line_of_their_own_panel_only() -> None:
+    events = running_events()
+    app, source = app_with(events, CUT)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        before, header_before = panels_made(app), app._header.strips_made
+        batch = next_of(events, BatchStats, env=1)
+        source.push(batch)
+        await app.tick()
+        await pilot.pause()
+        after = panels_made(app)
+        assert after[1] == before[1] + 1  # the grad line and nothing else
+        assert [after[i] for i in (0, 2, 3)] == [before[i] for i in (0, 2, 3)]
+        assert app._header.strips_made == header_before  # no header figure changed
+        panel = app._panels[1]
+        grad = next(line for line in panel.lines if line.startswith("grad "))
+        assert grad.startswith(f"grad {batch.grad_norm_post_clip:.2f}/")
+
+
+@run_async
+async def test_an_epoch_summary_repaints_its_panel_and_the_header() -> None:
+    events = running_events()
+    app, source = app_with(events, CUT)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        before, header_before = panels_made(app), app._header.strips_made
+        summary = next_of(events, EpochSummary, env=2)
+        source.push(summary)
+        await app.tick()
+        await pilot.pause()
+        after = panels_made(app)
+        assert after[2] > before[2] + 1  # figures, charts, train line ...
+        assert [after[i] for i in (0, 1, 3)] == [before[i] for i in (0, 1, 3)]
+        assert app._header.strips_made > header_before  # samples/s is a sum over envs
+        assert app._panels[2].border_subtitle.startswith(f"epoch {summary.epoch + 1} ")
+
+
+@run_async
+async def test_a_tick_without_events_repaints_nothing() -> None:
+    events = running_events()
+    app, _ = app_with(events, CUT)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        before, header_before = panels_made(app), app._header.strips_made
+        for _ in range(3):
+            await app.tick()
+        await pilot.pause()
+        assert panels_made(app) == before
+        assert app._header.strips_made == header_before
+
+
+@run_async
+async def test_hidden_layout_is_not_updated_until_shown() -> None:
+    events = running_events()
+    app, source = app_with(events, CUT)
+    async with app.run_test(size=WIDE) as pilot:
+        source.push(*events[CUT:])
+        await app.tick()
+        await pilot.pause()
+        rows = app.query("EnvRow")
+        assert app._detail.view is None and all(row.view is None for row in rows)
+        await pilot.resize_terminal(*SMALL)
+        await pilot.pause()
+        assert app.layout_mode == "compact"
+        assert app._detail.view is app.state.envs[0]
+        assert [row.view for row in rows] == app.state.envs
+        await pilot.press("3")  # compact: the wide panels now wait in turn
+        assert [panel.has_class("-focused") for panel in app._panels] == [True] + [False] * 3
+
+
+async def screen_after(
+    events: list[Event], chunks: int, size: tuple[int, int], press: str | None = None
+) -> str:
+    """The screen after showing ``events`` in ``chunks`` ticks (key pressed halfway)."""
+    app, source = app_with(events, 0)
+    step = -(-len(events) // chunks)
+    async with app.run_test(size=size) as pilot:
+        for i, start in enumerate(range(0, len(events), step)):
+            source.push(*events[start : start + step])
+            await app.tick()
+            await pilot.pause()
+            if press and i == chunks // 2:
+                await pilot.press(press)
+        if press and chunks == 1:
+            await pilot.press(press)
+        await pilot.pause()
+        return app.export_screenshot()
+
+
+@run_async
+async def test_incremental_repaints_show_what_one_full_repaint_shows() -> None:
+    events = running_events()
+    for size, press in ((WIDE, "2"), (SMALL, "3")):
+        incremental = await screen_after(events, 40, size, press)
+        full = await screen_after(events, 1, size, press)
+        assert incremental == full, f"the screen differs at {size}"
+
+
+@run_async
+async def test_footer_keys_are_rebuilt_only_when_the_run_ends() -> None:
+    events = fixture_events()
+    app, source = app_with(events, len(events) - 1)  # RunStarted and all but RunFinished
+    calls: list[None] = []
+    refresh_bindings = app.refresh_bindings
+
+    def counted() -> None:
+        calls.append(None)
+        refresh_bindings()
+
+    app.refresh_bindings = counted  # type: ignore[method-assign]
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert calls == [] and app.check_action("rollback", ()) is True
+        source.push(events[-1])
+        await app.tick()
+        await app.tick()
+        assert len(calls) == 1
+        assert app.check_action("rollback", ()) is None  # greyed out in the footer

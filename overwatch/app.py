@@ -214,6 +214,9 @@ class OverwatchApp(App[int]):
     async def on_mount(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._apply_layout(self.size.width, self.size.height)
+        # A live run's panels are laid out before its trainer starts: mounting them takes the
+        # UI thread ~0.1 s (the GIL included), which would otherwise come out of the run.
+        await self._ensure_env_widgets()
         self.source.start()
         await self.tick()
         self._warn_once()
@@ -242,7 +245,7 @@ class OverwatchApp(App[int]):
         self._grid.styles.grid_size_columns = self._columns(width)
 
     def _columns(self, width: int) -> int:
-        return max(1, min(len(self.state.envs) or 1, width // PANEL_MIN_WIDTH))
+        return max(1, min(len(self._panels) or 1, width // PANEL_MIN_WIDTH))
 
     # --- the refresh tick -----------------------------------------------------------------------
 
@@ -288,7 +291,8 @@ class OverwatchApp(App[int]):
             self.notify(warning, severity="warning", timeout=15)
 
     async def _ensure_env_widgets(self) -> None:
-        n = len(self.state.envs)
+        """One panel and one row per env: as many as the run has, or the source expects."""
+        n = len(self.state.envs) or self.source.expected_envs or 0
         if n == len(self._panels):
             return
         await self._grid.remove_children()

@@ -58,6 +58,7 @@ class EventSource(Protocol):
     is_live: bool  # events arrive in real time: the console shows LIVE/STALE
     read_only: bool  # commands cannot be sent (replay): control keys are greyed out
     warning: str | None  # something the operator should know (shown once as a toast)
+    expected_envs: int | None  # panels to lay out before the first event (None: wait for it)
 
     @property
     def dropped(self) -> int: ...
@@ -95,6 +96,10 @@ class LiveSource:
     @property
     def thread_state(self) -> str:
         return self.session.thread_state
+
+    @property
+    def expected_envs(self) -> int:
+        return self.session.config.n_envs
 
     def start(self) -> None:
         """Start the trainer thread; calling it again does nothing."""
@@ -147,6 +152,7 @@ class ReplaySource:
     read_only = True
     dropped = 0
     thread_state = "replay"
+    expected_envs = None  # a rewind to the start shows no panels, as the recording's start does
 
     def __init__(
         self,

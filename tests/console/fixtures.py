@@ -399,7 +399,8 @@ class FakeLiveSource:
     read_only = False
     warning = None
 
-    def __init__(self, events: list[Event]) -> None:
+    def __init__(self, events: list[Event], expected_envs: int | None = None) -> None:
+        self.expected_envs = expected_envs
         self.pending = list(events)
         self.sent: list = []
         self.started = False

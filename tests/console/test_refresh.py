@@ -149,3 +149,28 @@ async def test_footer_keys_are_rebuilt_only_when_the_run_ends() -> None:
         await app.tick()
         assert len(calls) == 1
         assert app.check_action("rollback", ()) is None  # greyed out in the footer
+
+
+@run_async
+async def test_live_panels_are_laid_out_before_the_trainer_starts_and_kept() -> None:
+    events = running_events()
+    source = FakeLiveSource([], expected_envs=4)
+    started_with: list[int] = []
+    start = source.start
+
+    def counted_start() -> None:
+        started_with.append(len(app.query(EnvPanel)) - 1)  # less the compact layout's detail
+        start()
+
+    source.start = counted_start  # type: ignore[method-assign]
+    app = OverwatchApp(source, clock=frozen_clock(events))
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert started_with == [4]
+        panels = list(app._panels)
+        assert all(p.lines == ["waiting for the first epoch"] for p in panels)
+        source.push(*events[:CUT])
+        await app.tick()
+        await pilot.pause()
+        assert app._panels == panels  # the same widgets, not mounted again
+        assert all(p.lines[0] != "waiting for the first epoch" for p in panels)

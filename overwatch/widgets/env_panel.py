@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import groupby
+
 from rich.style import Style
 from rich.text import Text
 
@@ -178,9 +180,11 @@ class EnvPanel(LineWidget):
         chars = sparkline(values, width, lo=0.0, hi=top)
         normal, clipped = self._style("spark--grad"), self._style("spark--clipped")
         text = Text()
-        for char, value in zip(chars, values, strict=False):
-            at_limit = threshold is not None and value >= threshold * 0.999
-            text.append(char, clipped if at_limit else normal)
+        for at_limit, run in groupby(
+            zip(chars, values, strict=False),
+            key=lambda point: threshold is not None and point[1] >= threshold * 0.999,
+        ):  # one span per run of a style, not per bar: spans are what a repaint pays for
+            text.append("".join(char for char, _ in run), clipped if at_limit else normal)
         return text
 
     def _slot(self, slot: SlotView, width: int) -> Text:

@@ -1,8 +1,9 @@
 """How the bench times things: wall and CPU seconds, interleaved and counterbalanced repeats.
 
-Every figure compares two (or three) things measured in the same rounds: A B C, then C B A, ...
-so that slow drift (another process starting, the CPU heating up) hits every side alike and no
-side always runs first. A ratio is taken inside each round, then the median over rounds.
+Every figure compares two (or three) things measured in the same rounds, in an order that changes
+from round to round (A B C, C B A, B C A, A C B, ...) so that slow drift (another process
+starting, the CPU heating up) hits every side alike and no side keeps the same place in a round.
+A ratio is taken inside each round, then the median over rounds.
 Figures use wall time; process CPU time is kept beside it to show when a side was waiting.
 """
 
@@ -50,14 +51,16 @@ def interleave(
 ) -> dict[str, list[T]]:
     """Run each measure once per round for ``warmup + repeats`` rounds; keep the last ``repeats``.
 
-    Odd rounds run the measures in reverse order (counterbalancing).
+    The order counterbalances: rounds go in pairs, a rotation of the measures then the same
+    rotation reversed, and each pair rotates one further. Two measures go A B, B A, B A, A B;
+    three go through all six orders in six rounds, so none is always in the middle.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     names = list(measures)
     kept: dict[str, list[T]] = {name: [] for name in names}
     for round_index in range(warmup + repeats):
-        order = names if round_index % 2 == 0 else names[::-1]
+        order = round_order(names, round_index)
         label = "warm-up" if round_index < warmup else f"round {round_index - warmup + 1}/{repeats}"
         for name in order:
             value = measures[name]()
@@ -67,6 +70,13 @@ def interleave(
             if round_index >= warmup:
                 kept[name].append(value)
     return kept
+
+
+def round_order(names: Sequence[str], round_index: int) -> list[str]:
+    """The order of the measures in one round (see ``interleave``)."""
+    shift = (round_index // 2) % len(names)
+    rotated = [*names[shift:], *names[:shift]]
+    return rotated[::-1] if round_index % 2 else rotated
 
 
 def median_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> float:

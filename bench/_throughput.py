@@ -20,7 +20,9 @@ from torch import Tensor
 
 from esper_engine.batching import SharedBatchIterator
 from esper_engine.config import TrainingConfig
+from esper_engine.contracts import Event
 from esper_engine.model import create_model
+from esper_engine.recording import Recorder
 from esper_engine.session import TrainingSession
 from esper_engine.tasks import Task
 
@@ -67,11 +69,14 @@ def fixed_val_batches(task: Task, config: TrainingConfig) -> list[tuple[Tensor, 
     ]
 
 
-def trainer_seconds(config: TrainingConfig, task: Task, record: bool) -> Timed:
+def trainer_seconds(
+    config: TrainingConfig, task: Task, record: bool, events: list[Event] | None = None
+) -> Timed:
     """Wall time of one run through ``TrainingSession``, the path ``overwatch run`` uses.
 
     Its event queue is drained by nobody (the console's cost is ``console_overhead``); it is far
-    larger than the events of one run, so nothing is dropped either.
+    larger than the events of one run, so nothing is dropped either. The run's events are added
+    to ``events`` when given (after the timed window).
     """
     with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
         path = Path(tmp) / "run.msgpack" if record else None
@@ -79,10 +84,23 @@ def trainer_seconds(config: TrainingConfig, task: Task, record: bool) -> Timed:
         with stopwatch() as watch:  # closing the recorder (flush, fsync) is inside
             session.start()
             session.wait()
+    if events is not None:
+        events += session.poll()
     finished = session.finished
     if finished is None or finished.status != "completed":
         error = "no RunFinished" if finished is None else f"{finished.status}: {finished.error}"
         raise RuntimeError(f"benchmark run did not complete ({error})")
+    return watch.result
+
+
+def recorder_seconds(events: list[Event]) -> Timed:
+    """What a run's recorder does, alone: encode and write ``events``, then close (fsync)."""
+    with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
+        with stopwatch() as watch:
+            recorder = Recorder(Path(tmp) / "run.msgpack")
+            for event in events:
+                recorder.emit(event)
+            recorder.close()
     return watch.result
 
 

@@ -30,11 +30,13 @@ from _throughput import (
     RunShape,
     bare_loop_seconds,
     fixed_val_batches,
+    recorder_seconds,
     trainer_config,
     trainer_seconds,
 )
 from _timing import Timed, cpus, interleave, median_ratio, spread, walls
 
+from esper_engine.config import TrainingConfig
 from esper_engine.tasks import Task, load_task
 
 REPLAY_EVENTS = 100_000
@@ -158,6 +160,18 @@ class Bench:
             "trainer_samples_per_s": samples / median(walls(rec)),
             **_timed_details(times),
         }
+        self.details["recorder"] = self._recorder_work(config, task, median(walls(rec)))
+
+    def _recorder_work(self, config: TrainingConfig, task: Task, run_s: float) -> dict:
+        """The recorder's own work in a run, timed alone: a run-to-run spread of a few percent
+        hides a cost this small in ``recorder_overhead``, so this says what it actually is."""
+        events: list = []
+        trainer_seconds(config, task, record=False, events=events)
+        seconds = median(walls([recorder_seconds(events) for _ in range(5)]))
+        share = seconds / run_s
+        self.say(f"  recorder alone: {len(events)} events in {seconds * 1e3:.1f} ms, "
+                 f"{share:.2%} of a run's {run_s:.2f} s")
+        return {"events_per_run": len(events), "seconds_per_run": seconds, "share_of_run": share}
 
     def attribution(self) -> None:
         """attribution_cost: one exact attribution (3 seeds) / one plain validation pass."""

@@ -57,12 +57,13 @@ class Profile:
     warmup_shape: RunShape = RunShape(epochs=1, batches_per_epoch=5)
 
 
-# The console's runs are as long in both profiles: shorter ones were too noisy to read a 5%
-# difference from (per-round ratios 0.87-1.15 with 2 x 15 batches).
+# Console runs are whole processes timed over the trainer's window: with 2 x 15 batches (1.5 s)
+# the per-round ratios spread 0.87-1.15, too wide to read a 5% target from; 3 x 40 still spreads
+# 0.91-1.07, so the full profile runs twice as long and more rounds.
 QUICK = Profile("quick", RunShape(epochs=2, batches_per_epoch=25), 5,
                 RunShape(epochs=3, batches_per_epoch=40), 5, 9, 3)
 FULL = Profile("full", RunShape(epochs=3, batches_per_epoch=40), 7,
-               RunShape(epochs=3, batches_per_epoch=40), 5, 21, 7)
+               RunShape(epochs=6, batches_per_epoch=40), 7, 21, 7)
 
 
 @dataclass(frozen=True)

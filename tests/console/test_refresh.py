@@ -30,56 +30,44 @@ def panels_made(app: OverwatchApp) -> list[int]:
     return [panel.strips_made for panel in app.query(EnvPanel) if panel.id != "detail"]
 
 
-@run_async
-async def test_batch_stats_repaint_one_line_of_their_own_panel_only() -> None:
-    events = running_events()
-    app, source = app_with(events, CUT)
+async def repaints(pushed: list[Event], ticks: int = 1) -> tuple[list[int], int, OverwatchApp]:
+    """Lines turned into strips by each wide panel and by the header over ``ticks`` ticks that
+    show ``pushed`` after the first CUT events."""
+    app, source = app_with(running_events(), CUT)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         before, header_before = panels_made(app), app._header.strips_made
-        batch = next_of(events, BatchStats, env=1)
-        source.push(batch)
-        await app.tick()
+        source.push(*pushed)
+        for _ in range(ticks):
+            await app.tick()
         await pilot.pause()
-        after = panels_made(app)
-        assert after[1] == before[1] + 1  # the grad line and nothing else
-        assert [after[i] for i in (0, 2, 3)] == [before[i] for i in (0, 2, 3)]
-        assert app._header.strips_made == header_before  # no header figure changed
-        panel = app._panels[1]
-        grad = next(line for line in panel.lines if line.startswith("grad "))
-        assert grad.startswith(f"grad {batch.grad_norm_post_clip:.2f}/")
+        made = [after - b for after, b in zip(panels_made(app), before, strict=True)]
+        return made, app._header.strips_made - header_before, app
+
+
+@run_async
+async def test_batch_stats_repaint_one_line_of_their_own_panel_only() -> None:
+    batch = next_of(running_events(), BatchStats, env=1)
+    made, header, app = await repaints([batch])
+    assert made == [0, 1, 0, 0]  # the grad line and nothing else
+    assert header == 0  # no header figure changed
+    grad = next(line for line in app._panels[1].lines if line.startswith("grad "))
+    assert grad.startswith(f"grad {batch.grad_norm_post_clip:.2f}/")
 
 
 @run_async
 async def test_an_epoch_summary_repaints_its_panel_and_the_header() -> None:
-    events = running_events()
-    app, source = app_with(events, CUT)
-    async with app.run_test(size=WIDE) as pilot:
-        await pilot.pause()
-        before, header_before = panels_made(app), app._header.strips_made
-        summary = next_of(events, EpochSummary, env=2)
-        source.push(summary)
-        await app.tick()
-        await pilot.pause()
-        after = panels_made(app)
-        assert after[2] > before[2] + 1  # figures, charts, train line ...
-        assert [after[i] for i in (0, 1, 3)] == [before[i] for i in (0, 1, 3)]
-        assert app._header.strips_made > header_before  # samples/s is a sum over envs
-        assert app._panels[2].border_subtitle.startswith(f"epoch {summary.epoch + 1} ")
+    summary = next_of(running_events(), EpochSummary, env=2)
+    made, header, app = await repaints([summary])
+    assert made[2] > 1 and [made[i] for i in (0, 1, 3)] == [0, 0, 0]  # figures, charts ...
+    assert header > 0  # samples/s is a sum over envs
+    assert app._panels[2].border_subtitle.startswith(f"epoch {summary.epoch + 1} ")
 
 
 @run_async
 async def test_a_tick_without_events_repaints_nothing() -> None:
-    events = running_events()
-    app, _ = app_with(events, CUT)
-    async with app.run_test(size=WIDE) as pilot:
-        await pilot.pause()
-        before, header_before = panels_made(app), app._header.strips_made
-        for _ in range(3):
-            await app.tick()
-        await pilot.pause()
-        assert panels_made(app) == before
-        assert app._header.strips_made == header_before
+    made, header, _ = await repaints([], ticks=3)
+    assert made == [0, 0, 0, 0] and header == 0
 
 
 @run_async

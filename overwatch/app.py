@@ -10,7 +10,6 @@ Commands go out through the source; their acknowledgements come back as events (
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import os
 import signal
@@ -524,12 +523,6 @@ def run_console(source: EventSource, refresh_hz: float = 4.0) -> int:
     lets the recorder close, and exits the process without touching the terminal again.
     """
     app = OverwatchApp(source, refresh_hz=refresh_hz)
-    # The trainer runs in this process. A full GC pass over all that is loaded by now (torch, the
-    # session, a replay's events: 300k+ objects) holds the GIL for 100-200 ms, and it is the
-    # console's allocations that trigger such passes during a run (measured: one in about every
-    # other 3 s bench run, 5% of its throughput). Frozen objects are never scanned again, so a
-    # later full pass only walks what was allocated since.
-    gc.freeze()
     handlers = {"SIGTERM": lambda *_: app.request_quit(), "SIGHUP": lambda *_: _hang_up(source)}
     previous = {}
     for name, handler in handlers.items():

@@ -8,7 +8,6 @@ and the recording is closed.
 
 from __future__ import annotations
 
-import gc
 import signal
 import sys
 from collections.abc import Iterator
@@ -121,7 +120,6 @@ def run_headless(
     """Run to the end (or a stop signal); the exit code follows RunFinished's status."""
     console = console or Console(file=sys.stderr)
     view = HeadlessView()
-    gc.freeze()  # as run_console does: full GC passes skip what is loaded by now (same settings)
     period = 1.0 / max(refresh_hz, 0.1)
     with stop_on_signals(session):
         session.start()

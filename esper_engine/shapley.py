@@ -3,7 +3,7 @@
 A coalition S of active seeds is scored by v(S) = validation accuracy with exactly the seeds in S
 at their current alpha and every other active seed at alpha 0 (fossilized seeds stay on). Up to
 ``exact_max`` seeds the exact formula over all 2^n coalitions is used, above it antithetic
-permutation sampling with a standard error.
+permutation sampling with a standard error, unless the sample could need every coalition anyway.
 
 Evaluation shares prefixes: coalitions that agree on the seeds before depth k share every
 activation up to depth k, so the stacked batch only doubles at an active slot (with 3 active slots
@@ -12,15 +12,16 @@ and 4 segments: 1 + 2 + 4 + 8 = 15 segment passes instead of 32).
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import math
+import operator
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -30,9 +31,20 @@ if TYPE_CHECKING:  # annotations only: tests drive the engine with small stand-i
     from esper_engine.tasks import Task
 
 Coalition = frozenset[int]
-ValueFn = Callable[[Coalition], float] | Mapping[Coalition, float]
-Method = Literal["prefix", "fused", "naive"]
-_METHODS = ("prefix", "fused", "naive")
+Game = Mapping[Coalition, float]  # a value per coalition
+Permutation = tuple[int, ...]
+Pair = tuple[Permutation, Permutation]  # a permutation and its reverse
+
+
+def attribution_seed(run_seed: int, env: int, episode: int, epoch: int) -> int:
+    """The permutation seed of one attribution: distinct per (run, env, episode, epoch).
+
+    A keyed hash rather than ``run_seed + epoch`` (every env and episode replayed the same
+    permutations) or ``hash()`` (salted per process). Below 2**63, so it fits any int64 field.
+    """
+    key = ",".join(str(operator.index(v)) for v in (run_seed, env, episode, epoch))
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"esper.shapley").digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -40,34 +52,14 @@ _METHODS = ("prefix", "fused", "naive")
 # --------------------------------------------------------------------------------------------
 
 
-def _lookup(value: ValueFn) -> Callable[[Coalition], float]:
-    """Accept a dict of coalition values as well as a function."""
-    if not isinstance(value, Mapping):
-        return value
-
-    def get(coalition: Coalition) -> float:
-        if coalition not in value:
-            raise KeyError(f"value table has no entry for coalition {sorted(coalition)}")
-        return value[coalition]
-
-    return get
-
-
-def _check_players(n: int) -> None:
-    if n < 0:
-        raise ValueError(f"number of players must be >= 0, got {n}")
-
-
 def all_coalitions(n: int) -> list[Coalition]:
     """Every subset of n players, indexed so bit j of the list position is membership of j."""
     return [frozenset(j for j in range(n) if mask >> j & 1) for mask in range(1 << n)]
 
 
-def exact_shapley(n: int, value: ValueFn) -> list[float]:
+def exact_shapley(n: int, value: Game) -> list[float]:
     """Exact Shapley values: weighted marginals over all 2^n coalitions."""
-    _check_players(n)
-    v = _lookup(value)
-    table = [float(v(c)) for c in all_coalitions(n)]
+    table = [float(value[c]) for c in all_coalitions(n)]  # a gap raises KeyError(coalition)
     # weight of a coalition of size s that player i joins: s! (n - s - 1)! / n!
     weights = [math.factorial(s) * math.factorial(n - s - 1) / math.factorial(n) for s in range(n)]
     phi = [0.0] * n
@@ -79,25 +71,29 @@ def exact_shapley(n: int, value: ValueFn) -> list[float]:
     return phi
 
 
-def _antithetic_pairs(
-    n: int, n_pairs: int, rng: random.Random
-) -> tuple[list[tuple[tuple[int, ...], tuple[int, ...]]], bool]:
-    """Permutations paired with their reverses; (pairs, exhaustive).
+def sampling_needs_every_coalition(n: int, n_pairs: int) -> bool:
+    """Whether ``n_pairs`` antithetic pairs over n players could need all 2^n coalitions.
 
-    When n! permutations fit in the budget they are all enumerated instead (the set of all
-    permutations is closed under reversal), which makes the estimate exact.
+    Each of the 2 * n_pairs permutations needs its n + 1 prefixes, of which the empty and the full
+    coalition are common to all, so a sample needs at most 2 + 2 * n_pairs * (n - 1) distinct
+    coalitions, and that worst case is the cost the budget grants. When it reaches 2^n the exact
+    values cost no more than the budget allows, so they replace the noisy estimate. The choice
+    depends on (n, n_pairs) only, never on the draw, so whether a run's attributions are exact
+    is known up front. It also covers every budget that fits all n! orders.
     """
-    if math.factorial(n) <= 2 * n_pairs:
-        perms = list(itertools.permutations(range(n)))
-        return [(p, p[::-1]) for p in perms if p <= p[::-1]], True
+    return 2 + 2 * n_pairs * (n - 1) >= 1 << n
+
+
+def antithetic_pairs(n: int, n_pairs: int, rng: random.Random) -> list[Pair]:
+    """``n_pairs`` random permutations of n players, each paired with its reverse."""
     pairs = []
     for _ in range(n_pairs):
         p = tuple(rng.sample(range(n), n))
         pairs.append((p, p[::-1]))
-    return pairs, False
+    return pairs
 
 
-def _permutation_coalitions(perms: Sequence[tuple[int, ...]]) -> set[Coalition]:
+def _permutation_coalitions(perms: Sequence[Permutation]) -> set[Coalition]:
     """The coalitions whose values a set of permutations needs (every prefix of each)."""
     needed: set[Coalition] = set()
     for perm in perms:
@@ -106,57 +102,35 @@ def _permutation_coalitions(perms: Sequence[tuple[int, ...]]) -> set[Coalition]:
     return needed
 
 
-def _marginals(perm: tuple[int, ...], v: Callable[[Coalition], float]) -> list[float]:
+def _marginals(perm: Permutation, value: Game) -> list[float]:
     """Each player's marginal contribution when players join in the order ``perm``."""
     out = [0.0] * len(perm)
     before = frozenset()
-    v_before = float(v(before))
     for player in perm:
         after = before | {player}
-        v_after = float(v(after))
-        out[player] = v_after - v_before
-        before, v_before = after, v_after
+        out[player] = float(value[after]) - float(value[before])
+        before = after
     return out
 
 
-def _estimate(
-    n: int,
-    pairs: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
-    exhaustive: bool,
-    v: Callable[[Coalition], float],
-) -> tuple[list[float], list[float]]:
+def estimate_shapley(n: int, pairs: Sequence[Pair], value: Game) -> tuple[list[float], list[float]]:
+    """Antithetic permutation estimate of Shapley values and their standard errors.
+
+    Every permutation's marginals sum to v(all) - v(none), so efficiency holds exactly for the
+    estimate too. A standard error needs two pairs or more (the engine checks its budget).
+    """
     # A pair's two marginals are correlated, so the i.i.d. samples are the pair averages.
     samples = []
     for forward, backward in pairs:
-        a, b = _marginals(forward, v), _marginals(backward, v)
+        a, b = _marginals(forward, value), _marginals(backward, value)
         samples.append([(x + y) / 2 for x, y in zip(a, b, strict=True)])
     values = [statistics.fmean(s[i] for s in samples) for i in range(n)]
-    if exhaustive:
-        return values, [0.0] * n
     root = math.sqrt(len(samples))
     return values, [statistics.stdev(s[i] for s in samples) / root for i in range(n)]
 
 
-def sampled_shapley(
-    n: int, value: ValueFn, n_permutations: int, seed: int | random.Random = 0
-) -> tuple[list[float], list[float]]:
-    """Antithetic permutation estimate of Shapley values and their standard errors.
-
-    ``n_permutations`` counts pairs (a permutation and its reverse). Every permutation's
-    marginals sum to v(all) - v(none), so efficiency holds exactly for the estimate too.
-    """
-    _check_players(n)
-    if n_permutations < 2:
-        raise ValueError(
-            f"need at least 2 permutation pairs for a standard error, got {n_permutations}"
-        )
-    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
-    pairs, exhaustive = _antithetic_pairs(n, n_permutations, rng)
-    return _estimate(n, pairs, exhaustive, _lookup(value))
-
-
 # --------------------------------------------------------------------------------------------
-# The evaluation: v(S) on a model, three numerically equal ways.
+# The evaluation: v(S) on a model, sharing activations across coalitions.
 # --------------------------------------------------------------------------------------------
 
 
@@ -279,17 +253,14 @@ class CounterfactualEngine:
         exact_max: int = 4,
         permutations: int = 32,
         seed: int = 0,
-        method: Method = "prefix",
         max_rows: int = 1024,
     ) -> None:
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
         if exact_max < 0 or permutations < 2 or max_rows < 1:
             raise ValueError(
                 f"need exact_max >= 0, permutations >= 2, max_rows >= 1; got {exact_max}, "
                 f"{permutations}, {max_rows}"
             )
-        self.model, self.task, self.method = model, task, method
+        self.model, self.task = model, task
         self.exact_max, self.permutations, self.max_rows = exact_max, permutations, max_rows
         # one stream across calls: each attribution draws fresh permutations, reproducibly
         self._rng = random.Random(seed)
@@ -332,14 +303,13 @@ class CounterfactualEngine:
     ) -> tuple[dict[Coalition, tuple[float, float]], list[float], list[float] | None]:
         """(scores per coalition, Shapley values, standard errors or None when exact)."""
         n = len(active)
-        if n <= self.exact_max:
+        if n <= self.exact_max or sampling_needs_every_coalition(n, self.permutations):
             scores = self._evaluate(active, all_coalitions(n), batches)
             return scores, exact_shapley(n, {c: acc for c, (acc, _) in scores.items()}), None
-        pairs, exhaustive = _antithetic_pairs(n, self.permutations, self._rng)
+        pairs = antithetic_pairs(n, self.permutations, self._rng)
         needed = _permutation_coalitions([p for pair in pairs for p in pair])
         scores = self._evaluate(active, sorted(needed, key=sorted), batches)
-        accuracy = {c: acc for c, (acc, _) in scores.items()}
-        phi, errors = _estimate(n, pairs, exhaustive, _lookup(accuracy))
+        phi, errors = estimate_shapley(n, pairs, {c: acc for c, (acc, _) in scores.items()})
         return scores, phi, errors
 
     def _evaluate(
@@ -350,29 +320,11 @@ class CounterfactualEngine:
     ) -> dict[Coalition, tuple[float, float]]:
         alphas = [_alpha(self.model, sid) for sid in active]
         scores = _Scores(self.task)
-        if self.method == "naive":
-            for c in coalitions:
-                with ExitStack() as stack:
-                    for j, sid in enumerate(active):
-                        stack.enter_context(
-                            self.model.force_alpha(sid, alphas[j] if j in c else 0.0)
-                        )
-                    for x, y in batches:
-                        scores.add(c, self.model(x), y)
-            return scores.points()
         # the stacked batch reaches len(coalitions) * rows at the head: bound it
         rows = max(1, self.max_rows // len(coalitions))
         for x_full, y_full in batches:
             for x, y in _chunks(x_full, y_full, rows):
-                if self.method == "prefix":
-                    logits, index = prefix_forward(self.model, x, active, alphas, coalitions)
-                else:
-                    overrides = [
-                        {sid: alphas[j] if j in c else 0.0 for j, sid in enumerate(active)}
-                        for c in coalitions
-                    ]
-                    logits = self.model.fused_forward(x, overrides)
-                    index = {c: r for r, c in enumerate(coalitions)}
+                logits, index = prefix_forward(self.model, x, active, alphas, coalitions)
                 for c in coalitions:
                     scores.add(c, logits[index[c]], y)
         return scores.points()

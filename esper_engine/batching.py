@@ -3,6 +3,10 @@
 Each draw takes the next n_envs * batch_size indices of a seeded permutation, gathers them in
 one indexing operation, moves them to the device once, prepares them once, and splits the
 result into one (x, y) batch per env. Within a draw the envs see disjoint samples.
+
+A dataset smaller than one draw still trains: its draws wrap around, taking the rest of one
+permutation and then the start of the next (as many passes as a draw needs), so every draw is
+still exactly n_envs * batch_size samples; the envs then share some samples within a draw.
 """
 
 from __future__ import annotations
@@ -13,11 +17,23 @@ import torch
 from torch import Tensor
 
 
+def check_samples(what: str, x: Tensor, y: Tensor) -> None:
+    """ValueError (one line) unless x and y pair up and hold at least one sample.
+
+    ``what`` names the split in the message, e.g. "training set" or "validation set".
+    """
+    if len(x) != len(y):
+        raise ValueError(f"{what}: inputs and targets differ in length: {len(x)} vs {len(y)}")
+    if len(x) == 0:
+        raise ValueError(f"{what} is empty")
+
+
 class SharedBatchIterator:
     """Infinite iterator of [(x, y)] * n_envs; reshuffles when a pass over the data ends.
 
-    A pass ends when fewer than n_envs * batch_size unseen samples remain; those are skipped
-    (a different few each pass) so that every draw is a slice of one permutation.
+    When the dataset holds at least one draw, a pass ends when fewer than n_envs * batch_size
+    unseen samples remain; those are skipped (a different few each pass) so that every draw is a
+    slice of one permutation. A smaller dataset wraps around instead (see the module docstring).
     """
 
     def __init__(
@@ -30,15 +46,9 @@ class SharedBatchIterator:
         device: torch.device | str = "cpu",
         prepare: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"x and y differ in length: {len(x)} vs {len(y)}")
+        check_samples("training set", x, y)
         if n_envs < 1 or batch_size < 1:
             raise ValueError(f"n_envs and batch_size must be >= 1, got {n_envs}, {batch_size}")
-        if n_envs * batch_size > len(x):
-            raise ValueError(
-                f"a draw of n_envs * batch_size = {n_envs * batch_size} samples "
-                f"exceeds the {len(x)} samples of the dataset"
-            )
         self.x, self.y = x, y
         self.n_envs, self.batch_size = n_envs, batch_size
         self.device = torch.device(device)
@@ -56,6 +66,7 @@ class SharedBatchIterator:
 
     @property
     def draws_per_pass(self) -> int:
+        """Whole draws in one pass; 0 when a draw wraps around a dataset smaller than it."""
         return len(self.x) // self.draw_size
 
     def __iter__(self) -> SharedBatchIterator:
@@ -69,13 +80,30 @@ class SharedBatchIterator:
         return list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))
 
     def _next_indices(self) -> Tensor:
+        if self.draw_size > len(self.x):
+            return self._wrapped_indices()
         if self._pos + self.draw_size > len(self._order):
-            self._order = torch.randperm(len(self.x), generator=self.generator)
-            self._pos = 0
-            self.passes += 1
+            self._new_pass()
         indices = self._order[self._pos : self._pos + self.draw_size]
         self._pos += self.draw_size
         return indices
+
+    def _wrapped_indices(self) -> Tensor:
+        """A draw larger than the dataset: successive permutations, end to end."""
+        parts, needed = [], self.draw_size
+        while needed:
+            if self._pos == len(self._order):
+                self._new_pass()
+            part = self._order[self._pos : self._pos + needed]
+            parts.append(part)
+            self._pos += len(part)
+            needed -= len(part)
+        return torch.cat(parts)
+
+    def _new_pass(self) -> None:
+        self._order = torch.randperm(len(self.x), generator=self.generator)
+        self._pos = 0
+        self.passes += 1
 
     def _to_device(self, t: Tensor) -> Tensor:
         if self.pin:

@@ -6,7 +6,19 @@ import math
 
 import msgspec
 
+from esper_engine.faults import check_faults
+
 LR_SCHEDULES = ("cosine", "constant")
+# The largest gradient-clip threshold a run accepts, from the CLI or a SetClipThreshold command.
+# A threshold this high already clips nothing a healthy run produces; the trainer compares it with
+# float32 norms, and above float32's range (3.4e38) that comparison overflows and crashes.
+MAX_CLIP_THRESHOLD = 1e6
+# Seeds are non-negative and fit in 32 bits: the per-env seeds derived from them (initial
+# weights: seed * 10**6 + env * 1000 + episode) then stay inside torch's 64-bit range.
+MAX_SEED = 2**32 - 1
+# Counts are recorded as 64-bit integers.
+MAX_COUNT = 2**63 - 1
+_COUNTS = ("n_envs", "episodes", "epochs", "batches_per_epoch", "batch_size", "val_batches")
 
 
 class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -19,12 +31,13 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     batches_per_epoch: int = 40  # training batches per env per epoch
     batch_size: int = 64  # samples per env per batch (SharedBatchIterator draws n_envs x this)
     val_batches: int = 8  # validation batches of 2 x batch_size (a fixed set, same every epoch)
-    seed: int = 0  # every random source derives from this
+    seed: int = 0  # every random source derives from this (0..MAX_SEED)
     device: str = "cpu"  # torch device string; "cuda" where none exists is a clear error
     # --- optimisation ---
     host_lr: float | None = None  # None: the task's default
     seed_lr: float | None = None  # None: the task's default
-    max_grad_norm: float | None = 1.0  # global clip over host + live seeds; None or 0 disables
+    # global clip over host + live seeds, at most MAX_CLIP_THRESHOLD; None or 0 disables
+    max_grad_norm: float | None = 1.0
     amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler per env)
     # --- policy ---
     policy: str = "heuristic"  # heuristic | ppo | static (never grows: the baseline)
@@ -49,6 +62,10 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     # cosine: host and seed lrs follow 0.5 * (1 + cos(pi * epoch / epochs)) within each episode, so
     # the last epochs settle instead of swinging; constant: the base lrs throughout.
     lr_schedule: str = "cosine"
+    # --- fault injection (appended; SPEC 11) ---
+    # KIND:ENV:EPOCH strings as the operator typed them (normalised), ENV and EPOCH counted from 1;
+    # they fire in the first episode. See esper_engine.faults.
+    faults: tuple[str, ...] = ()
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
@@ -61,19 +78,28 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message naming the bad value."""
-        if self.n_envs < 1:
-            raise ValueError(f"n_envs must be >= 1, got {self.n_envs}")
-        for name in ("episodes", "epochs", "batches_per_epoch", "batch_size", "val_batches"):
+        for name in _COUNTS:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.max_grad_norm is not None and (
-            not math.isfinite(self.max_grad_norm) or self.max_grad_norm < 0
-        ):
-            raise ValueError(f"max_grad_norm must be finite and >= 0, got {self.max_grad_norm}")
+            if value > MAX_COUNT:
+                raise ValueError(f"{name} must be <= 2**63 - 1 (recorded as int64), got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be within 0..{MAX_SEED}, got {self.seed}")
+        self._validate_max_grad_norm()
         if self.amp not in ("off", "bf16", "fp16"):
             raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
         if self.policy not in ("heuristic", "ppo", "static"):
             raise ValueError(f"policy must be heuristic, ppo or static, got {self.policy!r}")
+        check_faults(self.faults, self.n_envs, self.epochs)
+
+    def _validate_max_grad_norm(self) -> None:
+        value = self.max_grad_norm
+        if value is None:
+            return
+        if not math.isfinite(value) or not 0 <= value <= MAX_CLIP_THRESHOLD:
+            raise ValueError(
+                f"max_grad_norm must be within 0..{MAX_CLIP_THRESHOLD:g} (0 disables), got {value}"
+            )

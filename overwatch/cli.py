@@ -11,12 +11,24 @@ import math
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from esper_engine.config import TrainingConfig
+from esper_engine.config import MAX_CLIP_THRESHOLD, MAX_COUNT, MAX_SEED, TrainingConfig
+from esper_engine.faults import FaultKind, parse_fault
 
 EXIT_OK, EXIT_CRASHED, EXIT_BAD_INPUT = 0, 1, 2
 TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
+# Console and headless refresh rates: above 60 Hz the view only steals the trainer's GIL time;
+# 0.1 Hz (a view every 10 s) is the slowest the headless view updates anyway.
+REFRESH_HZ = (0.1, 60.0)
+SPEED = (0.25, 8.0)  # replay speeds (SPEC 10)
+FAULT_HELP = (
+    "break the run on purpose to watch the safety machinery: KIND:ENV:EPOCH, KIND one of "
+    + ", ".join(kind.value for kind in FaultKind)
+    + "; ENV and EPOCH count from 1, as the console shows them; faults fire in the first "
+    "episode (repeatable, e.g. --fault nan:2:3 --fault crash:1:5)"
+)
 
 
 class BadInput(Exception):
@@ -33,8 +45,18 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a positive integer below 2**63, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a seed within 0..{MAX_SEED}, got {value}")
     return value
 
 
@@ -43,16 +65,40 @@ def _finite_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
 
 
-def _speed(text: str) -> float:
-    value = _finite_float(text)
-    if not 0.25 <= value <= 8:
-        raise argparse.ArgumentTypeError(f"speed must be within 0.25..8, got {text}")
-    return value
+def _float_within(low: float, high: float, note: str = "") -> Callable[[str], float]:
+    """An argparse type: a finite number within low..high (both included)."""
+
+    def parse(text: str) -> float:
+        value = _finite_float(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low:g}..{high:g}{note}, got {text}")
+        return value
+
+    return parse
+
+
+def _fault(text: str) -> str:
+    """KIND:ENV:EPOCH, kept as written but normalised ("NaN:01:3" -> "nan:1:3")."""
+    try:
+        fault = parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return f"{fault.kind.value}:{fault.env + 1}:{fault.epoch + 1}"
+
+
+def _add_refresh_hz(parser: argparse.ArgumentParser) -> None:
+    low, high = REFRESH_HZ
+    parser.add_argument(
+        "--refresh-hz",
+        type=_float_within(low, high),
+        default=4.0,
+        help=f"screen updates per second, {low:g}..{high:g}",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,13 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--max-grad-norm",
-        type=_finite_float,
+        type=_float_within(0, MAX_CLIP_THRESHOLD, " (0 disables)"),
         default=defaults.max_grad_norm,
-        help="global gradient clip threshold (0 disables)",
+        help=f"global gradient clip threshold, at most {MAX_CLIP_THRESHOLD:g} (0 disables)",
     )
     run.add_argument("--amp", choices=("off", "bf16", "fp16"), default=defaults.amp)
     run.add_argument("--device", default=defaults.device)
-    run.add_argument("--seed", type=int, default=defaults.seed)
+    run.add_argument("--seed", type=_seed, default=defaults.seed, help=f"0..{MAX_SEED}")
+    run.add_argument(
+        "--fault",
+        action="append",
+        type=_fault,
+        metavar="KIND:ENV:EPOCH",
+        help=FAULT_HELP,
+    )
     rec = run.add_mutually_exclusive_group()
     rec.add_argument(
         "--record", default=None, help="recording path (default overwatch-runs/<run-id>.msgpack)"
@@ -92,15 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--headless", action="store_true", help="no TUI: a compact progress view on stderr"
     )
-    run.add_argument("--refresh-hz", type=_finite_float, default=4.0)
+    _add_refresh_hz(run)
 
     replay = sub.add_parser("replay", help="play a recording back in the console")
     replay.add_argument("file")
-    replay.add_argument("--speed", type=_speed, default=1.0)
+    replay.add_argument(
+        "--speed", type=_float_within(*SPEED), default=1.0, help="playback speed, 0.25..8"
+    )
     replay.add_argument(
         "--follow", action="store_true", help="tail a recording still being written"
     )
-    replay.add_argument("--refresh-hz", type=_finite_float, default=4.0)
+    _add_refresh_hz(replay)
 
     export = sub.add_parser("export", help="write a recording as JSON lines or CSV")
     export.add_argument("file")
@@ -126,13 +181,12 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
         amp=args.amp,
         device=args.device,
         seed=args.seed,
+        faults=tuple(args.fault or ()),
     )
     try:
         config.validate()
     except ValueError as exc:
         raise BadInput(str(exc)) from None
-    if args.refresh_hz <= 0:
-        raise BadInput(f"--refresh-hz must be > 0, got {args.refresh_hz}")
     return config
 
 

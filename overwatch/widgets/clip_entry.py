@@ -1,8 +1,12 @@
-"""Typing an exact gradient-clip threshold; bad values are refused here, before any command."""
+"""Typing an exact gradient-clip threshold.
+
+Only text that is not a number is refused here: a command needs a number. Whether the trainer
+can use it (finite, positive, within esper_engine.config.MAX_CLIP_THRESHOLD) is the trainer's
+call, answered with a CommandAck the console shows, so the rule lives in one place and every
+refusal is in the recording.
+"""
 
 from __future__ import annotations
-
-import math
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,23 +18,18 @@ from overwatch.widgets.formatting import num
 
 
 def parse_clip_value(text: str) -> float:
-    """The threshold typed, or ValueError with the one-line reason it is refused."""
+    """The number typed, or ValueError with the one-line reason it is not one."""
     stripped = text.strip()
     if not stripped:
         raise ValueError("enter a number, e.g. 0.5")
     try:
-        value = float(stripped)
+        return float(stripped)
     except ValueError:
         raise ValueError(f"not a number: {stripped!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"must be finite, got {stripped}")
-    if value <= 0:
-        raise ValueError(f"must be greater than 0, got {stripped}")
-    return value
 
 
 class ClipEntryModal(ModalScreen[float | None]):
-    """Dismisses with the new threshold on Enter (when valid), or None on Escape."""
+    """Dismisses with the number typed on Enter, or None on Escape."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 

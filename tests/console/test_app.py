@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import threading
 
+import msgspec
 import pytest
 
+from esper_engine.commands import acknowledge, rejection
+from esper_engine.config import MAX_CLIP_THRESHOLD
 from esper_engine.contracts import (
     CommandAck,
     ForceRollback,
@@ -145,19 +148,28 @@ async def test_clip_keys_scale_the_current_threshold() -> None:
         assert source.sent[-1].value == pytest.approx(values[-1] / CLIP_FACTOR)
 
 
-@pytest.mark.parametrize("text", ["abc", "-1", "0", "inf", "nan", ""])
-def test_parse_clip_value_refuses(text: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("text", ["abc", "", "  ", "1.2.3", "0,5"])
+def test_parse_clip_value_refuses_text_that_is_not_a_number(text: str) -> None:
+    with pytest.raises(ValueError, match="number"):
         parse_clip_value(text)
 
 
-def test_parse_clip_value_accepts_a_positive_number() -> None:
-    assert parse_clip_value(" 0.75 ") == 0.75
-    assert parse_clip_value("1e-3") == 0.001
+@pytest.mark.parametrize(
+    ("text", "value"), [(" 0.75 ", 0.75), ("1e-3", 0.001), ("1e40", 1e40), ("-1", -1.0), ("0", 0.0)]
+)
+def test_parse_clip_value_leaves_judging_the_number_to_the_trainer(text: str, value: float) -> None:
+    assert parse_clip_value(text) == value
+
+
+def trainer_answer(command: SetClipThreshold, command_id: int) -> CommandAck:
+    """The ack the trainer sends for ``command`` (the same rule, esper_engine.commands)."""
+    command = msgspec.structs.replace(command, command_id=command_id)
+    reason = rejection(command, N_ENVS, paused=False)
+    return acknowledge(command, accepted=reason is None, reason=reason or "")
 
 
 @run_async
-async def test_clip_entry_rejects_bad_input_then_sends_a_good_value() -> None:
+async def test_clip_entry_refuses_text_then_sends_any_number() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("c")
@@ -166,13 +178,53 @@ async def test_clip_entry_rejects_bad_input_then_sends_a_good_value() -> None:
         assert isinstance(app.screen, ClipEntryModal)  # still open
         error = str(app.screen.query_one("#clip-error").render())
         assert "not a number" in error
-        await pilot.press("backspace", "backspace", "backspace", "minus", "2", "enter")
-        assert "greater than 0" in str(app.screen.query_one("#clip-error").render())
         assert source.sent == []
-        await pilot.press("backspace", "backspace", "0", "full_stop", "5", "enter")
+        await pilot.press("backspace", "backspace", "backspace", "0", "full_stop", "5", "enter")
         await pilot.pause()
         assert not isinstance(app.screen, ClipEntryModal)
         assert source.sent == [SetClipThreshold(value=0.5, env=None)]
+
+
+@run_async
+async def test_a_threshold_the_trainer_refuses_is_sent_and_its_rejection_shown() -> None:
+    """`c 1e40` used to crash the trainer; now the trainer answers with a rejected ack."""
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        before = app.state.clip_threshold
+        await pilot.press("c", *"1e40", "enter")
+        await pilot.pause()
+        assert source.sent == [SetClipThreshold(value=1e40, env=None)]
+        source.push(trainer_answer(source.sent[0], command_id=1))
+        await app.tick()
+        await pilot.pause()  # notify() posts a message
+        assert app.state.clip_threshold == before
+        toasts = [n.message for n in app._notifications]
+        assert any(
+            "SetClipThreshold" in m and "rejected: clip threshold must be at most" in m
+            for m in toasts
+        )
+        await pilot.press("right_square_bracket")  # builds on the reported threshold again
+        assert source.sent[-1].value == pytest.approx(before * CLIP_FACTOR)
+
+
+@run_async
+async def test_raising_past_the_bound_is_rejected_and_the_pending_value_reverted() -> None:
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("c", *"1e6", "enter")
+        await pilot.pause()
+        source.push(trainer_answer(source.sent[-1], command_id=1))  # accepted: at the bound
+        await app.tick()
+        assert app.state.clip_threshold == MAX_CLIP_THRESHOLD
+        await pilot.press("right_square_bracket")
+        assert source.sent[-1].value == pytest.approx(MAX_CLIP_THRESHOLD * CLIP_FACTOR)
+        source.push(trainer_answer(source.sent[-1], command_id=2))
+        await app.tick()
+        await pilot.pause()
+        assert app.state.log[-1].accepted is False
+        assert app.state.clip_threshold == MAX_CLIP_THRESHOLD
+        await pilot.press("left_square_bracket")  # from 1e6, not from the refused 1.25e6
+        assert source.sent[-1].value == pytest.approx(MAX_CLIP_THRESHOLD / CLIP_FACTOR)
 
 
 @run_async

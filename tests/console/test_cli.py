@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from esper_engine.config import MAX_CLIP_THRESHOLD
 from esper_engine.contracts import CommandAck, EpochSummary, RunFinished, RunStarted
 from esper_engine.recording import read_recording
-from overwatch.cli import main
+from overwatch.cli import build_parser, config_from_args, main
 
 PROGRESS = re.compile(r"^env (?P<env>\d+)  episode \S+  epoch (?P<epoch>\S+)  acc ")
 SMALL_RUN = ["--n-envs", "2", "--episodes", "1", "--epochs", "2", "--batches-per-epoch", "2"]
@@ -45,6 +46,34 @@ def overwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["run", "--headless", "--record", "/proc/nope/x.msgpack"], "cannot record to"),
         (["replay", "/nonexistent.msgpack"], "no such recording"),
         (["replay", "x.msgpack", "--speed", "16"], "0.25..8"),
+        (["replay", "x.msgpack", "--speed", "nan"], "finite"),
+        (["replay", "x.msgpack", "--refresh-hz", "0"], "0.1..60"),
+        (["replay", "x.msgpack", "--refresh-hz", "1e9"], "0.1..60"),
+        # every numeric flag of run: one line, exit 2, never a traceback
+        (["run", "--max-grad-norm", "1e40"], "0..1e+06 (0 disables), got 1e40"),
+        (["run", "--max-grad-norm", "1250000"], "0..1e+06"),
+        (["run", "--max-grad-norm", "-1"], "0..1e+06"),
+        (["run", "--max-grad-norm", "inf"], "finite"),
+        (["run", "--max-grad-norm", "x"], "expected a number"),
+        (["run", "--seed", "-1"], "seed within 0..4294967295, got -1"),
+        (["run", "--seed", str(2**64)], "seed within"),
+        (["run", "--seed", "1.5"], "expected an integer"),
+        (["run", "--n-envs", "-3"], "positive integer"),
+        (["run", "--episodes", str(2**64)], "below 2**63"),
+        (["run", "--epochs", "0"], "positive integer"),
+        (["run", "--batches-per-epoch", "many"], "positive integer"),
+        (["run", "--refresh-hz", "0"], "0.1..60"),
+        (["run", "--refresh-hz", "-4"], "0.1..60"),
+        (["run", "--refresh-hz", "61"], "0.1..60"),
+        (["run", "--refresh-hz", "nan"], "finite"),
+        # faults: the syntax at parse time, the env and epoch against the run's shape
+        (["run", "--fault", "nan:1"], "must be KIND:ENV:EPOCH"),
+        (["run", "--fault", "melt:1:1"], "unknown kind 'melt'; expected one of nan, diverge"),
+        (["run", "--fault", "nan:0:1"], "ENV is counted from 1"),
+        (["run", "--fault", "nan:one:1"], "ENV must be an integer"),
+        (["run", "--n-envs", "2", "--fault", "nan:3:1"], "env 3 of a run with 2 envs"),
+        (["run", "--epochs", "3", "--fault", "crash:1:4"], "epoch 4 of episodes with 3 epochs"),
+        (["run", "--fault", "nan:1:1", "--fault", "diverge:9:1"], "'diverge:9:1': env 9"),
         (["export", "/nonexistent.msgpack"], "no such recording"),
         (["frobnicate"], "invalid choice"),
     ],
@@ -57,6 +86,33 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys):
     assert lines[-1].startswith("overwatch: error:"), err
     assert needle in lines[-1]
     assert "Traceback" not in err and not any("error" in line for line in lines[:-1])
+
+
+def test_faults_go_into_the_config_normalised_in_the_order_given():
+    args = build_parser().parse_args(
+        ["run", "--fault", " NaN:2:03 ", "--fault", "seed-nan:1:1", "--fault", "CRASH:4:12"]
+    )
+    assert config_from_args(args).faults == ("nan:2:3", "seed-nan:1:1", "crash:4:12")
+    assert config_from_args(build_parser().parse_args(["run"])).faults == ()
+
+
+def test_max_grad_norm_accepts_the_bound_and_zero_disables():
+    args = build_parser().parse_args(["run", "--max-grad-norm", "1e6"])
+    assert config_from_args(args).max_grad_norm == MAX_CLIP_THRESHOLD
+    args = build_parser().parse_args(["run", "--max-grad-norm", "0"])
+    assert config_from_args(args).max_grad_norm is None
+
+
+def test_run_help_explains_fault(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "--fault KIND:ENV:EPOCH" in help_text
+    assert "nan, diverge, seed-nan, crash" in help_text
+    assert "ENV and EPOCH count from 1, as the console shows them" in help_text
+    assert "fire in the first episode" in help_text
+    assert "repeatable" in help_text
 
 
 def test_garbage_recording_is_a_clear_error(tmp_path, capsys):

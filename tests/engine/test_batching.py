@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper_engine.batching import SharedBatchIterator
+from esper_engine.batching import SharedBatchIterator, check_samples
 from esper_engine.tasks import load_task
 
 
@@ -98,7 +98,49 @@ def test_language_model_windows_keep_their_shift() -> None:
         assert torch.equal(x[:, 1:], y[:, :-1].long())
 
 
-def test_a_draw_larger_than_the_data_is_refused() -> None:
-    x, y = numbered(10)
-    with pytest.raises(ValueError, match="n_envs \\* batch_size = 12 .* 10 samples"):
-        SharedBatchIterator(x, y, n_envs=3, batch_size=4, seed=0)
+def test_a_draw_larger_than_the_data_wraps_around_successive_passes() -> None:
+    x, y = numbered(5)
+    it = SharedBatchIterator(x, y, n_envs=3, batch_size=4, seed=0)
+    assert it.draws_per_pass == 0
+    ids = []
+    for _ in range(5):
+        batches = next(it)
+        assert [len(bx) for bx, _ in batches] == [4, 4, 4]  # every draw is a full draw
+        assert all(torch.equal(by, bx * 10) for bx, by in batches)
+        ids.extend(i for bx, _ in batches for i in bx.tolist())
+    # 60 samples = 12 whole passes of 5: each run of 5 is one permutation of the dataset
+    passes = [ids[i : i + 5] for i in range(0, 60, 5)]
+    assert all(sorted(p) == list(range(5)) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled between passes
+    assert it.passes == 11  # reshuffles so far: the next draw starts the thirteenth
+
+
+def test_wrapped_draws_are_deterministic() -> None:
+    x, y = numbered(7)
+    a = SharedBatchIterator(x, y, n_envs=2, batch_size=5, seed=3)
+    b = SharedBatchIterator(x, y, n_envs=2, batch_size=5, seed=3)
+    assert [draw_ids(next(a)) for _ in range(6)] == [draw_ids(next(b)) for _ in range(6)]
+
+
+def test_a_dataset_of_one_sample_still_trains() -> None:
+    x, y = numbered(1)
+    it = SharedBatchIterator(x, y, n_envs=2, batch_size=3, seed=0)
+    assert draw_ids(next(it)) == [[0, 0, 0], [0, 0, 0]]
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "message"),
+    [
+        (torch.arange(0), torch.arange(0), "training set is empty"),
+        (torch.arange(3), torch.arange(4), "differ in length: 3 vs 4"),
+    ],
+)
+def test_an_empty_or_mismatched_dataset_is_refused(x, y, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        SharedBatchIterator(x, y, n_envs=1, batch_size=1, seed=0)
+
+
+def test_check_samples_names_the_split() -> None:
+    check_samples("validation set", torch.arange(1), torch.arange(1))
+    with pytest.raises(ValueError, match="^validation set is empty$"):
+        check_samples("validation set", torch.zeros(0, 3), torch.zeros(0))

@@ -1,0 +1,107 @@
+"""Command validation: what the trainer refuses, and the ack every command gets."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import pytest
+
+from esper_engine.commands import acknowledge, rejection
+from esper_engine.config import MAX_CLIP_THRESHOLD
+from esper_engine.contracts import (
+    EVENT_DECODER,
+    CommandAck,
+    ForceRollback,
+    Pause,
+    Resume,
+    SetClipThreshold,
+    Stop,
+    encode,
+)
+
+N_ENVS = 4
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (1e40, "at most 1e+06"),  # used to crash the trainer with a float overflow
+        (MAX_CLIP_THRESHOLD * 1.25, "at most"),  # one `]` above the bound
+        (10**400, "at most"),  # an int beyond float's range
+        (math.inf, "finite"),
+        (-math.inf, "finite"),
+        (math.nan, "finite"),
+        (0.0, "positive"),
+        (-1.0, "positive"),
+        ("0.5", "must be a number"),  # in-process commands are not type-checked
+        (None, "must be a number"),
+        (True, "must be a number"),
+    ],
+)
+def test_unusable_clip_thresholds_are_rejected(value, reason) -> None:
+    found = rejection(SetClipThreshold(value=value), N_ENVS, paused=False)
+    assert found is not None and reason in found
+
+
+@pytest.mark.parametrize("value", [MAX_CLIP_THRESHOLD, 1e-6, 0.5, 3])
+def test_usable_clip_thresholds_are_accepted(value) -> None:
+    assert rejection(SetClipThreshold(value=value), N_ENVS, paused=False) is None
+    assert rejection(SetClipThreshold(value=value, env=N_ENVS - 1), N_ENVS, paused=False) is None
+
+
+@pytest.mark.parametrize("env", [-1, N_ENVS, 10**30, "1", 1.0, True])
+def test_unknown_envs_are_rejected(env) -> None:
+    for command in (ForceRollback(env=env), SetClipThreshold(value=0.5, env=env)):
+        found = rejection(command, N_ENVS, paused=False)
+        assert found is not None and found.startswith("unknown env")
+
+
+def test_pause_and_resume_follow_the_trainer_state() -> None:
+    assert rejection(Pause(), N_ENVS, paused=False) is None
+    assert rejection(Pause(), N_ENVS, paused=True) == "already paused"
+    assert rejection(Resume(), N_ENVS, paused=True) is None
+    assert rejection(Resume(), N_ENVS, paused=False) == "not paused"
+    assert rejection(Stop(), N_ENVS, paused=True) is None
+    assert rejection(ForceRollback(env=0), N_ENVS, paused=False) is None
+
+
+def test_something_that_is_not_a_command_is_rejected() -> None:
+    assert rejection(object(), N_ENVS, paused=False) == "unknown command object"  # type: ignore[arg-type]
+
+
+def test_an_ack_names_the_command_its_value_and_env() -> None:
+    command = SetClipThreshold(value=0.25, env=2, command_id=7)
+    ack = acknowledge(command, accepted=True, run_id="r", episode=1, epoch=3)
+    assert ack == CommandAck(
+        command="SetClipThreshold",
+        accepted=True,
+        value=0.25,
+        command_id=7,
+        env=2,
+        run_id="r",
+        episode=1,
+        epoch=3,
+        wall_time=ack.wall_time,
+    )
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        SetClipThreshold(value=1e40, command_id=1),
+        SetClipThreshold(value=math.nan, command_id=1),
+        SetClipThreshold(value=10**400, env=10**30, command_id=1),
+        SetClipThreshold(value="big", env="all", command_id=1),
+        ForceRollback(env=-(2**70), command_id=1),
+    ],
+)
+def test_a_rejected_ack_always_records_and_decodes(command) -> None:
+    reason = rejection(command, N_ENVS, paused=False)
+    assert reason is not None
+    ack = acknowledge(command, accepted=False, reason=reason)
+    decoded = EVENT_DECODER.decode(encode(ack))  # what replaying the recording does
+    assert isinstance(decoded, CommandAck) and not decoded.accepted
+    assert decoded.reason == reason and decoded.command_id == 1
+    assert decoded.value is None or isinstance(decoded.value, float)
+    assert msgspec.structs.asdict(decoded)["env"] in (None, command.env)

@@ -69,9 +69,17 @@ def _events(rng: random.Random):
     clock = 1e9
     common = {"run_id": "bench"}
     yield RunStarted(
-        **common, wall_time=clock, task="synthetic-images", task_kind="classification",
-        n_envs=N_ENVS, slot_ids=list(SLOT_IDS), policy="heuristic", episodes=10**6,
-        epochs=EPOCHS, batches_per_epoch=BATCHES, random_guess_loss=2.302585,
+        **common,
+        wall_time=clock,
+        task="synthetic-images",
+        task_kind="classification",
+        n_envs=N_ENVS,
+        slot_ids=list(SLOT_IDS),
+        policy="heuristic",
+        episodes=10**6,
+        epochs=EPOCHS,
+        batches_per_epoch=BATCHES,
+        random_guess_loss=2.302585,
         blueprints=["conv_light", "conv_heavy", "attention", "depthwise", "norm"],
     )
     stages = [["DORMANT"] * len(SLOT_IDS) for _ in range(N_ENVS)]
@@ -87,8 +95,14 @@ def _events(rng: random.Random):
                 clock += 0.01
                 yield from _env_epoch(rng, at, env, stages[env], clock)
             if rng.random() < 0.02:
-                yield CommandAck(**at, wall_time=clock, command="SetClipThreshold",
-                                 accepted=True, value=0.8, command_id=1)
+                yield CommandAck(
+                    **at,
+                    wall_time=clock,
+                    command="SetClipThreshold",
+                    accepted=True,
+                    value=0.8,
+                    command_id=1,
+                )
         clock += 0.01
         yield _policy_update(rng, common, episode, clock)
         episode += 1
@@ -98,8 +112,14 @@ def _events(rng: random.Random):
 def _batch_stats(rng: random.Random, at: dict, env: int, batch: int, clock: float) -> BatchStats:
     pre = rng.uniform(0.3, 2.5)
     return BatchStats(
-        **at, env=env, wall_time=clock, batch=batch, loss=rng.uniform(0.4, 2.3),
-        grad_norm_pre_clip=pre, grad_norm_post_clip=min(pre, 1.0), clip_threshold=1.0,
+        **at,
+        env=env,
+        wall_time=clock,
+        batch=batch,
+        loss=rng.uniform(0.4, 2.3),
+        grad_norm_pre_clip=pre,
+        grad_norm_post_clip=min(pre, 1.0),
+        clip_threshold=1.0,
         clipped=pre > 1.0,
     )
 
@@ -110,8 +130,15 @@ def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock:
         k = rng.randrange(len(SLOT_IDS))
         to = STAGES[(STAGES.index(stages[k]) + 1) % len(STAGES)]
         yield SeedTransition(
-            **at, env=env, wall_time=clock, slot_id=SLOT_IDS[k], blueprint="conv_light",
-            from_stage=stages[k], to_stage=to, alpha=rng.random(), epochs_in_stage=2,
+            **at,
+            env=env,
+            wall_time=clock,
+            slot_id=SLOT_IDS[k],
+            blueprint="conv_light",
+            from_stage=stages[k],
+            to_stage=to,
+            alpha=rng.random(),
+            epochs_in_stage=2,
             initiator="policy",
         )
         stages[k] = to
@@ -119,33 +146,78 @@ def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock:
     active = [sid for sid, st in zip(SLOT_IDS, stages, strict=True) if st in live]
     if active:
         yield Attribution(
-            **at, env=env, wall_time=clock, shapley={s: rng.uniform(-2, 5) for s in active},
-            std=None, full_value=80.0, empty_value=77.0, exact=True,
-            coalitions=2 ** len(active), full_loss=0.6, empty_loss=0.7, cost_ratio=2.0,
+            **at,
+            env=env,
+            wall_time=clock,
+            shapley={s: rng.uniform(-2, 5) for s in active},
+            std=None,
+            full_value=80.0,
+            empty_value=77.0,
+            exact=True,
+            coalitions=2 ** len(active),
+            full_loss=0.6,
+            empty_loss=0.7,
+            cost_ratio=2.0,
         )
     if rng.random() < 0.01:
-        yield GovernorPanic(**at, env=env, wall_time=clock, reason="divergence", loss=12.0,
-                            threshold=10.0, consecutive_panics=1, rollback_due=False)
+        yield GovernorPanic(
+            **at,
+            env=env,
+            wall_time=clock,
+            reason="divergence",
+            loss=12.0,
+            threshold=10.0,
+            consecutive_panics=1,
+            rollback_due=False,
+        )
     yield EpochSummary(
-        **at, env=env, wall_time=clock, train_loss=rng.uniform(0.4, 2.3),
-        train_accuracy=rng.random(), val_loss=rng.uniform(0.4, 2.3), val_accuracy=rng.random(),
-        perplexity=None, grad_norm_pre_clip=rng.uniform(0.3, 2.5), grad_norm_post_clip=1.0,
-        clipped_fraction=rng.random(), clip_threshold=1.0,
+        **at,
+        env=env,
+        wall_time=clock,
+        train_loss=rng.uniform(0.4, 2.3),
+        train_accuracy=rng.random(),
+        val_loss=rng.uniform(0.4, 2.3),
+        val_accuracy=rng.random(),
+        perplexity=None,
+        grad_norm_pre_clip=rng.uniform(0.3, 2.5),
+        grad_norm_post_clip=1.0,
+        clipped_fraction=rng.random(),
+        clip_threshold=1.0,
         slots=[
-            SlotState(slot_id=sid, stage=st, blueprint=None if st == "DORMANT" else "conv_light",
-                      alpha=rng.random(), epochs_in_stage=rng.randrange(6), params=2500)
+            SlotState(
+                slot_id=sid,
+                stage=st,
+                blueprint=None if st == "DORMANT" else "conv_light",
+                alpha=rng.random(),
+                epochs_in_stage=rng.randrange(6),
+                params=2500,
+            )
             for sid, st in zip(SLOT_IDS, stages, strict=True)
         ],
-        consecutive_panics=0, total_panics=rng.randrange(3), rollbacks=0, anomalies=0,
-        last_action="WAIT", reward=rng.uniform(-1, 1), samples_per_s=2400.0,
-        host_params=3000, seed_params=2500,
+        consecutive_panics=0,
+        total_panics=rng.randrange(3),
+        rollbacks=0,
+        last_action="WAIT",
+        reward=rng.uniform(-1, 1),
+        samples_per_s=2400.0,
+        host_params=3000,
+        seed_params=2500,
     )
 
 
 def _policy_update(rng: random.Random, common: dict, episode: int, clock: float) -> PolicyUpdate:
     return PolicyUpdate(
-        **common, episode=episode, epoch=EPOCHS - 1, wall_time=clock, update=episode + 1,
-        policy_loss=rng.uniform(-0.1, 0.1), value_loss=rng.random(), entropy=1.5,
-        approx_kl=0.01, clip_fraction=0.1, explained_variance=0.3, grad_norm=0.4,
+        **common,
+        episode=episode,
+        epoch=EPOCHS - 1,
+        wall_time=clock,
+        update=episode + 1,
+        policy_loss=rng.uniform(-0.1, 0.1),
+        value_loss=rng.random(),
+        entropy=1.5,
+        approx_kl=0.01,
+        clip_fraction=0.1,
+        explained_variance=0.3,
+        grad_norm=0.4,
         mean_episode_reward=rng.uniform(-1, 3),
     )

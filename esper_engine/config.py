@@ -7,6 +7,7 @@ import math
 import msgspec
 
 from esper_engine.faults import check_faults
+from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE
 
 LR_SCHEDULES = ("cosine", "constant")
 # The largest gradient-clip threshold a run accepts, from the CLI or a SetClipThreshold command.
@@ -66,6 +67,10 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     # KIND:ENV:EPOCH strings as the operator typed them (normalised), ENV and EPOCH counted from 1;
     # they fire in the first episode. See esper_engine.faults.
     faults: tuple[str, ...] = ()
+    # --- lifecycle (appended) ---
+    # epochs since germination before the policy may prune a seed (the gate, the governor and
+    # the operator may prune at any age): stops prune-after-one-epoch farming (SPEC 4)
+    min_prune_age: int = DEFAULT_MIN_PRUNE_AGE
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
@@ -94,6 +99,8 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.policy not in ("heuristic", "ppo", "static"):
             raise ValueError(f"policy must be heuristic, ppo or static, got {self.policy!r}")
         check_faults(self.faults, self.n_envs, self.epochs)
+        if not 0 <= self.min_prune_age <= MAX_COUNT:
+            raise ValueError(f"min_prune_age must be >= 0, got {self.min_prune_age}")
 
     def _validate_max_grad_norm(self) -> None:
         value = self.max_grad_norm

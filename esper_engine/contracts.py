@@ -78,6 +78,7 @@ class BatchStats(Event, frozen=True, kw_only=True):
     grad_norm_post_clip: float
     clip_threshold: float | None
     clipped: bool
+    skipped: bool = False  # fp16 overflow: no optimizer moved; the grad norms are not finite
 
 
 class EpochSummary(Event, frozen=True, kw_only=True):
@@ -94,13 +95,13 @@ class EpochSummary(Event, frozen=True, kw_only=True):
     consecutive_panics: int
     total_panics: int
     rollbacks: int
-    anomalies: int = 0
     last_panic_reason: str | None = None
     last_action: str = "WAIT"
     reward: float | None = None
     samples_per_s: float = 0.0
     host_params: int = 0
     seed_params: int = 0
+    skipped_steps: int = 0  # fp16 overflows: steps of the epoch in which no optimizer moved
 
 
 class SeedTransition(Event, frozen=True, kw_only=True):

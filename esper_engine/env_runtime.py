@@ -29,7 +29,7 @@ class EpochFigures:
     grad_norm_pre_clip: float
     grad_norm_post_clip: float
     clipped_fraction: float
-    finite_grad_fraction: float  # steps whose gradient norm was finite (fp16 overflows are not)
+    skipped_steps: int  # fp16 overflow: steps in which no optimizer moved
     samples: int
 
 
@@ -40,7 +40,7 @@ class TensorTotals:
         zero = torch.zeros((), device=device, dtype=torch.float64)
         self.loss_sum, self.correct, self.count = zero.clone(), zero.clone(), zero.clone()
         self.grad_pre, self.grad_post, self.clipped = zero.clone(), zero.clone(), zero.clone()
-        self.finite_steps = zero.clone()
+        self.finite_steps, self.skipped = zero.clone(), zero.clone()
         self.steps = 0
 
     def add_train(self, result: TrainStepResult) -> None:
@@ -53,6 +53,7 @@ class TensorTotals:
         self.grad_post += torch.where(finite, result.grad_norm_post, 0.0)
         self.finite_steps += finite
         self.clipped += result.clipped
+        self.skipped += result.skipped
         self.steps += 1
 
     def add_val(self, result: ValStepResult) -> None:
@@ -73,7 +74,7 @@ class EnvRuntime:
     acc_history: list[float] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
     last_action: str = "WAIT"
-    last_reward: float | None = None
+    last_reward: float | None = None  # accuracy points (the reward's unit)
     prev_val_acc: float | None = None
     clip_threshold: float | None = None
     cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
@@ -88,6 +89,7 @@ class EnvRuntime:
             model,
             self.state.host_optimizer,
             self.state.scaler,
+            seed_optimizers=self.state.seed_optimizers,
             sensitivity=self.config.sensitivity,
             multiplier=self.config.multiplier,
             absolute_threshold=self.config.absolute_threshold,
@@ -111,7 +113,12 @@ class EnvRuntime:
         init_seed = (self.config.seed * 1000 + self.index) * 1000 + self.episodes_started
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
-            return create_model(self.task, self.config.device, slots=self.config.slots)
+            return create_model(
+                self.task,
+                self.config.device,
+                slots=self.config.slots,
+                min_prune_age=self.config.min_prune_age,
+            )
 
     def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:
         host_lr = self.config.host_lr or self.task.host_lr
@@ -132,7 +139,9 @@ class EnvRuntime:
         model = self._new_model()
         model.on_transition = callback
         self.state = self._new_state(model)
-        self.governor.reset_episode(model, self.state.host_optimizer, self.state.scaler)
+        self.governor.reset_episode(
+            model, self.state.host_optimizer, self.state.scaler, self.state.seed_optimizers
+        )
         self.acc_history.clear()
         self.loss_history.clear()
         self.prev_val_acc = None

@@ -1,9 +1,12 @@
 """The governor: one watchdog per env that catches catastrophic training failures and rolls back.
 
-Tolaria's governor in the original design. Three of its defects are fixed here by construction:
-the snapshot holds the host optimizer and GradScaler state and a rollback restores them (so no
-stale momentum pushes the weights back toward the crash), and the death penalty is an API the
-trainer adds to the PPO buffer (`get_punishment_reward`, `GovernorReport.penalty`).
+Tolaria's governor in the original design. Its defects are fixed here by construction: the
+snapshot holds the host optimizer, every fossilized seed's optimizer and the GradScaler state, and
+a rollback restores them (so no stale momentum pushes the weights back toward the crash); the
+owner takes the snapshot when the epoch is judged clean *and* the policy has acted on it
+(``snapshot()``), so a seed fossilized that epoch is in it and the next epoch, the riskiest one,
+is protected like any other; and the death penalty is an API the trainer adds to the PPO buffer
+(`get_punishment_reward`, `GovernorReport.penalty`).
 
 It watches a plain ``nn.Module`` (the snapshot is the whole state dict) or a
 ``MorphogeneticModel``, recognised by duck typing (``live_seed_key_prefixes``): then live seeds
@@ -16,7 +19,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -114,16 +117,19 @@ class _Snapshot:
 
     weights: dict[str, torch.Tensor]  # host + fossilized seeds; never live seeds
     optimizer: dict[str, Any] | None
+    seed_optimizers: dict[str, dict[str, Any]]  # fossilized slot id -> its optimizer's state
     scaler: dict[str, Any] | None
-    fossilized: frozenset[str]  # slots already fossilized when the snapshot was taken
 
 
 class TolariaGovernor:
     """Per-env safety net: detects NaN, lobotomy and divergence, and rolls back to the snapshot.
 
     Call ``check_vital_signs`` once per epoch with the validation loss; when it returns True, call
-    ``execute_rollback()``. ``on_seed_pruned(slot_id)`` is called for every seed a rollback prunes
-    so the owner drops that seed's optimizer.
+    ``execute_rollback()``; when it returns False and ``last_check_clean`` is True, call
+    ``snapshot()`` once the epoch's changes (the policy's action) are made. ``seed_optimizers``
+    is the owner's live mapping of slot id -> seed optimizer: the snapshot keeps the fossils'
+    state from it and a rollback restores it there. ``on_seed_pruned(slot_id)`` is called for
+    every seed a rollback prunes so the owner drops that seed's optimizer.
     """
 
     def __init__(
@@ -140,6 +146,7 @@ class TolariaGovernor:
         random_guess_loss: float = math.log(10),  # the default task's 10 classes
         max_rollbacks_per_episode: int = 3,
         on_seed_pruned: Callable[[str], None] | None = None,
+        seed_optimizers: MutableMapping[str, torch.optim.Optimizer] | None = None,
     ) -> None:
         _check_settings(
             history_window,
@@ -159,11 +166,11 @@ class TolariaGovernor:
         self._history: deque[float] = deque(maxlen=history_window)
         self._consecutive_panics = 0
         self._total_panics = 0
-        self._anomalies = 0
         self._rollbacks = 0
         self._episode_rollbacks = 0
         self.last_panic: Panic | None = None
-        self._attach(model, optimizer, scaler)
+        self.last_check_clean = True  # the latest check found nothing: the state may be kept
+        self._attach(model, optimizer, scaler, seed_optimizers)
 
     # --- counters (sent every epoch) -------------------------------------------------------
 
@@ -174,11 +181,6 @@ class TolariaGovernor:
     @property
     def total_panics(self) -> int:
         return self._total_panics
-
-    @property
-    def anomalies(self) -> int:
-        """Losses kept out of the history (every panicking loss), so the baseline stays clean."""
-        return self._anomalies
 
     @property
     def rollbacks(self) -> int:
@@ -196,17 +198,20 @@ class TolariaGovernor:
     # --- detection -------------------------------------------------------------------------
 
     def check_vital_signs(self, loss: float) -> bool:
-        """Judge this epoch's validation loss; True means ``execute_rollback()`` is due now."""
+        """Judge this epoch's validation loss; True means ``execute_rollback()`` is due now.
+
+        A clean check (``last_check_clean``) makes the state the next known good one: the owner
+        calls ``snapshot()`` after the epoch's last change (the policy's action).
+        """
         loss = float(loss)
         found = self._detect(loss)
+        self.last_check_clean = found is None
         if found is None:
             self._history.append(loss)
             self._consecutive_panics = 0
-            self.snapshot()  # a clean check makes this state the last known good one
             return False
         reason, threshold = found
-        # Anomalous losses stay out of the history so they cannot inflate the baseline.
-        self._anomalies += 1
+        # Panicking losses stay out of the history so they cannot inflate the baseline.
         self._total_panics += 1
         self._consecutive_panics += 1
         immediate = reason != "divergence"
@@ -243,7 +248,8 @@ class TolariaGovernor:
     # --- snapshot and rollback -------------------------------------------------------------
 
     def snapshot(self) -> None:
-        """Record the last known good state on CPU: host, fossilized seeds, optimizer, scaler.
+        """Record the last known good state on CPU: host and fossilized seeds with their
+        optimizers, and the scaler.
 
         Call it on the stream that trains the model (or after synchronising that stream):
         device-to-host copies are queued there without blocking.
@@ -257,8 +263,12 @@ class TolariaGovernor:
         self._snapshot = _Snapshot(
             weights=weights,
             optimizer=_to_cpu(self.optimizer.state_dict()) if self.optimizer is not None else None,
+            seed_optimizers={
+                slot_id: _to_cpu(self.seed_optimizers[slot_id].state_dict())
+                for slot_id in self._fossilized()
+                if slot_id in self.seed_optimizers
+            },
             scaler=_to_cpu(self.scaler.state_dict()) if self._scaler_enabled() else None,
-            fossilized=frozenset(self._fossilized()),
         )
 
     def execute_rollback(
@@ -300,6 +310,7 @@ class TolariaGovernor:
         model: nn.Module | None = None,
         optimizer: torch.optim.Optimizer | None = None,
         scaler: torch.amp.GradScaler | None = None,
+        seed_optimizers: MutableMapping[str, torch.optim.Optimizer] | None = None,
     ) -> None:
         """Start a new episode, watching the re-created host if one is given; totals keep running.
 
@@ -307,7 +318,7 @@ class TolariaGovernor:
         the old history would look exactly like a lobotomy.
         """
         if model is not None:
-            self._attach(model, optimizer, scaler)
+            self._attach(model, optimizer, scaler, seed_optimizers)
         else:
             self.snapshot()
         self._history.clear()
@@ -319,10 +330,12 @@ class TolariaGovernor:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None,
         scaler: torch.amp.GradScaler | None,
+        seed_optimizers: MutableMapping[str, torch.optim.Optimizer] | None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.scaler = scaler
+        self.seed_optimizers = {} if seed_optimizers is None else seed_optimizers
         self._seeded = hasattr(model, "live_seed_key_prefixes")
         self.snapshot()
 
@@ -348,36 +361,32 @@ class TolariaGovernor:
 
     def _restore(self) -> None:
         _synchronize(self._device())  # snapshot copies may still be in flight
-        self.model.load_state_dict(self._weights_to_load(), strict=True)
+        # Strict: the snapshot is taken after the epoch's last change, so the fossils it holds
+        # are exactly the model's; any other mismatch is a bug the load reports.
+        self.model.load_state_dict(self._snapshot.weights, strict=True)
         # Clone again: load_state_dict keeps same-device tensors by reference, and later steps
         # would then write into the snapshot, corrupting a second rollback.
         if self.optimizer is not None and self._snapshot.optimizer is not None:
             self.optimizer.load_state_dict(_to_cpu(self._snapshot.optimizer))
+        self._restore_seed_optimizers()
         if self.scaler is not None and self._snapshot.scaler is not None:
             self.scaler.load_state_dict(_to_cpu(self._snapshot.scaler))
 
-    def _weights_to_load(self) -> dict[str, torch.Tensor]:
-        """The snapshot, plus seeds fossilized since: fossilization is permanent, so they keep
-        their current weights. Any other mismatch is left for the strict load to report."""
-        weights = dict(self._snapshot.weights)
-        new_fossils = set(self._fossilized()) - self._snapshot.fossilized
-        if new_fossils:
-            prefixes = self._seed_key_prefixes(new_fossils)
-            weights.update(
-                (key, value)
-                for key, value in self.model.state_dict().items()
-                if key.startswith(prefixes)
+    def _restore_seed_optimizers(self) -> None:
+        """Fossils get their snapshot momentum back; any other seed optimizer is dropped (its
+        momentum belongs to the abandoned trajectory, and its seed was just pruned)."""
+        saved = self._snapshot.seed_optimizers
+        for slot_id in list(self.seed_optimizers):
+            if slot_id in saved:
+                self.seed_optimizers[slot_id].load_state_dict(_to_cpu(saved[slot_id]))
+            else:
+                del self.seed_optimizers[slot_id]
+        missing = set(saved) - set(self.seed_optimizers)
+        if missing:
+            raise RuntimeError(
+                f"rollback: fossilized seeds {sorted(missing)} lost their optimizers since the "
+                "snapshot"
             )
-        return weights
-
-    def _seed_key_prefixes(self, slot_ids: Iterable[str]) -> tuple[str, ...]:
-        """State-dict prefixes of these slots' seed modules, found by module identity."""
-        seeds = [self.model.slots[slot_id].seed for slot_id in slot_ids]
-        return tuple(
-            f"{name}."
-            for name, module in self.model.named_modules()
-            if any(module is seed for seed in seeds)
-        )
 
     def _device(self) -> torch.device:
         param = next(self.model.parameters(), None)

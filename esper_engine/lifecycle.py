@@ -2,12 +2,13 @@
 
 DORMANT -> GERMINATED -> TRAINING -> BLENDING -> HOLDING -> FOSSILIZED (terminal)
 GERMINATED | TRAINING | BLENDING | HOLDING -> PRUNED -> EMBARGOED -> RESETTING -> DORMANT
-HOLDING -> BLENDING (alpha ramp-down before a prune)
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+
+DEFAULT_MIN_PRUNE_AGE = 3  # epochs since germination before the policy may prune (SPEC 4)
 
 
 class SeedStage(StrEnum):
@@ -34,7 +35,7 @@ ALLOWED_TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
     SeedStage.GERMINATED: frozenset({SeedStage.TRAINING, SeedStage.PRUNED}),
     SeedStage.TRAINING: frozenset({SeedStage.BLENDING, SeedStage.PRUNED}),
     SeedStage.BLENDING: frozenset({SeedStage.HOLDING, SeedStage.PRUNED}),
-    SeedStage.HOLDING: frozenset({SeedStage.FOSSILIZED, SeedStage.PRUNED, SeedStage.BLENDING}),
+    SeedStage.HOLDING: frozenset({SeedStage.FOSSILIZED, SeedStage.PRUNED}),
     SeedStage.FOSSILIZED: frozenset(),
     SeedStage.PRUNED: frozenset({SeedStage.EMBARGOED}),
     SeedStage.EMBARGOED: frozenset({SeedStage.RESETTING}),

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from esper_engine.contracts import SeedTransition, SlotState
 from esper_engine.hosts import CNNHost, TransformerHost
-from esper_engine.lifecycle import SeedStage
-from esper_engine.slots import SeedSlot
+from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE, SeedStage
+from esper_engine.slots import DEFAULT_EMBARGO_EPOCHS, DEFAULT_MIN_TRAINING_EPOCHS, SeedSlot
 
 TransitionCallback = Callable[[SeedTransition], None]
 
@@ -30,9 +30,9 @@ class MorphogeneticModel(nn.Module):
         host: CNNHost | TransformerHost,
         slots: Sequence[str] | None = None,
         *,
-        embargo_epochs: int = 2,
-        min_training_epochs: int = 1,
-        min_prune_age: int = 1,
+        embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS,
+        min_training_epochs: int = DEFAULT_MIN_TRAINING_EPOCHS,
+        min_prune_age: int = DEFAULT_MIN_PRUNE_AGE,
     ) -> None:
         super().__init__()
         self.host = host
@@ -117,9 +117,6 @@ class MorphogeneticModel(nn.Module):
     def advance(self, slot_id: str, initiator: str = "policy", **kwargs: Any) -> None:
         self._slot(slot_id).advance(initiator, **kwargs)
 
-    def ramp_down(self, slot_id: str, initiator: str = "policy", **kwargs: Any) -> None:
-        self._slot(slot_id).ramp_down(initiator, **kwargs)
-
     def prune(self, slot_id: str, initiator: str = "policy") -> None:
         self._slot(slot_id).prune(initiator)
 
@@ -159,6 +156,19 @@ class MorphogeneticModel(nn.Module):
 
     def fossilized_slots(self) -> list[str]:
         return [sid for sid in self.slot_ids if self.slots[sid].stage is SeedStage.FOSSILIZED]
+
+    def take_dropped_seed_outputs(self) -> dict[str, Tensor]:
+        """Incubating seeds whose output the last training forward dropped (a 0-dim bool tensor
+        each, true when dropped); clears them. The training step zeroes those seeds' grads."""
+        dropped = {}
+        for sid in self.slot_ids:
+            slot = self.slots[sid]
+            if slot.step_dropped is not None:
+                dropped[sid], slot.step_dropped = slot.step_dropped, None
+        return dropped
+
+    def record_seed_grad_health(self, slot_id: str, finite: Tensor) -> None:
+        self._slot(slot_id).record_seed_grad_health(finite)
 
     def host_parameters(self) -> list[nn.Parameter]:
         return list(self.host.parameters())
@@ -234,6 +244,8 @@ def create_model(
     task: Any,
     device: torch.device | str,
     slots: Sequence[str] | None = None,
+    *,
+    min_prune_age: int = DEFAULT_MIN_PRUNE_AGE,
     **host_kwargs: Any,
 ) -> MorphogeneticModel:
     """Build the task's host with seed slots, on ``device``.
@@ -250,7 +262,7 @@ def create_model(
         host = TransformerHost(vocab=task.num_classes, seq_len=task.seq_len, **host_kwargs)
     else:
         raise ValueError(f"unknown host kind {task.host_kind!r}; expected cnn or transformer")
-    return MorphogeneticModel(host, slots).to(dev)
+    return MorphogeneticModel(host, slots, min_prune_age=min_prune_age).to(dev)
 
 
 def _select_slots(known: list[str], slots: Sequence[str] | None) -> list[str]:

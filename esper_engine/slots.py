@@ -3,19 +3,25 @@
 Forward semantics (``h`` is the host activation arriving at the slot):
 - no seed, or GERMINATED: identity (a germinated seed has not trained yet);
 - TRAINING: straight-through, ``h + (s - s.detach())`` with ``s = seed(h.detach())``: the output
-  equals the host's exactly while the seed gets the gradient it would get fully blended;
-- BLENDING / HOLDING: ``lerp(h, seed(h.detach()), alpha)``;
+  equals the host's exactly while the seed gets the gradient it would get fully blended. An
+  incubating seed whose output is not finite is replaced by ``d`` (so the host's forward stays
+  finite) and fails its health gate: the trainer prunes it (initiator ``gate``);
+- BLENDING / HOLDING: ``h + alpha * (seed(d) - d)`` with ``d = h.detach()``: the value of
+  ``lerp(h, seed(h), alpha)``, but the host's own path keeps its identity gradient at every alpha
+  (``lerp(h, seed(d), alpha)`` would scale the gradient of every host stage above the slot by
+  ``1 - alpha``, to exactly 0 at alpha = 1: the host stopped learning while a seed blended);
 - FOSSILIZED: ``seed(h)``, fully on and reading ``h`` directly: it is part of the host now, so the
   host's gradient flows through it and it keeps learning with the host (a seed frozen after its
   few epochs of probation held the host back: in the growth study freezing cost 1-4 points);
-- an alpha override (float or per-sample ``[B]`` tensor) forces ``lerp(h, seed(h.detach()), a)``
+- an alpha override (float or per-sample ``[B]`` tensor) forces that blend with weight ``a``
   for TRAINING/BLENDING/HOLDING seeds; fossilized seeds ignore it, and a germinated seed (still
   exactly the identity) returns ``h``, which is the same value.
 
 Timing (each ``end_epoch`` call is one epoch boundary):
 - GERMINATED -> TRAINING at the first boundary after germination;
 - TRAINING -> BLENDING (``advance``) once ``min_training_epochs`` boundaries passed in TRAINING and
-  the seed's gradients were finite in the current (or, if none recorded yet, the last) epoch;
+  the seed was healthy in the current (or, if none recorded yet, the last) epoch: finite outputs
+  and finite gradients in at least half of its steps (fp16 overflows now and then);
 - BLENDING sets alpha to the schedule's first step at once, steps it at each boundary, and moves to
   HOLDING at the boundary after alpha reached its target (so BLENDING lasts ``blend_epochs``);
 - PRUNED -> EMBARGOED at the next boundary; after ``embargo_epochs`` more boundaries
@@ -33,6 +39,7 @@ from torch import Tensor, nn
 from esper_engine.blueprints import get_blueprint
 from esper_engine.contracts import SeedTransition, SlotState
 from esper_engine.lifecycle import (
+    DEFAULT_MIN_PRUNE_AGE,
     LIVE_STAGES,
     GateError,
     LifecycleError,
@@ -44,7 +51,11 @@ from esper_engine.lifecycle import (
 INITIATORS = ("policy", "gate", "governor", "operator")
 SCHEDULES = ("linear", "cosine")
 # Who may prune a seed before its minimum age: safety mechanisms, not the policy.
-_PRUNE_OVERRIDES = ("governor", "operator")
+_PRUNE_OVERRIDES = ("gate", "governor", "operator")
+DEFAULT_MIN_TRAINING_EPOCHS = 1  # epochs in TRAINING before the seed may start blending
+DEFAULT_EMBARGO_EPOCHS = 2  # epochs a pruned slot stays embargoed before it can be reused
+# A seed is healthy in an epoch when its gradients were finite in at least this share of steps.
+HEALTHY_GRAD_SHARE = 0.5
 
 Alpha = float | Tensor
 TransitionCallback = Callable[[SeedTransition], None]
@@ -59,9 +70,9 @@ class SeedSlot(nn.Module):
         dim: int,
         host_kind: str,
         *,
-        embargo_epochs: int = 2,
-        min_training_epochs: int = 2,
-        min_prune_age: int = 1,
+        embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS,
+        min_training_epochs: int = DEFAULT_MIN_TRAINING_EPOCHS,
+        min_prune_age: int = DEFAULT_MIN_PRUNE_AGE,
         on_transition: TransitionCallback | None = None,
     ) -> None:
         super().__init__()
@@ -84,13 +95,17 @@ class SeedSlot(nn.Module):
         self.forced_alpha: float | None = None  # set by MorphogeneticModel.force_alpha
         self.schedule = "linear"
         self.blend_epochs = 3
-        self._ramp_from = 0.0
-        self._ramp_to = 1.0
         self._ramp_step = 0
-        # Gradient health: None = nothing recorded. Kept lazily as a tensor so the trainer never
-        # synchronises per batch; resolved to a bool once per epoch.
-        self._grad_now: bool | Tensor | None = None
-        self._grad_last: bool | None = None
+        # Health of the current epoch, kept as device tensors so the batch loop never
+        # synchronises (resolved once per epoch): steps recorded, steps whose seed gradients were
+        # not finite, and whether any incubating output was not finite.
+        self._steps = 0
+        self._bad_grad_steps: Tensor | None = None
+        self._bad_output: Tensor | None = None
+        self._healthy_last: bool | None = None  # the previous epoch's verdict
+        # Set by a training forward in TRAINING: this step's output was not finite and was
+        # dropped; the training step zeroes the seed's gradients of that step and clears it.
+        self.step_dropped: Tensor | None = None
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -144,18 +159,11 @@ class SeedSlot(nn.Module):
             return False, (
                 f"{self.epochs_in_stage} epochs in TRAINING, need {self.min_training_epochs}"
             )
-        healthy = self._grad_healthy()
+        healthy = self.healthy()
         if healthy is None:
             return False, "no seed gradient recorded yet"
         if not healthy:
-            return False, "non-finite seed gradients"
-        return True, "ok"
-
-    def can_ramp_down(self) -> tuple[bool, str]:
-        if self.stage is not SeedStage.HOLDING:
-            return False, f"ramp-down starts from HOLDING, slot is {self.stage}"
-        if self.alpha <= 0:
-            return False, "alpha is already 0"
+            return False, "non-finite seed outputs or gradients"
         return True, "ok"
 
     def can_prune(self, initiator: str = "policy") -> tuple[bool, str]:
@@ -209,17 +217,8 @@ class SeedSlot(nn.Module):
             _check_schedule(self.schedule, blend_epochs)
             self.blend_epochs = blend_epochs
         self._transition(SeedStage.BLENDING, initiator)
-        self._start_ramp(1.0)
-
-    def ramp_down(self, initiator: str = "policy", *, blend_epochs: int | None = None) -> None:
-        """HOLDING -> BLENDING with alpha ramping to 0, so a later prune does not jolt the host."""
-        _check_initiator(initiator)
-        self._require(self.can_ramp_down(), SeedStage.BLENDING)
-        if blend_epochs is not None:
-            _check_schedule(self.schedule, blend_epochs)
-            self.blend_epochs = blend_epochs
-        self._transition(SeedStage.BLENDING, initiator)
-        self._start_ramp(0.0)
+        self._ramp_step = 1
+        self.alpha = self._ramp_alpha()
 
     def prune(self, initiator: str = "policy") -> None:
         """Remove the seed: its module (and state-dict keys) are deleted at once."""
@@ -229,7 +228,8 @@ class SeedSlot(nn.Module):
         self.seed = None
         self.alpha = 0.0
         self.contribution = None
-        self._grad_now = self._grad_last = None
+        self._reset_health()
+        self._healthy_last = None
 
     def fossilize(self, initiator: str = "policy") -> None:
         """HOLDING -> FOSSILIZED: the seed becomes a permanent part of the host, still learning."""
@@ -238,21 +238,44 @@ class SeedSlot(nn.Module):
         self._transition(SeedStage.FOSSILIZED, initiator)
 
     def record_seed_grad_health(self, finite: bool | Tensor) -> None:
-        """The trainer reports if this batch's seed gradients were finite (a tensor is fine)."""
-        if isinstance(finite, Tensor):
-            finite = finite.detach().to(torch.bool)
-        self._grad_now = finite if self._grad_now is None else self._grad_now & finite
+        """One training step's verdict on this seed's gradients (a 0-dim bool tensor: no sync)."""
+        finite = torch.as_tensor(finite).detach().to(torch.bool)
+        bad = (~finite).to(torch.int32)
+        self._bad_grad_steps = bad if self._bad_grad_steps is None else self._bad_grad_steps + bad
+        self._steps += 1
+
+    def healthy(self) -> bool | None:
+        """This epoch's health so far, else the last epoch's; None when neither was recorded.
+
+        Healthy: every incubating output finite, and finite gradients in at least
+        ``HEALTHY_GRAD_SHARE`` of the steps (fp16 overflows now and then). Reading it syncs.
+        """
+        now = self._health_now()
+        return self._healthy_last if now is None else now
+
+    def _health_now(self) -> bool | None:
+        if self._steps == 0 and self._bad_output is None:
+            return None
+        if self._bad_output is not None and bool(self._bad_output):
+            return False
+        if self._bad_grad_steps is None:
+            return True
+        return int(self._bad_grad_steps) <= (1.0 - HEALTHY_GRAD_SHARE) * self._steps
+
+    def _reset_health(self) -> None:
+        self._steps = 0
+        self._bad_grad_steps = self._bad_output = None
 
     def end_epoch(self) -> None:
         """An epoch boundary: age counters, alpha schedule and the automatic transitions."""
         self.epochs_in_stage += 1
         if self.is_live:
             self.age += 1
-        self._grad_last = None if self._grad_now is None else bool(self._grad_now)
-        self._grad_now = None
+        self._healthy_last = self._health_now()
+        self._reset_health()
         if self.stage is SeedStage.GERMINATED:
             self._transition(SeedStage.TRAINING, "gate")
-            self._grad_last = None
+            self._healthy_last = None
         elif self.stage is SeedStage.BLENDING:
             self._tick_ramp()
         elif self.stage is SeedStage.PRUNED:
@@ -273,13 +296,24 @@ class SeedSlot(nn.Module):
             return seed(h).to(h.dtype)
         if alpha is None:
             alpha = self.forced_alpha
+        d = h.detach()
         # Cast back to h's dtype: under autocast a seed's norm layer may return float32.
-        s = seed(h.detach()).to(h.dtype)
+        s = seed(d).to(h.dtype)
         if alpha is not None:
-            return torch.lerp(h, s, _weight(alpha, h))
+            return h + _weight(alpha, h) * (s - d)
         if self.stage is SeedStage.TRAINING:
-            return h + (s - s.detach())
-        return torch.lerp(h, s, self.alpha)
+            return h + self._incubate(s, d)
+        return h + self.alpha * (s - d)
+
+    def _incubate(self, s: Tensor, d: Tensor) -> Tensor:
+        """The straight-through term (value 0): a non-finite output is dropped and recorded."""
+        finite = torch.isfinite(s).all()
+        if self.training and torch.is_grad_enabled():  # a training step, not an evaluation
+            bad = ~finite
+            self._bad_output = bad if self._bad_output is None else self._bad_output | bad
+            self.step_dropped = bad
+        s = torch.where(finite, s, d)  # where() routes no gradient to the dropped branch
+        return s - s.detach()
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -315,12 +349,6 @@ class SeedSlot(nn.Module):
         if self.on_transition is not None:
             self.on_transition(event)
 
-    def _start_ramp(self, target: float) -> None:
-        self._ramp_from = self.alpha
-        self._ramp_to = target
-        self._ramp_step = 1
-        self.alpha = self._ramp_alpha()
-
     def _tick_ramp(self) -> None:
         if self._ramp_step >= self.blend_epochs:
             self._transition(SeedStage.HOLDING, "gate")
@@ -331,14 +359,8 @@ class SeedSlot(nn.Module):
     def _ramp_alpha(self) -> float:
         t = min(1.0, self._ramp_step / self.blend_epochs)
         if t >= 1.0:
-            return self._ramp_to  # land exactly on the target
-        shape = t if self.schedule == "linear" else (1.0 - math.cos(math.pi * t)) / 2.0
-        return self._ramp_from + (self._ramp_to - self._ramp_from) * shape
-
-    def _grad_healthy(self) -> bool | None:
-        if self._grad_now is not None:
-            return bool(self._grad_now)
-        return self._grad_last
+            return 1.0  # land exactly on the target
+        return t if self.schedule == "linear" else (1.0 - math.cos(math.pi * t)) / 2.0
 
 
 def _weight(alpha: Alpha, h: Tensor) -> float | Tensor:

@@ -17,7 +17,7 @@ import uuid
 import msgspec
 import torch
 
-from esper_engine.batching import SharedBatchIterator
+from esper_engine.batching import SharedBatchIterator, check_samples
 from esper_engine.blueprints import blueprint_names
 from esper_engine.commands import acknowledge, rejection
 from esper_engine.config import TrainingConfig
@@ -37,14 +37,17 @@ from esper_engine.contracts import (
     Stop,
 )
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
+from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
+from esper_engine.lifecycle import SeedStage
 from esper_engine.model import create_model
 from esper_engine.policy.driver import PolicyDriver
 from esper_engine.policy.observation import EnvObservation
 from esper_engine.policy.rewards import compute_reward
-from esper_engine.shapley import CounterfactualEngine
+from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
 from esper_engine.training_step import (
+    TrainStepResult,
     env_stream,
     join_env_streams,
     perplexity,
@@ -60,6 +63,8 @@ class StopRequested(Exception):
 def validate_run(config: TrainingConfig, task: Task) -> None:
     """Check what only the task can tell (device, slot ids) before a thread starts."""
     config.validate()
+    check_samples("training set", task.train_x, task.train_y)
+    check_samples("validation set", task.val_x, task.val_y)
     create_model(task, config.device, slots=config.slots)
 
 
@@ -110,20 +115,22 @@ class VectorizedTrainer:
         for epoch in range(self.config.epochs):
             self.epoch = epoch
             self._run_epoch(epoch)
-        for env in self.envs:  # the episode ends by time limit: a truncation, bootstrapped
-            self.policy.truncate(env.index, self._last_obs[env.index])
+        for env in self.envs:  # the host is discarded: terminal, nothing to bootstrap from
+            self.policy.end_episode(env.index)
         self._update_policy()
 
     def _run_epoch(self, epoch: int) -> None:
         started, self._paused_s = time.perf_counter(), 0.0
         for env in self.envs:
             env.state.set_lr_scale(self.config.lr_scale(epoch))
+        self._inject_faults(epoch)
         train = self._train_epoch()
         val = self._validate()
         figures = self._synchronise(train, val)
         elapsed = time.perf_counter() - started - self._paused_s
         healthy = [env for env in self.envs if not self._govern(env, figures[env.index])]
         for env in healthy:
+            self._prune_failed_seeds(env)
             self._attribute(env, epoch)
         for env in self.envs:  # the epoch is over: age the seeds before anyone looks at them
             env.model.end_epoch()
@@ -131,8 +138,14 @@ class VectorizedTrainer:
         for env in healthy:
             self._reward(env, figures[env.index], observations[env.index])
         self._last_obs.update(observations)
+        # Only a clean epoch is acted on and kept: a panicking env is left as it is until the
+        # governor has decided, and the snapshot follows the action, so a seed fossilized now
+        # is part of the state the next epoch (the riskiest) rolls back to.
+        clean = [env for env in healthy if env.governor.last_check_clean]
         if epoch < self.config.epochs - 1:  # an action after the last epoch could never pay off
-            self._act(healthy, observations)
+            self._act(clean, observations)
+        for env in clean:
+            env.governor.snapshot()
         for env in self.envs:
             self._emit_summary(env, figures[env.index], elapsed)
 
@@ -145,10 +158,12 @@ class VectorizedTrainer:
             self._safe_point()
             for env, (x, y) in zip(self.envs, next(self.batches), strict=True):
                 result = process_train_batch(env.state, x, y, self.task)
+                due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
                     totals[env.index].add_train(result)
-                if every and (batch + 1) % every == 0:
-                    self._emit_batch_stats(env, batch, result)
+                    stats = _batch_stats_tensor(result) if due else None
+                if stats is not None:
+                    self._emit_batch_stats(env, batch, stats)
         self._safe_point()
         join_env_streams(env.state for env in self.envs)
         return totals
@@ -176,6 +191,7 @@ class VectorizedTrainer:
                     t.grad_post,
                     t.finite_steps,
                     t.clipped,
+                    t.skipped,
                     v.loss_sum,
                     v.correct,
                     v.count,
@@ -185,7 +201,7 @@ class VectorizedTrainer:
         ]
         figures = []
         for t, row in zip(train, torch.stack(columns).tolist(), strict=True):
-            loss, correct, count, pre, post, finite, clipped, vloss, vcorrect, vcount = row
+            loss, correct, count, pre, post, finite, clipped, skipped, vloss, vcorrect, vcount = row
             steps = max(t.steps, 1)
             figures.append(
                 EpochFigures(
@@ -196,7 +212,7 @@ class VectorizedTrainer:
                     grad_norm_pre_clip=pre / max(finite, 1),
                     grad_norm_post_clip=post / max(finite, 1),
                     clipped_fraction=clipped / steps,
-                    finite_grad_fraction=finite / steps,
+                    skipped_steps=round(skipped),
                     samples=t.steps * self.config.batch_size,
                 )
             )
@@ -204,9 +220,6 @@ class VectorizedTrainer:
 
     def _govern(self, env: EnvRuntime, figures: EpochFigures) -> bool:
         """The governor's verdict on this epoch; True when it rolled the env back."""
-        healthy_grads = figures.finite_grad_fraction >= 0.5  # fp16 overflows now and then
-        for slot_id in env.model.live_slots():
-            env.model.slots[slot_id].record_seed_grad_health(healthy_grads)
         rollback_due = env.governor.check_vital_signs(figures.val_loss)
         panic = env.governor.last_panic
         if panic is not None and env.governor.consecutive_panics > 0:
@@ -217,6 +230,14 @@ class VectorizedTrainer:
         env.record(figures)
         return False
 
+    def _prune_failed_seeds(self, env: EnvRuntime) -> None:
+        """An incubating seed that failed its health gate (non-finite outputs or gradients) is
+        pruned by the gate; the host, which never saw its output, trains on."""
+        for slot_id in env.model.live_slots():
+            slot = env.model.slots[slot_id]
+            if slot.stage is SeedStage.TRAINING and slot.healthy() is False:
+                env.model.prune(slot_id, initiator="gate")
+
     def _attribute(self, env: EnvRuntime, epoch: int) -> None:
         every = self.config.attribution_every
         if not every or epoch % every or not env.model.active_slots():
@@ -226,7 +247,7 @@ class VectorizedTrainer:
             self.task,
             exact_max=self.config.shapley_exact_max,
             permutations=self.config.shapley_permutations,
-            seed=self.config.seed + epoch,
+            seed=attribution_seed(self.config.seed, env.index, self.episode, epoch),
         )
         on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
         result = engine.attribute(self.val_batches, env.val_pass_s if on_cpu else None)
@@ -288,12 +309,39 @@ class VectorizedTrainer:
         env.state.after_rollback()
         self.sink.emit(report.to_event(**self._common(env.index)))
         if initiator == "governor":
-            self.policy.penalize(env.index, env.governor.get_punishment_reward())
-            env.last_reward = env.governor.get_punishment_reward()
+            self.policy.penalize(env.index, -report.penalty)
+            env.last_reward = -report.penalty
         else:  # the operator's call: a truncation without blame, once the epoch is measured
             env.cut_by_operator = True
         if report.episode_ended:
             env.reset_episode()
+
+    def _inject_faults(self, epoch: int) -> None:
+        """SPEC 11: the run's ``--fault`` schedule (first episode), before the epoch trains."""
+        if self.episode != 0:
+            return
+        for fault in self.faults:
+            if fault.epoch != epoch:
+                continue
+            env = self.envs[fault.env]
+            if fault.kind is FaultKind.CRASH:
+                raise InjectedCrash(f"injected fault crash:{fault.env + 1}:{epoch + 1}")
+            if fault.kind is FaultKind.DIVERGE:  # from now on: set_lr_scale keeps the factor
+                env.state.lr_multiplier = DIVERGE_FACTOR
+                env.state.set_lr_scale(env.state.lr_scale)
+                continue
+            if fault.kind is FaultKind.NAN:
+                params = list(env.model.parameters())
+            else:  # SEED_NAN: the incubating seeds only
+                params = [
+                    p
+                    for sid in env.model.live_slots()
+                    if env.model.slots[sid].stage is SeedStage.TRAINING
+                    for p in env.model.seed_parameters(sid)
+                ]
+            with torch.no_grad():
+                for p in params:
+                    p.fill_(float("nan"))
 
     def _safe_point(self) -> None:
         """Apply queued commands; while paused, wait here for Resume or Stop."""
@@ -350,6 +398,7 @@ class VectorizedTrainer:
             prepare=self.task.prepare,
         )
         self.val_batches = self._fixed_val_batches(device)
+        self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
         self.envs = [EnvRuntime(i, cfg, self.task) for i in range(cfg.n_envs)]
         for env in self.envs:
             env.model.on_transition = self._transition_listener(env.index)
@@ -399,15 +448,11 @@ class VectorizedTrainer:
 
         return emit
 
-    def _emit_batch_stats(self, env: EnvRuntime, batch: int, result) -> None:
-        loss, pre, post, clipped = torch.stack(
-            [
-                result.loss_sum / result.count,
-                result.grad_norm_pre,
-                result.grad_norm_post,
-                result.clipped,
-            ]
-        ).tolist()  # every k batches only: the one sync BatchStats costs
+    def _emit_batch_stats(self, env: EnvRuntime, batch: int, stats: torch.Tensor) -> None:
+        # The figures were made on the env's stream: join it before the host reads them.
+        join_env_streams([env.state])
+        # Every k batches only: the one sync BatchStats costs.
+        loss, pre, post, clipped, skipped = stats.tolist()
         self.sink.emit(
             BatchStats(
                 **self._common(env.index),
@@ -417,6 +462,7 @@ class VectorizedTrainer:
                 grad_norm_post_clip=post,
                 clip_threshold=env.clip_threshold,
                 clipped=clipped > 0,
+                skipped=skipped > 0,
             )
         )
 
@@ -435,12 +481,12 @@ class VectorizedTrainer:
                 grad_norm_pre_clip=fig.grad_norm_pre_clip,
                 grad_norm_post_clip=fig.grad_norm_post_clip,
                 clipped_fraction=fig.clipped_fraction,
+                skipped_steps=fig.skipped_steps,
                 clip_threshold=env.clip_threshold,
                 slots=env.model.slot_states(),
                 consecutive_panics=gov.consecutive_panics,
                 total_panics=gov.total_panics,
                 rollbacks=gov.rollbacks,
-                anomalies=gov.anomalies,
                 last_panic_reason=None if panic is None else panic.reason,
                 last_action=env.last_action,
                 reward=env.last_reward,
@@ -458,6 +504,19 @@ class VectorizedTrainer:
             "epoch": self.epoch,
             "wall_time": time.time(),
         }
+
+
+def _batch_stats_tensor(result: TrainStepResult) -> torch.Tensor:
+    """BatchStats' figures in one tensor, stacked on the env's stream where they were made."""
+    return torch.stack(
+        [
+            result.loss_sum / result.count,
+            result.grad_norm_pre,
+            result.grad_norm_post,
+            result.clipped,
+            result.skipped,
+        ]
+    )
 
 
 def _describe(exc: BaseException) -> str:

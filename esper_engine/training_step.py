@@ -31,8 +31,9 @@ class TrainStepResult(NamedTuple):
     correct: Tensor
     count: Tensor
     grad_norm_pre: Tensor  # global norm of host + live-seed grads before clipping (unscaled)
-    grad_norm_post: Tensor  # min(pre, threshold); equal to pre when clipping is disabled
+    grad_norm_post: Tensor  # min(pre, threshold); pre when clipping is off or pre is not finite
     clipped: Tensor  # float 0/1, so its epoch mean is the fraction of clipped steps
+    skipped: Tensor  # float 0/1: fp16 overflow, no optimizer moved any weight this step
 
 
 class ValStepResult(NamedTuple):
@@ -70,8 +71,10 @@ class ParallelEnvState:
         self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
         self.clip_threshold = clip_threshold  # mutable: the trainer applies SetClipThreshold
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        # Learning rates are the base rates times one schedule factor (set once per epoch).
+        # Learning rates are the base rates times one schedule factor (set once per epoch), times
+        # ``lr_multiplier`` (1 unless a ``diverge`` fault is injected).
         self.lr_scale = 1.0
+        self.lr_multiplier = 1.0
         for group in host_optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
@@ -85,7 +88,9 @@ class ParallelEnvState:
         if not params:
             raise ValueError(f"seed in slot {slot_id!r} has no parameters to optimise")
         optimizer = torch.optim.SGD(
-            params, lr=self.seed_lr * self.lr_scale, momentum=self.seed_momentum
+            params,
+            lr=self.seed_lr * self.lr_scale * self.lr_multiplier,
+            momentum=self.seed_momentum,
         )
         optimizer.param_groups[0]["initial_lr"] = self.seed_lr
         self.seed_optimizers[slot_id] = optimizer
@@ -111,21 +116,19 @@ class ParallelEnvState:
                 self.add_seed_optimizer(slot_id)
 
     def set_lr_scale(self, scale: float) -> None:
-        """Every optimizer's lr = its base lr x ``scale`` (the schedule's factor for this epoch)."""
+        """Every optimizer's lr = its base lr x ``scale`` (the schedule's factor for this epoch)
+        x ``lr_multiplier``."""
         if not (math.isfinite(scale) and scale >= 0):
             raise ValueError(f"lr scale must be finite and >= 0, got {scale}")
         self.lr_scale = scale
         for optimizer in (self.host_optimizer, *self.seed_optimizers.values()):
             for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * scale
+                group["lr"] = group["initial_lr"] * scale * self.lr_multiplier
 
     def after_rollback(self) -> None:
-        """A rollback restored the weights and the host optimizer from the last good epoch.
-
-        Seed momentum belongs to the abandoned trajectory (new optimizers are made on the next
-        step) and the restored host optimizer carries that older epoch's lr: re-apply this one's.
-        """
-        self.seed_optimizers.clear()
+        """A rollback restored the weights and optimizers of the last good epoch (the governor
+        dropped the pruned seeds' optimizers); the restored ones carry that epoch's lr: re-apply
+        this one's."""
         self.set_lr_scale(self.lr_scale)
 
     def _optimizes_current_seed(self, slot_id: str) -> bool:
@@ -150,11 +153,13 @@ def process_train_batch(env: ParallelEnvState, x: Tensor, y: Tensor, task: Any) 
             env.scaler.scale(loss).backward()
         else:
             loss.backward()
+        _drop_failed_seed_grads(env)
         # "Has grads" is decided once: it picks unscale_ + scaler.step, or a plain (no-op) step.
         seed_has_grads = {sid: _has_grads(opt) for sid, opt in env.seed_optimizers.items()}
         _unscale(env, seed_has_grads)
+        _record_seed_health(env)
         pre, post, clipped = _clip(env)
-        _step(env, seed_has_grads)
+        skipped = _step(env, seed_has_grads, pre)
         count = torch.full((), task.count(y), device=loss.device)
         return TrainStepResult(
             loss_sum=loss.detach().float() * count,
@@ -163,6 +168,7 @@ def process_train_batch(env: ParallelEnvState, x: Tensor, y: Tensor, task: Any) 
             grad_norm_pre=pre,
             grad_norm_post=post,
             clipped=clipped,
+            skipped=skipped,
         )
 
 
@@ -223,6 +229,27 @@ def _unscale(env: ParallelEnvState, seed_has_grads: dict[str, bool]) -> None:
             env.scaler.unscale_(optimizer)
 
 
+def _drop_failed_seed_grads(env: ParallelEnvState) -> None:
+    """Zero the gradients of incubating seeds whose output this step was not finite.
+
+    The slot replaced that output by the host's (so the host's forward stayed finite); what
+    backward left in the seed's parameters is garbage (0 x NaN), and it must neither reach the
+    global clip norm nor make the scaler skip the host's step. The seed fails its health gate.
+    """
+    for slot_id, dropped in env.model.take_dropped_seed_outputs().items():
+        for p in env.model.seed_parameters(slot_id):
+            if p.grad is not None:
+                p.grad.masked_fill_(dropped, 0.0)  # a fill, not a product: NaN-safe
+
+
+def _record_seed_health(env: ParallelEnvState) -> None:
+    """Tell each live seed whether its (unscaled) gradients were finite this step; no sync."""
+    for slot_id in env.model.live_slots():
+        grads = [p.grad for p in env.model.seed_parameters(slot_id) if p.grad is not None]
+        if grads:
+            env.model.record_seed_grad_health(slot_id, torch.isfinite(get_total_norm(grads)))
+
+
 def _clip(env: ParallelEnvState) -> tuple[Tensor, Tensor, Tensor]:
     """Clip host + seed grads by their global norm; return (pre, post, clipped) tensors."""
     params = list(env.model.host_parameters())
@@ -233,31 +260,39 @@ def _clip(env: ParallelEnvState) -> tuple[Tensor, Tensor, Tensor]:
     if not env.clip_enabled:
         return pre, pre, torch.zeros_like(pre)
     max_norm = env.clip_threshold  # a Python number: using it needs no device sync
-    # clip_grad_norm_ = get_total_norm + clip_grads_with_norm_. Split so that a NaN norm (e.g. an
-    # fp16 overflow inside one seed) scales every grad by 0 like an inf norm does, instead of
-    # turning the finite host grads into NaN while the scaler only skips the seed's step.
+    # clip_grad_norm_ = get_total_norm + clip_grads_with_norm_. Split so that a NaN norm scales
+    # every grad by 0 like an inf norm does, instead of turning finite grads into NaN.
     clip_grads_with_norm_(params, max_norm, torch.nan_to_num(pre, nan=math.inf))
-    post = torch.clamp(pre, max=max_norm)
+    # A non-finite norm is reported as such, never as a fake min(inf, max_norm) = max_norm.
+    post = torch.where(torch.isfinite(pre), torch.clamp(pre, max=max_norm), pre)
     return pre, post, (pre > max_norm).to(pre.dtype)
 
 
-def _step(env: ParallelEnvState, seed_has_grads: dict[str, bool]) -> None:
-    """Step every optimizer; the scaler skips optimizers whose grads hold inf/NaN."""
+def _step(env: ParallelEnvState, seed_has_grads: dict[str, bool], pre: Tensor) -> Tensor:
+    """Step every optimizer, or (fp16) none when any gradient overflowed; returns skipped 0/1.
+
+    The GradScaler alone skips only the optimizers whose own grads hold inf/NaN: a seed's
+    overflow would let the host take a momentum-only step. So the global norm decides for all
+    (one sync per step, fp16 only; ``scaler.step`` syncs per optimizer anyway).
+    """
     scaler = env.scaler
     if scaler is None:
         env.host_optimizer.step()
         for optimizer in env.seed_optimizers.values():
             optimizer.step()
-        return
-    scaler.step(env.host_optimizer)
-    for slot_id, optimizer in env.seed_optimizers.items():
-        if seed_has_grads[slot_id]:
-            scaler.step(optimizer)
-        else:
-            # scaler.step needs the inf checks that unscale_ records, and an optimizer without
-            # grads records none; its plain step changes nothing.
-            optimizer.step()
-    scaler.update()
+        return torch.zeros_like(pre)
+    overflow = ~torch.isfinite(pre)
+    if not bool(overflow):
+        scaler.step(env.host_optimizer)
+        for slot_id, optimizer in env.seed_optimizers.items():
+            if seed_has_grads[slot_id]:
+                scaler.step(optimizer)
+            else:
+                # scaler.step needs the inf checks that unscale_ records, and an optimizer
+                # without grads records none; its plain step changes nothing.
+                optimizer.step()
+    scaler.update()  # reads the inf checks unscale_ recorded: the scale backs off on overflow
+    return overflow.to(pre.dtype)
 
 
 @contextmanager

@@ -56,8 +56,8 @@ class SlotView:
 class GovernorView:
     consecutive_panics: int = 0
     total_panics: int = 0
-    anomalies: int = 0
     rollbacks: int = 0
+    skipped_steps: int = 0  # the latest epoch's fp16 overflow steps (no optimizer moved)
     last_reason: str | None = None
 
 
@@ -262,7 +262,7 @@ def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
             slot_view.shapley = slot_view.shapley_std = None
     gov = view.governor
     gov.consecutive_panics, gov.total_panics = ev.consecutive_panics, ev.total_panics
-    gov.rollbacks, gov.anomalies = ev.rollbacks, ev.anomalies
+    gov.rollbacks, gov.skipped_steps = ev.rollbacks, ev.skipped_steps
     if ev.last_panic_reason is not None:
         gov.last_reason = ev.last_panic_reason
     view.last_action = ev.last_action

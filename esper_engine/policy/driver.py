@@ -88,8 +88,14 @@ class PolicyDriver:
             self._settle(env)
             self.buffer.add_penalty_to_last(env, penalty)
 
+    def end_episode(self, env: int) -> None:
+        """The episode's last epoch is over: terminal, no bootstrap (the host is discarded)."""
+        if self.buffer is not None and self.buffer.transitions(env):
+            self._settle(env)
+            self.buffer.finish_episode(env, 0.0, truncated=False)
+
     def truncate(self, env: int, obs: EnvObservation) -> None:
-        """Operator rollback or episode end: cut the episode, bootstrapping from V(obs)."""
+        """Operator rollback: cut the episode short, bootstrapping from V(obs)."""
         if self.buffer is not None and self.buffer.transitions(env):
             assert self.agent is not None
             self._settle(env)

@@ -407,9 +407,6 @@ class RolloutBuffer:
             raise ValueError(f"env {env}: the last transition already has reward {last.reward}")
         last.reward = float(reward)
 
-    def mark_terminal(self, env: int) -> None:
-        self._last(env).terminal = True
-
     def add_penalty_to_last(self, env: int, penalty: float) -> None:
         """Blame the env's most recent action for a governor rollback; it becomes terminal."""
         last = self._last(env)

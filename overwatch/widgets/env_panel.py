@@ -226,7 +226,7 @@ class EnvPanel(LineWidget):
         return text.append(f" · {attribution.coalitions} coalitions", self._style("panel--dim"))
 
     def _governor(self, view: EnvView, width: int) -> Text:
-        """Panics (in a row and in total), rollbacks, last reason; anomalies only if room."""
+        """Panics (in a row and in total), rollbacks, last reason; fp16 skipped steps if any."""
         gov = view.governor
         text = self._label("gov ")
         panicking = gov.consecutive_panics > 0
@@ -238,9 +238,10 @@ class EnvPanel(LineWidget):
         if gov.last_reason:
             text.append(" · last ", self._style("panel--label"))
             text.append(gov.last_reason, self._style("panel--warn"))
-        anomalies = f" · anomalies {gov.anomalies}"
-        if text.cell_len + len(anomalies) <= width:
-            text.append(anomalies)
+        if gov.skipped_steps:
+            skipped = f" · skipped {gov.skipped_steps}"
+            if text.cell_len + len(skipped) <= width:
+                text.append(skipped, self._style("panel--warn"))
         return text
 
     def _action(self, view: EnvView) -> Text:

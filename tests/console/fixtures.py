@@ -252,7 +252,6 @@ def _env_epoch(
             consecutive_panics=counters[0],
             total_panics=counters[1],
             rollbacks=counters[2],
-            anomalies=counters[1],
             last_panic_reason=reason,
             last_action=action,
             reward=round(rng.uniform(-0.05, 0.08), 4),

@@ -46,7 +46,7 @@ SUMMARY_0 = c.EpochSummary(
     consecutive_panics=1,
     total_panics=2,
     rollbacks=0,
-    anomalies=3,
+    skipped_steps=3,
     last_action="GERMINATE s0 mlp",
     reward=None,
     samples_per_s=800.0,
@@ -78,13 +78,13 @@ EVENTS = [RUN_STARTED, SUMMARY_0, SUMMARY_1, FINISHED]
 CSV_HEADER = (
     "run_id,env,episode,epoch,wall_time,train_loss,train_accuracy,val_loss,val_accuracy,"
     "perplexity,grad_norm_pre_clip,grad_norm_post_clip,clipped_fraction,clip_threshold,"
-    "consecutive_panics,total_panics,anomalies,rollbacks,last_action,reward,samples_per_s,"
+    "consecutive_panics,total_panics,rollbacks,skipped_steps,last_action,reward,samples_per_s,"
     "s0.stage,s0.blueprint,s0.alpha,s1.stage,s1.blueprint,s1.alpha"
 )
 CSV_ROWS = [
-    "r1,0,0,1,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,3,0,GERMINATE s0 mlp,,800.0,"
+    "r1,0,0,1,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,0,3,GERMINATE s0 mlp,,800.0,"
     "TRAINING,mlp,0.0,DORMANT,,0.0",
-    "r1,1,0,1,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,0,1,WAIT,-0.5,0.0,,,,BLENDING,attn,0.5",
+    "r1,1,0,1,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,1,0,WAIT,-0.5,0.0,,,,BLENDING,attn,0.5",
 ]
 
 

@@ -54,6 +54,7 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         grad_norm_post_clip=1.0,
         clip_threshold=1.0,
         clipped=True,
+        skipped=True,
     ),
     c.EpochSummary: c.EpochSummary(
         **COMMON,
@@ -70,7 +71,7 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         consecutive_panics=1,
         total_panics=4,
         rollbacks=2,
-        anomalies=3,
+        skipped_steps=3,
         last_panic_reason="divergence",
         last_action="GERMINATE r0c1 attention",
         reward=0.75,

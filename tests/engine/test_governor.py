@@ -45,7 +45,7 @@ def test_non_finite_loss_panics_at_once_even_without_history(bad: float) -> None
     panic = governor.last_panic
     assert panic is not None and panic.reason == "nan" and panic.rollback_due
     assert panic.threshold is None
-    assert (governor.consecutive_panics, governor.total_panics, governor.anomalies) == (1, 1, 1)
+    assert (governor.consecutive_panics, governor.total_panics) == (1, 1)
     assert governor.loss_history == ()
 
 
@@ -169,7 +169,8 @@ def test_divergence_needs_two_history_samples() -> None:
     assert governor.check_vital_signs(1e6) is False  # no statistics yet: kept as history
     assert governor.total_panics == 0
     assert governor.divergence_threshold() is None
-    governor.check_vital_signs(1.0)
+    assert governor.check_vital_signs(1.0) is False
+    governor.snapshot()  # the owner keeps a clean epoch's state
     assert governor.divergence_threshold() is not None
 
 
@@ -198,17 +199,17 @@ def test_normal_epoch_resets_the_consecutive_count() -> None:
     assert governor.check_vital_signs(50.0) is True
 
 
-def test_anomalous_losses_are_kept_out_of_the_history_and_counted() -> None:
+def test_panicking_losses_are_kept_out_of_the_history_and_counted() -> None:
     governor = make_governor()
     feed(governor, [2.0] * 5)
     threshold = governor.divergence_threshold()
     feed(governor, [50.0, math.nan, 40.0])
     assert governor.loss_history == (2.0,) * 5
     assert governor.divergence_threshold() == threshold  # the baseline is not poisoned
-    assert governor.anomalies == 3
+    assert governor.total_panics == 3 and not governor.last_check_clean
     governor.check_vital_signs(1.5)
     assert governor.loss_history == (2.0,) * 5 + (1.5,)
-    assert governor.anomalies == 3
+    assert governor.total_panics == 3 and governor.last_check_clean
 
 
 def test_history_is_a_window() -> None:
@@ -290,7 +291,8 @@ def test_snapshot_at_construction_is_restored_including_empty_optimizer_state() 
 def test_clean_check_takes_a_snapshot_with_weights_and_momentum() -> None:
     model, optimizer, _, governor = plain_setup()
     train_steps(model, optimizer, 3)
-    governor.check_vital_signs(1.0)
+    assert governor.check_vital_signs(1.0) is False
+    governor.snapshot()  # the owner keeps a clean epoch's state
     good, good_momentum = clone_state(model), momentum(optimizer)
     train_steps(model, optimizer, 3, seed=2)
     governor.check_vital_signs(math.inf)
@@ -331,7 +333,8 @@ def test_snapshot_is_on_cpu_detached_and_independent_of_training() -> None:
 def test_two_rollbacks_without_a_clean_check_restore_the_same_state() -> None:
     model, optimizer, _, governor = plain_setup()
     train_steps(model, optimizer, 2)
-    governor.check_vital_signs(1.0)
+    assert governor.check_vital_signs(1.0) is False
+    governor.snapshot()  # the owner keeps a clean epoch's state
     good, good_momentum = clone_state(model), momentum(optimizer)
     for seed in (5, 6):
         train_steps(model, optimizer, 3, seed=seed)  # would write into aliased snapshot tensors
@@ -345,7 +348,8 @@ def test_two_rollbacks_without_a_clean_check_restore_the_same_state() -> None:
 def test_scaler_state_is_restored() -> None:
     model, optimizer, scaler, governor = plain_setup(scaler=True)
     train_steps(model, optimizer, 2, scaler=scaler)
-    governor.check_vital_signs(1.0)
+    assert governor.check_vital_signs(1.0) is False
+    governor.snapshot()  # the owner keeps a clean epoch's state
     good = scaler.state_dict()
     train_steps(model, optimizer, 3, scaler=scaler, seed=7)
     scaler.update(new_scale=3.0)  # the crash drove the scale somewhere else
@@ -494,6 +498,34 @@ def seeded_setup():
     return model, governor, transitions, pruned
 
 
+def fossil_setup():
+    """block1 fossilized after training with its own optimizer, snapshot taken after that."""
+    model, governor, _, _ = seeded_setup()
+    seed_optimizers: dict[str, torch.optim.Optimizer] = {}
+    governor.reset_episode(model, governor.optimizer, None, seed_optimizers)
+    to_training(model, "block1")
+    seed_optimizers["block1"] = torch.optim.SGD(
+        model.seed_parameters("block1"), lr=0.05, momentum=0.9
+    )
+    train_all(model, governor.optimizer, seed_optimizers, steps=3, seed=8)
+    training_to_fossil(model, "block1")
+    governor.check_vital_signs(1.0)
+    governor.snapshot()
+    return model, governor.optimizer, seed_optimizers, governor
+
+
+def train_all(model, optimizer, seed_optimizers, steps: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(4, 3, 32, 32, generator=gen)
+        y = torch.randint(0, 10, (4,), generator=gen)
+        for opt in (optimizer, *seed_optimizers.values()):
+            opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        for opt in (optimizer, *seed_optimizers.values()):
+            opt.step()
+
+
 def end_epochs(model, n: int) -> None:
     for _ in range(n):
         for slot_id in model.live_slots():
@@ -569,44 +601,66 @@ def test_operator_rollback_prunes_with_operator_initiator() -> None:
     assert (transitions[-1].to_stage, transitions[-1].initiator) == ("PRUNED", "operator")
 
 
-def test_snapshot_while_training_then_fossilized_then_rollback() -> None:
-    model, governor, _, pruned = seeded_setup()
-    to_training(model, "block1")
-    perturb(model.host_parameters(), seed=1)
-    governor.check_vital_signs(1.0)  # clean: snapshot while block1 is TRAINING
-    good_host = host_state(model)
-    perturb(model.parameters(), seed=2)  # host and seed move on
-    training_to_fossil(model, "block1")
-    fossil = seed_state(model, "block1")
-    governor.check_vital_signs(math.nan)
-    report = governor.execute_rollback()  # strict load: would raise on a missing/unexpected key
-    assert report.seeds_pruned == () and pruned == []
-    assert model.fossilized_slots() == ["block1"]
-    assert model.state_dict().keys() == governor._snapshot.weights.keys() | fossil.keys()
-    assert_same(host_state(model), good_host)
-    assert_same(seed_state(model, "block1"), fossil)  # fossilization is permanent
-
-
-def test_seed_germinated_and_fossilized_after_the_snapshot_is_kept() -> None:
+def test_a_fossil_made_after_the_snapshot_is_an_error_the_strict_load_reports() -> None:
+    # The owner snapshots after every change it keeps (the trainer: after the policy acts), so a
+    # fossil the snapshot does not hold is a bug; the load says so instead of guessing weights.
     model, governor, _, _ = seeded_setup()
-    good_host = host_state(model)
-    to_training(model, "block2")
-    perturb(model.parameters(), seed=3)
-    training_to_fossil(model, "block2")
-    fossil = seed_state(model, "block2")
+    to_training(model, "block1")
+    governor.snapshot()
+    training_to_fossil(model, "block1")
+    governor.check_vital_signs(math.nan)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        governor.execute_rollback()
+
+
+def test_clean_check_does_not_snapshot_by_itself() -> None:
+    model, optimizer, _, governor = plain_setup()
+    initial = clone_state(model)
+    train_steps(model, optimizer, 2)
+    assert governor.check_vital_signs(1.0) is False and governor.last_check_clean
     governor.check_vital_signs(math.nan)
     governor.execute_rollback()
-    assert_same(host_state(model), good_host)
-    assert_same(seed_state(model, "block2"), fossil)
+    assert_same(model.state_dict(), initial)  # the construction snapshot: none was taken since
+
+
+def test_rollback_restores_a_fossils_weights_and_momentum_bit_for_bit() -> None:
+    # The epoch right after a fossilization: the snapshot (taken after the policy fossilized)
+    # holds the fossil and its optimizer; NaN everywhere, then a rollback brings both back.
+    model, optimizer, seed_optimizers, governor = fossil_setup()
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    good_momentum = momentum(seed_optimizers["block1"])
+    assert good_momentum  # the fossil trained: it has momentum to lose
+    train_all(model, optimizer, seed_optimizers, steps=2, seed=9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(math.nan)
+    governor.check_vital_signs(math.nan)
+    governor.execute_rollback()
+    assert model.fossilized_slots() == ["block1"]
+    assert_same(model.state_dict(), good)
+    restored = momentum(seed_optimizers["block1"])
+    assert len(restored) == len(good_momentum)
+    for got, expected in zip(restored, good_momentum, strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_rollback_drops_pruned_seeds_optimizers_and_keeps_the_fossils() -> None:
+    model, optimizer, seed_optimizers, governor = fossil_setup()
+    to_training(model, "block2")
+    seed_optimizers["block2"] = torch.optim.SGD(model.seed_parameters("block2"), lr=0.1)
+    governor.check_vital_signs(math.nan)
+    governor.execute_rollback()
+    assert set(seed_optimizers) == {"block1"}
 
 
 def test_snapshot_while_training_then_pruned_then_rollback() -> None:
     model, governor, _, pruned = seeded_setup()
     to_training(model, "block1")
-    governor.check_vital_signs(1.0)  # snapshot while block1 is TRAINING
+    governor.check_vital_signs(1.0)
+    governor.snapshot()  # snapshot while block1 is TRAINING
     good = host_state(model)
     perturb(model.parameters(), seed=4)
-    end_epochs(model, 1)
+    end_epochs(model, 2)  # the minimum prune age: 3 epochs since germination
     model.prune("block1")
     governor.check_vital_signs(math.nan)
     report = governor.execute_rollback()
@@ -620,7 +674,8 @@ def test_rollback_after_a_fossil_in_the_snapshot_restores_it_too() -> None:
     to_training(model, "block1")
     perturb(model.parameters(), seed=5)
     training_to_fossil(model, "block1")
-    governor.check_vital_signs(1.0)
+    assert governor.check_vital_signs(1.0) is False
+    governor.snapshot()  # the owner keeps a clean epoch's state
     good = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():  # the fault corrupts the fossil too
         for p in model.seed_parameters("block1"):

@@ -95,23 +95,36 @@ def make_env(seed: int, amp: str) -> Env:
         state.scaler,
         random_guess_loss=RANDOM_GUESS,
         on_seed_pruned=state.drop_seed_optimizer,
+        seed_optimizers=state.seed_optimizers,
     )
     return Env(state, governor)
 
 
 def copy_state(env: Env) -> dict:
     return {
-        "weights": {k: v.clone() for k, v in env.model.state_dict().items()},
+        # Live seeds are not part of a known good state: a rollback prunes them.
+        "weights": {
+            k: v.clone()
+            for k, v in env.model.state_dict().items()
+            if not k.startswith(tuple(env.model.live_seed_key_prefixes()))
+        },
         "optimizer": copy.deepcopy(env.state.host_optimizer.state_dict()),
         "scaler": env.state.scaler.state_dict() if env.state.scaler is not None else None,
+        "fossil_optimizers": {
+            sid: copy.deepcopy(env.state.seed_optimizers[sid].state_dict())
+            for sid in env.model.fossilized_slots()
+        },
     }
 
 
-def act(env: Env, epoch: int) -> None:
-    """A fixed policy: block1 grows into a fossil, then block2 is germinated and left training."""
+def act(env: Env, epoch: int, acting: bool) -> None:
+    """A fixed policy: block1 grows into a fossil, then block2 is germinated and left training.
+    Like the trainer, it leaves a panicking env alone (``acting`` False)."""
     model = env.model
     torch.manual_seed(100 + epoch)  # seed weights must not depend on what other envs drew
-    if epoch == 0:
+    if not acting:
+        pass
+    elif epoch == 0:
         model.germinate("block1", "conv_light")
     elif epoch == 3:
         model.advance("block1", blend_epochs=1)
@@ -136,8 +149,6 @@ def run_epoch(env: Env, epoch: int, fault: str | None) -> None:
     env.task.broken = False
     loss = float(val.loss_sum / val.count)
     env.val_losses.append(loss)
-    for slot_id in env.model.live_slots():
-        env.model.slots[slot_id].record_seed_grad_health(True)
     rollback_due = env.governor.check_vital_signs(loss)
     if env.governor.consecutive_panics:
         env.panics.append(env.governor.last_panic.reason)
@@ -147,9 +158,11 @@ def run_epoch(env: Env, epoch: int, fault: str | None) -> None:
         env.after_rollback = copy_state(env)
         env.clean_at_rollback = env.last_clean
         env.optimizers_after_rollback = set(env.state.seed_optimizers)
-    elif not env.governor.consecutive_panics:
+    clean = env.governor.last_check_clean
+    act(env, epoch, acting=clean)
+    if clean:  # the trainer's order: the snapshot follows the action
+        env.governor.snapshot()
         env.last_clean = copy_state(env)
-    act(env, epoch)
 
 
 def train(envs: list[Env], fault: str | None = None, faulty: Env | None = None) -> None:
@@ -176,6 +189,12 @@ def assert_same_state(actual: dict, expected: dict) -> None:
     for index, buffers in want["state"].items():
         assert_same_tensors(got["state"][index], buffers)
     assert actual["scaler"] == expected["scaler"]
+    assert actual["fossil_optimizers"].keys() == expected["fossil_optimizers"].keys()
+    for sid, want_opt in expected["fossil_optimizers"].items():
+        got_opt = actual["fossil_optimizers"][sid]
+        assert got_opt["param_groups"] == want_opt["param_groups"]
+        for index, buffers in want_opt["state"].items():
+            assert_same_tensors(got_opt["state"][index], buffers)
 
 
 @pytest.mark.parametrize(

@@ -144,18 +144,43 @@ def test_training_seed_leaves_forward_and_host_grads_untouched(kind: str, bluepr
         assert not torch.allclose(model.slots[slot].seed(h), h)
 
 
-def test_seed_path_sends_no_gradient_into_the_host() -> None:
+def test_host_keeps_its_gradient_above_a_fully_blended_seed() -> None:
+    # lerp(h, seed(h.detach()), alpha) scaled the gradient of every host stage above the slot by
+    # (1 - alpha): exactly 0 at alpha = 1, for the last blend epoch and all of HOLDING. The
+    # within-2x comparison on a seed the real loop trained is in test_faults_real_loop.py.
     model = _cnn()
     model.germinate("block2", "conv_heavy", blend_epochs=2)
     _train_epochs(model, 3)
     model.advance("block2")
     _perturb_seeds(model)
     upstream = list(model.host.blocks[0].parameters()) + list(model.host.blocks[1].parameters())
-    with model.force_alpha("block2", 1.0):  # output is the seed's alone
+    with model.force_alpha("block2", 1.0):
         model(_images()).square().mean().backward()
-    assert all(torch.count_nonzero(p.grad) == 0 for p in upstream)
+    assert all(torch.count_nonzero(p.grad) > 0 for p in upstream)
     assert all(p.grad.abs().sum() > 0 for p in model.seed_parameters("block2"))
     assert model.host.blocks[2][0].weight.grad.abs().sum() > 0  # downstream still learns
+
+
+def test_the_seed_body_reads_a_detached_input() -> None:
+    # Gradient isolation: nothing flows into the host through the seed's input, so the upstream
+    # gradient at alpha = 1 is the one of h + (seed(d) - d) with the seed's output held fixed.
+    model = _cnn()
+    model.germinate("block2", "conv_heavy", blend_epochs=2)
+    _train_epochs(model, 3)
+    model.advance("block2")
+    _perturb_seeds(model)
+    upstream = list(model.host.blocks[0].parameters())
+    with model.force_alpha("block2", 1.0):
+        model(_images()).square().mean().backward()
+    blended = [p.grad.clone() for p in upstream]
+    model.zero_grad(set_to_none=True)
+    seed = model.slots["block2"].seed
+    for p in seed.parameters():
+        p.requires_grad_(False)
+    with model.force_alpha("block2", 1.0):
+        model(_images()).square().mean().backward()
+    for got, want in zip(blended, (p.grad for p in upstream), strict=True):
+        assert torch.allclose(got, want, atol=1e-6)
 
 
 # --- fused forward -------------------------------------------------------------------------------

@@ -95,8 +95,9 @@ def test_blending_lerps_and_isolates_the_host(alpha_step: int) -> None:
     s = slot.seed(h.detach())
     assert torch.allclose(out, h + alpha * (s - h), atol=1e-6)
     out.sum().backward()
-    # Isolation: the seed's input is detached, so dout/dh is exactly (1 - alpha).
-    assert torch.allclose(h.grad, torch.full_like(h, 1 - alpha), rtol=0, atol=1e-7)
+    # Isolation: the seed's input is detached and the host's path keeps the identity, so
+    # dout/dh is exactly 1 at every alpha (lerp(h, seed(d), alpha) would give 1 - alpha).
+    assert torch.equal(h.grad, torch.ones_like(h))
     assert all(p.grad.abs().sum() > 0 for p in slot.seed.parameters())
 
 
@@ -145,7 +146,7 @@ def test_linear_blend_reaches_holding_after_blend_epochs() -> None:
     assert slot.stage is S.HOLDING and slot.alpha == 1.0
 
 
-def test_cosine_ramp_up_then_ramp_down_to_zero() -> None:
+def test_cosine_ramp_up_lands_on_one_in_holding() -> None:
     slot = _slot()
     _to_blending(slot, blend_epochs=4, schedule="cosine")
     ups = [slot.alpha]
@@ -153,17 +154,9 @@ def test_cosine_ramp_up_then_ramp_down_to_zero() -> None:
         slot.end_epoch()
         ups.append(slot.alpha)
     want = [(1 - math.cos(math.pi * k / 4)) / 2 for k in (1, 2, 3, 4)]
-    assert ups[:4] == pytest.approx(want) and slot.stage is S.HOLDING
-    slot.ramp_down(blend_epochs=2)
-    assert slot.stage is S.BLENDING and slot.alpha == pytest.approx(0.5)
-    slot.end_epoch()
-    slot.end_epoch()
-    assert slot.stage is S.HOLDING and slot.alpha == 0.0
-    ok, reason = slot.can_fossilize()
-    assert not ok and "below 1" in reason
-
-
-# --- gates ---------------------------------------------------------------------------------------
+    assert ups[:4] == pytest.approx(want) and slot.stage is S.HOLDING and slot.alpha == 1.0
+    with pytest.raises(LifecycleError):  # no ramp back down: HOLDING ends in FOSSILIZED or PRUNED
+        slot._transition(S.BLENDING, "policy")
 
 
 def test_advance_needs_min_training_epochs_and_healthy_gradients() -> None:
@@ -182,8 +175,10 @@ def test_advance_needs_min_training_epochs_and_healthy_gradients() -> None:
     assert not ok and "no seed gradient" in reason
     slot.record_seed_grad_health(torch.tensor(True))
     slot.record_seed_grad_health(torch.isfinite(torch.tensor(float("nan"))))
+    assert slot.can_advance() == (True, "ok"), "one overflow in two steps is fp16 weather"
+    slot.record_seed_grad_health(torch.tensor(False))
     ok, reason = slot.can_advance()
-    assert not ok and "non-finite" in reason
+    assert not ok and "non-finite" in reason  # two of three steps: the seed is unhealthy
     slot.end_epoch()
     assert not slot.can_advance()[0], "last epoch's non-finite gradient still blocks"
     slot.record_seed_grad_health(torch.tensor(True))
@@ -192,14 +187,24 @@ def test_advance_needs_min_training_epochs_and_healthy_gradients() -> None:
     assert slot.stage is S.BLENDING
 
 
-def test_prune_needs_min_age_unless_governor_or_operator() -> None:
+def test_min_prune_age_is_configurable() -> None:
     slot = _slot(min_prune_age=1)
+    slot.germinate("norm")
+    slot.end_epoch()
+    assert slot.can_prune("policy") == (True, "ok")
+
+
+def test_prune_needs_min_age_unless_gate_governor_or_operator() -> None:
+    slot = _slot()  # the default minimum age: 3 epochs since germination (SPEC 4)
     slot.germinate("norm")
     with pytest.raises(GateError, match="age 0"):
         slot.prune("policy")
-    assert slot.can_prune("gate")[0] is False
+    assert slot.can_prune("gate") == (True, "ok")  # a failed health gate prunes at any age
     assert slot.can_prune("governor") == (True, "ok")
     assert slot.can_prune("operator") == (True, "ok")
+    for age in (1, 2):
+        slot.end_epoch()
+        assert slot.can_prune("policy") == (False, f"seed age {age} epochs, minimum 3 to prune")
     slot.end_epoch()
     assert slot.can_prune("policy") == (True, "ok")
     slot.prune("policy")
@@ -261,8 +266,6 @@ def test_every_transition_emits_exactly_one_event_with_the_right_fields() -> Non
     events: list[SeedTransition] = []
     slot = _slot(events, embargo_epochs=1)
     _to_holding(slot)  # germinate, auto TRAINING, advance, auto HOLDING
-    slot.ramp_down("operator")
-    slot.end_epoch()
     slot.prune("policy")
     slot.end_epoch()
     slot.end_epoch()
@@ -270,11 +273,9 @@ def test_every_transition_emits_exactly_one_event_with_the_right_fields() -> Non
     assert got == [
         ("DORMANT", "GERMINATED", "policy", 0.0, 0),
         ("GERMINATED", "TRAINING", "gate", 0.0, 1),
-        ("TRAINING", "BLENDING", "policy", 0.0, 2),
+        ("TRAINING", "BLENDING", "policy", 0.0, 1),
         ("BLENDING", "HOLDING", "gate", 1.0, 1),
-        ("HOLDING", "BLENDING", "operator", 1.0, 0),
-        ("BLENDING", "HOLDING", "gate", 0.0, 1),
-        ("HOLDING", "PRUNED", "policy", 0.0, 0),
+        ("HOLDING", "PRUNED", "policy", 1.0, 0),
         ("PRUNED", "EMBARGOED", "gate", 0.0, 1),
         ("EMBARGOED", "RESETTING", "gate", 0.0, 1),
         ("RESETTING", "DORMANT", "gate", 0.0, 0),

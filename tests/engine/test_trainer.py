@@ -136,6 +136,8 @@ def test_clip_threshold_command_changes_later_summaries_and_clipping(images):
         (SetClipThreshold(value=math.inf), "finite"),
         (SetClipThreshold(value=0.0), "positive"),
         (SetClipThreshold(value=-1.0), "positive"),
+        (SetClipThreshold(value=1e40), "at most"),  # crashed the trainer: a float32 overflow
+        (SetClipThreshold(value=1.25e6), "at most"),
         (SetClipThreshold(value=2.0, env=5), "unknown env"),
         (ForceRollback(env=9), "unknown env"),
         (Resume(), "not paused"),
@@ -175,6 +177,60 @@ def test_operator_rollback_is_recorded_without_penalty(images):
     last = captured["steps"][-1]
     assert last.truncated and not last.terminal and last.penalty == 0.0
     assert last.reward == 0.0
+
+
+def test_the_episode_end_is_terminal_for_ppo(images):
+    # The host is discarded when the episode ends: no bootstrap from a state that has no future
+    # (SPEC 8). Only an operator's rollback is a truncation.
+    captured = {}
+
+    def hook(event):
+        if isinstance(event, RunStarted):
+            policy = hook.trainer.policy
+            update = policy.update
+
+            def capture():
+                captured["steps"] = [list(policy.buffer.transitions(e)) for e in (0, 1)]
+                return update()
+
+            policy.update = capture
+
+    _, _, finished = run(images, small_config(policy="ppo", epochs=4), hook=hook)
+    assert finished.status == "completed", finished.error
+    for steps in captured["steps"]:
+        assert len(steps) == 3  # actions after epochs 0..2; none after the last epoch
+        assert steps[-1].episode_end and steps[-1].terminal and not steps[-1].truncated
+        assert steps[-1].bootstrap_value == 0.0
+        assert not any(step.terminal or step.truncated for step in steps[:-1])
+
+
+def test_batch_stats_are_read_after_the_env_stream_is_joined(images, monkeypatch):
+    # On CUDA an env's figures are made on its own stream; reading them on the default stream
+    # before joining it races. CPU has no streams, so the order of the calls is what is checked.
+    import esper_engine.trainer as trainer_module
+
+    calls: list[str] = []
+    join = trainer_module.join_env_streams
+    stack = trainer_module._batch_stats_tensor
+
+    def joined(envs):
+        calls.append("join")
+        return join(envs)
+
+    class Recorded(torch.Tensor):
+        def tolist(self):
+            calls.append("read")
+            return super().tolist()
+
+    monkeypatch.setattr(trainer_module, "join_env_streams", joined)
+    monkeypatch.setattr(
+        trainer_module, "_batch_stats_tensor", lambda result: stack(result).as_subclass(Recorded)
+    )
+    _, events, finished = run(images, small_config(n_envs=1, epochs=1, batch_stats_every=1))
+    assert finished.status == "completed", finished.error
+    reads = [i for i, call in enumerate(calls) if call == "read"]
+    assert len(reads) == len(of(events, BatchStats)) == 3
+    assert all(calls[i - 1] == "join" for i in reads)
 
 
 def test_governor_rollback_on_nan_penalises_the_policy(images):

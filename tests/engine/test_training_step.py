@@ -37,6 +37,7 @@ class StandInModel(nn.Module):
         self.silent = set(silent)
         self.modes_seen: list[bool] = []
         self.logits_dtypes: list[torch.dtype] = []
+        self.grad_health: dict[str, list[bool]] = {}
 
     def host_parameters(self):
         return self.host.parameters()
@@ -49,6 +50,12 @@ class StandInModel(nn.Module):
 
     def learning_slots(self) -> list[str]:
         return [*self.live, *self.fossils]
+
+    def take_dropped_seed_outputs(self) -> dict[str, torch.Tensor]:
+        return {}  # stand-in seeds have no straight-through incubation
+
+    def record_seed_grad_health(self, slot_id: str, finite: torch.Tensor) -> None:
+        self.grad_health.setdefault(slot_id, []).append(bool(finite))
 
     def forward(self, x: torch.Tensor, alphas: dict[str, float] | None = None) -> torch.Tensor:
         self.modes_seen.append(self.training)
@@ -204,18 +211,23 @@ def test_lr_scale_applies_to_every_optimizer_and_to_seeds_created_later():
         env.set_lr_scale(float("nan"))
 
 
-def test_after_rollback_drops_seed_momentum_and_reapplies_the_epoch_lr():
+def test_after_rollback_reapplies_the_epoch_lr_to_every_optimizer():
+    # The governor restored the host's and the fossils' optimizer state (with the snapshot
+    # epoch's lr) and dropped the pruned seeds' optimizers; the current epoch's lr comes back.
     model = StandInModel()
     env = make_env(model)
     host_lr = env.host_optimizer.param_groups[0]["lr"]
     env.set_lr_scale(0.5)
     snapshot = copy.deepcopy(env.host_optimizer.state_dict())
+    seed_snapshot = copy.deepcopy(env.seed_optimizers["s0"].state_dict())
     env.set_lr_scale(0.1)
     env.host_optimizer.load_state_dict(snapshot)  # what a governor rollback does
+    env.seed_optimizers["s0"].load_state_dict(seed_snapshot)
+    del env.seed_optimizers["s1"]
     env.after_rollback()
     assert env.host_optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * host_lr)
-    assert env.seed_optimizers == {}
-    process_train_batch(env, *batch(), TASK)  # fresh optimizers, on the current schedule
+    assert env.seed_optimizers["s0"].param_groups[0]["lr"] == pytest.approx(0.1 * env.seed_lr)
+    process_train_batch(env, *batch(), TASK)  # a fresh optimizer for s1, on the current schedule
     assert env.seed_optimizers["s1"].param_groups[0]["lr"] == pytest.approx(0.1 * env.seed_lr)
 
 
@@ -240,7 +252,7 @@ def test_step_returns_tensors_matching_the_batch():
 
 def test_fp16_step_unscales_each_optimizer_with_grads_before_clipping(monkeypatch):
     model = StandInModel(silent=("s1",))
-    env = make_env(model, amp="fp16")
+    env = make_env(model, amp="fp16", init_scale=2.0**8)  # no overflow: every optimizer steps
     host_opt, s0_opt, s1_opt = (
         env.host_optimizer,
         env.seed_optimizers["s0"],
@@ -354,6 +366,40 @@ def test_nan_in_one_seed_does_not_poison_the_host():
         assert torch.isfinite(p).all()
     assert torch.equal(model.seeds["s0"].weight, seed_before)  # its step was skipped
     assert env.scaler.get_scale() < scale
+
+
+def test_an_overflow_in_one_seed_means_no_step_at_all():
+    # The scaler alone skips only the seed's optimizer; the host then took a momentum-only step.
+    model = StandInModel()
+    env = make_env(model, amp="fp16", init_scale=2.0**8)
+    first = process_train_batch(env, *batch(seed=1), TASK)  # clean: momentum buffers exist
+    assert first.skipped.item() == 0.0
+    params, buffers = snapshot(env)
+    model.seeds["s0"].weight.register_hook(lambda grad: torch.full_like(grad, math.inf))
+    result = process_train_batch(env, *batch(seed=2), TASK)
+    assert result.skipped.item() == 1.0
+    after_params, after_buffers = snapshot(env)
+    for name, value in params.items():
+        assert torch.equal(after_params[name], value), name
+    for before, after in zip(buffers, after_buffers, strict=True):
+        assert torch.equal(before, after)
+    # The norms say so: never a fake post-clip min(inf, 1.0) = 1.0.
+    assert not torch.isfinite(result.grad_norm_pre)
+    assert not torch.isfinite(result.grad_norm_post)
+
+
+def test_without_a_scaler_no_step_is_reported_skipped():
+    model = StandInModel()
+    env = make_env(model)
+    assert process_train_batch(env, *batch(), TASK).skipped.item() == 0.0
+
+
+def test_seed_gradient_health_is_recorded_per_step_without_a_sync():
+    model = StandInModel()
+    env = make_env(model)
+    model.seeds["s1"].weight.register_hook(lambda grad: torch.full_like(grad, math.nan))
+    process_train_batch(env, *batch(), TASK)
+    assert model.grad_health == {"s0": [True], "s1": [False]}
 
 
 @pytest.mark.parametrize("amp", ["off", "fp16"])

@@ -470,3 +470,47 @@ def test_live_source_recovers_a_dropped_run_finished() -> None:
     session.finished = fixture_events()[-1]  # the queue was full when it was emitted
     session.thread_state = "finished"
     assert source.poll().events == [session.finished]
+
+
+# --- the real engine: a crash injected with --fault ---------------------------------------------
+
+
+@run_async
+async def test_an_injected_crash_on_the_real_engine_shows_the_modal_and_exits_one(
+    tmp_path,
+) -> None:
+    from esper_engine.config import TrainingConfig
+    from esper_engine.recording import read_recording
+    from esper_engine.session import TrainingSession
+    from esper_engine.tasks import load_task
+
+    config = TrainingConfig(
+        n_envs=1,
+        episodes=1,
+        epochs=3,
+        batches_per_epoch=2,
+        batch_size=16,
+        val_batches=1,
+        faults=("crash:1:2",),
+    )
+    task = load_task("synthetic-images", seed=0, scale="small")
+    path = tmp_path / "crash.msgpack"
+    session = TrainingSession(config, task, run_id="crash", record_path=path)
+    app = OverwatchApp(LiveSource(session))
+    async with app.run_test(size=WIDE) as pilot:
+        assert session.wait(timeout=60)  # the trainer thread ends by itself: it crashed
+        for _ in range(20):  # the console drains the queue on its timer
+            if isinstance(app.screen, CrashModal):
+                break
+            await pilot.pause(0.05)
+        assert isinstance(app.screen, CrashModal)
+        assert "InjectedCrash: injected fault crash:1:2" in app.screen.error
+        assert app.state.envs[0].val_accuracy is not None  # epoch 1 stays on screen
+        await pilot.press("escape", "q")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.return_code == 1
+    recording = read_recording(path)
+    finished = recording.events[-1]
+    assert isinstance(finished, RunFinished) and finished.status == "crashed"
+    assert recording.events[0].config["faults"] == ["crash:1:2"]

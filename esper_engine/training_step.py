@@ -157,7 +157,6 @@ def process_train_batch(env: ParallelEnvState, x: Tensor, y: Tensor, task: Any) 
         # "Has grads" is decided once: it picks unscale_ + scaler.step, or a plain (no-op) step.
         seed_has_grads = {sid: _has_grads(opt) for sid, opt in env.seed_optimizers.items()}
         _unscale(env, seed_has_grads)
-        _record_seed_health(env)
         pre, post, clipped = _clip(env)
         skipped = _step(env, seed_has_grads, pre)
         count = torch.full((), task.count(y), device=loss.device)
@@ -242,12 +241,25 @@ def _drop_failed_seed_grads(env: ParallelEnvState) -> None:
                 p.grad.masked_fill_(dropped, 0.0)  # a fill, not a product: NaN-safe
 
 
-def _record_seed_health(env: ParallelEnvState) -> None:
-    """Tell each live seed whether its (unscaled) gradients were finite this step; no sync."""
-    for slot_id in env.model.live_slots():
+def _grad_norm(env: ParallelEnvState, params: list[nn.Parameter]) -> Tensor:
+    """The global norm of host + learning-seed grads (what clip_grad_norm_ computes), from one
+    norm per part; on the way each live seed learns whether its own grads were finite (no sync).
+    """
+    host = [p.grad for p in env.model.host_parameters() if p.grad is not None]
+    norms = [get_total_norm(host)] if host else []
+    live = set(env.model.live_slots())
+    for slot_id in env.model.learning_slots():
         grads = [p.grad for p in env.model.seed_parameters(slot_id) if p.grad is not None]
-        if grads:
-            env.model.record_seed_grad_health(slot_id, torch.isfinite(get_total_norm(grads)))
+        if not grads:
+            continue
+        norm = get_total_norm(grads)
+        if slot_id in live:
+            env.model.record_seed_grad_health(slot_id, torch.isfinite(norm))
+        norms.append(norm)
+    if not norms:
+        device = params[0].device if params else env.device
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _clip(env: ParallelEnvState) -> tuple[Tensor, Tensor, Tensor]:
@@ -255,8 +267,7 @@ def _clip(env: ParallelEnvState) -> tuple[Tensor, Tensor, Tensor]:
     params = list(env.model.host_parameters())
     for slot_id in env.model.learning_slots():
         params.extend(env.model.seed_parameters(slot_id))
-    grads = [p.grad for p in params if p.grad is not None]
-    pre = get_total_norm(grads)  # what clip_grad_norm_ computes and returns
+    pre = _grad_norm(env, params)
     if not env.clip_enabled:
         return pre, pre, torch.zeros_like(pre)
     max_norm = env.clip_threshold  # a Python number: using it needs no device sync

@@ -20,9 +20,14 @@ from esper_engine.contracts import (
     EpochSummary,
     Event,
     GovernorPanic,
+    Initiator,
+    Op,
+    PanicReason,
     PolicyUpdate,
     RunFinished,
     RunStarted,
+    RunStatus,
+    SeedStage,
     SeedTransition,
     SlotState,
 )
@@ -31,7 +36,8 @@ from overwatch.state import ConsoleState, reduce_many
 
 N_ENVS, EPOCHS, BATCHES, BATCH_STATS_EVERY = 4, 12, 40, 10
 SLOT_IDS = ("block1", "block2", "block3")
-STAGES = ("DORMANT", "TRAINING", "BLENDING", "HOLDING", "FOSSILIZED")
+S = SeedStage
+STAGES = (S.DORMANT, S.TRAINING, S.BLENDING, S.HOLDING, S.FOSSILIZED)
 
 
 def build_recording(path: Path, n_events: int = 100_000, seed: int = 0) -> int:
@@ -44,7 +50,8 @@ def build_recording(path: Path, n_events: int = 100_000, seed: int = 0) -> int:
                 break
             recorder.emit(event)
             written += 1
-        recorder.emit(RunFinished(run_id="bench", wall_time=1e9 + written, status="completed"))
+        finished = RunFinished(run_id="bench", wall_time=1e9 + written, status=RunStatus.COMPLETED)
+        recorder.emit(finished)
     return path.stat().st_size
 
 
@@ -81,8 +88,9 @@ def _events(rng: random.Random):
         batches_per_epoch=BATCHES,
         random_guess_loss=2.302585,
         blueprints=["conv_light", "conv_heavy", "attention", "depthwise", "norm"],
+        host_params=3000,
     )
-    stages = [["DORMANT"] * len(SLOT_IDS) for _ in range(N_ENVS)]
+    stages = [[S.DORMANT] * len(SLOT_IDS) for _ in range(N_ENVS)]
     episode = 0
     while True:
         for epoch in range(EPOCHS):
@@ -106,7 +114,7 @@ def _events(rng: random.Random):
         clock += 0.01
         yield _policy_update(rng, common, episode, clock)
         episode += 1
-        stages = [["DORMANT"] * len(SLOT_IDS) for _ in range(N_ENVS)]
+        stages = [[S.DORMANT] * len(SLOT_IDS) for _ in range(N_ENVS)]
 
 
 def _batch_stats(rng: random.Random, at: dict, env: int, batch: int, clock: float) -> BatchStats:
@@ -121,10 +129,11 @@ def _batch_stats(rng: random.Random, at: dict, env: int, batch: int, clock: floa
         grad_norm_post_clip=min(pre, 1.0),
         clip_threshold=1.0,
         clipped=pre > 1.0,
+        samples_per_s=2400.0,
     )
 
 
-def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock: float):
+def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[SeedStage], clock: float):
     """An env's end of epoch: maybe a transition and an attribution, then its summary."""
     if rng.random() < 0.15:
         k = rng.randrange(len(SLOT_IDS))
@@ -139,20 +148,20 @@ def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock:
             to_stage=to,
             alpha=rng.random(),
             epochs_in_stage=2,
-            initiator="policy",
+            initiator=Initiator.POLICY,
         )
         stages[k] = to
-    live = ("BLENDING", "HOLDING")
+    live = (S.BLENDING, S.HOLDING)
     active = [sid for sid, st in zip(SLOT_IDS, stages, strict=True) if st in live]
     if active:
         yield Attribution(
             **at,
             env=env,
             wall_time=clock,
-            shapley={s: rng.uniform(-2, 5) for s in active},
+            shapley={s: rng.uniform(-0.02, 0.05) for s in active},
             std=None,
-            full_value=80.0,
-            empty_value=77.0,
+            full_value=0.80,
+            empty_value=0.77,
             exact=True,
             coalitions=2 ** len(active),
             full_loss=0.6,
@@ -164,7 +173,7 @@ def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock:
             **at,
             env=env,
             wall_time=clock,
-            reason="divergence",
+            reason=PanicReason.DIVERGENCE,
             loss=12.0,
             threshold=10.0,
             consecutive_panics=1,
@@ -187,7 +196,7 @@ def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock:
             SlotState(
                 slot_id=sid,
                 stage=st,
-                blueprint=None if st == "DORMANT" else "conv_light",
+                blueprint=None if st is S.DORMANT else "conv_light",
                 alpha=rng.random(),
                 epochs_in_stage=rng.randrange(6),
                 params=2500,
@@ -198,6 +207,7 @@ def _env_epoch(rng: random.Random, at: dict, env: int, stages: list[str], clock:
         total_panics=rng.randrange(3),
         rollbacks=0,
         last_action="WAIT",
+        last_op=Op.WAIT,
         reward=rng.uniform(-1, 1),
         samples_per_s=2400.0,
         host_params=3000,

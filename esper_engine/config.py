@@ -1,4 +1,14 @@
-"""Every knob of a run in one place (CleanRL style: one config object, a comment per field)."""
+"""Every knob of a run in one place (CleanRL style: one config object, a docstring per field).
+
+``TrainingConfig``'s own fields are what the loop itself reads: the run's shape, optimisation,
+the policy's kind, attribution, reward, telemetry and faults. Each nested group configures one
+component the loop builds: ``governor`` (``TolariaGovernor``), ``lifecycle`` (the seed slots'
+gates and blend), ``heuristic`` (``HeuristicPolicy``) and ``ppo`` (``PPOAgent``). On the command
+line a nested field is a dotted key: ``--set governor.sensitivity=4``. Every field's docstring
+gives its meaning and unit; ``overwatch run --print-config`` prints them with the values.
+
+This module never imports torch: the CLI reads it for ``--help`` and ``--print-config``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +19,11 @@ import msgspec
 from esper_engine.faults import check_faults
 from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE
 
+TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
+POLICIES = ("heuristic", "ppo", "static")
+AMP_MODES = ("off", "bf16", "fp16")
 LR_SCHEDULES = ("cosine", "constant")
+ALPHA_SCHEDULES = ("linear", "cosine")
 # The largest gradient-clip threshold a run accepts, from the CLI or a SetClipThreshold command.
 # A threshold this high already clips nothing a healthy run produces; the trainer compares it with
 # float32 norms, and above float32's range (3.4e38) that comparison overflows and crashes.
@@ -19,58 +33,236 @@ MAX_CLIP_THRESHOLD = 1e6
 MAX_SEED = 2**32 - 1
 # Counts are recorded as 64-bit integers.
 MAX_COUNT = 2**63 - 1
+# The governor's lobotomy rule needs this many losses in its history (governor.py,
+# LOBOTOMY_MIN_HISTORY): a shorter history_window could never detect it, so the governor refuses it.
+MIN_HISTORY_WINDOW = 10
+# The PPO agent is a small MLP on the CPU: a wider trunk is a typo, not a controller.
+MAX_PPO_HIDDEN = 4096
 _COUNTS = ("n_envs", "episodes", "epochs", "batches_per_epoch", "batch_size", "val_batches")
 
 
-class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
-    # --- run shape ---
-    task: str = "synthetic-images"  # synthetic-images | synthetic-stories | cifar10 | tinystories
-    data_dir: str | None = None  # local dataset directory for cifar10 / tinystories
-    n_envs: int = 4  # independent training runs side by side
-    episodes: int = 3  # episodes per env (a PPO update follows each round of episodes)
-    epochs: int = 12  # host epochs per episode (one RL step each)
-    batches_per_epoch: int = 40  # training batches per env per epoch
-    batch_size: int = 64  # samples per env per batch (SharedBatchIterator draws n_envs x this)
-    val_batches: int = 8  # validation batches of 2 x batch_size (a fixed set, same every epoch)
-    seed: int = 0  # every random source derives from this (0..MAX_SEED)
-    device: str = "cpu"  # torch device string; "cuda" where none exists is a clear error
-    # --- optimisation ---
-    host_lr: float | None = None  # None: the task's default
-    seed_lr: float | None = None  # None: the task's default
-    # global clip over host + live seeds, at most MAX_CLIP_THRESHOLD; None or 0 disables
-    max_grad_norm: float | None = 1.0
-    amp: str = "off"  # off | bf16 | fp16 (fp16 uses a GradScaler per env)
-    # --- policy ---
-    policy: str = "heuristic"  # heuristic | ppo | static (never grows: the baseline)
-    slots: tuple[str, ...] | None = None  # None: every slot of the host
-    # --- attribution ---
-    attribution_every: int = 1  # epochs between Shapley attributions (0 disables)
-    shapley_exact_max: int = 4  # exact Shapley up to this many active seeds, sampled above
-    shapley_permutations: int = 32  # antithetic permutation pairs when sampling
-    # --- governor ---
-    sensitivity: float = 6.0  # divergence: loss > mean + sensitivity * std
-    multiplier: float = 3.0  # divergence: loss > multiplier * mean
-    absolute_threshold: float = 10.0  # divergence: loss > absolute_threshold
-    death_penalty: float = 10.0  # reward added to the last transition on a governor rollback
-    history_window: int = 20  # losses kept for the divergence statistics
-    min_panics_before_rollback: int = 2  # consecutive divergence panics before a rollback
-    max_rollbacks_per_episode: int = 3  # after this many, the env's episode ends (host re-created)
-    # --- reward ---
-    param_rent: float = 0.5  # reward (accuracy points) paid per doubling of the host's parameters
-    # --- telemetry ---
-    batch_stats_every: int = 10  # a BatchStats event every k batches per env (0 disables)
-    # --- optimisation (appended: older recordings' configs still decode) ---
-    # cosine: host and seed lrs follow 0.5 * (1 + cos(pi * epoch / epochs)) within each episode, so
-    # the last epochs settle instead of swinging; constant: the base lrs throughout.
-    lr_schedule: str = "cosine"
-    # --- fault injection (appended; SPEC 11) ---
-    # KIND:ENV:EPOCH strings as the operator typed them (normalised), ENV and EPOCH counted from 1;
-    # they fire in the first episode. See esper_engine.faults.
-    faults: tuple[str, ...] = ()
-    # --- lifecycle (appended) ---
-    # epochs since germination before the policy may prune a seed (the gate, the governor and
-    # the operator may prune at any age): stops prune-after-one-epoch farming (SPEC 4)
+class GovernorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """``TolariaGovernor``'s thresholds (SPEC 6); the field names are its keyword arguments.
+
+    Losses are the task's validation loss (nats per sample or per byte)."""
+
+    sensitivity: float = 6.0
+    """Divergence gate 2: loss > mean + sensitivity x std of the history (standard deviations)."""
+    multiplier: float = 3.0
+    """Divergence gate 3: loss > multiplier x the history's mean (a factor)."""
+    absolute_threshold: float = 10.0
+    """Divergence gate 1: loss > this (nats); a divergence panic needs all three gates."""
+    history_window: int = 20
+    """Clean losses kept for the divergence statistics (epochs, >= 10 for the lobotomy rule)."""
+    min_panics_before_rollback: int = 2
+    """Consecutive divergence panics before a rollback (epochs; NaN and lobotomy roll back at
+    once)."""
+    max_rollbacks_per_episode: int = 3
+    """Governor rollbacks in one episode after which the env's episode ends and its host is
+    re-created (a count)."""
+    death_penalty: float = 10.0
+    """Added as -death_penalty to the reward of the env's last action on a governor rollback
+    (reward units: accuracy points)."""
+
+    def validate(self) -> None:
+        _real("sensitivity", self.sensitivity, low=0.0)
+        _real("multiplier", self.multiplier, low=0.0)
+        _real("absolute_threshold", self.absolute_threshold)
+        _count("history_window", self.history_window, low=MIN_HISTORY_WINDOW)
+        _count("min_panics_before_rollback", self.min_panics_before_rollback, low=1)
+        _count("max_rollbacks_per_episode", self.max_rollbacks_per_episode, low=1)
+        _real("death_penalty", self.death_penalty, low=0.0)
+
+
+class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The seed slots' gates and blend (SPEC 4), the same for every slot of every env."""
+
+    min_training_epochs: int = 1
+    """Epochs a seed incubates in TRAINING before it may advance to BLENDING (epochs)."""
+    blend_epochs: int = 3
+    """Epochs over which alpha ramps from 0 to 1 in BLENDING (epochs, set at germination)."""
+    alpha_schedule: str = "linear"
+    """Shape of the alpha ramp: linear | cosine."""
+    embargo_epochs: int = 2
+    """Epochs a pruned slot stays EMBARGOED before it can take a new seed (epochs, >= 1)."""
     min_prune_age: int = DEFAULT_MIN_PRUNE_AGE
+    """Epochs since germination before the policy may prune a seed; the gate, the governor and
+    the operator may prune at any age. Stops prune-after-one-epoch farming (epochs)."""
+
+    def validate(self) -> None:
+        _count("min_training_epochs", self.min_training_epochs, low=0)
+        _count("blend_epochs", self.blend_epochs, low=1)
+        _choice("alpha_schedule", self.alpha_schedule, ALPHA_SCHEDULES)
+        _count("embargo_epochs", self.embargo_epochs, low=1)
+        _count("min_prune_age", self.min_prune_age, low=0)
+
+
+class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """``HeuristicPolicy``'s rules (SPEC 8): germinate on plateau, keep winners, cut losers.
+
+    Accuracies and Shapley values are fractions in [0, 1] (0.005 is half an accuracy point)."""
+
+    plateau_window: int = 3
+    """A plateau: the best accuracy of the last plateau_window epochs beats the best before them
+    by at most plateau_delta (epochs)."""
+    plateau_delta: float = 0.005
+    """Accuracy gain that still counts as a plateau (fraction of accuracy)."""
+    fossilize_threshold: float = 0.005
+    """Fossilize a HOLDING seed whose Shapley value is above this (fraction of accuracy)."""
+    prune_threshold: float = 0.0
+    """Prune a judged seed whose Shapley value is below this (fraction of accuracy)."""
+    min_blending_epochs: int = 2
+    """Epochs a seed blends before a negative value may prune it (epochs in BLENDING; the
+    lifecycle's min_prune_age applies as well)."""
+    holding_patience: int = 3
+    """Epochs a HOLDING seed may stay at or below fossilize_threshold before it is pruned
+    (epochs)."""
+    max_live: int = 2
+    """Live seeds at most at once (a count; 0 never grows)."""
+    grow_from_start: bool = True
+    """Plant the first max_live seeds one per epoch from the episode's start, not on a plateau."""
+    min_epochs_left: int = 5
+    """No plateau germination with fewer epochs than this left in the episode (epochs)."""
+    cnn_preference: tuple[str, ...] = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
+    """Blueprints to germinate on a CNN host, the first available one wins (blueprint names)."""
+    transformer_preference: tuple[str, ...] = ("lora", "mlp_small", "attention", "norm")
+    """Blueprints to germinate on a transformer host, the first available one wins."""
+
+    def validate(self) -> None:
+        _count("plateau_window", self.plateau_window, low=1)
+        _real("plateau_delta", self.plateau_delta, low=0.0)
+        _real("fossilize_threshold", self.fossilize_threshold)
+        _real("prune_threshold", self.prune_threshold)
+        _count("min_blending_epochs", self.min_blending_epochs, low=0)
+        _count("holding_patience", self.holding_patience, low=0)
+        _count("max_live", self.max_live, low=0)
+        _count("min_epochs_left", self.min_epochs_left, low=0)
+        _names("cnn_preference", self.cnn_preference)
+        _names("transformer_preference", self.transformer_preference)
+
+
+class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Every PPO hyperparameter in one place (CleanRL defaults). One RL step is one host epoch."""
+
+    lr: float = 3e-4
+    """Adam learning rate (per update step)."""
+    gamma: float = 0.99
+    """Discount per RL step (one host epoch), in [0, 1]."""
+    gae_lambda: float = 0.95
+    """GAE lambda: bias/variance trade-off of the advantage estimate, in [0, 1]."""
+    clip_coef: float = 0.2
+    """Surrogate clipping range for the probability ratio (and for the value loss), > 0."""
+    ent_coef: float = 0.01
+    """Weight of the entropy bonus in the loss (a factor)."""
+    vf_coef: float = 0.5
+    """Weight of the value loss in the loss (a factor)."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip over all agent parameters (L2 norm)."""
+    update_epochs: int = 4
+    """Passes over the rollout per update (a count)."""
+    minibatches: int = 4
+    """Minibatches per pass; the rollout is reshuffled each pass (a count)."""
+    norm_adv: bool = True
+    """Normalise advantages to zero mean and unit std within each minibatch."""
+    clip_vloss: bool = True
+    """Clip the value prediction's change around the rollout value, as PPO2 does."""
+    target_kl: float | None = None
+    """Stop the update early after a pass whose approx-KL exceeds this (nats; None: never)."""
+    hidden: int = 64
+    """Width of the two tanh layers of the shared trunk (units)."""
+    seed: int | None = None
+    """Seeds the weight init, action sampling and minibatch shuffling (0..2**32-1; None: the
+    run's seed)."""
+
+    def validate(self) -> None:
+        _real("lr", self.lr, low=0.0, open_low=True)
+        _real("gamma", self.gamma, low=0.0, high=1.0)
+        _real("gae_lambda", self.gae_lambda, low=0.0, high=1.0)
+        _real("clip_coef", self.clip_coef, low=0.0, open_low=True)
+        _real("ent_coef", self.ent_coef, low=0.0)
+        _real("vf_coef", self.vf_coef, low=0.0)
+        _real("max_grad_norm", self.max_grad_norm, low=0.0, open_low=True)
+        _count("update_epochs", self.update_epochs, low=1)
+        _count("minibatches", self.minibatches, low=1)
+        if self.target_kl is not None:
+            _real("target_kl", self.target_kl, low=0.0, open_low=True)
+        _count("hidden", self.hidden, low=1, high=MAX_PPO_HIDDEN)
+        if self.seed is not None:
+            _count("seed", self.seed, low=0, high=MAX_SEED)
+
+
+class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob of a run: checked by ``validate()``, recorded whole in ``RunStarted.config``."""
+
+    # --- run shape ---
+    task: str = "synthetic-images"
+    """synthetic-images | synthetic-stories | cifar10 | tinystories."""
+    data_dir: str | None = None
+    """Local dataset directory for cifar10 / tinystories (a path)."""
+    n_envs: int = 4
+    """Independent training runs side by side (a count)."""
+    episodes: int = 3
+    """Episodes per env; a PPO update follows each round of episodes (a count)."""
+    epochs: int = 12
+    """Host epochs per episode, one RL step each (epochs)."""
+    batches_per_epoch: int = 40
+    """Training batches per env per epoch (batches)."""
+    batch_size: int = 64
+    """Samples per env per batch; SharedBatchIterator draws n_envs x this (samples)."""
+    val_batches: int = 8
+    """Validation batches of 2 x batch_size, a fixed set, the same every epoch (batches)."""
+    seed: int = 0
+    """Every random source derives from this (0..2**32-1)."""
+    device: str = "cpu"
+    """Torch device string; "cuda" where none exists is a clear error."""
+    # --- optimisation ---
+    host_lr: float | None = None
+    """SGD (momentum 0.9) learning rate of the host (None: the task's default)."""
+    seed_lr: float | None = None
+    """SGD (momentum 0.9) learning rate of each seed (None: the task's default)."""
+    max_grad_norm: float | None = 1.0
+    """Global clip over host + live seeds (L2 norm, at most 1e6; None or 0 disables)."""
+    amp: str = "off"
+    """Mixed precision: off | bf16 | fp16 (fp16 uses a GradScaler per env)."""
+    # --- policy ---
+    policy: str = "heuristic"
+    """heuristic | ppo | static (never grows: the baseline)."""
+    slots: tuple[str, ...] | None = None
+    """Slot ids that may hold seeds (None: every slot of the host)."""
+    # --- attribution ---
+    attribution_every: int = 1
+    """Epochs between Shapley attributions (epochs; 0 disables)."""
+    shapley_exact_max: int = 4
+    """Exact Shapley values up to this many active seeds, sampled above (a count)."""
+    shapley_permutations: int = 32
+    """Antithetic permutation pairs when sampling (a count)."""
+    # --- reward ---
+    param_rent: float = 0.5
+    """Reward charged per doubling of the host's parameters (accuracy points)."""
+    # --- telemetry ---
+    batch_stats_every: int = 10
+    """A BatchStats event every k batches per env (batches; 0 disables)."""
+    # --- optimisation (appended: older recordings' configs still decode) ---
+    lr_schedule: str = "cosine"
+    """cosine: host and seed lrs follow 0.5 * (1 + cos(pi * epoch / epochs)) within each episode,
+    so the last epochs settle instead of swinging; constant: the base lrs throughout."""
+    # --- fault injection (appended; SPEC 11) ---
+    faults: tuple[str, ...] = ()
+    """KIND:ENV:EPOCH strings as the operator typed them (normalised), ENV and EPOCH counted
+    from 1; they fire in the first episode. See esper_engine.faults."""
+    # --- appended ---
+    event_queue_size: int = 20_000
+    """Telemetry events the console's queue holds before it drops (and counts) the newest
+    (events; the recorder never drops)."""
+    # --- components (nested: dotted keys on the command line) ---
+    governor: GovernorConfig = GovernorConfig()
+    """The per-env watchdog's thresholds."""
+    lifecycle: LifecycleConfig = LifecycleConfig()
+    """The seed slots' gates and blend."""
+    heuristic: HeuristicConfig = HeuristicConfig()
+    """The heuristic policy's rules (policy = heuristic)."""
+    ppo: PPOConfig = PPOConfig()
+    """The PPO agent's hyperparameters (policy = ppo)."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
@@ -81,26 +273,38 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     def clip_enabled(self) -> bool:
         return self.max_grad_norm is not None and self.max_grad_norm > 0
 
+    def ppo_seed(self) -> int:
+        """The PPO agent's seed: ``ppo.seed`` when set, else the run's."""
+        return self.seed if self.ppo.seed is None else self.ppo.seed
+
     def validate(self) -> None:
-        """Raise ValueError with a one-line message naming the bad value."""
+        """Raise ValueError with a one-line message naming the bad value (dotted if nested)."""
         for name in _COUNTS:
+            _count(name, getattr(self, name), low=1)
+        _count("seed", self.seed, low=0, high=MAX_SEED)
+        _choice("task", self.task, TASKS)
+        for name in ("host_lr", "seed_lr"):
             value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-            if value > MAX_COUNT:
-                raise ValueError(f"{name} must be <= 2**63 - 1 (recorded as int64), got {value}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be within 0..{MAX_SEED}, got {self.seed}")
+            if value is not None:
+                _real(name, value, low=0.0, open_low=True)
         self._validate_max_grad_norm()
-        if self.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be cosine or constant, got {self.lr_schedule!r}")
-        if self.policy not in ("heuristic", "ppo", "static"):
-            raise ValueError(f"policy must be heuristic, ppo or static, got {self.policy!r}")
+        _choice("amp", self.amp, AMP_MODES)
+        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _choice("policy", self.policy, POLICIES)
+        if self.slots is not None:
+            _names("slots", self.slots, allow_empty=False)
+        _count("attribution_every", self.attribution_every, low=0)
+        _count("shapley_exact_max", self.shapley_exact_max, low=0)
+        _count("shapley_permutations", self.shapley_permutations, low=1)
+        _real("param_rent", self.param_rent, low=0.0)
+        _count("batch_stats_every", self.batch_stats_every, low=0)
+        _count("event_queue_size", self.event_queue_size, low=1)
         check_faults(self.faults, self.n_envs, self.epochs)
-        if not 0 <= self.min_prune_age <= MAX_COUNT:
-            raise ValueError(f"min_prune_age must be >= 0, got {self.min_prune_age}")
+        for group in ("governor", "lifecycle", "heuristic", "ppo"):
+            try:
+                getattr(self, group).validate()
+            except ValueError as exc:
+                raise ValueError(f"{group}.{exc}") from None
 
     def _validate_max_grad_norm(self) -> None:
         value = self.max_grad_norm
@@ -110,3 +314,49 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(
                 f"max_grad_norm must be within 0..{MAX_CLIP_THRESHOLD:g} (0 disables), got {value}"
             )
+
+
+# --- checks: each raises ValueError("<name> must ..., got <value>") --------------------------
+
+
+def _count(name: str, value: int, *, low: int, high: int = MAX_COUNT) -> None:
+    if low <= value <= high:
+        return
+    if high != MAX_COUNT:
+        raise ValueError(f"{name} must be within {low}..{high}, got {value}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    raise ValueError(f"{name} must be <= 2**63 - 1 (recorded as int64), got {value}")
+
+
+def _real(
+    name: str,
+    value: float,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    open_low: bool = False,
+) -> None:
+    above_low = value > low if open_low else value >= low
+    if math.isfinite(value) and above_low and value <= high:
+        return
+    if high != math.inf:
+        wanted = f"a finite number within {low:g}..{high:g}"
+    elif low != -math.inf:
+        wanted = f"a finite number {'>' if open_low else '>='} {low:g}"
+    else:
+        wanted = "a finite number"
+    raise ValueError(f"{name} must be {wanted}, got {value}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _names(name: str, values: tuple[str, ...], *, allow_empty: bool = True) -> None:
+    if not values and not allow_empty:
+        raise ValueError(f"{name} must name at least one (or be none for all)")
+    for value in values:
+        if not value.strip():
+            raise ValueError(f"{name} must not contain an empty name, got {list(values)}")

@@ -6,29 +6,88 @@ Every event is a frozen, tagged ``msgspec.Struct``; the tag (the class name) is 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import msgspec
 
-SCHEMA_VERSION = 1
+# 2: every accuracy-like figure is a fraction in [0, 1]; version 1 carried Shapley values, their
+# std, v(all) and v(none) in accuracy points (x100). recording.py converts version 1 on read.
+SCHEMA_VERSION = 2
 
-Initiator = Literal["policy", "gate", "governor", "operator"]
-RunStatus = Literal["completed", "stopped", "crashed"]
 
-# Seed lifecycle stage names in lifecycle order, as SlotState.stage and SeedTransition carry them
-# (esper_engine.lifecycle.SeedStage has exactly these members).
-SEED_STAGES: tuple[str, ...] = (
-    "DORMANT",
-    "GERMINATED",
-    "TRAINING",
-    "BLENDING",
-    "HOLDING",
-    "FOSSILIZED",
-    "PRUNED",
-    "EMBARGOED",
-    "RESETTING",
+# --- the vocabulary: StrEnums, so a recording's strings are validated when it is decoded --------
+# (a StrEnum member is its value: it compares equal to the string, formats as it, encodes as it)
+
+
+class SeedStage(StrEnum):
+    """A slot's lifecycle stage (SPEC 4), in lifecycle order; ``esper_engine.lifecycle`` holds
+    the transitions between them."""
+
+    DORMANT = "DORMANT"
+    GERMINATED = "GERMINATED"
+    TRAINING = "TRAINING"
+    BLENDING = "BLENDING"
+    HOLDING = "HOLDING"
+    FOSSILIZED = "FOSSILIZED"
+    PRUNED = "PRUNED"
+    EMBARGOED = "EMBARGOED"
+    RESETTING = "RESETTING"
+
+
+# Stages in which a seed exists and is still on probation (it can be pruned).
+LIVE_SEED_STAGES: frozenset[SeedStage] = frozenset(
+    {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING}
 )
-LIVE_SEED_STAGES: frozenset[str] = frozenset({"GERMINATED", "TRAINING", "BLENDING", "HOLDING"})
+
+
+class Initiator(StrEnum):
+    """Who caused a seed transition or a rollback."""
+
+    POLICY = "policy"
+    GATE = "gate"  # a lifecycle gate or schedule (automatic transitions, failed health gates)
+    GOVERNOR = "governor"
+    OPERATOR = "operator"
+
+
+class RunStatus(StrEnum):
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+
+
+class PanicReason(StrEnum):
+    """What the governor detected (SPEC 6)."""
+
+    NAN = "nan"  # a non-finite validation loss
+    LOBOTOMY = "lobotomy"  # the loss collapsed back to the random-guess loss
+    DIVERGENCE = "divergence"
+
+
+class RollbackReason(StrEnum):
+    """Why an env was rolled back: the panic behind a governor rollback, or who forced it."""
+
+    NAN = "nan"
+    LOBOTOMY = "lobotomy"
+    DIVERGENCE = "divergence"
+    GOVERNOR = "governor"  # execute_rollback() called with no panic pending (not by the trainer)
+    OPERATOR = "operator"  # ForceRollback
+
+
+class Op(StrEnum):
+    """A lifecycle operation, the op part of a policy action (SPEC 8), in the policy head's order
+    (``esper_engine.policy.actions.OPS``)."""
+
+    WAIT = "WAIT"
+    GERMINATE = "GERMINATE"
+    ADVANCE = "ADVANCE"
+    PRUNE = "PRUNE"
+    FOSSILIZE = "FOSSILIZE"
+
+
+# Units: every accuracy-like figure (accuracy, Shapley value, v(all), v(none), and differences of
+# those) is a fraction in [0, 1]; losses are in nats (mean per sample, or per token for a language
+# model); rewards are in accuracy points (1 point = 0.01 accuracy, the policy's unit, SPEC 8).
 
 
 # gc=False: events and slot states are frozen and hold only scalars, strings and lists of those,
@@ -38,135 +97,143 @@ class SlotState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One slot as seen at the end of an epoch (not an event: nested in ``EpochSummary``)."""
 
     slot_id: str
-    stage: str
+    stage: SeedStage
     blueprint: str | None = None
-    alpha: float = 0.0
-    epochs_in_stage: int = 0
-    params: int = 0
+    alpha: float = 0.0  # blend weight, unitless in [0, 1]
+    epochs_in_stage: int = 0  # count (epoch boundaries)
+    params: int = 0  # count (the seed's parameters)
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True, gc=False):
     """Fields common to every event; ``env`` is None for run-level events."""
 
     run_id: str = ""
-    env: int | None = None
-    episode: int = 0
-    epoch: int = 0
-    wall_time: float = 0.0
+    env: int | None = None  # index from 0
+    episode: int = 0  # index from 0
+    epoch: int = 0  # index from 0, within the episode
+    wall_time: float = 0.0  # seconds since the Unix epoch
 
 
 class RunStarted(Event, frozen=True, kw_only=True):
     task: str
     task_kind: str  # "classification" | "language_model"
-    n_envs: int
+    n_envs: int  # count
     slot_ids: list[str]
     policy: str
-    episodes: int
-    epochs: int
-    batches_per_epoch: int
-    random_guess_loss: float
+    episodes: int  # count
+    epochs: int  # count, per episode
+    batches_per_epoch: int  # count
+    random_guess_loss: float  # nats: ln(classes) or ln(vocab)
     schema_version: int = SCHEMA_VERSION
     blueprints: list[str] = []
     device: str = "cpu"
     config: dict[str, Any] = {}
+    host_params: int = 0  # count: env 0's host as built
+    seed_params: int = 0  # count: env 0's seeds as built (0 unless a slot starts seeded)
 
 
 class BatchStats(Event, frozen=True, kw_only=True):
-    batch: int
-    loss: float
-    grad_norm_pre_clip: float
-    grad_norm_post_clip: float
-    clip_threshold: float | None
+    batch: int  # index from 0, within the epoch
+    loss: float  # nats: this batch's mean training loss
+    grad_norm_pre_clip: float  # L2 norm (gradient units) over host + live seeds
+    grad_norm_post_clip: float  # L2 norm
+    clip_threshold: float | None  # L2 norm; None: clipping disabled
     clipped: bool
     skipped: bool = False  # fp16 overflow: no optimizer moved; the grad norms are not finite
+    # this env's training samples since the epoch's training started, over the wall time since
+    # then (pauses excluded); 0.0 in recordings older than the field
+    samples_per_s: float = 0.0  # samples/s
 
 
 class EpochSummary(Event, frozen=True, kw_only=True):
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    perplexity: float | None
-    grad_norm_pre_clip: float
-    grad_norm_post_clip: float
-    clipped_fraction: float
-    clip_threshold: float | None
+    train_loss: float  # nats
+    train_accuracy: float  # fraction
+    val_loss: float  # nats
+    val_accuracy: float  # fraction
+    perplexity: float | None  # unitless, exp(val_loss); language models only
+    grad_norm_pre_clip: float  # L2 norm, mean over the epoch's finite steps
+    grad_norm_post_clip: float  # L2 norm, mean over the epoch's finite steps
+    clipped_fraction: float  # fraction of the epoch's steps that were clipped
+    clip_threshold: float | None  # L2 norm; None: clipping disabled
     slots: list[SlotState]
-    consecutive_panics: int
-    total_panics: int
-    rollbacks: int
-    last_panic_reason: str | None = None
-    last_action: str = "WAIT"
-    reward: float | None = None
-    samples_per_s: float = 0.0
-    host_params: int = 0
-    seed_params: int = 0
-    skipped_steps: int = 0  # fp16 overflows: steps of the epoch in which no optimizer moved
+    consecutive_panics: int  # count
+    total_panics: int  # count
+    rollbacks: int  # count
+    last_panic_reason: PanicReason | None = None
+    last_action: str = "WAIT"  # e.g. "GERMINATE block1 conv_light"; its op is ``last_op``
+    reward: float | None = None  # accuracy points
+    samples_per_s: float = 0.0  # samples/s: training samples over the epoch's wall time
+    host_params: int = 0  # count
+    seed_params: int = 0  # count
+    skipped_steps: int = 0  # count: fp16 overflows, steps of the epoch in which no optimizer moved
+    last_op: Op | None = None  # the op of ``last_action``; None in recordings older than it
 
 
 class SeedTransition(Event, frozen=True, kw_only=True):
     slot_id: str
     blueprint: str | None
-    from_stage: str
-    to_stage: str
-    alpha: float
-    epochs_in_stage: int
-    initiator: str
+    from_stage: SeedStage
+    to_stage: SeedStage
+    alpha: float  # blend weight in the stage left, unitless in [0, 1]
+    epochs_in_stage: int  # count: epochs spent in the stage left
+    initiator: Initiator
 
 
 class GovernorPanic(Event, frozen=True, kw_only=True):
-    reason: str  # "nan" | "lobotomy" | "divergence"
-    loss: float
-    threshold: float | None
-    consecutive_panics: int
+    reason: PanicReason
+    loss: float  # nats: the validation loss judged
+    threshold: float | None  # nats: the value the loss crossed; None for a non-finite loss
+    consecutive_panics: int  # count
     rollback_due: bool
 
 
 class GovernorRollback(Event, frozen=True, kw_only=True):
-    reason: str
-    initiator: str
-    loss_at_panic: float | None
-    consecutive_panics: int
-    seeds_pruned: list[str]
-    penalty: float
-    threshold: float | None = None
-    episode_ended: bool = False
+    """What a rollback did (``esper_engine.governor.GovernorReport`` is this struct)."""
+
+    reason: RollbackReason
+    initiator: Initiator  # governor or operator
+    loss_at_panic: float | None  # nats; None when no panic led to it
+    consecutive_panics: int  # count, at the rollback
+    seeds_pruned: list[str]  # slot ids
+    penalty: float  # accuracy points, a magnitude: the reward added is -penalty (0 for operator)
+    threshold: float | None = None  # nats: the threshold the panic's loss crossed
+    episode_ended: bool = False  # max_rollbacks_per_episode reached: the host is re-created
 
 
 class Attribution(Event, frozen=True, kw_only=True):
-    shapley: dict[str, float]  # slot id -> contribution in accuracy points
-    std: dict[str, float] | None
-    full_value: float
-    empty_value: float
+    shapley: dict[str, float]  # slot id -> Shapley value, a fraction of accuracy (in [-1, 1])
+    std: dict[str, float] | None  # slot id -> standard error (fraction); None when exact
+    full_value: float  # fraction: v(all), validation accuracy with every active seed on
+    empty_value: float  # fraction: v(none), every active seed at alpha 0
     exact: bool
-    coalitions: int
-    full_loss: float | None = None
-    empty_loss: float | None = None
-    cost_ratio: float | None = None  # cost relative to one plain validation pass
+    coalitions: int  # count of coalitions evaluated
+    full_loss: float | None = None  # nats, with every active seed on
+    empty_loss: float | None = None  # nats, with every active seed at alpha 0
+    cost_ratio: float | None = None  # unitless ratio: wall time / one plain validation pass
 
 
 class PolicyUpdate(Event, frozen=True, kw_only=True):
-    update: int
-    policy_loss: float
-    value_loss: float
-    entropy: float
-    approx_kl: float
-    clip_fraction: float
-    explained_variance: float
-    grad_norm: float
-    mean_episode_reward: float
+    update: int  # count of updates so far (from 1)
+    policy_loss: float  # unitless (clipped surrogate objective)
+    value_loss: float  # half squared error of returns (accuracy points squared)
+    entropy: float  # nats
+    approx_kl: float  # nats
+    clip_fraction: float  # fraction of samples whose ratio was clipped
+    explained_variance: float  # unitless ratio (1 = perfect value function)
+    grad_norm: float  # L2 norm, before the policy's clip
+    mean_episode_reward: float  # accuracy points
 
 
 class CommandAck(Event, frozen=True, kw_only=True):
-    command: str  # the command's tag, e.g. "ForceRollback"
+    command: str  # the command's tag, e.g. "ForceRollback" (or the class name of an unknown one)
     accepted: bool
     reason: str = ""
-    value: float | None = None
+    value: float | None = None  # the command's value (SetClipThreshold: an L2 norm)
     command_id: int = 0
 
 
 class RunFinished(Event, frozen=True, kw_only=True):
-    status: str  # RunStatus
+    status: RunStatus
     error: str | None = None
 
 
@@ -205,12 +272,12 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=T
 
 
 class ForceRollback(Command, frozen=True, kw_only=True):
-    env: int
+    env: int  # index from 0
 
 
 class SetClipThreshold(Command, frozen=True, kw_only=True):
-    value: float
-    env: int | None = None  # None: every env
+    value: float  # L2 norm, at most config.MAX_CLIP_THRESHOLD
+    env: int | None = None  # index from 0; None: every env
 
 
 class Pause(Command, frozen=True, kw_only=True):

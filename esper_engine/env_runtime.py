@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import msgspec
 import torch
 
 from esper_engine.config import TrainingConfig
+from esper_engine.contracts import Initiator
 from esper_engine.governor import TolariaGovernor
 from esper_engine.model import MorphogeneticModel, create_model
 from esper_engine.policy.actions import Action, Op
@@ -74,6 +76,7 @@ class EnvRuntime:
     acc_history: list[float] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
     last_action: str = "WAIT"
+    last_op: Op = Op.WAIT  # the op of last_action (telemetry: EpochSummary.last_op)
     last_reward: float | None = None  # accuracy points (the reward's unit)
     prev_val_acc: float | None = None
     clip_threshold: float | None = None
@@ -90,14 +93,9 @@ class EnvRuntime:
             self.state.host_optimizer,
             self.state.scaler,
             seed_optimizers=self.state.seed_optimizers,
-            sensitivity=self.config.sensitivity,
-            multiplier=self.config.multiplier,
-            absolute_threshold=self.config.absolute_threshold,
-            death_penalty=self.config.death_penalty,
-            history_window=self.config.history_window,
-            min_panics_before_rollback=self.config.min_panics_before_rollback,
             random_guess_loss=self.task.random_guess_loss,
-            max_rollbacks_per_episode=self.config.max_rollbacks_per_episode,
+            # GovernorConfig's fields are TolariaGovernor's keyword arguments, one for one.
+            **msgspec.structs.asdict(self.config.governor),
         )
 
     @property
@@ -113,12 +111,16 @@ class EnvRuntime:
         init_seed = (self.config.seed * 1000 + self.index) * 1000 + self.episodes_started
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
-            return create_model(
+            model = create_model(
                 self.task,
                 self.config.device,
                 slots=self.config.slots,
-                min_prune_age=self.config.min_prune_age,
+                min_prune_age=self.config.lifecycle.min_prune_age,
             )
+        for slot in model.slots.values():  # the gates create_model leaves at their defaults
+            slot.min_training_epochs = self.config.lifecycle.min_training_epochs
+            slot.embargo_epochs = self.config.lifecycle.embargo_epochs
+        return model
 
     def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:
         host_lr = self.config.host_lr or self.task.host_lr
@@ -146,7 +148,7 @@ class EnvRuntime:
         self.loss_history.clear()
         self.prev_val_acc = None
         self.cut_by_operator = False
-        self.last_action, self.last_reward = "WAIT", None
+        self.last_action, self.last_op, self.last_reward = "WAIT", Op.WAIT, None
 
     def set_clip_threshold(self, value: float) -> None:
         self.clip_threshold = value
@@ -195,13 +197,19 @@ class EnvRuntime:
             return
         slot_id = self.model.slot_ids[action.slot_index]
         if action.op == Op.GERMINATE:
-            self.model.germinate(slot_id, blueprints[action.blueprint_index], initiator="policy")
+            self.model.germinate(
+                slot_id,
+                blueprints[action.blueprint_index],
+                initiator=Initiator.POLICY,
+                blend_epochs=self.config.lifecycle.blend_epochs,
+                schedule=self.config.lifecycle.alpha_schedule,
+            )
         elif action.op == Op.ADVANCE:
-            self.model.advance(slot_id, initiator="policy")
+            self.model.advance(slot_id, initiator=Initiator.POLICY)
         elif action.op == Op.PRUNE:
-            self.model.prune(slot_id, initiator="policy")
+            self.model.prune(slot_id, initiator=Initiator.POLICY)
         elif action.op == Op.FOSSILIZE:
-            self.model.fossilize(slot_id, initiator="policy")
+            self.model.fossilize(slot_id, initiator=Initiator.POLICY)
 
 
 def _slot_observation(model: MorphogeneticModel, slot_id: str) -> SlotObservation:
@@ -214,6 +222,6 @@ def _slot_observation(model: MorphogeneticModel, slot_id: str) -> SlotObservatio
         epochs_in_stage=state.epochs_in_stage,
         contribution=slot.contribution,
         can_advance=slot.can_advance()[0],
-        can_prune=slot.can_prune("policy")[0],
+        can_prune=slot.can_prune(Initiator.POLICY)[0],
         can_fossilize=slot.can_fossilize()[0],
     )

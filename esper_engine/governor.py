@@ -17,19 +17,27 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from esper_engine.contracts import GovernorPanic, GovernorRollback
+from esper_engine.contracts import (
+    GovernorPanic,
+    GovernorRollback,
+    Initiator,
+    PanicReason,
+    RollbackReason,
+)
 
-PanicReason = Literal["nan", "lobotomy", "divergence"]
-RollbackInitiator = Literal["governor", "operator"]
+# The rollback report the SPEC names is the telemetry event itself: the governor fills what it
+# knows and leaves the common fields (run id, env, episode, epoch, wall time) at their defaults
+# for the trainer to set with ``msgspec.structs.replace``.
+GovernorReport = GovernorRollback
+ROLLBACK_INITIATORS = frozenset({Initiator.GOVERNOR, Initiator.OPERATOR})
 
 LOBOTOMY_MIN_HISTORY = 10  # losses in history before a collapse to chance can be recognised
 LOBOTOMY_MEAN_FRACTION = 0.6  # "was learning": history mean below 0.6 x the random-guess loss
@@ -37,78 +45,6 @@ LOBOTOMY_TOLERANCE = 0.065  # "collapsed": loss within 6.5 % of the random-guess
 # SPEC sets no minimum for divergence; a standard deviation needs two samples, and the absolute
 # and multiplier gates keep the first epochs of an episode safe from false alarms.
 DIVERGENCE_MIN_HISTORY = 2
-
-
-class _Reportable:
-    """A governor outcome the trainer emits as a telemetry event with the common fields."""
-
-    def to_event(
-        self,
-        *,
-        run_id: str = "",
-        env: int | None = None,
-        episode: int = 0,
-        epoch: int = 0,
-        wall_time: float | None = None,
-    ) -> GovernorPanic | GovernorRollback:
-        return self._event(
-            run_id=run_id,
-            env=env,
-            episode=episode,
-            epoch=epoch,
-            wall_time=time.time() if wall_time is None else wall_time,
-        )
-
-    def _event(self, **common: Any) -> GovernorPanic | GovernorRollback:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Panic(_Reportable):
-    """One failed vital-sign check; the trainer emits it as a ``GovernorPanic`` event."""
-
-    reason: PanicReason
-    loss: float
-    threshold: float | None  # the value the loss crossed; None for a non-finite loss
-    consecutive_panics: int
-    rollback_due: bool
-
-    def _event(self, **common: Any) -> GovernorPanic:
-        return GovernorPanic(
-            **common,
-            reason=self.reason,
-            loss=self.loss,
-            threshold=self.threshold,
-            consecutive_panics=self.consecutive_panics,
-            rollback_due=self.rollback_due,
-        )
-
-
-@dataclass(frozen=True)
-class GovernorReport(_Reportable):
-    """What a rollback did. ``penalty`` is a magnitude: the reward added is ``-penalty``."""
-
-    reason: str
-    initiator: RollbackInitiator
-    loss_at_panic: float | None
-    threshold: float | None
-    consecutive_panics: int
-    seeds_pruned: tuple[str, ...]
-    penalty: float  # death_penalty for a governor rollback, 0.0 when the operator forced it
-    episode_ended: bool  # max_rollbacks_per_episode reached: end the episode, re-create the host
-
-    def _event(self, **common: Any) -> GovernorRollback:
-        return GovernorRollback(
-            **common,
-            reason=self.reason,
-            initiator=self.initiator,
-            loss_at_panic=self.loss_at_panic,
-            consecutive_panics=self.consecutive_panics,
-            seeds_pruned=list(self.seeds_pruned),
-            penalty=self.penalty,
-            threshold=self.threshold,
-            episode_ended=self.episode_ended,
-        )
 
 
 @dataclass(frozen=True)
@@ -168,7 +104,7 @@ class TolariaGovernor:
         self._total_panics = 0
         self._rollbacks = 0
         self._episode_rollbacks = 0
-        self.last_panic: Panic | None = None
+        self.last_panic: GovernorPanic | None = None  # common fields left at their defaults
         self.last_check_clean = True  # the latest check found nothing: the state may be kept
         self._attach(model, optimizer, scaler, seed_optimizers)
 
@@ -214,19 +150,25 @@ class TolariaGovernor:
         # Panicking losses stay out of the history so they cannot inflate the baseline.
         self._total_panics += 1
         self._consecutive_panics += 1
-        immediate = reason != "divergence"
+        immediate = reason is not PanicReason.DIVERGENCE
         due = immediate or self._consecutive_panics >= self.min_panics_before_rollback
-        self.last_panic = Panic(reason, loss, threshold, self._consecutive_panics, due)
+        self.last_panic = GovernorPanic(
+            reason=reason,
+            loss=loss,
+            threshold=threshold,
+            consecutive_panics=self._consecutive_panics,
+            rollback_due=due,
+        )
         return due
 
     def _detect(self, loss: float) -> tuple[PanicReason, float | None] | None:
         if not math.isfinite(loss):
-            return "nan", None
+            return PanicReason.NAN, None
         if self._is_lobotomy(loss):
-            return "lobotomy", self.random_guess_loss
+            return PanicReason.LOBOTOMY, self.random_guess_loss
         threshold = self.divergence_threshold()
         if threshold is not None and loss > threshold:
-            return "divergence", threshold
+            return PanicReason.DIVERGENCE, threshold
         return None
 
     def _is_lobotomy(self, loss: float) -> bool:
@@ -271,31 +213,34 @@ class TolariaGovernor:
             scaler=_to_cpu(self.scaler.state_dict()) if self._scaler_enabled() else None,
         )
 
-    def execute_rollback(
-        self, initiator: RollbackInitiator = "governor", reason: str | None = None
-    ) -> GovernorReport:
-        """Prune live seeds; restore weights, optimizer and scaler; reset the panic state."""
-        if initiator not in ("governor", "operator"):
+    def execute_rollback(self, initiator: Initiator | str = Initiator.GOVERNOR) -> GovernorReport:
+        """Prune live seeds; restore weights, optimizer and scaler; reset the panic state.
+
+        The report is a ``GovernorRollback`` event with the common fields at their defaults. Its
+        reason is the pending panic's for a governor rollback, else the initiator's.
+        """
+        if initiator not in ROLLBACK_INITIATORS:
             raise ValueError(
                 f"rollback initiator must be 'governor' or 'operator', got {initiator!r}"
             )
-        panic = self.last_panic if initiator == "governor" and self._consecutive_panics else None
+        initiator = Initiator(initiator)
+        by_governor = initiator is Initiator.GOVERNOR
+        panic = self.last_panic if by_governor and self._consecutive_panics else None
         pruned = self._prune_live_seeds(initiator)
         self._restore()
         self._rollbacks += 1
-        if initiator == "governor":
+        if by_governor:
             self._episode_rollbacks += 1
         report = GovernorReport(
-            reason=reason or (panic.reason if panic else initiator),
+            reason=RollbackReason(panic.reason if panic else initiator),
             initiator=initiator,
             loss_at_panic=panic.loss if panic else None,
             threshold=panic.threshold if panic else None,
             consecutive_panics=self._consecutive_panics,
-            seeds_pruned=pruned,
-            penalty=self.death_penalty if initiator == "governor" else 0.0,
+            seeds_pruned=list(pruned),
+            penalty=self.death_penalty if by_governor else 0.0,
             episode_ended=(
-                initiator == "governor"
-                and self._episode_rollbacks >= self.max_rollbacks_per_episode
+                by_governor and self._episode_rollbacks >= self.max_rollbacks_per_episode
             ),
         )
         self._consecutive_panics = 0
@@ -349,7 +294,7 @@ class TolariaGovernor:
     def _fossilized(self) -> Iterable[str]:
         return self.model.fossilized_slots() if self._seeded else ()
 
-    def _prune_live_seeds(self, initiator: RollbackInitiator) -> tuple[str, ...]:
+    def _prune_live_seeds(self, initiator: Initiator) -> tuple[str, ...]:
         if not self._seeded:
             return ()
         pruned = tuple(self.model.live_slots())

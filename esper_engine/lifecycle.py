@@ -6,29 +6,22 @@ GERMINATED | TRAINING | BLENDING | HOLDING -> PRUNED -> EMBARGOED -> RESETTING -
 
 from __future__ import annotations
 
-from enum import StrEnum
+from esper_engine.contracts import LIVE_SEED_STAGES, SeedStage
+
+# SeedStage and LIVE_SEED_STAGES live in the contracts (telemetry carries them); re-exported here
+# beside the transitions between them.
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "DEFAULT_MIN_PRUNE_AGE",
+    "LIVE_SEED_STAGES",
+    "GateError",
+    "LifecycleError",
+    "SeedStage",
+    "check_transition",
+    "is_allowed",
+]
 
 DEFAULT_MIN_PRUNE_AGE = 3  # epochs since germination before the policy may prune (SPEC 4)
-
-
-class SeedStage(StrEnum):
-    """A slot's stage; the value is the name that telemetry carries."""
-
-    DORMANT = "DORMANT"
-    GERMINATED = "GERMINATED"
-    TRAINING = "TRAINING"
-    BLENDING = "BLENDING"
-    HOLDING = "HOLDING"
-    FOSSILIZED = "FOSSILIZED"
-    PRUNED = "PRUNED"
-    EMBARGOED = "EMBARGOED"
-    RESETTING = "RESETTING"
-
-
-# Stages in which a seed exists and is still on probation (it can be pruned).
-LIVE_STAGES: frozenset[SeedStage] = frozenset(
-    {SeedStage.GERMINATED, SeedStage.TRAINING, SeedStage.BLENDING, SeedStage.HOLDING}
-)
 
 ALLOWED_TRANSITIONS: dict[SeedStage, frozenset[SeedStage]] = {
     SeedStage.DORMANT: frozenset({SeedStage.GERMINATED}),

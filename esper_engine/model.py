@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from esper_engine.contracts import SeedTransition, SlotState
+from esper_engine.contracts import Initiator, SeedTransition, SlotState
 from esper_engine.hosts import CNNHost, TransformerHost
 from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE, SeedStage
 from esper_engine.slots import DEFAULT_EMBARGO_EPOCHS, DEFAULT_MIN_TRAINING_EPOCHS, SeedSlot
@@ -108,19 +108,25 @@ class MorphogeneticModel(nn.Module):
     # --- lifecycle ----------------------------------------------------------------------------
 
     def germinate(
-        self, slot_id: str, blueprint: str, initiator: str = "policy", **kwargs: Any
+        self,
+        slot_id: str,
+        blueprint: str,
+        initiator: Initiator | str = Initiator.POLICY,
+        **kwargs: Any,
     ) -> None:
         """Plant ``blueprint`` in a DORMANT slot (kwargs: ``blend_epochs``, ``schedule``)."""
         device = next(self.host.parameters()).device
         self._slot(slot_id).germinate(blueprint, initiator, device=device, **kwargs)
 
-    def advance(self, slot_id: str, initiator: str = "policy", **kwargs: Any) -> None:
+    def advance(
+        self, slot_id: str, initiator: Initiator | str = Initiator.POLICY, **kwargs: Any
+    ) -> None:
         self._slot(slot_id).advance(initiator, **kwargs)
 
-    def prune(self, slot_id: str, initiator: str = "policy") -> None:
+    def prune(self, slot_id: str, initiator: Initiator | str = Initiator.POLICY) -> None:
         self._slot(slot_id).prune(initiator)
 
-    def fossilize(self, slot_id: str, initiator: str = "policy") -> None:
+    def fossilize(self, slot_id: str, initiator: Initiator | str = Initiator.POLICY) -> None:
         self._slot(slot_id).fossilize(initiator)
 
     def end_epoch(self) -> None:

@@ -11,7 +11,14 @@ acks, the start and end of the run), when the batch reaches ``BATCH_BYTES`` and 
 a crash or ``kill -9`` loses at most the events since the last flush, under ``BATCH_BYTES`` -
 as before, when they sat in the file's 8 KiB write buffer - and can only leave a partial frame at
 the end; readers report it as a warning and replay everything before it. Anything else that does
-not parse is a ``RecordingError``.
+not parse is a ``RecordingError``, and so is an event that does not match the contracts (an
+unknown seed stage, initiator, status...: msgspec validates them while decoding).
+
+Schema versions: the events of a recording whose ``RunStarted.schema_version`` is older than
+``contracts.SCHEMA_VERSION`` are converted to the current schema as they are read
+(``SchemaUpgrade``), by ``read_recording`` and by ``RecordingFollower`` alike, so every consumer
+(replay, ``--follow``, export) sees current units. Version 1 carried Shapley values, their std,
+v(all) and v(none) in accuracy points; version 2 carries fractions.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import BinaryIO
 import msgspec
 
 from esper_engine import contracts
-from esper_engine.contracts import Event
+from esper_engine.contracts import Attribution, Event, RunStarted
 
 MAGIC = b"OVWREC\x00"
 FORMAT_VERSION = 2  # of the file layout; contracts.SCHEMA_VERSION versions the events themselves
@@ -57,6 +64,56 @@ _FLUSH_ON = (
 
 class RecordingError(Exception):
     """A recording that cannot be read (or written); the message is one line naming the file."""
+
+
+def _attribution_v1(event: Attribution) -> Attribution:
+    """Schema 1 -> 2: accuracy points become fractions (the losses and the rest are unchanged)."""
+    return msgspec.structs.replace(
+        event,
+        shapley={k: v / 100.0 for k, v in event.shapley.items()},
+        std=None if event.std is None else {k: v / 100.0 for k, v in event.std.items()},
+        full_value=event.full_value / 100.0,
+        empty_value=event.empty_value / 100.0,
+    )
+
+
+# schema version -> {event type: conversion to the next version}
+_UPGRADES: dict[int, dict[type[Event], Callable[[Event], Event]]] = {
+    1: {Attribution: _attribution_v1},
+}
+
+
+class SchemaUpgrade:
+    """Converts a recording's events to the current schema, in place, as they are decoded.
+
+    The schema is the first event's (``RunStarted.schema_version``); a recording that does not
+    start with one is taken to be current. For a current recording ``apply`` costs one check.
+    """
+
+    def __init__(self) -> None:
+        self.version: int | None = None  # the recording's schema, once its first event is read
+        self._steps: list[dict[type[Event], Callable[[Event], Event]]] = []
+
+    def apply(self, events: list[Event], start: int = 0) -> None:
+        """Convert ``events[start:]``, the events decoded since the last call."""
+        if self.version is None:
+            if start >= len(events):
+                return
+            first = events[start]
+            self.version = (
+                first.schema_version if isinstance(first, RunStarted) else contracts.SCHEMA_VERSION
+            )
+            versions = range(self.version, contracts.SCHEMA_VERSION)
+            self._steps = [_UPGRADES[v] for v in versions if v in _UPGRADES]
+        if not self._steps:
+            return
+        for i in range(start, len(events)):
+            event = events[i]
+            for step in self._steps:
+                convert = step.get(type(event))
+                if convert is not None:
+                    event = convert(event)
+            events[i] = event
 
 
 class Recorder:
@@ -169,6 +226,7 @@ def read_recording(path: str | os.PathLike[str]) -> RecordingReader:
     events: list[Event] = []
     with _gc_paused():
         end = _decode_frames(path, version, memoryview(data), HEADER_SIZE, 0, events)
+    SchemaUpgrade().apply(events)
     warning = None
     if end < len(data):
         warning = (
@@ -187,6 +245,7 @@ class RecordingFollower:
         self._file: BinaryIO | None = None
         self._buffer = bytearray()
         self._buffer_offset = 0  # file offset of self._buffer[0]
+        self._upgrade = SchemaUpgrade()
 
     @property
     def pending_bytes(self) -> int:
@@ -217,6 +276,7 @@ class RecordingFollower:
                 self.path, self.format_version, view, 0, self._buffer_offset, events
             )
         self._consume(end)
+        self._upgrade.apply(events)
         return events
 
     def _consume(self, n: int) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from esper_engine.blueprints import blueprint_names
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import OperatorCommand, RunFinished, Stop, TelemetryEvent
 from esper_engine.model import resolve_device
@@ -33,13 +34,12 @@ class TrainingSession:
         *,
         run_id: str,
         record_path: Path | None = None,
-        queue_size: int = 20_000,
     ) -> None:
         self.config = config
         self.task = task
         self.run_id = run_id
         self.record_path = record_path
-        self.events = QueueSink(maxsize=queue_size)
+        self.events = QueueSink(maxsize=config.event_queue_size)
         self.recorder = Recorder(record_path) if record_path is not None else None
         sinks = [self.events] + ([self.recorder] if self.recorder is not None else [])
         self._commands: queue.Queue[OperatorCommand] = queue.Queue()
@@ -114,4 +114,20 @@ def prepare_session(
         progress(f"loading task {config.task} ...")
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
     validate_run(config, task)
+    check_blueprint_preferences(config)
     return TrainingSession(config, task, run_id=run_id, record_path=record_path)
+
+
+def check_blueprint_preferences(config: TrainingConfig) -> None:
+    """A misspelt blueprint in the heuristic's preference would be skipped without a word."""
+    for host_kind, preference in (
+        ("cnn", config.heuristic.cnn_preference),
+        ("transformer", config.heuristic.transformer_preference),
+    ):
+        known = blueprint_names(host_kind)
+        for name in preference:
+            if name not in known:
+                raise ValueError(
+                    f"heuristic.{host_kind}_preference: unknown blueprint {name!r}; "
+                    f"{host_kind} blueprints: {', '.join(known)}"
+                )

@@ -1,9 +1,10 @@
-"""Counterfactual attribution: how many accuracy points each active seed is worth (Shapley values).
+"""Counterfactual attribution: how much accuracy each active seed is worth (Shapley values).
 
-A coalition S of active seeds is scored by v(S) = validation accuracy with exactly the seeds in S
-at their current alpha and every other active seed at alpha 0 (fossilized seeds stay on). Up to
-``exact_max`` seeds the exact formula over all 2^n coalitions is used, above it antithetic
-permutation sampling with a standard error, unless the sample could need every coalition anyway.
+A coalition S of active seeds is scored by v(S) = validation accuracy (a fraction in [0, 1]) with
+exactly the seeds in S at their current alpha and every other active seed at alpha 0 (fossilized
+seeds stay on), so the values are fractions too. Up to ``exact_max`` seeds the exact formula over
+all 2^n coalitions is used, above it antithetic permutation sampling with a standard error, unless
+the sample could need every coalition anyway.
 
 Evaluation shares prefixes: coalitions that agree on the seeds before depth k share every
 activation up to depth k, so the stacked batch only doubles at an active slot (with 3 active slots
@@ -20,11 +21,12 @@ import statistics
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+from esper_engine.contracts import Attribution
 
 if TYPE_CHECKING:  # annotations only: tests drive the engine with small stand-in models
     from esper_engine.model import MorphogeneticModel
@@ -134,21 +136,6 @@ def estimate_shapley(n: int, pairs: Sequence[Pair], value: Game) -> tuple[list[f
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AttributionResult:
-    """One attribution; the fields match ``contracts.Attribution`` so ``asdict`` feeds it."""
-
-    shapley: dict[str, float]  # slot id -> contribution in accuracy points (accuracy * 100)
-    std: dict[str, float] | None  # standard errors when sampled, None when exact
-    full_value: float  # accuracy points with every active seed on
-    empty_value: float  # accuracy points with every active seed at alpha 0
-    exact: bool
-    coalitions: int  # coalitions evaluated
-    full_loss: float | None = None
-    empty_loss: float | None = None
-    cost_ratio: float | None = None  # wall time / one plain validation pass over the same batches
-
-
 @contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Eval mode for the duration, then every submodule's own mode back."""
@@ -179,11 +166,10 @@ class _Scores:
             count += self.count[coalition]
         self.correct[coalition], self.loss[coalition], self.count[coalition] = correct, loss, count
 
-    def points(self) -> dict[Coalition, tuple[float, float]]:
-        """Accuracy points and mean loss per coalition."""
+    def values(self) -> dict[Coalition, tuple[float, float]]:
+        """Accuracy (a fraction) and mean loss (nats) per coalition."""
         return {
-            c: (100.0 * float(self.correct[c]) / n, float(self.loss[c]) / n)
-            for c, n in self.count.items()
+            c: (float(self.correct[c]) / n, float(self.loss[c]) / n) for c, n in self.count.items()
         }
 
 
@@ -269,9 +255,11 @@ class CounterfactualEngine:
         self,
         val_batches: Sequence[tuple[Tensor, Tensor]],
         plain_pass_s: float | None = None,
-    ) -> AttributionResult:
-        """Attribute accuracy points to every active seed; batches are prepared (x, y) pairs.
+    ) -> Attribution:
+        """Attribute accuracy to every active seed; batches are prepared (x, y) pairs.
 
+        Returns the ``Attribution`` event with its common fields (run id, env, epoch...) at their
+        defaults: the caller knows them and sets them with ``msgspec.structs.replace``.
         ``plain_pass_s`` is the time of one ordinary validation pass over the same batches, when
         the caller has just measured it (the trainer has); otherwise one is timed here.
         """
@@ -286,7 +274,7 @@ class CounterfactualEngine:
             elapsed = time.perf_counter() - start
             plain = plain_pass_s if plain_pass_s else self._plain_pass_seconds(val_batches)
         full, empty = scores[frozenset(range(n))], scores[frozenset()]
-        return AttributionResult(
+        return Attribution(
             shapley=dict(zip(active, phi, strict=True)),
             std=None if errors is None else dict(zip(active, errors, strict=True)),
             full_value=full[0],
@@ -327,7 +315,7 @@ class CounterfactualEngine:
                 logits, index = prefix_forward(self.model, x, active, alphas, coalitions)
                 for c in coalitions:
                     scores.add(c, logits[index[c]], y)
-        return scores.points()
+        return scores.values()
 
     def _plain_pass_seconds(self, batches: Sequence[tuple[Tensor, Tensor]]) -> float:
         """Wall time of one ordinary validation pass: the unit of ``cost_ratio``."""
@@ -335,5 +323,5 @@ class CounterfactualEngine:
         scores = _Scores(self.task)
         for x, y in batches:
             scores.add(frozenset(), self.model(x), y)
-        scores.points()  # forces the device to finish
+        scores.values()  # forces the device to finish
         return time.perf_counter() - start

@@ -37,10 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from esper_engine.blueprints import get_blueprint
-from esper_engine.contracts import SeedTransition, SlotState
+from esper_engine.contracts import Initiator, SeedTransition, SlotState
 from esper_engine.lifecycle import (
     DEFAULT_MIN_PRUNE_AGE,
-    LIVE_STAGES,
+    LIVE_SEED_STAGES,
     GateError,
     LifecycleError,
     SeedStage,
@@ -48,10 +48,9 @@ from esper_engine.lifecycle import (
     is_allowed,
 )
 
-INITIATORS = ("policy", "gate", "governor", "operator")
 SCHEDULES = ("linear", "cosine")
 # Who may prune a seed before its minimum age: safety mechanisms, not the policy.
-_PRUNE_OVERRIDES = ("gate", "governor", "operator")
+_PRUNE_OVERRIDES = frozenset({Initiator.GATE, Initiator.GOVERNOR, Initiator.OPERATOR})
 DEFAULT_MIN_TRAINING_EPOCHS = 1  # epochs in TRAINING before the seed may start blending
 DEFAULT_EMBARGO_EPOCHS = 2  # epochs a pruned slot stays embargoed before it can be reused
 # A seed is healthy in an epoch when its gradients were finite in at least this share of steps.
@@ -91,7 +90,8 @@ class SeedSlot(nn.Module):
         self.alpha = 0.0
         self.epochs_in_stage = 0
         self.age = 0  # epoch boundaries since germination
-        self.contribution: float | None = None  # set by the trainer from Shapley attribution
+        # the latest Shapley value, a fraction of accuracy (set by the trainer's attribution)
+        self.contribution: float | None = None
         self.forced_alpha: float | None = None  # set by MorphogeneticModel.force_alpha
         self.schedule = "linear"
         self.blend_epochs = 3
@@ -111,7 +111,7 @@ class SeedSlot(nn.Module):
 
     @property
     def is_live(self) -> bool:
-        return self.stage in LIVE_STAGES
+        return self.stage in LIVE_SEED_STAGES
 
     @property
     def is_active(self) -> bool:
@@ -134,7 +134,7 @@ class SeedSlot(nn.Module):
     def state(self) -> SlotState:
         return SlotState(
             slot_id=self.slot_id,
-            stage=self.stage.value,
+            stage=self.stage,
             blueprint=self.blueprint,
             alpha=float(self.alpha),
             epochs_in_stage=self.epochs_in_stage,
@@ -166,10 +166,10 @@ class SeedSlot(nn.Module):
             return False, "non-finite seed outputs or gradients"
         return True, "ok"
 
-    def can_prune(self, initiator: str = "policy") -> tuple[bool, str]:
+    def can_prune(self, initiator: Initiator | str = Initiator.POLICY) -> tuple[bool, str]:
         if not self.is_live:
             return False, f"nothing to prune in {self.stage}"
-        if initiator not in _PRUNE_OVERRIDES and self.age < self.min_prune_age:
+        if _initiator(initiator) not in _PRUNE_OVERRIDES and self.age < self.min_prune_age:
             return False, f"seed age {self.age} epochs, minimum {self.min_prune_age} to prune"
         return True, "ok"
 
@@ -189,14 +189,14 @@ class SeedSlot(nn.Module):
     def germinate(
         self,
         blueprint: str,
-        initiator: str = "policy",
+        initiator: Initiator | str = Initiator.POLICY,
         *,
         device: torch.device | str | None = None,
         blend_epochs: int = 3,
         schedule: str = "linear",
     ) -> None:
         """Plant a new seed (exactly the identity) built from ``blueprint``."""
-        _check_initiator(initiator)
+        initiator = _initiator(initiator)
         self._require(self.can_germinate(), SeedStage.GERMINATED)
         _check_schedule(schedule, blend_epochs)
         seed = get_blueprint(self.host_kind, blueprint).build(self.dim)
@@ -209,9 +209,11 @@ class SeedSlot(nn.Module):
         self.blend_epochs = blend_epochs
         self._transition(SeedStage.GERMINATED, initiator)
 
-    def advance(self, initiator: str = "policy", *, blend_epochs: int | None = None) -> None:
+    def advance(
+        self, initiator: Initiator | str = Initiator.POLICY, *, blend_epochs: int | None = None
+    ) -> None:
         """TRAINING -> BLENDING: start ramping alpha up to 1."""
-        _check_initiator(initiator)
+        initiator = _initiator(initiator)
         self._require(self.can_advance(), self._advance_target())
         if blend_epochs is not None:
             _check_schedule(self.schedule, blend_epochs)
@@ -220,9 +222,9 @@ class SeedSlot(nn.Module):
         self._ramp_step = 1
         self.alpha = self._ramp_alpha()
 
-    def prune(self, initiator: str = "policy") -> None:
+    def prune(self, initiator: Initiator | str = Initiator.POLICY) -> None:
         """Remove the seed: its module (and state-dict keys) are deleted at once."""
-        _check_initiator(initiator)
+        initiator = _initiator(initiator)
         self._require(self.can_prune(initiator), SeedStage.PRUNED)
         self._transition(SeedStage.PRUNED, initiator)
         self.seed = None
@@ -231,9 +233,9 @@ class SeedSlot(nn.Module):
         self._reset_health()
         self._healthy_last = None
 
-    def fossilize(self, initiator: str = "policy") -> None:
+    def fossilize(self, initiator: Initiator | str = Initiator.POLICY) -> None:
         """HOLDING -> FOSSILIZED: the seed becomes a permanent part of the host, still learning."""
-        _check_initiator(initiator)
+        initiator = _initiator(initiator)
         self._require(self.can_fossilize(), SeedStage.FOSSILIZED)
         self._transition(SeedStage.FOSSILIZED, initiator)
 
@@ -274,15 +276,15 @@ class SeedSlot(nn.Module):
         self._healthy_last = self._health_now()
         self._reset_health()
         if self.stage is SeedStage.GERMINATED:
-            self._transition(SeedStage.TRAINING, "gate")
+            self._transition(SeedStage.TRAINING, Initiator.GATE)
             self._healthy_last = None
         elif self.stage is SeedStage.BLENDING:
             self._tick_ramp()
         elif self.stage is SeedStage.PRUNED:
-            self._transition(SeedStage.EMBARGOED, "gate")
+            self._transition(SeedStage.EMBARGOED, Initiator.GATE)
         elif self.stage is SeedStage.EMBARGOED and self.epochs_in_stage >= self.embargo_epochs:
-            self._transition(SeedStage.RESETTING, "gate")
-            self._transition(SeedStage.DORMANT, "gate")
+            self._transition(SeedStage.RESETTING, Initiator.GATE)
+            self._transition(SeedStage.DORMANT, Initiator.GATE)
             self.blueprint = None
             self.age = 0
 
@@ -332,14 +334,14 @@ class SeedSlot(nn.Module):
             return SeedStage.HOLDING
         return SeedStage.BLENDING
 
-    def _transition(self, to: SeedStage, initiator: str) -> None:
+    def _transition(self, to: SeedStage, initiator: Initiator) -> None:
         """Change stage and emit one SeedTransition (alpha and epochs describe the stage left)."""
         check_transition(self.stage, to)
         event = SeedTransition(
             slot_id=self.slot_id,
             blueprint=self.blueprint,
-            from_stage=self.stage.value,
-            to_stage=to.value,
+            from_stage=self.stage,
+            to_stage=to,
             alpha=float(self.alpha),
             epochs_in_stage=self.epochs_in_stage,
             initiator=initiator,
@@ -351,7 +353,7 @@ class SeedSlot(nn.Module):
 
     def _tick_ramp(self) -> None:
         if self._ramp_step >= self.blend_epochs:
-            self._transition(SeedStage.HOLDING, "gate")
+            self._transition(SeedStage.HOLDING, Initiator.GATE)
             return
         self._ramp_step += 1
         self.alpha = self._ramp_alpha()
@@ -374,11 +376,14 @@ def _weight(alpha: Alpha, h: Tensor) -> float | Tensor:
     return float(alpha)
 
 
-def _check_initiator(initiator: str) -> None:
-    if initiator not in INITIATORS:
+def _initiator(initiator: Initiator | str) -> Initiator:
+    """The member for ``initiator`` (callers may pass its value); ValueError when unknown."""
+    try:
+        return Initiator(initiator)
+    except ValueError:
         raise ValueError(
-            f"unknown initiator {initiator!r}; expected one of {', '.join(INITIATORS)}"
-        )
+            f"unknown initiator {initiator!r}; expected one of {', '.join(Initiator)}"
+        ) from None
 
 
 def _check_schedule(schedule: str, blend_epochs: int) -> None:

@@ -22,17 +22,18 @@ from esper_engine.blueprints import blueprint_names
 from esper_engine.commands import acknowledge, rejection
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
-    Attribution,
     BatchStats,
     EpochSummary,
     Event,
     ForceRollback,
+    Initiator,
     OperatorCommand,
     Pause,
     PolicyUpdate,
     Resume,
     RunFinished,
     RunStarted,
+    RunStatus,
     SetClipThreshold,
     Stop,
 )
@@ -94,15 +95,15 @@ class VectorizedTrainer:
 
     def run(self) -> RunFinished:
         """Train every episode; always ends with exactly one RunFinished event."""
-        status, error = "completed", None
+        status, error = RunStatus.COMPLETED, None
         try:
             self._setup()
             for episode in range(self.config.episodes):
                 self._run_episode(episode)
         except StopRequested:
-            status = "stopped"
+            status = RunStatus.STOPPED
         except Exception as exc:  # noqa: BLE001 - a crash is reported, not swallowed
-            status, error = "crashed", _describe(exc)
+            status, error = RunStatus.CRASHED, _describe(exc)
         finished = RunFinished(**self._common(None), status=status, error=error)
         self.sink.emit(finished)
         return finished
@@ -154,6 +155,7 @@ class VectorizedTrainer:
     def _train_epoch(self) -> list[TensorTotals]:
         totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
         every = self.config.batch_stats_every
+        self._train_started = time.perf_counter()  # BatchStats' throughput counts from here
         for batch in range(self.config.batches_per_epoch):
             self._safe_point()
             for env, (x, y) in zip(self.envs, next(self.batches), strict=True):
@@ -223,9 +225,9 @@ class VectorizedTrainer:
         rollback_due = env.governor.check_vital_signs(figures.val_loss)
         panic = env.governor.last_panic
         if panic is not None and env.governor.consecutive_panics > 0:
-            self.sink.emit(panic.to_event(**self._common(env.index)))
+            self.sink.emit(msgspec.structs.replace(panic, **self._common(env.index)))
         if rollback_due:
-            self._rollback(env, initiator="governor")
+            self._rollback(env, initiator=Initiator.GOVERNOR)
             return True
         env.record(figures)
         return False
@@ -236,7 +238,7 @@ class VectorizedTrainer:
         for slot_id in env.model.live_slots():
             slot = env.model.slots[slot_id]
             if slot.stage is SeedStage.TRAINING and slot.healthy() is False:
-                env.model.prune(slot_id, initiator="gate")
+                env.model.prune(slot_id, initiator=Initiator.GATE)
 
     def _attribute(self, env: EnvRuntime, epoch: int) -> None:
         every = self.config.attribution_every
@@ -250,23 +252,10 @@ class VectorizedTrainer:
             seed=attribution_seed(self.config.seed, env.index, self.episode, epoch),
         )
         on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
-        result = engine.attribute(self.val_batches, env.val_pass_s if on_cpu else None)
-        for slot_id, value in result.shapley.items():
+        attribution = engine.attribute(self.val_batches, env.val_pass_s if on_cpu else None)
+        for slot_id, value in attribution.shapley.items():
             env.model.slots[slot_id].contribution = value
-        self.sink.emit(
-            Attribution(
-                **self._common(env.index),
-                shapley=dict(result.shapley),
-                std=None if result.std is None else dict(result.std),
-                full_value=result.full_value,
-                empty_value=result.empty_value,
-                exact=result.exact,
-                coalitions=result.coalitions,
-                full_loss=result.full_loss,
-                empty_loss=result.empty_loss,
-                cost_ratio=result.cost_ratio,
-            )
-        )
+        self.sink.emit(msgspec.structs.replace(attribution, **self._common(env.index)))
 
     def _reward(self, env: EnvRuntime, fig: EpochFigures, obs: EnvObservation) -> None:
         """Pay the env's previous action now that its effect is measured."""
@@ -294,6 +283,7 @@ class VectorizedTrainer:
         for env, action in zip(envs, actions, strict=True):
             env.apply(action, self.blueprints)
             env.last_action = action.describe(env.model.slot_ids, self.blueprints)
+            env.last_op = action.op
 
     def _update_policy(self) -> None:
         stats = self.policy.update()
@@ -304,11 +294,11 @@ class VectorizedTrainer:
 
     # --- governor and operator ----------------------------------------------------------------
 
-    def _rollback(self, env: EnvRuntime, initiator: str) -> None:
+    def _rollback(self, env: EnvRuntime, initiator: Initiator) -> None:
         report = env.governor.execute_rollback(initiator=initiator)
         env.state.after_rollback()
-        self.sink.emit(report.to_event(**self._common(env.index)))
-        if initiator == "governor":
+        self.sink.emit(msgspec.structs.replace(report, **self._common(env.index)))
+        if initiator is Initiator.GOVERNOR:
             self.policy.penalize(env.index, -report.penalty)
             env.last_reward = -report.penalty
         else:  # the operator's call: a truncation without blame, once the epoch is measured
@@ -369,7 +359,7 @@ class VectorizedTrainer:
             )
             return
         if isinstance(command, ForceRollback):
-            self._rollback(self.envs[command.env], initiator="operator")
+            self._rollback(self.envs[command.env], initiator=Initiator.OPERATOR)
         elif isinstance(command, SetClipThreshold):
             targets = self.envs if command.env is None else [self.envs[command.env]]
             for env in targets:
@@ -410,7 +400,8 @@ class VectorizedTrainer:
             slot_ids=slot_ids,
             blueprints=self.blueprints,
             host_kind=self.task.host_kind,
-            seed=cfg.seed,
+            heuristic=cfg.heuristic,
+            ppo=msgspec.structs.replace(cfg.ppo, seed=cfg.ppo_seed()),
         )
         self._updates = 0
         self.sink.emit(
@@ -427,7 +418,9 @@ class VectorizedTrainer:
                 random_guess_loss=self.task.random_guess_loss,
                 blueprints=list(self.blueprints),
                 device=cfg.device,
-                config=msgspec.structs.asdict(cfg),
+                config=msgspec.to_builtins(cfg),  # the effective config, groups nested
+                host_params=self.envs[0].model.host_param_count(),
+                seed_params=self.envs[0].model.seed_param_count(),
             )
         )
 
@@ -453,6 +446,8 @@ class VectorizedTrainer:
         join_env_streams([env.state])
         # Every k batches only: the one sync BatchStats costs.
         loss, pre, post, clipped, skipped = stats.tolist()
+        elapsed = time.perf_counter() - self._train_started - self._paused_s
+        samples = (batch + 1) * self.config.batch_size
         self.sink.emit(
             BatchStats(
                 **self._common(env.index),
@@ -463,6 +458,7 @@ class VectorizedTrainer:
                 clip_threshold=env.clip_threshold,
                 clipped=clipped > 0,
                 skipped=skipped > 0,
+                samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
             )
         )
 
@@ -489,6 +485,7 @@ class VectorizedTrainer:
                 rollbacks=gov.rollbacks,
                 last_panic_reason=None if panic is None else panic.reason,
                 last_action=env.last_action,
+                last_op=env.last_op,
                 reward=env.last_reward,
                 samples_per_s=fig.samples / elapsed if elapsed > 0 else 0.0,
                 host_params=env.model.host_param_count(),

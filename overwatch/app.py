@@ -30,9 +30,10 @@ from esper_engine.contracts import (
     OperatorCommand,
     Pause,
     Resume,
+    RunStatus,
     SetClipThreshold,
 )
-from overwatch.sources import EventSource, ReplaySource
+from overwatch.sources import EventSource, ReplayAction
 from overwatch.state import ConsoleState, liveness, log_note, reduce_many
 from overwatch.widgets.clip_entry import ClipEntryModal
 from overwatch.widgets.confirm import ConfirmModal
@@ -172,7 +173,7 @@ class OverwatchApp(App[int]):
         self.refresh_hz = refresh_hz
         self.clock = clock
         self.stop_timeout = stop_timeout
-        self.state = ConsoleState()
+        self.state = ConsoleState.planned(source.plan)
         self.focused_env = 0
         self.layout_mode = "wide"  # wide | compact | tiny
         self._sent_ids: set[int] = set()
@@ -192,7 +193,7 @@ class OverwatchApp(App[int]):
         self._detail = EnvPanel(0, id="detail")
         self._logs = (EventLog(id="wide-log"), EventLog(id="compact-log"))
         self._notice = Static(id="too-small")
-        replay = isinstance(source, ReplaySource)
+        replay = source.capabilities.replay_controls
         self._replay_bar = ReplayBar(classes="-active" if replay else "")
 
     # --- layout ---------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ class OverwatchApp(App[int]):
         polled = self.source.poll()
         with self.batch_update():
             if polled.reset:
-                self.state = ConsoleState()
+                self.state = ConsoleState.planned(self.source.plan)
             reduce_many(self.state, polled.events)
             self.state.dropped = self.source.dropped
             await self._ensure_env_widgets()
@@ -267,7 +268,7 @@ class OverwatchApp(App[int]):
             self._finished_shown = self.state.finished
             self.refresh_bindings()
         self._warn_once()
-        if self.state.finished_status == "crashed" and not self._crash_shown:
+        if self.state.finished_status == RunStatus.CRASHED and not self._crash_shown:
             self._crash_shown = True
             self.push_screen(CrashModal(self.state.error, self.exit_code()))
 
@@ -291,7 +292,8 @@ class OverwatchApp(App[int]):
 
     async def _ensure_env_widgets(self) -> None:
         """One panel and one row per env: as many as the run has, or the source expects."""
-        n = len(self.state.envs) or self.source.expected_envs or 0
+        plan = self.source.plan
+        n = len(self.state.envs) or (plan.n_envs if plan else 0)
         if n == len(self._panels):
             return
         await self._grid.remove_children()
@@ -313,23 +315,23 @@ class OverwatchApp(App[int]):
         mode = self.layout_mode
         if mode == "tiny":
             return  # only the "too small" notice is on screen
+        caps = self.source.capabilities
         self._header.update(
             state,
-            liveness=liveness(
-                state, self.clock(), is_live=self.source.is_live, read_only=self.source.read_only
-            ),
-            thread_state=self.source.thread_state,
+            liveness=liveness(state, self.clock(), is_live=caps.live, read_only=not caps.controls),
         )
         lm = state.is_language_model
+        params = (state.host_params, state.seed_params)
         if mode == "wide":
             for panel, view in zip(self._panels, state.envs, strict=False):
-                panel.update(view, focused=view.env == self.focused_env, language_model=lm)
+                focused = view.env == self.focused_env
+                panel.update(view, focused=focused, language_model=lm, run_params=params)
         else:
             for row, view in zip(self._rows, state.envs, strict=False):
                 row.update(view, focused=view.env == self.focused_env)
             if state.envs:
-                focused = state.envs[self.focused_env]
-                self._detail.update(focused, focused=True, language_model=lm)
+                view = state.envs[self.focused_env]
+                self._detail.update(view, focused=True, language_model=lm, run_params=params)
         self._logs[0 if mode == "wide" else 1].update(state.log, state.log_revision)
         self._replay_bar.update(self.source.position())
 
@@ -337,10 +339,11 @@ class OverwatchApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Replay keys exist only in replay; control keys are greyed out when they cannot act."""
+        caps = self.source.capabilities
         if action in REPLAY_ACTIONS:
-            return isinstance(self.source, ReplaySource)
+            return caps.replay_controls
         if action in CONTROL_ACTIONS:
-            if self.source.read_only or self.state.finished or self._quitting:
+            if not caps.controls or self.state.finished or self._quitting:
                 return None
         if action in ("focus_step", "focus_row") and self.screen.is_modal:
             return False  # tab inside a dialog moves between its own widgets
@@ -375,7 +378,7 @@ class OverwatchApp(App[int]):
 
         def answered(confirmed: bool | None) -> None:
             if confirmed:
-                self._send(ForceRollback(env=env))
+                self._send(ForceRollback(env=env), env=env)
 
         self.push_screen(
             ConfirmModal(
@@ -418,45 +421,43 @@ class OverwatchApp(App[int]):
         self._pending_clip = value
         self._send(SetClipThreshold(value=value, env=None))
 
-    def _send(self, command: OperatorCommand) -> None:
+    def _send(self, command: OperatorCommand, env: int | None = None) -> None:
+        """Send ``command`` (about ``env``, None: the whole run) and log that it went out."""
         command_id = self.source.send(command)
         if command_id is None:
             self.notify("read-only: commands cannot be sent", severity="warning")
             return
         self._sent_ids.add(command_id)
-        log_note(
-            self.state,
-            f"sent {describe_command(command)} (#{command_id})",
-            env=getattr(command, "env", None),
-        )
+        log_note(self.state, f"sent {describe_command(command)} (#{command_id})", env=env)
         self._update_widgets()
 
     # --- keys: replay ---------------------------------------------------------------------------
 
     async def action_replay_toggle(self) -> None:
-        await self._replay(lambda source: source.toggle_play())
+        await self._replay(ReplayAction.TOGGLE)
 
     async def action_replay_step(self, direction: int) -> None:
-        await self._replay(lambda s: s.step_forward() if direction > 0 else s.step_back())
+        forward = direction > 0
+        await self._replay(ReplayAction.STEP_FORWARD if forward else ReplayAction.STEP_BACK)
 
     async def action_replay_speed(self, direction: int) -> None:
-        await self._replay(lambda s: s.faster() if direction > 0 else s.slower())
+        await self._replay(ReplayAction.FASTER if direction > 0 else ReplayAction.SLOWER)
 
     async def action_replay_home(self) -> None:
-        await self._replay(lambda source: source.home())
+        await self._replay(ReplayAction.HOME)
 
     async def action_replay_end(self) -> None:
-        await self._replay(lambda source: source.end())
+        await self._replay(ReplayAction.END)
 
-    async def _replay(self, control: Callable[[ReplaySource], None]) -> None:
-        if isinstance(self.source, ReplaySource):
-            control(self.source)
+    async def _replay(self, action: ReplayAction) -> None:
+        if self.source.capabilities.replay_controls:
+            self.source.replay(action)
             await self.tick()  # show the new position now, not at the next timer tick
 
     # --- keys: help and quit --------------------------------------------------------------------
 
     def action_help(self) -> None:
-        mode = "replay, read-only" if self.source.read_only else "live"
+        mode = "live" if self.source.capabilities.controls else "replay, read-only"
         self.push_screen(HelpScreen(self.help_rows(), mode))
 
     def help_rows(self) -> list[tuple[str, str, bool]]:
@@ -491,7 +492,7 @@ class OverwatchApp(App[int]):
             return
         self._quitting = True
         self.refresh_bindings()
-        if self.source.read_only:
+        if not self.source.capabilities.controls:
             self.source.stop(0)
             self.exit(self.exit_code(), return_code=self.exit_code())
             return
@@ -511,8 +512,8 @@ class OverwatchApp(App[int]):
 
     def exit_code(self) -> int:
         """1 when the trainer crashed in this (live) session; 0 otherwise, replays included."""
-        crashed = self.state.finished_status == "crashed"
-        return 1 if crashed and not self.source.read_only else 0
+        crashed = self.state.finished_status == RunStatus.CRASHED
+        return 1 if crashed and self.source.capabilities.controls else 0
 
 
 def run_console(source: EventSource, refresh_hz: float = 4.0) -> int:
@@ -541,15 +542,11 @@ def _hang_up(source: EventSource) -> None:
 
     def stop_and_exit() -> None:
         stopped = source.stop(STOP_TIMEOUT_S)  # the trainer closes the recording as it ends
-        os._exit(0 if stopped and not _source_crashed(source) else 1)
+        finished = source.finished
+        crashed = finished is not None and finished.status == RunStatus.CRASHED
+        os._exit(0 if stopped and not crashed else 1)
 
     threading.Thread(target=stop_and_exit, name="overwatch-hangup", daemon=True).start()
-
-
-def _source_crashed(source: EventSource) -> bool:
-    session = getattr(source, "session", None)
-    finished = getattr(session, "finished", None)
-    return finished is not None and finished.status == "crashed"
 
 
 def run_app(app: OverwatchApp) -> int:

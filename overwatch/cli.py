@@ -1,12 +1,17 @@
 """The `overwatch` command: run (console or headless), replay, export.
 
 Bad input is one line on stderr and exit code 2; a crashed run exits 1; completed or stopped, 0.
+
+A run's config is built in this order, each step overriding the one before: the defaults
+(``esper_engine.config``), ``--config FILE.toml``, the named flags given (``--n-envs``,
+``--epochs``, ...), then each ``--set KEY=VALUE`` in the order given.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import math
 import secrets
 import sys
@@ -14,11 +19,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from esper_engine.config import MAX_CLIP_THRESHOLD, MAX_COUNT, MAX_SEED, TrainingConfig
+from esper_engine.config import (
+    AMP_MODES,
+    MAX_CLIP_THRESHOLD,
+    MAX_COUNT,
+    MAX_SEED,
+    POLICIES,
+    TASKS,
+    TrainingConfig,
+)
+from esper_engine.config_io import apply_set, apply_table, load_toml, set_value, to_toml
 from esper_engine.faults import FaultKind, parse_fault
 
 EXIT_OK, EXIT_CRASHED, EXIT_BAD_INPUT = 0, 1, 2
-TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
+PACKAGE = "overwatch-esper"  # the distribution name in pyproject.toml
 # Console and headless refresh rates: above 60 Hz the view only steals the trainer's GIL time;
 # 0.1 Hz (a view every 10 s) is the slowest the headless view updates anyway.
 REFRESH_HZ = (0.1, 60.0)
@@ -29,6 +43,25 @@ FAULT_HELP = (
     + "; ENV and EPOCH count from 1, as the console shows them; faults fire in the first "
     "episode (repeatable, e.g. --fault nan:2:3 --fault crash:1:5)"
 )
+
+
+# The named run flags that set a config field: flag dest -> config field. Their defaults are the
+# config's, shown in --help but not applied by argparse (argparse.SUPPRESS), so that a flag left
+# out does not override the --config file.
+FLAG_FIELDS = {
+    "task": "task",
+    "data_dir": "data_dir",
+    "n_envs": "n_envs",
+    "episodes": "episodes",
+    "epochs": "epochs",
+    "batches_per_epoch": "batches_per_epoch",
+    "policy": "policy",
+    "max_grad_norm": "max_grad_norm",
+    "amp": "amp",
+    "device": "device",
+    "seed": "seed",
+    "fault": "faults",
+}
 
 
 class BadInput(Exception):
@@ -101,53 +134,25 @@ def _add_refresh_hz(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def version() -> str:
+    """The installed package's version, or the source tree's when it is not installed."""
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        from overwatch import __version__  # noqa: PLC0415
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="overwatch", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"overwatch {version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    defaults = TrainingConfig()
+    _add_run(sub)
 
-    run = sub.add_parser("run", help="train with the live console (or --headless)")
-    run.add_argument("--n-envs", type=_positive_int, default=defaults.n_envs)
-    run.add_argument("--task", choices=TASKS, default=defaults.task)
-    run.add_argument(
-        "--data-dir", default=None, help="local dataset directory (cifar10, tinystories)"
+    replay = sub.add_parser(
+        "replay", help="play a recording back in the console", formatter_class=_HelpFormatter
     )
-    run.add_argument("--episodes", type=_positive_int, default=defaults.episodes)
-    run.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
-    run.add_argument("--batches-per-epoch", type=_positive_int, default=defaults.batches_per_epoch)
-    run.add_argument(
-        "--policy",
-        choices=("heuristic", "ppo", "static"),
-        default=defaults.policy,
-        help="static never grows the host (the baseline)",
-    )
-    run.add_argument(
-        "--max-grad-norm",
-        type=_float_within(0, MAX_CLIP_THRESHOLD, " (0 disables)"),
-        default=defaults.max_grad_norm,
-        help=f"global gradient clip threshold, at most {MAX_CLIP_THRESHOLD:g} (0 disables)",
-    )
-    run.add_argument("--amp", choices=("off", "bf16", "fp16"), default=defaults.amp)
-    run.add_argument("--device", default=defaults.device)
-    run.add_argument("--seed", type=_seed, default=defaults.seed, help=f"0..{MAX_SEED}")
-    run.add_argument(
-        "--fault",
-        action="append",
-        type=_fault,
-        metavar="KIND:ENV:EPOCH",
-        help=FAULT_HELP,
-    )
-    rec = run.add_mutually_exclusive_group()
-    rec.add_argument(
-        "--record", default=None, help="recording path (default overwatch-runs/<run-id>.msgpack)"
-    )
-    rec.add_argument("--no-record", action="store_true", help="do not record")
-    run.add_argument(
-        "--headless", action="store_true", help="no TUI: a compact progress view on stderr"
-    )
-    _add_refresh_hz(run)
-
-    replay = sub.add_parser("replay", help="play a recording back in the console")
     replay.add_argument("file")
     replay.add_argument(
         "--speed", type=_float_within(*SPEED), default=1.0, help="playback speed, 0.25..8"
@@ -157,11 +162,91 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_refresh_hz(replay)
 
-    export = sub.add_parser("export", help="write a recording as JSON lines or CSV")
+    export = sub.add_parser(
+        "export", help="write a recording as JSON lines or CSV", formatter_class=_HelpFormatter
+    )
     export.add_argument("file")
     export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    export.add_argument("--output", default=None, help="output path (default stdout)")
+    export.add_argument("--output", default=None, help="output path (default: stdout)")
     return parser
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "(default:" in text:
+            return text
+        shown = "none" if action.default is None else str(action.default).replace("%", "%%")
+        return f"{text} (default: {shown})"
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    defaults = TrainingConfig()
+    run = sub.add_parser(
+        "run",
+        help="train with the live console (or --headless)",
+        description="Train with the live console (or --headless). The config is built from the "
+        "defaults, then --config FILE, then the named flags, then each --set in order.",
+        formatter_class=_HelpFormatter,
+    )
+
+    def config_flag(flag: str, text: str, **kwargs: object) -> None:
+        """A flag that sets the config field FLAG_FIELDS names, defaulting to the config's."""
+        value = getattr(defaults, FLAG_FIELDS[flag.removeprefix("--").replace("-", "_")])
+        shown = "none" if value in (None, ()) else value
+        run.add_argument(
+            flag, default=argparse.SUPPRESS, help=f"{text} (default: {shown})", **kwargs
+        )
+
+    config_flag("--n-envs", "independent training runs side by side", type=_positive_int)
+    config_flag("--task", "the dataset and its host", choices=TASKS)
+    config_flag("--data-dir", "local dataset directory (cifar10, tinystories)")
+    config_flag("--episodes", "episodes per env", type=_positive_int)
+    config_flag("--epochs", "host epochs per episode", type=_positive_int)
+    config_flag("--batches-per-epoch", "training batches per env per epoch", type=_positive_int)
+    config_flag("--policy", "static never grows the host (the baseline)", choices=POLICIES)
+    config_flag(
+        "--max-grad-norm",
+        f"global gradient clip threshold, at most {MAX_CLIP_THRESHOLD:g} (0 disables)",
+        type=_float_within(0, MAX_CLIP_THRESHOLD, " (0 disables)"),
+    )
+    config_flag("--amp", "mixed precision", choices=AMP_MODES)
+    config_flag("--device", "torch device, e.g. cpu, cuda, cuda:1")
+    config_flag("--seed", f"every random source derives from it, 0..{MAX_SEED}", type=_seed)
+    config_flag("--fault", FAULT_HELP, action="append", type=_fault, metavar="KIND:ENV:EPOCH")
+    run.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        default=None,
+        help="read settings from a TOML file (keys as --print-config writes them)",
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=None,
+        help="set any config field, dotted for the nested groups (e.g. --set "
+        "governor.sensitivity=4 --set ppo.lr=1e-4 --set slots=block1,block2; none unsets); "
+        "repeatable, applied last, in order",
+    )
+    run.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective config as TOML (the input of --config) and exit",
+    )
+    rec = run.add_mutually_exclusive_group()
+    rec.add_argument(
+        "--record",
+        default=None,
+        help="recording path (default: overwatch-runs/<run-id>.msgpack)",
+    )
+    rec.add_argument("--no-record", action="store_true", help="do not record")
+    run.add_argument(
+        "--headless", action="store_true", help="no TUI: a compact progress view on stderr"
+    )
+    _add_refresh_hz(run)
 
 
 def new_run_id() -> str:
@@ -169,25 +254,29 @@ def new_run_id() -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
-    config = TrainingConfig(
-        task=args.task,
-        data_dir=args.data_dir,
-        n_envs=args.n_envs,
-        episodes=args.episodes,
-        epochs=args.epochs,
-        batches_per_epoch=args.batches_per_epoch,
-        policy=args.policy,
-        max_grad_norm=args.max_grad_norm or None,
-        amp=args.amp,
-        device=args.device,
-        seed=args.seed,
-        faults=tuple(args.fault or ()),
-    )
+    """Defaults < --config file < the named flags given < each --set in order; validated."""
+    config = TrainingConfig()
     try:
+        if args.config is not None:
+            config = apply_table(config, load_toml(args.config), source=f"config {args.config}")
+        given = vars(args)
+        for dest, field in FLAG_FIELDS.items():
+            if dest in given:
+                config = set_value(config, field, _flag_value(dest, given[dest]))
+        for item in args.set or ():
+            config = apply_set(config, item)
         config.validate()
-    except ValueError as exc:
+    except ValueError as exc:  # ConfigError included
         raise BadInput(str(exc)) from None
     return config
+
+
+def _flag_value(dest: str, value: object) -> object:
+    if dest == "max_grad_norm":
+        return value or None  # --max-grad-norm 0 disables clipping
+    if dest == "fault":
+        return tuple(value)  # type: ignore[arg-type]
+    return value
 
 
 def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
@@ -204,6 +293,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
     config = config_from_args(args)
+    if args.print_config:
+        sys.stdout.write(to_toml(config))
+        return EXIT_OK
     run_id = new_run_id()
     path = record_path(args, run_id)
     try:

@@ -4,9 +4,10 @@ JSON Lines: one object per event with the struct tag under ``"type"`` and every 
 structs as objects. JSON has no inf/nan, so msgspec writes non-finite floats as ``null`` (an
 infinite perplexity or loss at panic comes out as ``null``); every line stays valid JSON.
 
-CSV: one row per ``EpochSummary`` with fixed columns (``CSV_COLUMNS``) followed by
-``<slot_id>.stage``, ``<slot_id>.blueprint`` and ``<slot_id>.alpha`` for every slot in the run.
-None becomes an empty cell; non-finite floats are written as ``inf``/``nan``.
+CSV: one row per ``EpochSummary``: a column per field of the struct (``CSV_COLUMNS``, in
+declaration order, so a field added to ``EpochSummary`` is exported with no change here), then
+one per field of ``SlotState`` (``SLOT_FIELDS``) for every slot in the run, named
+``<slot_id>.<field>``. None becomes an empty cell; non-finite floats are written as ``inf``/``nan``.
 """
 
 from __future__ import annotations
@@ -21,34 +22,13 @@ from typing import IO, Any
 
 import msgspec
 
-from esper_engine.contracts import EpochSummary, Event, RunStarted
+from esper_engine.contracts import EpochSummary, Event, RunStarted, SlotState
 from esper_engine.recording import read_recording
 
 FORMATS = ("jsonl", "csv")
-CSV_COLUMNS = (
-    "run_id",
-    "env",
-    "episode",
-    "epoch",
-    "wall_time",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "perplexity",
-    "grad_norm_pre_clip",
-    "grad_norm_post_clip",
-    "clipped_fraction",
-    "clip_threshold",
-    "consecutive_panics",
-    "total_panics",
-    "rollbacks",
-    "skipped_steps",
-    "last_action",
-    "reward",
-    "samples_per_s",
-)
-SLOT_FIELDS = ("stage", "blueprint", "alpha")
+SLOTS_FIELD = "slots"  # the nested list: one group of columns per slot instead
+CSV_COLUMNS = tuple(f.name for f in msgspec.structs.fields(EpochSummary) if f.name != SLOTS_FIELD)
+SLOT_FIELDS = tuple(f.name for f in msgspec.structs.fields(SlotState) if f.name != "slot_id")
 
 
 def export_recording(

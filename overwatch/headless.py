@@ -27,6 +27,8 @@ from esper_engine.contracts import (
     TelemetryEvent,
 )
 from esper_engine.session import TrainingSession
+from overwatch.sources import session_plan
+from overwatch.state import RunPlan
 
 COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds")
 
@@ -34,7 +36,8 @@ COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "see
 class HeadlessView:
     """Latest summary per env; rendered as one Rich table, or as one plain line per summary."""
 
-    def __init__(self) -> None:
+    def __init__(self, plan: RunPlan | None = None) -> None:
+        self.plan = plan  # what the command line said, until RunStarted says more
         self.started: RunStarted | None = None
         self.latest: dict[int, EpochSummary] = {}
         self.finished: RunFinished | None = None
@@ -53,10 +56,12 @@ class HeadlessView:
         return new
 
     def title(self, dropped: int = 0) -> str:
-        if self.started is None:
+        s = self.started or self.plan
+        if s is None:
             return "starting ..."
-        s = self.started
         title = f"{s.run_id} {s.task} {s.policy} x{s.n_envs}"
+        if self.started is None:
+            title += " starting ..."
         return title + (f"  dropped={dropped}" if dropped else "")
 
     def render(self, dropped: int = 0) -> Table:
@@ -119,7 +124,7 @@ def run_headless(
 ) -> int:
     """Run to the end (or a stop signal); the exit code follows RunFinished's status."""
     console = console or Console(file=sys.stderr)
-    view = HeadlessView()
+    view = HeadlessView(session_plan(session))
     period = 1.0 / max(refresh_hz, 0.1)
     with stop_on_signals(session):
         session.start()

@@ -12,10 +12,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from esper_engine.contracts import EpochSummary, Event, OperatorCommand, RunFinished, RunStarted
+from esper_engine.contracts import (
+    EpochSummary,
+    Event,
+    OperatorCommand,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+)
 from esper_engine.recording import RecordingError, RecordingFollower, read_recording
+from overwatch.state import RunPlan
 
 if TYPE_CHECKING:  # the session imports torch; replay never needs it
     from pathlib import Path
@@ -52,19 +61,41 @@ class ReplayPosition:
         return 100.0 * self.index / self.total if self.total else 100.0
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a source can do; the app enables its keys and indicators from this alone."""
+
+    controls: bool  # commands reach a trainer (rollback, clip, pause); else they are greyed out
+    replay_controls: bool  # play/pause, step, speed and jumps (``EventSource.replay``)
+    live: bool  # events arrive as they happen: the header can say LIVE or STALE
+
+
+class ReplayAction(StrEnum):
+    TOGGLE = "toggle"  # play / pause
+    STEP_FORWARD = "step_forward"  # to the end of the next epoch
+    STEP_BACK = "step_back"
+    FASTER = "faster"
+    SLOWER = "slower"
+    HOME = "home"
+    END = "end"
+
+
 class EventSource(Protocol):
     """What the app needs from a source of telemetry."""
 
-    is_live: bool  # events arrive in real time: the console shows LIVE/STALE
-    read_only: bool  # commands cannot be sent (replay): control keys are greyed out
+    capabilities: Capabilities
     warning: str | None  # something the operator should know (shown once as a toast)
-    expected_envs: int | None  # panels to lay out before the first event (None: wait for it)
+    # The run as known before its first event (a live run's config: the header's first frame
+    # and the panels laid out before the trainer starts); None: wait for RunStarted.
+    plan: RunPlan | None
 
     @property
     def dropped(self) -> int: ...
 
     @property
-    def thread_state(self) -> str: ...
+    def finished(self) -> RunFinished | None:
+        """How the trainer behind this source ended; None while it runs, or with no trainer."""
+        ...
 
     def start(self) -> None: ...
 
@@ -76,16 +107,35 @@ class EventSource(Protocol):
 
     def position(self) -> ReplayPosition | None: ...
 
+    def replay(self, action: ReplayAction) -> None:
+        """Move the playback; only called when ``capabilities.replay_controls``."""
+        ...
+
+
+def session_plan(session: TrainingSession) -> RunPlan:
+    """What the session's config says of the run, before its trainer has said anything."""
+    config = session.config
+    return RunPlan(
+        run_id=session.run_id,
+        task=config.task,
+        policy=config.policy,
+        n_envs=config.n_envs,
+        episodes=config.episodes,
+        epochs=config.epochs,
+        device=config.device,
+        clip_threshold=config.max_grad_norm or None,
+    )
+
 
 class LiveSource:
     """A training session running in its background thread, seen through the source interface."""
 
-    is_live = True
-    read_only = False
+    capabilities = Capabilities(controls=True, replay_controls=False, live=True)
     warning = None
 
     def __init__(self, session: TrainingSession) -> None:
         self.session = session
+        self.plan = session_plan(session)
         self._started = False
         self._finished_seen = False
 
@@ -94,12 +144,8 @@ class LiveSource:
         return self.session.dropped
 
     @property
-    def thread_state(self) -> str:
-        return self.session.thread_state
-
-    @property
-    def expected_envs(self) -> int:
-        return self.session.config.n_envs
+    def finished(self) -> RunFinished | None:
+        return self.session.finished
 
     def start(self) -> None:
         """Start the trainer thread; calling it again does nothing."""
@@ -124,7 +170,7 @@ class LiveSource:
         return RunFinished(
             run_id=self.session.run_id,
             wall_time=time.time(),
-            status="crashed",
+            status=RunStatus.CRASHED,
             error="the trainer thread ended without RunFinished (traceback on stderr)",
         )
 
@@ -139,6 +185,9 @@ class LiveSource:
     def position(self) -> ReplayPosition | None:
         return None
 
+    def replay(self, action: ReplayAction) -> None:
+        raise TypeError("a live run has no playback controls")
+
 
 class ReplaySource:
     """A recording played back read-only: play/pause, step by epoch, speed, jump to either end.
@@ -148,11 +197,9 @@ class ReplaySource:
     rebuilds the state from the start (the reducer is fast enough for that).
     """
 
-    is_live = False
-    read_only = True
     dropped = 0
-    thread_state = "replay"
-    expected_envs = None  # a rewind to the start shows no panels, as the recording's start does
+    finished = None  # no trainer behind a recording
+    plan = None  # a rewind to the start shows no panels, as the recording's start does
 
     def __init__(
         self,
@@ -197,7 +244,7 @@ class ReplaySource:
         self.events = events
         self.speed = speed
         self.follow = follower is not None
-        self.is_live = self.follow
+        self.capabilities = Capabilities(controls=False, replay_controls=True, live=self.follow)
         self._follower = follower
         self._clock = clock
         self._stops: list[int] = []
@@ -248,6 +295,17 @@ class ReplaySource:
             speed=self.speed,
             follow=self.follow,
         )
+
+    def replay(self, action: ReplayAction) -> None:
+        {
+            ReplayAction.TOGGLE: self.toggle_play,
+            ReplayAction.STEP_FORWARD: self.step_forward,
+            ReplayAction.STEP_BACK: self.step_back,
+            ReplayAction.FASTER: self.faster,
+            ReplayAction.SLOWER: self.slower,
+            ReplayAction.HOME: self.home,
+            ReplayAction.END: self.end,
+        }[action]()
 
     # --- playback controls ----------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import msgspec
+
 from esper_engine.contracts import (
     Attribution,
     BatchStats,
@@ -24,7 +26,9 @@ from esper_engine.contracts import (
     PolicyUpdate,
     RunFinished,
     RunStarted,
+    SeedStage,
     SeedTransition,
+    SlotState,
 )
 
 HISTORY = 120  # points kept per sparkline; wider than any panel shows
@@ -35,25 +39,57 @@ STALE_AFTER_S = 10.0  # live mode: no event for this long means the trainer look
 # from "rebuilt after a replay seek" by comparing one integer.
 _revisions = itertools.count(1)
 
-# Slots whose seed no longer exists: their last attribution is meaningless.
-_GONE_STAGES = frozenset({"PRUNED", "EMBARGOED", "RESETTING", "DORMANT"})
+# Stages of a slot with no measured seed: empty, or a seed too young to have been attributed
+# (alpha is 0 until it blends). A slot entering one forgets its last value, which was another
+# seed's. A pruned seed keeps its last value (why it was cut) until its slot is reused.
+_UNMEASURED_STAGES = frozenset({SeedStage.DORMANT, SeedStage.GERMINATED, SeedStage.TRAINING})
+_BLENDING_STAGES = frozenset({SeedStage.BLENDING, SeedStage.HOLDING, SeedStage.FOSSILIZED})
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a live source knows of its run before the first event (the command line's config),
+    so the header says from the first frame what is starting."""
+
+    run_id: str
+    task: str
+    policy: str
+    n_envs: int
+    episodes: int
+    epochs: int
+    device: str
+    clip_threshold: float | None
 
 
 @dataclass
 class SlotView:
-    """One slot of one env: its seed's stage and the latest attribution of its contribution."""
+    """One slot of one env: its seed's state and the attribution that last measured that seed."""
 
-    slot_id: str
-    stage: str = "DORMANT"
-    blueprint: str | None = None
-    alpha: float = 0.0
-    epochs_in_stage: int = 0
-    shapley: float | None = None
-    shapley_std: float | None = None
+    state: SlotState
+    # The latest Attribution with a value for this slot's current seed (None: never measured).
+    measured: Attribution | None = None
+
+    @property
+    def slot_id(self) -> str:
+        return self.state.slot_id
 
 
-@dataclass
-class GovernorView:
+@dataclass(frozen=True)
+class ShapleyFigure:
+    """A slot's Shapley value as the panel shows it: ``current`` when it comes from the env's
+    latest attribution and that attribution belongs to the epoch on screen."""
+
+    value: float  # fraction of accuracy
+    episode: int
+    epoch: int
+    current: bool
+
+
+@dataclass(frozen=True)
+class GovernorFigures:
+    """The governor line: the latest EpochSummary's counters, moved on by the panics and
+    rollbacks reported since it (an operator's rollback lands mid-epoch)."""
+
     consecutive_panics: int = 0
     total_panics: int = 0
     rollbacks: int = 0
@@ -63,35 +99,76 @@ class GovernorView:
 
 @dataclass
 class EnvView:
-    """Everything one env panel shows; histories are per epoch except the batch-level grad norm."""
+    """One env panel's data: the latest events whole, plus the histories the sparklines draw.
+
+    Figures are read from the events themselves (``summary.val_accuracy``, ...): adding a field
+    to ``EpochSummary`` needs no change here.
+    """
 
     env: int
     revision: int = field(default=0, compare=False)  # restamped when an event touches this env
-    episode: int = 0
-    epoch: int = 0
-    train_loss: float | None = None
-    train_accuracy: float | None = None
-    val_loss: float | None = None
-    val_accuracy: float | None = None
-    perplexity: float | None = None
+    summary: EpochSummary | None = None  # the latest
+    batch: BatchStats | None = None  # the latest since ``summary`` (None right after a summary)
+    attribution: Attribution | None = None  # the latest of the current episode
+    governor_events: list[GovernorPanic | GovernorRollback] = field(default_factory=list)
+    slots: dict[str, SlotView] = field(default_factory=dict)
+    # The trainer's threshold for this env as last reported: by BatchStats, EpochSummary, or the
+    # ack of a SetClipThreshold (which lands between them).
+    clip_threshold: float | None = None
     val_acc_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     val_loss_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     # Post-clip grad norm: from BatchStats when the trainer sends them (finer), else per epoch.
     grad_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     grad_from_batches: bool = False
-    grad_norm_pre: float | None = None
-    grad_norm_post: float | None = None
-    clipped_fraction: float | None = None
-    clip_threshold: float | None = None
-    batch_loss: float | None = None
-    slots: dict[str, SlotView] = field(default_factory=dict)
-    governor: GovernorView = field(default_factory=GovernorView)
-    last_action: str = "-"
-    reward: float | None = None
-    samples_per_s: float = 0.0
-    host_params: int = 0
-    seed_params: int = 0
-    attribution: Attribution | None = None  # the latest, for its exact flag and v(all)/v(none)
+
+    @property
+    def latest(self) -> BatchStats | EpochSummary | None:
+        """The newest of ``batch`` and ``summary``: the epoch in progress and its throughput."""
+        return self.batch if self.batch is not None else self.summary
+
+    @property
+    def grad_norm_post(self) -> float | None:
+        latest = self.latest
+        return None if latest is None else latest.grad_norm_post_clip
+
+    @property
+    def samples_per_s(self) -> float:
+        """Throughput of the epoch in progress (BatchStats) or of the last one (EpochSummary);
+        recordings older than ``BatchStats.samples_per_s`` carry 0.0 there."""
+        if self.batch is not None and self.batch.samples_per_s > 0:
+            return self.batch.samples_per_s
+        return self.summary.samples_per_s if self.summary is not None else 0.0
+
+    @property
+    def governor(self) -> GovernorFigures:
+        s = self.summary
+        if s is None and not self.governor_events:
+            return GovernorFigures()
+        consecutive = s.consecutive_panics if s else 0
+        total = s.total_panics if s else 0
+        rollbacks = s.rollbacks if s else 0
+        reason = s.last_panic_reason if s else None
+        for event in self.governor_events:
+            reason = event.reason
+            if type(event) is GovernorPanic:
+                consecutive, total = event.consecutive_panics, total + 1
+            else:
+                consecutive, rollbacks = 0, rollbacks + 1
+        return GovernorFigures(consecutive, total, rollbacks, s.skipped_steps if s else 0, reason)
+
+    @property
+    def attribution_current(self) -> bool:
+        """The latest attribution measured the epoch on screen (or a newer one)."""
+        a, s = self.attribution, self.summary
+        return a is not None and (s is None or (a.episode, a.epoch) >= (s.episode, s.epoch))
+
+    def shapley(self, slot: SlotView) -> ShapleyFigure | None:
+        measured = slot.measured
+        if measured is None:
+            return None
+        current = measured is self.attribution and self.attribution_current
+        value = measured.shapley[slot.slot_id]
+        return ShapleyFigure(value, measured.episode, measured.epoch, current)
 
 
 @dataclass
@@ -121,12 +198,15 @@ class ConsoleState:
     episodes: int = 0  # planned totals from RunStarted
     epochs: int = 0
     random_guess_loss: float | None = None
+    host_params: int = 0  # env 0's model as built (RunStarted), before any EpochSummary
+    seed_params: int = 0
     episode: int = 0  # latest epoch summarised (envs run in lockstep)
     epoch: int = 0
     epochs_done: int = 0  # epochs summarised, counted across episodes (for the progress bar)
-    samples_per_s: float = 0.0  # sum over envs of their latest throughput
     policy_update: PolicyUpdate | None = None
-    trainer_state: str = "waiting"  # waiting | running | paused | stopping | completed | ...
+    # starting (a live run before RunStarted) | running | paused | stopping | completed | stopped
+    # | crashed | waiting (nothing known yet: a replay before its first event)
+    trainer_state: str = "waiting"
     finished_status: str | None = None  # completed | stopped | crashed
     error: str | None = None
     clip_threshold: float | None = None  # the run-wide threshold last reported
@@ -138,6 +218,17 @@ class ConsoleState:
     envs: list[EnvView] = field(default_factory=list)
     log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
 
+    @classmethod
+    def planned(cls, plan: RunPlan | None) -> ConsoleState:
+        """The state before the first event: empty, or what the run's plan already says."""
+        state = cls()
+        if plan is not None:
+            state.run_id, state.task, state.policy = plan.run_id, plan.task, plan.policy
+            state.n_envs, state.episodes, state.epochs = plan.n_envs, plan.episodes, plan.epochs
+            state.device, state.clip_threshold = plan.device, plan.clip_threshold
+            state.trainer_state = "starting"
+        return state
+
     @property
     def is_language_model(self) -> bool:
         return self.task_kind == "language_model"
@@ -145,6 +236,11 @@ class ConsoleState:
     @property
     def finished(self) -> bool:
         return self.finished_status is not None
+
+    @property
+    def samples_per_s(self) -> float:
+        """The run's throughput: the sum over envs of their latest."""
+        return sum(view.samples_per_s for view in self.envs)
 
 
 def reduce(state: ConsoleState, event: Event) -> ConsoleState:
@@ -200,10 +296,14 @@ def env_view(state: ConsoleState, env: int) -> EnvView:
     """The view of ``env``, created on demand (a follower may start without RunStarted)."""
     while len(state.envs) <= env:
         view = EnvView(len(state.envs), revision=next(_revisions))
-        view.slots = {slot_id: SlotView(slot_id) for slot_id in state.slot_ids}
+        view.slots = {slot_id: SlotView(_dormant(slot_id)) for slot_id in state.slot_ids}
         view.clip_threshold = state.clip_threshold
         state.envs.append(view)
     return state.envs[env]
+
+
+def _dormant(slot_id: str) -> SlotState:
+    return SlotState(slot_id=slot_id, stage=SeedStage.DORMANT)
 
 
 def _run_started(state: ConsoleState, ev: RunStarted) -> None:
@@ -217,6 +317,7 @@ def _run_started(state: ConsoleState, ev: RunStarted) -> None:
     state.episodes = ev.episodes
     state.epochs = ev.epochs
     state.random_guess_loss = ev.random_guess_loss
+    state.host_params, state.seed_params = ev.host_params, ev.seed_params
     state.trainer_state = "running"
     threshold = ev.config.get("max_grad_norm")
     state.clip_threshold = float(threshold) if threshold else None
@@ -228,9 +329,7 @@ def _run_started(state: ConsoleState, ev: RunStarted) -> None:
 
 def _batch_stats(state: ConsoleState, ev: BatchStats) -> None:
     view = env_view(state, ev.env or 0)
-    view.batch_loss = ev.loss
-    view.grad_norm_pre = ev.grad_norm_pre_clip
-    view.grad_norm_post = ev.grad_norm_post_clip
+    view.batch = ev
     view.clip_threshold = ev.clip_threshold
     view.grad_from_batches = True
     view.grad_history.append(ev.grad_norm_post_clip)
@@ -239,84 +338,71 @@ def _batch_stats(state: ConsoleState, ev: BatchStats) -> None:
 
 def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
     view = env_view(state, ev.env or 0)
-    view.episode, view.epoch = ev.episode, ev.epoch
-    view.train_loss, view.train_accuracy = ev.train_loss, ev.train_accuracy
-    view.val_loss, view.val_accuracy = ev.val_loss, ev.val_accuracy
-    view.perplexity = ev.perplexity
+    _forget_other_episodes(view, ev.episode)
+    view.summary, view.batch = ev, None
+    view.governor_events = []
+    view.clip_threshold = ev.clip_threshold
     view.val_acc_history.append(ev.val_accuracy)
     view.val_loss_history.append(ev.val_loss)
-    view.grad_norm_pre, view.grad_norm_post = ev.grad_norm_pre_clip, ev.grad_norm_post_clip
-    view.clipped_fraction = ev.clipped_fraction
-    view.clip_threshold = ev.clip_threshold
     if not view.grad_from_batches:
         view.grad_history.append(ev.grad_norm_post_clip)
     for slot in ev.slots:
-        slot_view = view.slots.get(slot.slot_id)
-        if slot_view is None:
-            slot_view = view.slots[slot.slot_id] = SlotView(slot.slot_id)
-        slot_view.stage = slot.stage
-        slot_view.blueprint = slot.blueprint
-        slot_view.alpha = slot.alpha
-        slot_view.epochs_in_stage = slot.epochs_in_stage
-        if slot.stage in _GONE_STAGES:
-            slot_view.shapley = slot_view.shapley_std = None
-    gov = view.governor
-    gov.consecutive_panics, gov.total_panics = ev.consecutive_panics, ev.total_panics
-    gov.rollbacks, gov.skipped_steps = ev.rollbacks, ev.skipped_steps
-    if ev.last_panic_reason is not None:
-        gov.last_reason = ev.last_panic_reason
-    view.last_action = ev.last_action
-    view.reward = ev.reward
-    view.samples_per_s = ev.samples_per_s
-    view.host_params, view.seed_params = ev.host_params, ev.seed_params
+        _set_slot(view, slot)
     state.clip_threshold = ev.clip_threshold
     if (ev.episode, ev.epoch) > (state.episode, state.epoch):
         state.episode, state.epoch = ev.episode, ev.epoch
     state.epochs_done = max(state.epochs_done, ev.episode * state.epochs + ev.epoch + 1)
-    state.samples_per_s = sum(env.samples_per_s for env in state.envs)
+
+
+def _set_slot(view: EnvView, slot: SlotState) -> None:
+    """A slot's new state; a new seed (or none) never shows the previous seed's value."""
+    slot_view = view.slots.get(slot.slot_id)
+    if slot_view is None:
+        slot_view = view.slots[slot.slot_id] = SlotView(slot)
+    slot_view.state = slot
+    if slot.stage in _UNMEASURED_STAGES:
+        slot_view.measured = None
+
+
+def _forget_other_episodes(view: EnvView, episode: int) -> None:
+    """Each episode trains a new host: attributions of another episode measured another model."""
+    if view.attribution is not None and view.attribution.episode != episode:
+        view.attribution = None
+    for slot in view.slots.values():
+        if slot.measured is not None and slot.measured.episode != episode:
+            slot.measured = None
 
 
 def _seed_transition(state: ConsoleState, ev: SeedTransition) -> None:
     view = env_view(state, ev.env or 0)
     slot = view.slots.get(ev.slot_id)
-    if slot is None:
-        slot = view.slots[ev.slot_id] = SlotView(ev.slot_id)
-    slot.stage = ev.to_stage
-    slot.blueprint = ev.blueprint
-    slot.alpha = ev.alpha
-    slot.epochs_in_stage = 0
-    if ev.to_stage in _GONE_STAGES:
-        slot.shapley = slot.shapley_std = None
+    old = slot.state if slot is not None else _dormant(ev.slot_id)
+    # The alpha of the stage left (the next summary has the new one); no seed blends once cut.
+    alpha = ev.alpha if ev.to_stage in _BLENDING_STAGES else 0.0
+    new = msgspec.structs.replace(
+        old, stage=ev.to_stage, blueprint=ev.blueprint, alpha=alpha, epochs_in_stage=0
+    )
+    _set_slot(view, new)  # GERMINATED: a new seed, so the slot's last value was another's
     _log(state, ev)
 
 
 def _governor_panic(state: ConsoleState, ev: GovernorPanic) -> None:
-    gov = env_view(state, ev.env or 0).governor
-    gov.consecutive_panics = ev.consecutive_panics
-    gov.total_panics += 1
-    gov.last_reason = ev.reason
+    env_view(state, ev.env or 0).governor_events.append(ev)
     _log(state, ev)
 
 
 def _governor_rollback(state: ConsoleState, ev: GovernorRollback) -> None:
-    gov = env_view(state, ev.env or 0).governor
-    gov.rollbacks += 1
-    gov.consecutive_panics = 0
-    gov.last_reason = ev.reason
+    env_view(state, ev.env or 0).governor_events.append(ev)
     _log(state, ev)
 
 
 def _attribution(state: ConsoleState, ev: Attribution) -> None:
     view = env_view(state, ev.env or 0)
     view.attribution = ev
-    for slot_id, slot in view.slots.items():
-        value = ev.shapley.get(slot_id)
-        if value is not None:
-            slot.shapley = value
-            slot.shapley_std = ev.std.get(slot_id) if ev.std else None
-        elif slot.stage != "FOSSILIZED":
-            # Not attributed this time: no longer active. A fossilized seed keeps its last word.
-            slot.shapley = slot.shapley_std = None
+    for slot_id in ev.shapley:
+        slot = view.slots.get(slot_id)
+        if slot is not None:
+            slot.measured = ev
 
 
 def _policy_update(state: ConsoleState, ev: PolicyUpdate) -> None:

@@ -1,9 +1,10 @@
-"""Regenerate the README's console screenshots (SVG) from the deterministic fixture run.
+"""Regenerate the README's console screenshots (SVG) from the real engine's recording.
 
     python scripts/screenshots.py            # writes screenshots/*.svg
 
-The fixture (tests/console/fixtures.py) is a fixed stream of telemetry events, so the pictures
-only change when the console does.
+The recording (tests/console/fixtures/real_run.msgpack, made by scripts/make_fixture.py) is what
+the trainer really emitted, replayed at the same points as the snapshot tests, so the pictures
+change only when the console or the fixture does.
 """
 
 from __future__ import annotations
@@ -15,23 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the fixture lives in the test tree
 
-from overwatch.app import OverwatchApp  # noqa: E402
-from overwatch.sources import ReplaySource  # noqa: E402
-from tests.console.fixtures import FakeLiveSource, fixture_events, frozen_clock  # noqa: E402
+from tests.console.fixtures import live_app, replay_app  # noqa: E402
 
 OUT = ROOT / "screenshots"
-
-
-def live_app() -> OverwatchApp:
-    events = fixture_events()[:-1]  # still running
-    return OverwatchApp(FakeLiveSource(events), clock=frozen_clock(events))
-
-
-def replay_app() -> OverwatchApp:
-    source = ReplaySource.from_events(fixture_events(), clock=lambda: 0.0)
-    for _ in range(10):
-        source.step_forward()
-    return OverwatchApp(source, clock=lambda: 0.0)
 
 
 SHOTS = {

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from esper_engine.policy.actions import (
     N_OPS,
+    OPS,
     Action,
     ActionMasks,
     Op,
     action_masks,
     decode_actions,
+    op_index,
     stack_masks,
     validate,
 )
@@ -41,6 +43,7 @@ from esper_engine.policy.rewards import compute_reward, parameter_rent
 __all__ = [
     "CNN_PREFERENCE",
     "N_OPS",
+    "OPS",
     "STAGES",
     "TRANSFORMER_PREFERENCE",
     "Action",
@@ -59,6 +62,7 @@ __all__ = [
     "decode_actions",
     "explained_variance",
     "obs_dim",
+    "op_index",
     "parameter_rent",
     "plateaued",
     "stack_masks",

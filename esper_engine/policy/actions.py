@@ -1,37 +1,39 @@
 """The factored action space (op x slot x blueprint) and the masks that make illegal actions
-unsampleable: illegal actions are masked, never silently rewritten into legal ones."""
+unsampleable: illegal actions are masked, never silently rewritten into legal ones.
+
+``Op`` is the contracts' vocabulary (telemetry carries it as ``EpochSummary.last_op``); a
+tensor holds an op as its position in ``OPS`` (``op_index``), the order of the policy's op head.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import NamedTuple
 
 import torch
 
+from esper_engine.contracts import Op, SeedStage
 from esper_engine.policy.observation import EnvObservation, SlotObservation
 
-
-class Op(IntEnum):
-    WAIT = 0
-    GERMINATE = 1
-    ADVANCE = 2
-    PRUNE = 3
-    FOSSILIZE = 4
+OPS: tuple[Op, ...] = tuple(Op)  # position i of the op head (and of a mask's op axis) is OPS[i]
+N_OPS = len(OPS)
+_INDEX = {op: i for i, op in enumerate(OPS)}
 
 
-N_OPS = len(Op)
+def op_index(op: Op) -> int:
+    """The op's position in ``OPS``: how tensors (actions, masks, logits) hold it."""
+    return _INDEX[op]
 
 
-def uses_slot(op: int) -> bool:
+def uses_slot(op: Op) -> bool:
     """Every op but WAIT acts on a slot; WAIT's slot index is meaningless."""
-    return op != Op.WAIT
+    return op is not Op.WAIT
 
 
-def uses_blueprint(op: int) -> bool:
+def uses_blueprint(op: Op) -> bool:
     """Only GERMINATE chooses a blueprint."""
-    return op == Op.GERMINATE
+    return op is Op.GERMINATE
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,12 @@ class Action:
         return " ".join(parts)
 
     def to_tensor(self) -> torch.Tensor:
-        return torch.tensor([int(self.op), self.slot_index, self.blueprint_index])
+        return torch.tensor([op_index(self.op), self.slot_index, self.blueprint_index])
 
 
 def decode_actions(actions: torch.Tensor) -> list[Action]:
-    """Turn a ``[B, 3]`` (op, slot, blueprint) tensor from ``PPOAgent.act`` into Actions."""
-    return [Action(Op(int(op)), int(slot), int(bp)) for op, slot, bp in actions.tolist()]
+    """Turn a ``[B, 3]`` (op index, slot, blueprint) tensor from ``PPOAgent.act`` into Actions."""
+    return [Action(OPS[op], slot, bp) for op, slot, bp in actions.tolist()]
 
 
 class ActionMasks(NamedTuple):
@@ -71,24 +73,24 @@ class ActionMasks(NamedTuple):
 
 def legal_in_slot(op: Op, slot: SlotObservation) -> bool:
     """The per-slot legality rule shared by the masks, ``validate`` and the heuristic."""
-    if op == Op.GERMINATE:
-        return slot.stage == "DORMANT"
-    if op == Op.ADVANCE:
+    if op is Op.GERMINATE:
+        return slot.stage is SeedStage.DORMANT
+    if op is Op.ADVANCE:
         return slot.is_live and slot.can_advance
-    if op == Op.PRUNE:
+    if op is Op.PRUNE:
         return slot.is_live and slot.can_prune
-    if op == Op.FOSSILIZE:
-        return slot.stage == "HOLDING" and slot.can_fossilize
+    if op is Op.FOSSILIZE:
+        return slot.stage is SeedStage.HOLDING and slot.can_fossilize
     return True  # WAIT: the slot is ignored, so any index is acceptable
 
 
 def action_masks(obs: EnvObservation, n_blueprints: int) -> ActionMasks:
     """Legal ops, slots per op and blueprints for one env (WAIT is always legal)."""
     slot = torch.tensor(
-        [[legal_in_slot(op, s) for s in obs.slots] for op in Op], dtype=torch.bool
+        [[legal_in_slot(op, s) for s in obs.slots] for op in OPS], dtype=torch.bool
     ).reshape(N_OPS, len(obs.slots))
     op = slot.any(dim=1)
-    op[Op.WAIT] = True
+    op[op_index(Op.WAIT)] = True
     # Every blueprint fits every dormant slot; the mask exists so a caller can restrict them.
     blueprint = torch.ones(n_blueprints, dtype=torch.bool)
     return ActionMasks(op, slot, blueprint)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from esper_engine.config import HeuristicConfig, PPOConfig
 from esper_engine.policy.actions import (
     N_OPS,
     Action,
@@ -17,9 +18,9 @@ from esper_engine.policy.actions import (
     decode_actions,
     stack_masks,
 )
-from esper_engine.policy.heuristic import CNN_PREFERENCE, TRANSFORMER_PREFERENCE, HeuristicPolicy
+from esper_engine.policy.heuristic import HeuristicPolicy
 from esper_engine.policy.observation import EnvObservation, obs_dim, stack_observations
-from esper_engine.policy.ppo import PPOAgent, PPOConfig, RolloutBuffer
+from esper_engine.policy.ppo import PPOAgent, RolloutBuffer
 
 
 class PolicyDriver:
@@ -34,8 +35,10 @@ class PolicyDriver:
         slot_ids: Sequence[str],
         blueprints: Sequence[str],
         host_kind: str,
-        seed: int,
+        heuristic: HeuristicConfig,
+        ppo: PPOConfig,
     ) -> None:
+        """``ppo.seed`` must be set (the trainer fills in the run's seed when it is None)."""
         self.kind = kind
         self.blueprints = tuple(blueprints)
         self.slot_ids = tuple(slot_ids)
@@ -44,14 +47,14 @@ class PolicyDriver:
         self.agent: PPOAgent | None = None
         self.buffer: RolloutBuffer | None = None
         if kind == "heuristic":
-            preference = CNN_PREFERENCE if host_kind == "cnn" else TRANSFORMER_PREFERENCE
-            self.heuristic = HeuristicPolicy(len(slot_ids), blueprints, preference=preference)
+            self.heuristic = build_heuristic(heuristic, len(slot_ids), blueprints, host_kind)
         elif kind == "static":
             pass
         elif kind == "ppo":
-            config = PPOConfig(seed=seed)
+            if ppo.seed is None:
+                raise ValueError("PolicyDriver needs ppo.seed set (TrainingConfig.ppo_seed())")
             self.agent = PPOAgent(
-                obs_dim(len(slot_ids)), N_OPS, len(slot_ids), len(blueprints), config
+                obs_dim(len(slot_ids)), N_OPS, len(slot_ids), len(blueprints), ppo
             )
             self.buffer = RolloutBuffer(n_envs)
         else:
@@ -112,3 +115,24 @@ class PolicyDriver:
         if self.agent is None or self.buffer is None or len(self.buffer) == 0:
             return None
         return self.agent.update(self.buffer)
+
+
+def build_heuristic(
+    config: HeuristicConfig, n_slots: int, blueprints: Sequence[str], host_kind: str
+) -> HeuristicPolicy:
+    """The heuristic policy with every rule from the run's config."""
+    preference = config.cnn_preference if host_kind == "cnn" else config.transformer_preference
+    return HeuristicPolicy(
+        n_slots,
+        blueprints,
+        preference=preference,
+        plateau_window=config.plateau_window,
+        plateau_delta=config.plateau_delta,
+        fossilize_threshold=config.fossilize_threshold,
+        prune_threshold=config.prune_threshold,
+        min_prune_age=config.min_blending_epochs,
+        holding_patience=config.holding_patience,
+        max_live=config.max_live,
+        grow_from_start=config.grow_from_start,
+        min_epochs_left=config.min_epochs_left,
+    )

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from esper_engine.policy.actions import Action, Op, legal_in_slot
+from esper_engine.contracts import Op, SeedStage
+from esper_engine.policy.actions import Action, legal_in_slot
 from esper_engine.policy.observation import EnvObservation, SlotObservation
 
 CNN_PREFERENCE = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
 TRANSFORMER_PREFERENCE = ("lora", "mlp_small", "attention", "norm")
 # Stages a slot can be in while the episode's early seeds are still going in (nothing judged yet).
-_EARLY_STAGES = frozenset({"DORMANT", "GERMINATED", "TRAINING"})
+_EARLY_STAGES = frozenset({SeedStage.DORMANT, SeedStage.GERMINATED, SeedStage.TRAINING})
 
 
 def plateaued(history: Sequence[float], window: int, delta: float) -> bool:
@@ -40,7 +41,7 @@ class HeuristicPolicy:
         preference: Sequence[str] = CNN_PREFERENCE,
         plateau_window: int = 3,
         plateau_delta: float = 0.005,
-        fossilize_threshold: float = 0.5,
+        fossilize_threshold: float = 0.005,
         prune_threshold: float = 0.0,
         min_prune_age: int = 2,
         holding_patience: int = 3,
@@ -48,7 +49,8 @@ class HeuristicPolicy:
         grow_from_start: bool = True,
         min_epochs_left: int = 5,
     ) -> None:
-        """Thresholds are in accuracy points (Shapley units); ``plateau_delta`` is a fraction.
+        """Every threshold is a fraction of accuracy, the unit of Shapley values and accuracies:
+        ``fossilize_threshold`` 0.005 is half an accuracy point.
 
         ``holding_patience``: epochs a HOLDING seed may stay below ``fossilize_threshold``
         before it is pruned, so a lukewarm seed cannot block its slot (and ``max_live``) forever.
@@ -102,12 +104,12 @@ class HeuristicPolicy:
     def _should_prune(self, slot: SlotObservation) -> bool:
         if slot.contribution is None:
             return False  # never judged: TRAINING seeds are not attributed (alpha is 0)
-        if slot.stage == "BLENDING" and slot.epochs_in_stage < self.min_prune_age:
+        if slot.stage is SeedStage.BLENDING and slot.epochs_in_stage < self.min_prune_age:
             return False  # too young: a seed at low alpha has barely had a chance to help
         if slot.contribution < self.prune_threshold:
             return True
         return (
-            slot.stage == "HOLDING"
+            slot.stage is SeedStage.HOLDING
             and slot.epochs_in_stage >= self.holding_patience
             and slot.contribution <= self.fossilize_threshold
         )
@@ -146,7 +148,7 @@ class HeuristicPolicy:
 
     def _advance(self, obs: EnvObservation) -> Action | None:
         # HOLDING is left alone: leaving it is FOSSILIZE or PRUNE, which need the contribution.
-        return self._first(obs, Op.ADVANCE, lambda s: s.stage != "HOLDING")
+        return self._first(obs, Op.ADVANCE, lambda s: s.stage is not SeedStage.HOLDING)
 
     def _germinate(self, obs: EnvObservation) -> Action | None:
         if obs.live_count() >= self.max_live:

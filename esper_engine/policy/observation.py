@@ -1,7 +1,7 @@
 """What a policy sees of one env after an epoch, and its fixed-size vector encoding for PPO.
 
-The policy package stays pure (no model or trainer imports), so stages travel as the
-``SeedStage`` member *names*; ``STAGES`` lists them in lifecycle order for the one-hot.
+The policy package stays pure (no model or trainer imports): it shares only the contracts'
+vocabulary (``SeedStage``); ``STAGES`` is their lifecycle order, the order of the one-hot.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from esper_engine.contracts import LIVE_SEED_STAGES, SEED_STAGES
+from esper_engine.contracts import LIVE_SEED_STAGES, SeedStage
 
-STAGES: tuple[str, ...] = SEED_STAGES
-LIVE_STAGES: frozenset[str] = LIVE_SEED_STAGES
+STAGES: tuple[SeedStage, ...] = tuple(SeedStage)
 
 HISTORY_DELTAS = 4  # recent per-epoch changes of accuracy and loss in the vector
 GLOBAL_FEATURES = 8 + 2 * HISTORY_DELTAS
@@ -26,22 +25,27 @@ SLOT_FEATURES = len(STAGES) + 7
 class SlotObservation:
     """One slot: lifecycle stage, blend, attribution and what its gates allow now."""
 
-    stage: str  # a SeedStage name, e.g. "TRAINING"
+    stage: SeedStage  # its value ("TRAINING") is accepted and converted
     blueprint: str | None = None
-    alpha: float = 0.0
+    alpha: float = 0.0  # blend weight in [0, 1]
     epochs_in_stage: int = 0
-    contribution: float | None = None  # Shapley value in accuracy points; None = not measured
+    contribution: float | None = None  # Shapley value, a fraction of accuracy; None: not measured
     can_advance: bool = False
     can_prune: bool = False
     can_fossilize: bool = False
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown seed stage {self.stage!r}; expected one of {STAGES}")
+        try:
+            stage = SeedStage(self.stage)
+        except ValueError:
+            raise ValueError(
+                f"unknown seed stage {self.stage!r}; expected one of {', '.join(SeedStage)}"
+            ) from None
+        object.__setattr__(self, "stage", stage)  # frozen: the member, whatever was passed
 
     @property
     def is_live(self) -> bool:
-        return self.stage in LIVE_STAGES
+        return self.stage in LIVE_SEED_STAGES
 
 
 @dataclass(frozen=True)
@@ -124,13 +128,14 @@ def _global_features(obs: EnvObservation) -> list[float]:
 
 
 def _slot_features(slot: SlotObservation) -> list[float]:
-    one_hot = [1.0 if slot.stage == stage else 0.0 for stage in STAGES]
+    one_hot = [1.0 if slot.stage is stage else 0.0 for stage in STAGES]
     measured = slot.contribution is not None
     return [
         *one_hot,
         _finite(slot.alpha, 1.0),
         min(slot.epochs_in_stage, 30) / 10.0,
-        _finite(slot.contribution / 10.0, 3.0) if measured else 0.0,  # points / 10
+        # a fraction x 10 (a tenth of the points): a seed worth a few points sits near 0.1..1
+        _finite(slot.contribution * 10.0, 3.0) if measured else 0.0,
         1.0 if measured else 0.0,  # tells "not measured" apart from "exactly zero"
         float(slot.can_advance),
         float(slot.can_prune),

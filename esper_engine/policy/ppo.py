@@ -24,43 +24,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from esper_engine.policy.actions import N_OPS, ActionMasks, Op, stack_masks
+# Every hyperparameter, with its docstring and bounds, lives in the run's config (torch-free).
+from esper_engine.config import PPOConfig
+from esper_engine.policy.actions import N_OPS, OPS, ActionMasks, Op, op_index, stack_masks
 
 MASKED_LOGIT = -1e9  # finite, so fully masked rows stay NaN-free; exp() underflows to exactly 0
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """Every PPO hyperparameter in one place (CleanRL defaults)."""
-
-    lr: float = 3e-4
-    """Adam learning rate."""
-    gamma: float = 0.99
-    """Discount per RL step (one host epoch)."""
-    gae_lambda: float = 0.95
-    """GAE lambda: bias/variance trade-off of the advantage estimate."""
-    clip_coef: float = 0.2
-    """Surrogate clipping range for the probability ratio (and for the value loss)."""
-    ent_coef: float = 0.01
-    """Weight of the entropy bonus."""
-    vf_coef: float = 0.5
-    """Weight of the value loss."""
-    max_grad_norm: float = 0.5
-    """Global gradient-norm clip over all agent parameters."""
-    update_epochs: int = 4
-    """Passes over the rollout per update."""
-    minibatches: int = 4
-    """Minibatches per pass (the rollout is reshuffled each pass)."""
-    norm_adv: bool = True
-    """Normalise advantages to zero mean and unit std within each minibatch."""
-    clip_vloss: bool = True
-    """Clip the value prediction's change around the rollout value, as PPO2 does."""
-    target_kl: float | None = None
-    """Stop the update early after a pass whose approx-KL exceeds this (None: never)."""
-    hidden: int = 64
-    """Width of the two tanh layers of the shared trunk."""
-    seed: int = 0
-    """Seeds the weight init, action sampling and minibatch shuffling."""
 
 
 class ActOutput(NamedTuple):
@@ -94,7 +62,8 @@ def _entropy(log_p: torch.Tensor) -> torch.Tensor:
     return -torch.where(p > 0, p * log_p, 0.0).sum(-1)
 
 
-_USES_SLOT = torch.tensor([op != Op.WAIT for op in Op])
+_USES_SLOT = torch.tensor([op is not Op.WAIT for op in OPS])
+_GERMINATE = op_index(Op.GERMINATE)
 
 
 class PPOAgent(nn.Module):
@@ -113,7 +82,8 @@ class PPOAgent(nn.Module):
             raise ValueError(f"n_ops must be {N_OPS} (the ops of Op), got {n_ops}")
         self.config = config or PPOConfig()
         self.n_slots, self.n_blueprints = n_slots, n_blueprints
-        init = torch.Generator().manual_seed(self.config.seed)
+        seed = 0 if self.config.seed is None else self.config.seed  # None: the run's seed, or 0
+        init = torch.Generator().manual_seed(seed)
         hidden = self.config.hidden
         self.trunk = nn.Sequential(
             _layer(obs_dim, hidden, math.sqrt(2), init),
@@ -127,7 +97,7 @@ class PPOAgent(nn.Module):
         self.blueprint_head = _layer(hidden, n_blueprints, 0.01, init)
         self.value_head = _layer(hidden, 1, 1.0, init)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=1e-5)
-        self.generator = torch.Generator().manual_seed(self.config.seed + 1)
+        self.generator = torch.Generator().manual_seed(seed + 1)
 
     def _heads(self, obs: torch.Tensor, masks: ActionMasks) -> _Heads:
         if not bool(masks.op.any(dim=-1).all()):
@@ -147,14 +117,14 @@ class PPOAgent(nn.Module):
         rows = torch.arange(len(actions))
         log_p = heads.op[rows, op]
         log_p = log_p + torch.where(_USES_SLOT[op], heads.slot[rows, op, slot], 0.0)
-        return log_p + torch.where(op == Op.GERMINATE, heads.blueprint[rows, blueprint], 0.0)
+        return log_p + torch.where(op == _GERMINATE, heads.blueprint[rows, blueprint], 0.0)
 
     @staticmethod
     def _entropy(heads: _Heads) -> torch.Tensor:
         """H(op) + sum over slot-using ops of p(op) H(slot | op) + p(GERMINATE) H(blueprint)."""
         p_op = heads.op.exp()
         slot_term = (p_op * _USES_SLOT * _entropy(heads.slot)).sum(-1)
-        return _entropy(heads.op) + slot_term + p_op[:, Op.GERMINATE] * _entropy(heads.blueprint)
+        return _entropy(heads.op) + slot_term + p_op[:, _GERMINATE] * _entropy(heads.blueprint)
 
     @torch.no_grad()
     def act(

@@ -7,11 +7,13 @@ from itertools import groupby
 from rich.style import Style
 from rich.text import Text
 
-from overwatch.state import EnvView, SlotView
+from esper_engine.contracts import EpochSummary, SeedStage
+from overwatch.state import EnvView, ShapleyFigure, SlotView
 from overwatch.widgets.formatting import (
     STAGE_COMPONENTS,
     env_label,
     epoch_number,
+    measured_at,
     num,
     pct,
     points,
@@ -43,6 +45,7 @@ class EnvPanel(LineWidget):
         "spark--clipped",
         "shapley--pos",
         "shapley--neg",
+        "shapley--stale",
         *STAGE_COMPONENTS,
     }
 
@@ -51,57 +54,74 @@ class EnvPanel(LineWidget):
         self.env = env
         self.view: EnvView | None = None
         self.language_model = False
+        self.run_params = (0, 0)  # host and seed parameters of the model as built
         self._shown: tuple[int, bool, bool] | None = None
         self._titles = (env_label(env), "")
         self.border_title = env_label(env)
 
-    def update(self, view: EnvView, *, focused: bool, language_model: bool) -> None:
-        """Show ``view``; the focused env gets the highlighted border. Unchanged: no redraw."""
-        shown = (view.revision, focused, language_model)
+    def update(
+        self,
+        view: EnvView,
+        *,
+        focused: bool,
+        language_model: bool,
+        run_params: tuple[int, int] = (0, 0),
+    ) -> None:
+        """Show ``view``; the focused env gets the highlighted border. Unchanged: no redraw.
+
+        ``run_params``: host and seed parameters of the model as built (RunStarted), shown until
+        the env's first EpochSummary counts its own."""
+        shown = (view.revision, focused, language_model, run_params)
         if shown == self._shown:
             return
         self._shown = shown
         self.view = view
         self.env = view.env
         self.language_model = language_model
+        self.run_params = run_params
         self.set_class(focused, "-focused")
         self.set_class(view.governor.consecutive_panics > 0, "-panicking")
         marker = "▶ " if focused else ""
-        titles = (
-            f"{marker}{env_label(view.env)}",
-            f"epoch {epoch_number(view.epoch)} · {rate(view.samples_per_s)}",
-        )
+        latest = view.latest  # the epoch in progress (BatchStats) or the last one summarised
+        progress = "" if latest is None else f"epoch {epoch_number(latest.epoch)} · "
+        titles = (f"{marker}{env_label(view.env)}", f"{progress}{rate(view.samples_per_s)}")
         if titles != self._titles:
             self._titles = titles
             self.set_border_titles(*titles)
         self.redraw()
 
     def build_lines(self, width: int, height: int) -> list[Text]:
-        if self.view is None:
-            return [Text("waiting for the first epoch", style=self._style("panel--dim"))]
-        lines = self._lines(self.view, width, height)
+        view = self.view
+        if view is None or view.summary is None:
+            lines = [Text("waiting for the first epoch", style=self._style("panel--dim"))]
+            if view is not None and view.batch is not None:
+                lines.append(self._grad(view, None, width))
+            if self.run_params[0]:
+                lines.append(self._params(*self.run_params))
+        else:
+            lines = self._lines(view, view.summary, width, height)
         for line in lines:
             line.truncate(width)
         return lines
 
     # --- lines -----------------------------------------------------------------------------------
 
-    def _lines(self, view: EnvView, width: int, height: int) -> list[Text]:
+    def _lines(self, view: EnvView, summary: EpochSummary, width: int, height: int) -> list[Text]:
         """The figures first, then as many slots as fit (dormant ones summarised when tight),
         then the governor and the last action; extra detail lines only when there is room."""
         if width >= SIDE_BY_SIDE_MIN_WIDTH:
             half = width // 2
-            top = [self._accuracy(view, half) + self._loss(view, width - half)]
+            top = [self._accuracy(view, summary, half) + self._loss(view, summary, width - half)]
         else:
-            top = [self._accuracy(view, width), self._loss(view, width)]
-        fixed = [*top, self._grad(view, width)]
-        tail = [self._governor(view, width), self._action(view)]
-        slots = [self._slot(slot, width) for slot in view.slots.values()]
+            top = [self._accuracy(view, summary, width), self._loss(view, summary, width)]
+        fixed = [*top, self._grad(view, summary, width)]
+        tail = [self._governor(view, width), self._action(summary)]
+        slots = [self._slot(view, slot, width) for slot in view.slots.values()]
         room = max(height - len(fixed) - len(tail), 0)
         if len(slots) > room:
             return fixed + self._tight_slots(view, width, room) + tail
-        extras = [self._training(view)]
-        if any(slot.shapley is not None for slot in view.slots.values()):
+        extras = [self._training(summary)]
+        if view.attribution is not None:
             extras.append(self._shapley_summary(view))
         extras = extras[: room - len(slots)]
         # Two lines reserved for the extras either way, so side-by-side charts match in height.
@@ -110,27 +130,27 @@ class EnvPanel(LineWidget):
         return top + chart + fixed[len(top) :] + extras[:1] + slots + extras[1:] + tail
 
     def _tight_slots(self, view: EnvView, width: int, room: int) -> list[Text]:
-        live = [slot for slot in view.slots.values() if slot.stage != "DORMANT"]
-        lines = [self._slot(slot, width) for slot in live][: max(room - 1, 0)]
+        live = [slot for slot in view.slots.values() if slot.state.stage != SeedStage.DORMANT]
+        lines = [self._slot(view, slot, width) for slot in live][: max(room - 1, 0)]
         idle = len(view.slots) - len(lines)
         if idle and room:
             lines.append(Text(f"+{idle} more slots", style=self._style("panel--dim")))
         return lines
 
-    def _accuracy(self, view: EnvView, width: int) -> Text:
+    def _accuracy(self, view: EnvView, summary: EpochSummary, width: int) -> Text:
         text = self._label("acc ")
-        text.append(pct(view.val_accuracy).rjust(6))
+        text.append(pct(summary.val_accuracy).rjust(6))
         text.append(" ")
         spark_width = max(width - text.cell_len - 1, 0)
         text.append(sparkline(view.val_acc_history, spark_width), self._style("spark--acc"))
         return text.append(" " * max(width - text.cell_len, 0))
 
-    def _loss(self, view: EnvView, width: int) -> Text:
+    def _loss(self, view: EnvView, summary: EpochSummary, width: int) -> Text:
         text = self._label("loss ")
-        text.append(num(view.val_loss).rjust(6))
+        text.append(num(summary.val_loss).rjust(6))
         if self.language_model:
             text.append(self._label(" ppl "))
-            text.append(num(view.perplexity, 1))
+            text.append(num(summary.perplexity, 1))
         text.append(" ")
         spark_width = max(width - text.cell_len, 0)
         text.append(sparkline(view.val_loss_history, spark_width), self._style("spark--loss"))
@@ -152,22 +172,22 @@ class EnvPanel(LineWidget):
             lines.append(line.append(row, self._style("spark--acc")))
         return lines
 
-    def _grad(self, view: EnvView, width: int) -> Text:
-        """Post-clip grad norm against the threshold: bars at the threshold were clipped."""
+    def _grad(self, view: EnvView, summary: EpochSummary | None, width: int) -> Text:
+        """Post-clip grad norm (the latest batch's, or the epoch's mean) against the threshold,
+        and the epoch's clipped fraction: bars at the threshold were clipped."""
         threshold = view.clip_threshold
         text = self._label("grad ")
         text.append(num(view.grad_norm_post, 2))
         text.append(
             f"/{num(threshold, 2)}" if threshold else " (no clip)", self._style("panel--dim")
         )
-        clipped = (
-            f" clipped {pct(view.clipped_fraction, 0)}" if view.clipped_fraction is not None else ""
-        )
+        fraction = summary.clipped_fraction if summary is not None else None
+        clipped = f" clipped {pct(fraction, 0)}" if fraction is not None else ""
         text.append(" ")
         spark_width = max(width - text.cell_len - len(clipped) - 1, 0)
         text.append_text(self._grad_spark(view, spark_width))
         text.append(" " * max(width - text.cell_len - len(clipped), 1))
-        warn = (view.clipped_fraction or 0.0) >= 0.5
+        warn = (fraction or 0.0) >= 0.5
         text.append(clipped.lstrip(), self._style("panel--warn" if warn else "panel--dim"))
         return text
 
@@ -187,43 +207,60 @@ class EnvPanel(LineWidget):
             text.append("".join(char for char, _ in run), clipped if at_limit else normal)
         return text
 
-    def _slot(self, slot: SlotView, width: int) -> Text:
-        text = Text(f"{slot.slot_id:<7.7} ", style=self._style("panel--label"))
-        text.append(f"{slot.stage:<10.10}", self._style(stage_component(slot.stage)))
-        if slot.stage == "DORMANT":
+    def _slot(self, view: EnvView, slot: SlotView, width: int) -> Text:
+        state = slot.state
+        text = Text(f"{state.slot_id:<7.7} ", style=self._style("panel--label"))
+        text.append(f"{state.stage:<10.10}", self._style(stage_component(state.stage)))
+        if state.stage == SeedStage.DORMANT:
             return text
-        text.append(f" {slot.blueprint or '-':<10.10}")
-        text.append(f" α{slot.alpha:.2f}", self._style("panel--dim"))
-        if slot.shapley is not None:
-            positive = slot.shapley >= 0
-            style = self._style("shapley--pos" if positive else "shapley--neg")
-            text.append(f" {points(slot.shapley):>7}", style)
-            bar_width = min(max(width - text.cell_len - 1, 0), 12)
-            text.append(" ")
-            text.append(hbar(abs(slot.shapley) / SHAPLEY_FULL_SCALE, bar_width).rstrip(), style)
+        text.append(f" {state.blueprint or '-':<10.10}")
+        text.append(f" α{state.alpha:.2f}", self._style("panel--dim"))
+        figure = view.shapley(slot)
+        if figure is not None:
+            text.append_text(self._shapley(figure, width - text.cell_len))
         return text
 
-    def _training(self, view: EnvView) -> Text:
+    def _shapley(self, figure: ShapleyFigure, room: int) -> Text:
+        """The value with its bar; one measured in an earlier epoch is dimmed and says when
+        (``+3.1pp@e4``) instead of passing for the current one."""
+        value = points(figure.value)
+        if not figure.current:
+            stale = f"{value}{measured_at(figure.epoch)}"
+            return Text(f" {stale:>7}", style=self._style("shapley--stale"))
+        style = self._style("shapley--pos" if figure.value >= 0 else "shapley--neg")
+        text = Text(f" {value:>7}", style=style)
+        bar_width = min(max(room - text.cell_len - 1, 0), 12)
+        text.append(" ")
+        return text.append(hbar(abs(figure.value) / SHAPLEY_FULL_SCALE, bar_width).rstrip(), style)
+
+    def _training(self, summary: EpochSummary) -> Text:
         text = self._label("train ")
-        text.append(f"loss {num(view.train_loss)} · acc {pct(view.train_accuracy)}")
-        text.append(self._label(" · params "))
-        text.append(f"{view.host_params:,}")
-        if view.seed_params:
-            text.append(f"+{view.seed_params:,}")
-        return text
+        text.append(f"loss {num(summary.train_loss)} · acc {pct(summary.train_accuracy)} · ")
+        return text.append_text(self._params(summary.host_params, summary.seed_params))
+
+    def _params(self, host: int, seeds: int) -> Text:
+        text = self._label("params ")
+        text.append(f"{host:,}")
+        return text.append(f"+{seeds:,}") if seeds else text
 
     def _shapley_summary(self, view: EnvView) -> Text:
+        """v(all) and v(none) of the attribution the slots' current values come from; dimmed and
+        marked with its epoch when that is an earlier one (``shapley@e4``)."""
         attribution = view.attribution
-        text = self._label("shapley ")
+        text = self._label("shapley")
         if attribution is None:
             return text
-        method = "exact" if attribution.exact else "sampled"
-        text.append(method)
-        text.append(self._label(" · v(all) "))
-        text.append(pct(attribution.full_value))
+        dim = self._style("panel--dim")
+        current = view.attribution_current
+        figure = Style() if current else dim
+        if not current:
+            text.append(measured_at(attribution.epoch), dim)
+        text.append(self._label(" v(all) "))
+        text.append(pct(attribution.full_value), figure)
         text.append(self._label(" · v(∅) "))
-        text.append(pct(attribution.empty_value))
-        return text.append(f" · {attribution.coalitions} coalitions", self._style("panel--dim"))
+        text.append(pct(attribution.empty_value), figure)
+        method = "exact" if attribution.exact else "sampled"
+        return text.append(f" · {method}, {attribution.coalitions} coalitions", dim)
 
     def _governor(self, view: EnvView, width: int) -> Text:
         """Panics (in a row and in total), rollbacks, last reason; fp16 skipped steps if any."""
@@ -244,11 +281,11 @@ class EnvPanel(LineWidget):
                 text.append(skipped, self._style("panel--warn"))
         return text
 
-    def _action(self, view: EnvView) -> Text:
+    def _action(self, summary: EpochSummary) -> Text:
         text = self._label("act ")
-        text.append(view.last_action)
+        text.append(summary.last_action)
         text.append(self._label(" · reward "))
-        reward = view.reward
+        reward = summary.reward
         style = "panel--dim" if reward is None else ("panel--good" if reward >= 0 else "panel--bad")
         text.append(signed(reward), self._style(style))
         return text

@@ -39,21 +39,23 @@ class EnvRow(Widget):
         text.append("▶" if self.focused_row else " ", self._style("row--label"))
         text.append(f"env{self.env + 1:<2}", self._style("row--label"))
         view = self.view
-        if view is None:
+        summary = view.summary if view is not None else None
+        if view is None or summary is None:
             return text.append(" waiting", self._style("row--dim"))
-        text.append(f" {pct(view.val_accuracy):>6} ")
+        text.append(f" {pct(summary.val_accuracy):>6} ")
         text.append(
             f"{sparkline(view.val_acc_history, SPARK_WIDTH):<{SPARK_WIDTH}}",
             self._style("spark--acc"),
         )
         text.append(self._dim(" L"))
-        text.append(f"{num(view.val_loss, 2):>5}")
+        text.append(f"{num(summary.val_loss, 2):>5}")
         text.append(self._dim(" g"))
         text.append(f"{num(view.grad_norm_post, 2)}")
         text.append(self._dim(f"/{num(view.clip_threshold, 2)}"))
         text.append(" ")
         for slot in view.slots.values():
-            text.append(STAGE_GLYPHS.get(slot.stage, "?"), self._style(stage_component(slot.stage)))
+            stage = slot.state.stage
+            text.append(STAGE_GLYPHS[stage], self._style(stage_component(stage)))
         gov = view.governor
         text.append(self._dim(" P"))
         text.append(
@@ -62,7 +64,9 @@ class EnvRow(Widget):
         )
         text.append(self._dim(f"/{gov.total_panics} R"))
         text.append(f"{gov.rollbacks}")
-        text.append(f" {view.last_action}")
+        text.append(f" {summary.last_action}")
+        # Cut with a visible mark: a silently cropped "GERMINATE block1" passes for a whole action.
+        text.truncate(self.content_size.width, overflow="ellipsis")
         return text
 
     def _dim(self, text: str) -> Text:

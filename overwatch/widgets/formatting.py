@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import math
 
-from esper_engine.contracts import SEED_STAGES
+from esper_engine.contracts import SeedStage
 
-STAGES = SEED_STAGES
 # Component classes (styled in overwatch.tcss) for each lifecycle stage.
-STAGE_COMPONENTS = frozenset(f"stage--{stage.lower()}" for stage in STAGES)
+STAGE_COMPONENTS = frozenset(f"stage--{stage.lower()}" for stage in SeedStage)
 # One glyph per stage for the compact one-line env rows.
-STAGE_GLYPHS = {
-    "DORMANT": "·",
-    "GERMINATED": "g",
-    "TRAINING": "T",
-    "BLENDING": "B",
-    "HOLDING": "H",
-    "FOSSILIZED": "F",
-    "PRUNED": "x",
-    "EMBARGOED": "e",
-    "RESETTING": "r",
+STAGE_GLYPHS: dict[SeedStage, str] = {
+    SeedStage.DORMANT: "·",
+    SeedStage.GERMINATED: "g",
+    SeedStage.TRAINING: "T",
+    SeedStage.BLENDING: "B",
+    SeedStage.HOLDING: "H",
+    SeedStage.FOSSILIZED: "F",
+    SeedStage.PRUNED: "x",
+    SeedStage.EMBARGOED: "e",
+    SeedStage.RESETTING: "r",
 }
 
 
-def stage_component(stage: str) -> str:
-    name = f"stage--{stage.lower()}"
-    return name if name in STAGE_COMPONENTS else "stage--dormant"
+def stage_component(stage: SeedStage) -> str:
+    return f"stage--{stage.lower()}"
 
 
 def env_label(env: int | None) -> str:
@@ -56,6 +54,8 @@ def num(value: float | None, digits: int = 3) -> str:
 def signed(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return num(value, digits)
+    if round(value, digits) == 0:
+        value = 0.0  # a value that rounds to zero reads +0.000, never -0.000
     return f"{value:+.{digits}f}"
 
 
@@ -70,7 +70,12 @@ def points(fraction: float | None) -> str:
     """An accuracy difference (fraction) in percentage points, signed."""
     if fraction is None or not math.isfinite(fraction):
         return num(fraction)
-    return f"{100 * fraction:+.1f}pp"
+    return f"{signed(100 * fraction, 1)}pp"
+
+
+def measured_at(epoch: int) -> str:
+    """Marks a figure measured in an earlier epoch: ``@e4`` (epoch counted from 1)."""
+    return f"@e{epoch_number(epoch)}"
 
 
 def rate(samples_per_s: float) -> str:

@@ -33,17 +33,15 @@ class RunHeader(LineWidget):
         super().__init__(id=id, classes=classes)
         self.state: ConsoleState | None = None
         self.liveness = "WAITING"
-        self.thread_state = ""
         self._shown: tuple | None = None
 
-    def update(self, state: ConsoleState, *, liveness: str, thread_state: str) -> None:
-        shown = (state.revision, state.dropped, liveness, thread_state)
+    def update(self, state: ConsoleState, *, liveness: str) -> None:
+        shown = (id(state), state.revision, state.dropped, liveness)
         if shown == self._shown:
             return
         self._shown = shown
         self.state = state
         self.liveness = liveness
-        self.thread_state = thread_state
         self.redraw()  # most events change no figure up here: usually nothing to repaint
 
     def build_lines(self, width: int, height: int) -> list[Text]:
@@ -94,10 +92,9 @@ class RunHeader(LineWidget):
             "ENDED": "header--dim",
         }.get(self.liveness, "header--dim")
         text = Text(f"● {self.liveness}", style=self._style(kind))
-        state = self.state
-        trainer = state.trainer_state if state else "-"
-        if state and not state.finished and self.thread_state in ("idle", "finished"):
-            trainer = f"thread {self.thread_state}"  # the thread ended without saying why
+        # The trainer's state as its events tell it (a live source reports a thread that died
+        # without a word as a crash), or "starting" from the run's plan before the first event.
+        trainer = self.state.trainer_state if self.state else "waiting"
         trainer_kind = {
             "running": "header--good",
             "paused": "header--paused",
@@ -117,8 +114,11 @@ class RunHeader(LineWidget):
         done = self._fraction_done(state)
         progress.append(hbar(done, PROGRESS_WIDTH).replace(" ", "░"), self._style("header--bar"))
         progress.append(f" {100 * done:3.0f}%")
+        rate = state.samples_per_s
         throughput = (
-            Text(" │ ", style=dim).append(f"{state.samples_per_s:,.0f}").append(" samples/s", label)
+            Text(" │ ", style=dim)
+            .append(f"{rate:,.0f}" if rate > 0 else "-")
+            .append(" samples/s", label)
         )
         clip = Text(" │ clip ", style=label).append(num(state.clip_threshold, 2))
         dropped = Text(" │ dropped ", style=label).append(

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from esper_engine.commands import acknowledge, rejection
-from esper_engine.config import MAX_CLIP_THRESHOLD
+from esper_engine.config import MAX_CLIP_THRESHOLD, TrainingConfig
 from esper_engine.contracts import (
     CommandAck,
     ForceRollback,
@@ -19,6 +19,7 @@ from esper_engine.contracts import (
 )
 from overwatch.app import CLIP_FACTOR, OverwatchApp
 from overwatch.sources import LiveSource, ReplaySource
+from overwatch.state import RunPlan
 from overwatch.widgets.clip_entry import ClipEntryModal, parse_clip_value
 from overwatch.widgets.confirm import ConfirmModal
 from overwatch.widgets.crash import CrashModal
@@ -27,20 +28,22 @@ from overwatch.widgets.env_row import EnvRow
 from overwatch.widgets.help_screen import HelpScreen
 from tests.console.fixtures import (
     CRASH_ERROR,
-    N_ENVS,
     FakeLiveSource,
-    fixture_events,
+    crashed_run,
     frozen_clock,
+    real_events,
     run_async,
+    running,
 )
 
 WIDE = (120, 40)
 SMALL = (80, 24)
+N_ENVS = 4  # in the real recording
 
 
 def running_events() -> list:
-    """The fixture run without its RunFinished: the trainer is still going."""
-    return fixture_events()[:-1]
+    """The real run without its RunFinished: the trainer is still going."""
+    return running()
 
 
 def live_app(events: list | None = None) -> tuple[OverwatchApp, FakeLiveSource]:
@@ -322,12 +325,12 @@ async def test_request_quit_works_from_another_thread() -> None:
 
 @run_async
 async def test_crash_shows_the_error_keeps_the_data_and_exits_one() -> None:
-    app, source = live_app(fixture_events(crash=True))
+    app, source = live_app(crashed_run())
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         assert isinstance(app.screen, CrashModal)
         assert app.screen.error == CRASH_ERROR
-        assert app.state.envs[0].val_accuracy is not None  # the data is still there
+        assert app.state.envs[0].summary is not None  # the data is still there
         assert app.check_action("rollback", ()) is None  # controls greyed after the end
         await pilot.press("escape")
         assert not isinstance(app.screen, CrashModal)
@@ -356,7 +359,7 @@ async def test_stale_when_no_event_for_ten_seconds() -> None:
 
 @run_async
 async def test_replay_greys_out_the_controls() -> None:
-    source = ReplaySource.from_events(fixture_events(), clock=lambda: 0.0)
+    source = ReplaySource.from_events(real_events(), clock=lambda: 0.0)
     app = OverwatchApp(source, clock=lambda: 0.0)
     async with app.run_test(size=WIDE) as pilot:
         for action in ("rollback", "clip_step", "clip_entry", "pause_toggle"):
@@ -406,6 +409,7 @@ class StubSession:
     """The session surface LiveSource uses; its 'thread' is a flag the test flips."""
 
     run_id = "stub"
+    config = TrainingConfig(n_envs=2, episodes=3, epochs=5, policy="ppo", max_grad_norm=2.0)
 
     def __init__(self) -> None:
         self.thread_state = "idle"
@@ -439,8 +443,31 @@ def test_live_source_passes_events_commands_and_drops_through() -> None:
     session.queued = list(events)
     assert source.poll().events == events
     assert source.send(Pause()) == 1 and session.commands == [Pause()]
-    assert (source.dropped, source.thread_state, source.position()) == (7, "running", None)
-    assert source.stop(1.0) and source.thread_state == "finished"
+    assert (source.dropped, source.finished, source.position()) == (7, None, None)
+    assert source.stop(1.0) and session.thread_state == "finished"
+
+
+def test_live_source_knows_its_run_before_the_first_event() -> None:
+    source = LiveSource(StubSession())
+    assert source.plan == RunPlan("stub", "synthetic-images", "ppo", 2, 3, 5, "cpu", 2.0)
+    assert source.capabilities.controls and not source.capabilities.replay_controls
+
+
+@run_async
+async def test_the_first_frame_says_what_is_starting() -> None:
+    """Before the trainer has said anything, the header already names the run (no dashes)."""
+    session = StubSession()
+    app = OverwatchApp(LiveSource(session), clock=lambda: 0.0)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        identity, progress = app._header.lines[:2]
+        assert identity.split()[:9] == [
+            "OVERWATCH", "stub", "·", "synthetic-images", "·", "ppo", "·", "2", "envs",
+        ]  # fmt: skip
+        assert "trainer starting" in identity and "WAITING" in identity
+        assert "episode 1/3 · epoch 1/5" in progress and "clip 2.00" in progress
+        assert len(app._panels) == 2
+        assert all(p.lines == ["waiting for the first epoch"] for p in app._panels)
 
 
 def test_live_source_reports_a_thread_that_died_silently() -> None:
@@ -457,7 +484,7 @@ def test_live_source_trusts_a_real_run_finished() -> None:
     session = StubSession()
     source = LiveSource(session)
     source.start()
-    session.queued = [fixture_events()[-1]]
+    session.queued = [real_events()[-1]]
     session.thread_state = "finished"
     assert [e.status for e in source.poll().events] == ["completed"]
     assert source.poll().events == []
@@ -467,7 +494,7 @@ def test_live_source_recovers_a_dropped_run_finished() -> None:
     session = StubSession()
     source = LiveSource(session)
     source.start()
-    session.finished = fixture_events()[-1]  # the queue was full when it was emitted
+    session.finished = real_events()[-1]  # the queue was full when it was emitted
     session.thread_state = "finished"
     assert source.poll().events == [session.finished]
 
@@ -505,7 +532,7 @@ async def test_an_injected_crash_on_the_real_engine_shows_the_modal_and_exits_on
             await pilot.pause(0.05)
         assert isinstance(app.screen, CrashModal)
         assert "InjectedCrash: injected fault crash:1:2" in app.screen.error
-        assert app.state.envs[0].val_accuracy is not None  # epoch 1 stays on screen
+        assert app.state.envs[0].summary is not None  # epoch 1 stays on screen
         await pilot.press("escape", "q")
         await app.workers.wait_for_complete()
         await pilot.pause()

@@ -1,17 +1,22 @@
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import signal
 import subprocess
 import sys
 import threading
+import types
+import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 import torch
 
-from esper_engine.config import MAX_CLIP_THRESHOLD
+from esper_engine.config import MAX_CLIP_THRESHOLD, TrainingConfig
+from esper_engine.config_io import leaf_fields
 from esper_engine.contracts import CommandAck, EpochSummary, RunFinished, RunStarted
 from esper_engine.recording import read_recording
 from overwatch.cli import build_parser, config_from_args, main
@@ -76,6 +81,22 @@ def overwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["run", "--fault", "nan:1:1", "--fault", "diverge:9:1"], "'diverge:9:1': env 9"),
         (["export", "/nonexistent.msgpack"], "no such recording"),
         (["frobnicate"], "invalid choice"),
+        # the config: bad keys, values, ranges and files; --print-config checks them too
+        (["run", "--set", "governor.sensitivty=3"], "(did you mean 'governor.sensitivity'?)"),
+        (["run", "--set", "sensitivity=3"], "(did you mean 'governor.sensitivity'?)"),
+        (["run", "--set", "n_envs=four"], "--set n_envs: expected an integer, got 'four'"),
+        (["run", "--set", "heuristic.grow_from_start=maybe"], "expected true or false"),
+        (["run", "--set", "ppo.lr=fast"], "--set ppo.lr: expected a number, got 'fast'"),
+        (["run", "--set", "n_envs"], "--set expects KEY=VALUE"),
+        (["run", "--set", "ppo=1"], "ppo is a group of settings"),
+        (["run", "--set", "governor.history_window=5"], "governor.history_window must be >= 10"),
+        (["run", "--set", "ppo.gamma=2"], "ppo.gamma must be a finite number within 0..1, got 2"),
+        (["run", "--set", "ppo.lr=nan"], "ppo.lr must be a finite number > 0, got nan"),
+        (["run", "--set", "n_envs=0", "--print-config"], "n_envs must be >= 1, got 0"),
+        (["run", "--set", "lifecycle.alpha_schedule=step", "--print-config"], "linear, cosine"),
+        (["run", "--set", "task=mnist"], "task must be one of synthetic-images"),
+        (["run", "--set", "heuristic.cnn_preference=conv_lite", "--headless"], "'conv_lite'"),
+        (["run", "--config", "/nonexistent/run.toml"], "cannot read config /nonexistent/run.toml"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys):
@@ -113,6 +134,177 @@ def test_run_help_explains_fault(capsys):
     assert "ENV and EPOCH count from 1, as the console shows them" in help_text
     assert "fire in the first episode" in help_text
     assert "repeatable" in help_text
+
+
+def run_config(*argv: str) -> TrainingConfig:
+    return config_from_args(build_parser().parse_args(["run", *argv]))
+
+
+# --- one config: --config, --set, --print-config, --version -------------------------------------
+
+# Fields whose value must be one of a few: a valid one other than the default.
+CHOICES = {
+    "task": "synthetic-stories",
+    "amp": "bf16",
+    "policy": "ppo",
+    "lr_schedule": "constant",
+    "lifecycle.alpha_schedule": "cosine",
+}
+
+
+def other_value(path: str) -> tuple[str, object]:
+    """A --set text for the field and the value it must give: valid, and not the default."""
+    default: object = TrainingConfig()
+    for part in path.split("."):
+        default = getattr(default, part)
+    tp = leaf_fields()[path]
+    optional = isinstance(tp, types.UnionType)
+    base = next(a for a in typing.get_args(tp) if a is not type(None)) if optional else tp
+    if path in CHOICES:
+        return CHOICES[path], CHOICES[path]
+    if base is bool:
+        return str(not default).lower(), not default
+    if base is int:
+        value = 7 if default is None else default + 1
+        return str(value), value
+    if base is float:
+        value = 0.25 if not default else default / 2
+        return repr(value), value
+    if base is str:
+        value = "/data/x" if default is None else f"{default}-x"
+        return value, value
+    assert typing.get_origin(base) is tuple, (path, tp)
+    value = tuple(reversed(default)) if default and len(default) > 1 else ("nan:1:1", "block1")
+    if path == "faults":
+        value = ("nan:1:1", "crash:2:3")
+    return ",".join(value), value
+
+
+def leaf(config: TrainingConfig, path: str) -> object:
+    value: object = config
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+LEAVES = list(leaf_fields())
+
+
+def test_the_config_has_every_knob_the_issue_counts() -> None:
+    """Issue 12 counted 29 knobs, 18 of them out of reach; PPO, heuristic and lifecycle add more."""
+    assert len(LEAVES) >= 29 + 14
+
+
+@pytest.mark.parametrize("path", LEAVES)
+def test_every_field_is_reachable_with_set(path) -> None:
+    text, value = other_value(path)
+    config = run_config("--set", f"{path}={text}")
+    assert leaf(config, path) == value and leaf(config, path) != leaf(TrainingConfig(), path)
+
+
+def test_every_field_at_once_is_valid_and_prints_back(tmp_path, capsys) -> None:
+    sets = [arg for path in LEAVES for arg in ("--set", f"{path}={other_value(path)[0]}")]
+    config = run_config(*sets)
+    assert all(leaf(config, path) == other_value(path)[1] for path in LEAVES)
+    assert main(["run", *sets, "--print-config"]) == 0
+    printed = tmp_path / "all.toml"
+    printed.write_text(capsys.readouterr().out)
+    assert run_config("--config", str(printed)) == config
+
+
+def test_precedence_is_defaults_file_flags_then_each_set_in_order(tmp_path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text(
+        "n_envs = 3\nepochs = 5\nseed = 9\nfaults = ['nan:1:1']\n[governor]\nsensitivity = 2.0\n"
+    )
+    from_file = run_config("--config", str(path))
+    assert (from_file.n_envs, from_file.epochs, from_file.seed) == (3, 5, 9)
+    assert from_file.governor.sensitivity == 2.0 and from_file.faults == ("nan:1:1",)
+    assert from_file.batch_size == TrainingConfig().batch_size  # the file leaves the rest
+    flags = run_config("--config", str(path), "--n-envs", "2", "--fault", "crash:2:1")
+    assert (flags.n_envs, flags.epochs, flags.faults) == (2, 5, ("crash:2:1",))
+    sets = run_config(
+        "--set", "seed=4", "--config", str(path), "--n-envs", "2", "--set", "n_envs=6",
+        "--set", "seed=5", "--set", "governor.sensitivity=7",
+    )  # fmt: skip
+    assert (sets.n_envs, sets.epochs, sets.seed, sets.governor.sensitivity) == (6, 5, 5, 7.0)
+    assert run_config("--config", str(path), "--max-grad-norm", "0").max_grad_norm is None
+
+
+def test_print_config_prints_toml_that_reads_back_and_does_not_train(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    argv = ["run", "--n-envs", "2", "--fault", "nan:2:1", "--set", "governor.sensitivity=4.5"]
+    argv += ["--set", "max_grad_norm=none", "--set", "slots=block1", "--set", "ppo.seed=3"]
+    assert main([*argv, "--print-config"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "sensitivity = 4.5" in out and "[ppo]" in out
+    (tmp_path / "printed.toml").write_text(out)
+    assert main(["run", "--config", "printed.toml", "--print-config"]) == 0
+    assert capsys.readouterr().out == out
+    assert run_config("--config", "printed.toml") == config_from_args(
+        build_parser().parse_args(argv)
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "printed.toml"]  # no recording, no run
+
+
+@pytest.mark.parametrize(
+    ("toml", "needle"),
+    [
+        ("n_envs = = 2", "invalid TOML"),
+        ("[governor]\nsensitivty = 2", "unknown key 'governor.sensitivty' (did you mean"),
+        ("n_envs = 'four'", "n_envs: expected an integer, got 'four'"),
+        ("[governor]\nhistory_window = 5", "governor.history_window must be >= 10, got 5"),
+        ("[ppo]\nhidden = 100000", "ppo.hidden must be within 1..4096"),
+    ],
+)
+def test_bad_config_files_are_one_line_and_exit_code_2(toml, needle, tmp_path, capsys) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    assert main(["run", "--config", str(path), "--print-config"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("overwatch: error:") and needle in err
+
+
+def test_version_is_the_installed_packages(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    expected = importlib.metadata.version("overwatch-esper")
+    assert capsys.readouterr().out.strip() == f"overwatch {expected}"
+
+
+def test_run_help_shows_every_flag_with_its_default(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    options = capsys.readouterr().out.split("options:")[1]
+    blocks = [" ".join(b.split()) for b in re.split(r"\n  (?=-)", options) if b.strip()]
+    flags = {block.split()[0].rstrip(",") for block in blocks}
+    assert {"--n-envs", "--config", "--set", "--print-config", "--fault", "--record"} <= flags
+    for block in blocks:
+        if not block.startswith("-h, --help"):
+            assert "(default: " in block, block
+    assert any(b.startswith("--n-envs") and "(default: 4)" in b for b in blocks)
+    assert any(b.startswith("--max-grad-norm") and "(default: 1.0)" in b for b in blocks)
+
+
+def test_headless_run_records_the_effective_config(tmp_path) -> None:
+    (tmp_path / "run.toml").write_text(
+        "n_envs = 1\nepochs = 2\nbatches_per_epoch = 1\nbatch_size = 8\nval_batches = 1\n"
+        "[governor]\nsensitivity = 5.0\n"
+    )
+    argv = ["--episodes", "1", "--config", "run.toml", "--set", "lifecycle.blend_epochs=2"]
+    result = overwatch("run", "--headless", *argv, "--record", "r.msgpack", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    started = next(iter(read_recording(tmp_path / "r.msgpack")))
+    assert isinstance(started, RunStarted)
+    expected = run_config(*[str(tmp_path / a) if a == "run.toml" else a for a in argv])
+    assert msgspec.convert(started.config, TrainingConfig) == expected  # lists for tuples
+    assert started.config["governor"]["sensitivity"] == 5.0
+    assert started.config["lifecycle"]["blend_epochs"] == 2
 
 
 def test_garbage_recording_is_a_clear_error(tmp_path, capsys):

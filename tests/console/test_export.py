@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from esper_engine import contracts as c
@@ -78,13 +79,16 @@ EVENTS = [RUN_STARTED, SUMMARY_0, SUMMARY_1, FINISHED]
 CSV_HEADER = (
     "run_id,env,episode,epoch,wall_time,train_loss,train_accuracy,val_loss,val_accuracy,"
     "perplexity,grad_norm_pre_clip,grad_norm_post_clip,clipped_fraction,clip_threshold,"
-    "consecutive_panics,total_panics,rollbacks,skipped_steps,last_action,reward,samples_per_s,"
-    "s0.stage,s0.blueprint,s0.alpha,s1.stage,s1.blueprint,s1.alpha"
+    "consecutive_panics,total_panics,rollbacks,last_panic_reason,last_action,reward,"
+    "samples_per_s,host_params,seed_params,skipped_steps,last_op,"
+    "s0.stage,s0.blueprint,s0.alpha,s0.epochs_in_stage,s0.params,"
+    "s1.stage,s1.blueprint,s1.alpha,s1.epochs_in_stage,s1.params"
 )
 CSV_ROWS = [
-    "r1,0,0,1,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,0,3,GERMINATE s0 mlp,,800.0,"
-    "TRAINING,mlp,0.0,DORMANT,,0.0",
-    "r1,1,0,1,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,1,0,WAIT,-0.5,0.0,,,,BLENDING,attn,0.5",
+    "r1,0,0,1,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,0,,GERMINATE s0 mlp,,800.0,0,0,3,,"
+    "TRAINING,mlp,0.0,0,0,DORMANT,,0.0,0,0",
+    "r1,1,0,1,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,1,,WAIT,-0.5,0.0,0,0,0,,"
+    ",,,,,BLENDING,attn,0.5,0,0",
 ]
 
 
@@ -158,3 +162,11 @@ def test_truncated_recording_warns_and_still_exports(
 def test_unknown_format_is_rejected(recording: Path) -> None:
     with pytest.raises(ValueError, match="unknown export format 'xml'"):
         export_recording(recording, "xml")
+
+
+def test_csv_columns_are_the_fields_of_the_structs() -> None:
+    """A field added to EpochSummary (or SlotState) is exported with no change to export.py."""
+    header = CSV_HEADER.split(",")
+    summary_fields = [f.name for f in msgspec.structs.fields(c.EpochSummary) if f.name != "slots"]
+    slot_fields = [f.name for f in msgspec.structs.fields(c.SlotState) if f.name != "slot_id"]
+    assert header == summary_fields + [f"{s}.{f}" for s in ("s0", "s1") for f in slot_fields]

@@ -5,9 +5,11 @@ import re
 
 from rich.console import Console
 
+from esper_engine.config import TrainingConfig
 from esper_engine.contracts import EpochSummary, Event, RunFinished, RunStarted
 from overwatch.headless import HeadlessView, run_headless
-from tests.console.fixtures import CRASH_ERROR, fixture_events
+from overwatch.state import RunPlan
+from tests.console.fixtures import CRASH_ERROR, crashed_run, real_events
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -27,6 +29,8 @@ class FakeSession:
         self.ready: list[Event] = []
         self.finished: RunFinished | None = None
         self.dropped = 0
+        self.run_id = events[0].run_id
+        self.config = TrainingConfig()
 
     def start(self) -> None:
         pass
@@ -64,7 +68,7 @@ def render(view: HeadlessView, width: int = 80) -> str:
 
 
 def test_one_line_per_env_with_the_latest_epoch() -> None:
-    events = fixture_events()
+    events = real_events()
     view = HeadlessView()
     view.ingest(events)
     started = next(e for e in events if isinstance(e, RunStarted))
@@ -84,7 +88,7 @@ def test_one_line_per_env_with_the_latest_epoch() -> None:
 
 
 def test_off_a_terminal_each_epoch_is_a_plain_line_as_it_happens() -> None:
-    events = fixture_events()
+    events = real_events()
     started = next(e for e in events if isinstance(e, RunStarted))
     summaries = [e for e in events if isinstance(e, EpochSummary) and e.env is not None]
     code, text, session = headless(events, terminal=False)
@@ -106,13 +110,13 @@ def test_off_a_terminal_each_epoch_is_a_plain_line_as_it_happens() -> None:
 
 
 def test_off_a_terminal_a_crash_is_reported_verbatim_and_exits_one() -> None:
-    code, text, _ = headless(fixture_events(crash=True), terminal=False)
+    code, text, _ = headless(crashed_run(), terminal=False)
     assert code == 1
     assert text.splitlines()[-1] == f"run crashed: {CRASH_ERROR}"
 
 
 def test_in_a_terminal_the_table_is_live_and_the_status_has_its_own_line() -> None:
-    events = fixture_events()
+    events = real_events()
     last = {e.env: e for e in events if isinstance(e, EpochSummary)}
     code, text, _ = headless(events, terminal=True)
     plain = ANSI.sub("", text)
@@ -123,3 +127,10 @@ def test_in_a_terminal_the_table_is_live_and_the_status_has_its_own_line() -> No
     final_row = plain.splitlines()[-2].split()
     assert final_row[0] == str(max(last) + 1)
     assert final_row[3] == f"{last[max(last)].val_accuracy:.3f}"
+
+
+def test_the_title_names_the_run_before_it_has_started() -> None:
+    view = HeadlessView(RunPlan("r7", "cifar10", "ppo", 2, 1, 3, "cpu", None))
+    assert view.title() == "r7 cifar10 ppo x2 starting ..."
+    view.ingest(real_events()[:1])
+    assert view.title().endswith("synthetic-images heuristic x4")

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from esper_engine.contracts import BatchStats, EpochSummary, Event
 from overwatch.app import OverwatchApp
+from overwatch.state import RunPlan
 from overwatch.widgets.env_panel import EnvPanel
-from tests.console.fixtures import FakeLiveSource, fixture_events, frozen_clock, run_async
+from tests.console.fixtures import FakeLiveSource, frozen_clock, real_events, run_async, running
 
 WIDE = (120, 40)
 SMALL = (80, 24)
-CUT = 200  # events shown before the ticks under test: episode 0, a few epochs in
+CUT = 100  # events shown before the ticks under test: episode 0, a few epochs in
 
 
 def running_events() -> list[Event]:
-    return fixture_events()[:-1]
+    return running()
 
 
 def app_with(events: list[Event], shown: int) -> tuple[OverwatchApp, FakeLiveSource]:
@@ -49,10 +50,11 @@ async def repaints(pushed: list[Event], ticks: int = 1) -> tuple[list[int], int,
 async def test_batch_stats_repaint_one_line_of_their_own_panel_only() -> None:
     batch = next_of(running_events(), BatchStats, env=1)
     made, header, app = await repaints([batch])
-    assert made == [0, 1, 0, 0]  # the grad line and nothing else
-    assert header == 0  # no header figure changed
+    assert made == [0, 1, 0, 0]  # the grad line and nothing else (the rate is on the border)
+    assert header == 1  # the run's samples/s, on the progress line
     grad = next(line for line in app._panels[1].lines if line.startswith("grad "))
     assert grad.startswith(f"grad {batch.grad_norm_post_clip:.2f}/")
+    assert app._panels[1].border_subtitle.endswith(f"{batch.samples_per_s:,.0f}/s")
 
 
 @run_async
@@ -119,7 +121,7 @@ async def test_incremental_repaints_show_what_one_full_repaint_shows() -> None:
 
 @run_async
 async def test_footer_keys_are_rebuilt_only_when_the_run_ends() -> None:
-    events = fixture_events()
+    events = real_events()
     app, source = app_with(events, len(events) - 1)  # RunStarted and all but RunFinished
     calls: list[None] = []
     refresh_bindings = app.refresh_bindings
@@ -142,7 +144,8 @@ async def test_footer_keys_are_rebuilt_only_when_the_run_ends() -> None:
 @run_async
 async def test_live_panels_are_laid_out_before_the_trainer_starts_and_kept() -> None:
     events = running_events()
-    source = FakeLiveSource([], expected_envs=4)
+    plan = RunPlan("r", "synthetic-images", "heuristic", 4, 2, 8, "cpu", 1.0)
+    source = FakeLiveSource([], plan=plan)
     started_with: list[int] = []
     start = source.start
 

@@ -1,31 +1,17 @@
-"""What the operator sees, pinned as SVG snapshots from the fixture run (no wall clock on screen).
+"""What the operator sees, pinned as SVG snapshots of the real engine's recording (no wall clock
+on screen: the live screens freeze the clock at the recording's own wall times).
 
-Update after an intended change with ``pytest tests/console/test_snapshots.py --snapshot-update``
-and look at the SVGs in ``__snapshots__`` before committing them.
+Update after an intended change, or after ``scripts/make_fixture.py`` re-recorded the fixture,
+with ``pytest tests/console/test_snapshots.py --snapshot-update`` and look at the SVGs in
+``__snapshots__`` before committing them.
 """
 
 from __future__ import annotations
 
-from overwatch.app import OverwatchApp
-from overwatch.sources import ReplaySource
-from tests.console.fixtures import FakeLiveSource, fixture_events, frozen_clock
+from tests.console.fixtures import REAL_RUN_LM, crashed_run, live_app, replay_app, running
 
 WIDE = (120, 40)
 SMALL = (80, 24)
-
-
-def live_app(*, crash: bool = False) -> OverwatchApp:
-    events = fixture_events(crash=crash)
-    if not crash:
-        events = events[:-1]  # still running
-    return OverwatchApp(FakeLiveSource(events), clock=frozen_clock(events))
-
-
-def replay_app(epochs_in: int) -> OverwatchApp:
-    source = ReplaySource.from_events(fixture_events(), clock=lambda: 0.0)
-    for _ in range(epochs_in):
-        source.step_forward()
-    return OverwatchApp(source, clock=lambda: 0.0)
 
 
 def test_live_wide(snap_compare) -> None:
@@ -37,11 +23,16 @@ def test_live_compact_80x24(snap_compare) -> None:
 
 
 def test_live_compact_focus_moved(snap_compare) -> None:
-    assert snap_compare(live_app(), press=["3"], terminal_size=SMALL)
+    assert snap_compare(live_app(), press=["4"], terminal_size=SMALL)
+
+
+def test_live_language_model_wide(snap_compare) -> None:
+    """Perplexity on every panel and the last PPO update in the header."""
+    assert snap_compare(live_app(running(REAL_RUN_LM)), terminal_size=WIDE)
 
 
 def test_replay_mid_run_wide(snap_compare) -> None:
-    assert snap_compare(replay_app(epochs_in=10), terminal_size=WIDE)
+    assert snap_compare(replay_app(), terminal_size=WIDE)
 
 
 def test_replay_compact_80x24(snap_compare) -> None:
@@ -49,7 +40,7 @@ def test_replay_compact_80x24(snap_compare) -> None:
 
 
 def test_crash_modal_80x24(snap_compare) -> None:
-    assert snap_compare(live_app(crash=True), terminal_size=SMALL)
+    assert snap_compare(live_app(crashed_run()), terminal_size=SMALL)
 
 
 def test_help_80x24(snap_compare) -> None:

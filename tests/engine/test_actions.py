@@ -7,11 +7,14 @@ import math
 import pytest
 import torch
 
+from esper_engine.contracts import SeedStage
 from esper_engine.policy.actions import (
+    OPS,
     Action,
     Op,
     action_masks,
     decode_actions,
+    op_index,
     stack_masks,
     validate,
 )
@@ -45,7 +48,7 @@ def test_fresh_host_allows_only_wait_and_germinate() -> None:
     obs = make_obs(*(SlotObservation("DORMANT") for _ in SLOT_IDS))
     masks = action_masks(obs, len(BLUEPRINTS))
     assert masks.op.tolist() == [True, True, False, False, False]
-    assert masks.slot[Op.GERMINATE].tolist() == [True, True, True]
+    assert masks.slot[op_index(Op.GERMINATE)].tolist() == [True, True, True]
     assert masks.blueprint.tolist() == [True, True, True]
 
 
@@ -58,18 +61,18 @@ def test_masks_follow_stages_and_gates() -> None:
     masks = action_masks(obs, len(BLUEPRINTS))
     # No DORMANT slot: GERMINATE is illegal, and gate flags on a FOSSILIZED slot are ignored.
     assert masks.op.tolist() == [True, False, True, True, True]
-    assert masks.slot[Op.ADVANCE].tolist() == [False, True, False]
-    assert masks.slot[Op.PRUNE].tolist() == [False, False, True]
-    assert masks.slot[Op.FOSSILIZE].tolist() == [False, False, True]
-    assert masks.slot[Op.WAIT].all()
+    assert masks.slot[op_index(Op.ADVANCE)].tolist() == [False, True, False]
+    assert masks.slot[op_index(Op.PRUNE)].tolist() == [False, False, True]
+    assert masks.slot[op_index(Op.FOSSILIZE)].tolist() == [False, False, True]
+    assert masks.slot[op_index(Op.WAIT)].all()
 
 
 def test_fossilize_needs_holding_and_the_gate() -> None:
     blending = SlotObservation("BLENDING", "norm", 0.5, 1, 2.0, can_fossilize=True)
     holding_closed = SlotObservation("HOLDING", "norm", 1.0, 1, 2.0, can_fossilize=False)
     masks = action_masks(make_obs(blending, holding_closed), len(BLUEPRINTS))
-    assert not masks.op[Op.FOSSILIZE]
-    assert masks.slot[Op.FOSSILIZE].tolist() == [False, False]
+    assert not masks.op[op_index(Op.FOSSILIZE)]
+    assert masks.slot[op_index(Op.FOSSILIZE)].tolist() == [False, False]
 
 
 def test_validate_rejects_illegal_actions_with_the_reason() -> None:
@@ -97,6 +100,23 @@ def test_describe_names_only_the_parts_the_op_uses() -> None:
 def test_actions_round_trip_through_tensors() -> None:
     actions = [Action(Op.GERMINATE, 2, 1), Action(Op.WAIT), Action(Op.FOSSILIZE, 1, 0)]
     assert decode_actions(torch.stack([a.to_tensor() for a in actions])) == actions
+    assert all(type(a.op) is Op for a in decode_actions(torch.tensor([[4, 0, 0]])))
+
+
+def test_ops_are_the_contracts_vocabulary_in_the_heads_order() -> None:
+    from esper_engine import contracts
+
+    assert Op is contracts.Op
+    assert OPS == (Op.WAIT, Op.GERMINATE, Op.ADVANCE, Op.PRUNE, Op.FOSSILIZE)
+    assert [op_index(op) for op in OPS] == [0, 1, 2, 3, 4]
+    assert Action(Op.PRUNE, 1).to_tensor().tolist() == [3, 1, 0]
+
+
+def test_slot_observation_holds_the_stage_member_and_refuses_unknown_names() -> None:
+    assert SlotObservation("HOLDING").stage is SeedStage.HOLDING
+    assert SlotObservation(SeedStage.PRUNED).stage is SeedStage.PRUNED
+    with pytest.raises(ValueError, match="unknown seed stage 'SPROUTING'"):
+        SlotObservation("SPROUTING")
 
 
 def test_stacked_masks_gain_an_env_axis() -> None:
@@ -127,6 +147,17 @@ def test_vector_encodes_slot_stage_and_contribution() -> None:
     # A measured contribution of exactly 0 differs from "not measured".
     assert not torch.equal(first[len(STAGES) + 2 :], second[len(STAGES) + 2 :])
     assert torch.equal(vector[: obs_dim(0)], plain.to_vector()[: obs_dim(0)])
+
+
+def test_vector_scales_a_contribution_fraction_to_tenths_of_a_point() -> None:
+    # Attribution carries fractions: 0.05 (5 points) encodes as 0.5, and the clamp is at 3.0.
+    def encoded(contribution: float) -> float:
+        slot = SlotObservation("BLENDING", "norm", alpha=0.5, contribution=contribution)
+        return float(make_obs(slot).to_vector()[obs_dim(0) + len(STAGES) + 2])
+
+    assert encoded(0.05) == pytest.approx(0.5)
+    assert encoded(-0.02) == pytest.approx(-0.2)
+    assert encoded(0.9) == 3.0
 
 
 def test_vector_pads_short_history_and_survives_a_nan_loss() -> None:

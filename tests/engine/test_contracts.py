@@ -3,6 +3,9 @@ written before a defaulted field was appended still decode."""
 
 from __future__ import annotations
 
+import inspect
+import typing
+
 import msgspec
 import pytest
 
@@ -11,7 +14,7 @@ from esper_engine import contracts as c
 SLOTS = [
     c.SlotState(
         slot_id="r0c0",
-        stage="BLENDING",
+        stage=c.SeedStage.BLENDING,
         blueprint="conv_light",
         alpha=0.25,
         epochs_in_stage=3,
@@ -19,7 +22,7 @@ SLOTS = [
     ),
     c.SlotState(
         slot_id="r0c1",
-        stage="TRAINING",
+        stage=c.SeedStage.TRAINING,
         blueprint="attention",
         alpha=0.5,
         epochs_in_stage=1,
@@ -45,6 +48,8 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         blueprints=["conv_light", "attention"],
         device="cuda:0",
         config={"lr": 0.1, "nested": {"a": [1, 2]}},
+        host_params=4810,
+        seed_params=12,
     ),
     c.BatchStats: c.BatchStats(
         **COMMON,
@@ -55,6 +60,7 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         clip_threshold=1.0,
         clipped=True,
         skipped=True,
+        samples_per_s=812.5,
     ),
     c.EpochSummary: c.EpochSummary(
         **COMMON,
@@ -72,26 +78,27 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         total_panics=4,
         rollbacks=2,
         skipped_steps=3,
-        last_panic_reason="divergence",
+        last_panic_reason=c.PanicReason.DIVERGENCE,
         last_action="GERMINATE r0c1 attention",
         reward=0.75,
         samples_per_s=1520.5,
         host_params=50000,
         seed_params=1333,
+        last_op=c.Op.GERMINATE,
     ),
     c.SeedTransition: c.SeedTransition(
         **COMMON,
         slot_id="r0c0",
         blueprint="conv_light",
-        from_stage="TRAINING",
-        to_stage="BLENDING",
+        from_stage=c.SeedStage.TRAINING,
+        to_stage=c.SeedStage.BLENDING,
         alpha=0.1,
         epochs_in_stage=5,
-        initiator="gate",
+        initiator=c.Initiator.GATE,
     ),
     c.GovernorPanic: c.GovernorPanic(
         **COMMON,
-        reason="nan",
+        reason=c.PanicReason.NAN,
         loss=float("inf"),
         threshold=4.5,
         consecutive_panics=2,
@@ -99,8 +106,8 @@ EVENT_SAMPLES: dict[type, c.Event] = {
     ),
     c.GovernorRollback: c.GovernorRollback(
         **COMMON,
-        reason="lobotomy",
-        initiator="operator",
+        reason=c.RollbackReason.LOBOTOMY,
+        initiator=c.Initiator.OPERATOR,
         loss_at_panic=9.5,
         consecutive_panics=3,
         seeds_pruned=["r0c1"],
@@ -110,8 +117,8 @@ EVENT_SAMPLES: dict[type, c.Event] = {
     ),
     c.Attribution: c.Attribution(
         **COMMON,
-        shapley={"r0c0": 1.5, "r0c1": -0.25},
-        std={"r0c0": 0.1, "r0c1": 0.2},
+        shapley={"r0c0": 0.1, "r0c1": 0.05},
+        std={"r0c0": 0.01, "r0c1": 0.02},
         full_value=0.6,
         empty_value=0.45,
         exact=True,
@@ -140,7 +147,7 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         value=-1.0,
         command_id=17,
     ),
-    c.RunFinished: c.RunFinished(**COMMON, status="crashed", error="RuntimeError: boom"),
+    c.RunFinished: c.RunFinished(**COMMON, status=c.RunStatus.CRASHED, error="RuntimeError: boom"),
 }
 COMMAND_SAMPLES: dict[type, c.Command] = {
     c.ForceRollback: c.ForceRollback(command_id=1, env=2),
@@ -196,6 +203,61 @@ def test_unknown_type_is_rejected() -> None:
         c.decode_event(msgspec.msgpack.encode({"type": "NoSuchEvent"}))
     with pytest.raises(msgspec.ValidationError):
         c.decode_command(c.encode(EVENT_SAMPLES[c.RunFinished]))
+
+
+def test_the_vocabulary_decodes_to_its_enum_members() -> None:
+    transition = c.decode_event(c.encode(EVENT_SAMPLES[c.SeedTransition]))
+    assert type(transition.from_stage) is c.SeedStage and type(transition.initiator) is c.Initiator
+    summary = c.decode_event(c.encode(EVENT_SAMPLES[c.EpochSummary]))
+    assert type(summary.slots[0].stage) is c.SeedStage and summary.last_op is c.Op.GERMINATE
+    assert c.decode_event(c.encode(EVENT_SAMPLES[c.RunFinished])).status is c.RunStatus.CRASHED
+    # On the wire they are the plain names a human (or an older reader) expects.
+    wire = msgspec.msgpack.decode(c.encode(EVENT_SAMPLES[c.SeedTransition]))
+    assert (wire["from_stage"], wire["initiator"]) == ("TRAINING", "gate")
+
+
+@pytest.mark.parametrize(
+    ("sample", "field", "bad"),
+    [
+        (c.SeedTransition, "to_stage", "SPROUTING"),
+        (c.SeedTransition, "initiator", "someone"),
+        (c.RunFinished, "status", "exploded"),
+        (c.GovernorPanic, "reason", "boredom"),
+        (c.GovernorRollback, "reason", "boredom"),
+        (c.EpochSummary, "last_op", "DANCE"),
+    ],
+)
+def test_an_unknown_name_in_the_vocabulary_does_not_decode(
+    sample: type, field: str, bad: str
+) -> None:
+    payload = msgspec.to_builtins(EVENT_SAMPLES[sample]) | {field: bad}
+    with pytest.raises(msgspec.ValidationError, match="Invalid enum value"):
+        c.decode_event(msgspec.msgpack.encode(payload))
+
+
+def test_live_stages_are_enum_members() -> None:
+    assert not hasattr(c, "SEED_STAGES")  # the string tuple is gone: iterate SeedStage
+    assert c.LIVE_SEED_STAGES == {"GERMINATED", "TRAINING", "BLENDING", "HOLDING"}
+    assert all(type(stage) is c.SeedStage for stage in c.LIVE_SEED_STAGES)
+
+
+def test_every_numeric_field_states_its_unit_where_declared() -> None:
+    # SPEC 9: a comment on the declaration line of every int/float field (inherited ones too).
+    identifiers = {"schema_version", "command_id"}  # not measurements
+    for struct in (c.SlotState, *c.EVENT_TYPES, *c.COMMAND_TYPES):
+        for field in msgspec.structs.fields(struct):
+            if field.name in identifiers or not _is_number(field.type):
+                continue
+            owner = next(k for k in struct.__mro__ if field.name in vars(k)["__annotations__"])
+            lines = inspect.getsource(owner).splitlines()
+            declared = next(line for line in lines if line.lstrip().startswith(f"{field.name}:"))
+            assert "  # " in declared, f"{owner.__name__}.{field.name} states no unit"
+
+
+def _is_number(annotation: object) -> bool:
+    """int or float, optionally ``| None`` (containers of numbers carry their unit too, but
+    the check keeps to scalars)."""
+    return set(typing.get_args(annotation) or (annotation,)) - {type(None)} <= {int, float}
 
 
 def test_events_are_frozen() -> None:

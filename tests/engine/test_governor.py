@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import msgspec
 import pytest
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from torch import nn
 from esper_engine.contracts import (
     GovernorPanic,
     GovernorRollback,
+    Initiator,
+    PanicReason,
+    RollbackReason,
     SeedTransition,
     decode_event,
     encode,
@@ -285,7 +289,7 @@ def test_snapshot_at_construction_is_restored_including_empty_optimizer_state() 
     report = governor.execute_rollback()
     assert_same(model.state_dict(), initial)
     assert not optimizer.state  # no stale momentum survives
-    assert report.reason == "nan" and report.seeds_pruned == ()
+    assert report.reason is RollbackReason.NAN and report.seeds_pruned == []
 
 
 def test_clean_check_takes_a_snapshot_with_weights_and_momentum() -> None:
@@ -376,15 +380,16 @@ def test_governor_report_and_penalty() -> None:
     feed(governor, [50.0, 60.0])
     report = governor.execute_rollback()
     assert report == GovernorReport(
-        reason="divergence",
-        initiator="governor",
+        reason=RollbackReason.DIVERGENCE,
+        initiator=Initiator.GOVERNOR,
         loss_at_panic=60.0,
         threshold=10.0,
         consecutive_panics=2,
-        seeds_pruned=(),
+        seeds_pruned=[],
         penalty=10.0,
         episode_ended=False,
     )
+    assert type(report.reason) is RollbackReason and type(report.initiator) is Initiator
     assert governor.get_punishment_reward() == -10.0
     assert governor.consecutive_panics == 0
     assert (governor.total_panics, governor.rollbacks) == (2, 1)
@@ -392,10 +397,10 @@ def test_governor_report_and_penalty() -> None:
 
 def test_operator_rollback_has_zero_penalty_and_operator_initiator() -> None:
     _, _, _, governor = plain_setup(scaler=True)
-    report = governor.execute_rollback(initiator="operator")
-    assert report.initiator == "operator"
+    report = governor.execute_rollback(initiator="operator")  # the value is accepted too
+    assert report.initiator is Initiator.OPERATOR
     assert report.penalty == 0.0
-    assert report.reason == "operator"
+    assert report.reason is RollbackReason.OPERATOR
     assert report.loss_at_panic is None
     assert governor.rollbacks == 1 and governor.episode_rollbacks == 0
 
@@ -444,42 +449,32 @@ def test_reset_episode_watches_a_recreated_host_and_clears_history() -> None:
     assert_same(fresh.state_dict(), initial)
 
 
-def test_report_to_event_round_trips_through_msgpack() -> None:
-    report = GovernorReport(
-        reason="nan",
-        initiator="governor",
-        loss_at_panic=math.inf,
-        threshold=None,
-        consecutive_panics=1,
-        seeds_pruned=("b1", "b2"),
-        penalty=10.0,
-        episode_ended=True,
-    )
-    event = report.to_event(run_id="r", env=2, episode=1, epoch=7, wall_time=12.5)
-    assert isinstance(event, GovernorRollback)
+def test_the_report_is_the_rollback_event_and_round_trips_through_msgpack() -> None:
+    # SPEC's GovernorReport is the telemetry event itself: no mirror class to copy from.
+    assert GovernorReport is GovernorRollback
+    _, _, _, governor = plain_setup()
+    governor.check_vital_signs(math.inf)
+    report = governor.execute_rollback()
+    assert (report.run_id, report.env, report.epoch) == ("", None, 0)  # the trainer's to fill
+    event = msgspec.structs.replace(report, run_id="r", env=2, episode=1, epoch=7, wall_time=12.5)
     decoded = decode_event(encode(event))
     assert decoded == event
-    assert (decoded.env, decoded.epoch, decoded.seeds_pruned) == (2, 7, ["b1", "b2"])
-    assert decoded.loss_at_panic == math.inf and decoded.episode_ended is True
+    assert (decoded.env, decoded.epoch, decoded.reason) == (2, 7, RollbackReason.NAN)
+    assert decoded.loss_at_panic == math.inf and decoded.penalty == 10.0
 
 
-def test_panic_to_event() -> None:
+def test_the_panic_is_the_panic_event() -> None:
     governor = make_governor()
     feed(governor, [2.0] * 5)
     governor.check_vital_signs(50.0)
-    event = governor.last_panic.to_event(run_id="r", env=0, episode=2, epoch=3, wall_time=1.0)
-    assert event == GovernorPanic(
-        run_id="r",
-        env=0,
-        episode=2,
-        epoch=3,
-        wall_time=1.0,
-        reason="divergence",
+    assert governor.last_panic == GovernorPanic(
+        reason=PanicReason.DIVERGENCE,
         loss=50.0,
         threshold=10.0,
         consecutive_panics=1,
         rollback_due=False,
     )
+    assert type(governor.last_panic.reason) is PanicReason
 
 
 # --- the morphogenetic model: live seeds out of the snapshot, fossils in --------------------------
@@ -584,7 +579,7 @@ def test_rollback_prunes_live_seeds_with_initiator_and_restores_strictly() -> No
     perturb(model.parameters(), seed=1)
     governor.check_vital_signs(math.nan)
     report = governor.execute_rollback()
-    assert report.seeds_pruned == ("block1", "block3") and pruned == ["block1", "block3"]
+    assert report.seeds_pruned == ["block1", "block3"] and pruned == ["block1", "block3"]
     assert model.live_slots() == []
     assert [(t.slot_id, t.to_stage, t.initiator) for t in transitions[-2:]] == [
         ("block1", "PRUNED", "governor"),
@@ -597,7 +592,7 @@ def test_operator_rollback_prunes_with_operator_initiator() -> None:
     model, governor, transitions, _ = seeded_setup()
     to_training(model, "block2")
     report = governor.execute_rollback(initiator="operator")
-    assert report.seeds_pruned == ("block2",) and report.penalty == 0.0
+    assert report.seeds_pruned == ["block2"] and report.penalty == 0.0
     assert (transitions[-1].to_stage, transitions[-1].initiator) == ("PRUNED", "operator")
 
 
@@ -664,7 +659,7 @@ def test_snapshot_while_training_then_pruned_then_rollback() -> None:
     model.prune("block1")
     governor.check_vital_signs(math.nan)
     report = governor.execute_rollback()
-    assert report.seeds_pruned == () and pruned == []
+    assert report.seeds_pruned == [] and pruned == []
     assert model.state_dict().keys() == governor._snapshot.weights.keys()
     assert_same(host_state(model), good)
 

@@ -209,7 +209,7 @@ def test_fault_is_rolled_back_bit_for_bit_and_training_recovers(fault, amp, reas
     report = faulty.report
     assert report is not None and report.reason == reasons[-1]
     assert report.initiator == "governor" and report.penalty == 10.0
-    assert report.seeds_pruned == ("block2",)
+    assert report.seeds_pruned == ["block2"]
     if fault == "lr":  # the loss really crossed all three gates, twice
         assert report.loss_at_panic > report.threshold >= 10.0
     # Right after the rollback: the state of the last clean check, bit for bit, fossil included.

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from esper_engine.policy.actions import Action, Op, action_masks, validate
+from esper_engine.policy.actions import Action, Op, action_masks, op_index, validate
 from esper_engine.policy.heuristic import TRANSFORMER_PREFERENCE, HeuristicPolicy, plateaued
 from esper_engine.policy.observation import STAGES, EnvObservation, SlotObservation
 
@@ -47,7 +47,7 @@ def random_obs(rng: random.Random, n_slots: int) -> EnvObservation:
             blueprint=rng.choice([None, *BLUEPRINTS]),
             alpha=rng.random(),
             epochs_in_stage=rng.randrange(6),
-            contribution=rng.choice([None, rng.uniform(-3, 3)]),
+            contribution=rng.choice([None, rng.uniform(-0.03, 0.03)]),
             can_advance=rng.random() < 0.5,
             can_prune=rng.random() < 0.5,
             can_fossilize=rng.random() < 0.5,
@@ -75,7 +75,8 @@ def test_actions_are_legal_on_random_observations() -> None:
         action = heuristic.act(obs)
         validate(action, obs, len(BLUEPRINTS))
         masks = action_masks(obs, len(BLUEPRINTS))
-        assert masks.op[action.op] and masks.slot[action.op, action.slot_index]
+        op = op_index(action.op)
+        assert masks.op[op] and masks.slot[op, action.slot_index]
         ops_seen.add(action.op)
     assert ops_seen == set(Op)  # the sample exercised every branch
 
@@ -148,7 +149,7 @@ def test_advances_when_the_gate_allows() -> None:
 def test_prunes_a_seed_with_negative_contribution_once_old_enough() -> None:
     def blending(age: int) -> SlotObservation:
         return SlotObservation(
-            "BLENDING", "conv_light", 0.4, age, contribution=-0.8, can_prune=True
+            "BLENDING", "conv_light", 0.4, age, contribution=-0.008, can_prune=True
         )
 
     assert policy(1).act(make_obs(blending(age=1))) == Action(Op.WAIT)
@@ -159,11 +160,14 @@ def test_never_prunes_an_unmeasured_seed_or_against_the_gate() -> None:
     unmeasured = SlotObservation(
         "TRAINING", "conv_light", 0.0, 5, contribution=None, can_prune=True
     )
-    gated = SlotObservation("HOLDING", "conv_light", 1.0, 5, contribution=-2.0, can_prune=False)
+    gated = SlotObservation("HOLDING", "conv_light", 1.0, 5, contribution=-0.02, can_prune=False)
     assert policy(2).act(make_obs(unmeasured, gated)) == Action(Op.WAIT)
 
 
-@pytest.mark.parametrize(("contribution", "expected"), [(1.5, Op.FOSSILIZE), (0.3, Op.WAIT)])
+# Contributions are fractions of accuracy, as attribution measures them: 0.015 = 1.5 points.
+@pytest.mark.parametrize(
+    ("contribution", "expected"), [(0.015, Op.FOSSILIZE), (0.003, Op.WAIT), (0.005, Op.WAIT)]
+)
 def test_fossilizes_only_a_clearly_positive_seed(contribution: float, expected: Op) -> None:
     holding = SlotObservation(
         "HOLDING", "conv_light", 1.0, 1, contribution, can_prune=True, can_fossilize=True
@@ -172,7 +176,7 @@ def test_fossilizes_only_a_clearly_positive_seed(contribution: float, expected: 
 
 
 def test_a_lukewarm_holding_seed_is_pruned_after_the_patience() -> None:
-    holding = SlotObservation("HOLDING", "conv_light", 1.0, 3, 0.3, can_prune=True)
+    holding = SlotObservation("HOLDING", "conv_light", 1.0, 3, 0.003, can_prune=True)
     assert policy(1, holding_patience=3).act(make_obs(holding)) == Action(Op.PRUNE, 0)
     assert policy(1, holding_patience=4).act(make_obs(holding)) == Action(Op.WAIT)
 

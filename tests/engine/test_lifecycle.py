@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from esper_engine.lifecycle import LIVE_STAGES, LifecycleError, SeedStage, check_transition
+from esper_engine.lifecycle import LIVE_SEED_STAGES, LifecycleError, SeedStage, check_transition
 
 S = SeedStage
 # Restated from SPEC section 4, not imported, so the table in the code is checked against it.
@@ -42,13 +42,14 @@ def test_every_other_pair_raises_naming_both_stages(pair: tuple[SeedStage, SeedS
 
 def test_fossilized_is_terminal_and_live_stages_are_the_probation_ones() -> None:
     assert all(p[0] is not S.FOSSILIZED for p in SPEC_TRANSITIONS)
-    assert LIVE_STAGES == {S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING}
+    assert LIVE_SEED_STAGES == {S.GERMINATED, S.TRAINING, S.BLENDING, S.HOLDING}
     # Exactly the live stages can be pruned.
-    assert {a for a, b in SPEC_TRANSITIONS if b is S.PRUNED} == LIVE_STAGES
+    assert {a for a, b in SPEC_TRANSITIONS if b is S.PRUNED} == LIVE_SEED_STAGES
 
 
-def test_stage_names_match_the_telemetry_contract() -> None:
-    from esper_engine.contracts import LIVE_SEED_STAGES, SEED_STAGES
+def test_the_lifecycle_uses_the_telemetry_contracts_stages() -> None:
+    from esper_engine import contracts
 
-    assert tuple(stage.value for stage in SeedStage) == SEED_STAGES
-    assert {stage.value for stage in LIVE_STAGES} == LIVE_SEED_STAGES
+    assert SeedStage is contracts.SeedStage  # one vocabulary, re-exported
+    assert LIVE_SEED_STAGES is contracts.LIVE_SEED_STAGES
+    assert all(type(stage) is SeedStage for stage in LIVE_SEED_STAGES)

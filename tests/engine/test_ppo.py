@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from esper_engine.contracts import Event, PolicyUpdate
-from esper_engine.policy.actions import N_OPS, ActionMasks, Op
+from esper_engine.policy.actions import N_OPS, ActionMasks, Op, op_index
 from esper_engine.policy.observation import obs_dim
 from esper_engine.policy.ppo import PPOAgent, PPOConfig, RolloutBuffer, compute_gae
 
 N_SLOTS, N_BLUEPRINTS = 3, 3
 OBS_DIM = obs_dim(N_SLOTS)
+WAIT, GERMINATE = op_index(Op.WAIT), op_index(Op.GERMINATE)  # positions in the op head
 
 
 def random_masks(n: int, generator: torch.Generator) -> ActionMasks:
@@ -24,9 +25,9 @@ def random_masks(n: int, generator: torch.Generator) -> ActionMasks:
     legal op has at least one legal slot."""
     slot = torch.rand(n, N_OPS, N_SLOTS, generator=generator) < 0.5
     slot[:, :, 0] |= torch.rand(n, N_OPS, generator=generator) < 0.5
-    slot[:, Op.WAIT] = True
+    slot[:, WAIT] = True
     op = slot.any(dim=-1) & (torch.rand(n, N_OPS, generator=generator) < 0.7)
-    op[:, Op.WAIT] = True
+    op[:, WAIT] = True
     blueprint = torch.rand(n, N_BLUEPRINTS, generator=generator) < 0.6
     blueprint[:, 1] = True
     return ActionMasks(op, slot, blueprint)
@@ -193,8 +194,8 @@ def test_masked_actions_are_never_sampled() -> None:
         op, slot, bp = ppo.act(obs, masks, deterministic=deterministic).actions.unbind(1)
         rows = torch.arange(4000)
         assert masks.op[rows, op].all()
-        assert (masks.slot[rows, op, slot] | (op == Op.WAIT)).all()
-        assert (masks.blueprint[rows, bp] | (op != Op.GERMINATE)).all()
+        assert (masks.slot[rows, op, slot] | (op == WAIT)).all()
+        assert (masks.blueprint[rows, bp] | (op != GERMINATE)).all()
     assert len(op.unique()) == N_OPS  # every op was drawn somewhere
 
 
@@ -222,13 +223,13 @@ def test_log_prob_and_entropy_are_those_of_the_joint_action_distribution() -> No
             head.weight.mul_(200.0)
     obs, masks = torch.randn(1, OBS_DIM, generator=g), random_masks(1, g)
     legal = []
-    for op in Op:
-        slots = range(N_SLOTS) if op != Op.WAIT else [0]
-        bps = range(N_BLUEPRINTS) if op == Op.GERMINATE else [0]
+    for op in range(N_OPS):
+        slots = range(N_SLOTS) if op != WAIT else [0]
+        bps = range(N_BLUEPRINTS) if op == GERMINATE else [0]
         for slot, bp in itertools.product(slots, bps):
-            ok = masks.op[0, op] and (op == Op.WAIT or masks.slot[0, op, slot])
-            if ok and (op != Op.GERMINATE or masks.blueprint[0, bp]):
-                legal.append([int(op), slot, bp])
+            ok = masks.op[0, op] and (op == WAIT or masks.slot[0, op, slot])
+            if ok and (op != GERMINATE or masks.blueprint[0, bp]):
+                legal.append([op, slot, bp])
     actions = torch.tensor(legal)
     repeated = ActionMasks(*(part.expand(len(legal), *part.shape[1:]) for part in masks))
     log_p, entropy, _ = ppo.evaluate(obs.expand(len(legal), -1), repeated, actions)
@@ -283,7 +284,7 @@ def test_learns_a_contextual_bandit() -> None:
     """Only GERMINATE into slot 2 with blueprint 1 pays (+1); a 1-in-45 action at the start."""
     ppo = agent(seed=0, lr=1e-2, minibatches=2)
     g = torch.Generator().manual_seed(0)
-    target = torch.tensor([Op.GERMINATE, 2, 1])
+    target = torch.tensor([GERMINATE, 2, 1])
     n_envs = 32
     for _ in range(50):
         buffer = RolloutBuffer(n_envs)

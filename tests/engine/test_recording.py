@@ -275,7 +275,8 @@ FIRST = batch_frame([batch(0)])
         (header() + struct.pack(">I", 4) + b"\x91\x81\xa4t", ("frame at byte 8",)),
         (header() + frame(batch(0)), ("frame at byte 8", "does not decode")),  # not an array
         (header() + FIRST + b"\x00\x00\x00\x01\x90", (f"byte {8 + len(FIRST)} holds no events",)),
-        (header() + FIRST[:-1] + b"\x00" + FIRST[-1:], ("does not decode",)),  # length is off
+        # the length is one short: the frame's msgpack is cut and one byte trails it
+        (header() + struct.pack(">I", len(FIRST) - 5) + FIRST[4:], ("does not decode",)),
         (header() + FIRST + b"\xff\xff\xff\xff" + b"x" * 10, ("claims 4294967295",)),
         (header() + b"\x00\x00\x00\x00", ("frame at byte 8 claims 0 bytes",)),
         (header(1) + frame(batch(0)) + b"\x00\x00\x00\x02\xc1\xc1", ("does not decode",)),
@@ -366,3 +367,105 @@ def test_follower_refuses_a_file_that_is_not_a_recording(tmp_path: Path) -> None
     path.write_bytes(b"hello")
     with RecordingFollower(path) as follower, pytest.raises(RecordingError, match="bad magic"):
         follower.poll()
+
+
+# --- schema versions: events are converted to the current schema as they are read --------------
+
+V1_ATTRIBUTION = {
+    "shapley": {"block1": 2.25, "block2": -1.0},
+    "std": {"block1": 0.5, "block2": 1.5},
+    "full_value": 29.5,
+    "empty_value": 27.0,
+}
+
+
+def schema_1_events() -> list[bytes]:
+    """A schema-1 run as that build encoded it: Shapley values, std, v(all), v(none) in accuracy
+    points, and none of the fields appended since."""
+    started = msgspec.to_builtins(EVENT_SAMPLES[c.RunStarted])
+    for appended in ("host_params", "seed_params"):
+        del started[appended]
+    started["schema_version"] = 1
+    attribution = msgspec.to_builtins(EVENT_SAMPLES[c.Attribution])
+    attribution |= V1_ATTRIBUTION | {"full_loss": 1.7}
+    summary = msgspec.to_builtins(EVENT_SAMPLES[c.EpochSummary])
+    del summary["last_op"]
+    return [msgspec.msgpack.encode(e) for e in (started, attribution, summary)]
+
+
+def raw_batch_frame(payloads: list[bytes]) -> bytes:
+    body = recording._array_header(len(payloads)) + b"".join(payloads)
+    return struct.pack(">I", len(body)) + body
+
+
+def assert_schema_2_attribution(event: c.Event) -> None:
+    assert isinstance(event, c.Attribution)
+    assert event.shapley == pytest.approx({"block1": 0.0225, "block2": -0.01})
+    assert event.std == pytest.approx({"block1": 0.005, "block2": 0.015})
+    assert (event.full_value, event.empty_value) == pytest.approx((0.295, 0.27))
+    assert event.full_loss == 1.7  # a loss in nats: not an accuracy, left alone
+
+
+def test_a_schema_1_recording_reads_in_fractions(tmp_path: Path) -> None:
+    started, attribution, summary = schema_1_events()
+    path = tmp_path / "v1.ovwrec"
+    frames = raw_batch_frame([started]) + raw_batch_frame([attribution, summary])
+    path.write_bytes(header() + frames)
+    events = read_recording(path).events
+    assert events[0].schema_version == 1  # as recorded
+    assert_schema_2_attribution(events[1])
+    assert events[2] == c.decode_event(summary)  # other events are unchanged
+
+
+def test_a_follower_converts_a_schema_1_recording_across_polls(tmp_path: Path) -> None:
+    started, attribution, summary = schema_1_events()
+    path = tmp_path / "v1.ovwrec"
+    path.write_bytes(header() + raw_batch_frame([started]))
+    with RecordingFollower(path) as follower:
+        assert [type(e) for e in follower.poll()] == [c.RunStarted]
+        with open(path, "ab") as f:
+            f.write(raw_batch_frame([attribution]) + frame(c.decode_event(summary))[:5])
+        (converted,) = follower.poll()
+        assert_schema_2_attribution(converted)
+
+
+def test_a_current_recording_is_read_as_written(tmp_path: Path) -> None:
+    started = msgspec.structs.replace(EVENT_SAMPLES[c.RunStarted], schema_version=c.SCHEMA_VERSION)
+    events = [started, EVENT_SAMPLES[c.Attribution], EVENT_SAMPLES[c.EpochSummary]]
+    path = write(tmp_path / "v2.ovwrec", events)
+    assert read_recording(path).events == events
+    with RecordingFollower(path) as follower:
+        assert follower.poll() == events
+
+
+def test_schema_version_is_now_2() -> None:
+    # 2: accuracy-like figures are fractions; bumping it again needs an entry in _UPGRADES.
+    assert c.SCHEMA_VERSION == 2
+    assert set(recording._UPGRADES) == {1}
+
+
+@pytest.mark.parametrize(
+    ("event", "field", "bad"),
+    [
+        (c.SeedTransition, "to_stage", "SPROUTING"),
+        (c.SeedTransition, "initiator", "the intern"),
+        (c.RunFinished, "status", "exploded"),
+    ],
+)
+def test_an_unknown_name_in_a_recording_is_one_clear_error(
+    tmp_path: Path, event: type, field: str, bad: str
+) -> None:
+    payload = msgspec.msgpack.encode(msgspec.to_builtins(EVENT_SAMPLES[event]) | {field: bad})
+    path = tmp_path / "bad-name.ovwrec"
+    path.write_bytes(header() + FIRST + raw_batch_frame([payload]))
+    offset = HEADER_SIZE + len(FIRST)
+    assert_one_line_error(path, f"frame at byte {offset}", "does not decode", repr(bad)[1:-1])
+    with RecordingFollower(path) as follower, pytest.raises(RecordingError) as info:
+        follower.poll()
+    assert f"frame at byte {offset}" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_stage_name_survives_a_recording_as_the_enum(tmp_path: Path) -> None:
+    path = write(tmp_path / "ok.ovwrec", [EVENT_SAMPLES[c.SeedTransition]])
+    (event,) = read_recording(path).events
+    assert event.to_stage is c.SeedStage.BLENDING and event.initiator is c.Initiator.GATE

@@ -19,8 +19,9 @@ def test_first_epoch_has_no_accuracy_change() -> None:
     assert compute_reward(None, 0.4, {}, 1000, 0, 0.02) == 0.0
 
 
-def test_contributions_add_a_small_weighted_credit() -> None:
-    contributions = {"block0": 2.0, "block1": -0.5}
+def test_contributions_add_a_small_weighted_credit_in_points() -> None:
+    # Contributions arrive as fractions (Shapley values of accuracy): 0.02 is 2 points.
+    contributions = {"block0": 0.02, "block1": -0.005}
     reward = compute_reward(0.5, 0.5, contributions, 1000, 0, 0.0, contribution_weight=0.1)
     assert reward == pytest.approx(0.15)
 

@@ -16,11 +16,16 @@ from esper_engine.contracts import (
     EpochSummary,
     ForceRollback,
     GovernorRollback,
+    Initiator,
+    Op,
     Pause,
     PolicyUpdate,
     Resume,
     RunFinished,
     RunStarted,
+    RunStatus,
+    SeedStage,
+    SeedTransition,
     SetClipThreshold,
     Stop,
 )
@@ -269,10 +274,15 @@ def test_attributions_are_efficient(images):
     assert finished.status == "completed", finished.error
     attributions = of(events, Attribution)
     assert attributions, "the heuristic should have blended a seed within 10 epochs"
+    summaries = {(s.env, s.epoch): s for s in of(events, EpochSummary)}
     for a in attributions:
         assert a.exact
         total = sum(a.shapley.values())
-        assert total == pytest.approx(a.full_value - a.empty_value, abs=1e-6)
+        assert total == pytest.approx(a.full_value - a.empty_value, abs=1e-9)
+        # SPEC 9: fractions, like the accuracies; v(all) is the model as it is, so it is the
+        # epoch's validation accuracy on the same fixed batches (points were 100x this).
+        assert 0.0 <= a.empty_value <= 1.0 and all(-1.0 <= v <= 1.0 for v in a.shapley.values())
+        assert a.full_value == pytest.approx(summaries[a.env, a.epoch].val_accuracy, abs=1e-9)
 
 
 def test_language_model_reports_perplexity(stories):
@@ -373,3 +383,29 @@ def test_learning_rates_follow_the_schedule_epoch_by_epoch(images):
         expected = [images.host_lr * config.lr_scale(epoch) for epoch in range(4)]
         assert [seen[epoch] for epoch in range(4)] == pytest.approx(expected)
     assert len(set(expected)) == 1  # constant: the base lr throughout
+
+
+def test_the_first_events_carry_params_and_throughput(images):
+    config = small_config(batch_stats_every=1)
+    trainer, events, finished = run(images, config)
+    assert finished.status is RunStatus.COMPLETED, finished.error
+    started = events[0]
+    host = trainer.envs[0].model.host_param_count()  # one episode: the host as built
+    assert (started.host_params, started.seed_params) == (host, 0) and host > 0
+    stats = of(events, BatchStats)
+    assert len(stats) == config.n_envs * config.epochs * config.batches_per_epoch
+    assert all(math.isfinite(b.samples_per_s) and b.samples_per_s > 0 for b in stats)
+
+
+def test_events_carry_the_contracts_vocabulary(images):
+    _, events, finished = run(images, small_config(n_envs=1, epochs=6, batches_per_epoch=2))
+    assert type(finished.status) is RunStatus
+    transitions = of(events, SeedTransition)
+    assert transitions, "the heuristic germinates from the first epoch"
+    for t in transitions:
+        assert type(t.from_stage) is SeedStage and type(t.to_stage) is SeedStage
+        assert type(t.initiator) is Initiator
+    summaries = of(events, EpochSummary)
+    assert all(type(slot.stage) is SeedStage for s in summaries for slot in s.slots)
+    assert [s.last_op for s in summaries] == [Op(s.last_action.split()[0]) for s in summaries]
+    assert summaries[0].last_op is Op.GERMINATE

@@ -41,6 +41,9 @@ def epoch_number(epoch: int) -> int:
     return epoch + 1
 
 
+LARGE = 1e6  # from here on numbers are shown in scientific notation
+
+
 def num(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "-"
@@ -48,12 +51,16 @@ def num(value: float | None, digits: int = 3) -> str:
         return "nan"
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
+    if abs(value) >= LARGE:  # a diverging loss or a refused 1e40: not forty digits on screen
+        return f"{value:.{min(digits, 2)}e}"
     return f"{value:.{digits}f}"
 
 
 def signed(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return num(value, digits)
+    if abs(value) >= LARGE:
+        return f"{value:+.{min(digits, 2)}e}"
     if round(value, digits) == 0:
         value = 0.0  # a value that rounds to zero reads +0.000, never -0.000
     return f"{value:+.{digits}f}"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from _throughput import RunShape
 
-from esper_engine.contracts import EpochSummary, RunFinished, RunStarted
+from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunStatus
 from esper_engine.recording import RecordingFollower
 
 POLL_S = 0.25
@@ -136,7 +136,7 @@ def _throughput(events: list, name: str) -> float:
     finished = next((e for e in events if type(e) is RunFinished), None)
     if started is None or finished is None:
         raise ConsoleBenchError(f"{name}: recording lacks RunStarted or RunFinished")
-    if finished.status != "completed":
+    if finished.status != RunStatus.COMPLETED:
         raise ConsoleBenchError(f"{name}: run {finished.status}: {finished.error}")
     per_summary = started.batches_per_epoch * started.config["batch_size"]
     samples = per_summary * sum(1 for e in events if type(e) is EpochSummary)

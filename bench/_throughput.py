@@ -20,7 +20,7 @@ from torch import Tensor
 
 from esper_engine.batching import SharedBatchIterator
 from esper_engine.config import TrainingConfig
-from esper_engine.contracts import Event
+from esper_engine.contracts import Event, RunStatus
 from esper_engine.model import create_model
 from esper_engine.recording import Recorder
 from esper_engine.session import TrainingSession
@@ -87,7 +87,7 @@ def trainer_seconds(
     if events is not None:
         events += session.poll()
     finished = session.finished
-    if finished is None or finished.status != "completed":
+    if finished is None or finished.status != RunStatus.COMPLETED:
         error = "no RunFinished" if finished is None else f"{finished.status}: {finished.error}"
         raise RuntimeError(f"benchmark run did not complete ({error})")
     return watch.result

@@ -26,7 +26,14 @@ from pathlib import Path
 import torch
 
 from esper_engine.config import TrainingConfig
-from esper_engine.contracts import EpochSummary, Event, RunFinished, SeedTransition
+from esper_engine.contracts import (
+    EpochSummary,
+    Event,
+    RunFinished,
+    RunStatus,
+    SeedStage,
+    SeedTransition,
+)
 from esper_engine.policy.ppo import PPOAgent
 from esper_engine.tasks import Task, load_task
 from esper_engine.trainer import VectorizedTrainer
@@ -77,7 +84,7 @@ class EpisodeSink:
     def emit(self, event: Event) -> None:
         if isinstance(event, EpochSummary):
             self.summaries.append(event)
-        elif isinstance(event, SeedTransition) and event.to_stage == "GERMINATED":
+        elif isinstance(event, SeedTransition) and event.to_stage == SeedStage.GERMINATED:
             self.germinations.append(event)
         elif isinstance(event, RunFinished):
             self.finished = event
@@ -113,7 +120,7 @@ def config_for(profile: Profile, policy: str, seed: int, episodes: int = 1) -> T
 
 def run(trainer: VectorizedTrainer, sink: EpisodeSink, label: str) -> None:
     finished = trainer.run()
-    if finished.status != "completed":
+    if finished.status != RunStatus.COMPLETED:
         raise RuntimeError(f"{label} did not complete: {finished.status}: {finished.error}")
 
 
@@ -127,7 +134,7 @@ def episode_result(sink: EpisodeSink, seed: int, seconds: float) -> RunResult:
         final=final.val_accuracy,
         best=max(s.val_accuracy for s in episode),
         germinated=sum(t.episode == last for t in sink.germinations),
-        fossilized=sum(slot.stage == "FOSSILIZED" for slot in final.slots),
+        fossilized=sum(slot.stage == SeedStage.FOSSILIZED for slot in final.slots),
         seed_params=final.seed_params,
         host_params=final.host_params,
         seconds=seconds,

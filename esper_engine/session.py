@@ -16,7 +16,13 @@ import msgspec
 
 from esper_engine.blueprints import blueprint_names
 from esper_engine.config import TrainingConfig
-from esper_engine.contracts import OperatorCommand, RunFinished, Stop, TelemetryEvent
+from esper_engine.contracts import (
+    OperatorCommand,
+    RunFinished,
+    RunStatus,
+    Stop,
+    TelemetryEvent,
+)
 from esper_engine.model import resolve_device
 from esper_engine.recording import Recorder
 from esper_engine.tasks import Task, load_task
@@ -55,7 +61,9 @@ class TrainingSession:
             self.finished = self._trainer.run()
         except Exception as exc:  # noqa: BLE001 - the trainer reports its own crashes; this is
             # the last line of defence (e.g. the disk under the recorder filled up).
-            self.finished = RunFinished(run_id=self.run_id, status="crashed", error=repr(exc))
+            self.finished = RunFinished(
+                run_id=self.run_id, status=RunStatus.CRASHED, error=repr(exc)
+            )
             self.events.emit(self.finished)
         finally:
             if self.recorder is not None:
@@ -96,7 +104,7 @@ class TrainingSession:
 
     @property
     def exit_code(self) -> int:
-        if self.finished is None or self.finished.status == "crashed":
+        if self.finished is None or self.finished.status == RunStatus.CRASHED:
             return 1
         return 0
 

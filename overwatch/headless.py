@@ -23,6 +23,8 @@ from esper_engine.contracts import (
     EpochSummary,
     RunFinished,
     RunStarted,
+    RunStatus,
+    SeedStage,
     Stop,
     TelemetryEvent,
 )
@@ -85,7 +87,7 @@ class HeadlessView:
         seeds = " ".join(
             f"{slot.slot_id}:{slot.stage[:4].lower()}"
             for slot in s.slots
-            if slot.stage in LIVE_SEED_STAGES or slot.stage == "FOSSILIZED"
+            if slot.stage in LIVE_SEED_STAGES or slot.stage == SeedStage.FOSSILIZED
         )
         return (
             str(s.env + 1),  # counted from 1, as in the console
@@ -132,7 +134,7 @@ def run_headless(
         follow = _follow_live if console.is_terminal else _follow_lines
         follow(session, view, console, period)
     finished = session.finished
-    if finished is not None and finished.status == "crashed":
+    if finished is not None and finished.status == RunStatus.CRASHED:
         console.print(f"[bold red]run crashed:[/] {escape(finished.error or '')}")
     elif finished is not None:
         console.print(f"run {finished.status}")

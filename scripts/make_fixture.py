@@ -48,6 +48,7 @@ from esper_engine.contracts import (  # noqa: E402
     Pause,
     PolicyUpdate,
     Resume,
+    RunStatus,
     SeedStage,
     SeedTransition,
     SetClipThreshold,
@@ -140,7 +141,7 @@ def record(path: Path, config: TrainingConfig, scale: str) -> list[Event]:
         finished = trainer.run()
     finally:
         sink.close()
-    if finished.status != "completed":
+    if finished.status != RunStatus.COMPLETED:
         raise SystemExit(f"{name}: the run ended {finished.status}: {finished.error}")
     if sink.script:
         raise SystemExit(f"{name}: the run never reached {sorted(sink.script)} for its operator")

@@ -17,6 +17,7 @@ from esper_engine.contracts import (
     PolicyUpdate,
     RunFinished,
     RunStarted,
+    RunStatus,
     SeedTransition,
     SetClipThreshold,
 )
@@ -121,7 +122,7 @@ class EventLog(Widget):
                 style=self._style("log--run"),
             )
         if isinstance(entry, RunFinished):
-            style = "log--panic" if entry.status == "crashed" else "log--run"
+            style = "log--panic" if entry.status == RunStatus.CRASHED else "log--run"
             detail = f": {entry.error}" if entry.error else ""
             return Text(f"run {entry.status}{detail}", style=self._style(style))
         return Text(type(entry).__name__, style=self._style("log--dim"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 
+from esper_engine.contracts import RunStatus
 from overwatch.state import ConsoleState
 from overwatch.widgets.formatting import episode_number, epoch_number, num, signed
 from overwatch.widgets.lines import LineWidget
@@ -98,7 +99,7 @@ class RunHeader(LineWidget):
         trainer_kind = {
             "running": "header--good",
             "paused": "header--paused",
-            "crashed": "header--bad",
+            RunStatus.CRASHED: "header--bad",
             "stopping": "header--paused",
         }.get(trainer, "header--dim")
         text.append(" │ trainer ", self._style("header--label"))

@@ -69,12 +69,14 @@ def acknowledge(
     value = command.value if isinstance(command, SetClipThreshold) else None
     env = getattr(command, "env", None)  # the env the command named
     command_id = getattr(command, "command_id", 0)
+    console = getattr(command, "console", "")
     return CommandAck(
         command=event_type(command) if isinstance(command, _KNOWN) else type(command).__name__,
         accepted=accepted,
         reason=reason,
         value=_as_float(value),
         command_id=command_id if _is_int64(command_id) else 0,
+        console=console if isinstance(console, str) else "",
         **{**common, "env": int(env) if _is_int64(env) else None},
     )
 

@@ -230,6 +230,7 @@ class CommandAck(Event, frozen=True, kw_only=True):
     reason: str = ""
     value: float | None = None  # the command's value (SetClipThreshold: an L2 norm)
     command_id: int = 0
+    console: str = ""  # who sent it: "" the run's own console or script, else an attached one
 
 
 class RunFinished(Event, frozen=True, kw_only=True):
@@ -269,6 +270,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
     command_id: int = 0
+    console: str = ""  # the attached console that sent it (set by the control socket)
 
 
 class ForceRollback(Command, frozen=True, kw_only=True):

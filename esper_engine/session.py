@@ -23,6 +23,7 @@ from esper_engine.contracts import (
     Stop,
     TelemetryEvent,
 )
+from esper_engine.control import ControlServer
 from esper_engine.model import resolve_device
 from esper_engine.recording import Recorder
 from esper_engine.tasks import Task, load_task
@@ -55,6 +56,8 @@ class TrainingSession:
         )
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
         self.finished: RunFinished | None = None
+        self.control: ControlServer | None = None  # the socket attached consoles send to
+        self.control_error: str | None = None  # why the run has none (it trains anyway)
 
     def _run(self) -> None:
         try:
@@ -66,10 +69,18 @@ class TrainingSession:
             )
             self.events.emit(self.finished)
         finally:
+            if self.control is not None:
+                self.control.close()
             if self.recorder is not None:
                 self.recorder.close()
 
     def start(self) -> None:
+        """Start the trainer thread, and a recorded run's control socket (``overwatch attach``)."""
+        if self.record_path is not None:
+            try:
+                self.control = ControlServer(self.send, self.record_path, self.run_id)
+            except OSError as exc:
+                self.control_error = f"no control socket: {exc}"
         self._thread.start()
 
     @property

@@ -17,6 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 
+try:
+    import termios
+except ImportError:  # not on Windows
+    termios = None
+
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -32,8 +37,9 @@ from esper_engine.contracts import (
     Resume,
     RunStatus,
     SetClipThreshold,
+    Stop,
 )
-from overwatch.sources import EventSource, ReplayAction
+from overwatch.sources import EventSource, LiveSource, ReplayAction
 from overwatch.state import ConsoleState, liveness, log_note, reduce_many
 from overwatch.widgets.clip_entry import ClipEntryModal
 from overwatch.widgets.confirm import ConfirmModal
@@ -51,10 +57,12 @@ WIDE_MIN = (100, 30)  # below either: the compact layout (one line per env)
 TINY_MIN = (60, 16)  # below either: only a "terminal too small" notice
 PANEL_MIN_WIDTH = 56  # wide layout: columns of env panels = width // this
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
+HANGUP_MODES = ("detach", "stop")  # run --on-hangup
+termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
 ACK_TOASTS_PER_TICK = 3  # a burst of acks becomes a few toasts, not a wall of them
 
 # Actions that steer the trainer: greyed out in replay and once the run has finished.
-CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause_toggle"})
+CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause_toggle", "stop_run"})
 REPLAY_ACTIONS = frozenset(
     {"replay_toggle", "replay_step", "replay_speed", "replay_home", "replay_end"}
 )
@@ -156,6 +164,12 @@ class OverwatchApp(App[int]):
         ),
         Binding("c", "clip_entry", "Clip=", tooltip="Type an exact clip threshold"),
         Binding("p", "pause_toggle", "Pause", tooltip="Pause / resume training"),
+        Binding(
+            "S",
+            "stop_run",
+            "Stop run",
+            tooltip="Stop the attached run (y/n); q only detaches",
+        ),
     ]
 
     def __init__(
@@ -183,6 +197,7 @@ class OverwatchApp(App[int]):
         self._finished_shown = False  # the run's end as the footer's key states last saw it
         self._warned: str | None = None
         self._quitting = False
+        self.detached = False  # the terminal hung up and the run goes on without this screen
         self._loop: asyncio.AbstractEventLoop | None = None
         self._panels: list[EnvPanel] = []
         self._rows: list[EnvRow] = []
@@ -342,6 +357,8 @@ class OverwatchApp(App[int]):
         caps = self.source.capabilities
         if action in REPLAY_ACTIONS:
             return caps.replay_controls
+        if action == "stop_run" and not caps.attached:
+            return False  # a console's own run stops with q
         if action in CONTROL_ACTIONS:
             if not caps.controls or self.state.finished or self._quitting:
                 return None
@@ -411,6 +428,20 @@ class OverwatchApp(App[int]):
         self._pause_wanted = not paused
         self._send(Resume() if paused else Pause())
 
+    def action_stop_run(self) -> None:
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                self._send(Stop())
+
+        self.push_screen(
+            ConfirmModal(
+                "Stop the run?",
+                "The trainer stops at its next safe point and closes its recording; this "
+                "console stays open on the finished run. (q only detaches.)",
+            ),
+            answered,
+        )
+
     def _current_clip(self) -> float | None:
         """The threshold to build on: one still in flight wins over the last one reported."""
         if self._pending_clip is not None:
@@ -425,7 +456,9 @@ class OverwatchApp(App[int]):
         """Send ``command`` (about ``env``, None: the whole run) and log that it went out."""
         command_id = self.source.send(command)
         if command_id is None:
-            self.notify("read-only: commands cannot be sent", severity="warning")
+            self._warned = self.source.warning  # shown here, not again by _warn_once
+            reason = self.source.warning or "read-only: commands cannot be sent"
+            self.notify(reason, severity="warning")
             return
         self._sent_ids.add(command_id)
         log_note(self.state, f"sent {describe_command(command)} (#{command_id})", env=env)
@@ -457,7 +490,8 @@ class OverwatchApp(App[int]):
     # --- keys: help and quit --------------------------------------------------------------------
 
     def action_help(self) -> None:
-        mode = "live" if self.source.capabilities.controls else "replay, read-only"
+        caps = self.source.capabilities
+        mode = "attached" if caps.attached else "live" if caps.controls else "replay, read-only"
         self.push_screen(HelpScreen(self.help_rows(), mode))
 
     def help_rows(self) -> list[tuple[str, str, bool]]:
@@ -471,6 +505,8 @@ class OverwatchApp(App[int]):
                 continue
             keys = "? f1" if name == "help" else binding.key_display or binding.key
             description = _HELP_PAIRS.get(name) or binding.tooltip or binding.description
+            if name == "quit" and self.source.capabilities.attached:
+                description = "Detach and quit; the run goes on"
             if description not in rows:
                 rows[description] = ([], self.check_action(name, ()) is True)
             rows[description][0].append(keys)
@@ -492,7 +528,8 @@ class OverwatchApp(App[int]):
             return
         self._quitting = True
         self.refresh_bindings()
-        if not self.source.capabilities.controls:
+        caps = self.source.capabilities
+        if not caps.controls or caps.attached:  # a replay, or a run another process owns
             self.source.stop(0)
             self.exit(self.exit_code(), return_code=self.exit_code())
             return
@@ -513,18 +550,37 @@ class OverwatchApp(App[int]):
     def exit_code(self) -> int:
         """1 when the trainer crashed in this (live) session; 0 otherwise, replays included."""
         crashed = self.state.finished_status == RunStatus.CRASHED
-        return 1 if crashed and self.source.capabilities.controls else 0
+        caps = self.source.capabilities
+        return 1 if crashed and caps.controls and not caps.attached else 0
 
 
-def run_console(source: EventSource, refresh_hz: float = 4.0) -> int:
+def run_console(source: EventSource, refresh_hz: float = 4.0, *, on_hangup: str = "stop") -> int:
     """Run the console until the operator quits; returns the process exit code.
 
     SIGTERM quits like `q`. A dropped SSH session (SIGHUP) leaves no terminal to restore (and
-    Textual's writer can block forever on the dead tty), so it stops the trainer at a safe point,
-    lets the recorder close, and exits the process without touching the terminal again.
+    Textual's writer can block forever on the dead tty). With ``on_hangup="stop"`` it stops the
+    trainer at a safe point, lets the recorder close, and exits without touching the terminal
+    again; with ``"detach"`` (a live run only) the trainer keeps going headless, reachable with
+    ``overwatch attach``, and the process exits when the run ends.
     """
+    if on_hangup not in HANGUP_MODES:
+        raise ValueError(f"on_hangup must be one of {', '.join(HANGUP_MODES)}, got {on_hangup!r}")
     app = OverwatchApp(source, refresh_hz=refresh_hz)
-    handlers = {"SIGTERM": lambda *_: app.request_quit(), "SIGHUP": lambda *_: _hang_up(source)}
+    detach = on_hangup == "detach" and isinstance(source, LiveSource)
+
+    def hang_up(*_: object) -> None:
+        if detach and isinstance(source, LiveSource):
+            _detach(app, source)
+        else:
+            _hang_up(source)
+
+    def terminate(*_: object) -> None:
+        if app.detached:  # no app left to quit: stop the run; the waiter exits the process
+            threading.Thread(target=source.stop, args=(STOP_TIMEOUT_S,), daemon=True).start()
+        else:
+            app.request_quit()
+
+    handlers = {"SIGTERM": terminate, "SIGHUP": hang_up}
     previous = {}
     for name, handler in handlers.items():
         if hasattr(signal, name):
@@ -549,10 +605,41 @@ def _hang_up(source: EventSource) -> None:
     threading.Thread(target=stop_and_exit, name="overwatch-hangup", daemon=True).start()
 
 
+def _detach(app: OverwatchApp, source: LiveSource) -> None:
+    """The terminal is gone, the run goes on: point the standard streams at /dev/null (so
+    nothing ever writes to the dead tty), let the app end, and exit when the trainer does."""
+    if app.detached:
+        return
+    app.detached = True
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+    def wait_and_exit() -> None:
+        # The main thread waits too once the app has ended; this one covers an app whose
+        # shutdown never returns (a writer stuck on the dead tty).
+        source.session.wait()
+        os._exit(source.session.exit_code)
+
+    threading.Thread(target=wait_and_exit, name="overwatch-detached", daemon=True).start()
+    if app._loop is not None:
+        app._loop.call_soon_threadsafe(app.exit)
+
+
 def run_app(app: OverwatchApp) -> int:
     """Run a console built by the caller (to wire signals to ``app.request_quit`` first)."""
     try:
         app.run()
+    except (OSError, termios_error):
+        if not app.detached:
+            raise
+        # Detached: restoring the settings of a terminal that is gone fails; nothing to restore.
     finally:
-        app.source.stop(STOP_TIMEOUT_S)  # whatever ended the app, never leave a trainer running
+        if app.detached and isinstance(app.source, LiveSource):
+            app.source.session.wait()  # the run outlives its terminal
+        else:
+            app.source.stop(STOP_TIMEOUT_S)  # whatever ended the app, never leave a trainer
+    if app.detached and isinstance(app.source, LiveSource):
+        return app.source.session.exit_code
     return app.return_code if app.return_code is not None else app.exit_code()

@@ -1,4 +1,4 @@
-"""The `overwatch` command: run (console or headless), replay, export.
+"""The `overwatch` command: run (console or headless), replay, attach, ps, export.
 
 Bad input is one line on stderr and exit code 2; a crashed run exits 1; completed or stopped, 0.
 
@@ -32,6 +32,7 @@ from esper_engine.config_io import apply_set, apply_table, load_toml, set_value,
 from esper_engine.faults import FaultKind, parse_fault
 
 EXIT_OK, EXIT_CRASHED, EXIT_BAD_INPUT = 0, 1, 2
+RUNS_DIR = "overwatch-runs"  # where runs are recorded unless --record says otherwise
 PACKAGE = "overwatch-esper"  # the distribution name in pyproject.toml
 # Console and headless refresh rates: above 60 Hz the view only steals the trainer's GIL time;
 # 0.1 Hz (a view every 10 s) is the slowest the headless view updates anyway.
@@ -162,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_refresh_hz(replay)
 
+    attach = sub.add_parser(
+        "attach",
+        help="open the console of a run going on in another process, with its controls",
+        formatter_class=_HelpFormatter,
+    )
+    attach.add_argument("run", help="a recording path, or a run id under --dir")
+    attach.add_argument("--dir", default=RUNS_DIR, help="the runs directory")
+    attach.add_argument(
+        "--console", default=None, help="the name acks give this console (default: attach-PID)"
+    )
+    _add_refresh_hz(attach)
+
+    ps = sub.add_parser(
+        "ps", help="list the runs under the runs directory", formatter_class=_HelpFormatter
+    )
+    ps.add_argument("--dir", default=RUNS_DIR, help="the runs directory")
+
     export = sub.add_parser(
         "export", help="write a recording as JSON lines or CSV", formatter_class=_HelpFormatter
     )
@@ -246,6 +264,13 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--headless", action="store_true", help="no TUI: a compact progress view on stderr"
     )
+    run.add_argument(
+        "--on-hangup",
+        choices=("detach", "stop"),
+        default="detach",
+        help="when the console's terminal goes away (SIGHUP): keep training headless, "
+        "reachable with `overwatch attach` (detach), or stop at a safe point (stop)",
+    )
     _add_refresh_hz(run)
 
 
@@ -282,7 +307,7 @@ def _flag_value(dest: str, value: object) -> object:
 def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
     if args.no_record:
         return None
-    path = Path(args.record) if args.record else Path("overwatch-runs") / f"{run_id}.msgpack"
+    path = Path(args.record) if args.record else Path(RUNS_DIR) / f"{run_id}.msgpack"
     if path.exists() and path.is_dir():
         raise BadInput(f"--record {path} is a directory")
     return path
@@ -317,7 +342,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from overwatch.app import run_console  # noqa: PLC0415
         from overwatch.sources import LiveSource  # noqa: PLC0415
 
-        code = run_console(LiveSource(session), refresh_hz=args.refresh_hz)
+        code = run_console(
+            LiveSource(session), refresh_hz=args.refresh_hz, on_hangup=args.on_hangup
+        )
     if path is not None:
         print(f"recorded to {path}", file=sys.stderr)
     return code
@@ -353,6 +380,31 @@ def _freeze_loaded() -> None:
     gc.freeze()
 
 
+def _cmd_attach(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+
+    from overwatch.app import run_console  # noqa: PLC0415
+    from overwatch.runs import RunError, attach_target  # noqa: PLC0415
+    from overwatch.sources import AttachSource  # noqa: PLC0415
+
+    try:
+        record, socket_path = attach_target(args.run, Path(args.dir))
+    except RunError as exc:
+        raise BadInput(str(exc)) from None
+    console = args.console or f"attach-{os.getpid()}"
+    return run_console(AttachSource(record, socket_path, console), refresh_hz=args.refresh_hz)
+
+
+def _cmd_ps(args: argparse.Namespace) -> int:
+    from overwatch.runs import list_runs, ps_table  # noqa: PLC0415
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise BadInput(f"no runs directory {directory}")
+    sys.stdout.write(ps_table(list_runs(directory)))
+    return EXIT_OK
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from esper_engine.recording import RecordingError  # noqa: PLC0415
     from overwatch.export import export_recording  # noqa: PLC0415
@@ -369,7 +421,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        handler = {"run": _cmd_run, "replay": _cmd_replay, "export": _cmd_export}[args.command]
+        handler = {
+            "run": _cmd_run,
+            "replay": _cmd_replay,
+            "attach": _cmd_attach,
+            "ps": _cmd_ps,
+            "export": _cmd_export,
+        }[args.command]
         return handler(args)
     except BadInput as exc:
         print(f"overwatch: error: {exc}", file=sys.stderr)

@@ -68,6 +68,8 @@ class Capabilities:
     controls: bool  # commands reach a trainer (rollback, clip, pause); else they are greyed out
     replay_controls: bool  # play/pause, step, speed and jumps (``EventSource.replay``)
     live: bool  # events arrive as they happen: the header can say LIVE or STALE
+    # The run belongs to another process: q leaves it going, stopping it is its own key.
+    attached: bool = False
 
 
 class ReplayAction(StrEnum):
@@ -403,3 +405,69 @@ class ReplaySource:
             if type(event) is EpochSummary:
                 self._epoch_last[(event.episode, event.epoch)] = i + 1
         self._stops = sorted(set(self._epoch_last.values()))
+
+
+class AttachSource:
+    """A run in another process: its recording from the start (history, then live) for the
+    screen, and its control socket for the operator's commands.
+
+    ``stop`` only detaches: the run goes on. Stopping the run is ``send(Stop())``.
+    """
+
+    capabilities = Capabilities(controls=True, replay_controls=False, live=True, attached=True)
+    dropped = 0  # the recording never drops
+    plan = None  # the recording's RunStarted lays the panels out
+
+    def __init__(self, record_path: str | os.PathLike[str] | Path, socket_path: str, console: str):
+        from esper_engine.control import ControlClient  # noqa: PLC0415
+
+        self.record_path = record_path
+        self.console = console
+        self.warning: str | None = None
+        self._follower: RecordingFollower | None = RecordingFollower(record_path)
+        self._client = ControlClient(socket_path, console)
+        self._finished: RunFinished | None = None
+
+    @property
+    def finished(self) -> RunFinished | None:
+        return self._finished
+
+    def start(self) -> None:
+        pass  # the run is already going
+
+    def poll(self) -> Polled:
+        if self._follower is None:
+            return Polled([])
+        try:
+            events = self._follower.poll()
+        except RecordingError as exc:
+            self.warning = f"stopped following: {exc}"
+            self.stop()
+            return Polled([])
+        for event in events:
+            if type(event) is RunFinished:
+                self._finished = event
+        return Polled(events)
+
+    def send(self, command: OperatorCommand) -> int | None:
+        """Send over the socket; None (and a warning) when the run cannot be reached."""
+        from esper_engine.control import ControlError  # noqa: PLC0415
+
+        try:
+            return self._client.send(command)
+        except ControlError as exc:
+            self.warning = str(exc)
+            return None
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Detach: stop following the recording; the run goes on."""
+        if self._follower is not None:
+            self._follower.close()
+            self._follower = None
+        return True
+
+    def position(self) -> ReplayPosition | None:
+        return None
+
+    def replay(self, action: ReplayAction) -> None:
+        raise TypeError("an attached run has no playback controls")

@@ -153,6 +153,7 @@ def describe_ack(ack: CommandAck) -> str:
     """The toast text for an acknowledgement."""
     target = f" for {env_label(ack.env)}" if ack.env is not None else ""
     value = f" {num(ack.value, 3)}" if ack.value is not None else ""
+    target += f" from {ack.console}" if ack.console else ""  # an attached console sent it
     if ack.accepted:
         return f"{ack.command}{value}{target} accepted"
     return f"{ack.command}{value}{target} rejected: {ack.reason}"

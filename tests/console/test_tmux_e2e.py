@@ -118,12 +118,13 @@ def test_live_console_keys_reach_the_trainer_and_the_recording(tmp_path: Path) -
 
 
 def test_dropped_terminal_stops_the_run_and_exits(tmp_path: Path) -> None:
-    """Killing the tmux session hangs up the console's terminal, as a dropped SSH session does."""
+    """Killing the tmux session hangs up the console's terminal, as a dropped SSH session does;
+    with --on-hangup stop the run ends with it."""
     session = f"ow-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "hup.msgpack"
     command = (
         f"cd {tmp_path} && exec {sys.executable} -m overwatch.cli run --n-envs 2 --episodes 1 "
-        f"--epochs 500 --batches-per-epoch 4 --record {record}"
+        f"--epochs 500 --batches-per-epoch 4 --record {record} --on-hangup stop"
     )  # exec: the pane's process is the console itself, so its exit is what we wait for
     tmux("new-session", "-d", "-s", session, "-x", "80", "-y", "24", command)
     pane_pid = int(tmux("display-message", "-p", "-t", session, "#{pane_pid}").strip())
@@ -141,4 +142,138 @@ def test_dropped_terminal_stops_the_run_and_exits(tmp_path: Path) -> None:
     finally:
         subprocess.run(["kill", "-9", str(pane_pid)], capture_output=True)  # never leave it behind
     events = rec.refresh()
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
+
+
+def overwatch(*args: str) -> str:
+    return f"{sys.executable} -m overwatch.cli " + " ".join(args)
+
+
+def summaries(rec: Recording) -> int:
+    return sum(isinstance(e, EpochSummary) for e in rec.refresh())
+
+
+def acked(rec: Recording, command: str, console: str) -> bool:
+    return rec.has(
+        lambda e: isinstance(e, CommandAck) and (e.command, e.console) == (command, console)
+    )
+
+
+def test_attach_steers_a_headless_run_across_two_terminals(tmp_path: Path) -> None:
+    """headless run; attach, r y; drop that terminal; attach again, ], S y: stopped, exit 0."""
+    record = tmp_path / "bg.msgpack"
+    args = "--n-envs 2 --episodes 1 --epochs 500 --batches-per-epoch 4"
+    with open(tmp_path / "headless.log", "w") as log:
+        run = subprocess.Popen(
+            overwatch("run --headless", args, f"--record {record}").split(),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    sessions = [f"ow-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    rec = Recording(record)
+    try:
+        wait_until(lambda: summaries(rec) > 0 and record.with_suffix(".pid").exists(), "a run")
+        first, second = sessions
+        tmux(
+            "new-session",
+            "-d",
+            "-s",
+            first,
+            "-x",
+            "120",
+            "-y",
+            "40",
+            overwatch("attach", str(record), "--console first"),
+        )
+        screen = lambda s: tmux("capture-pane", "-p", "-t", s)  # noqa: E731
+        wait_until(lambda: "LIVE" in screen(first), "the attached console")
+        tmux("send-keys", "-t", first, "r")
+        wait_until(lambda: "Force a rollback of env 1?" in screen(first), "the confirmation")
+        tmux("send-keys", "-t", first, "y")
+        wait_until(lambda: acked(rec, "ForceRollback", "first"), "the rollback ack")
+        subprocess.run(["tmux", "kill-session", "-t", first], capture_output=True)
+        after_drop = summaries(rec)
+        wait_until(lambda: summaries(rec) > after_drop, "epochs after the console went away")
+
+        tmux(
+            "new-session",
+            "-d",
+            "-s",
+            second,
+            "-x",
+            "120",
+            "-y",
+            "40",
+            overwatch("attach", str(record), "--console second"),
+        )
+        wait_until(lambda: "LIVE" in screen(second), "the second attached console")
+        tmux("send-keys", "-t", second, "]")
+        wait_until(lambda: acked(rec, "SetClipThreshold", "second"), "the clip ack")
+        tmux("send-keys", "-t", second, "S")
+        wait_until(lambda: "Stop the run?" in screen(second), "the stop confirmation")
+        tmux("send-keys", "-t", second, "y")
+        assert run.wait(timeout=60) == 0
+        tmux("send-keys", "-t", second, "q")
+    finally:
+        for name in sessions:
+            subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        if run.poll() is None:
+            run.kill()
+    events = rec.refresh()
+    rollbacks = [e for e in events if isinstance(e, GovernorRollback)]
+    assert [(r.env, r.initiator) for r in rollbacks] == [(0, "operator")]
+    acks = [(e.command, e.accepted, e.console) for e in events if isinstance(e, CommandAck)]
+    assert acks == [
+        ("ForceRollback", True, "first"),
+        ("SetClipThreshold", True, "second"),
+        ("Stop", True, "second"),
+    ]
+    assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
+    assert not record.with_suffix(".pid").exists()
+
+
+def test_a_hung_up_console_keeps_training_detached_and_can_be_attached(tmp_path: Path) -> None:
+    record = tmp_path / "detach.msgpack"
+    sessions = [f"ow-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    live, attach = sessions
+    command = "exec " + overwatch(
+        "run --n-envs 2 --episodes 1 --epochs 500 --batches-per-epoch 4", f"--record {record}"
+    )  # the default: --on-hangup detach
+    tmux("new-session", "-d", "-s", live, "-x", "100", "-y", "30", f"cd {tmp_path} && {command}")
+    pane_pid = int(tmux("display-message", "-p", "-t", live, "#{pane_pid}").strip())
+    rec = Recording(record)
+
+    def alive() -> bool:
+        return subprocess.run(["kill", "-0", str(pane_pid)], capture_output=True).returncode == 0
+
+    try:
+        wait_until(lambda: summaries(rec) > 0, "a first epoch")
+        subprocess.run(["tmux", "kill-session", "-t", live], capture_output=True)
+        after_hangup = summaries(rec) + 2
+        wait_until(lambda: summaries(rec) > after_hangup, "epochs after the hang-up", timeout=60)
+        assert alive()
+        tmux(
+            "new-session",
+            "-d",
+            "-s",
+            attach,
+            "-x",
+            "120",
+            "-y",
+            "40",
+            overwatch("attach", str(record), "--console later"),
+        )
+        screen = lambda: tmux("capture-pane", "-p", "-t", attach)  # noqa: E731
+        wait_until(lambda: "LIVE" in screen(), "the attached console")
+        tmux("send-keys", "-t", attach, "S")
+        wait_until(lambda: "Stop the run?" in screen(), "the stop confirmation")
+        tmux("send-keys", "-t", attach, "y")
+        wait_until(lambda: not alive(), "the detached run to end", timeout=60)
+    finally:
+        for name in sessions:
+            subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        subprocess.run(["kill", "-9", str(pane_pid)], capture_output=True)  # never leave it
+    events = rec.refresh()
+    assert acked(rec, "Stop", "later")
     assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"

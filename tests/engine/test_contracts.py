@@ -146,15 +146,16 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         reason="non-positive threshold",
         value=-1.0,
         command_id=17,
+        console="attach-7",
     ),
     c.RunFinished: c.RunFinished(**COMMON, status=c.RunStatus.CRASHED, error="RuntimeError: boom"),
 }
 COMMAND_SAMPLES: dict[type, c.Command] = {
-    c.ForceRollback: c.ForceRollback(command_id=1, env=2),
-    c.SetClipThreshold: c.SetClipThreshold(command_id=2, value=0.5, env=1),
-    c.Pause: c.Pause(command_id=3),
-    c.Resume: c.Resume(command_id=4),
-    c.Stop: c.Stop(command_id=5),
+    c.ForceRollback: c.ForceRollback(command_id=1, env=2, console="a"),
+    c.SetClipThreshold: c.SetClipThreshold(command_id=2, value=0.5, env=1, console="b"),
+    c.Pause: c.Pause(command_id=3, console="c"),
+    c.Resume: c.Resume(command_id=4, console="d"),
+    c.Stop: c.Stop(command_id=5, console="e"),
 }
 ALL_SAMPLES = [*EVENT_SAMPLES.values(), *COMMAND_SAMPLES.values()]
 

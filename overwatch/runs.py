@@ -1,0 +1,187 @@
+"""The runs under a runs directory, as `overwatch ps` lists them and `overwatch attach` finds them.
+
+A run is its recording (``RUN.msgpack``); next to it, while it runs, ``RUN.pid`` names its
+process and its control socket, and ``RUN.ckpt`` is its latest checkpoint. A recording without
+``RunFinished`` whose process is gone is a crashed run (killed, or the machine went down).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunStatus
+from esper_engine.control import read_pid_file, socket_alive
+from esper_engine.recording import RecordingError, RecordingFollower
+
+RECORDING_SUFFIX = ".msgpack"
+CHECKPOINT_SUFFIX = ".ckpt"  # esper_engine.checkpoint.SUFFIX, without importing torch
+
+
+class RunError(Exception):
+    """A run cannot be found or reached: one line for the operator."""
+
+
+class RunState(StrEnum):
+    RUNNING = "running"
+    COMPLETED = RunStatus.COMPLETED.value
+    STOPPED = RunStatus.STOPPED.value
+    CRASHED = RunStatus.CRASHED.value
+    UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    path: Path
+    state: RunState
+    pid: int | None  # the process running it, while it runs
+    episode: int  # of the last EpochSummary, counted from 1 (0: none yet)
+    epoch: int
+    episodes: int  # planned
+    epochs: int
+    started: float | None  # wall time of RunStarted
+    size: int  # bytes of the recording
+    attachable: bool  # its control socket answers
+    resumable: bool  # a checkpoint and not completed
+    socket: str | None = None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process has that pid: alive, just not ours
+    return True
+
+
+def _running(record: Path) -> tuple[int | None, str | None]:
+    """(pid, socket path) of the live process behind a recording, or (None, None)."""
+    info = read_pid_file(record)
+    if info is None:
+        return None, None
+    pid, sock = info.get("pid"), info.get("socket")
+    if not isinstance(pid, int) or not _pid_alive(pid):
+        return None, None
+    return pid, sock if isinstance(sock, str) else None
+
+
+def run_info(record: Path) -> RunInfo:
+    """What a recording (and the files next to it) say of its run."""
+    started: RunStarted | None = None
+    last: EpochSummary | None = None
+    finished: RunFinished | None = None
+    readable = True
+    follower = RecordingFollower(record)
+    try:
+        for event in follower.poll():  # a truncated last frame is simply left out
+            if type(event) is EpochSummary:
+                last = event
+            elif type(event) is RunStarted:
+                started = event
+            elif type(event) is RunFinished:
+                finished = event
+    except RecordingError:
+        readable = False
+    finally:
+        follower.close()
+    pid, sock = _running(record)
+    if finished is not None:
+        state = RunState(finished.status.value)
+    elif pid is not None:
+        state = RunState.RUNNING
+    elif not readable:
+        state = RunState.UNREADABLE
+    else:
+        state = RunState.CRASHED
+    attachable = state == RunState.RUNNING and sock is not None and socket_alive(sock)
+    resumable = (
+        state in (RunState.STOPPED, RunState.CRASHED)
+        and record.with_suffix(CHECKPOINT_SUFFIX).exists()
+    )
+    return RunInfo(
+        run_id=started.run_id if started else record.stem,
+        path=record,
+        state=state,
+        pid=pid if state == RunState.RUNNING else None,
+        episode=last.episode + 1 if last else 0,
+        epoch=last.epoch + 1 if last else 0,
+        episodes=started.episodes if started else 0,
+        epochs=started.epochs if started else 0,
+        started=started.wall_time if started else None,
+        size=record.stat().st_size,
+        attachable=attachable,
+        resumable=resumable,
+        socket=sock if attachable else None,
+    )
+
+
+def list_runs(directory: Path) -> list[RunInfo]:
+    """Every recording in the directory, oldest first."""
+    runs = [run_info(path) for path in directory.glob(f"*{RECORDING_SUFFIX}") if path.is_file()]
+    return sorted(runs, key=lambda r: (r.started or 0.0, r.run_id))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def ps_table(runs: list[RunInfo]) -> str:
+    """The `overwatch ps` table, plain text, one run per line."""
+    if not runs:
+        return "no runs\n"
+    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME")
+    rows = [header]
+    for run in runs:
+        state = f"running (pid {run.pid})" if run.state == RunState.RUNNING else str(run.state)
+        progress = (
+            f"ep {run.episode}/{run.episodes} epoch {run.epoch}/{run.epochs}"
+            if run.episodes
+            else "-"
+        )
+        started = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started)) if run.started else "-"
+        )
+        rows.append(
+            (
+                run.run_id,
+                state,
+                progress,
+                started,
+                _size(run.size),
+                "yes" if run.attachable else "no",
+                "yes" if run.resumable else "no",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        for row in rows
+    )
+
+
+def attach_target(run: str, directory: Path) -> tuple[Path, str]:
+    """The recording and live socket of RUN (a recording path, or a run id under directory)."""
+    path = Path(run)
+    if not path.is_file():
+        path = directory / f"{run}{RECORDING_SUFFIX}"
+    if not path.is_file():
+        raise RunError(f"no such run: {run} (not a recording, nor {path})")
+    info = run_info(path)
+    if info.attachable and info.socket is not None:
+        return path, info.socket
+    if info.state == RunState.RUNNING:
+        raise RunError(f"run {info.run_id} (pid {info.pid}) does not answer on its control socket")
+    hint = " (overwatch run --resume it)" if info.resumable else ""
+    raise RunError(
+        f"run {info.run_id} is not running ({info.state}){hint}; overwatch replay {path} shows it"
+    )

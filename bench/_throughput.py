@@ -45,7 +45,8 @@ class RunShape:
 
 def trainer_config(shape: RunShape) -> TrainingConfig:
     """Static policy (no seed ever grows, so both sides do the same work every run) and no
-    attribution (it has its own figure); the governor, telemetry and batch stats stay on."""
+    attribution (it has its own figure); the governor, telemetry and batch stats stay on.
+    Checkpoints are off: ``checkpoint_overhead`` turns them on for its own side."""
     return TrainingConfig(
         n_envs=shape.n_envs,
         episodes=1,
@@ -56,6 +57,7 @@ def trainer_config(shape: RunShape) -> TrainingConfig:
         seed=shape.seed,
         policy="static",
         attribution_every=0,
+        checkpoint_every=0,
     )
 
 

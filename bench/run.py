@@ -24,6 +24,7 @@ from statistics import median
 
 import torch
 from _attribution import AttributionTimer, blending_model
+from _checkpoint import checkpoint_work, with_checkpoints
 from _console import TmuxRunner, tmux_missing_reason
 from _replay import build_recording, decode_seconds, ingest_seconds
 from _throughput import (
@@ -87,6 +88,7 @@ TARGETS = (
     Target("attribution_cost", 2.5, False),
     Target("console_overhead", 0.95, True),
     Target("recorder_overhead", 0.99, True),
+    Target("checkpoint_overhead", 0.98, True),
     Target("replay_decode_events_per_s", 500_000, True),
     Target("replay_ingest_s", 2.0, False, " s"),
 )
@@ -132,7 +134,8 @@ class Bench:
     # --- the figures --------------------------------------------------------------------------
 
     def engine(self) -> None:
-        """engine_overhead (trainer / bare loop) and recorder_overhead (recording on / off)."""
+        """engine_overhead (trainer / bare loop), recorder_overhead (recording on / off) and
+        checkpoint_overhead (recording with a checkpoint every epoch / recording only)."""
         shape, task = self.profile.engine, self.task
         config = trainer_config(shape)
         self.say(f"engine: {shape.epochs} epochs x {shape.batches_per_epoch} batches x "
@@ -141,6 +144,9 @@ class Bench:
             "bare_loop": lambda c: bare_loop_seconds(c, task),
             "trainer_recording": lambda c: trainer_seconds(c, task, record=True),
             "trainer_no_recording": lambda c: trainer_seconds(c, task, record=False),
+            "trainer_checkpoints": lambda c: trainer_seconds(
+                with_checkpoints(c, 1), task, record=True
+            ),
         }
         warm = trainer_config(self.profile.warmup_shape)
         for name, side in sides.items():
@@ -149,10 +155,11 @@ class Bench:
             {name: (lambda side=side: side(config)) for name, side in sides.items()},
             self.profile.engine_repeats, warmup=0, progress=self.say,
         )
-        bare, rec, norec = (times[n] for n in sides)
+        bare, rec, norec, ckpt = (times[n] for n in sides)
         # Same samples on every side, so a throughput ratio is the inverse ratio of times.
         self.values["engine_overhead"] = median_ratio(walls(bare), walls(rec))
         self.values["recorder_overhead"] = median_ratio(walls(norec), walls(rec))
+        self.values["checkpoint_overhead"] = median_ratio(walls(rec), walls(ckpt))
         samples = shape.train_samples
         self.details["engine"] = {
             "shape": asdict(shape),
@@ -162,6 +169,10 @@ class Bench:
             **_timed_details(times),
         }
         self.details["recorder"] = self._recorder_work(config, task, median(walls(rec)))
+        work = checkpoint_work(config, task, median(walls(ckpt)))
+        self.say(f"  checkpoint alone: {work['bytes'] / 1e6:.2f} MB in "
+                 f"{work['seconds_each'] * 1e3:.1f} ms, {work['share_of_run']:.2%} of a run")
+        self.details["checkpoint"] = work
 
     def _recorder_work(self, config: TrainingConfig, task: Task, run_s: float) -> dict:
         """The recorder's own work in a run, timed alone: a run-to-run spread of a few percent
@@ -340,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.threads, argv)
     bench = Bench(QUICK if args.quick else FULL, args.threads)
     groups = {
-        "engine": (("engine_overhead", "recorder_overhead"), bench.engine),
+        "engine": (("engine_overhead", "recorder_overhead", "checkpoint_overhead"), bench.engine),
         "attribution": (("attribution_cost",), bench.attribution),
         "console": (("console_overhead",), bench.console),
         "replay": (("replay_decode_events_per_s", "replay_ingest_s"), bench.replay),

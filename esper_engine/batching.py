@@ -105,6 +105,26 @@ class SharedBatchIterator:
         self._pos = 0
         self.passes += 1
 
+    def state_dict(self) -> dict[str, object]:
+        """Where the iterator stands: its generator, this pass's order and the position in it."""
+        return {
+            "generator": self.generator.get_state(),
+            "order": self._order.clone(),
+            "pos": self._pos,
+            "passes": self.passes,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["order"]) != len(self.x):
+            raise ValueError(
+                f"checkpoint's data order covers {len(state['order'])} samples, the training set "
+                f"has {len(self.x)}"
+            )
+        self.generator.set_state(state["generator"])
+        self._order = state["order"].clone()
+        self._pos = int(state["pos"])
+        self.passes = int(state["passes"])
+
     def _to_device(self, t: Tensor) -> Tensor:
         if self.pin:
             return t.pin_memory().to(self.device, non_blocking=True)

@@ -263,6 +263,10 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The heuristic policy's rules (policy = heuristic)."""
     ppo: PPOConfig = PPOConfig()
     """The PPO agent's hyperparameters (policy = ppo)."""
+    # --- durable runs (appended; SPEC 12) ---
+    checkpoint_every: int = 1
+    """Epochs between checkpoints next to the recording (epochs; 0 disables; a run without a
+    recording writes none). ``overwatch run --resume`` continues from the latest one."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
@@ -299,6 +303,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
         _real("param_rent", self.param_rent, low=0.0)
         _count("batch_stats_every", self.batch_stats_every, low=0)
         _count("event_queue_size", self.event_queue_size, low=1)
+        _count("checkpoint_every", self.checkpoint_every, low=0)
         check_faults(self.faults, self.n_envs, self.epochs)
         for group in ("governor", "lifecycle", "heuristic", "ppo"):
             try:

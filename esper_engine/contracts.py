@@ -238,6 +238,17 @@ class RunFinished(Event, frozen=True, kw_only=True):
     error: str | None = None
 
 
+class RunResumed(Event, frozen=True, kw_only=True):
+    """The run continues from its checkpoint: the events before this one are its history, the
+    recording was cut back to ``recording_bytes`` and everything after is the resumed process.
+    ``episode`` / ``epoch`` (the common fields) equal ``from_episode`` / ``from_epoch``."""
+
+    from_episode: int  # index from 0: the first episode the resumed process runs (or finishes)
+    from_epoch: int  # index from 0, within that episode: the first epoch it trains
+    recording_bytes: int = 0  # bytes: the recording's length at the checkpoint
+    pid: int = 0  # the resumed process's id
+
+
 TelemetryEvent = (
     RunStarted
     | BatchStats
@@ -249,6 +260,7 @@ TelemetryEvent = (
     | PolicyUpdate
     | CommandAck
     | RunFinished
+    | RunResumed
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -262,6 +274,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     PolicyUpdate,
     CommandAck,
     RunFinished,
+    RunResumed,
 )
 
 

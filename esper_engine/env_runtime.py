@@ -150,6 +150,60 @@ class EnvRuntime:
         self.cut_by_operator = False
         self.last_action, self.last_op, self.last_reward = "WAIT", Op.WAIT, None
 
+    def state_dict(self) -> dict[str, object]:
+        """This env at an epoch boundary: model with live seeds, optimizers (in the order the
+        training step sums their norms), scaler, governor and the loop's bookkeeping."""
+        state = self.state
+        return {
+            "episodes_started": self.episodes_started,
+            "model": self.model.checkpoint_state(),
+            "host_optimizer": state.host_optimizer.state_dict(),
+            "seed_optimizers": [
+                [slot_id, optimizer.state_dict()]
+                for slot_id, optimizer in state.seed_optimizers.items()
+            ],
+            "scaler": None if state.scaler is None else state.scaler.state_dict(),
+            "lr_scale": state.lr_scale,
+            "lr_multiplier": state.lr_multiplier,
+            "clip_threshold": self.clip_threshold,
+            "governor": self.governor.state_dict(),
+            "acc_history": list(self.acc_history),
+            "loss_history": list(self.loss_history),
+            "last_action": self.last_action,
+            "last_op": str(self.last_op),
+            "last_reward": self.last_reward,
+            "prev_val_acc": self.prev_val_acc,
+            "cut_by_operator": self.cut_by_operator,
+            "val_pass_s": self.val_pass_s,
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Restore ``state_dict`` onto a freshly built env of the same config and task."""
+        self.episodes_started = int(saved["episodes_started"])
+        self.model.load_checkpoint_state(saved["model"])
+        state = self.state
+        state.host_optimizer.load_state_dict(saved["host_optimizer"])
+        state.seed_optimizers.clear()
+        for slot_id, optimizer_state in saved["seed_optimizers"]:
+            state.add_seed_optimizer(slot_id).load_state_dict(optimizer_state)
+        if (saved["scaler"] is None) != (state.scaler is None):
+            raise ValueError("checkpoint and config disagree on the fp16 GradScaler")
+        if state.scaler is not None:
+            state.scaler.load_state_dict(saved["scaler"])
+        state.lr_scale = float(saved["lr_scale"])
+        state.lr_multiplier = float(saved["lr_multiplier"])
+        self.clip_threshold = saved["clip_threshold"]
+        state.clip_threshold = self.clip_threshold
+        self.governor.load_state_dict(saved["governor"])
+        self.acc_history = [float(v) for v in saved["acc_history"]]
+        self.loss_history = [float(v) for v in saved["loss_history"]]
+        self.last_action = saved["last_action"]
+        self.last_op = Op(saved["last_op"])
+        self.last_reward = saved["last_reward"]
+        self.prev_val_acc = saved["prev_val_acc"]
+        self.cut_by_operator = bool(saved["cut_by_operator"])
+        self.val_pass_s = saved["val_pass_s"]
+
     def set_clip_threshold(self, value: float) -> None:
         self.clip_threshold = value
         self.state.clip_threshold = value

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import torch
 from torch import nn
 
@@ -245,6 +246,44 @@ class TolariaGovernor:
         )
         self._consecutive_panics = 0
         return report
+
+    def state_dict(self) -> dict[str, Any]:
+        """History, counters, the pending panic and the snapshot, for a checkpoint."""
+        snap = self._snapshot
+        return {
+            "history": list(self._history),
+            "consecutive_panics": self._consecutive_panics,
+            "total_panics": self._total_panics,
+            "rollbacks": self._rollbacks,
+            "episode_rollbacks": self._episode_rollbacks,
+            "last_panic": None if self.last_panic is None else msgspec.to_builtins(self.last_panic),
+            "last_check_clean": self.last_check_clean,
+            "snapshot": {
+                "weights": snap.weights,
+                "optimizer": snap.optimizer,
+                "seed_optimizers": snap.seed_optimizers,
+                "scaler": snap.scaler,
+            },
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict`` onto the governor of the same (already restored) env."""
+        self._history.clear()
+        self._history.extend(float(loss) for loss in state["history"])
+        self._consecutive_panics = int(state["consecutive_panics"])
+        self._total_panics = int(state["total_panics"])
+        self._rollbacks = int(state["rollbacks"])
+        self._episode_rollbacks = int(state["episode_rollbacks"])
+        panic = state["last_panic"]
+        self.last_panic = None if panic is None else msgspec.convert(panic, GovernorPanic)
+        self.last_check_clean = bool(state["last_check_clean"])
+        snap = state["snapshot"]
+        self._snapshot = _Snapshot(
+            weights=dict(snap["weights"]),
+            optimizer=snap["optimizer"],
+            seed_optimizers=dict(snap["seed_optimizers"]),
+            scaler=snap["scaler"],
+        )
 
     def get_punishment_reward(self) -> float:
         """Reward the trainer adds to the env's last PPO transition on a governor rollback."""

@@ -199,6 +199,26 @@ class MorphogeneticModel(nn.Module):
         """Parameters of every seed present (live and fossilized)."""
         return sum(self.slots[sid].param_count() for sid in self.slot_ids)
 
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict[str, object]:
+        """Weights (live seeds included) and every slot's lifecycle state."""
+        return {
+            "weights": self.state_dict(),
+            "slots": {sid: self.slots[sid].lifecycle_state() for sid in self.slot_ids},
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Rebuild the seeds the checkpoint holds, then load every weight strictly."""
+        device = next(self.host.parameters()).device
+        if list(state["slots"]) != self.slot_ids:
+            raise ValueError(
+                f"checkpoint slots {list(state['slots'])} do not match the model's {self.slot_ids}"
+            )
+        for sid, slot_state in state["slots"].items():
+            self.slots[sid].load_lifecycle_state(slot_state, device)
+        self.load_state_dict(state["weights"], strict=True)
+
     # --- internals ----------------------------------------------------------------------------
 
     def _slot(self, slot_id: str) -> SeedSlot:

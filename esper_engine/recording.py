@@ -7,12 +7,13 @@ event, is what lets replay decode a whole batch in one msgspec call instead of a
 
 Crash safety: the recorder keeps events in memory and writes them as one frame, with one ``write``
 call then a flush, when a flush-worthy event arrives (``_FLUSH_ON``: epoch summaries, rollbacks,
-acks, the start and end of the run), when the batch reaches ``BATCH_BYTES`` and on ``close``. So
-a crash or ``kill -9`` loses at most the events since the last flush, under ``BATCH_BYTES`` -
-as before, when they sat in the file's 8 KiB write buffer - and can only leave a partial frame at
-the end; readers report it as a warning and replay everything before it. Anything else that does
-not parse is a ``RecordingError``, and so is an event that does not match the contracts (an
-unknown seed stage, initiator, status...: msgspec validates them while decoding).
+acks, the start, resumption and end of the run), when the batch reaches ``BATCH_BYTES`` and on
+``close``. So a crash or ``kill -9`` loses at most the events since the last flush, under
+``BATCH_BYTES`` - as before, when they sat in the file's 8 KiB write buffer - and can only leave a
+partial frame at the end; readers report it as a warning and replay everything before it.
+Anything else that does not parse is a ``RecordingError``, and so is an event that does not match
+the contracts (an unknown seed stage, initiator, status...: msgspec validates them while
+decoding).
 
 Schema versions: the events of a recording whose ``RunStarted.schema_version`` is older than
 ``contracts.SCHEMA_VERSION`` are converted to the current schema as they are read
@@ -59,6 +60,7 @@ _FLUSH_ON = (
     contracts.GovernorRollback,
     contracts.CommandAck,
     contracts.RunFinished,
+    contracts.RunResumed,
 )
 
 
@@ -119,12 +121,22 @@ class SchemaUpgrade:
 class Recorder:
     """A telemetry sink that writes every event to ``path``; it never drops (thread-safe)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, resume_at: int | None = None) -> None:
+        """A new recording at ``path``; with ``resume_at`` (bytes, at a frame boundary: the
+        length a checkpoint recorded) the existing one is cut back to it and appended to."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._file = open(self.path, "wb")  # closed by close()
-        self._file.write(MAGIC + bytes([FORMAT_VERSION]))
+        if resume_at is None:
+            self._file = open(self.path, "wb")  # closed by close()
+            self._file.write(MAGIC + bytes([FORMAT_VERSION]))
+        else:
+            self._file = open(self.path, "r+b")  # closed by close()
+            if resume_at < HEADER_SIZE or self._file.read(HEADER_SIZE)[: len(MAGIC)] != MAGIC:
+                self._file.close()
+                raise RecordingError(f"{self.path}: not a recording to resume at {resume_at}")
+            self._file.truncate(resume_at)
+            self._file.seek(resume_at)
         self._file.flush()
         self._pending: list[bytes] = []  # encoded events of the next frame
         self._pending_bytes = 0
@@ -161,6 +173,15 @@ class Recorder:
         self._file.flush()
         self._pending.clear()
         self._pending_bytes = 0
+
+    def sync(self) -> int:
+        """Write what is pending, fsync, and return the recording's length in bytes: the point
+        a checkpoint taken now can be resumed from."""
+        with self._lock:
+            if self._pending:
+                self._write_pending()
+            os.fsync(self._file.fileno())
+            return self._file.tell()
 
     def close(self) -> None:
         """Write the last batch, flush and fsync once; later calls do nothing."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import msgspec
 
 from esper_engine.blueprints import blueprint_names
+from esper_engine.checkpoint import ResumePlan, checkpoint_path
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
     OperatorCommand,
@@ -25,7 +26,7 @@ from esper_engine.contracts import (
 )
 from esper_engine.control import ControlServer
 from esper_engine.model import resolve_device
-from esper_engine.recording import Recorder
+from esper_engine.recording import Recorder, read_recording
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import FanOutSink, QueueSink
 from esper_engine.trainer import VectorizedTrainer, validate_run
@@ -41,18 +42,35 @@ class TrainingSession:
         *,
         run_id: str,
         record_path: Path | None = None,
+        resume: ResumePlan | None = None,
     ) -> None:
+        """``resume``: continue that plan's run (its recording is ``record_path``, cut back to the
+        checkpoint); ``history`` then holds the recording's events up to the checkpoint."""
         self.config = config
         self.task = task
         self.run_id = run_id
         self.record_path = record_path
         self.events = QueueSink(maxsize=config.event_queue_size)
-        self.recorder = Recorder(record_path) if record_path is not None else None
+        resume_at = None if resume is None else resume.recording_bytes
+        self.recorder = (
+            Recorder(record_path, resume_at=resume_at) if record_path is not None else None
+        )
+        self.history: list[TelemetryEvent] = (
+            [] if resume is None else list(read_recording(resume.recording).events)
+        )
+        self._unseen_history = list(self.history)  # poll() hands these out first
         sinks = [self.events] + ([self.recorder] if self.recorder is not None else [])
         self._commands: queue.Queue[OperatorCommand] = queue.Queue()
         self._ids = itertools.count(1)
         self._trainer = VectorizedTrainer(
-            config, FanOutSink(*sinks), commands=self._commands, run_id=run_id, task=task
+            config,
+            FanOutSink(*sinks),
+            commands=self._commands,
+            run_id=run_id,
+            task=task,
+            checkpoint=None if record_path is None else checkpoint_path(record_path),
+            recording_bytes=None if self.recorder is None else self.recorder.sync,
+            resume_from=None if resume is None else resume.checkpoint,
         )
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
         self.finished: RunFinished | None = None
@@ -94,6 +112,14 @@ class TrainingSession:
         return self.events.dropped
 
     def poll(self, max_items: int | None = None) -> list[TelemetryEvent]:
+        """New events; a resumed run's history comes first, so every view shows it."""
+        if self._unseen_history:
+            count = len(self._unseen_history) if max_items is None else max_items
+            batch, self._unseen_history = (
+                self._unseen_history[:count],
+                self._unseen_history[count:],
+            )
+            return batch
         return self.events.drain(max_items)
 
     def send(self, command: OperatorCommand) -> int:
@@ -135,6 +161,22 @@ def prepare_session(
     validate_run(config, task)
     check_blueprint_preferences(config)
     return TrainingSession(config, task, run_id=run_id, record_path=record_path)
+
+
+def prepare_resume(
+    plan: ResumePlan, *, progress: Callable[[str], None] | None = None
+) -> TrainingSession:
+    """The session continuing ``plan``'s run, with the checkpoint's config (ValueError if the
+    task or device is not available here); the recording is cut back only once this succeeds."""
+    config = plan.config
+    resolve_device(config.device)
+    if progress is not None:
+        progress(f"loading task {config.task} ...")
+    task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
+    validate_run(config, task)
+    return TrainingSession(
+        config, task, run_id=plan.run_id, record_path=plan.recording, resume=plan
+    )
 
 
 def check_blueprint_preferences(config: TrainingConfig) -> None:

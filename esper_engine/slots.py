@@ -288,6 +288,49 @@ class SeedSlot(nn.Module):
             self.blueprint = None
             self.age = 0
 
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def lifecycle_state(self) -> dict[str, object]:
+        """Everything but the seed's weights, as plain values (the model's state dict has those).
+
+        Taken at an epoch boundary, where the epoch's health tensors have just been resolved.
+        """
+        return {
+            "has_seed": self.seed is not None,
+            "blueprint": self.blueprint,
+            "stage": str(self.stage),
+            "alpha": float(self.alpha),
+            "epochs_in_stage": self.epochs_in_stage,
+            "age": self.age,
+            "contribution": self.contribution,
+            "schedule": self.schedule,
+            "blend_epochs": self.blend_epochs,
+            "ramp_step": self._ramp_step,
+            "healthy_last": self._healthy_last,
+        }
+
+    def load_lifecycle_state(self, state: dict, device: torch.device | str) -> None:
+        """Restore ``lifecycle_state``; a seed module is rebuilt empty (the caller loads its
+        weights) without drawing from the global random stream germinations use."""
+        self.seed = None
+        if state["has_seed"]:
+            with torch.random.fork_rng(devices=[]):
+                self.seed = get_blueprint(self.host_kind, state["blueprint"]).build(self.dim)
+            self.seed.to(device)
+        self.blueprint = state["blueprint"]
+        self.stage = SeedStage(state["stage"])
+        self.alpha = float(state["alpha"])
+        self.epochs_in_stage = int(state["epochs_in_stage"])
+        self.age = int(state["age"])
+        self.contribution = state["contribution"]
+        self.schedule = state["schedule"]
+        self.blend_epochs = int(state["blend_epochs"])
+        self._ramp_step = int(state["ramp_step"])
+        self._healthy_last = state["healthy_last"]
+        self.forced_alpha = None
+        self.step_dropped = None
+        self._reset_health()
+
     # --- forward ------------------------------------------------------------------------------
 
     def forward(self, h: Tensor, alpha: Alpha | None = None) -> Tensor:

@@ -9,16 +9,21 @@ must not block (``QueueSink`` drops, the recorder writes to a file).
 
 from __future__ import annotations
 
+import os
 import queue
 import time
 import traceback
 import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import torch
 
 from esper_engine.batching import SharedBatchIterator, check_samples
 from esper_engine.blueprints import blueprint_names
+from esper_engine.checkpoint import CHECKPOINT_FORMAT, CheckpointWriter, hold_point
 from esper_engine.commands import acknowledge, rejection
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
@@ -32,6 +37,7 @@ from esper_engine.contracts import (
     PolicyUpdate,
     Resume,
     RunFinished,
+    RunResumed,
     RunStarted,
     RunStatus,
     SetClipThreshold,
@@ -77,7 +83,15 @@ class VectorizedTrainer:
         commands: queue.Queue[OperatorCommand] | None = None,
         run_id: str | None = None,
         task: Task | None = None,
+        *,
+        checkpoint: Path | None = None,
+        recording_bytes: Callable[[], int] | None = None,
+        resume_from: dict[str, Any] | None = None,
     ) -> None:
+        """``checkpoint``: where to write one every ``config.checkpoint_every`` epochs;
+        ``recording_bytes`` flushes the recording and returns its length (stored with each
+        checkpoint). ``resume_from``: a checkpoint's state to continue from instead of starting
+        (``checkpoint.plan_resume`` has checked it matches this config and run id)."""
         config.validate()
         self.config = config
         self.sink = sink
@@ -88,8 +102,12 @@ class VectorizedTrainer:
         self.episode = 0
         self.epoch = 0
         self.envs: list[EnvRuntime] = []
-        self._last_obs: dict[int, EnvObservation] = {}
         self._paused_s = 0.0
+        self.checkpoint = checkpoint
+        self._checkpoints = None if checkpoint is None else CheckpointWriter(checkpoint)
+        self._recording_bytes = recording_bytes
+        self._resume_from = resume_from
+        self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
 
     # --- the story ----------------------------------------------------------------------------
 
@@ -98,27 +116,35 @@ class VectorizedTrainer:
         status, error = RunStatus.COMPLETED, None
         try:
             self._setup()
-            for episode in range(self.config.episodes):
-                self._run_episode(episode)
+            first_episode, first_epoch = self._start
+            for episode in range(first_episode, self.config.episodes):
+                self._run_episode(episode, first_epoch if episode == first_episode else 0)
         except StopRequested:
             status = RunStatus.STOPPED
         except Exception as exc:  # noqa: BLE001 - a crash is reported, not swallowed
             status, error = RunStatus.CRASHED, _describe(exc)
+        status, error = self._last_checkpoint_written(status, error)
         finished = RunFinished(**self._common(None), status=status, error=error)
         self.sink.emit(finished)
         return finished
 
-    def _run_episode(self, episode: int) -> None:
+    def _run_episode(self, episode: int, first_epoch: int = 0) -> None:
+        """The episode's epochs from ``first_epoch`` (0 unless resumed in the middle of it)."""
         self.episode = episode
-        if episode > 0:
+        last_epoch = self.config.epochs - 1
+        if episode > 0 and first_epoch == 0:
             for env in self.envs:
                 env.reset_episode()
-        for epoch in range(self.config.epochs):
+        for epoch in range(first_epoch, self.config.epochs):
             self.epoch = epoch
             self._run_epoch(epoch)
+            if epoch < last_epoch:
+                self._checkpoint_due(episode, epoch + 1)
         for env in self.envs:  # the host is discarded: terminal, nothing to bootstrap from
             self.policy.end_episode(env.index)
         self._update_policy()
+        if episode < self.config.episodes - 1:  # after the update, before the next host
+            self._checkpoint_due(episode + 1, 0)
 
     def _run_epoch(self, epoch: int) -> None:
         started, self._paused_s = time.perf_counter(), 0.0
@@ -138,7 +164,6 @@ class VectorizedTrainer:
         observations = {env.index: env.observe(epoch, figures[env.index]) for env in self.envs}
         for env in healthy:
             self._reward(env, figures[env.index], observations[env.index])
-        self._last_obs.update(observations)
         # Only a clean epoch is acted on and kept: a panicking env is left as it is until the
         # governor has decided, and the snapshot follows the action, so a seed fossilized now
         # is part of the state the next epoch (the riskiest) rolls back to.
@@ -157,6 +182,7 @@ class VectorizedTrainer:
         every = self.config.batch_stats_every
         self._train_started = time.perf_counter()  # BatchStats' throughput counts from here
         for batch in range(self.config.batches_per_epoch):
+            hold_point("train-batch")
             self._safe_point()
             for env, (x, y) in zip(self.envs, next(self.batches), strict=True):
                 result = process_train_batch(env.state, x, y, self.task)
@@ -286,11 +312,76 @@ class VectorizedTrainer:
             env.last_op = action.op
 
     def _update_policy(self) -> None:
+        if self.policy.agent is not None:
+            hold_point("policy-update")
         stats = self.policy.update()
         if stats is None:
             return
         self._updates += 1
         self.sink.emit(PolicyUpdate(**self._common(None), update=self._updates, **stats))
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _last_checkpoint_written(
+        self, status: RunStatus, error: str | None
+    ) -> tuple[RunStatus, str | None]:
+        """Wait for the checkpoint in flight, so a stopped run resumes from its latest one."""
+        if self._checkpoints is None:
+            return status, error
+        try:
+            self._checkpoints.wait()
+        except Exception as exc:  # noqa: BLE001 - reported as the run's crash
+            if status is not RunStatus.CRASHED:
+                return RunStatus.CRASHED, _describe(exc)
+        return status, error
+
+    def _checkpoint_due(self, next_episode: int, next_epoch: int) -> None:
+        """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
+        starts, with the recording's length at this point (its events are all written)."""
+        every = self.config.checkpoint_every
+        done = next_episode * self.config.epochs + next_epoch  # epochs finished so far
+        if self._checkpoints is None or not every or done % every:
+            return
+        length = self._recording_bytes() if self._recording_bytes is not None else 0
+        join_env_streams(env.state for env in self.envs)
+        self._checkpoints.submit(self.checkpoint_state(next_episode, next_epoch, length))
+
+    def checkpoint_state(self, episode: int, epoch: int, recording_bytes: int) -> dict[str, Any]:
+        """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12)."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        device = torch.device(self.config.device)
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "run_id": self.run_id,
+            # as the recording's RunStarted holds it (lists, not tuples), so the two compare
+            "config": msgspec.msgpack.decode(msgspec.msgpack.encode(self.config)),
+            "episode": episode,
+            "epoch": epoch,
+            "updates": self._updates,
+            "recording_bytes": recording_bytes,
+            "rng": rng,
+            "batches": self.batches.state_dict(),
+            "envs": [env.state_dict() for env in self.envs],
+            "policy": self.policy.state_dict(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint onto the freshly set-up run; the global stream goes back last,
+        after everything that building the run drew from it."""
+        if len(state["envs"]) != len(self.envs):
+            raise ValueError(f"checkpoint has {len(state['envs'])} envs, config {len(self.envs)}")
+        for env, env_state in zip(self.envs, state["envs"], strict=True):
+            env.load_state_dict(env_state)
+        self.batches.load_state_dict(state["batches"])
+        self.policy.load_state_dict(state["policy"])
+        self._updates = int(state["updates"])
+        self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
+        self._start = (self.episode, self.epoch)
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], torch.device(self.config.device))
 
     # --- governor and operator ----------------------------------------------------------------
 
@@ -404,6 +495,19 @@ class VectorizedTrainer:
             ppo=msgspec.structs.replace(cfg.ppo, seed=cfg.ppo_seed()),
         )
         self._updates = 0
+        if self._resume_from is not None:
+            self._restore(self._resume_from)
+            self._resume_from = None  # its tensors now live in the run; let the dict go
+            self.sink.emit(
+                RunResumed(
+                    **self._common(None),
+                    from_episode=self.episode,
+                    from_epoch=self.epoch,
+                    recording_bytes=self._recording_bytes() if self._recording_bytes else 0,
+                    pid=os.getpid(),
+                )
+            )
+            return
         self.sink.emit(
             RunStarted(
                 **self._common(None),

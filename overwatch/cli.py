@@ -254,6 +254,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the effective config as TOML (the input of --config) and exit",
     )
+    run.add_argument(
+        "--resume",
+        metavar="RECORDING",
+        default=None,
+        help="continue a stopped, crashed or killed run from its checkpoint (RECORDING.ckpt), "
+        "with the checkpoint's config and run id, appending to RECORDING; only --headless, "
+        "--refresh-hz and --on-hangup may go with it",
+    )
     rec = run.add_mutually_exclusive_group()
     rec.add_argument(
         "--record",
@@ -317,22 +325,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
-    config = config_from_args(args)
-    if args.print_config:
-        sys.stdout.write(to_toml(config))
-        return EXIT_OK
-    run_id = new_run_id()
-    path = record_path(args, run_id)
-    try:
-        session = prepare_session(config, run_id=run_id, record_path=path, progress=_progress)
-    except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
-        raise BadInput(str(exc)) from None
-    except OSError as exc:  # the tasks wrap their own OSErrors: this one is the recorder's
-        if path is None:
-            raise
-        raise BadInput(f"cannot record to {path}: {exc.strerror}") from None
-    if path is not None:
-        print(f"recording to {path}", file=sys.stderr)
+    if args.resume is not None:
+        session = _resume_session(args)
+        path = session.record_path
+        print(f"resuming {path} (run {session.run_id})", file=sys.stderr)
+    else:
+        config = config_from_args(args)
+        if args.print_config:
+            sys.stdout.write(to_toml(config))
+            return EXIT_OK
+        run_id = new_run_id()
+        path = record_path(args, run_id)
+        try:
+            session = prepare_session(config, run_id=run_id, record_path=path, progress=_progress)
+        except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
+            raise BadInput(str(exc)) from None
+        except OSError as exc:  # the tasks wrap their own OSErrors: this one is the recorder's
+            if path is None:
+                raise
+            raise BadInput(f"cannot record to {path}: {exc.strerror}") from None
+        if path is not None:
+            print(f"recording to {path}", file=sys.stderr)
     _freeze_loaded()
     if args.headless:
         from overwatch.headless import run_headless  # noqa: PLC0415
@@ -348,6 +361,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if path is not None:
         print(f"recorded to {path}", file=sys.stderr)
     return code
+
+
+def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported lazily)
+    """The session continuing ``--resume RECORDING``; every refusal is one line (exit 2).
+
+    The checkpoint's config is the run's: a flag that would change it is refused rather than
+    ignored, since the resumed events must be the ones the original run would have made.
+    """
+    from esper_engine.checkpoint import CheckpointError, plan_resume  # noqa: PLC0415
+    from esper_engine.session import prepare_resume  # noqa: PLC0415
+    from esper_engine.tasks import DataError  # noqa: PLC0415
+
+    given = vars(args)
+    clashing = [f"--{dest.replace('_', '-')}" for dest in FLAG_FIELDS if dest in given]
+    clashing += [
+        flag
+        for flag, value in (
+            ("--config", args.config),
+            ("--set", args.set),
+            ("--record", args.record),
+            ("--no-record", args.no_record),
+            ("--print-config", args.print_config),
+        )
+        if value
+    ]
+    if clashing:
+        raise BadInput(
+            f"--resume continues with the checkpoint's config; drop {', '.join(clashing)}"
+        )
+    try:
+        plan = plan_resume(args.resume)
+        return prepare_resume(plan, progress=_progress)
+    except CheckpointError as exc:
+        raise BadInput(str(exc)) from None
+    except (DataError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    except OSError as exc:
+        raise BadInput(f"cannot resume {args.resume}: {exc.strerror}") from None
 
 
 def _progress(message: str) -> None:

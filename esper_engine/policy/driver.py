@@ -116,6 +116,29 @@ class PolicyDriver:
             return None
         return self.agent.update(self.buffer)
 
+    def state_dict(self) -> dict[str, object]:
+        """The agent, its optimizer and generator, the round's buffer and the pending flags.
+        The heuristic and the static policy are stateless: only the flags are kept."""
+        state: dict[str, object] = {"kind": self.kind, "pending": list(self._has_pending)}
+        if self.agent is not None and self.buffer is not None:
+            state["agent"] = self.agent.state_dict()
+            state["optimizer"] = self.agent.optimizer.state_dict()
+            state["generator"] = self.agent.generator.get_state()
+            state["buffer"] = self.buffer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["kind"] != self.kind:
+            raise ValueError(f"checkpoint policy is {state['kind']!r}, this run's is {self.kind!r}")
+        if len(state["pending"]) != len(self._has_pending):
+            raise ValueError(f"checkpoint has {len(state['pending'])} envs' pending flags")
+        self._has_pending = [bool(flag) for flag in state["pending"]]
+        if self.agent is not None and self.buffer is not None:
+            self.agent.load_state_dict(state["agent"])
+            self.agent.optimizer.load_state_dict(state["optimizer"])
+            self.agent.generator.set_state(state["generator"])
+            self.buffer.load_state_dict(state["buffer"])
+
 
 def build_heuristic(
     config: HeuristicConfig, n_slots: int, blueprints: Sequence[str], host_kind: str

@@ -396,6 +396,15 @@ class RolloutBuffer:
         else:
             last.terminal = True
 
+    def state_dict(self) -> list[list[dict[str, object]]]:
+        """Every env's transitions as tensors and plain values (a checkpoint's round so far)."""
+        return [[_transition_state(step) for step in steps] for steps in self._steps]
+
+    def load_state_dict(self, state: Sequence[Sequence[dict]]) -> None:
+        if len(state) != self.n_envs:
+            raise ValueError(f"checkpoint buffer has {len(state)} envs, expected {self.n_envs}")
+        self._steps = [[_transition_from_state(step) for step in steps] for steps in state]
+
     def episode_returns(self) -> list[float]:
         """Undiscounted reward sum of every finished episode (rollback penalties included)."""
         returns: list[float] = []
@@ -447,3 +456,23 @@ class RolloutBuffer:
                 raise ValueError(f"env {env}: transition {index} has no reward")
         if not steps[-1].done:
             raise ValueError(f"env {env}: episode not finished; call finish_episode first")
+
+
+def _transition_state(step: Transition) -> dict[str, object]:
+    return {
+        "obs": step.obs,
+        "masks": list(step.masks),
+        "action": step.action,
+        "log_prob": step.log_prob,
+        "value": step.value,
+        "reward": step.reward,
+        "penalty": step.penalty,
+        "terminal": step.terminal,
+        "truncated": step.truncated,
+        "bootstrap_value": step.bootstrap_value,
+        "episode_end": step.episode_end,
+    }
+
+
+def _transition_from_state(state: dict) -> Transition:
+    return Transition(**{**state, "masks": ActionMasks(*state["masks"])})

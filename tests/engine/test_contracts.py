@@ -149,6 +149,9 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         console="attach-7",
     ),
     c.RunFinished: c.RunFinished(**COMMON, status=c.RunStatus.CRASHED, error="RuntimeError: boom"),
+    c.RunResumed: c.RunResumed(
+        **COMMON, from_episode=1, from_epoch=2, recording_bytes=4096, pid=1234
+    ),
 }
 COMMAND_SAMPLES: dict[type, c.Command] = {
     c.ForceRollback: c.ForceRollback(command_id=1, env=2, console="a"),

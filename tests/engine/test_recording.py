@@ -26,7 +26,14 @@ from tests.engine.test_contracts import EVENT_SAMPLES
 
 EVENTS = list(EVENT_SAMPLES.values())
 # The events after which the recorder writes its batch at once (the spec, restated here).
-FLUSHED = (c.RunStarted, c.EpochSummary, c.GovernorRollback, c.CommandAck, c.RunFinished)
+FLUSHED = (
+    c.RunStarted,
+    c.EpochSummary,
+    c.GovernorRollback,
+    c.CommandAck,
+    c.RunFinished,
+    c.RunResumed,
+)
 BATCH_DECODER = msgspec.msgpack.Decoder(list[c.TelemetryEvent])
 
 

@@ -1,0 +1,208 @@
+"""Checkpoints: a run's whole state at an epoch boundary, next to its recording (SPEC 12).
+
+``RUN.msgpack`` gets ``RUN.ckpt``: one ``torch.save`` file holding tensors and plain values only
+(dicts, lists, str, int, float, bool, None), written atomically (a temporary file in the same
+directory, flushed and fsynced, then ``os.replace``), so a ``kill -9`` at any instant leaves
+either the previous checkpoint or the new one, never half of one. It is read back with
+``torch.load(weights_only=True)``: a file holding anything else (a pickled object whose
+``__reduce__`` would run code) is refused before any of it is executed.
+
+What goes in is assembled by the trainer (``VectorizedTrainer.checkpoint_state``) from each
+part's own ``state_dict``; this module owns the file, its format check and the resume plan: the
+checks that a recording, its checkpoint and each other agree before anything is changed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import torch
+
+from esper_engine.config import TrainingConfig
+from esper_engine.contracts import RunFinished, RunStarted, RunStatus
+from esper_engine.recording import RecordingError, read_recording
+
+CHECKPOINT_FORMAT = 1  # of the checkpoint's layout; bumped when a part's state changes shape
+SUFFIX = ".ckpt"
+# Tests only: "POINT:N:MARKER" blocks the N-th pass through POINT (checkpoint-write: between the
+# temporary file's fsync and the rename; policy-update: before a PPO update; train-batch: before
+# a training batch) after creating the file MARKER, so a test can kill -9 the process there.
+HOLD_ENV = "ESPER_TEST_HOLD"
+_HOLD = os.environ.get(HOLD_ENV)  # read once: hold_point sits in the batch loop
+_holds: dict[str, int] = {}
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message is one line naming the file."""
+
+
+def checkpoint_path(recording: str | os.PathLike[str]) -> Path:
+    """Where a recording's checkpoint lives: ``RUN.msgpack`` -> ``RUN.ckpt``."""
+    return Path(recording).with_suffix(SUFFIX)
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: the old file stays whole until the rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        hold_point("checkpoint-write")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
+
+
+class CheckpointWriter:
+    """Writes a run's checkpoints off the training thread, one at a time, in order.
+
+    ``submit`` copies the state's tensors at once (the run goes on changing its own) and hands
+    the serialising and the fsync to a thread; the next ``submit`` and ``wait`` wait for it, and
+    raise what it raised. A ``kill -9`` while it writes leaves the previous checkpoint in place,
+    whose recording length is shorter: a resume simply starts one checkpoint earlier.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed writer's leftovers
+            stale.unlink(missing_ok=True)
+
+    def submit(self, state: dict[str, Any]) -> None:
+        self.wait()
+        copy = _detached(state)
+        self._thread = threading.Thread(
+            target=self._write, args=(copy,), name="esper-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Until the last submitted checkpoint is on disk; re-raises its writer's error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _write(self, state: dict[str, Any]) -> None:
+        try:
+            write_checkpoint(self.path, state)
+        except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+            self._error = exc
+
+
+def _detached(value: Any) -> Any:
+    """A copy of a nested state whose tensors no later training step can change (on CPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, Mapping):
+        return {key: _detached(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_detached(item) for item in value]
+    return value  # numbers, strings, None, tuples of numbers: immutable
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's state; CheckpointError (one line) for a missing, foreign or unsafe file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint (checkpoint_every 0, or no epoch finished)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to load safely is the same verdict
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused, not a checkpoint that loads safely ({first[:160]})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: checkpoint format {found!r}, this version reads {CHECKPOINT_FORMAT}"
+        )
+    return state
+
+
+@dataclass
+class ResumePlan:
+    """A recording and its checkpoint that agree: what ``--resume`` continues from."""
+
+    recording: Path
+    checkpoint: dict[str, Any]
+    config: TrainingConfig
+    run_id: str
+    recording_bytes: int  # the recording is cut back to this length before appending
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(episode, epoch) the resumed run starts with."""
+        return int(self.checkpoint["episode"]), int(self.checkpoint["epoch"])
+
+
+def plan_resume(recording: str | os.PathLike[str]) -> ResumePlan:
+    """Check a recording and its checkpoint without changing either; CheckpointError if unfit."""
+    recording = Path(recording)
+    if not recording.is_file():
+        raise CheckpointError(f"{recording}: no such recording")
+    try:
+        events = read_recording(recording).events
+    except RecordingError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not events or not isinstance(events[0], RunStarted):
+        raise CheckpointError(f"{recording}: the recording does not start with RunStarted")
+    started, last = events[0], events[-1]
+    if isinstance(last, RunFinished) and last.status == RunStatus.COMPLETED:
+        raise CheckpointError(f"{recording}: run {started.run_id} already completed")
+    path = checkpoint_path(recording)
+    state = read_checkpoint(path)
+    if state["run_id"] != started.run_id:
+        raise CheckpointError(
+            f"{path}: checkpoint of run {state['run_id']}, the recording is run {started.run_id}"
+        )
+    if state["config"] != started.config:
+        raise CheckpointError(f"{path}: checkpoint config differs from the recording's")
+    size, wanted = recording.stat().st_size, int(state["recording_bytes"])
+    if size < wanted:
+        raise CheckpointError(
+            f"{recording}: {size} bytes, shorter than the {wanted} the checkpoint recorded"
+        )
+    try:
+        config = msgspec.convert(state["config"], TrainingConfig)
+        config.validate()
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise CheckpointError(f"{path}: checkpoint config is not valid here ({exc})") from None
+    return ResumePlan(recording, state, config, started.run_id, wanted)
+
+
+def hold_point(name: str) -> None:
+    """Block forever at the N-th pass through ``name`` when ``ESPER_TEST_HOLD`` asks (tests)."""
+    spec = _HOLD
+    if not spec:
+        return
+    point, count, marker = spec.split(":", 2)
+    if point != name:
+        return
+    _holds[name] = _holds.get(name, 0) + 1
+    if _holds[name] != int(count):
+        return
+    Path(marker).write_text(name)
+    while True:  # the test kills the process here
+        time.sleep(3600)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -130,6 +130,8 @@ def run_headless(
     period = 1.0 / max(refresh_hz, 0.1)
     with stop_on_signals(session):
         session.start()
+        if session.control_error:
+            console.print(f"[yellow]warning:[/] {escape(session.control_error)}")
         # Off a terminal (nohup, a batch job, a pipe) Live would print only the final table.
         follow = _follow_live if console.is_terminal else _follow_lines
         follow(session, view, console, period)

@@ -133,7 +133,6 @@ class LiveSource:
     """A training session running in its background thread, seen through the source interface."""
 
     capabilities = Capabilities(controls=True, replay_controls=False, live=True)
-    warning = None
 
     def __init__(self, session: TrainingSession) -> None:
         self.session = session
@@ -144,6 +143,11 @@ class LiveSource:
     @property
     def dropped(self) -> int:
         return self.session.dropped
+
+    @property
+    def warning(self) -> str | None:
+        """Why the run cannot be attached to (it trains anyway), once it has started."""
+        return self.session.control_error
 
     @property
     def finished(self) -> RunFinished | None:

@@ -410,6 +410,7 @@ class StubSession:
 
     run_id = "stub"
     config = TrainingConfig(n_envs=2, episodes=3, epochs=5, policy="ppo", max_grad_norm=2.0)
+    control_error = None
 
     def __init__(self) -> None:
         self.thread_state = "idle"

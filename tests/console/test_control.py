@@ -160,3 +160,19 @@ def test_two_consoles_each_get_acks_with_their_own_id(tmp_path: Path, socket_dir
     assert (acks[c].console, acks[c].accepted) == ("attach-a", False)
     with pytest.raises(ControlError, match="cannot reach the run"):
         first.send(Pause())  # the socket went with the run
+
+
+def test_a_run_without_a_usable_socket_directory_trains_anyway_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overwatch.sources import LiveSource  # noqa: PLC0415
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("OVERWATCH_SOCKET_DIR", str(blocker / "sockets"))  # under a file
+    session = tiny_session(tmp_path, epochs=1)
+    source = LiveSource(session)
+    source.start()
+    assert session.wait(timeout=60) and session.control is None
+    assert source.warning is not None and source.warning.startswith("no control socket")
+    assert read_recording(session.record_path).events[-1].status == "completed"

@@ -18,6 +18,8 @@ class FakeSession:
     """Hands out a fixed run one epoch per wait(), like a trainer thread, and notes how many
     lines the view had written by each wait (to show progress appears while the run goes on)."""
 
+    control_error = None  # its control socket is fine
+
     def __init__(self, events: list[Event], out: io.StringIO) -> None:
         self.chunks: list[list[Event]] = [[]]
         for event in events:

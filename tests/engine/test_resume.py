@@ -14,8 +14,16 @@ import msgspec
 import pytest
 
 from esper_engine.checkpoint import HOLD_ENV, checkpoint_path, plan_resume, read_checkpoint
-from esper_engine.config import TrainingConfig
-from esper_engine.contracts import EpochSummary, RunFinished, RunResumed, RunStatus, Stop
+from esper_engine.config import LifecycleConfig, TrainingConfig
+from esper_engine.contracts import (
+    EpochSummary,
+    ForceRollback,
+    RunFinished,
+    RunResumed,
+    RunStatus,
+    SetClipThreshold,
+    Stop,
+)
 from esper_engine.recording import read_recording
 from esper_engine.session import TrainingSession
 from esper_engine.tasks import load_task
@@ -40,9 +48,9 @@ def task():
     return load_task("synthetic-images", seed=0, scale="small")
 
 
-def comparable(path: Path, *ignored: str) -> list[dict]:
+def comparable(path: Path, *ignored: str) -> list[str]:
     """The recording's events without RunResumed and without the fields that measure time
-    (and the ``ignored`` ones)."""
+    (and the ``ignored`` ones), as JSON text: a NaN loss then equals the same NaN loss."""
     out = []
     for event in read_recording(path).events:
         if isinstance(event, RunResumed):
@@ -50,20 +58,23 @@ def comparable(path: Path, *ignored: str) -> list[dict]:
         fields = msgspec.to_builtins(event)
         for name in (*TIMING, *ignored):
             fields.pop(name, None)
-        out.append(fields)
+        out.append(msgspec.json.encode(fields).decode())
     return out
 
 
-def _stop_after(session: TrainingSession, summaries: int | None) -> TrainingSession:
-    """The operator stops the run once it has recorded that many more epoch summaries."""
-    if summaries is None:
-        return session
+def _stop_after(
+    session: TrainingSession, summaries: int | None, commands: dict | None = None
+) -> TrainingSession:
+    """The operator stops the run once it has recorded that many more epoch summaries, and
+    sends ``commands[n]`` after the n-th (from the trainer's thread: at a fixed safe point)."""
     emit, seen = session.recorder.emit, [0]
 
     def emit_and_stop(event) -> None:
         emit(event)
         if isinstance(event, EpochSummary):
             seen[0] += 1
+            if seen[0] in (commands or {}):
+                session.send(commands[seen[0]])
             if seen[0] == summaries:
                 session.send(Stop())
 
@@ -78,8 +89,15 @@ def _finish(session: TrainingSession) -> TrainingSession:
     return session
 
 
-def _run(config: TrainingConfig, task, path: Path, stop_after: int | None = None) -> None:
-    _finish(_stop_after(TrainingSession(config, task, run_id="run", record_path=path), stop_after))
+def _run(
+    config: TrainingConfig,
+    task,
+    path: Path,
+    stop_after: int | None = None,
+    commands: dict | None = None,
+) -> None:
+    session = TrainingSession(config, task, run_id="run", record_path=path)
+    _finish(_stop_after(session, stop_after, commands))
 
 
 def _resumed(path: Path, task) -> TrainingSession:
@@ -104,6 +122,30 @@ def test_stopped_then_resumed_equals_uninterrupted(tmp_path: Path, task, policy:
             assert session.finished.status == RunStatus.STOPPED
         assert _finish(_resumed(path, task)).finished.status == RunStatus.COMPLETED
         assert comparable(path) == comparable(reference), f"{policy} stopped at {stops}"
+
+
+@pytest.mark.parametrize("policy", ("heuristic", "ppo"))
+def test_rollbacks_commands_and_fossils_resume_exactly(tmp_path: Path, task, policy: str) -> None:
+    """Governor rollbacks (NaN and divergence faults), an operator rollback and clip change,
+    seeds fossilized, pruned and embargoed: all of it survives a checkpoint."""
+    config = msgspec.structs.replace(
+        SMALL,
+        policy=policy,
+        epochs=8,
+        batch_stats_every=2,
+        faults=("nan:1:3", "diverge:2:5"),
+        lifecycle=LifecycleConfig(blend_epochs=1),
+    )
+    commands = {2: SetClipThreshold(value=0.5, env=1), 6: ForceRollback(env=0)}
+    reference = tmp_path / "reference.msgpack"
+    _run(config, task, reference, commands=commands)
+    kinds = {event.split('"type":"')[1].split('"')[0] for event in comparable(reference)}
+    assert {"GovernorRollback", "CommandAck", "Attribution"} <= kinds
+    for stop in (9, 20):
+        path = tmp_path / f"cut-{stop}.msgpack"
+        _run(config, task, path, stop_after=stop, commands=commands)
+        assert _finish(_resumed(path, task)).finished.status == RunStatus.COMPLETED
+        assert comparable(path) == comparable(reference), f"{policy} stopped at {stop}"
 
 
 def _summaries(path: Path) -> list[EpochSummary]:

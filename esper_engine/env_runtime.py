@@ -111,16 +111,15 @@ class EnvRuntime:
         init_seed = (self.config.seed * 1000 + self.index) * 1000 + self.episodes_started
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
-            model = create_model(
+            lifecycle = self.config.lifecycle
+            return create_model(
                 self.task,
                 self.config.device,
                 slots=self.config.slots,
-                min_prune_age=self.config.lifecycle.min_prune_age,
+                min_prune_age=lifecycle.min_prune_age,
+                min_training_epochs=lifecycle.min_training_epochs,
+                embargo_epochs=lifecycle.embargo_epochs,
             )
-        for slot in model.slots.values():  # the gates create_model leaves at their defaults
-            slot.min_training_epochs = self.config.lifecycle.min_training_epochs
-            slot.embargo_epochs = self.config.lifecycle.embargo_epochs
-        return model
 
     def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:
         host_lr = self.config.host_lr or self.task.host_lr

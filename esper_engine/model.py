@@ -272,6 +272,8 @@ def create_model(
     slots: Sequence[str] | None = None,
     *,
     min_prune_age: int = DEFAULT_MIN_PRUNE_AGE,
+    min_training_epochs: int = DEFAULT_MIN_TRAINING_EPOCHS,
+    embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS,
     **host_kwargs: Any,
 ) -> MorphogeneticModel:
     """Build the task's host with seed slots, on ``device``.
@@ -288,7 +290,13 @@ def create_model(
         host = TransformerHost(vocab=task.num_classes, seq_len=task.seq_len, **host_kwargs)
     else:
         raise ValueError(f"unknown host kind {task.host_kind!r}; expected cnn or transformer")
-    return MorphogeneticModel(host, slots, min_prune_age=min_prune_age).to(dev)
+    return MorphogeneticModel(
+        host,
+        slots,
+        embargo_epochs=embargo_epochs,
+        min_training_epochs=min_training_epochs,
+        min_prune_age=min_prune_age,
+    ).to(dev)
 
 
 def _select_slots(known: list[str], slots: Sequence[str] | None) -> list[str]:

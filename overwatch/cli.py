@@ -13,6 +13,7 @@ import argparse
 import gc
 import importlib.metadata
 import math
+import os
 import secrets
 import sys
 import time
@@ -181,11 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--dir", default=RUNS_DIR, help="the runs directory")
 
     export = sub.add_parser(
-        "export", help="write a recording as JSON lines or CSV", formatter_class=_HelpFormatter
+        "export",
+        help="write a recording as JSON lines, CSV or TensorBoard event files",
+        formatter_class=_HelpFormatter,
     )
     export.add_argument("file")
-    export.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    export.add_argument("--output", default=None, help="output path (default: stdout)")
+    export.add_argument("--format", choices=("jsonl", "csv", "tensorboard"), default="jsonl")
+    export.add_argument(
+        "--output",
+        default=None,
+        help="output path (default: stdout); a directory for tensorboard (required)",
+    )
     return parser
 
 
@@ -432,8 +439,6 @@ def _freeze_loaded() -> None:
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    import os  # noqa: PLC0415
-
     from overwatch.app import run_console  # noqa: PLC0415
     from overwatch.runs import RunError, attach_target  # noqa: PLC0415
     from overwatch.sources import AttachSource  # noqa: PLC0415
@@ -459,12 +464,16 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from esper_engine.recording import RecordingError  # noqa: PLC0415
     from overwatch.export import export_recording  # noqa: PLC0415
+    from overwatch.tensorboard_export import MissingExtra, OutputNotEmpty  # noqa: PLC0415
 
     if not Path(args.file).is_file():
         raise BadInput(f"no such recording: {args.file}")
     try:
         export_recording(args.file, fmt=args.format, output=args.output)
-    except (RecordingError, ValueError, OSError) as exc:
+        sys.stdout.flush()  # here, where a broken pipe is caught, not at interpreter exit
+    except BrokenPipeError:  # an OSError, but the reader's choice: `export ... | head`
+        raise
+    except (RecordingError, ValueError, OSError, MissingExtra, OutputNotEmpty) as exc:
         raise BadInput(str(exc)) from None
     return EXIT_OK
 
@@ -483,8 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"overwatch: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except BrokenPipeError:  # `overwatch export run.msgpack | head`
+    except BrokenPipeError:  # `overwatch export run.msgpack | head`: the reader has had enough
+        _silence_stdout()
         return EXIT_OK
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what is still buffered
+    does not fail a second time ("Exception ignored ... BrokenPipeError", exit 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Export a recording for other tools: every event as JSON Lines, or the epoch summaries as CSV.
+"""Export a recording for other tools: every event as JSON Lines, the epoch summaries as CSV, or
+the figures as TensorBoard event files (``overwatch.tensorboard_export``, an optional extra).
 
 JSON Lines: one object per event with the struct tag under ``"type"`` and every field, nested
 structs as objects. JSON has no inf/nan, so msgspec writes non-finite floats as ``null`` (an
@@ -25,7 +26,7 @@ import msgspec
 from esper_engine.contracts import EpochSummary, Event, RunStarted, SlotState
 from esper_engine.recording import read_recording
 
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "tensorboard")
 SLOTS_FIELD = "slots"  # the nested list: one group of columns per slot instead
 CSV_COLUMNS = tuple(f.name for f in msgspec.structs.fields(EpochSummary) if f.name != SLOTS_FIELD)
 SLOT_FIELDS = tuple(f.name for f in msgspec.structs.fields(SlotState) if f.name != "slot_id")
@@ -36,13 +37,24 @@ def export_recording(
     fmt: str = "jsonl",
     output: str | os.PathLike[str] | None = None,
 ) -> int:
-    """Write the recording at ``path`` as ``fmt`` to ``output`` (stdout when None); return the
-    number of lines or rows written (CSV header excluded). A truncation warning goes to stderr."""
+    """Write the recording at ``path`` as ``fmt`` to ``output`` (stdout when None; a directory,
+    required, for TensorBoard); return the number of lines, rows (CSV header excluded) or
+    TensorBoard points written. A truncation warning goes to stderr."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "tensorboard":
+        from overwatch.tensorboard_export import load_writer_class  # noqa: PLC0415
+
+        load_writer_class()  # a missing extra is said before the recording is read
+        if output is None:
+            raise ValueError("--format tensorboard writes a directory: give --output DIR")
     recording = read_recording(path)
     if recording.warning:
         print(f"warning: {recording.warning}", file=sys.stderr)
+    if fmt == "tensorboard":
+        from overwatch.tensorboard_export import write_tensorboard  # noqa: PLC0415
+
+        return write_tensorboard(recording.events, output)
     with _open_output(output) as out:
         if fmt == "jsonl":
             return write_jsonl(recording.events, out)

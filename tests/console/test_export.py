@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -10,7 +12,9 @@ import pytest
 
 from esper_engine import contracts as c
 from esper_engine.recording import Recorder
+from overwatch.cli import main
 from overwatch.export import export_recording
+from tests.console.fixtures import REAL_RUN
 
 RUN_STARTED = c.RunStarted(
     run_id="r1",
@@ -170,3 +174,38 @@ def test_csv_columns_are_the_fields_of_the_structs() -> None:
     summary_fields = [f.name for f in msgspec.structs.fields(c.EpochSummary) if f.name != "slots"]
     slot_fields = [f.name for f in msgspec.structs.fields(c.SlotState) if f.name != "slot_id"]
     assert header == summary_fields + [f"{s}.{f}" for s in ("s0", "s1") for f in slot_fields]
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly() -> None:
+    """`overwatch export FILE | head -n 1`: a real pipe whose reader leaves after one line."""
+    export = subprocess.Popen(
+        [sys.executable, "-m", "overwatch.cli", "export", str(REAL_RUN)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    head = subprocess.run(["head", "-n", "1"], stdin=export.stdout, capture_output=True, timeout=20)
+    export.stdout.close()  # only head holds the read end now: its exit breaks the pipe
+    _, err = export.communicate(timeout=20)
+    assert head.stdout.count(b"\n") == 1
+    assert (export.returncode, err) == (0, b"")
+
+
+def test_the_jsonl_of_the_fixture_is_larger_than_a_pipe_buffer() -> None:
+    """Else the pipe test above would pass without ever breaking the pipe."""
+    out = subprocess.run(
+        [sys.executable, "-m", "overwatch.cli", "export", str(REAL_RUN)],
+        capture_output=True, check=True, timeout=20,
+    ).stdout
+    assert len(out) > 65536  # a Linux pipe buffers 64 KiB
+
+
+def test_tensorboard_without_the_extra_is_one_line_with_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails as if not installed
+    argv = ["export", str(REAL_RUN), "--format", "tensorboard", "--output", str(tmp_path / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "pip install 'overwatch-esper[tensorboard]'" in err
+    assert not (tmp_path / "x").exists()

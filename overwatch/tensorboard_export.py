@@ -1,0 +1,162 @@
+"""Export a recording as TensorBoard event files: one TensorBoard run per env, one for the policy.
+
+Layout under the output directory: ``env1/``, ``env2/``, ... (numbered from 1, as the console
+shows them) and ``policy/`` for the PPO updates, so TensorBoard overlays the envs on one chart per
+tag. Tags are namespaced (``val/accuracy``, ``grad_norm/post_clip``, ``governor/rollbacks``,
+``shapley/<slot>``, ``ppo/approx_kl``) and every point carries the event's recorded wall time.
+
+Steps: epoch figures and Shapley values at the env's epoch counted across episodes
+(``episode * epochs + epoch``, from 0); per-batch figures at that epoch's first batch plus the
+batch index (``epoch_step * batches_per_epoch + batch``); PPO figures at the update number.
+A figure that is None (perplexity of an image task, the reward of an undecided epoch, a disabled
+clip threshold) is left out; NaN and infinite values are written as they are.
+
+The writer is tensorboardX (the optional ``[tensorboard]`` extra): it needs only protobuf, where
+TensorBoard's own writer brings the whole server. TensorBoard itself is needed only to view.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from esper_engine.contracts import (
+    Attribution,
+    BatchStats,
+    EpochSummary,
+    Event,
+    PolicyUpdate,
+    RunStarted,
+)
+
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
+
+EXTRA_HINT = "pip install 'overwatch-esper[tensorboard]'"
+POLICY_RUN = "policy"
+EVENT_FILE_GLOB = "events.out.tfevents.*"
+COMMON_FIELDS = frozenset(f.name for f in msgspec.structs.fields(Event))
+
+# EpochSummary field -> tag. A numeric field not named here is still exported, as
+# ``epoch/<field>``, so a field added to the contract reaches TensorBoard with no change here.
+EPOCH_TAGS = {
+    "train_loss": "train/loss",
+    "train_accuracy": "train/accuracy",
+    "val_loss": "val/loss",
+    "val_accuracy": "val/accuracy",
+    "perplexity": "val/perplexity",
+    "grad_norm_pre_clip": "grad_norm/pre_clip",
+    "grad_norm_post_clip": "grad_norm/post_clip",
+    "clipped_fraction": "grad_norm/clipped_fraction",
+    "clip_threshold": "grad_norm/clip_threshold",
+    "consecutive_panics": "governor/consecutive_panics",
+    "total_panics": "governor/total_panics",
+    "rollbacks": "governor/rollbacks",
+    "skipped_steps": "governor/skipped_steps",
+    "reward": "policy/reward",
+    "samples_per_s": "perf/samples_per_s",
+    "host_params": "params/host",
+    "seed_params": "params/seed",
+}
+BATCH_TAGS = {
+    "loss": "batch/loss",
+    "grad_norm_pre_clip": "batch/grad_norm_pre_clip",
+    "grad_norm_post_clip": "batch/grad_norm_post_clip",
+}
+
+
+class MissingExtra(Exception):
+    """tensorboardX is not installed; the message says how to install it."""
+
+
+class OutputNotEmpty(Exception):
+    """The output directory already holds event files (TensorBoard would show both runs)."""
+
+
+def load_writer_class() -> type[SummaryWriter]:
+    try:
+        from tensorboardX import SummaryWriter  # noqa: PLC0415 (an optional extra)
+    except ImportError:
+        message = f"--format tensorboard needs the tensorboard extra: {EXTRA_HINT}"
+        raise MissingExtra(message) from None
+    return SummaryWriter
+
+
+def write_tensorboard(events: Iterable[Event], output: str | os.PathLike[str]) -> int:
+    """Write the events' figures under the directory ``output``; returns the points written."""
+    writer_class = load_writer_class()
+    # It warns on every NaN or infinite value; a panicking env's NaN loss is the point here.
+    logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
+    root = Path(output)
+    if root.exists() and not root.is_dir():
+        raise OutputNotEmpty(f"--output {root} is a file; TensorBoard needs a directory")
+    if root.is_dir() and next(root.rglob(EVENT_FILE_GLOB), None) is not None:
+        raise OutputNotEmpty(f"--output {root} already holds TensorBoard event files; "
+                             "choose an empty or new directory")
+    count = 0
+    with ExitStack() as stack:
+        writers: dict[str, SummaryWriter] = {}
+
+        def writer(run: str) -> SummaryWriter:
+            if run not in writers:
+                writers[run] = writer_class(logdir=str(root / run), flush_secs=3600)
+                stack.callback(writers[run].close)
+            return writers[run]
+
+        for run, tag, value, step, wall_time in scalars(events):
+            writer(run).add_scalar(tag, value, global_step=step, walltime=wall_time)
+            count += 1
+    return count
+
+
+def scalars(events: Iterable[Event]) -> Iterator[tuple[str, str, float, int, float]]:
+    """(run, tag, value, step, wall time) for every figure TensorBoard gets, in event order."""
+    epochs, batches = 1, 1
+    for event in events:
+        if isinstance(event, RunStarted):
+            epochs, batches = max(event.epochs, 1), max(event.batches_per_epoch, 1)
+            continue
+        if isinstance(event, PolicyUpdate):
+            for name, value in _numbers(event):
+                if name != "update":
+                    yield POLICY_RUN, f"ppo/{name}", value, event.update, event.wall_time
+            continue
+        if event.env is None:
+            continue
+        run = env_run(event.env)
+        step = event.episode * epochs + event.epoch
+        if isinstance(event, EpochSummary):
+            for name, value in _numbers(event):
+                yield run, EPOCH_TAGS.get(name, f"epoch/{name}"), value, step, event.wall_time
+            for slot in event.slots:
+                yield run, f"slot/{slot.slot_id}/alpha", slot.alpha, step, event.wall_time
+        elif isinstance(event, BatchStats):
+            batch_step = step * batches + event.batch
+            for name, tag in BATCH_TAGS.items():
+                yield run, tag, getattr(event, name), batch_step, event.wall_time
+        elif isinstance(event, Attribution):
+            for slot_id, value in event.shapley.items():
+                yield run, f"shapley/{slot_id}", value, step, event.wall_time
+            yield run, "shapley/v_all", event.full_value, step, event.wall_time
+            yield run, "shapley/v_none", event.empty_value, step, event.wall_time
+
+
+def env_run(env: int) -> str:
+    """The TensorBoard run of an env: numbered from 1, as the console shows it."""
+    return f"env{env + 1}"
+
+
+def _numbers(event: Event) -> Iterator[tuple[str, float]]:
+    """The event's own numeric fields (not the common ones, not None, bools as 0/1)."""
+    for field in msgspec.structs.fields(event):
+        if field.name in COMMON_FIELDS:
+            continue
+        value = getattr(event, field.name)
+        if isinstance(value, int | float):
+            yield field.name, float(value)

@@ -1,4 +1,4 @@
-"""The `overwatch` command: run (console or headless), replay, attach, ps, export.
+"""The `overwatch` command: run (console or headless), replay, attach, ps, export, serve.
 
 Bad input is one line on stderr and exit code 2; a crashed run exits 1; completed or stopped, 0.
 
@@ -193,7 +193,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="output path (default: stdout); a directory for tensorboard (required)",
     )
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the read-only replay console to a browser on 127.0.0.1",
+        formatter_class=_HelpFormatter,
+    )
+    serve.add_argument("file")
+    serve.add_argument(
+        "--follow", action="store_true", help="tail a recording still being written"
+    )
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port on 127.0.0.1")
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port within 1..65535, got {value}")
+    return value
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -478,6 +499,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from overwatch.serve import ServeError, serve  # noqa: PLC0415
+
+    # With --follow the replay itself decides what a missing recording means.
+    if not args.follow and not Path(args.file).is_file():
+        raise BadInput(f"no such recording: {args.file}")
+    try:
+        serve(args.file, follow=args.follow, port=args.port)
+    except ServeError as exc:
+        raise BadInput(str(exc)) from None
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -487,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             "attach": _cmd_attach,
             "ps": _cmd_ps,
             "export": _cmd_export,
+            "serve": _cmd_serve,
         }[args.command]
         return handler(args)
     except BadInput as exc:

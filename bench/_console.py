@@ -1,20 +1,31 @@
-"""Console overhead: the real ``overwatch run`` console in a real pty (tmux) against ``--headless``.
+"""Console cost: the real ``overwatch run`` console in a real pty (tmux) against ``--headless``.
 
-Both sides are the same CLI run, each in its own detached tmux session of 120x40 on a private
-tmux server, so both write to a real terminal (the headless view renders on stderr). The console
-runs at its default refresh rate. The trainer's throughput is read back from the run's recording:
-training samples of every EpochSummary / (RunFinished.wall_time - RunStarted.wall_time), i.e.
-the trainer's own window, without process start-up. When the run has finished the console is
-sent ``q``; the headless process exits by itself.
+Both sides are the same CLI run, each in its own detached tmux session (120x40 unless asked) on
+a private tmux server, so both write to a real terminal (the headless view renders on stderr).
+The console runs at its default refresh rate. Each run gives three figures (``ConsoleRun``):
+
+- the trainer's throughput, read back from the run's recording: training samples of every
+  EpochSummary / (RunFinished.wall_time - RunStarted.wall_time), the trainer's own window
+  without process start-up;
+- the bytes per second written to the terminal over that window: tmux's ``pipe-pane`` copies
+  everything the process writes to its pty into a file, whose size is read on each poll;
+- the console's dropped-event count, read off the screen as "dropped N" wherever the layout
+  puts it (None when the screen shows no such count).
+
+When the run has finished the console is sent ``q``; the headless process exits by itself.
+Nothing here depends on where the layout puts a widget: only the task's name (to tell that the
+view came up) and the words "dropped N" are looked for on the screen.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from _throughput import RunShape
@@ -23,7 +34,9 @@ from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunSta
 from esper_engine.recording import RecordingFollower
 
 POLL_S = 0.25
-SIZE = ("120", "40")
+SIZE = (120, 40)
+FINAL_SCREEN_S = 5.0
+DROPPED = re.compile(r"\bdropped\W{0,3}(\d[\d,]*)", re.IGNORECASE)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TMUX_CONF = "set -g remain-on-exit on\nset -g history-limit 1000\n"
 
@@ -37,6 +50,33 @@ def tmux_missing_reason() -> str | None:
     if shutil.which("tmux") is None:
         return "tmux not found on PATH"
     return None
+
+
+@dataclass(frozen=True)
+class ConsoleRun:
+    """What one run measured."""
+
+    samples_per_s: float
+    terminal_bytes_per_s: float  # over the trainer's window
+    dropped: int | None  # the console's count on screen at the end; None: not shown (headless)
+
+    def __str__(self) -> str:
+        dropped = "" if self.dropped is None else f", dropped {self.dropped}"
+        return (f"{self.samples_per_s:.4g} samples/s, "
+                f"{self.terminal_bytes_per_s / 1024:.2f} KiB/s to the terminal{dropped}")
+
+
+def dropped_on_screen(text: str) -> int | None:
+    """The count after the word "dropped" on a captured screen; None when there is none."""
+    match = DROPPED.search(text)
+    return None if match is None else int(match.group(1).replace(",", ""))
+
+
+def window_rate(start: tuple[float, int] | None, end: tuple[float, int] | None) -> float:
+    """Bytes per second between two (monotonic time, output size) samples."""
+    if start is None or end is None or end[0] <= start[0]:
+        raise ConsoleBenchError("the terminal output was not sampled across the run")
+    return (end[1] - start[1]) / (end[0] - start[0])
 
 
 class TmuxRunner:
@@ -56,19 +96,31 @@ class TmuxRunner:
         self.runs = 0
         self.timeout_s = 300.0
 
-    def samples_per_s(self, shape: RunShape, headless: bool) -> float:
-        """One complete run; the trainer's samples/s as its recording tells it."""
+    def run(self, shape: RunShape, headless: bool, size: tuple[int, int] = SIZE) -> ConsoleRun:
+        """One complete run in a terminal of ``size`` (columns, rows)."""
         self.runs += 1
         name = f"run{self.runs}"
         recording, status = self.workdir / f"{name}.msgpack", self.workdir / f"{name}.status"
-        self._tmux("new-session", "-d", "-s", name, "-x", SIZE[0], "-y", SIZE[1],
-                   "-c", str(REPO_ROOT), self._command(shape, recording, headless, status))
+        output = self.workdir / f"{name}.pty"
+        output.touch()
+        # Started paused: the pipe is in place before the process writes its first byte.
+        command = self._command(shape, recording, headless, status)
+        self._tmux("new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]),
+                   "-c", str(REPO_ROOT), f"read go; {command}")
+        self._tmux("pipe-pane", "-t", name, "-o", f"cat >> {shlex.quote(str(output))}")
+        self._tmux("send-keys", "-t", name, "Enter")
         try:
-            events = self._wait(name, recording, status, send_quit=not headless)
+            events, window, screen = self._wait(name, recording, status, output,
+                                                send_quit=not headless)
         finally:
             self._tmux("kill-session", "-t", name, check=False)
             recording.unlink(missing_ok=True)
-        return _throughput(events, name)
+            output.unlink(missing_ok=True)
+        return ConsoleRun(
+            samples_per_s=_throughput(events, name),
+            terminal_bytes_per_s=window_rate(*window),
+            dropped=None if headless else dropped_on_screen(screen),
+        )
 
     def close(self) -> None:
         self._tmux("kill-server", check=False)
@@ -81,22 +133,31 @@ class TmuxRunner:
             "--episodes", "1", "--epochs", str(shape.epochs),
             "--batches-per-epoch", str(shape.batches_per_epoch), "--policy", "static",
             "--seed", str(shape.seed), "--record", str(recording),
+            "--set", f"batch_size={shape.batch_size}", "--set", f"val_batches={shape.val_batches}",
         ] + (["--headless"] if headless else [])
         partial = shlex.quote(f"{status}.partial")
         # written then renamed, so a status file that exists is complete
         return f"{shlex.join(argv)}; echo $? > {partial}; mv {partial} {shlex.quote(str(status))}"
 
-    def _wait(self, name: str, recording: Path, status: Path, send_quit: bool) -> list:
+    def _wait(
+        self, name: str, recording: Path, status: Path, output: Path, send_quit: bool
+    ) -> tuple[list, tuple, str]:
+        """The run's events, its (start, end) output samples and the screen at its end."""
         events: list = []
-        quit_sent = False
+        start = end = None
+        screen = ""
         deadline = time.monotonic() + self.timeout_s
         with RecordingFollower(recording) as follower:
             while not status.exists():
                 events += follower.poll()
-                if send_quit and not quit_sent and any(type(e) is RunFinished for e in events):
-                    self._check_rendered(name)
-                    self._tmux("send-keys", "-t", name, "q")
-                    quit_sent = True
+                sample = (time.monotonic(), output.stat().st_size)
+                if start is None and any(type(e) is RunStarted for e in events):
+                    start = sample
+                if end is None and any(type(e) is RunFinished for e in events):
+                    end = sample
+                    if send_quit:
+                        screen = self._final_screen(name)
+                        self._tmux("send-keys", "-t", name, "q")
                 if time.monotonic() > deadline:
                     raise ConsoleBenchError(f"{name}: no exit within {self.timeout_s:.0f} s "
                                             f"({len(events)} events): {self._pane_tail(name)}")
@@ -107,13 +168,25 @@ class TmuxRunner:
             raise ConsoleBenchError(f"{name}: exited with status {code}: {self._pane_tail(name)}")
         if not send_quit:
             self._check_rendered(name)
-        return events
+        return events, (start, end), screen
 
-    def _check_rendered(self, name: str) -> None:
-        """The run's view is on the pane (both views name the task), so the pty was used."""
+    def _final_screen(self, name: str) -> str:
+        """The console's screen once it shows the run completed (its last counts drawn), or
+        after a few seconds as it is."""
+        deadline = time.monotonic() + FINAL_SCREEN_S
+        while True:
+            text = self._check_rendered(name)
+            if "completed" in text or time.monotonic() > deadline:
+                return text
+            time.sleep(POLL_S)
+
+    def _check_rendered(self, name: str) -> str:
+        """The run's view is on the pane (both views name the task), so the pty was used;
+        returns the screen."""
         text = self._tmux("capture-pane", "-p", "-t", name)
         if "synthetic-images" not in text:
             raise ConsoleBenchError(f"{name}: the view never showed up: {self._pane_tail(name)}")
+        return text
 
     def _pane_tail(self, name: str) -> str:
         text = self._tmux("capture-pane", "-p", "-t", name, check=False)

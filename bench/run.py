@@ -25,7 +25,7 @@ from statistics import median
 import torch
 from _attribution import AttributionTimer, blending_model
 from _checkpoint import checkpoint_work, with_checkpoints
-from _console import TmuxRunner, tmux_missing_reason
+from _console import SIZE, ConsoleRun, TmuxRunner, tmux_missing_reason
 from _replay import build_recording, decode_seconds, ingest_seconds
 from _throughput import (
     RunShape,
@@ -50,10 +50,15 @@ class Profile:
     name: str
     engine: RunShape  # engine_overhead and recorder_overhead runs
     engine_repeats: int
-    console: RunShape  # console_overhead runs (each is a fresh process)
+    console: RunShape  # console_overhead runs, 4 envs (each is a fresh process)
     console_repeats: int
     attribution_repeats: int
     replay_repeats: int
+    # console_overhead_32_envs runs: as many env-batches as ``console``, in fewer, shorter
+    # epochs with a smaller validation set (32 envs validate 8x as much per epoch).
+    many_envs: RunShape = RunShape(epochs=3, batches_per_epoch=5, n_envs=32, val_batches=2)
+    many_envs_repeats: int = 3
+    small_terminal_repeats: int = 2  # console runs at 80x24 for terminal_bytes_per_s_80x24
     # Warms caches, the allocator and imports before the first kept round of a run figure.
     warmup_shape: RunShape = RunShape(epochs=1, batches_per_epoch=5)
 
@@ -64,7 +69,11 @@ class Profile:
 QUICK = Profile("quick", RunShape(epochs=2, batches_per_epoch=25), 5,
                 RunShape(epochs=3, batches_per_epoch=40), 5, 9, 3)
 FULL = Profile("full", RunShape(epochs=3, batches_per_epoch=40), 7,
-               RunShape(epochs=6, batches_per_epoch=40), 7, 21, 7)
+               RunShape(epochs=6, batches_per_epoch=40), 7, 21, 7,
+               many_envs=RunShape(epochs=3, batches_per_epoch=10, n_envs=32, val_batches=2),
+               many_envs_repeats=5, small_terminal_repeats=3)
+KIB = 1024.0
+SMALL_TERMINAL = (80, 24)
 
 
 @dataclass(frozen=True)
@@ -87,12 +96,18 @@ TARGETS = (
     Target("engine_overhead", 0.90, True),
     Target("attribution_cost", 2.5, False),
     Target("console_overhead", 0.95, True),
+    Target("console_overhead_32_envs", 0.95, True),
+    Target("console_dropped_events", 0, False),
+    Target("terminal_bytes_per_s_80x24", 5 * KIB, False, " B/s"),
+    Target("terminal_bytes_per_s_120x40", 5 * KIB, False, " B/s"),
     Target("recorder_overhead", 0.99, True),
     Target("checkpoint_overhead", 0.98, True),
     Target("replay_decode_events_per_s", 500_000, True),
     Target("replay_ingest_s", 2.0, False, " s"),
 )
 FIGURES = ("engine", "attribution", "console", "replay")  # --only choices
+CONSOLE_KEYS = ("console_overhead", "console_overhead_32_envs", "console_dropped_events",
+                "terminal_bytes_per_s_80x24", "terminal_bytes_per_s_120x40")
 
 
 class Bench:
@@ -210,38 +225,67 @@ class Bench:
         }
 
     def console(self) -> None:
-        """console_overhead: the console in a tmux pty / the same run --headless."""
+        """console_overhead at 4 and 32 envs (the console in a tmux pty / the same run
+        --headless, 120x40), the events its queue dropped in those runs, and the bytes per
+        second it wrote to the terminal with 4 envs at 120x40 and at 80x24."""
         missing = tmux_missing_reason()
         if missing is not None:
-            self.reasons["console_overhead"] = missing
-            self.say(f"console_overhead skipped: {missing}")
+            for key in CONSOLE_KEYS:
+                self.reasons[key] = missing
+            self.say(f"console figures skipped: {missing}")
             return
-        shape = self.profile.console
-        self.say(f"console: {shape.epochs} epochs x {shape.batches_per_epoch} batches per run, "
-                 f"{self.profile.console_repeats} rounds of two processes in tmux")
+        profile = self.profile
         with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
             runner = TmuxRunner(Path(tmp), threads=self.threads)
             try:
                 # Each run is a fresh process and only the trainer's window is timed, so one
                 # short console run is warm-up enough (page cache) and proves the path works.
-                rate = runner.samples_per_s(self.profile.warmup_shape, headless=False)
-                self.say(f"  warm-up console: {rate:.4g}")
-                rates = interleave(
-                    {
-                        "headless_samples_per_s": lambda: runner.samples_per_s(shape, True),
-                        "console_samples_per_s": lambda: runner.samples_per_s(shape, False),
-                    },
-                    self.profile.console_repeats, warmup=0, progress=self.say,
-                )
+                self.say(f"  warm-up console: {runner.run(profile.warmup_shape, False)}")
+                four = self._overhead(runner, profile.console, profile.console_repeats)
+                many = self._overhead(runner, profile.many_envs, profile.many_envs_repeats)
+                self.say(f"console: 4 envs at {SMALL_TERMINAL[0]}x{SMALL_TERMINAL[1]}, "
+                         f"{profile.small_terminal_repeats} runs")
+                small = [runner.run(profile.console, False, SMALL_TERMINAL)
+                         for _ in range(profile.small_terminal_repeats)]
+                for run in small:
+                    self.say(f"  {SMALL_TERMINAL[0]}x{SMALL_TERMINAL[1]}: {run}")
             finally:
                 runner.close()
-        self.values["console_overhead"] = median_ratio(rates["console_samples_per_s"],
-                                                       rates["headless_samples_per_s"])
+        self.values["console_overhead"] = _overhead_ratio(four)
+        self.values["console_overhead_32_envs"] = _overhead_ratio(many)
+        # A layout may leave the count out (the 80x24 header does): the runs that show it.
+        shown = [r.dropped for r in four["console"] + many["console"] + small
+                 if r.dropped is not None]
+        if shown:
+            self.values["console_dropped_events"] = max(shown)
+        else:
+            self.reasons["console_dropped_events"] = "no console screen showed a dropped count"
+        self.values["terminal_bytes_per_s_120x40"] = median(
+            run.terminal_bytes_per_s for run in four["console"])
+        self.values["terminal_bytes_per_s_80x24"] = median(
+            run.terminal_bytes_per_s for run in small)
         self.details["console"] = {
-            "shape": asdict(shape),
-            "terminal": "tmux 120x40, default refresh rate, policy static",
-            **{key: spread(values) for key, values in rates.items()},
+            "refresh": "the console's default refresh rate, policy static",
+            "4_envs": _console_details(profile.console, four, SIZE),
+            "32_envs": _console_details(profile.many_envs, many, SIZE),
+            "4_envs_80x24": {
+                "samples_per_s": spread([r.samples_per_s for r in small]),
+                "terminal_bytes_per_s": spread([r.terminal_bytes_per_s for r in small]),
+                "terminal_bytes_per_sample": spread(
+                    [r.terminal_bytes_per_s / r.samples_per_s for r in small]),
+                "dropped": [r.dropped for r in small],
+            },
         }
+
+    def _overhead(self, runner: TmuxRunner, shape: RunShape, repeats: int) -> dict:
+        self.say(f"console: {shape.n_envs} envs, {shape.epochs} epochs x "
+                 f"{shape.batches_per_epoch} batches per run, {repeats} rounds of two processes "
+                 f"in tmux {SIZE[0]}x{SIZE[1]}")
+        return interleave(
+            {"headless": lambda: runner.run(shape, True),
+             "console": lambda: runner.run(shape, False)},
+            repeats, warmup=0, progress=self.say,
+        )
 
     def replay(self) -> None:
         """replay_decode_events_per_s and replay_ingest_s on a 100k-event recording."""
@@ -268,6 +312,28 @@ class Bench:
                                   **_timed_details(times)}
 
 
+def _overhead_ratio(runs: dict[str, list[ConsoleRun]]) -> float:
+    return median_ratio([r.samples_per_s for r in runs["console"]],
+                        [r.samples_per_s for r in runs["headless"]])
+
+
+def _console_details(shape: RunShape, runs: dict[str, list[ConsoleRun]],
+                     size: tuple[int, int]) -> dict[str, object]:
+    return {
+        "shape": asdict(shape),
+        "terminal": f"tmux {size[0]}x{size[1]}",
+        **{f"{side}_samples_per_s": spread([r.samples_per_s for r in side_runs])
+           for side, side_runs in runs.items()},
+        "console_terminal_bytes_per_s": spread([r.terminal_bytes_per_s for r in runs["console"]]),
+        # Bytes follow the trainer's pace (more epochs and batches shown per second): per sample
+        # they compare across machines and loads.
+        "console_terminal_bytes_per_sample": spread(
+            [r.terminal_bytes_per_s / r.samples_per_s for r in runs["console"]]),
+        "headless_terminal_bytes_per_s": spread([r.terminal_bytes_per_s for r in runs["headless"]]),
+        "console_dropped": [r.dropped for r in runs["console"]],
+    }
+
+
 def _timed_details(times: dict[str, list[Timed]]) -> dict[str, object]:
     """Wall and process CPU seconds per side, for the JSON: CPU well below wall means the
     side waited (I/O, the GIL, other processes); on a VM, time stolen by the host counts as CPU."""
@@ -281,6 +347,8 @@ def _timed_details(times: dict[str, list[Timed]]) -> dict[str, object]:
 def format_value(value: float | None) -> str:
     if value is None:
         return "null"
+    if isinstance(value, int):
+        return f"{value:,}"
     return f"{value:,.0f}" if value >= 1000 else f"{value:.3f}"
 
 
@@ -353,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = {
         "engine": (("engine_overhead", "recorder_overhead", "checkpoint_overhead"), bench.engine),
         "attribution": (("attribution_cost",), bench.attribution),
-        "console": (("console_overhead",), bench.console),
+        "console": (CONSOLE_KEYS, bench.console),
         "replay": (("replay_decode_events_per_s", "replay_ingest_s"), bench.replay),
     }
     for name in FIGURES:

@@ -348,10 +348,8 @@ class VectorizedTrainer:
 
     def checkpoint_state(self, episode: int, epoch: int, recording_bytes: int) -> dict[str, Any]:
         """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12)."""
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        device = torch.device(self.config.device)
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
+        # No global random stream: every env's generator is in its state, the loader's and the
+        # policy's in theirs.
         return {
             "format": CHECKPOINT_FORMAT,
             "run_id": self.run_id,
@@ -361,15 +359,13 @@ class VectorizedTrainer:
             "epoch": epoch,
             "updates": self._updates,
             "recording_bytes": recording_bytes,
-            "rng": rng,
             "batches": self.batches.state_dict(),
             "envs": [env.state_dict() for env in self.envs],
             "policy": self.policy.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint onto the freshly set-up run; the global stream goes back last,
-        after everything that building the run drew from it."""
+        """Load a checkpoint onto the freshly set-up run."""
         if len(state["envs"]) != len(self.envs):
             raise ValueError(f"checkpoint has {len(state['envs'])} envs, config {len(self.envs)}")
         for env, env_state in zip(self.envs, state["envs"], strict=True):
@@ -379,9 +375,6 @@ class VectorizedTrainer:
         self._updates = int(state["updates"])
         self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
         self._start = (self.episode, self.epoch)
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], torch.device(self.config.device))
 
     # --- governor and operator ----------------------------------------------------------------
 
@@ -465,7 +458,6 @@ class VectorizedTrainer:
 
     def _setup(self) -> None:
         cfg = self.config
-        torch.manual_seed(cfg.seed)  # germinated seeds draw their initial weights from here
         if self.task is None:
             self.task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
         device = torch.device(cfg.device)

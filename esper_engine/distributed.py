@@ -14,11 +14,19 @@ Per epoch, in this order:
    penalties, truncations) and the observations to act on; the leader acts for all envs in
    global order and sends each worker its actions;
 3. ``forward_events``: each worker sends the epoch's events; the leader emits them.
+
+Faults: a rank that died fails the exchange in progress at once (gloo sees its connection
+close); one that stopped answering fails it after ``--dist-timeout``. While the leader trains
+between exchanges it watches the workers' heartbeats (a counter each worker bumps in the
+launcher's store twice a second), so a rank lost then ends the run at the leader's next batch,
+within seconds, not at the end of a long epoch.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +44,9 @@ from esper_engine.policy.observation import EnvObservation
 LEADER = 0
 DEFAULT_TIMEOUT_S = 300.0  # --dist-timeout: the bound on every exchange
 _CRASH_KEY = "esper/crash/{rank}"  # a worker's own error, left in the launcher's store
+_BEAT_KEY = "esper/beat/{rank}"  # a worker's heartbeat counter
+BEAT_S = 0.5  # seconds between heartbeats
+LOST_AFTER_S = 3.0  # seconds without a heartbeat after which a rank is lost (died or stopped)
 
 
 class RankLost(Exception):
@@ -107,6 +118,7 @@ def close_group() -> None:
 
 
 def send_bytes(payload: bytes, dst: int) -> None:
+    """``payload`` to rank ``dst``: its length, then its bytes (gloo's timeout bounds both)."""
     length = torch.tensor([len(payload)], dtype=torch.int64)
     dist.send(length, dst)
     dist.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8), dst)
@@ -121,7 +133,12 @@ def recv_bytes(src: int) -> bytes:
 
 
 class Exchange:
-    """The leader's or a worker's end of the per-epoch exchanges."""
+    """The leader's or a worker's end of the per-epoch exchanges.
+
+    Transfers block (gloo cannot resume a wait it timed out), bounded by the group's timeout:
+    a peer that died fails them at once (its connection closed), a silent one after
+    ``--dist-timeout``.
+    """
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
@@ -133,17 +150,17 @@ class Exchange:
     def gather(self, payload: bytes) -> list[bytes]:
         """Leader: every worker's payload, in rank order (its own first). Worker: sends, []."""
         if not self.shard.is_leader:
-            self._with_leader(send_bytes, payload, LEADER)
+            self._with(LEADER, send_bytes, payload)
             return []
-        return [payload] + [self._with(rank, recv_bytes, rank) for rank in self.workers]
+        return [payload] + [self._with(rank, recv_bytes) for rank in self.workers]
 
     def scatter(self, payloads: Sequence[bytes] | None) -> bytes:
         """Leader: ``payloads[k]`` goes to rank k, returns its own. Worker: receives its one."""
         if not self.shard.is_leader:
-            return self._with_leader(recv_bytes, LEADER)
+            return self._with(LEADER, recv_bytes)
         assert payloads is not None and len(payloads) == self.shard.world
         for rank in self.workers:
-            self._with(rank, send_bytes, payloads[rank], rank)
+            self._with(rank, send_bytes, payloads[rank])
         return payloads[LEADER]
 
     def broadcast(self, payload: bytes | None) -> bytes:
@@ -152,14 +169,12 @@ class Exchange:
         assert payload is not None
         return self.scatter([payload] * self.shard.world)
 
-    def _with(self, rank: int, call, *args):
+    def _with(self, rank: int, transfer, *args):
+        """``transfer(*args, rank)``; any failure is RankLost naming ``rank``."""
         try:
-            return call(*args)
-        except RuntimeError as exc:  # gloo: a closed connection or a timeout
+            return transfer(*args, rank)
+        except RuntimeError as exc:  # gloo: a closed connection or the group's timeout
             raise RankLost(rank, _why(rank, exc)) from None
-
-    def _with_leader(self, call, *args):
-        return self._with(LEADER, call, *args)
 
 
 def _why(rank: int, exc: BaseException) -> str:
@@ -194,6 +209,75 @@ def _store():
         return dist.distributed_c10d._get_default_store()
     except (RuntimeError, ValueError):
         return None
+
+
+class Heartbeat:
+    """A worker's proof of life: bumps its counter every ``BEAT_S`` until ``stop``."""
+
+    def __init__(self, rank: int) -> None:
+        self._key = _BEAT_KEY.format(rank=rank)
+        self._store = _store()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="esper-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while self._store is not None and not self._stopped.is_set():
+            try:
+                self._store.add(self._key, 1)
+            except RuntimeError:
+                return  # the launcher's store is gone: the run is over
+            self._stopped.wait(BEAT_S)
+
+    def check(self) -> None:
+        """Workers learn of a lost leader from the next exchange."""
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class Watchdog:
+    """The leader's view of the workers' heartbeats; ``check`` raises RankLost for a rank
+    silent for ``LOST_AFTER_S`` (called at every batch: it reads a flag, nothing else)."""
+
+    def __init__(self, workers: range, lost_after_s: float = LOST_AFTER_S) -> None:
+        self._store = _store()
+        self._lost_after_s = lost_after_s
+        self._seen = {rank: (-1, time.monotonic()) for rank in workers}
+        self.lost: RankLost | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="esper-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while self._store is not None and self.lost is None and not self._stopped.is_set():
+            now = time.monotonic()
+            for rank, (count, since) in self._seen.items():
+                try:
+                    latest = self._store.add(_BEAT_KEY.format(rank=rank), 0)
+                except RuntimeError:
+                    return  # no store: the exchanges' own errors and timeouts still apply
+                if latest != count:
+                    self._seen[rank] = (latest, now)
+                elif now - since > self._lost_after_s:
+                    silent = f"no heartbeat for {now - since:.1f} s (died or stopped)"
+                    self.lost = RankLost(rank, silent)
+                    return
+            self._stopped.wait(BEAT_S)
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise self.lost
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def watch(shard: Shard) -> Heartbeat | Watchdog:
+    """Start the worker's heartbeat or the leader's watchdog (after the ranks first met)."""
+    if shard.is_leader:
+        return Watchdog(range(1, shard.world))
+    return Heartbeat(shard.rank)
 
 
 # --- what travels -------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from esper_engine.distributed import (
     forward_events,
     report_crash,
     send_commands,
+    watch,
 )
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
 from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
@@ -122,6 +123,7 @@ class VectorizedTrainer:
         self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = Exchange(self.shard) if self.shard.distributed else None
+        self._watch = None  # sharded: the leader's watchdog or a worker's heartbeat
 
     # --- the story ----------------------------------------------------------------------------
 
@@ -137,6 +139,9 @@ class VectorizedTrainer:
             status = RunStatus.STOPPED
         except Exception as exc:  # noqa: BLE001 - a crash is reported, not swallowed
             status, error = RunStatus.CRASHED, _describe(exc)
+        finally:
+            if self._watch is not None:
+                self._watch.stop()
         status, error = self._last_checkpoint_written(status, error)
         if error is not None and not self.shard.is_leader:
             report_crash(self.shard.rank, error)  # the leader names it in its RunFinished
@@ -515,7 +520,8 @@ class VectorizedTrainer:
 
     def _safe_point(self) -> None:
         """Apply queued commands; while paused, wait here for Resume or Stop."""
-        if self.exchange is not None:  # sharded: commands are taken at the epoch's start
+        if self._watch is not None:  # sharded: commands are taken at the epoch's start
+            self._watch.check()  # a lost rank ends the run now, not at the next exchange
             return
         self._drain_commands()
         if not self.paused:
@@ -558,6 +564,7 @@ class VectorizedTrainer:
         cfg = self.config
         if self.exchange is not None:  # every rank's events carry the leader's run id
             self.run_id = self.exchange.broadcast(self.run_id.encode()).decode()
+            self._watch = watch(self.shard)
         if self.task is None:
             self.task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
         device = torch.device(cfg.device)

@@ -183,3 +183,55 @@ def test_more_processes_than_envs_is_one_line_and_exit_2(capsys) -> None:
     assert cli.main(["run", "--nprocs", "3", "--n-envs", "2", "--no-record"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--nprocs 3" in err, err
+
+
+def _started(tmp_path: Path, run_id: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    """A long 2-rank run, once rank 1's first epoch is in the recording."""
+    path = tmp_path / "run.msgpack"
+    process = launch(
+        tmp_path,
+        "--n-envs",
+        "2",
+        "--epochs",
+        "200",
+        *TINY,
+        *args,
+        "--record",
+        str(path),
+        run_id=run_id,
+    )
+    wait_for(
+        lambda: any(isinstance(e, EpochSummary) and e.env == 1 for e in events(path)),
+        "rank 1's first epoch in the recording",
+    )
+    return process, path
+
+
+def test_a_hung_rank_ends_the_run_within_the_dist_timeout(tmp_path: Path) -> None:
+    run_id = f"hang-{secrets.token_hex(3)}"
+    process, path = _started(tmp_path, run_id, "--dist-timeout", "4")
+    pid = rank_pid(run_id, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung: alive and silent
+    stopped = time.time()
+    try:
+        wait_for(lambda: isinstance((events(path) or [None])[-1], RunFinished), "RunFinished")
+    finally:
+        os.kill(pid, signal.SIGCONT)  # let it find the leader gone and exit
+    last = events(path)[-1]
+    assert last.status is RunStatus.CRASHED and "rank 1" in (last.error or ""), last
+    assert last.wall_time - stopped < 4 + 5
+    code, stderr = finish(process)
+    assert code == 1, stderr
+
+
+def test_sigterm_stops_every_rank_at_one_safe_point_and_exits_0(tmp_path: Path) -> None:
+    run_id = f"term-{secrets.token_hex(3)}"
+    process, path = _started(tmp_path, run_id)
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    recorded = events(path)
+    assert recorded[-1].status is RunStatus.STOPPED, recorded[-1]
+    last_epochs = {e.env: e.epoch for e in recorded if isinstance(e, EpochSummary)}
+    assert last_epochs[0] == last_epochs[1]  # both ranks stopped after the same epoch

@@ -27,7 +27,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -142,6 +143,9 @@ class Exchange:
 
     def __init__(self, shard: Shard) -> None:
         self.shard = shard
+        self.seconds = 0.0  # spent in transfers so far, waiting for the peer included
+        self.cost_s = 0.0  # leader: what the exchanges cost, without waits (forward_events)
+        self._calls_s: list[float] = []  # this epoch's exchanges so far, one time each
 
     @property
     def workers(self) -> range:
@@ -149,6 +153,10 @@ class Exchange:
 
     def gather(self, payload: bytes) -> list[bytes]:
         """Leader: every worker's payload, in rank order (its own first). Worker: sends, []."""
+        with self._timed():
+            return self._gather(payload)
+
+    def _gather(self, payload: bytes) -> list[bytes]:
         if not self.shard.is_leader:
             self._with(LEADER, send_bytes, payload)
             return []
@@ -156,6 +164,10 @@ class Exchange:
 
     def scatter(self, payloads: Sequence[bytes] | None) -> bytes:
         """Leader: ``payloads[k]`` goes to rank k, returns its own. Worker: receives its one."""
+        with self._timed():
+            return self._scatter(payloads)
+
+    def _scatter(self, payloads: Sequence[bytes] | None) -> bytes:
         if not self.shard.is_leader:
             return self._with(LEADER, recv_bytes)
         assert payloads is not None and len(payloads) == self.shard.world
@@ -168,6 +180,21 @@ class Exchange:
             return self.scatter(None)
         assert payload is not None
         return self.scatter([payload] * self.shard.world)
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            self.seconds += spent
+            self._calls_s.append(spent)
+
+    def take_call_seconds(self) -> list[float]:
+        """The time of each exchange since the last call, in order (the same on every rank)."""
+        calls, self._calls_s = self._calls_s, []
+        return calls
 
     def _with(self, rank: int, transfer, *args):
         """``transfer(*args, rank)``; any failure is RankLost naming ``rank``."""
@@ -310,10 +337,15 @@ class Commands(msgspec.Struct, frozen=True, array_like=True):
     commands: list[OperatorCommand]
 
 
+class EventBatch(msgspec.Struct, frozen=True, array_like=True):
+    exchange_s: list[float]  # the time of each of the worker's exchanges this epoch, in order
+    events: list[TelemetryEvent]
+
+
 _REPORT = msgspec.msgpack.Decoder(EpochReport)
 _ACTIONS = msgspec.msgpack.Decoder(Actions)
 _COMMANDS = msgspec.msgpack.Decoder(Commands)
-_EVENTS = msgspec.msgpack.Decoder(list[TelemetryEvent])
+_EVENT_BATCH = msgspec.msgpack.Decoder(EventBatch)
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -335,20 +367,30 @@ class ForwardingSink:
     def close(self) -> None:
         pass
 
-    def take(self) -> bytes:
+    def take(self) -> list[Event]:
         events, self.events = self.events, []
-        return _ENCODER.encode(events)
+        return events
 
 
 def forward_events(exchange: Exchange, sink) -> None:
     """Worker: sends what its ``ForwardingSink`` holds. Leader: emits every worker's events
-    into its own sink, rank by rank, in the order each rank made them."""
+    into its own sink, rank by rank, in the order each rank made them.
+
+    With them go the times of each rank's exchanges this epoch: the rank that came last to an
+    exchange waited least, so the least of its times is what that exchange cost (without the
+    wait for a slower rank); the leader sums those in ``exchange.cost_s``."""
+    calls = exchange.take_call_seconds()
     if not exchange.shard.is_leader:
-        exchange.gather(sink.take())
+        exchange.gather(_ENCODER.encode(EventBatch(calls, sink.take())))
+        exchange.take_call_seconds()  # this last one is counted on the leader's side
         return
+    least = calls
     for payload in exchange.gather(b"")[1:]:
-        for event in _EVENTS.decode(payload):
+        batch = _EVENT_BATCH.decode(payload)
+        least = [min(a, b) for a, b in zip(least, batch.exchange_s, strict=True)]
+        for event in batch.events:
             sink.emit(event)
+    exchange.cost_s += sum(least) + sum(exchange.take_call_seconds())
 
 
 class WorkerPolicy:

@@ -145,7 +145,13 @@ class VectorizedTrainer:
         status, error = self._last_checkpoint_written(status, error)
         if error is not None and not self.shard.is_leader:
             report_crash(self.shard.rank, error)  # the leader names it in its RunFinished
-        finished = RunFinished(**self._common(None), status=status, error=error)
+        finished = RunFinished(
+            **self._common(None),
+            status=status,
+            error=error,
+            ranks=self.shard.world,
+            exchange_s=0.0 if self.exchange is None else self.exchange.cost_s,
+        )
         self.sink.emit(finished)
         return finished
 

@@ -27,6 +27,7 @@ from _attribution import AttributionTimer, blending_model
 from _checkpoint import checkpoint_work, with_checkpoints
 from _console import SIZE, ConsoleRun, TmuxRunner, tmux_missing_reason
 from _replay import build_recording, decode_seconds, ingest_seconds
+from _scaling import ScalingShape, run_once
 from _throughput import (
     RunShape,
     bare_loop_seconds,
@@ -54,6 +55,8 @@ class Profile:
     console_repeats: int
     attribution_repeats: int
     replay_repeats: int
+    scaling: ScalingShape  # proc_scaling runs (each a fresh process, or torchrun and 2 ranks)
+    scaling_repeats: int
     # console_overhead_32_envs runs: as many env-batches as ``console``, in fewer, shorter
     # epochs with a smaller validation set (32 envs validate 8x as much per epoch).
     many_envs: RunShape = RunShape(epochs=3, batches_per_epoch=5, n_envs=32, val_batches=2)
@@ -67,9 +70,11 @@ class Profile:
 # the per-round ratios spread 0.87-1.15, too wide to read a 5% target from; 3 x 40 still spreads
 # 0.91-1.07, so the full profile runs twice as long and more rounds.
 QUICK = Profile("quick", RunShape(epochs=2, batches_per_epoch=25), 5,
-                RunShape(epochs=3, batches_per_epoch=40), 5, 9, 3)
+                RunShape(epochs=3, batches_per_epoch=40), 5, 9, 3,
+                ScalingShape(epochs=3, batches_per_epoch=30), 2)
 FULL = Profile("full", RunShape(epochs=3, batches_per_epoch=40), 7,
                RunShape(epochs=6, batches_per_epoch=40), 7, 21, 7,
+               ScalingShape(epochs=4, batches_per_epoch=60), 4,
                many_envs=RunShape(epochs=3, batches_per_epoch=10, n_envs=32, val_batches=2),
                many_envs_repeats=5, small_terminal_repeats=3)
 KIB = 1024.0
@@ -104,8 +109,10 @@ TARGETS = (
     Target("checkpoint_overhead", 0.98, True),
     Target("replay_decode_events_per_s", 500_000, True),
     Target("replay_ingest_s", 2.0, False, " s"),
+    Target("proc_scaling", 1.7, True),
+    Target("exchange_share", 0.01, False),
 )
-FIGURES = ("engine", "attribution", "console", "replay")  # --only choices
+FIGURES = ("engine", "attribution", "console", "replay", "scaling")  # --only choices
 CONSOLE_KEYS = ("console_overhead", "console_overhead_32_envs", "console_dropped_events",
                 "terminal_bytes_per_s_80x24", "terminal_bytes_per_s_120x40")
 
@@ -118,6 +125,7 @@ class Bench:
         self.values: dict[str, float | None] = {t.key: None for t in TARGETS}
         self.details: dict[str, object] = {}
         self.reasons: dict[str, str] = {}
+        self.notes: list[str] = []  # printed under the table
         self.errors = 0
         self._task: Task | None = None
         self._t0 = time.perf_counter()
@@ -311,6 +319,42 @@ class Bench:
         self.details["replay"] = {"events": REPLAY_EVENTS, "bytes": size,
                                   **_timed_details(times)}
 
+    def scaling(self) -> None:
+        """proc_scaling (env samples/s of 2 ranks / 1 process, one torch thread each, the same
+        envs in total) and exchange_share (rank 0's exchange time / the training window)."""
+        shape, rounds = self.profile.scaling, self.profile.scaling_repeats
+        self.say(f"scaling: {shape.n_envs} envs x {shape.epochs} epochs x "
+                 f"{shape.batches_per_epoch} batches, 1 process vs 2 ranks, {rounds} rounds")
+        load_before = os.getloadavg()
+        with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
+            directory = Path(tmp)
+            runs = interleave(
+                {
+                    "one_process": lambda: run_once(shape, 1, directory, "one"),
+                    "two_ranks": lambda: run_once(shape, 2, directory, "two"),
+                },
+                rounds, warmup=0, progress=self.say,
+            )
+        load_after = os.getloadavg()
+        one, two = runs["one_process"], runs["two_ranks"]
+        ratios = [b.samples_per_s / a.samples_per_s for a, b in zip(one, two, strict=True)]
+        self.values["proc_scaling"] = median(ratios)
+        self.values["exchange_share"] = median(r.exchange_s / r.window_s for r in two)
+        load = "load average (1, 5, 15 min) {:.2f} {:.2f} {:.2f}"
+        self.notes.append(
+            f"proc_scaling measured at {load.format(*load_before)} before, "
+            f"{load.format(*load_after)} after, on {os.cpu_count()} cores"
+        )
+        self.details["scaling"] = {
+            "shape": asdict(shape),
+            "ratios": ratios,
+            "one_process_samples_per_s": [r.samples_per_s for r in one],
+            "two_ranks_samples_per_s": [r.samples_per_s for r in two],
+            "two_ranks_exchange_s": [r.exchange_s for r in two],
+            "load_average_before": list(load_before),
+            "load_average_after": list(load_after),
+        }
+
 
 def _overhead_ratio(runs: dict[str, list[ConsoleRun]]) -> float:
     return median_ratio([r.samples_per_s for r in runs["console"]],
@@ -363,6 +407,7 @@ def table(bench: Bench) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines += [f"{key}: null ({reason})" for key, reason in bench.reasons.items()]
+    lines += bench.notes
     return "\n".join(lines)
 
 
@@ -423,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         "attribution": (("attribution_cost",), bench.attribution),
         "console": (CONSOLE_KEYS, bench.console),
         "replay": (("replay_decode_events_per_s", "replay_ingest_s"), bench.replay),
+        "scaling": (("proc_scaling", "exchange_share"), bench.scaling),
     }
     for name in FIGURES:
         if name in args.only:

@@ -1,0 +1,237 @@
+"""`overwatch run --nprocs 2`: real torchrun + gloo runs on this machine (SPEC 13).
+
+Each test launches two ranks (``pytest -m distributed`` runs just these). Same events as one
+process, a killed rank ends the run as crashed with a recording that replays, a command for an
+env of rank 1 lands there, and bad input is one line before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from esper_engine.contracts import (
+    CommandAck,
+    EpochSummary,
+    ForceRollback,
+    GovernorRollback,
+    Initiator,
+    RunFinished,
+    RunStatus,
+    Stop,
+)
+from esper_engine.control import ControlClient, read_pid_file, socket_alive
+from esper_engine.recording import read_recording
+from overwatch import cli
+
+pytestmark = pytest.mark.distributed
+TIMING = ("wall_time", "samples_per_s", "cost_ratio", "ranks", "exchange_s")
+TINY = ["--batches-per-epoch", "2", "--set", "batch_size=16", "--set", "val_batches=1"]
+
+
+@pytest.fixture
+def socket_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A short socket directory (sun_path holds 108 bytes; pytest's tmp paths are long)."""
+    directory = Path(tempfile.mkdtemp(prefix="owd")) / "s"
+    monkeypatch.setenv("OVERWATCH_SOCKET_DIR", str(directory))
+    return directory
+
+
+def launch(tmp_path: Path, *args: str, run_id: str | None = None) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OVERWATCH_RUN_ID=run_id or "")
+    return subprocess.Popen(
+        [sys.executable, "-m", "overwatch", "run", "--nprocs", "2", "--headless", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, stderr
+
+
+def wait_for(condition, what: str, timeout: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)  # another process's progress: the deadline is the limit
+
+
+def events(path: Path) -> list:
+    return list(read_recording(path).events) if path.exists() else []
+
+
+def per_env(path: Path) -> dict[int | None, list[str]]:
+    """Each env's events (and the run's, under None) in order, timing and run id aside."""
+    out: dict[int | None, list[str]] = {}
+    for event in read_recording(path).events:
+        fields = msgspec.to_builtins(event)
+        for name in (*TIMING, "run_id"):
+            fields.pop(name, None)
+        out.setdefault(event.env, []).append(msgspec.json.encode(fields).decode())
+    return out
+
+
+def rank_pid(run_id: str, rank: int) -> int | None:
+    """The pid of the worker torchrun started as ``rank`` for the run ``run_id``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"OVERWATCH_RUN_ID={run_id}".encode() in environ and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        ["--policy", "ppo", "--n-envs", "3", "--episodes", "2", "--epochs", "3"],
+        ["--task", "synthetic-stories", "--n-envs", "2", "--episodes", "1", "--epochs", "4"],
+    ],
+    ids=["ppo-images", "heuristic-stories"],
+)
+def test_two_ranks_record_the_events_of_one_process(tmp_path: Path, run: list[str]) -> None:
+    sharded, single = tmp_path / "two.msgpack", tmp_path / "one.msgpack"
+    process = launch(tmp_path, *run, *TINY, "--record", str(sharded))
+    assert cli.main(["run", "--headless", *run, *TINY, "--record", str(single)]) == 0
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    one, two = per_env(single), per_env(sharded)
+    assert sorted(one, key=str) == sorted(two, key=str)
+    for env in one:
+        assert one[env] == two[env], f"env {env}"
+    assert type(read_recording(sharded).events[-1]) is RunFinished
+    if "ppo" in run:  # the leader updated from every env's transitions, the workers' included
+        assert any('"PolicyUpdate"' in line for line in two[None])
+
+
+def test_a_killed_rank_ends_the_run_as_crashed_with_a_replayable_recording(
+    tmp_path: Path,
+) -> None:
+    run_id, path = f"kill-{secrets.token_hex(3)}", tmp_path / "run.msgpack"
+    process = launch(
+        tmp_path, "--n-envs", "2", "--epochs", "200", *TINY, "--record", str(path), run_id=run_id
+    )
+    wait_for(
+        lambda: any(isinstance(e, EpochSummary) and e.env == 1 for e in events(path)),
+        "rank 1's first epoch in the recording",
+    )
+    pid = rank_pid(run_id, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    code, stderr = finish(process)
+    recording = read_recording(path)  # replays cleanly: no truncated frame, no garbage
+    assert recording.warning is None
+    last = recording.events[-1]
+    assert isinstance(last, RunFinished) and last.status is RunStatus.CRASHED, last
+    assert "rank 1" in (last.error or "")
+    assert last.wall_time - killed < 5.0
+    assert code == 1, stderr
+    assert cli.main(["export", str(path), "--output", str(tmp_path / "run.jsonl")]) == 0
+
+
+def test_a_rollback_of_an_env_of_rank_1_lands_on_it(tmp_path: Path, socket_dir: Path) -> None:
+    path = tmp_path / "run.msgpack"
+    process = launch(tmp_path, "--n-envs", "2", "--epochs", "200", *TINY, "--record", str(path))
+    wait_for(lambda: (read_pid_file(path) or {}).get("socket"), "the control socket")
+    socket_path = read_pid_file(path)["socket"]
+    wait_for(lambda: socket_alive(socket_path), "the control socket listening")
+    client = ControlClient(socket_path, "probe")
+    rollback = client.send(ForceRollback(env=1))
+    outside = client.send(ForceRollback(env=2))  # checked against the global range: 0..1
+    wait_for(
+        lambda: any(isinstance(e, GovernorRollback) for e in events(path)),
+        "the operator's rollback in the recording",
+    )
+    stop = client.send(Stop())
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    recorded = events(path)
+    rollbacks = [e for e in recorded if isinstance(e, GovernorRollback)]
+    assert [(e.env, e.initiator) for e in rollbacks] == [(1, Initiator.OPERATOR)]
+    acks = {e.command_id: e for e in recorded if isinstance(e, CommandAck)}
+    assert acks[rollback].accepted and acks[stop].accepted
+    assert not acks[outside].accepted and "env" in (acks[outside].reason or "")
+    assert sum(isinstance(e, CommandAck) for e in recorded) == 3  # one ack each, from rank 0
+    assert recorded[-1].status is RunStatus.STOPPED
+
+
+def test_more_processes_than_envs_is_one_line_and_exit_2(capsys) -> None:
+    assert cli.main(["run", "--nprocs", "3", "--n-envs", "2", "--no-record"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--nprocs 3" in err, err
+
+
+def _started(tmp_path: Path, run_id: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    """A long 2-rank run, once rank 1's first epoch is in the recording."""
+    path = tmp_path / "run.msgpack"
+    process = launch(
+        tmp_path,
+        "--n-envs",
+        "2",
+        "--epochs",
+        "200",
+        *TINY,
+        *args,
+        "--record",
+        str(path),
+        run_id=run_id,
+    )
+    wait_for(
+        lambda: any(isinstance(e, EpochSummary) and e.env == 1 for e in events(path)),
+        "rank 1's first epoch in the recording",
+    )
+    return process, path
+
+
+def test_a_hung_rank_ends_the_run_within_the_dist_timeout(tmp_path: Path) -> None:
+    run_id = f"hang-{secrets.token_hex(3)}"
+    process, path = _started(tmp_path, run_id, "--dist-timeout", "4")
+    pid = rank_pid(run_id, 1)
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # hung: alive and silent
+    stopped = time.time()
+    try:
+        wait_for(lambda: isinstance((events(path) or [None])[-1], RunFinished), "RunFinished")
+    finally:
+        os.kill(pid, signal.SIGCONT)  # let it find the leader gone and exit
+    last = events(path)[-1]
+    assert last.status is RunStatus.CRASHED and "rank 1" in (last.error or ""), last
+    assert last.wall_time - stopped < 4 + 5
+    code, stderr = finish(process)
+    assert code == 1, stderr
+
+
+def test_sigterm_stops_every_rank_at_one_safe_point_and_exits_0(tmp_path: Path) -> None:
+    run_id = f"term-{secrets.token_hex(3)}"
+    process, path = _started(tmp_path, run_id)
+    process.send_signal(signal.SIGTERM)
+    code, stderr = finish(process)
+    assert code == 0, stderr
+    recorded = events(path)
+    assert recorded[-1].status is RunStatus.STOPPED, recorded[-1]
+    last_epochs = {e.env: e.epoch for e in recorded if isinstance(e, EpochSummary)}
+    assert last_epochs[0] == last_epochs[1]  # both ranks stopped after the same epoch

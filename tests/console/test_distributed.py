@@ -235,3 +235,19 @@ def test_sigterm_stops_every_rank_at_one_safe_point_and_exits_0(tmp_path: Path) 
     assert recorded[-1].status is RunStatus.STOPPED, recorded[-1]
     last_epochs = {e.env: e.epoch for e in recorded if isinstance(e, EpochSummary)}
     assert last_epochs[0] == last_epochs[1]  # both ranks stopped after the same epoch
+
+
+def test_a_restarted_rank_0_never_overwrites_the_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """torchrun restarting the workers (TORCHELASTIC_RESTART_COUNT > 0): rank 0 refuses to
+    record over the file the first attempt wrote, before the ranks meet (one line, exit 2)."""
+    path = tmp_path / "run.msgpack"
+    path.write_bytes(b"the first attempt's recording")
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(["run", "--headless", "--n-envs", "2", *TINY, "--record", str(path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not overwritten" in err[0], err
+    assert path.read_bytes() == b"the first attempt's recording"

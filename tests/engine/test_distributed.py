@@ -23,6 +23,7 @@ from esper_engine.distributed import (
     PolicyCall,
     Shard,
     env_block,
+    rank_device,
 )
 from esper_engine.policy.actions import Action, Op
 from esper_engine.policy.observation import EnvObservation, SlotObservation
@@ -35,6 +36,12 @@ def test_blocks_are_contiguous_cover_every_env_once_and_differ_by_at_most_one(n_
     assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
     shard = Shard(0, world, n_envs)
     assert all(shard.owner(env) == rank for rank, b in enumerate(blocks) for env in b)
+
+
+def test_a_gpu_rank_takes_the_gpu_of_its_local_rank():
+    assert rank_device("cuda", 3) == "cuda:3"
+    assert rank_device("cpu", 3) == "cpu"
+    assert rank_device("cuda:1", 3) == "cuda:1"  # an explicit index is the user's choice
 
 
 def test_fewer_envs_than_ranks_is_refused():

@@ -431,7 +431,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     run_args = without_nprocs(sys.argv[2:] if args.argv is None else args.argv)
     if path is not None and args.record is None:
         run_args += ["--record", str(path)]
-    return launch(args.nprocs, run_args, run_id, path)
+    return launch(args.nprocs, run_args, run_id, path, headless=args.headless)
 
 
 def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:

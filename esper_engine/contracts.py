@@ -237,8 +237,7 @@ class RunFinished(Event, frozen=True, kw_only=True):
     status: RunStatus
     error: str | None = None
     ranks: int = 1  # processes the run's envs were sharded over (torchrun's world size)
-    # seconds the per-epoch exchanges cost: per epoch, the time of the rank that waited least
-    exchange_s: float = 0.0
+    exchange_s: float = 0.0  # seconds: what the exchanges cost (each: the least-waiting rank's)
 
 
 class RunResumed(Event, frozen=True, kw_only=True):

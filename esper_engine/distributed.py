@@ -94,6 +94,12 @@ def env_block(n_envs: int, world: int, rank: int) -> range:
     return range(rank * n_envs // world, (rank + 1) * n_envs // world)
 
 
+def rank_device(device: str, local_rank: int) -> str:
+    """A rank's device: plain ``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per rank on each
+    machine); ``cpu`` and an explicit ``cuda:N`` stay as given."""
+    return f"cuda:{local_rank}" if device == "cuda" else device
+
+
 def launched_world() -> tuple[int, int]:
     """(rank, world size) as torchrun set them; (0, 1) outside torchrun."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -470,9 +470,12 @@ class VectorizedTrainer:
         assert self.exchange is not None
         keep_alive = max(0.05, min(1.0, self.shard.timeout_s / 4))
         while True:
+            waited_from = time.perf_counter() if self.paused else None
             commands = self._accepted_commands(block=keep_alive if self.paused else None)
             for command in send_commands(self.exchange, commands):
                 self._apply_everywhere(command)
+            if waited_from is not None:  # throughput excludes the pause
+                self._paused_s += time.perf_counter() - waited_from
             if not self.paused:
                 return
 

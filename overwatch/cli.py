@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from esper_engine.config import (
     AMP_MODES,
     MAX_CLIP_THRESHOLD,
@@ -379,8 +381,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _cmd_run_here(args)
 
 
-def _cmd_run_here(args: argparse.Namespace, shard=None) -> int:
-    """The run in this process: all of it, or rank 0's part of a sharded one (``shard``)."""
+def _cmd_run_here(
+    args: argparse.Namespace, shard=None, config: TrainingConfig | None = None
+) -> int:
+    """The run in this process: all of it, or rank 0's part of a sharded one (``shard``, with
+    the rank's ``config``)."""
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
@@ -389,7 +394,7 @@ def _cmd_run_here(args: argparse.Namespace, shard=None) -> int:
         path = session.record_path
         print(f"resuming {path} (run {session.run_id})", file=sys.stderr)
     else:
-        config = config_from_args(args)
+        config = config or config_from_args(args)
         if args.print_config:
             sys.stdout.write(to_toml(config))
             return EXIT_OK
@@ -453,13 +458,13 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     run_args = without_nprocs(sys.argv[2:] if args.argv is None else args.argv)
     if path is not None and args.record is None:
         run_args += ["--record", str(path)]
-    return launch(args.nprocs, run_args, run_id, path)
+    return launch(args.nprocs, run_args, run_id, path, headless=args.headless)
 
 
 def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     """One rank of a run torchrun started: rank 0 records and shows it, the others train
     their envs quietly (their output goes nowhere: rank 0 speaks for the run)."""
-    from esper_engine.distributed import Shard  # noqa: PLC0415
+    from esper_engine.distributed import Shard, rank_device  # noqa: PLC0415
 
     if rank != 0:
         _silence()
@@ -473,8 +478,10 @@ def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     shard = Shard(rank, world, config.n_envs, args.dist_timeout)
     if config.n_envs < world:
         raise BadInput(f"{world} processes: more than the run's {config.n_envs} envs")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    config = msgspec.structs.replace(config, device=rank_device(config.device, local_rank))
     if rank == 0:
-        return _cmd_run_here(args, shard)
+        return _cmd_run_here(args, shard, config)
     return _run_worker(config, shard)
 
 

@@ -7,10 +7,12 @@ that a stopped run exits 0: torchrun exits non-zero whenever it was signalled, s
 is read from the recording's ``RunFinished`` (0 completed or stopped, 1 crashed), and torchrun's
 own code only for a run that records nothing.
 
-Signals: Ctrl-C reaches every process of the terminal's group at once (torchrun passes it on to
-the ranks too); SIGTERM and SIGHUP sent to this process are passed to torchrun, which passes
-them to every rank. Rank 0 stops the run at the next epoch's start, the other ranks ignore them
-and stop with it.
+Signals: SIGINT, SIGTERM and SIGHUP sent to this process become a ``Stop`` on the run's
+control socket, so rank 0 stops every rank at the next epoch's start and torchrun ends without
+being signalled (a signalled torchrun gives the ranks 30 s, then kills them). A headless run's
+torchrun gets a process group of its own, so Ctrl-C in the terminal reaches only this process;
+the console's stays in the terminal's group (it reads the keyboard; Ctrl-C is a key there).
+Without a socket (``--no-record``) the signal is passed on to torchrun.
 """
 
 from __future__ import annotations
@@ -53,26 +55,48 @@ def torchrun_command(nprocs: int, run_args: Sequence[str]) -> list[str]:
     ]
 
 
-def launch(nprocs: int, run_args: Sequence[str], run_id: str, recording: Path | None) -> int:
+def launch(
+    nprocs: int,
+    run_args: Sequence[str],
+    run_id: str,
+    recording: Path | None,
+    *,
+    headless: bool,
+) -> int:
     """Run torchrun to the end; the exit code follows the recording's RunFinished."""
     env = dict(os.environ, **{RUN_ID_ENV: run_id})
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too (and then its banner)
-    child = subprocess.Popen(torchrun_command(nprocs, run_args), env=env)
+    child = subprocess.Popen(
+        torchrun_command(nprocs, run_args), env=env, process_group=0 if headless else None
+    )
 
-    def forward(signum: int, frame: object) -> None:
-        child.send_signal(signum)
+    def stop(signum: int, frame: object) -> None:
+        if not _stop_over_socket(recording):
+            child.send_signal(signum)
 
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),  # it reached torchrun too
-        signal.SIGTERM: signal.signal(signal.SIGTERM, forward),
-        signal.SIGHUP: signal.signal(signal.SIGHUP, forward),
-    }
+    wanted = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, stop) for sig in wanted}
     try:
         code = child.wait()
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
     return _recorded_exit_code(recording, fallback=code)
+
+
+def _stop_over_socket(recording: Path | None) -> bool:
+    """Ask rank 0 to stop the run through its control socket; False when there is none."""
+    from esper_engine.contracts import Stop  # noqa: PLC0415
+    from esper_engine.control import ControlClient, ControlError, read_pid_file  # noqa: PLC0415
+
+    found = read_pid_file(recording) if recording is not None else None
+    if not found or not found.get("socket"):
+        return False
+    try:
+        ControlClient(str(found["socket"]), "overwatch-run").send(Stop())
+    except ControlError:
+        return False
+    return True
 
 
 def _recorded_exit_code(recording: Path | None, fallback: int) -> int:

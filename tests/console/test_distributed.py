@@ -25,6 +25,8 @@ from esper_engine.contracts import (
     ForceRollback,
     GovernorRollback,
     Initiator,
+    Pause,
+    Resume,
     RunFinished,
     RunStatus,
     Stop,
@@ -160,8 +162,10 @@ def test_a_rollback_of_an_env_of_rank_1_lands_on_it(tmp_path: Path, socket_dir: 
     socket_path = read_pid_file(path)["socket"]
     wait_for(lambda: socket_alive(socket_path), "the control socket listening")
     client = ControlClient(socket_path, "probe")
+    pause = client.send(Pause())  # every rank waits at the epoch's start, kept alive by rank 0
     rollback = client.send(ForceRollback(env=1))
     outside = client.send(ForceRollback(env=2))  # checked against the global range: 0..1
+    resume = client.send(Resume())
     wait_for(
         lambda: any(isinstance(e, GovernorRollback) for e in events(path)),
         "the operator's rollback in the recording",
@@ -173,9 +177,9 @@ def test_a_rollback_of_an_env_of_rank_1_lands_on_it(tmp_path: Path, socket_dir: 
     rollbacks = [e for e in recorded if isinstance(e, GovernorRollback)]
     assert [(e.env, e.initiator) for e in rollbacks] == [(1, Initiator.OPERATOR)]
     acks = {e.command_id: e for e in recorded if isinstance(e, CommandAck)}
-    assert acks[rollback].accepted and acks[stop].accepted
+    assert all(acks[c].accepted for c in (pause, rollback, resume, stop))
     assert not acks[outside].accepted and "env" in (acks[outside].reason or "")
-    assert sum(isinstance(e, CommandAck) for e in recorded) == 3  # one ack each, from rank 0
+    assert sum(isinstance(e, CommandAck) for e in recorded) == 5  # one ack each, from rank 0
     assert recorded[-1].status is RunStatus.STOPPED
 
 
@@ -231,7 +235,24 @@ def test_sigterm_stops_every_rank_at_one_safe_point_and_exits_0(tmp_path: Path) 
     process.send_signal(signal.SIGTERM)
     code, stderr = finish(process)
     assert code == 0, stderr
+    assert "Traceback" not in stderr  # a Stop on the control socket: torchrun was not signalled
     recorded = events(path)
     assert recorded[-1].status is RunStatus.STOPPED, recorded[-1]
     last_epochs = {e.env: e.epoch for e in recorded if isinstance(e, EpochSummary)}
     assert last_epochs[0] == last_epochs[1]  # both ranks stopped after the same epoch
+
+
+def test_a_restarted_rank_0_never_overwrites_the_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """torchrun restarting the workers (TORCHELASTIC_RESTART_COUNT > 0): rank 0 refuses to
+    record over the file the first attempt wrote, before the ranks meet (one line, exit 2)."""
+    path = tmp_path / "run.msgpack"
+    path.write_bytes(b"the first attempt's recording")
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RESTART_COUNT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(["run", "--headless", "--n-envs", "2", *TINY, "--record", str(path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not overwritten" in err[0], err
+    assert path.read_bytes() == b"the first attempt's recording"

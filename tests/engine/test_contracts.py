@@ -148,7 +148,9 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         command_id=17,
         console="attach-7",
     ),
-    c.RunFinished: c.RunFinished(**COMMON, status=c.RunStatus.CRASHED, error="RuntimeError: boom"),
+    c.RunFinished: c.RunFinished(
+        **COMMON, status=c.RunStatus.CRASHED, error="RuntimeError: boom", ranks=2, exchange_s=0.25
+    ),
     c.RunResumed: c.RunResumed(
         **COMMON, from_episode=1, from_epoch=2, recording_bytes=4096, pid=1234
     ),

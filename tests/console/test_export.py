@@ -113,7 +113,7 @@ def test_jsonl_has_one_tagged_object_per_event(recording: Path, tmp_path: Path) 
     ]
     assert lines[3] == (
         '{"type":"RunFinished","run_id":"r1","env":null,"episode":0,"epoch":0,'
-        '"wall_time":3.0,"status":"completed","error":null}'
+        '"wall_time":3.0,"status":"completed","error":null,"ranks":1,"exchange_s":0.0}'
     )
     summary = json.loads(lines[1])
     assert summary["perplexity"] is None  # inf has no JSON spelling: written as null

@@ -75,7 +75,8 @@ PLOT_MIN = (170, 36)  # from this terminal size on, the focused env also gets a 
 PLOT_SHARE = 0.4  # of the width
 SORTS = ("id", "accuracy", "panics", "grad norm")  # s cycles through these
 LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env count
-ALERT_TOASTS_PER_TICK = 3  # a burst of incidents becomes a few toasts and a count
+ALERT_TOASTS_PER_TICK = 2  # a burst of incidents becomes a few toasts and a count
+ALERT_TOAST_S = 8.0
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
 HANGUP_MODES = ("detach", "stop")  # run --on-hangup
 termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
@@ -475,10 +476,14 @@ class OverwatchApp(App[int]):
             self.notify(describe_ack(ack), severity="information" if ack.accepted else "error")
         alerts = [alert for e in new_events if (alert := describe_alert(e)) is not None]
         for severity, text in alerts[:ALERT_TOASTS_PER_TICK]:
-            self.notify(text, severity=severity, timeout=10)  # type: ignore[arg-type]
+            self.notify(text, severity=severity, timeout=ALERT_TOAST_S)  # type: ignore[arg-type]
         if len(alerts) > ALERT_TOASTS_PER_TICK:
             more = len(alerts) - ALERT_TOASTS_PER_TICK
-            self.notify(f"{more} more alerts: see the event log", severity="warning", timeout=10)
+            self.notify(
+                f"{more} more alerts: see the event log (f: governor)",
+                severity="warning",
+                timeout=ALERT_TOAST_S,
+            )
         if alerts and self.bell_on_alert:
             self.bell()
 
@@ -519,7 +524,8 @@ class OverwatchApp(App[int]):
         self._header.update(
             state,
             liveness=liveness(state, now, is_live=caps.live, read_only=not caps.controls),
-            now=now,
+            # A replay's run time is the recording's: up to the event on screen.
+            now=now if caps.live else (state.last_wall_time or 0.0),
             alerts=max(state.alerts - self.acknowledged, 0),
             sort=self.sort,
         )

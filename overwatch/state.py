@@ -249,8 +249,8 @@ class ConsoleState:
     started_wall_time: float | None = None  # RunStarted's
     epoch_wall_time: float | None = None  # when the latest epoch (of any env) was summarised
     batches_per_epoch: int = 0
-    # Incidents so far (governor panics, rollbacks, non-finite losses, a crash): the header's
-    # alert count is this minus what the operator acknowledged.
+    # Incidents so far (governor panics, rollbacks, epochs with a non-finite loss, a crash):
+    # the header's alert count is this minus what the operator acknowledged.
     alerts: int = 0
     events_seen: int = 0
     revision: int = field(default=0, compare=False)  # restamped on every event
@@ -429,8 +429,6 @@ def _batch_stats(state: ConsoleState, ev: BatchStats) -> None:
     view.grad_history.append(ev.grad_norm_post_clip)
     view.grad_points.append((state.epoch_x(ev.episode, ev.epoch, ev.batch), ev.grad_norm_post_clip))
     state.clip_threshold = ev.clip_threshold
-    if not math.isfinite(ev.loss) and not ev.skipped:
-        state.alerts += 1
 
 
 def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:

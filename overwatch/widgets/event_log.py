@@ -16,7 +16,6 @@ from textual.binding import Binding
 from textual.widget import Widget
 
 from esper_engine.contracts import (
-    BatchStats,
     Command,
     CommandAck,
     EpochSummary,
@@ -212,8 +211,8 @@ class EventLog(Widget):
 
     def _highlight(self, line: Text) -> Text:
         if self.filter.search:
-            pattern = re.escape(self.filter.search)
-            line.highlight_regex(pattern, self._style("log--match"), case_sensitive=False)
+            pattern = "(?i)" + re.escape(self.filter.search)
+            line.highlight_regex(pattern, self._style("log--match"))
         return line
 
     def describe(self, entry: LogEntry) -> Text:
@@ -338,6 +337,4 @@ def describe_alert(event: object) -> tuple[str, str] | None:
             f"{env_label(event.env)}: non-finite loss (train {num(event.train_loss)},"
             f" val {num(event.val_loss)})"
         )
-    if isinstance(event, BatchStats) and not event.skipped and not math.isfinite(event.loss):
-        return "error", f"{env_label(event.env)}: non-finite batch loss ({num(event.loss)})"
     return None

@@ -290,6 +290,7 @@ class OverwatchApp(App[int]):
         bell: bool = False,
         theme: str | None = None,
         ascii_only: bool = False,
+        ansi16: bool = False,
     ) -> None:
         super().__init__()
         if not math.isfinite(refresh_hz) or refresh_hz <= 0:
@@ -299,6 +300,8 @@ class OverwatchApp(App[int]):
         if theme is not None:
             self.theme = ALIASES.get(theme, theme)  # an unknown name raises InvalidThemeError
         self.ascii_only = ascii_only
+        # A 16-colour terminal: the footer in plain ANSI colours (run_console detects it).
+        self.ansi16 = ansi16
         if ascii_only:
             self._filters.append(AsciiFilter())
         self.bell_on_alert = bell
@@ -331,7 +334,7 @@ class OverwatchApp(App[int]):
         # Held directly, not queried: a timer tick may still land while the app tears down.
         self._header = RunHeader()
         self._grid = Grid(id="env-grid")
-        self._row_list = VerticalScroll(id="env-rows")
+        self._row_list = VerticalScroll(id="env-rows", can_focus=False)  # arrows: envs
         self._detail = EnvPanel(0, id="detail")
         self._logs = (EventLog(id="wide-log"), EventLog(id="compact-log"))
         self._plots = (EnvPlot(id="wide-plot"), EnvPlot(id="compact-plot"))
@@ -378,7 +381,7 @@ class OverwatchApp(App[int]):
         """Pick wide / compact / tiny for this terminal size, the env count and the operator's
         choice (t), and share the height out; CSS does the rest."""
         main = self.screen_stack[0]  # not self.screen: a dialog may be on top
-        main.set_class(self.console.color_system in ("standard", "windows"), "-ansi")
+        main.set_class(self.ansi16, "-ansi")
         n = max(len(self._panels), 1)
         bars = 1 + (1 if self.source.capabilities.replay_controls else 0)  # footer, replay bar
         plot = width >= PLOT_MIN[0] and height >= PLOT_MIN[1] and not self.ascii_only
@@ -532,7 +535,7 @@ class OverwatchApp(App[int]):
         lm = state.is_language_model
         params = (state.host_params, state.seed_params)
         self.order = self._sorted_envs()
-        views = [state.envs[i] for i in self.order]
+        views = [state.envs[i] for i in self.order if i < len(state.envs)]
         focused_view = state.envs[self.focused_env] if self.focused_env < len(state.envs) else None
         if mode == "wide":
             for panel, view in zip(self._panels, views, strict=False):
@@ -561,8 +564,8 @@ class OverwatchApp(App[int]):
         """Env indices in the order chosen with s; trouble first (lowest accuracy, most panics,
         largest grad norm), ties by id."""
         envs = self.state.envs
-        if self.sort == "id":
-            return list(range(len(envs)))
+        if self.sort == "id" or not envs:
+            return list(range(len(envs) or len(self._panels)))
 
         def key(view: EnvView) -> tuple[float, int]:
             s = view.summary
@@ -604,7 +607,7 @@ class OverwatchApp(App[int]):
         return self.state.trainer_state == "paused"
 
     def action_focus_env(self, env: int) -> None:
-        if env < len(self.state.envs):
+        if env < len(self._panels):  # the plan's envs too, before their first event
             self._set_focus(env)
 
     def action_focus_step(self, delta: int) -> None:
@@ -946,6 +949,8 @@ def run_console(
     if on_hangup not in HANGUP_MODES:
         raise ValueError(f"on_hangup must be one of {', '.join(HANGUP_MODES)}, got {on_hangup!r}")
     app = OverwatchApp(source, refresh_hz=refresh_hz, bell=bell, theme=theme, ascii_only=ascii_only)
+    # What the terminal says it can show (TERM, COLORTERM), as Textual itself reads it.
+    app.ansi16 = app.console.color_system in ("standard", "windows")
     detach = on_hangup == "detach" and isinstance(source, LiveSource)
 
     def hang_up(*_: object) -> None:

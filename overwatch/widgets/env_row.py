@@ -30,6 +30,7 @@ class EnvRow(Widget):
             return
         self._shown = (view.revision, focused)
         self.view = view
+        self.env = view.env  # sorted: a row shows whichever env is at its place
         self.focused_row = focused
         self.set_class(focused, "-focused")
         self.refresh()

@@ -146,11 +146,12 @@ class EventLog(Widget):
         return text
 
     def _retitle(self) -> None:
+        """The top border (the log has no other) says the filter, the count and the scroll."""
         described = self.filter.describe()
-        self.border_title = f"events: {described}" if described else "events"
-        count = f"{len(self.shown)}" if not described else f"{len(self.shown)}/{len(self.entries)}"
-        scrolled = f"↑{self.back} newer below · " if self.back else ""
-        self.border_subtitle = f"{scrolled}{count} (time, episode:epoch)"
+        count = f"{len(self.shown)}/{len(self.entries)}" if described else f"{len(self.entries)}"
+        title = f"events: {described} · {count}" if described else f"events · {count}"
+        scrolled = f" · ↓{self.back} newer below (end)" if self.back else ""
+        self.border_title = f"{title}{scrolled} · time, episode:epoch"
 
     # --- scrolling --------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ async def test_pgup_pgdn_scroll_and_new_entries_keep_the_place() -> None:
         await pilot.press("pageup")
         assert log.back == log.content_size.height - 1
         assert visible(log)[-1] != newest
-        assert "newer below" in str(log.border_subtitle)
+        assert "newer below" in str(log.border_title)
         top = visible(log)[0]
         app.source.push(*running(epochs=7)[len(running(epochs=6)) :])  # the next epoch comes in
         await app.tick()
@@ -93,7 +93,7 @@ async def test_f_cycles_the_kinds_of_entry() -> None:
             await pilot.press("f")
             assert app.log_filter.kind == kind
             assert log.shown and all(isinstance(e, types) for e in log.shown)
-            assert str(log.border_title) == f"events: {kind}"
+            assert str(log.border_title).startswith(f"events: {kind} · {len(log.shown)}/")
         await pilot.press("f")
         assert app.log_filter.kind == "all" and len(log.shown) == everything
 

@@ -70,12 +70,9 @@ class EnvPlot(Vertical):
             return
         self._shown = key
         marks = sorted({(x, kind) for x, kind in view.marks if kind in MARK_STYLES})
-        kinds = dict.fromkeys(kind for _, kind in marks)
-        legend = " ".join(f"[{MARK_STYLES[kind]}]│{kind}[/]" for kind in kinds)
-        self._title.update(
-            f"[b]{env_label(view.env)}[/b] · x: epoch across the run"
-            + (f" · marks {legend}" if legend else "")
-        )
+        kinds = [kind for kind in MARK_STYLES if any(k == kind for _, k in marks)]
+        legend = " ".join(f"[{MARK_STYLES[kind]}]│{kind.lower()}[/]" for kind in kinds)
+        self._title.update(f"[b]{env_label(view.env)}[/b] by epoch · {legend}".rstrip(" ·"))
         acc, loss, grad = self._plots
         xs = [x for x, _, _ in view.epoch_points]
         self._series(acc, xs, [100 * a for _, a, _ in view.epoch_points], "green", marks)

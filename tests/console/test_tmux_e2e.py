@@ -291,8 +291,8 @@ class Console:
     def __init__(self, fixture: str, size: tuple[int, int], term: str = "xterm-256color") -> None:
         self.session = f"ow-{uuid.uuid4().hex[:8]}"
         command = (
-            f"env -u COLORTERM -u COLUMNS -u LINES TERM={term} {sys.executable} -m overwatch.cli replay "
-            f"{FIXTURES / fixture} --speed max; sleep 60"
+            f"env -u COLORTERM -u COLUMNS -u LINES TERM={term} {sys.executable} -m overwatch.cli"
+            f" replay {FIXTURES / fixture} --speed max; sleep 60"
         )
         width, height = size
         # The window is sized first and the console started in it after: a console started

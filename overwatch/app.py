@@ -885,6 +885,7 @@ class OverwatchApp(App[int]):
             if keys not in rows[description][0]:
                 rows[description][0].append(keys)
         table = [(" ".join(keys), text, usable) for text, (keys, usable) in rows.items()]
+        table.append(("ctrl+p", "Command palette: pick a theme", True))  # Textual's own key
         return sorted(table, key=lambda row: not row[2])
 
     async def action_quit(self) -> None:

@@ -33,7 +33,7 @@ SHOTS = {
     "live-120x40.svg": (live_app, (120, 40), []),
     "compact-80x24.svg": (live_app, (80, 24), []),
     "replay-120x40.svg": (replay_app, (120, 40), []),
-    "help-80x24.svg": (live_app, (80, 24), ["question_mark"]),
+    "help-80x24.svg": (live_app, (80, 24), ["a", "question_mark"]),
     "rollback-confirm-120x40.svg": (live_app, (120, 40), ["2", "r"]),
     "many-envs-120x40.svg": (many_envs, (120, 40), ["g", "2", "5", "enter", "s"]),
     "plot-200x60.svg": (live_app, (200, 60), ["2"]),

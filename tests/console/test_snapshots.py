@@ -55,7 +55,7 @@ def test_crash_modal_80x24(snap_compare) -> None:
 
 
 def test_help_80x24(snap_compare) -> None:
-    assert snap_compare(live_app(), press=["question_mark"], terminal_size=SMALL)
+    assert snap_compare(live_app(), press=["a", "question_mark"], terminal_size=SMALL)
 
 
 def test_rollback_confirmation(snap_compare) -> None:

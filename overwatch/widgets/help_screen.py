@@ -48,7 +48,10 @@ class HelpScreen(ModalScreen[None]):
                 yield Static(self._table())
                 yield Static("One line per env (t, or a small terminal)", classes="dialog-title")
                 yield Static(self._legend())
-            yield Static("[b]?[/b] [b]f1[/b] [b]esc[/b] close", classes="dialog-keys")
+            yield Static(
+                "[b]↑↓ PgUp PgDn[/b] scroll    [b]?[/b] [b]f1[/b] [b]esc[/b] close",
+                classes="dialog-keys",
+            )
 
     def _table(self) -> Table:
         table = Table.grid(padding=(0, 2))

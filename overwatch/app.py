@@ -76,7 +76,7 @@ PLOT_SHARE = 0.4  # of the width
 SORTS = ("id", "accuracy", "panics", "grad norm")  # s cycles through these
 LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env count
 ALERT_TOASTS_PER_TICK = 2  # a burst of incidents becomes a few toasts and a count
-ALERT_TOAST_S = 8.0
+ALERT_TOAST_S = 10.0
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
 HANGUP_MODES = ("detach", "stop")  # run --on-hangup
 termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
@@ -531,6 +531,7 @@ class OverwatchApp(App[int]):
             now=now if caps.live else (state.last_wall_time or 0.0),
             alerts=max(state.alerts - self.acknowledged, 0),
             sort=self.sort,
+            layout=self.layout_choice,
         )
         lm = state.is_language_model
         params = (state.host_params, state.seed_params)
@@ -716,7 +717,6 @@ class OverwatchApp(App[int]):
         self.layout_choice = LAYOUTS[(LAYOUTS.index(self.layout_choice) + 1) % len(LAYOUTS)]
         self._apply_layout(self.size.width, self.size.height)
         self._update_widgets()
-        self.notify(f"layout: {self.layout_choice}", timeout=2)
         self.call_after_refresh(self._scroll_to_focus)
 
     # --- keys: controls (live only) -------------------------------------------------------------

@@ -45,6 +45,7 @@ class RunHeader(LineWidget):
         self.now = 0.0
         self.alerts = 0  # not yet acknowledged
         self.sort = "id"
+        self.layout_choice = "auto"  # the operator's choice with t; auto is not shown
         self._shown: tuple | None = None
 
     def update(
@@ -55,6 +56,7 @@ class RunHeader(LineWidget):
         now: float = 0.0,
         alerts: int = 0,
         sort: str = "id",
+        layout: str = "auto",
     ) -> None:
         elapsed = state.elapsed(now)
         shown = (
@@ -65,6 +67,7 @@ class RunHeader(LineWidget):
             None if elapsed is None else int(elapsed),
             alerts,
             sort,
+            layout,
         )
         if shown == self._shown:
             return
@@ -72,6 +75,7 @@ class RunHeader(LineWidget):
         self.state = state
         self.liveness = liveness
         self.now, self.alerts, self.sort = now, alerts, sort
+        self.layout_choice = layout
         self.redraw()  # most events change no figure up here: usually nothing to repaint
 
     def build_lines(self, width: int, height: int) -> list[Text]:
@@ -170,6 +174,8 @@ class RunHeader(LineWidget):
             segments.insert(1, self._elapsed_eta(state))
         if self.sort != "id":
             segments.append(Text(" │ sort ", style=label).append(self.sort))
+        if self.layout_choice != "auto":
+            segments.append(Text(" │ layout ", style=label).append(self.layout_choice))
         return segments
 
     def _elapsed_eta(self, state: ConsoleState) -> Text:

@@ -25,7 +25,7 @@ except ImportError:  # not on Windows
 from textual import events
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Container, Grid, Vertical
+from textual.containers import Container, Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Static
 
 from esper_engine.contracts import (
@@ -40,31 +40,60 @@ from esper_engine.contracts import (
     Stop,
 )
 from overwatch.sources import EventSource, LiveSource, ReplayAction
-from overwatch.state import ConsoleState, liveness, log_note, reduce_many
+from overwatch.state import ConsoleState, EnvView, liveness, log_note, reduce_many
+from overwatch.widgets.ascii import AsciiFilter
 from overwatch.widgets.clip_entry import ClipEntryModal
 from overwatch.widgets.confirm import ConfirmModal
 from overwatch.widgets.crash import CrashModal
 from overwatch.widgets.env_panel import EnvPanel
+from overwatch.widgets.env_plot import EnvPlot
 from overwatch.widgets.env_row import EnvRow
-from overwatch.widgets.event_log import EventLog, describe_ack, describe_command
-from overwatch.widgets.formatting import env_label
+from overwatch.widgets.event_log import (
+    LOG_KINDS,
+    EventLog,
+    LogFilter,
+    describe_ack,
+    describe_alert,
+    describe_command,
+)
+from overwatch.widgets.formatting import env_label, episode_number, epoch_number
 from overwatch.widgets.header import RunHeader
 from overwatch.widgets.help_screen import HelpScreen
+from overwatch.widgets.prompt import PromptModal, parse_number
 from overwatch.widgets.replay_bar import ReplayBar
+from overwatch.widgets.themes import ALIASES, THEMES
 
 CLIP_FACTOR = 1.25  # ] and [ multiply / divide the threshold by this
 WIDE_MIN = (100, 30)  # below either: the compact layout (one line per env)
 TINY_MIN = (60, 16)  # below either: only a "terminal too small" notice
 PANEL_MIN_WIDTH = 56  # wide layout: columns of env panels = width // this
+PANEL_MIN_HEIGHT = 11  # panels are never squeezed below this: the grid scrolls instead
+PANEL_ROOMY_HEIGHT = 14  # a panel this tall shows its chart; height beyond goes to the log
+WIDE_LOG_MIN, COMPACT_LOG_MIN = 9, 5  # event log heights (rows, with its border)
+DETAIL_MIN, DETAIL_MAX = 10, 16  # compact layout: the focused env's panel
+PLOT_MIN = (170, 36)  # from this terminal size on, the focused env also gets a plot
+PLOT_SHARE = 0.4  # of the width
+SORTS = ("id", "accuracy", "panics", "grad norm")  # s cycles through these
+LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env count
+ALERT_TOASTS_PER_TICK = 2  # a burst of incidents becomes a few toasts and a count
+ALERT_TOAST_S = 10.0
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
 HANGUP_MODES = ("detach", "stop")  # run --on-hangup
 termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
 ACK_TOASTS_PER_TICK = 3  # a burst of acks becomes a few toasts, not a wall of them
 
 # Actions that steer the trainer: greyed out in replay and once the run has finished.
-CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause_toggle", "stop_run"})
+CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause", "resume", "stop_run"})
 REPLAY_ACTIONS = frozenset(
-    {"replay_toggle", "replay_step", "replay_speed", "replay_home", "replay_end"}
+    {
+        "replay_toggle",
+        "replay_step",
+        "replay_speed",
+        "replay_home",
+        "replay_end",
+        "replay_goto",
+        "replay_incident",
+    }
 )
 
 # Help-screen wording for actions bound to a pair of keys (one row for both).
@@ -72,13 +101,16 @@ _HELP_PAIRS = {
     "focus_step": "Previous / next env",
     "focus_row": "Env above / below",
     "replay_step": "Step back / forward one epoch",
-    "replay_speed": "Slower / faster replay (0.25x to 8x)",
+    "replay_speed": "Slower / faster replay (0.25x to 64x, then max: an epoch per refresh)",
+    "replay_incident": "Previous / next governor panic or rollback",
     "clip_step": "Clip threshold of every env ÷1.25 / ×1.25",
+    "log_scroll": "Scroll the event log a page older / newer",
 }
 _CLIP = Binding.Group("Clip", compact=True)
 _STEP = Binding.Group("Step", compact=True)
 _SPEED = Binding.Group("Speed", compact=True)
 _JUMP = Binding.Group("Jump")
+_INCIDENT = Binding.Group("Incident", compact=True)
 
 
 class OverwatchApp(App[int]):
@@ -86,7 +118,8 @@ class OverwatchApp(App[int]):
 
     CSS_PATH = "overwatch.tcss"
     TITLE = "Overwatch"
-    ENABLE_COMMAND_PALETTE = False
+    # On for its theme picker (ctrl+p); the console's own commands are all keys.
+    ENABLE_COMMAND_PALETTE = True
     # Short descriptions for the footer; the tooltip is the help screen's longer text. Help and
     # quit come first so that a narrow footer never cuts them off.
     BINDINGS = [
@@ -103,6 +136,7 @@ class OverwatchApp(App[int]):
         ),
         Binding("1", "focus_env(0)", "Env", key_display="1-9", tooltip="Focus env 1..9"),
         *(Binding(str(n), f"focus_env({n - 1})", f"Env {n}", show=False) for n in range(2, 10)),
+        Binding("g", "goto_env", "Go to env", show=False, tooltip="Focus env N (type it)"),
         Binding("left", "focus_step(-1)", "Previous env", show=False),
         Binding("right", "focus_step(1)", "Next env", show=False),
         Binding("up", "focus_row(-1)", "Env above", show=False),
@@ -144,7 +178,33 @@ class OverwatchApp(App[int]):
             tooltip="Double the replay speed (up to 8x)",
         ),
         Binding("home", "replay_home", "Start", group=_JUMP, tooltip="Jump to the start"),
-        Binding("end", "replay_end", "End", group=_JUMP, tooltip="Jump to the end"),
+        Binding(
+            "end",
+            "replay_end",
+            "End",
+            group=_JUMP,
+            tooltip="Jump to the end (following: follow again)",
+        ),
+        Binding(
+            "j",
+            "replay_goto",
+            "Epoch",
+            tooltip="Go to an epoch (EPISODE:EPOCH, or N across the run)",
+        ),
+        Binding(
+            "N",
+            "replay_incident(-1)",
+            "Prev",
+            group=_INCIDENT,
+            tooltip="Jump back to the previous governor panic or rollback",
+        ),
+        Binding(
+            "n",
+            "replay_incident(1)",
+            "Next",
+            group=_INCIDENT,
+            tooltip="Jump to the next governor panic or rollback",
+        ),
         Binding("r", "rollback", "Rollback", tooltip="Force a rollback of the focused env (y/n)"),
         Binding(
             "left_square_bracket",
@@ -163,12 +223,60 @@ class OverwatchApp(App[int]):
             tooltip="Raise the clip threshold of every env (×1.25)",
         ),
         Binding("c", "clip_entry", "Clip=", tooltip="Type an exact clip threshold"),
-        Binding("p", "pause_toggle", "Pause", tooltip="Pause / resume training"),
+        # One key, two bindings: the footer shows the one that applies (Resume while paused).
+        Binding("p", "pause", "Pause", tooltip="Pause / resume training"),
+        Binding("p", "resume", "Resume", tooltip="Pause / resume training"),
         Binding(
             "S",
             "stop_run",
             "Stop run",
             tooltip="Stop the attached run (y/n); q only detaches",
+        ),
+        Binding("slash", "log_search", "Search", key_display="/", tooltip="Search the event log"),
+        Binding(
+            "f",
+            "log_kind",
+            "Filter",
+            show=False,
+            tooltip="Event log: cycle all / lifecycle / governor / commands",
+        ),
+        Binding(
+            "e",
+            "log_env",
+            "Env log",
+            show=False,
+            tooltip="Event log: only the focused env's events (again: every env's)",
+        ),
+        Binding(
+            "l",
+            "log_focus",
+            "Log",
+            show=False,
+            tooltip="Put the keys on the event log (arrows, PgUp/PgDn, home/end; esc leaves)",
+        ),
+        Binding(
+            "pageup",
+            "log_scroll(1)",
+            "Older",
+            key_display="PgUp",
+            show=False,
+            tooltip="Event log: page older",
+        ),
+        Binding(
+            "pagedown",
+            "log_scroll(-1)",
+            "Newer",
+            key_display="PgDn",
+            show=False,
+            tooltip="Event log: page newer",
+        ),
+        Binding("a", "acknowledge", "Ack", tooltip="Acknowledge the alerts (clears the count)"),
+        Binding("s", "sort", "Sort", tooltip="Sort the envs: id, accuracy, panics, grad norm"),
+        Binding(
+            "t",
+            "layout",
+            "Table",
+            tooltip="Layout: auto, table (one line per env), panels",
         ),
     ]
 
@@ -179,10 +287,24 @@ class OverwatchApp(App[int]):
         *,
         clock: Callable[[], float] = time.time,
         stop_timeout: float = STOP_TIMEOUT_S,
+        bell: bool = False,
+        theme: str | None = None,
+        ascii_only: bool = False,
+        ansi16: bool = False,
     ) -> None:
         super().__init__()
         if not math.isfinite(refresh_hz) or refresh_hz <= 0:
             raise ValueError(f"refresh_hz must be a positive number, got {refresh_hz}")
+        for custom in THEMES:
+            self.register_theme(custom)
+        if theme is not None:
+            self.theme = ALIASES.get(theme, theme)  # an unknown name raises InvalidThemeError
+        self.ascii_only = ascii_only
+        # A 16-colour terminal: the footer in plain ANSI colours (run_console detects it).
+        self.ansi16 = ansi16
+        if ascii_only:
+            self._filters.append(AsciiFilter())
+        self.bell_on_alert = bell
         self.source = source
         self.refresh_hz = refresh_hz
         self.clock = clock
@@ -190,6 +312,14 @@ class OverwatchApp(App[int]):
         self.state = ConsoleState.planned(source.plan)
         self.focused_env = 0
         self.layout_mode = "wide"  # wide | compact | tiny
+        self.layout_choice = "auto"  # t: auto | table | panels
+        self.sort = "id"
+        self.order: list[int] = []  # env indices in the sort order on screen
+        self.log_filter = LogFilter()
+        self.log_follows_focus = False  # e: the log shows the focused env's events
+        self.acknowledged = 0  # alerts acknowledged so far (a)
+        self.plot_shown = False
+        self._paused_shown = False  # the footer says Pause until a pause is acknowledged
         self._sent_ids: set[int] = set()
         self._pending_clip: float | None = None  # sent, not yet acknowledged
         self._pause_wanted: bool | None = None  # likewise for pause/resume
@@ -204,9 +334,10 @@ class OverwatchApp(App[int]):
         # Held directly, not queried: a timer tick may still land while the app tears down.
         self._header = RunHeader()
         self._grid = Grid(id="env-grid")
-        self._row_list = Vertical(id="env-rows")
+        self._row_list = VerticalScroll(id="env-rows", can_focus=False)  # arrows: envs
         self._detail = EnvPanel(0, id="detail")
         self._logs = (EventLog(id="wide-log"), EventLog(id="compact-log"))
+        self._plots = (EnvPlot(id="wide-plot"), EnvPlot(id="compact-plot"))
         self._notice = Static(id="too-small")
         replay = source.capabilities.replay_controls
         self._replay_bar = ReplayBar(classes="-active" if replay else "")
@@ -216,11 +347,16 @@ class OverwatchApp(App[int]):
     def compose(self) -> ComposeResult:
         yield self._header
         with Container(id="wide"):
-            yield self._grid
+            with Horizontal(id="wide-main"):
+                yield self._grid
+                yield self._plots[0]
             yield self._logs[0]
         with Container(id="compact"):
-            yield self._row_list
-            yield self._detail
+            with Horizontal(id="compact-main"):
+                with Vertical(id="compact-left"):
+                    yield self._row_list
+                    yield self._detail
+                yield self._plots[1]
             yield self._logs[1]
         yield self._notice
         yield self._replay_bar
@@ -242,22 +378,62 @@ class OverwatchApp(App[int]):
         self._update_widgets()
 
     def _apply_layout(self, width: int, height: int) -> None:
-        """Pick wide / compact / tiny for this terminal size; CSS does the rest."""
+        """Pick wide / compact / tiny for this terminal size, the env count and the operator's
+        choice (t), and share the height out; CSS does the rest."""
+        main = self.screen_stack[0]  # not self.screen: a dialog may be on top
+        main.set_class(self.ansi16, "-ansi")
+        n = max(len(self._panels), 1)
+        bars = 1 + (1 if self.source.capabilities.replay_controls else 0)  # footer, replay bar
+        plot = width >= PLOT_MIN[0] and height >= PLOT_MIN[1] and not self.ascii_only
+        grid_width = width - (round(width * PLOT_SHARE) if plot else 0)
+        columns = self._columns(grid_width)
+        panel_rows = -(-n // columns)
+        wide_room = height - 3 - bars  # below the three-line header
+        panels_fit = panel_rows * PANEL_MIN_HEIGHT <= wide_room - WIDE_LOG_MIN
         if width < TINY_MIN[0] or height < TINY_MIN[1]:
             mode = "tiny"
-        elif width < WIDE_MIN[0] or height < WIDE_MIN[1]:
+        elif self.layout_choice == "table":
             mode = "compact"
+        elif self.layout_choice == "panels":
+            mode = "wide"
+        elif width < WIDE_MIN[0] or height < WIDE_MIN[1] or not panels_fit:
+            mode = "compact"  # panels too many to see at once: the table shows every env
         else:
             mode = "wide"
         self.layout_mode = mode
-        main = self.screen_stack[0]  # not self.screen: a dialog may be on top
+        self.plot_shown = plot and mode != "tiny"
         main.set_class(mode == "compact", "-compact")
         main.set_class(mode == "tiny", "-tiny")
+        main.set_class(self.plot_shown, "-plot")
         self._notice.update(
             f"Terminal too small\nneed at least {TINY_MIN[0]}x{TINY_MIN[1]}, have {width}x{height}"
             "\n\nenlarge the window, or press q to quit"
         )
-        self._grid.styles.grid_size_columns = self._columns(width)
+        if mode == "wide":
+            self._size_wide(wide_room, panel_rows, columns)
+        elif mode == "compact":
+            self._size_compact(height - 2 - bars, n)
+
+    def _size_wide(self, room: int, panel_rows: int, columns: int) -> None:
+        """Panels share the room above the log; too many to fit at their minimum height keep
+        it and scroll; a tall terminal gives what panels do not need to the log."""
+        self._grid.styles.grid_size_columns = columns
+        if panel_rows * PANEL_MIN_HEIGHT <= room - WIDE_LOG_MIN:
+            log = min(max(room - panel_rows * PANEL_ROOMY_HEIGHT, WIDE_LOG_MIN), room // 2)
+            self._grid.styles.grid_rows = "1fr"
+        else:
+            log = WIDE_LOG_MIN
+            self._grid.styles.grid_rows = str(PANEL_MIN_HEIGHT)
+        self._logs[0].styles.height = log
+
+    def _size_compact(self, room: int, n: int) -> None:
+        """As many rows as fit (the rest scroll), then the focused env, then the log."""
+        rows = min(n, max(room - DETAIL_MIN - COMPACT_LOG_MIN, 3))
+        rest = room - rows
+        detail = max(min(rest - COMPACT_LOG_MIN, DETAIL_MAX), 3)
+        self._row_list.styles.height = rows
+        self._detail.styles.height = detail
+        self._logs[1].styles.height = max(rest - detail, COMPACT_LOG_MIN)
 
     def _columns(self, width: int) -> int:
         return max(1, min(len(self._panels) or 1, width // PANEL_MIN_WIDTH))
@@ -274,13 +450,17 @@ class OverwatchApp(App[int]):
             reduce_many(self.state, polled.events)
             self.state.dropped = self.source.dropped
             await self._ensure_env_widgets()
-            if not polled.reset:
+            if polled.reset:
+                self.acknowledged = min(self.acknowledged, self.state.alerts)
+            else:
                 self._react(polled.events)
             self._update_widgets()
-        if self.state.finished != self._finished_shown:
-            # Controls grey out once the run has finished. Only then: the footer rebuilds all
-            # its keys on every refresh_bindings.
+        paused = self.state.trainer_state == "paused"
+        if self.state.finished != self._finished_shown or paused != self._paused_shown:
+            # Controls grey out once the run has finished; p says Resume while paused. Only
+            # then: the footer rebuilds all its keys on every refresh_bindings.
             self._finished_shown = self.state.finished
+            self._paused_shown = paused
             self.refresh_bindings()
         self._warn_once()
         if self.state.finished_status == RunStatus.CRASHED and not self._crash_shown:
@@ -297,6 +477,18 @@ class OverwatchApp(App[int]):
                 self._pause_wanted = None
         for ack in acks[-ACK_TOASTS_PER_TICK:]:
             self.notify(describe_ack(ack), severity="information" if ack.accepted else "error")
+        alerts = [alert for e in new_events if (alert := describe_alert(e)) is not None]
+        for severity, text in alerts[:ALERT_TOASTS_PER_TICK]:
+            self.notify(text, severity=severity, timeout=ALERT_TOAST_S)  # type: ignore[arg-type]
+        if len(alerts) > ALERT_TOASTS_PER_TICK:
+            more = len(alerts) - ALERT_TOASTS_PER_TICK
+            self.notify(
+                f"{more} more alerts: see the event log (f: governor)",
+                severity="warning",
+                timeout=ALERT_TOAST_S,
+            )
+        if alerts and self.bell_on_alert:
+            self.bell()
 
     def _warn_once(self) -> None:
         """A source's warning (truncated recording, follow error) is shown once, as a toast."""
@@ -317,8 +509,8 @@ class OverwatchApp(App[int]):
         self._rows = [EnvRow(i) for i in range(n)]
         await self._grid.mount(*self._panels)
         await self._row_list.mount(*self._rows)
-        self._grid.styles.grid_size_columns = self._columns(self.size.width)
         self.focused_env = min(self.focused_env, max(n - 1, 0))
+        self._apply_layout(self.size.width, self.size.height)
 
     def _update_widgets(self) -> None:
         """Update the widgets of the layout on screen; each repaints only what changed.
@@ -331,24 +523,63 @@ class OverwatchApp(App[int]):
         if mode == "tiny":
             return  # only the "too small" notice is on screen
         caps = self.source.capabilities
+        now = self.clock()
         self._header.update(
             state,
-            liveness=liveness(state, self.clock(), is_live=caps.live, read_only=not caps.controls),
+            liveness=liveness(state, now, is_live=caps.live, read_only=not caps.controls),
+            # A replay's run time is the recording's: up to the event on screen.
+            now=now if caps.live else (state.last_wall_time or 0.0),
+            alerts=max(state.alerts - self.acknowledged, 0),
+            sort=self.sort,
+            layout=self.layout_choice,
         )
         lm = state.is_language_model
         params = (state.host_params, state.seed_params)
+        self.order = self._sorted_envs()
+        views = [state.envs[i] for i in self.order if i < len(state.envs)]
+        focused_view = state.envs[self.focused_env] if self.focused_env < len(state.envs) else None
         if mode == "wide":
-            for panel, view in zip(self._panels, state.envs, strict=False):
+            for panel, view in zip(self._panels, views, strict=False):
                 focused = view.env == self.focused_env
                 panel.update(view, focused=focused, language_model=lm, run_params=params)
+            for panel in self._panels[len(views) :]:  # the plan's envs, before their first event
+                panel.show_planned(focused=panel.env == self.focused_env)
         else:
-            for row, view in zip(self._rows, state.envs, strict=False):
+            for row, view in zip(self._rows, views, strict=False):
                 row.update(view, focused=view.env == self.focused_env)
-            if state.envs:
-                view = state.envs[self.focused_env]
-                self._detail.update(view, focused=True, language_model=lm, run_params=params)
-        self._logs[0 if mode == "wide" else 1].update(state.log, state.log_revision)
+            if focused_view is not None:
+                self._detail.update(
+                    focused_view, focused=True, language_model=lm, run_params=params
+                )
+            else:
+                self._detail.show_planned(focused=True)
+        if self.plot_shown:
+            self._plots[0 if mode == "wide" else 1].update(focused_view)
+        if self.log_follows_focus:
+            self.log_filter.env = self.focused_env
+        log = self._logs[0 if mode == "wide" else 1]
+        log.update(state.log, state.log_revision, self.log_filter)
         self._replay_bar.update(self.source.position())
+
+    def _sorted_envs(self) -> list[int]:
+        """Env indices in the order chosen with s; trouble first (lowest accuracy, most panics,
+        largest grad norm), ties by id."""
+        envs = self.state.envs
+        if self.sort == "id" or not envs:
+            return list(range(len(envs) or len(self._panels)))
+
+        def key(view: EnvView) -> tuple[float, int]:
+            s = view.summary
+            if self.sort == "accuracy":
+                value = s.val_accuracy if s is not None else math.inf
+            elif self.sort == "panics":
+                value = -view.governor.total_panics - view.governor.rollbacks
+            else:
+                grad = view.grad_period[0]
+                value = -grad if grad is not None and math.isfinite(grad) else -math.inf
+            return (0.0 if math.isnan(value) else value, view.env)
+
+        return [view.env for view in sorted(envs, key=key)]
 
     # --- keys: focus ----------------------------------------------------------------------------
 
@@ -359,6 +590,10 @@ class OverwatchApp(App[int]):
             return caps.replay_controls
         if action == "stop_run" and not caps.attached:
             return False  # a console's own run stops with q
+        if action in ("pause", "resume"):
+            # One of the pair is shown: Resume while paused (or a resume is on its way).
+            if (action == "resume") != self._paused():
+                return False
         if action in CONTROL_ACTIONS:
             if not caps.controls or self.state.finished or self._quitting:
                 return None
@@ -366,24 +601,123 @@ class OverwatchApp(App[int]):
             return False  # tab inside a dialog moves between its own widgets
         return True
 
+    def _paused(self) -> bool:
+        """Paused as far as the operator is concerned: the last p wins until its ack lands."""
+        if self._pause_wanted is not None:
+            return self._pause_wanted
+        return self.state.trainer_state == "paused"
+
     def action_focus_env(self, env: int) -> None:
-        if env < len(self.state.envs):
+        if env < len(self._panels):  # the plan's envs too, before their first event
             self._set_focus(env)
 
     def action_focus_step(self, delta: int) -> None:
-        if self.state.envs:
-            self._set_focus((self.focused_env + delta) % len(self.state.envs))
+        """Previous / next env in the order on screen."""
+        if self.order:
+            at = self.order.index(self.focused_env) if self.focused_env in self.order else 0
+            self._set_focus(self.order[(at + delta) % len(self.order)])
 
     def action_focus_row(self, delta: int) -> None:
         """Up/down: one grid row in the wide layout, one env in the compact list."""
-        step = self._columns(self.size.width) if self.layout_mode == "wide" else 1
-        target = self.focused_env + delta * step
-        if 0 <= target < len(self.state.envs):
-            self._set_focus(target)
+        step = (
+            self._columns(self._grid.size.width or self.size.width)
+            if self.layout_mode == "wide"
+            else 1
+        )
+        if not self.order:
+            return
+        at = self.order.index(self.focused_env) if self.focused_env in self.order else 0
+        target = at + delta * step
+        if 0 <= target < len(self.order):
+            self._set_focus(self.order[target])
+
+    def action_goto_env(self) -> None:
+        n = len(self.state.envs)
+        if not n:
+            self.notify("no env to go to yet", severity="warning")
+            return
+
+        def chosen(env: int | None) -> None:
+            if env is not None:
+                self._set_focus(env - 1)
+
+        self.push_screen(
+            PromptModal(
+                "Go to env",
+                parse_number(1, n, "an env"),
+                detail=f"1..{n}",
+                placeholder=str(min(10, n)),
+            ),
+            chosen,
+        )
 
     def _set_focus(self, env: int) -> None:
         self.focused_env = env
         self._update_widgets()
+        self.call_after_refresh(self._scroll_to_focus)
+
+    def _scroll_to_focus(self) -> None:
+        """Keep the focused env's panel or row in view (the grid and the table scroll)."""
+        if self.focused_env not in self.order:
+            return
+        at = self.order.index(self.focused_env)
+        widgets = self._panels if self.layout_mode == "wide" else self._rows
+        if at < len(widgets):
+            widgets[at].scroll_visible(animate=False)
+
+    # --- keys: the event log, sort, layout, alerts ------------------------------------------------
+
+    def action_log_search(self) -> None:
+        def searched(text: str | None) -> None:
+            if text is not None:
+                self.log_filter.search = text
+                self._update_widgets()
+
+        self.push_screen(
+            PromptModal(
+                "Search the event log",
+                str.strip,
+                detail="shows the entries containing the text (any case); empty: all of them",
+                value=self.log_filter.search,
+            ),
+            searched,
+        )
+
+    def action_log_kind(self) -> None:
+        kinds = LOG_KINDS
+        self.log_filter.kind = kinds[(kinds.index(self.log_filter.kind) + 1) % len(kinds)]
+        self._update_widgets()
+
+    def action_log_env(self) -> None:
+        self.log_follows_focus = not self.log_follows_focus
+        self.log_filter.env = self.focused_env if self.log_follows_focus else None
+        self._update_widgets()
+
+    def action_log_focus(self) -> None:
+        self._visible_log().take_keys()
+
+    def action_log_scroll(self, pages: int) -> None:
+        self._visible_log().action_scroll_page(pages)
+
+    def _visible_log(self) -> EventLog:
+        return self._logs[0 if self.layout_mode == "wide" else 1]
+
+    def action_acknowledge(self) -> None:
+        if self.state.alerts > self.acknowledged:
+            self.acknowledged = self.state.alerts
+            self.clear_notifications()
+            self._update_widgets()
+
+    def action_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+        self._update_widgets()
+        self.call_after_refresh(self._scroll_to_focus)
+
+    def action_layout(self) -> None:
+        self.layout_choice = LAYOUTS[(LAYOUTS.index(self.layout_choice) + 1) % len(LAYOUTS)]
+        self._apply_layout(self.size.width, self.size.height)
+        self._update_widgets()
+        self.call_after_refresh(self._scroll_to_focus)
 
     # --- keys: controls (live only) -------------------------------------------------------------
 
@@ -421,12 +755,15 @@ class OverwatchApp(App[int]):
 
         self.push_screen(ClipEntryModal(self._current_clip()), entered)
 
-    def action_pause_toggle(self) -> None:
-        paused = self._pause_wanted
-        if paused is None:
-            paused = self.state.trainer_state == "paused"
-        self._pause_wanted = not paused
-        self._send(Resume() if paused else Pause())
+    def action_pause(self) -> None:
+        self._pause_wanted = True
+        self._send(Pause())
+        self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        self._pause_wanted = False
+        self._send(Resume())
+        self.refresh_bindings()
 
     def action_stop_run(self) -> None:
         def answered(confirmed: bool | None) -> None:
@@ -461,7 +798,8 @@ class OverwatchApp(App[int]):
             self.notify(reason, severity="warning")
             return
         self._sent_ids.add(command_id)
-        log_note(self.state, f"sent {describe_command(command)} (#{command_id})", env=env)
+        text = f"sent {describe_command(command)} (#{command_id})"
+        log_note(self.state, text, env=env, wall_time=self.clock())
         self._update_widgets()
 
     # --- keys: replay ---------------------------------------------------------------------------
@@ -481,6 +819,38 @@ class OverwatchApp(App[int]):
 
     async def action_replay_end(self) -> None:
         await self._replay(ReplayAction.END)
+
+    async def action_replay_incident(self, direction: int) -> None:
+        forward = direction > 0
+        await self._replay(
+            ReplayAction.NEXT_INCIDENT if forward else ReplayAction.PREVIOUS_INCIDENT
+        )
+
+    def action_replay_goto(self) -> None:
+        epochs = max(self.state.epochs, 1)
+
+        async def chosen(target: tuple[int, int] | None) -> None:
+            if target is None:
+                return
+            if self.source.seek_epoch(*target):
+                await self.tick()
+            else:
+                episode, epoch = target
+                self.notify(
+                    f"the recording has no epoch {episode_number(episode)}:{epoch_number(epoch)}",
+                    severity="warning",
+                )
+
+        self.push_screen(
+            PromptModal(
+                "Go to an epoch",
+                lambda text: parse_epoch(text, epochs),
+                detail=f"EPISODE:EPOCH as the log shows it (1:{epochs}), or N counted across "
+                "the run",
+                placeholder="2:3",
+            ),
+            chosen,
+        )
 
     async def _replay(self, action: ReplayAction) -> None:
         if self.source.capabilities.replay_controls:
@@ -507,10 +877,15 @@ class OverwatchApp(App[int]):
             description = _HELP_PAIRS.get(name) or binding.tooltip or binding.description
             if name == "quit" and self.source.capabilities.attached:
                 description = "Detach and quit; the run goes on"
+            usable = self.check_action(name, ()) is True or name in ("pause", "resume")
+            if name in ("pause", "resume"):
+                usable = self.check_action("pause" if self._paused() else "resume", ()) is not None
             if description not in rows:
-                rows[description] = ([], self.check_action(name, ()) is True)
-            rows[description][0].append(keys)
+                rows[description] = ([], usable)
+            if keys not in rows[description][0]:
+                rows[description][0].append(keys)
         table = [(" ".join(keys), text, usable) for text, (keys, usable) in rows.items()]
+        table.append(("ctrl+p", "Command palette: pick a theme", True))  # Textual's own key
         return sorted(table, key=lambda row: not row[2])
 
     async def action_quit(self) -> None:
@@ -554,7 +929,16 @@ class OverwatchApp(App[int]):
         return 1 if crashed and caps.controls and not caps.attached else 0
 
 
-def run_console(source: EventSource, refresh_hz: float = 4.0, *, on_hangup: str = "stop") -> int:
+def run_console(
+    source: EventSource,
+    refresh_hz: float = 4.0,
+    *,
+    on_hangup: str = "stop",
+    bell: bool = False,
+    theme: str | None = None,
+    ascii_only: bool = False,
+    mouse: bool = True,
+) -> int:
     """Run the console until the operator quits; returns the process exit code.
 
     SIGTERM quits like `q`. A dropped SSH session (SIGHUP) leaves no terminal to restore (and
@@ -565,7 +949,9 @@ def run_console(source: EventSource, refresh_hz: float = 4.0, *, on_hangup: str 
     """
     if on_hangup not in HANGUP_MODES:
         raise ValueError(f"on_hangup must be one of {', '.join(HANGUP_MODES)}, got {on_hangup!r}")
-    app = OverwatchApp(source, refresh_hz=refresh_hz)
+    app = OverwatchApp(source, refresh_hz=refresh_hz, bell=bell, theme=theme, ascii_only=ascii_only)
+    # What the terminal says it can show (TERM, COLORTERM), as Textual itself reads it.
+    app.ansi16 = app.console.color_system in ("standard", "windows")
     detach = on_hangup == "detach" and isinstance(source, LiveSource)
 
     def hang_up(*_: object) -> None:
@@ -587,7 +973,7 @@ def run_console(source: EventSource, refresh_hz: float = 4.0, *, on_hangup: str 
             sig = getattr(signal, name)
             previous[sig] = signal.signal(sig, handler)
     try:
-        return run_app(app)
+        return run_app(app, mouse=mouse)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -627,10 +1013,10 @@ def _detach(app: OverwatchApp, source: LiveSource) -> None:
         app._loop.call_soon_threadsafe(app.exit)
 
 
-def run_app(app: OverwatchApp) -> int:
+def run_app(app: OverwatchApp, *, mouse: bool = True) -> int:
     """Run a console built by the caller (to wire signals to ``app.request_quit`` first)."""
     try:
-        app.run()
+        app.run(mouse=mouse)
     except (OSError, termios_error):
         if not app.detached:
             raise
@@ -643,3 +1029,22 @@ def run_app(app: OverwatchApp) -> int:
     if app.detached and isinstance(app.source, LiveSource):
         return app.source.session.exit_code
     return app.return_code if app.return_code is not None else app.exit_code()
+
+
+def parse_epoch(text: str, epochs: int) -> tuple[int, int]:
+    """``EPISODE:EPOCH`` (both from 1, as on screen) or ``N`` (epochs across the run, from 1)
+    as (episode, epoch) counted from 0, or ValueError with the reason."""
+    stripped = text.strip()
+    try:
+        if ":" in stripped:
+            episode_text, epoch_text = stripped.split(":", 1)
+            episode, epoch = int(episode_text) - 1, int(epoch_text) - 1
+        else:
+            episode, epoch = divmod(int(stripped) - 1, epochs)
+    except ValueError:
+        raise ValueError(
+            f"enter EPISODE:EPOCH (e.g. 2:3) or an epoch number, not {stripped!r}"
+        ) from None
+    if episode < 0 or not 0 <= epoch < epochs:
+        raise ValueError(f"no epoch {stripped}: episodes count from 1, epochs 1..{epochs}")
+    return episode, epoch

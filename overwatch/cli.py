@@ -40,7 +40,7 @@ PACKAGE = "overwatch-esper"  # the distribution name in pyproject.toml
 # Console and headless refresh rates: above 60 Hz the view only steals the trainer's GIL time;
 # 0.1 Hz (a view every 10 s) is the slowest the headless view updates anyway.
 REFRESH_HZ = (0.1, 60.0)
-SPEED = (0.25, 8.0)  # replay speeds (SPEC 10)
+SPEED = (0.25, 64.0)  # replay speeds (SPEC 10); --speed max: as fast as possible
 FAULT_HELP = (
     "break the run on purpose to watch the safety machinery: KIND:ENV:EPOCH, KIND one of "
     + ", ".join(kind.value for kind in FaultKind)
@@ -138,6 +138,52 @@ def _add_refresh_hz(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_console_flags(parser: argparse.ArgumentParser) -> None:
+    """How the console looks and reaches the operator: the same for run, replay and attach."""
+    parser.add_argument(
+        "--bell", action="store_true", help="ring the terminal bell on every alert as well"
+    )
+    parser.add_argument(
+        "--theme",
+        type=_theme,
+        default=None,
+        metavar="NAME",
+        help="dark, light, high-contrast or any Textual theme (ctrl+p picks one live) "
+        "(default: dark)",
+    )
+    parser.add_argument(
+        "--ascii",
+        action="store_true",
+        help="draw with ASCII only, for terminals without box drawing (no plot)",
+    )
+    parser.add_argument(
+        "--no-mouse", action="store_true", help="leave the mouse to the terminal (select, paste)"
+    )
+
+
+def _theme(text: str) -> str:
+    from overwatch.widgets.themes import THEME_NAMES  # noqa: PLC0415 (imports Textual)
+
+    if text not in THEME_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown theme {text!r}; one of {', '.join(THEME_NAMES)}")
+    return text
+
+
+def _speed(text: str) -> float:
+    if text.strip().lower() == "max":
+        return math.inf
+    return _float_within(*SPEED, " or max")(text)
+
+
+def _console_options(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "bell": args.bell,
+        "theme": args.theme,
+        "ascii_only": args.ascii,
+        "mouse": not args.no_mouse,
+    }
+
+
 def version() -> str:
     """The installed package's version, or the source tree's when it is not installed."""
     try:
@@ -159,12 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("file")
     replay.add_argument(
-        "--speed", type=_float_within(*SPEED), default=1.0, help="playback speed, 0.25..8"
+        "--speed", type=_speed, default=1.0, help="playback speed, 0.25..64, or max"
     )
     replay.add_argument(
-        "--follow", action="store_true", help="tail a recording still being written"
+        "--follow",
+        action="store_true",
+        help="tail a recording still being written (or not created yet: wait for it)",
     )
     _add_refresh_hz(replay)
+    _add_console_flags(replay)
 
     attach = sub.add_parser(
         "attach",
@@ -177,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--console", default=None, help="the name acks give this console (default: attach-PID)"
     )
     _add_refresh_hz(attach)
+    _add_console_flags(attach)
 
     ps = sub.add_parser(
         "ps", help="list the runs under the runs directory", formatter_class=_HelpFormatter
@@ -325,6 +375,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "run ends as crashed, naming the rank that did not answer",
     )
     _add_refresh_hz(run)
+    _add_console_flags(run)
 
 
 def new_run_id() -> str:
@@ -428,7 +479,10 @@ def _cmd_run_here(
         from overwatch.sources import LiveSource  # noqa: PLC0415
 
         code = run_console(
-            LiveSource(session), refresh_hz=args.refresh_hz, on_hangup=args.on_hangup
+            LiveSource(session),
+            refresh_hz=args.refresh_hz,
+            on_hangup=args.on_hangup,
+            **_console_options(args),
         )
     if shard is not None:
         from esper_engine.distributed import close_group  # noqa: PLC0415
@@ -577,14 +631,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from overwatch.app import run_console  # noqa: PLC0415
     from overwatch.sources import ReplaySource  # noqa: PLC0415
 
-    if not Path(args.file).is_file():
+    path = Path(args.file)
+    # --follow waits for a recording that is not there yet (a run about to start).
+    if not path.is_file() and not (args.follow and not path.exists()):
         raise BadInput(f"no such recording: {args.file}")
     try:
         source = ReplaySource(args.file, speed=args.speed, follow=args.follow)
     except RecordingError as exc:
         raise BadInput(str(exc)) from None
     _freeze_loaded()
-    return run_console(source, refresh_hz=args.refresh_hz)
+    return run_console(source, refresh_hz=args.refresh_hz, **_console_options(args))
 
 
 def _freeze_loaded() -> None:
@@ -608,7 +664,11 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     except RunError as exc:
         raise BadInput(str(exc)) from None
     console = args.console or f"attach-{os.getpid()}"
-    return run_console(AttachSource(record, socket_path, console), refresh_hz=args.refresh_hz)
+    return run_console(
+        AttachSource(record, socket_path, console),
+        refresh_hz=args.refresh_hz,
+        **_console_options(args),
+    )
 
 
 def _cmd_ps(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ scaled by the playback speed, using a clock it is given (the app's timer drives 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 from esper_engine.contracts import (
     EpochSummary,
     Event,
+    GovernorPanic,
+    GovernorRollback,
     OperatorCommand,
     RunFinished,
     RunStarted,
@@ -31,7 +34,9 @@ if TYPE_CHECKING:  # the session imports torch; replay never needs it
 
     from esper_engine.session import TrainingSession
 
-SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Replay speeds; the last, infinite, is "as fast as possible": one epoch per refresh tick.
+SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, math.inf)
+INCIDENTS = (GovernorPanic, GovernorRollback)  # what n / N jump between in a replay
 # Recorded silences longer than this (a paused run, a slow epoch) are cut short in playback.
 MAX_IDLE_S = 3.0
 
@@ -80,6 +85,12 @@ class ReplayAction(StrEnum):
     SLOWER = "slower"
     HOME = "home"
     END = "end"
+    NEXT_INCIDENT = "next_incident"  # the next governor panic or rollback
+    PREVIOUS_INCIDENT = "previous_incident"
+
+
+def speed_label(speed: float) -> str:
+    return "max" if math.isinf(speed) else f"{speed:g}x"
 
 
 class EventSource(Protocol):
@@ -111,6 +122,11 @@ class EventSource(Protocol):
 
     def replay(self, action: ReplayAction) -> None:
         """Move the playback; only called when ``capabilities.replay_controls``."""
+        ...
+
+    def seek_epoch(self, episode: int, epoch: int) -> bool:
+        """Show the end of (episode, epoch), counted from 0; False when the recording has no
+        such epoch. Only called when ``capabilities.replay_controls``."""
         ...
 
 
@@ -194,6 +210,9 @@ class LiveSource:
     def replay(self, action: ReplayAction) -> None:
         raise TypeError("a live run has no playback controls")
 
+    def seek_epoch(self, episode: int, epoch: int) -> bool:
+        raise TypeError("a live run has no playback controls")
+
 
 class ReplaySource:
     """A recording played back read-only: play/pause, step by epoch, speed, jump to either end.
@@ -217,8 +236,8 @@ class ReplaySource:
     ) -> None:
         follower = RecordingFollower(path) if follow else None
         if follower is not None:
-            events = follower.poll()
-            self.warning = None
+            events = follower.poll()  # a file not created yet has no events yet
+            self.warning = None if os.path.exists(path) else f"waiting for {path} to be created…"
         else:
             reader = read_recording(path)
             events, self.warning = list(reader), reader.warning
@@ -255,6 +274,7 @@ class ReplaySource:
         self._clock = clock
         self._stops: list[int] = []
         self._epoch_last: dict[tuple[int, int], int] = {}
+        self._incidents: list[int] = []  # positions just after each governor panic or rollback
         self._index_epochs(0)
         self.playing = True
         self.cursor = len(events) if self.follow else self.start_index
@@ -274,7 +294,7 @@ class ReplaySource:
         if self._follower is not None:
             self._take_new_events()
         if self.playing:
-            self._advance(elapsed * self.speed)
+            self._advance(math.inf if math.isinf(self.speed) else elapsed * self.speed)
         if self.cursor < self._applied:
             self._applied = self.cursor
             return Polled(self.events[: self.cursor], reset=True)
@@ -311,7 +331,18 @@ class ReplaySource:
             ReplayAction.SLOWER: self.slower,
             ReplayAction.HOME: self.home,
             ReplayAction.END: self.end,
+            ReplayAction.NEXT_INCIDENT: self.next_incident,
+            ReplayAction.PREVIOUS_INCIDENT: self.previous_incident,
         }[action]()
+
+    def seek_epoch(self, episode: int, epoch: int) -> bool:
+        """Pause at the end of (episode, epoch); False (and no move) when there is none."""
+        stop = self._epoch_last.get((episode, epoch))
+        if stop is None:
+            return False
+        self.playing = False
+        self.seek(stop)
+        return True
 
     # --- playback controls ----------------------------------------------------------------------
 
@@ -351,9 +382,22 @@ class ReplaySource:
         self.seek(self.start_index)
 
     def end(self) -> None:
+        """Jump to the end: a finished recording pauses there, a followed one follows again."""
         self.seek(len(self.events))
-        if not self.follow:
-            self.playing = False
+        self.playing = self.follow
+
+    def next_incident(self) -> None:
+        """Pause just after the next governor panic or rollback (none: stay)."""
+        later = [i for i in self._incidents if i > self.cursor]
+        self.playing = False
+        if later:
+            self.seek(later[0])
+
+    def previous_incident(self) -> None:
+        earlier = [i for i in self._incidents if i < self.cursor]
+        self.playing = False
+        if earlier:
+            self.seek(earlier[-1])
 
     def seek(self, index: int) -> None:
         """Move the cursor; playback time continues from the last event shown."""
@@ -368,6 +412,10 @@ class ReplaySource:
         if self.cursor >= n:
             if not self.follow:
                 self.playing = False
+            return
+        if math.isinf(recorded_seconds):  # as fast as possible: an epoch per tick
+            self.cursor = next((s for s in self._stops if s > self.cursor), n)
+            self._replay_time = self._wall_before(self.cursor)
             return
         self._replay_time += recorded_seconds
         gap = events[self.cursor].wall_time - self._replay_time
@@ -408,6 +456,8 @@ class ReplaySource:
             event = self.events[i]
             if type(event) is EpochSummary:
                 self._epoch_last[(event.episode, event.epoch)] = i + 1
+            elif isinstance(event, INCIDENTS):
+                self._incidents.append(i + 1)
         self._stops = sorted(set(self._epoch_last.values()))
 
 
@@ -474,4 +524,7 @@ class AttachSource:
         return None
 
     def replay(self, action: ReplayAction) -> None:
+        raise TypeError("an attached run has no playback controls")
+
+    def seek_epoch(self, episode: int, epoch: int) -> bool:
         raise TypeError("an attached run has no playback controls")

@@ -9,6 +9,7 @@ place (and returns it) instead of copying it per event.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,14 +27,20 @@ from esper_engine.contracts import (
     PolicyUpdate,
     RunFinished,
     RunStarted,
+    RunStatus,
     SeedStage,
     SeedTransition,
     SlotState,
 )
 
 HISTORY = 120  # points kept per sparkline; wider than any panel shows
-LOG_SIZE = 500  # event log entries kept; older ones fall off
-STALE_AFTER_S = 10.0  # live mode: no event for this long means the trainer looks stuck
+PLOT_POINTS = 600  # points kept per plot series (the focused env's plot; ~5 screens wide)
+MARKS = 200  # rollback and seed-transition marks kept per env for its plot
+LOG_SIZE = 2000  # event log entries kept (scrollable); older ones fall off
+STALE_AFTER_S = 10.0  # live mode: no event for this long means the trainer looks stuck...
+STALE_EPOCHS = 2.0  # ...unless the run's own epochs are slower: then this many epoch times
+# Policies that never update themselves: no "last PPO update" figures for them.
+STATIC_POLICIES = frozenset({"heuristic", "static"})
 
 # Revision stamps, unique across every state in the process, so a widget can tell "unchanged"
 # from "rebuilt after a replay seek" by comparing one integer.
@@ -120,6 +127,22 @@ class EnvView:
     # Post-clip grad norm: from BatchStats when the trainer sends them (finer), else per epoch.
     grad_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY))
     grad_from_batches: bool = False
+    # The plot's series, x in epochs counted across the run from 1 (see ``epoch_x``):
+    # (x, val accuracy, val loss) per epoch, (x, post-clip grad norm) per batch, and the marks
+    # (x, "rollback" | stage reached) drawn as vertical lines.
+    epoch_points: deque[tuple[float, float, float]] = field(
+        default_factory=lambda: deque(maxlen=PLOT_POINTS)
+    )
+    grad_points: deque[tuple[float, float]] = field(
+        default_factory=lambda: deque(maxlen=PLOT_POINTS)
+    )
+    marks: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=MARKS))
+    # The epoch in progress, from its BatchStats: steps, clipped steps, post-clip norms summed
+    # over the finite steps (as EpochSummary averages them).
+    epoch_steps: int = 0
+    epoch_clipped: int = 0
+    epoch_grad_sum: float = 0.0
+    epoch_grad_steps: int = 0
 
     @property
     def latest(self) -> BatchStats | EpochSummary | None:
@@ -130,6 +153,16 @@ class EnvView:
     def grad_norm_post(self) -> float | None:
         latest = self.latest
         return None if latest is None else latest.grad_norm_post_clip
+
+    @property
+    def grad_period(self) -> tuple[float | None, float | None]:
+        """(mean post-clip grad norm, clipped share) of one period, so the two read together:
+        the epoch in progress when it has batches, else the last epoch summarised."""
+        if self.batch is not None and self.epoch_steps:
+            mean = self.epoch_grad_sum / self.epoch_grad_steps if self.epoch_grad_steps else None
+            return mean, self.epoch_clipped / self.epoch_steps
+        s = self.summary
+        return (None, None) if s is None else (s.grad_norm_post_clip, s.clipped_fraction)
 
     @property
     def samples_per_s(self) -> float:
@@ -179,6 +212,7 @@ class Note:
     episode: int = 0
     epoch: int = 0
     env: int | None = None
+    wall_time: float = 0.0  # seconds since the Unix epoch, like an event's
 
 
 LogEntry = Event | Note
@@ -212,6 +246,12 @@ class ConsoleState:
     clip_threshold: float | None = None  # the run-wide threshold last reported
     dropped: int = 0  # set by the app from its source: events the queue had to drop
     last_wall_time: float | None = None
+    started_wall_time: float | None = None  # RunStarted's
+    epoch_wall_time: float | None = None  # when the latest epoch (of any env) was summarised
+    batches_per_epoch: int = 0
+    # Incidents so far (governor panics, rollbacks, epochs with a non-finite loss, a crash):
+    # the header's alert count is this minus what the operator acknowledged.
+    alerts: int = 0
     events_seen: int = 0
     revision: int = field(default=0, compare=False)  # restamped on every event
     log_revision: int = field(default=0, compare=False)  # restamped on every log entry
@@ -242,6 +282,41 @@ class ConsoleState:
         """The run's throughput: the sum over envs of their latest."""
         return sum(view.samples_per_s for view in self.envs)
 
+    @property
+    def policy_updates(self) -> bool:
+        """The policy learns (PPO): the header has figures of its last update to show."""
+        return self.policy not in STATIC_POLICIES
+
+    @property
+    def epoch_seconds(self) -> float | None:
+        """The run's mean wall time per epoch so far (None before its first epoch)."""
+        if self.started_wall_time is None or self.epoch_wall_time is None or not self.epochs_done:
+            return None
+        return max(self.epoch_wall_time - self.started_wall_time, 0.0) / self.epochs_done
+
+    def elapsed(self, now: float) -> float | None:
+        """Seconds since RunStarted: to ``now`` while it runs, to its last event once ended."""
+        if self.started_wall_time is None:
+            return None
+        end = self.last_wall_time if self.finished or self.last_wall_time is None else now
+        return max(end - self.started_wall_time, 0.0)
+
+    def eta(self) -> float | None:
+        """Seconds left at the mean epoch time so far (None: not known yet, or finished)."""
+        per_epoch = self.epoch_seconds
+        total = self.episodes * self.epochs
+        if per_epoch is None or self.finished or not total:
+            return None
+        return per_epoch * max(total - self.epochs_done, 0)
+
+    def epoch_x(self, episode: int, epoch: int, batch: int | None = None) -> float:
+        """A plot's x for the end of (episode, epoch), or for a batch within it: epochs counted
+        across the run from 1, so episode 2's first epoch follows episode 1's last."""
+        x = float(episode * max(self.epochs, 1) + epoch + 1)
+        if batch is None or self.batches_per_epoch <= 0:
+            return x
+        return x - 1 + (batch + 1) / self.batches_per_epoch
+
 
 def reduce(state: ConsoleState, event: Event) -> ConsoleState:
     """Apply one event to ``state`` in place and return it (events of unknown type only count)."""
@@ -265,9 +340,11 @@ def reduce_many(state: ConsoleState, events: Iterable[Event]) -> ConsoleState:
     return state
 
 
-def log_note(state: ConsoleState, text: str, env: int | None = None) -> None:
+def log_note(
+    state: ConsoleState, text: str, env: int | None = None, wall_time: float = 0.0
+) -> None:
     """Record something the console did (a command sent) in the event log."""
-    _log(state, Note(text, state.episode, state.epoch, env))
+    _log(state, Note(text, state.episode, state.epoch, env, wall_time))
 
 
 def _log(state: ConsoleState, entry: LogEntry) -> None:
@@ -284,9 +361,16 @@ def liveness(state: ConsoleState, now: float, *, is_live: bool, read_only: bool)
     if state.last_wall_time is None:
         return "WAITING"
     # A paused trainer is silent on purpose; only a running one can look stuck.
-    if state.trainer_state == "running" and now - state.last_wall_time > STALE_AFTER_S:
+    if state.trainer_state == "running" and now - state.last_wall_time > stale_after(state):
         return "STALE"
     return "LIVE"
+
+
+def stale_after(state: ConsoleState) -> float:
+    """Seconds of silence before a running trainer looks stuck: judged against the run's own
+    epoch time (a 100 s language-model epoch is not stale at 10 s)."""
+    per_epoch = state.epoch_seconds
+    return max(STALE_AFTER_S, STALE_EPOCHS * per_epoch) if per_epoch else STALE_AFTER_S
 
 
 # --- handlers: one per event type --------------------------------------------------------------
@@ -318,6 +402,8 @@ def _run_started(state: ConsoleState, ev: RunStarted) -> None:
     state.epochs = ev.epochs
     state.random_guess_loss = ev.random_guess_loss
     state.host_params, state.seed_params = ev.host_params, ev.seed_params
+    state.batches_per_epoch = ev.batches_per_epoch
+    state.started_wall_time = ev.wall_time
     state.trainer_state = "running"
     threshold = ev.config.get("max_grad_norm")
     state.clip_threshold = float(threshold) if threshold else None
@@ -329,10 +415,19 @@ def _run_started(state: ConsoleState, ev: RunStarted) -> None:
 
 def _batch_stats(state: ConsoleState, ev: BatchStats) -> None:
     view = env_view(state, ev.env or 0)
+    if view.batch is None or (view.batch.episode, view.batch.epoch) != (ev.episode, ev.epoch):
+        view.epoch_steps = view.epoch_clipped = view.epoch_grad_steps = 0
+        view.epoch_grad_sum = 0.0
     view.batch = ev
+    view.epoch_steps += 1
+    view.epoch_clipped += ev.clipped
+    if math.isfinite(ev.grad_norm_post_clip):
+        view.epoch_grad_sum += ev.grad_norm_post_clip
+        view.epoch_grad_steps += 1
     view.clip_threshold = ev.clip_threshold
     view.grad_from_batches = True
     view.grad_history.append(ev.grad_norm_post_clip)
+    view.grad_points.append((state.epoch_x(ev.episode, ev.epoch, ev.batch), ev.grad_norm_post_clip))
     state.clip_threshold = ev.clip_threshold
 
 
@@ -344,8 +439,14 @@ def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
     view.clip_threshold = ev.clip_threshold
     view.val_acc_history.append(ev.val_accuracy)
     view.val_loss_history.append(ev.val_loss)
+    x = state.epoch_x(ev.episode, ev.epoch)
+    view.epoch_points.append((x, ev.val_accuracy, ev.val_loss))
     if not view.grad_from_batches:
         view.grad_history.append(ev.grad_norm_post_clip)
+        view.grad_points.append((x, ev.grad_norm_post_clip))
+    if not (math.isfinite(ev.val_loss) and math.isfinite(ev.train_loss)):
+        state.alerts += 1
+    state.epoch_wall_time = ev.wall_time
     for slot in ev.slots:
         _set_slot(view, slot)
     state.clip_threshold = ev.clip_threshold
@@ -383,16 +484,21 @@ def _seed_transition(state: ConsoleState, ev: SeedTransition) -> None:
         old, stage=ev.to_stage, blueprint=ev.blueprint, alpha=alpha, epochs_in_stage=0
     )
     _set_slot(view, new)  # GERMINATED: a new seed, so the slot's last value was another's
+    view.marks.append((state.epoch_x(ev.episode, ev.epoch), str(ev.to_stage)))
     _log(state, ev)
 
 
 def _governor_panic(state: ConsoleState, ev: GovernorPanic) -> None:
     env_view(state, ev.env or 0).governor_events.append(ev)
+    state.alerts += 1
     _log(state, ev)
 
 
 def _governor_rollback(state: ConsoleState, ev: GovernorRollback) -> None:
-    env_view(state, ev.env or 0).governor_events.append(ev)
+    view = env_view(state, ev.env or 0)
+    view.governor_events.append(ev)
+    view.marks.append((state.epoch_x(ev.episode, ev.epoch), "rollback"))
+    state.alerts += 1
     _log(state, ev)
 
 
@@ -431,6 +537,8 @@ def _run_finished(state: ConsoleState, ev: RunFinished) -> None:
     state.trainer_state = ev.status
     state.finished_status = ev.status
     state.error = ev.error
+    if ev.status == RunStatus.CRASHED:
+        state.alerts += 1
     _log(state, ev)
 
 

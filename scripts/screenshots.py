@@ -10,23 +10,34 @@ change only when the console or the fixture does.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the fixture lives in the test tree
 
-from tests.console.fixtures import live_app, replay_app  # noqa: E402
+from tests.console.fixtures import REAL_RUN_32, live_app, replay_app, running  # noqa: E402
 
 OUT = ROOT / "screenshots"
+os.environ["TZ"] = "UTC"  # the event log's wall-clock times, as in the snapshot tests
+time.tzset()
+
+
+def many_envs():
+    return live_app(running(REAL_RUN_32))
 
 
 SHOTS = {
     "live-120x40.svg": (live_app, (120, 40), []),
     "compact-80x24.svg": (live_app, (80, 24), []),
     "replay-120x40.svg": (replay_app, (120, 40), []),
-    "help-80x24.svg": (live_app, (80, 24), ["question_mark"]),
+    "help-80x24.svg": (live_app, (80, 24), ["a", "question_mark"]),
     "rollback-confirm-120x40.svg": (live_app, (120, 40), ["2", "r"]),
+    "many-envs-120x40.svg": (many_envs, (120, 40), ["g", "2", "5", "enter", "s"]),
+    "plot-200x60.svg": (live_app, (200, 60), ["2"]),
+    "log-search-120x40.svg": (live_app, (120, 40), ["f", "f", "slash", *"nan", "enter"]),
 }
 
 

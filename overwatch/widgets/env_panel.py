@@ -90,6 +90,14 @@ class EnvPanel(LineWidget):
             self.set_border_titles(*titles)
         self.redraw()
 
+    def show_planned(self, *, focused: bool) -> None:
+        """Before the env's first event: only the border says which env has the focus."""
+        self.set_class(focused, "-focused")
+        title = f"{'▶ ' if focused else ''}{env_label(self.env)}"
+        if (title, "") != self._titles:
+            self._titles = (title, "")
+            self.set_border_titles(title, "")
+
     def build_lines(self, width: int, height: int) -> list[Text]:
         view = self.view
         if view is None or view.summary is None:
@@ -173,15 +181,16 @@ class EnvPanel(LineWidget):
         return lines
 
     def _grad(self, view: EnvView, summary: EpochSummary | None, width: int) -> Text:
-        """Post-clip grad norm (the latest batch's, or the epoch's mean) against the threshold,
-        and the epoch's clipped fraction: bars at the threshold were clipped."""
+        """Post-clip grad norm against the threshold and the share of clipped steps, both of one
+        period (the epoch in progress, or the last one summarised); the sparkline is per batch
+        and its bars at the threshold were clipped."""
         threshold = view.clip_threshold
+        mean, fraction = view.grad_period
         text = self._label("grad ")
-        text.append(num(view.grad_norm_post, 2))
+        text.append(num(mean, 2))
         text.append(
             f"/{num(threshold, 2)}" if threshold else " (no clip)", self._style("panel--dim")
         )
-        fraction = summary.clipped_fraction if summary is not None else None
         clipped = f" clipped {pct(fraction, 0)}" if fraction is not None else ""
         text.append(" ")
         spark_width = max(width - text.cell_len - len(clipped) - 1, 0)

@@ -30,6 +30,7 @@ class EnvRow(Widget):
             return
         self._shown = (view.revision, focused)
         self.view = view
+        self.env = view.env  # sorted: a row shows whichever env is at its place
         self.focused_row = focused
         self.set_class(focused, "-focused")
         self.refresh()
@@ -50,7 +51,7 @@ class EnvRow(Widget):
         text.append(self._dim(" L"))
         text.append(f"{num(summary.val_loss, 2):>5}")
         text.append(self._dim(" g"))
-        text.append(f"{num(view.grad_norm_post, 2)}")
+        text.append(f"{num(view.grad_period[0], 2)}")
         text.append(self._dim(f"/{num(view.clip_threshold, 2)}"))
         text.append(" ")
         for slot in view.slots.values():

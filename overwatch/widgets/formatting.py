@@ -87,3 +87,20 @@ def measured_at(epoch: int) -> str:
 
 def rate(samples_per_s: float) -> str:
     return f"{samples_per_s:,.0f}/s"
+
+
+def duration(seconds: float | None) -> str:
+    """A span of wall time, to the second below an hour: ``42s``, ``3m07s``, ``2h05m``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    total = int(round(max(seconds, 0.0)))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 env``, ``4 envs``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -7,7 +7,14 @@ from rich.text import Text
 
 from esper_engine.contracts import RunStatus
 from overwatch.state import ConsoleState
-from overwatch.widgets.formatting import episode_number, epoch_number, num, signed
+from overwatch.widgets.formatting import (
+    duration,
+    episode_number,
+    epoch_number,
+    num,
+    plural,
+    signed,
+)
 from overwatch.widgets.lines import LineWidget
 from overwatch.widgets.sparkline import hbar
 
@@ -28,21 +35,47 @@ class RunHeader(LineWidget):
         "header--paused",
         "header--bad",
         "header--good",
+        "header--alert",
     }
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.state: ConsoleState | None = None
         self.liveness = "WAITING"
+        self.now = 0.0
+        self.alerts = 0  # not yet acknowledged
+        self.sort = "id"
+        self.layout_choice = "auto"  # the operator's choice with t; auto is not shown
         self._shown: tuple | None = None
 
-    def update(self, state: ConsoleState, *, liveness: str) -> None:
-        shown = (id(state), state.revision, state.dropped, liveness)
+    def update(
+        self,
+        state: ConsoleState,
+        *,
+        liveness: str,
+        now: float = 0.0,
+        alerts: int = 0,
+        sort: str = "id",
+        layout: str = "auto",
+    ) -> None:
+        elapsed = state.elapsed(now)
+        shown = (
+            id(state),
+            state.revision,
+            state.dropped,
+            liveness,
+            None if elapsed is None else int(elapsed),
+            alerts,
+            sort,
+            layout,
+        )
         if shown == self._shown:
             return
         self._shown = shown
         self.state = state
         self.liveness = liveness
+        self.now, self.alerts, self.sort = now, alerts, sort
+        self.layout_choice = layout
         self.redraw()  # most events change no figure up here: usually nothing to repaint
 
     def build_lines(self, width: int, height: int) -> list[Text]:
@@ -50,16 +83,17 @@ class RunHeader(LineWidget):
             return [Text("OVERWATCH", style=self._style("header--title"))]
         state = self.state
         wide = height >= 3  # a third line for the full PPO figures
+        ppo = state.policy_updates  # a heuristic or static policy never updates: no PPO figures
+        short = [self._ppo_short(state)] if ppo and not wide else []
         lines = [
             self._fit(self._identity(state), self._status(), width),
-            self._fit(
-                self._progress(state) + ([] if wide else [self._ppo_short(state)]), Text(), width
-            ),
+            # The timing gets the third line when PPO figures do not need it.
+            self._fit(self._progress(state, timing=ppo or not wide) + short, Text(), width),
         ]
         if wide:
-            ppo = self._ppo(state)
-            ppo.truncate(width)
-            lines.append(ppo)
+            third = self._ppo(state) if ppo else self._timing(state)
+            third.truncate(width)
+            lines.append(third)
         return lines
 
     def _fit(self, segments: list[Text], right: Text, width: int) -> Text:
@@ -81,7 +115,9 @@ class RunHeader(LineWidget):
         task = Text(f" · {state.task or '-'}")
         policy = Text(f" · {state.policy or '-'}", style=self._style("header--dim"))
         envs = Text(
-            f" · {state.n_envs} envs · {state.device or '-'}", style=self._style("header--dim")
+            f" · {plural(state.n_envs, 'env') if state.n_envs else '- envs'}"
+            f" · {state.device or '-'}",
+            style=self._style("header--dim"),
         )
         return [title, run, task, policy, envs]
 
@@ -92,7 +128,11 @@ class RunHeader(LineWidget):
             "REPLAY": "header--replay",
             "ENDED": "header--dim",
         }.get(self.liveness, "header--dim")
-        text = Text(f"● {self.liveness}", style=self._style(kind))
+        text = Text()
+        if self.alerts:
+            text.append(f"⚠ {plural(self.alerts, 'alert')} (a) ", self._style("header--alert"))
+            text.append("│ ", self._style("header--label"))
+        text.append(f"● {self.liveness}", style=self._style(kind))
         # The trainer's state as its events tell it (a live source reports a thread that died
         # without a word as a crash), or "starting" from the run's plan before the first event.
         trainer = self.state.trainer_state if self.state else "waiting"
@@ -106,12 +146,16 @@ class RunHeader(LineWidget):
         text.append(trainer, self._style(trainer_kind))
         return text
 
-    def _progress(self, state: ConsoleState) -> list[Text]:
+    def _progress(self, state: ConsoleState, *, timing: bool) -> list[Text]:
         label, dim = self._style("header--label"), self._style("header--dim")
+        # Before the first epoch is summarised no episode or epoch is done: "-", not "1".
+        begun = state.epochs_done > 0
         progress = Text(" episode ", style=label)
-        progress.append(f"{episode_number(state.episode)}/{state.episodes or '-'}")
+        progress.append(
+            f"{episode_number(state.episode) if begun else '-'}/{state.episodes or '-'}"
+        )
         progress.append(" · epoch ", label)
-        progress.append(f"{epoch_number(state.epoch)}/{state.epochs or '-'} ")
+        progress.append(f"{epoch_number(state.epoch) if begun else '-'}/{state.epochs or '-'} ")
         done = self._fraction_done(state)
         progress.append(hbar(done, PROGRESS_WIDTH).replace(" ", "░"), self._style("header--bar"))
         progress.append(f" {100 * done:3.0f}%")
@@ -125,7 +169,27 @@ class RunHeader(LineWidget):
         dropped = Text(" │ dropped ", style=label).append(
             f"{state.dropped}", self._style("header--bad") if state.dropped else Style()
         )
-        return [progress, throughput, clip, dropped]
+        segments = [progress, throughput, clip, dropped]
+        if timing:
+            segments.insert(1, self._elapsed_eta(state))
+        if self.sort != "id":
+            segments.append(Text(" │ sort ", style=label).append(self.sort))
+        if self.layout_choice != "auto":
+            segments.append(Text(" │ layout ", style=label).append(self.layout_choice))
+        return segments
+
+    def _elapsed_eta(self, state: ConsoleState) -> Text:
+        label = self._style("header--label")
+        text = Text(" │ elapsed ", style=label).append(duration(state.elapsed(self.now)))
+        return text.append(" ETA ", label).append(duration(state.eta()))
+
+    def _timing(self, state: ConsoleState) -> Text:
+        """The third line of a run whose policy never updates: elapsed, ETA, epoch time."""
+        label = self._style("header--label")
+        text = Text(" elapsed ", style=label).append(duration(state.elapsed(self.now)))
+        text.append(" · ETA ", label).append(duration(state.eta()))
+        text.append(" · epoch time ", label).append(duration(state.epoch_seconds))
+        return text
 
     def _ppo(self, state: ConsoleState) -> Text:
         """Every figure of the last policy update, labelled (wide layout)."""

@@ -6,7 +6,7 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from overwatch.sources import ReplayPosition
+from overwatch.sources import ReplayPosition, speed_label
 from overwatch.widgets.formatting import episode_number, epoch_number
 from overwatch.widgets.sparkline import hbar
 
@@ -35,7 +35,7 @@ class ReplayBar(Widget):
         mode = "FOLLOW" if pos.follow else "REPLAY"
         state = "▶ playing" if pos.playing else "❚❚ paused"
         text = Text(f" {mode} ", style=self._style("replay--mode"))
-        text.append(f" {state} {pos.speed:g}x ")
+        text.append(f" {state} {speed_label(pos.speed)} ")
         text.append("│ event ", self._style("replay--label"))
         text.append(f"{pos.index:,}/{pos.total:,} ")
         bar_width = BAR_WIDTH if self.content_size.width >= 100 else BAR_WIDTH // 2

@@ -31,6 +31,10 @@ from overwatch.state import RunPlan
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_RUN = FIXTURES / "real_run.msgpack"  # synthetic images, 4 envs x 2 episodes x 8 epochs
 REAL_RUN_LM = FIXTURES / "real_run_lm.msgpack"  # a language model, 2 envs x 2 episodes x 4 epochs
+# 32 envs x 1 episode x 3 epochs of 2 batches, heuristic policy: the many-envs screens. Recorded
+# by the real engine with `overwatch run --headless --n-envs 32 --episodes 1 --epochs 3
+# --batches-per-epoch 2 --seed 7 --record tests/console/fixtures/real_run_32.msgpack`.
+REAL_RUN_32 = FIXTURES / "real_run_32.msgpack"
 CRASH_ERROR = "RuntimeError: CUDA out of memory while allocating 2.00 GiB (env 2, epoch 3)"
 
 

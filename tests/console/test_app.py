@@ -362,7 +362,7 @@ async def test_replay_greys_out_the_controls() -> None:
     source = ReplaySource.from_events(real_events(), clock=lambda: 0.0)
     app = OverwatchApp(source, clock=lambda: 0.0)
     async with app.run_test(size=WIDE) as pilot:
-        for action in ("rollback", "clip_step", "clip_entry", "pause_toggle"):
+        for action in ("rollback", "clip_step", "clip_entry", "pause"):
             assert app.check_action(action, ()) is None
         await pilot.press("r", "c", "p", "right_square_bracket")
         await pilot.pause()
@@ -466,7 +466,8 @@ async def test_the_first_frame_says_what_is_starting() -> None:
             "OVERWATCH", "stub", "·", "synthetic-images", "·", "ppo", "·", "2", "envs",
         ]  # fmt: skip
         assert "trainer starting" in identity and "WAITING" in identity
-        assert "episode 1/3 · epoch 1/5" in progress and "clip 2.00" in progress
+        # nothing is done yet: no episode or epoch claimed
+        assert "episode -/3 · epoch -/5" in progress and "clip 2.00" in progress
         assert len(app._panels) == 2
         assert all(p.lines == ["waiting for the first epoch"] for p in app._panels)
 

@@ -75,6 +75,20 @@ class Sources:
         return batches[-1] if batches else None
 
     @property
+    def grad_period(self) -> tuple[float, float]:
+        """(mean post-clip grad norm over the finite steps, clipped share) of the epoch in
+        progress when it has batches, else of the summarised one: the panel shows one period."""
+        batches = [e for e in self.since if type(e) is BatchStats]
+        if not batches:
+            assert self.summary is not None
+            return self.summary.grad_norm_post_clip, self.summary.clipped_fraction
+        last = batches[-1]
+        batches = [b for b in batches if (b.episode, b.epoch) == (last.episode, last.epoch)]
+        finite = [b.grad_norm_post_clip for b in batches if math.isfinite(b.grad_norm_post_clip)]
+        mean = sum(finite) / len(finite) if finite else math.nan
+        return mean, sum(b.clipped for b in batches) / len(batches)
+
+    @property
     def quiet_since_summary(self) -> bool:
         """Nothing but batches since the summary: every other figure is still the summary's."""
         return all(type(e) is BatchStats for e in self.since)
@@ -185,8 +199,9 @@ def check_panel(
     bad.check(where, "val loss", _group(r"(?m)loss\s+(\S+)", text), num(summary.val_loss))
     if language_model:
         bad.check(where, "perplexity", _group(r"ppl (\S+)", text), num(summary.perplexity, 1))
-    grad = latest.grad_norm_post_clip
-    bad.check(where, "grad norm", _group(r"grad (\S+?)(/| \(no clip)", text), num(grad, 2))
+    grad, clipped = src.grad_period
+    shown_grad = num(grad, 2) if math.isfinite(grad) or src.batch is None else "-"
+    bad.check(where, "grad norm", _group(r"grad (\S+?)(/| \(no clip)", text), shown_grad)
     threshold = src.clip_threshold
     bad.check(
         where,
@@ -194,7 +209,7 @@ def check_panel(
         _group(r"grad \S+?(/\S+| \(no clip\))", text),
         f"/{num(threshold, 2)}" if threshold else " (no clip)",
     )
-    bad.check(where, "clipped %", _group(r"clipped (\S+)", text), pct(summary.clipped_fraction, 0))
+    bad.check(where, "clipped %", _group(r"clipped (\S+)", text), pct(clipped, 0))
     train = _find(r"train loss (\S+) · acc (\S+) · params ([\d,]+)(?:\+([\d,]+))?", text)
     if train:  # shown when the panel has room
         bad.check(where, "train loss", train.group(1), num(summary.train_loss))
@@ -303,8 +318,9 @@ def check_row(where: str, row: str, src: Sources, bad: Mismatches) -> None:
     bad.check(where, "row env", match.group(1), str(summary.env + 1))
     bad.check(where, "row val accuracy", match.group(2), pct(summary.val_accuracy))
     bad.check(where, "row val loss", match.group(3), num(summary.val_loss, 2))
-    grad = (src.batch or summary).grad_norm_post_clip
-    bad.check(where, "row grad norm", match.group(4), num(grad, 2))
+    grad = src.grad_period[0]
+    shown_grad = num(grad, 2) if math.isfinite(grad) or src.batch is None else "-"
+    bad.check(where, "row grad norm", match.group(4), shown_grad)
     bad.check(where, "row clip threshold", match.group(5), num(src.clip_threshold, 2))
     if src.quiet_since_summary:
         glyphs = "".join(STAGE_GLYPHS[slot.stage] for slot in summary.slots)
@@ -327,7 +343,13 @@ def check_header(where: str, lines: list[str], envs: list[Sources], bad: Mismatc
         bad.check(where, "header samples/s", shown, f"{total:,.0f}" if total > 0 else "-")
 
 
-def check_ppo(where: str, header: str, update: PolicyUpdate | None, bad: Mismatches) -> None:
+def check_ppo(
+    where: str, header: str, policy: str, update: PolicyUpdate | None, bad: Mismatches
+) -> None:
+    if policy != "ppo":  # a policy that never updates has no PPO figures, but the timing
+        bad.check(where, "no PPO line", _group(r"(last PPO update)", header), None)
+        bad.check(where, "timing line", _group(r"(elapsed \S+ · ETA \S+)", header) and "ok", "ok")
+        return
     if update is None:
         bad.check(where, "PPO", _group(r"last PPO update (none yet)", header), "none yet")
         return
@@ -384,7 +406,8 @@ async def screen_mismatches(events: list[Event], *, every_env: bool = True) -> M
                 if size == WIDE:
                     lines = screen(app)
                     check_header(f"{label} (wide)", lines, envs, bad)
-                    check_ppo(f"{label} (wide)", lines[2], updates[-1] if updates else None, bad)
+                    update = updates[-1] if updates else None
+                    check_ppo(f"{label} (wide)", lines[2], started.policy, update, bad)
                     for panel in app._panels:
                         where = f"{label}, env {panel.env + 1} (wide)"
                         check_panel(where, crop(lines, panel), envs[panel.env], lm, bad)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from esper_engine.contracts import Event, RunStarted, encode
+from esper_engine.contracts import (
+    EpochSummary,
+    Event,
+    GovernorPanic,
+    GovernorRollback,
+    RunStarted,
+    encode,
+)
 from esper_engine.recording import Recorder, RecordingError
 from overwatch.app import OverwatchApp
 from overwatch.sources import MAX_IDLE_S, SPEEDS, ReplaySource
@@ -116,8 +124,9 @@ def test_speed_doubles_and_halves_within_bounds(events: list[Event]) -> None:
         source.faster()
         assert source.speed == expected
     source.faster()
-    assert source.speed == SPEEDS[-1] == 8.0
-    for _ in range(10):
+    assert source.speed == SPEEDS[-1] == math.inf  # "max": as fast as possible
+    assert SPEEDS[-2] == 64.0
+    for _ in range(20):
         source.slower()
     assert source.speed == SPEEDS[0] == 0.25
 
@@ -133,6 +142,75 @@ def test_home_and_end(events: list[Event]) -> None:
     assert polled.reset and polled.events == events[:1]
     source.toggle_play()  # paused at the start: plays
     assert source.playing
+
+
+def test_max_speed_shows_an_epoch_per_tick(events: list[Event]) -> None:
+    stops = epoch_stops(events)
+    clock = FakeClock()
+    source = ReplaySource.from_events(events, speed=math.inf, clock=clock)
+    source.start()
+    assert source.speed == math.inf
+    for stop in stops[:3]:
+        source.poll()  # no time has to pass: no pacing at all
+        assert source.cursor == stop
+    assert source.position().speed == math.inf
+
+
+def test_next_and_previous_incident(events: list[Event]) -> None:
+    incidents = [
+        i + 1 for i, e in enumerate(events) if isinstance(e, (GovernorPanic, GovernorRollback))
+    ]
+    assert len(incidents) >= 3  # the real run's panic, its rollback and the operator's
+    source = ReplaySource.from_events(events, clock=FakeClock())
+    for position in incidents:
+        source.next_incident()
+        assert source.cursor == position and not source.playing
+    source.next_incident()  # none after the last: stays
+    assert source.cursor == incidents[-1]
+    source.previous_incident()
+    assert source.cursor == incidents[-2]
+
+
+def test_seek_epoch_lands_after_its_last_summary(events: list[Event]) -> None:
+    source = ReplaySource.from_events(events, clock=FakeClock())
+    assert source.seek_epoch(1, 2)
+    last = events[source.cursor - 1]
+    assert isinstance(last, EpochSummary) and (last.episode, last.epoch) == (1, 2)
+    assert not source.playing
+    assert not source.seek_epoch(9, 0)  # no such epoch: no move
+    assert events[source.cursor - 1] is last
+
+
+def test_end_in_follow_mode_follows_again(tmp_path: Path, events: list[Event]) -> None:
+    first, second, third = epoch_stops(events)[:3]  # the recorder flushes after summaries
+    recorder = Recorder(tmp_path / "live.msgpack")
+    for event in events[:second]:
+        recorder.emit(event)
+    source = ReplaySource(tmp_path / "live.msgpack", follow=True, clock=FakeClock())
+    source.step_back()  # the operator looks back: paused, behind the live end
+    assert not source.playing and source.cursor == first
+    source.end()
+    assert source.playing and source.at_end
+    for event in events[second:third]:
+        recorder.emit(event)
+    source.poll()
+    assert source.cursor == third  # following again: the new events are on screen
+    recorder.close()
+    source.stop()
+
+
+def test_follow_waits_for_a_recording_not_created_yet(tmp_path: Path, events: list[Event]) -> None:
+    path = tmp_path / "later.msgpack"
+    source = ReplaySource(path, follow=True, clock=FakeClock())
+    assert source.events == [] and "waiting for" in (source.warning or "")
+    assert source.poll().events == []
+    recorder = Recorder(path)
+    first = epoch_stops(events)[0]
+    for event in events[:first]:
+        recorder.emit(event)
+    assert same(source.poll().events, events[:first])
+    recorder.close()
+    source.stop()
 
 
 def test_play_at_the_end_starts_over(events: list[Event]) -> None:
@@ -206,6 +284,13 @@ async def test_keys_drive_the_replay(recording: Path, events: list[Event]) -> No
         assert source.speed == 2.0
         await pilot.press("end")
         assert source.at_end and app.state.finished_status == "completed"
+        await pilot.press("N")  # back to the last governor incident
+        assert isinstance(events[source.cursor - 1], (GovernorPanic, GovernorRollback))
+        await pilot.press("j")
+        await pilot.press(*"1:3", "enter")  # go to episode 1, epoch 3 (as on screen)
+        assert source.cursor == stops[2]
+        await pilot.press("j", *"99", "enter")  # no such epoch: a toast says so, no move
+        assert source.cursor == stops[2]
         await pilot.press("home")
         assert source.cursor == 1 and app.state.envs[0].summary is None
         await pilot.pause()

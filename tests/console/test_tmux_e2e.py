@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -277,3 +278,91 @@ def test_a_hung_up_console_keeps_training_detached_and_can_be_attached(tmp_path:
     events = rec.refresh()
     assert acked(rec, "Stop", "later")
     assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
+
+
+# --- the console in a real terminal: log search, 32 envs, 16 colours ------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+class Console:
+    """`overwatch replay FIXTURE --speed max` in a tmux pane of a given size and TERM."""
+
+    def __init__(self, fixture: str, size: tuple[int, int], term: str = "xterm-256color") -> None:
+        self.session = f"ow-{uuid.uuid4().hex[:8]}"
+        command = (
+            f"env -u COLORTERM -u COLUMNS -u LINES TERM={term} {sys.executable} -m overwatch.cli"
+            f" replay {FIXTURES / fixture} --speed max; sleep 60"
+        )
+        width, height = size
+        # The window is sized first and the console started in it after: a console started
+        # at tmux's default size would draw its first screens at 80x24.
+        new = ["tmux", "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height)]
+        # A server still exiting after the last test's session was killed refuses it: retry.
+        wait_until(lambda: subprocess.run(new, capture_output=True).returncode == 0, "tmux", 10)
+        tmux("set-option", "-t", self.session, "window-size", "manual")
+        tmux("resize-window", "-t", self.session, "-x", str(width), "-y", str(height))
+        tmux("respawn-pane", "-k", "-t", self.session, command)
+
+    def screen(self, escapes: bool = False) -> str:
+        return tmux("capture-pane", "-p", *(["-e"] if escapes else []), "-t", self.session)
+
+    def keys(self, *keys: str) -> None:
+        tmux("send-keys", "-t", self.session, *keys)
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        wait_until(lambda: text in self.screen(), f"{text!r} on screen", timeout)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], capture_output=True)
+
+
+def test_log_search_in_a_real_terminal() -> None:
+    console = Console("real_run.msgpack", (120, 40))
+    try:
+        console.wait_for("100.0%")  # as fast as possible: the whole recording is on screen
+        console.keys("/")
+        console.wait_for("Search the event log")
+        console.keys("BY OPERATOR", "Enter")  # any case
+        console.wait_for("events: /BY OPERATOR")
+        screen = console.screen().splitlines()
+        top = next(i for i, line in enumerate(screen) if "events: /BY OPERATOR" in line)
+        shown = [line for line in screen[top + 1 :] if re.match(r" \d\d:\d\d:\d\d ", line)]
+        # the fixture's operator rollback, and nothing else
+        assert len(shown) == 1 and "env 4 ROLLBACK by operator" in shown[0], shown
+        assert "events: /BY OPERATOR · 1/" in screen[top]  # the title counts what matched
+    finally:
+        console.close()
+
+
+def test_32_envs_at_120x40_in_a_real_terminal() -> None:
+    console = Console("real_run_32.msgpack", (120, 40))
+    try:
+        console.wait_for("100.0%")
+        screen = console.screen()
+        assert "32 envs" in screen and "env21" in screen  # the table, as many rows as fit
+        assert "env22" not in screen  # the rest scroll
+        console.keys("g")
+        console.wait_for("Go to env")
+        console.keys("30", "Enter")
+        wait_until(lambda: "▶env30" in console.screen(), "env 30 focused and in view")
+        assert "env 30" in console.screen()  # its panel below the table
+        console.keys("s")
+        console.wait_for("sort accuracy")
+    finally:
+        console.close()
+
+
+@pytest.mark.parametrize("term", ["xterm", "screen", "vt100"])
+def test_the_footer_is_legible_in_16_colours(term: str) -> None:
+    console = Console("real_run.msgpack", (160, 30), term=term)
+    try:
+        console.wait_for("100.0%")
+        footer = console.screen(escapes=True).splitlines()[-1]
+        assert "38;2" not in footer and "48;2" not in footer  # no 24-bit colour at all
+        # live keys bold bright yellow on bright blue, greyed-out keys bright black, not dim
+        assert "\x1b[1m\x1b[93m\x1b[104m?" in footer
+        assert "\x1b[90mr Rollback" in footer
+        assert "\x1b[2m" not in footer
+    finally:
+        console.close()

@@ -1,0 +1,172 @@
+"""Alerts (toasts, the header's count, acknowledging, the bell) and a status line that does not
+mislead (elapsed and ETA, STALE against the run's own epochs, Resume while paused, 1 env, the
+focused panel before the first event)."""
+
+from __future__ import annotations
+
+import functools
+
+import msgspec
+
+from esper_engine.commands import acknowledge
+from esper_engine.contracts import (
+    EpochSummary,
+    GovernorPanic,
+    GovernorRollback,
+    Pause,
+    RunFinished,
+)
+from overwatch.app import OverwatchApp
+from overwatch.state import STALE_AFTER_S, ConsoleState, RunPlan, reduce_many, stale_after
+from overwatch.widgets.env_panel import EnvPanel
+from overwatch.widgets.event_log import describe_alert
+from tests.console.fixtures import (
+    SCREEN_EPOCHS,
+    FakeLiveSource,
+    crashed_run,
+    frozen_clock,
+    live_app,
+    real_events,
+    run_async,
+    running,
+)
+
+WIDE = (120, 40)
+SMALL = (80, 24)
+
+
+def incidents(events: list) -> list:
+    return [e for e in events if describe_alert(e) is not None]
+
+
+@run_async
+async def test_incidents_raise_toasts_a_header_count_and_a_acknowledges() -> None:
+    events = running(epochs=SCREEN_EPOCHS)
+    assert {type(e) for e in incidents(events)} >= {GovernorPanic, GovernorRollback}
+    app = live_app(events)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        count = len(incidents(events))
+        assert app.state.alerts == count
+        assert f"⚠ {count} alerts (a)" in app._header.lines[0]
+        severities = {n.severity for n in app._notifications}
+        assert "error" in severities  # a rollback is an error, a panic a warning
+        await pilot.press("a")
+        assert "alerts" not in app._header.lines[0] and not app._notifications
+        rollback = next(e for e in events if type(e) is GovernorRollback)
+        app.source.push(msgspec.structs.replace(rollback, wall_time=events[-1].wall_time))
+        await app.tick()
+        assert "⚠ 1 alert (a)" in app._header.lines[0]  # singular, and only the new one
+
+
+@run_async
+async def test_bell_rings_on_alerts_only_with_bell() -> None:
+    for bell in (False, True):
+        events = running(epochs=SCREEN_EPOCHS)
+        app = OverwatchApp(FakeLiveSource(events), clock=frozen_clock(events), bell=bell)
+        rings: list[None] = []
+        app.bell = functools.partial(rings.append, None)  # type: ignore[method-assign]
+        async with app.run_test(size=WIDE) as pilot:
+            await pilot.pause()
+            assert bool(rings) is bell
+
+
+@run_async
+async def test_a_crash_and_a_non_finite_loss_are_errors() -> None:
+    events = crashed_run()
+    crash = events[-1]
+    assert isinstance(crash, RunFinished)
+    assert describe_alert(crash) == ("error", f"the trainer crashed: {crash.error}")
+    nan_epoch = next(
+        e for e in real_events() if type(e) is EpochSummary and e.val_loss != e.val_loss
+    )  # the real run's NaN fault
+    severity, text = describe_alert(nan_epoch)
+    assert severity == "error" and "non-finite loss" in text
+
+
+@run_async
+async def test_toasts_sit_at_the_top_and_never_hide_the_newest_log_lines() -> None:
+    app = live_app()
+    async with app.run_test(size=WIDE, notifications=True) as pilot:
+        await pilot.pause()
+        for n in range(8):  # a pile of toasts
+            app.notify(f"alert {n}", timeout=30)
+        await pilot.pause()
+        from textual.widgets._toast import ToastRack  # noqa: PLC0415
+
+        rack = app.screen.get_child_by_type(ToastRack)
+        log = app._logs[0]
+        assert rack.styles.dock == "top"
+        assert rack.region.bottom <= log.region.y  # above the log, however many toasts
+
+
+def test_stale_is_judged_against_the_runs_own_epoch_time() -> None:
+    events = real_events()
+    state = reduce_many(ConsoleState(), events[:-1])
+    assert state.epoch_seconds is not None and state.epoch_seconds < 5
+    assert stale_after(state) == STALE_AFTER_S  # fast epochs: the 10 s floor
+    slow = ConsoleState()
+    slow.started_wall_time, slow.epoch_wall_time, slow.epochs_done = 0.0, 400.0, 4
+    assert stale_after(slow) == 200.0  # 100 s epochs: not stale at 10 s, nor at 150 s
+
+
+def test_elapsed_and_eta_from_the_recorded_epochs() -> None:
+    events = running(epochs=4)
+    state = reduce_many(ConsoleState(), events)
+    started = events[0].wall_time
+    last_summary = max(e.wall_time for e in events if type(e) is EpochSummary)
+    per_epoch = (last_summary - started) / 4
+    assert state.elapsed(started + 30.0) == 30.0
+    assert abs(state.eta() - per_epoch * (2 * 8 - 4)) < 1e-6
+    finished = reduce_many(ConsoleState(), real_events())
+    assert finished.eta() is None
+    assert finished.elapsed(10**10) == real_events()[-1].wall_time - started  # not "now"
+
+
+@run_async
+async def test_the_footer_says_resume_while_paused() -> None:
+    app = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+
+        def footer_keys() -> set[str]:
+            return {key.description for key in app.screen.query("FooterKey")}
+
+        assert "Pause" in footer_keys() and "Resume" not in footer_keys()
+        await pilot.press("p")
+        await pilot.pause()
+        assert "Resume" in footer_keys() and "Pause" not in footer_keys()
+        app.source.push(acknowledge(Pause(command_id=1), accepted=True))
+        await app.tick()
+        await pilot.pause()
+        assert app.state.trainer_state == "paused" and "Resume" in footer_keys()
+
+
+@run_async
+async def test_one_env_is_singular_and_a_heuristic_run_has_no_ppo_line() -> None:
+    events = [e for e in running(epochs=2) if e.env in (None, 0)]
+    events[0] = msgspec.structs.replace(events[0], n_envs=1)
+    app = live_app(events)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        header = app._header.lines
+        assert " 1 env " in header[0] + " " and "1 envs" not in header[0]
+        assert "PPO" not in "\n".join(header)
+        assert "elapsed" in header[2] and "ETA" in header[2] and "epoch time" in header[2]
+
+
+@run_async
+async def test_before_the_first_event_the_focused_panel_is_highlighted() -> None:
+    plan = RunPlan("planned", "synthetic-images", "heuristic", 4, 2, 8, "cpu", 1.0)
+    app = OverwatchApp(FakeLiveSource([], plan=plan), clock=lambda: 0.0)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        focused = [p.env for p in app.query(EnvPanel) if p.has_class("-focused")]
+        assert focused[:1] == [0] and "detail" not in {
+            p.id for p in app.query(EnvPanel) if p.has_class("-focused") and p.env
+        }
+        await pilot.press("3")
+        await pilot.pause()
+        assert [p.env for p in app._panels if p.has_class("-focused")] == [2]
+        progress = app._header.lines[1]
+        assert "episode -/2 · epoch -/8" in progress and "0%" in progress

@@ -45,7 +45,11 @@ class SharedBatchIterator:
         seed: int,
         device: torch.device | str = "cpu",
         prepare: Callable[[Tensor], Tensor] | None = None,
+        keep: range | None = None,
     ) -> None:
+        """``keep``: the envs whose slices this process trains (a rank's block, SPEC 13); the
+        draw is the whole run's, so every env sees the data it sees in one process, but only
+        the kept slices are gathered and prepared."""
         check_samples("training set", x, y)
         if n_envs < 1 or batch_size < 1:
             raise ValueError(f"n_envs and batch_size must be >= 1, got {n_envs}, {batch_size}")
@@ -53,6 +57,9 @@ class SharedBatchIterator:
         self.n_envs, self.batch_size = n_envs, batch_size
         self.device = torch.device(device)
         self.prepare = prepare
+        self.keep = range(n_envs) if keep is None else keep
+        if not self.keep or self.keep.start < 0 or self.keep.stop > n_envs or self.keep.step != 1:
+            raise ValueError(f"keep must be a contiguous block of range({n_envs}), got {keep}")
         self.generator = torch.Generator().manual_seed(seed)
         # Async host-to-device copies need page-locked memory; only worth it for CUDA.
         self.pin = self.device.type == "cuda" and x.device.type == "cpu"
@@ -74,6 +81,7 @@ class SharedBatchIterator:
 
     def __next__(self) -> list[tuple[Tensor, Tensor]]:
         indices = self._next_indices()
+        indices = indices[self.keep.start * self.batch_size : self.keep.stop * self.batch_size]
         x, y = self._to_device(self.x[indices]), self._to_device(self.y[indices])
         if self.prepare is not None:
             x = self.prepare(x)

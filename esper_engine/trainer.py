@@ -213,15 +213,13 @@ class VectorizedTrainer:
 
     def _train_epoch(self) -> list[TensorTotals]:
         totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
-        first, last = self.shard.envs.start, self.shard.envs.stop
         every = self.config.batch_stats_every
         self._train_started = time.perf_counter()  # BatchStats' throughput counts from here
         for batch in range(self.config.batches_per_epoch):
             hold_point("train-batch")
             self._safe_point()
             # Every rank draws the whole batch as one process would and keeps its envs' slices.
-            draw = next(self.batches)[first:last]
-            for env, total, (x, y) in zip(self.envs, totals, draw, strict=True):
+            for env, total, (x, y) in zip(self.envs, totals, next(self.batches), strict=True):
                 result = process_train_batch(env.state, x, y, self.task)
                 due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
@@ -585,6 +583,7 @@ class VectorizedTrainer:
             seed=cfg.seed,
             device=device,
             prepare=self.task.prepare,
+            keep=self.shard.envs,
         )
         self.val_batches = self._fixed_val_batches(device)
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)

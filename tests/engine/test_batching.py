@@ -144,3 +144,20 @@ def test_check_samples_names_the_split() -> None:
     check_samples("validation set", torch.arange(1), torch.arange(1))
     with pytest.raises(ValueError, match="^validation set is empty$"):
         check_samples("validation set", torch.zeros(0, 3), torch.zeros(0))
+
+
+def test_a_rank_keeps_exactly_its_envs_slices_of_the_whole_draw() -> None:
+    x, y = numbered(50)  # a draw of 4 x 5 = 20 wraps into a new pass every third draw
+    whole = SharedBatchIterator(x, y, n_envs=4, batch_size=5, seed=3)
+    ranks = [SharedBatchIterator(x, y, n_envs=4, batch_size=5, seed=3, keep=block)
+             for block in (range(0, 1), range(1, 4))]
+    for _ in range(7):
+        expected = draw_ids(next(whole))
+        assert draw_ids(next(ranks[0])) + draw_ids(next(ranks[1])) == expected
+
+
+@pytest.mark.parametrize("keep", [range(0), range(2, 5), range(0, 4, 2)])
+def test_a_kept_block_must_be_contiguous_and_inside_the_envs(keep: range) -> None:
+    x, y = numbered(50)
+    with pytest.raises(ValueError, match="contiguous block"):
+        SharedBatchIterator(x, y, n_envs=4, batch_size=5, seed=0, keep=keep)

@@ -49,7 +49,7 @@ from esper_engine.lifecycle import SeedStage
 from esper_engine.model import create_model
 from esper_engine.policy.driver import PolicyDriver
 from esper_engine.policy.observation import EnvObservation
-from esper_engine.policy.rewards import compute_reward
+from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
@@ -285,21 +285,15 @@ class VectorizedTrainer:
 
     def _reward(self, env: EnvRuntime, fig: EpochFigures, obs: EnvObservation) -> None:
         """Pay the env's previous action now that its effect is measured."""
+        rent = capacity_rent(obs.host_params, obs.seed_params, self.config.param_rent)
         if env.cut_by_operator:  # the operator's rollback, not the action, shaped this epoch
             self.policy.truncate(env.index, obs)
             env.cut_by_operator, env.last_reward = False, 0.0
         else:
-            reward = compute_reward(
-                env.prev_val_acc,
-                fig.val_accuracy,
-                env.contributions(),
-                obs.host_params,
-                obs.seed_params,
-                self.config.param_rent,
-            )
+            reward = compute_reward(env.prev_val_acc, fig.val_accuracy, env.prev_rent, rent)
             self.policy.reward(env.index, reward)
             env.last_reward = reward
-        env.prev_val_acc = fig.val_accuracy
+        env.prev_val_acc, env.prev_rent = fig.val_accuracy, rent
 
     def _act(self, envs: list[EnvRuntime], observations: dict[int, EnvObservation]) -> None:
         if not envs:

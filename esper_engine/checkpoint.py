@@ -29,7 +29,7 @@ from esper_engine.config import TrainingConfig
 from esper_engine.contracts import RunFinished, RunStarted, RunStatus
 from esper_engine.recording import RecordingError, read_recording
 
-CHECKPOINT_FORMAT = 1  # of the checkpoint's layout; bumped when a part's state changes shape
+CHECKPOINT_FORMAT = 2  # of the checkpoint's layout; bumped when a part's state changes shape
 SUFFIX = ".ckpt"
 # Tests only: "POINT:N:MARKER" blocks the N-th pass through POINT (checkpoint-write: between the
 # temporary file's fsync and the rename; policy-update: before a PPO update; train-batch: before

@@ -5,6 +5,10 @@ The loop (``trainer.py``) reads as a story; the per-env bookkeeping it needs liv
 
 from __future__ import annotations
 
+import hashlib
+import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import msgspec
@@ -73,6 +77,9 @@ class EnvRuntime:
     task: Task
     state: ParallelEnvState = field(init=False)
     governor: TolariaGovernor = field(init=False)
+    # This env's own random stream (seed weights at germination): no env's draws depend on what
+    # another env drew, so the envs can run in any order, in any process (SPEC 13).
+    generator: torch.Generator = field(init=False)
     acc_history: list[float] = field(default_factory=list)
     loss_history: list[float] = field(default_factory=list)
     last_action: str = "WAIT"
@@ -87,6 +94,7 @@ class EnvRuntime:
 
     def __post_init__(self) -> None:
         self.clip_threshold = self.config.max_grad_norm if self.config.clip_enabled() else None
+        self.generator = torch.Generator().manual_seed(env_seed(self.config.seed, self.index))
         model = self._new_model()
         self.state = self._new_state(model)
         self.governor = TolariaGovernor(
@@ -107,7 +115,7 @@ class EnvRuntime:
         """Fresh weights for each env and episode, reproducible from the run's seed.
 
         The host's initialisation draws from its own generator state (fork_rng), so creating a
-        host never disturbs the global stream that seed germinations draw from.
+        host never disturbs the global stream.
         """
         init_seed = (self.config.seed * 1000 + self.index) * 1000 + self.episodes_started
         with torch.random.fork_rng(devices=[]):
@@ -156,6 +164,7 @@ class EnvRuntime:
         state = self.state
         return {
             "episodes_started": self.episodes_started,
+            "generator": self.generator.get_state(),
             "model": self.model.checkpoint_state(),
             "host_optimizer": state.host_optimizer.state_dict(),
             "seed_optimizers": [
@@ -181,6 +190,7 @@ class EnvRuntime:
     def load_state_dict(self, saved: dict) -> None:
         """Restore ``state_dict`` onto a freshly built env of the same config and task."""
         self.episodes_started = int(saved["episodes_started"])
+        self.generator.set_state(saved["generator"])
         self.model.load_checkpoint_state(saved["model"])
         state = self.state
         state.host_optimizer.load_state_dict(saved["host_optimizer"])
@@ -244,19 +254,38 @@ class EnvRuntime:
             return
         slot_id = self.model.slot_ids[action.slot_index]
         if action.op == Op.GERMINATE:
-            self.model.germinate(
-                slot_id,
-                blueprints[action.blueprint_index],
-                initiator=Initiator.POLICY,
-                blend_epochs=self.config.lifecycle.blend_epochs,
-                schedule=self.config.lifecycle.alpha_schedule,
-            )
+            with drawing_from(self.generator):  # the seed's initial weights are this env's
+                self.model.germinate(
+                    slot_id,
+                    blueprints[action.blueprint_index],
+                    initiator=Initiator.POLICY,
+                    blend_epochs=self.config.lifecycle.blend_epochs,
+                    schedule=self.config.lifecycle.alpha_schedule,
+                )
         elif action.op == Op.ADVANCE:
             self.model.advance(slot_id, initiator=Initiator.POLICY)
         elif action.op == Op.PRUNE:
             self.model.prune(slot_id, initiator=Initiator.POLICY)
         elif action.op == Op.FOSSILIZE:
             self.model.fossilize(slot_id, initiator=Initiator.POLICY)
+
+
+def env_seed(run_seed: int, env: int) -> int:
+    """The seed of env ``env``'s own generator: a keyed hash, distinct per (run, env), stable
+    across processes (``hash()`` is salted per process). Below 2**63, like every torch seed."""
+    key = f"{operator.index(run_seed)},{operator.index(env)}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8, person=b"esper.env").digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@contextmanager
+def drawing_from(generator: torch.Generator) -> Iterator[None]:
+    """Inside the block the global CPU stream (which ``nn.Module`` initialisers draw from) is
+    seeded from one draw of ``generator``; outside it the global stream is as it was."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def _slot_observation(model: MorphogeneticModel, slot_id: str) -> SlotObservation:

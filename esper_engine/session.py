@@ -25,6 +25,7 @@ from esper_engine.contracts import (
     TelemetryEvent,
 )
 from esper_engine.control import ControlServer
+from esper_engine.distributed import Shard
 from esper_engine.model import resolve_device
 from esper_engine.recording import Recorder, read_recording
 from esper_engine.tasks import Task, load_task
@@ -43,9 +44,12 @@ class TrainingSession:
         run_id: str,
         record_path: Path | None = None,
         resume: ResumePlan | None = None,
+        shard: Shard | None = None,
     ) -> None:
         """``resume``: continue that plan's run (its recording is ``record_path``, cut back to the
-        checkpoint); ``history`` then holds the recording's events up to the checkpoint."""
+        checkpoint); ``history`` then holds the recording's events up to the checkpoint.
+        ``shard``: the leader's (rank 0's) block when torchrun runs several ranks; such a run
+        writes no checkpoints (not built for sharded runs yet)."""
         self.config = config
         self.task = task
         self.run_id = run_id
@@ -68,9 +72,12 @@ class TrainingSession:
             commands=self._commands,
             run_id=run_id,
             task=task,
-            checkpoint=None if record_path is None else checkpoint_path(record_path),
+            checkpoint=None
+            if record_path is None or shard is not None
+            else checkpoint_path(record_path),
             recording_bytes=None if self.recorder is None else self.recorder.sync,
             resume_from=None if resume is None else resume.checkpoint,
+            shard=shard,
         )
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
         self.finished: RunFinished | None = None
@@ -152,6 +159,7 @@ def prepare_session(
     run_id: str,
     record_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    shard: Shard | None = None,
 ) -> TrainingSession:
     """Load the task and check the config before any thread starts (errors raise ValueError)."""
     resolve_device(config.device)  # fail fast, before generating or reading any data
@@ -160,7 +168,7 @@ def prepare_session(
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
     validate_run(config, task)
     check_blueprint_preferences(config)
-    return TrainingSession(config, task, run_id=run_id, record_path=record_path)
+    return TrainingSession(config, task, run_id=run_id, record_path=record_path, shard=shard)
 
 
 def prepare_resume(

@@ -311,7 +311,7 @@ class SeedSlot(nn.Module):
 
     def load_lifecycle_state(self, state: dict, device: torch.device | str) -> None:
         """Restore ``lifecycle_state``; a seed module is rebuilt empty (the caller loads its
-        weights) without drawing from the global random stream germinations use."""
+        weights) without drawing from the global random stream."""
         self.seed = None
         if state["has_seed"]:
             with torch.random.fork_rng(devices=[]):

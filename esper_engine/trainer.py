@@ -43,6 +43,15 @@ from esper_engine.contracts import (
     SetClipThreshold,
     Stop,
 )
+from esper_engine.distributed import (
+    Exchange,
+    LeaderPolicy,
+    Shard,
+    WorkerPolicy,
+    forward_events,
+    report_crash,
+    send_commands,
+)
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
 from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
 from esper_engine.lifecycle import SeedStage
@@ -87,11 +96,14 @@ class VectorizedTrainer:
         checkpoint: Path | None = None,
         recording_bytes: Callable[[], int] | None = None,
         resume_from: dict[str, Any] | None = None,
+        shard: Shard | None = None,
     ) -> None:
         """``checkpoint``: where to write one every ``config.checkpoint_every`` epochs;
         ``recording_bytes`` flushes the recording and returns its length (stored with each
         checkpoint). ``resume_from``: a checkpoint's state to continue from instead of starting
-        (``checkpoint.plan_resume`` has checked it matches this config and run id)."""
+        (``checkpoint.plan_resume`` has checked it matches this config and run id).
+        ``shard``: this process's block of envs when torchrun runs several (``distributed``);
+        its rank 0 is given the run's sink, the others a ``ForwardingSink``."""
         config.validate()
         self.config = config
         self.sink = sink
@@ -108,6 +120,8 @@ class VectorizedTrainer:
         self._recording_bytes = recording_bytes
         self._resume_from = resume_from
         self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
+        self.shard = shard or Shard(0, 1, config.n_envs)
+        self.exchange = Exchange(self.shard) if self.shard.distributed else None
 
     # --- the story ----------------------------------------------------------------------------
 
@@ -124,6 +138,8 @@ class VectorizedTrainer:
         except Exception as exc:  # noqa: BLE001 - a crash is reported, not swallowed
             status, error = RunStatus.CRASHED, _describe(exc)
         status, error = self._last_checkpoint_written(status, error)
+        if error is not None and not self.shard.is_leader:
+            report_crash(self.shard.rank, error)  # the leader names it in its RunFinished
         finished = RunFinished(**self._common(None), status=status, error=error)
         self.sink.emit(finished)
         return finished
@@ -151,9 +167,12 @@ class VectorizedTrainer:
         for env in self.envs:
             env.state.set_lr_scale(self.config.lr_scale(epoch))
         self._inject_faults(epoch)
+        if self.exchange is not None:  # the ranks take the operator's commands together
+            self._exchange_commands()
         train = self._train_epoch()
         val = self._validate()
-        figures = self._synchronise(train, val)
+        measured = self._synchronise(train, val)
+        figures = {env.index: fig for env, fig in zip(self.envs, measured, strict=True)}
         elapsed = time.perf_counter() - started - self._paused_s
         healthy = [env for env in self.envs if not self._govern(env, figures[env.index])]
         for env in healthy:
@@ -170,25 +189,32 @@ class VectorizedTrainer:
         clean = [env for env in healthy if env.governor.last_check_clean]
         if epoch < self.config.epochs - 1:  # an action after the last epoch could never pay off
             self._act(clean, observations)
+        elif self.exchange is not None:  # no action, but the rewards still go to the policy
+            self._act([], observations)
         for env in clean:
             env.governor.snapshot()
         for env in self.envs:
             self._emit_summary(env, figures[env.index], elapsed)
+        if self.exchange is not None:
+            forward_events(self.exchange, self.sink)
 
     # --- the epoch's parts --------------------------------------------------------------------
 
     def _train_epoch(self) -> list[TensorTotals]:
         totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
+        first, last = self.shard.envs.start, self.shard.envs.stop
         every = self.config.batch_stats_every
         self._train_started = time.perf_counter()  # BatchStats' throughput counts from here
         for batch in range(self.config.batches_per_epoch):
             hold_point("train-batch")
             self._safe_point()
-            for env, (x, y) in zip(self.envs, next(self.batches), strict=True):
+            # Every rank draws the whole batch as one process would and keeps its envs' slices.
+            draw = next(self.batches)[first:last]
+            for env, total, (x, y) in zip(self.envs, totals, draw, strict=True):
                 result = process_train_batch(env.state, x, y, self.task)
                 due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
-                    totals[env.index].add_train(result)
+                    total.add_train(result)
                     stats = _batch_stats_tensor(result) if due else None
                 if stats is not None:
                     self._emit_batch_stats(env, batch, stats)
@@ -198,10 +224,10 @@ class VectorizedTrainer:
 
     def _validate(self) -> list[TensorTotals]:
         totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
-        for env in self.envs:
+        for env, total in zip(self.envs, totals, strict=True):
             started = time.perf_counter()
             for x, y in self.val_batches:
-                totals[env.index].add_val(process_val_batch(env.model, x, y, self.task))
+                total.add_val(process_val_batch(env.model, x, y, self.task))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
         return totals
 
@@ -296,7 +322,7 @@ class VectorizedTrainer:
         env.prev_val_acc, env.prev_rent = fig.val_accuracy, rent
 
     def _act(self, envs: list[EnvRuntime], observations: dict[int, EnvObservation]) -> None:
-        if not envs:
+        if not envs and self.exchange is None:  # sharded: the exchange happens regardless
             return
         indices = [env.index for env in envs]
         actions = self.policy.choose(indices, [observations[i] for i in indices])
@@ -333,6 +359,8 @@ class VectorizedTrainer:
         """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
         starts, with the recording's length at this point (its events are all written)."""
         every = self.config.checkpoint_every
+        if self.exchange is not None:  # not built: a checkpoint of every rank's envs
+            return
         done = next_episode * self.config.epochs + next_epoch  # epochs finished so far
         if self._checkpoints is None or not every or done % every:
             return
@@ -342,10 +370,8 @@ class VectorizedTrainer:
 
     def checkpoint_state(self, episode: int, epoch: int, recording_bytes: int) -> dict[str, Any]:
         """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12)."""
-        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
-        device = torch.device(self.config.device)
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(device)
+        # No global random stream: every env's generator is in its state, the loader's and the
+        # policy's in theirs.
         return {
             "format": CHECKPOINT_FORMAT,
             "run_id": self.run_id,
@@ -355,15 +381,13 @@ class VectorizedTrainer:
             "epoch": epoch,
             "updates": self._updates,
             "recording_bytes": recording_bytes,
-            "rng": rng,
             "batches": self.batches.state_dict(),
             "envs": [env.state_dict() for env in self.envs],
             "policy": self.policy.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint onto the freshly set-up run; the global stream goes back last,
-        after everything that building the run drew from it."""
+        """Load a checkpoint onto the freshly set-up run."""
         if len(state["envs"]) != len(self.envs):
             raise ValueError(f"checkpoint has {len(state['envs'])} envs, config {len(self.envs)}")
         for env, env_state in zip(self.envs, state["envs"], strict=True):
@@ -373,9 +397,6 @@ class VectorizedTrainer:
         self._updates = int(state["updates"])
         self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
         self._start = (self.episode, self.epoch)
-        torch.set_rng_state(state["rng"]["torch"])
-        if "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], torch.device(self.config.device))
 
     # --- governor and operator ----------------------------------------------------------------
 
@@ -398,7 +419,9 @@ class VectorizedTrainer:
         for fault in self.faults:
             if fault.epoch != epoch:
                 continue
-            env = self.envs[fault.env]
+            env = self._own_env(fault.env)
+            if env is None:  # another rank's env: that rank injects it
+                continue
             if fault.kind is FaultKind.CRASH:
                 raise InjectedCrash(f"injected fault crash:{fault.env + 1}:{epoch + 1}")
             if fault.kind is FaultKind.DIVERGE:  # from now on: set_lr_scale keeps the factor
@@ -418,8 +441,76 @@ class VectorizedTrainer:
                 for p in params:
                     p.fill_(float("nan"))
 
+    def _own_env(self, env: int) -> EnvRuntime | None:
+        """Global env ``env`` if this process trains it."""
+        envs = self.shard.envs
+        return self.envs[env - envs.start] if env in envs else None
+
+    def _exchange_commands(self) -> None:
+        """Sharded runs: at the epoch's start the leader validates the queued commands against
+        the global env range and sends the accepted ones to every rank, which applies those for
+        its envs; while paused the leader goes on sending (so no exchange times out)."""
+        assert self.exchange is not None
+        keep_alive = max(0.05, min(1.0, self.shard.timeout_s / 4))
+        while True:
+            commands = self._accepted_commands(block=keep_alive if self.paused else None)
+            for command in send_commands(self.exchange, commands):
+                self._apply_everywhere(command)
+            if not self.paused:
+                return
+
+    def _accepted_commands(self, block: float | None) -> list[OperatorCommand] | None:
+        """Leader: the queued commands that pass validation (the others are answered now);
+        ``block``: wait that long for the first. Worker: None (it receives them)."""
+        if not self.shard.is_leader:
+            return None
+        queued: list[OperatorCommand] = []
+        if block is not None:
+            try:
+                queued.append(self.commands.get(timeout=block))
+            except queue.Empty:
+                pass
+        while True:
+            try:
+                queued.append(self.commands.get_nowait())
+            except queue.Empty:
+                break
+        accepted = []
+        paused = self.paused
+        for command in queued:
+            reason = rejection(command, self.config.n_envs, paused)
+            if reason is not None:
+                self.sink.emit(
+                    acknowledge(command, accepted=False, reason=reason, **self._common(None))
+                )
+                continue
+            accepted.append(command)
+            if isinstance(command, Pause | Resume):
+                paused = isinstance(command, Pause)
+        return accepted
+
+    def _apply_everywhere(self, command: OperatorCommand) -> None:
+        """An accepted command: each rank does its part, the leader acknowledges it."""
+        if isinstance(command, ForceRollback):
+            env = self._own_env(command.env)
+            if env is not None:
+                self._rollback(env, initiator=Initiator.OPERATOR)
+        elif isinstance(command, SetClipThreshold):
+            targets = self.envs if command.env is None else [self._own_env(command.env)]
+            for env in targets:
+                if env is not None:
+                    env.set_clip_threshold(command.value)
+        elif isinstance(command, Pause | Resume):
+            self.paused = isinstance(command, Pause)
+        if self.shard.is_leader:
+            self.sink.emit(acknowledge(command, accepted=True, **self._common(None)))
+        if isinstance(command, Stop):
+            raise StopRequested
+
     def _safe_point(self) -> None:
         """Apply queued commands; while paused, wait here for Resume or Stop."""
+        if self.exchange is not None:  # sharded: commands are taken at the epoch's start
+            return
         self._drain_commands()
         if not self.paused:
             return
@@ -459,7 +550,8 @@ class VectorizedTrainer:
 
     def _setup(self) -> None:
         cfg = self.config
-        torch.manual_seed(cfg.seed)  # germinated seeds draw their initial weights from here
+        if self.exchange is not None:  # every rank's events carry the leader's run id
+            self.run_id = self.exchange.broadcast(self.run_id.encode()).decode()
         if self.task is None:
             self.task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
         device = torch.device(cfg.device)
@@ -474,20 +566,12 @@ class VectorizedTrainer:
         )
         self.val_batches = self._fixed_val_batches(device)
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
-        self.envs = [EnvRuntime(i, cfg, self.task) for i in range(cfg.n_envs)]
+        self.envs = [EnvRuntime(i, cfg, self.task) for i in self.shard.envs]
         for env in self.envs:
             env.model.on_transition = self._transition_listener(env.index)
         slot_ids = self.envs[0].model.slot_ids
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
-        self.policy = PolicyDriver(
-            cfg.policy,
-            n_envs=cfg.n_envs,
-            slot_ids=slot_ids,
-            blueprints=self.blueprints,
-            host_kind=self.task.host_kind,
-            heuristic=cfg.heuristic,
-            ppo=msgspec.structs.replace(cfg.ppo, seed=cfg.ppo_seed()),
-        )
+        self.policy = self._policy(slot_ids)
         self._updates = 0
         if self._resume_from is not None:
             self._restore(self._resume_from)
@@ -501,6 +585,8 @@ class VectorizedTrainer:
                     pid=os.getpid(),
                 )
             )
+            return
+        if not self.shard.is_leader:
             return
         self.sink.emit(
             RunStarted(
@@ -521,6 +607,24 @@ class VectorizedTrainer:
                 seed_params=self.envs[0].model.seed_param_count(),
             )
         )
+
+    def _policy(self, slot_ids: tuple[str, ...]) -> PolicyDriver | LeaderPolicy | WorkerPolicy:
+        """The run's policy; sharded, it lives on the leader and the workers relay to it."""
+        cfg = self.config
+        if self.exchange is not None and not self.shard.is_leader:
+            return WorkerPolicy(self.exchange)
+        driver = PolicyDriver(
+            cfg.policy,
+            n_envs=cfg.n_envs,
+            slot_ids=slot_ids,
+            blueprints=self.blueprints,
+            host_kind=self.task.host_kind,
+            heuristic=cfg.heuristic,
+            ppo=msgspec.structs.replace(cfg.ppo, seed=cfg.ppo_seed()),
+        )
+        if self.exchange is None:
+            return driver
+        return LeaderPolicy(driver, self.exchange)
 
     def _fixed_val_batches(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The same validation samples every epoch, for every env and every coalition."""

@@ -13,6 +13,7 @@ import argparse
 import gc
 import importlib.metadata
 import math
+import os
 import secrets
 import sys
 import time
@@ -279,11 +280,30 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="when the console's terminal goes away (SIGHUP): keep training headless, "
         "reachable with `overwatch attach` (detach), or stop at a safe point (stop)",
     )
+    run.add_argument(
+        "--nprocs",
+        type=_positive_int,
+        default=None,
+        help="shard the envs over N processes, started by torchrun (rank 0 records and shows "
+        "the run; the same as torchrun --standalone --nproc-per-node=N -m overwatch run ...)",
+    )
+    run.add_argument(
+        "--dist-timeout",
+        type=_float_within(1, 86_400),
+        default=300.0,
+        metavar="SECONDS",
+        help="with several processes: how long any exchange between them may take before the "
+        "run ends as crashed, naming the rank that did not answer",
+    )
     _add_refresh_hz(run)
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    """A fresh run id, or the one ``overwatch run --nprocs`` chose for its ranks."""
+    from overwatch.launch import RUN_ID_ENV  # noqa: PLC0415
+
+    chosen = os.environ.get(RUN_ID_ENV)
+    return chosen or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainingConfig:
@@ -322,6 +342,18 @@ def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from esper_engine.distributed import launched_world  # noqa: PLC0415
+
+    rank, world = launched_world()
+    if world > 1:
+        return _cmd_run_rank(args, rank, world)
+    if args.nprocs is not None and args.nprocs > 1:
+        return _cmd_launch(args)
+    return _cmd_run_here(args)
+
+
+def _cmd_run_here(args: argparse.Namespace, shard=None) -> int:
+    """The run in this process: all of it, or rank 0's part of a sharded one (``shard``)."""
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
@@ -336,8 +368,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return EXIT_OK
         run_id = new_run_id()
         path = record_path(args, run_id)
+        if shard is not None:
+            _check_restart(path)
         try:
-            session = prepare_session(config, run_id=run_id, record_path=path, progress=_progress)
+            session = prepare_session(
+                config, run_id=run_id, record_path=path, progress=_progress, shard=shard
+            )
         except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
             raise BadInput(str(exc)) from None
         except OSError as exc:  # the tasks wrap their own OSErrors: this one is the recorder's
@@ -346,6 +382,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise BadInput(f"cannot record to {path}: {exc.strerror}") from None
         if path is not None:
             print(f"recording to {path}", file=sys.stderr)
+    if shard is not None:
+        from esper_engine.distributed import init_group  # noqa: PLC0415
+
+        init_group(shard.timeout_s)
     _freeze_loaded()
     if args.headless:
         from overwatch.headless import run_headless  # noqa: PLC0415
@@ -358,9 +398,102 @@ def _cmd_run(args: argparse.Namespace) -> int:
         code = run_console(
             LiveSource(session), refresh_hz=args.refresh_hz, on_hangup=args.on_hangup
         )
+    if shard is not None:
+        from esper_engine.distributed import close_group  # noqa: PLC0415
+
+        close_group()
     if path is not None:
         print(f"recorded to {path}", file=sys.stderr)
     return code
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    """``--nprocs N``: check what can be checked here (one line, exit 2), then torchrun."""
+    from overwatch.launch import launch, without_nprocs  # noqa: PLC0415
+
+    if args.resume is not None:
+        raise BadInput("--resume of a run over several processes is not built yet; drop --nprocs")
+    config = config_from_args(args)
+    if args.print_config:
+        sys.stdout.write(to_toml(config))
+        return EXIT_OK
+    if config.n_envs < args.nprocs:
+        raise BadInput(
+            f"--nprocs {args.nprocs}: more processes than the run's {config.n_envs} envs"
+        )
+    run_id = new_run_id()
+    path = record_path(args, run_id)
+    run_args = without_nprocs(sys.argv[2:] if args.argv is None else args.argv)
+    if path is not None and args.record is None:
+        run_args += ["--record", str(path)]
+    return launch(args.nprocs, run_args, run_id, path)
+
+
+def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
+    """One rank of a run torchrun started: rank 0 records and shows it, the others train
+    their envs quietly (their output goes nowhere: rank 0 speaks for the run)."""
+    from esper_engine.distributed import Shard  # noqa: PLC0415
+
+    if rank != 0:
+        _silence()
+    if args.resume is not None:
+        raise BadInput("--resume of a run over several processes is not built yet")
+    config = config_from_args(args)
+    if args.print_config:
+        if rank == 0:
+            sys.stdout.write(to_toml(config))
+        return EXIT_OK
+    shard = Shard(rank, world, config.n_envs, args.dist_timeout)
+    if config.n_envs < world:
+        raise BadInput(f"{world} processes: more than the run's {config.n_envs} envs")
+    if rank == 0:
+        return _cmd_run_here(args, shard)
+    return _run_worker(config, shard)
+
+
+def _check_restart(path: Path | None) -> None:
+    """A rank torchrun restarted must not overwrite the recording of the run it replaces."""
+    from esper_engine.distributed import restart_count  # noqa: PLC0415
+
+    if restart_count() > 0 and path is not None and path.exists():
+        raise BadInput(
+            f"torchrun restarted the ranks: {path} exists and is not overwritten "
+            "(--resume is single-process; start again with another --record)"
+        )
+
+
+def _run_worker(config: TrainingConfig, shard) -> int:
+    """A rank other than 0: trains its envs; the leader decides when everything stops."""
+    import signal  # noqa: PLC0415
+
+    from esper_engine.distributed import ForwardingSink, close_group, init_group  # noqa: PLC0415
+    from esper_engine.session import check_blueprint_preferences  # noqa: PLC0415
+    from esper_engine.tasks import DataError, load_task  # noqa: PLC0415
+    from esper_engine.trainer import VectorizedTrainer, validate_run  # noqa: PLC0415
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # rank 0 takes them and stops every rank
+    try:
+        task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
+        validate_run(config, task)
+        check_blueprint_preferences(config)
+    except (DataError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    init_group(shard.timeout_s)
+    trainer = VectorizedTrainer(config, ForwardingSink(), task=task, shard=shard)
+    finished = trainer.run()
+    close_group()
+    return EXIT_CRASHED if finished.status == "crashed" else EXIT_OK
+
+
+def _silence() -> None:
+    """Nothing a non-zero rank writes reaches the terminal."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported lazily)
@@ -472,6 +605,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = None if argv is None else list(argv)[1:]  # run's own arguments
         handler = {
             "run": _cmd_run,
             "replay": _cmd_replay,

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from esper_engine.checkpoint import (
+    CHECKPOINT_FORMAT,
     CheckpointError,
     checkpoint_path,
     plan_resume,
@@ -60,8 +61,8 @@ def test_checkpoint_sits_next_to_the_recording() -> None:
 
 def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     path = tmp_path / "x.ckpt"
-    write_checkpoint(path, {"format": 1, "value": torch.arange(3)})
-    write_checkpoint(path, {"format": 1, "value": torch.arange(4)})
+    write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "value": torch.arange(3)})
+    write_checkpoint(path, {"format": CHECKPOINT_FORMAT, "value": torch.arange(4)})
     assert read_checkpoint(path)["value"].tolist() == [0, 1, 2, 3]
     assert [p.name for p in tmp_path.iterdir()] == ["x.ckpt"]
 
@@ -74,10 +75,10 @@ def test_every_epoch_checkpoint_holds_the_whole_run(tmp_path: Path, task) -> Non
     assert (state["episode"], state["epoch"]) == (1, 2)  # the last boundary before the end
     assert state["run_id"] == "run"
     assert state["recording_bytes"] <= path.stat().st_size
-    assert set(state) >= {"rng", "batches", "envs", "policy", "updates", "config"}
+    assert set(state) >= {"batches", "envs", "policy", "updates", "config"}
     assert state["updates"] == 1
     env = state["envs"][0]
-    assert set(env) >= {"model", "host_optimizer", "seed_optimizers", "governor"}
+    assert set(env) >= {"generator", "model", "host_optimizer", "seed_optimizers", "governor"}
     assert set(env["governor"]["snapshot"]) == {"weights", "optimizer", "seed_optimizers", "scaler"}
     assert {"agent", "optimizer", "generator", "buffer"} <= set(state["policy"])
 

@@ -1,0 +1,359 @@
+"""Envs sharded over processes (SPEC 13): the rank layout and the per-epoch exchanges.
+
+Launched by torchrun; gloo carries every exchange. Rank 0 (the *leader*) holds the policy, the
+recorder, the console and the control socket; every rank trains a contiguous block of global env
+ids. The exchanges are point to point between the leader and each other rank (a *worker*), so a
+failure names the rank it happened with. What travels is msgspec bytes in a uint8 tensor (a
+length, then the bytes), never a pickle: ``torch.distributed``'s object collectives pickle.
+
+Per epoch, in this order:
+1. ``commands``: at the epoch's first safe point the leader sends the operator's accepted
+   commands (possibly none) to every worker; while the run is paused it keeps sending (a
+   keep-alive, so a long pause never trips ``--dist-timeout``);
+2. ``choose``: after the epoch is measured each worker sends its envs' policy calls (rewards,
+   penalties, truncations) and the observations to act on; the leader acts for all envs in
+   global order and sends each worker its actions;
+3. ``forward_events``: each worker sends the epoch's events; the leader emits them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+import msgspec
+import torch
+import torch.distributed as dist
+
+from esper_engine.contracts import Event, OperatorCommand, TelemetryEvent
+from esper_engine.policy.actions import Action
+from esper_engine.policy.driver import PolicyDriver
+from esper_engine.policy.observation import EnvObservation
+
+LEADER = 0
+DEFAULT_TIMEOUT_S = 300.0  # --dist-timeout: the bound on every exchange
+_CRASH_KEY = "esper/crash/{rank}"  # a worker's own error, left in the launcher's store
+
+
+class RankLost(Exception):
+    """An exchange with another rank failed: it died, hung past the timeout, or crashed."""
+
+    def __init__(self, rank: int, detail: str) -> None:
+        super().__init__(f"rank {rank} lost: {detail}")
+        self.rank = rank
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which global envs this process trains; ``world == 1`` is the plain one-process run."""
+
+    rank: int
+    world: int
+    n_envs: int
+    timeout_s: float = DEFAULT_TIMEOUT_S  # --dist-timeout: the bound on every exchange
+
+    @property
+    def envs(self) -> range:
+        return env_block(self.n_envs, self.world, self.rank)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.rank == LEADER
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def owner(self, env: int) -> int:
+        """The rank that trains global env ``env``."""
+        for rank in range(self.world):
+            if env in env_block(self.n_envs, self.world, rank):
+                return rank
+        raise ValueError(f"env {env} is outside 0..{self.n_envs - 1}")
+
+
+def env_block(n_envs: int, world: int, rank: int) -> range:
+    """Rank ``rank``'s contiguous block of env ids; blocks differ in size by at most one."""
+    if not 0 < world <= n_envs:
+        raise ValueError(f"{n_envs} envs cannot be shared by {world} ranks (one env at least each)")
+    return range(rank * n_envs // world, (rank + 1) * n_envs // world)
+
+
+def launched_world() -> tuple[int, int]:
+    """(rank, world size) as torchrun set them; (0, 1) outside torchrun."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def restart_count() -> int:
+    """How many times torchrun restarted this worker group (0 the first time)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def init_group(timeout_s: float) -> None:
+    """Join torchrun's process group over gloo; every exchange waits at most ``timeout_s``."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_s))
+
+
+def close_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# --- bytes over gloo ----------------------------------------------------------------------------
+
+
+def send_bytes(payload: bytes, dst: int) -> None:
+    length = torch.tensor([len(payload)], dtype=torch.int64)
+    dist.send(length, dst)
+    dist.send(torch.frombuffer(bytearray(payload), dtype=torch.uint8), dst)
+
+
+def recv_bytes(src: int) -> bytes:
+    length = torch.zeros(1, dtype=torch.int64)
+    dist.recv(length, src)
+    data = torch.empty(int(length[0]), dtype=torch.uint8)
+    dist.recv(data, src)
+    return data.numpy().tobytes()
+
+
+class Exchange:
+    """The leader's or a worker's end of the per-epoch exchanges."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    @property
+    def workers(self) -> range:
+        return range(1, self.shard.world)
+
+    def gather(self, payload: bytes) -> list[bytes]:
+        """Leader: every worker's payload, in rank order (its own first). Worker: sends, []."""
+        if not self.shard.is_leader:
+            self._with_leader(send_bytes, payload, LEADER)
+            return []
+        return [payload] + [self._with(rank, recv_bytes, rank) for rank in self.workers]
+
+    def scatter(self, payloads: Sequence[bytes] | None) -> bytes:
+        """Leader: ``payloads[k]`` goes to rank k, returns its own. Worker: receives its one."""
+        if not self.shard.is_leader:
+            return self._with_leader(recv_bytes, LEADER)
+        assert payloads is not None and len(payloads) == self.shard.world
+        for rank in self.workers:
+            self._with(rank, send_bytes, payloads[rank], rank)
+        return payloads[LEADER]
+
+    def broadcast(self, payload: bytes | None) -> bytes:
+        if not self.shard.is_leader:
+            return self.scatter(None)
+        assert payload is not None
+        return self.scatter([payload] * self.shard.world)
+
+    def _with(self, rank: int, call, *args):
+        try:
+            return call(*args)
+        except RuntimeError as exc:  # gloo: a closed connection or a timeout
+            raise RankLost(rank, _why(rank, exc)) from None
+
+    def _with_leader(self, call, *args):
+        return self._with(LEADER, call, *args)
+
+
+def _why(rank: int, exc: BaseException) -> str:
+    """The lost rank's own error when it left one, else what gloo said (first line)."""
+    store = _store()
+    key = _CRASH_KEY.format(rank=rank)
+    if store is not None:
+        try:
+            if store.check([key]):
+                return store.get(key).decode(errors="replace")
+        except RuntimeError:
+            pass  # the store went with the launcher: gloo's words are all there is
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"the exchange failed ({first[:200]})"
+
+
+def report_crash(rank: int, error: str) -> None:
+    """A worker whose trainer crashed leaves its error for the leader before it exits."""
+    store = _store()
+    if store is not None:
+        try:
+            store.set(_CRASH_KEY.format(rank=rank), error.splitlines()[0][:500])
+        except RuntimeError:
+            pass  # the leader is gone too: nobody to tell
+
+
+def _store():
+    """The launcher's key-value store (torchrun's rendezvous), when the group has one."""
+    if not dist.is_initialized():
+        return None
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (RuntimeError, ValueError):
+        return None
+
+
+# --- what travels -------------------------------------------------------------------------------
+
+
+class PolicyCall(msgspec.Struct, frozen=True, array_like=True):
+    """A worker's call on the leader's policy, for one of its envs."""
+
+    kind: Literal["reward", "penalize", "truncate"]
+    env: int  # global env id
+    value: float = 0.0  # the reward or the (negative) penalty
+    observation: EnvObservation | None = None  # truncate: what V bootstraps from
+
+
+class ActRequest(msgspec.Struct, frozen=True, array_like=True):
+    env: int
+    observation: EnvObservation
+
+
+class EpochReport(msgspec.Struct, frozen=True, array_like=True):
+    calls: list[PolicyCall]
+    requests: list[ActRequest]
+
+
+class Actions(msgspec.Struct, frozen=True, array_like=True):
+    actions: list[Action]
+
+
+class Commands(msgspec.Struct, frozen=True, array_like=True):
+    commands: list[OperatorCommand]
+
+
+_REPORT = msgspec.msgpack.Decoder(EpochReport)
+_ACTIONS = msgspec.msgpack.Decoder(Actions)
+_COMMANDS = msgspec.msgpack.Decoder(Commands)
+_EVENTS = msgspec.msgpack.Decoder(list[TelemetryEvent])
+_ENCODER = msgspec.msgpack.Encoder()
+
+
+def send_commands(exchange: Exchange, commands: list[OperatorCommand] | None) -> list:
+    """Leader: sends ``commands`` to every worker. Worker: receives them. Both return them."""
+    payload = None if commands is None else _ENCODER.encode(Commands(commands))
+    return _COMMANDS.decode(exchange.broadcast(payload)).commands
+
+
+class ForwardingSink:
+    """A worker's sink: keeps the epoch's events as msgpack until ``forward_events``."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        events, self.events = self.events, []
+        return _ENCODER.encode(events)
+
+
+def forward_events(exchange: Exchange, sink) -> None:
+    """Worker: sends what its ``ForwardingSink`` holds. Leader: emits every worker's events
+    into its own sink, rank by rank, in the order each rank made them."""
+    if not exchange.shard.is_leader:
+        exchange.gather(sink.take())
+        return
+    for payload in exchange.gather(b"")[1:]:
+        for event in _EVENTS.decode(payload):
+            sink.emit(event)
+
+
+class WorkerPolicy:
+    """A worker's stand-in for the policy: its calls wait for the epoch's exchange."""
+
+    agent = None  # no PPO update happens here
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        self._calls: list[PolicyCall] = []
+
+    def reward(self, env: int, value: float) -> None:
+        self._calls.append(PolicyCall("reward", env, value))
+
+    def penalize(self, env: int, penalty: float) -> None:
+        self._calls.append(PolicyCall("penalize", env, penalty))
+
+    def truncate(self, env: int, obs: EnvObservation) -> None:
+        self._calls.append(PolicyCall("truncate", env, observation=obs))
+
+    def end_episode(self, env: int) -> None:
+        """The leader ends every env's episode itself (see ``LeaderPolicy.update``)."""
+
+    def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
+        requests = [ActRequest(env, obs) for env, obs in zip(envs, observations, strict=True)]
+        report, self._calls = EpochReport(self._calls, requests), []
+        self.exchange.gather(_ENCODER.encode(report))
+        return _ACTIONS.decode(self.exchange.scatter(None)).actions
+
+    def update(self) -> None:
+        return None
+
+
+class LeaderPolicy:
+    """The leader's policy: its own envs call it directly; the workers' calls arrive with
+    the epoch's exchange, and the leader acts for every env at once, in global order."""
+
+    def __init__(self, driver: PolicyDriver, exchange: Exchange) -> None:
+        self.driver = driver
+        self.exchange = exchange
+        self.agent = driver.agent
+
+    def reward(self, env: int, value: float) -> None:
+        self.driver.reward(env, value)
+
+    def penalize(self, env: int, penalty: float) -> None:
+        self.driver.penalize(env, penalty)
+
+    def truncate(self, env: int, obs: EnvObservation) -> None:
+        self.driver.truncate(env, obs)
+
+    def end_episode(self, env: int) -> None:
+        self.driver.end_episode(env)
+
+    def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
+        indices, chosen_for = list(envs), list(observations)
+        counts = [len(indices)]
+        for payload in self.exchange.gather(b"")[1:]:
+            report = _REPORT.decode(payload)
+            for call in report.calls:
+                self._replay(call)
+            indices += [r.env for r in report.requests]
+            chosen_for += [r.observation for r in report.requests]
+            counts.append(len(report.requests))
+        actions = self.driver.choose(indices, chosen_for) if indices else []
+        payloads, start = [], 0
+        for count in counts:
+            payloads.append(_ENCODER.encode(Actions(actions[start : start + count])))
+            start += count
+        self.exchange.scatter(payloads)
+        return actions[: counts[0]]
+
+    def _replay(self, call: PolicyCall) -> None:
+        if call.kind == "reward":
+            self.driver.reward(call.env, call.value)
+        elif call.kind == "penalize":
+            self.driver.penalize(call.env, call.value)
+        else:
+            assert call.observation is not None
+            self.driver.truncate(call.env, call.observation)
+
+    def update(self) -> dict[str, float] | None:
+        """The round's PPO update from every env's transitions; the workers' envs' episodes
+        end here (their last calls arrived with the last epoch's exchange)."""
+        shard = self.exchange.shard
+        for env in range(shard.n_envs):
+            if env not in shard.envs:
+                self.driver.end_episode(env)
+        return self.driver.update()
+
+    def state_dict(self) -> dict[str, object]:
+        return self.driver.state_dict()

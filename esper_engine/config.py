@@ -192,9 +192,10 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     observations) in the first PPO round after the clone (a factor)."""
     imitation_rounds: int = 4
     """PPO rounds over which the imitation weight decays linearly to 0 (rounds)."""
-    entropy_floor: float = 0.1
-    """Mean joint-action entropy below which a penalty pulls the policy back up (nats)."""
-    entropy_floor_coef: float = 0.5
+    entropy_floor: float = 0.2
+    """Mean joint-action entropy below which a penalty pulls the policy back up, in the clone
+    and in every PPO round (nats per step)."""
+    entropy_floor_coef: float = 1.0
     """Weight of that penalty, ``coef * max(0, floor - entropy)`` (a factor; 0 disables)."""
     greedy: bool = False
     """Act with the most likely legal action instead of sampling (evaluation)."""

@@ -277,7 +277,8 @@ class PPOAgent(nn.Module):
 
         ``buffer`` holds the heuristic's episodes (the action taken is its action); it is
         consumed. Full-batch Adam for ``config.bc_steps`` steps, on an optimizer of its own, so
-        PPO starts with fresh moments. Returns ``PolicyUpdate``-keyed figures of the fit.
+        PPO starts with fresh moments; the entropy floor applies. Returns ``PolicyUpdate``-keyed
+        figures of the fit.
         """
         cfg = self.config
         batch = buffer.batch(cfg.gamma, 1.0, cfg.reward_scale)  # lambda 1: Monte Carlo returns
@@ -289,8 +290,11 @@ class PPOAgent(nn.Module):
             heads = self._heads(batch.obs, batch.masks)
             actor = -self._log_prob(heads, batch.actions).mean()
             critic = 0.5 * ((heads.value - batch.returns) ** 2).mean()
+            # The floor holds here too: a clone with zero entropy leaves PPO nothing to explore
+            # (every ratio stays 1) and no entropy gradient to climb back with.
+            floor_gap = torch.relu(cfg.entropy_floor - self._entropy(heads).mean())
             optimizer.zero_grad(set_to_none=True)
-            (actor + cfg.vf_coef * critic).backward()
+            (actor + cfg.vf_coef * critic + cfg.entropy_floor_coef * floor_gap).backward()
             grad_norm = nn.utils.clip_grad_norm_(self.parameters(), 10.0 * cfg.max_grad_norm)
             optimizer.step()
         with torch.no_grad():

@@ -100,7 +100,7 @@ FULL = Profile(
     train_envs=4,
     demo_rounds=2,
     imitation_rounds=4,
-    free_rounds=6,
+    free_rounds=4,
 )
 QUICK = Profile(
     "quick",

@@ -181,14 +181,18 @@ class PolicyDriver:
     def _round_figures(buffer: RolloutBuffer) -> dict[str, float]:
         """A round that is not learned from: its return and op shares (as ``update`` reports)."""
         returns = buffer.episode_returns()
-        actions = torch.stack(
-            [step.action for env in range(buffer.n_envs) for step in buffer.transitions(env)]
-        )
-        return {
+        steps = [step for env in range(buffer.n_envs) for step in buffer.transitions(env)]
+        actions = torch.stack([step.action for step in steps])
+        figures = {
             "mean_episode_reward": sum(returns) / max(len(returns), 1),
             "transitions": len(actions),
             **op_shares(actions),
         }
+        if all(step.teacher is not None for step in steps):
+            teacher_op = torch.stack([step.teacher for step in steps])[:, 0]
+            agreement = (actions[:, 0] == teacher_op).float().mean().item()
+            figures["heuristic_agreement"] = agreement
+        return figures
 
     # --- state: the policy file and the checkpoint --------------------------------------------
 

@@ -142,12 +142,16 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """Every PPO hyperparameter in one place (CleanRL defaults). One RL step is one host epoch."""
+    """Every PPO hyperparameter in one place (CleanRL's, with kickstarting). One RL step is one
+    host epoch; a round is one episode of every env, then one update."""
 
-    lr: float = 3e-4
-    """Adam learning rate (per update step)."""
-    gamma: float = 0.99
-    """Discount per RL step (one host epoch), in [0, 1]."""
+    lr: float = 1e-4
+    """Adam learning rate of the PPO updates (per step). Lower than CleanRL's 3e-4: it fine-tunes
+    a clone, and at 3e-4 two rounds at imitation weight 0 moved its most likely op away from the
+    heuristic's on 23% of states (bench/growth.py --quick)."""
+    gamma: float = 1.0
+    """Discount per RL step (one host epoch), in [0, 1]. 1: the return is the episode's final
+    accuracy gain minus its final rent, the quantity the reward is built to pay."""
     gae_lambda: float = 0.95
     """GAE lambda: bias/variance trade-off of the advantage estimate, in [0, 1]."""
     clip_coef: float = 0.2
@@ -160,12 +164,14 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Global gradient-norm clip over all agent parameters (L2 norm)."""
     update_epochs: int = 4
     """Passes over the rollout per update (a count)."""
-    minibatches: int = 4
-    """Minibatches per pass; the rollout is reshuffled each pass (a count)."""
+    minibatch_size: int = 16
+    """Fewest transitions in a minibatch: each pass splits the reshuffled rollout into as many
+    equal minibatches as hold this many (one when the rollout is smaller) (transitions)."""
     norm_adv: bool = True
-    """Normalise advantages to zero mean and unit std within each minibatch."""
-    clip_vloss: bool = True
-    """Clip the value prediction's change around the rollout value, as PPO2 does."""
+    """Normalise advantages to zero mean and unit std over the whole rollout (not per minibatch:
+    a handful of noisy advantages normalised among themselves is noise)."""
+    clip_vloss: bool = False
+    """Clip the value prediction's change around the rollout value by clip_coef, as PPO2 does."""
     target_kl: float | None = None
     """Stop the update early after a pass whose approx-KL exceeds this (nats; None: never)."""
     hidden: int = 64
@@ -173,6 +179,32 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
     """Seeds the weight init, action sampling and minibatch shuffling (0..2**32-1; None: the
     run's seed)."""
+    reward_scale: float = 0.02
+    """Rewards (accuracy points) are multiplied by this for the agent: an episode gains some 50
+    points from its first epoch to its last, so its return is about 1 (a factor)."""
+    demo_rounds: int = 2
+    """Kickstarting: rounds in which the heuristic acts and its episodes are recorded; after the
+    last, the agent (actor and critic) is behaviour-cloned on them (rounds; 0: from scratch)."""
+    bc_steps: int = 500
+    """Full-batch Adam steps of the behaviour clone (a count)."""
+    bc_lr: float = 3e-3
+    """Adam learning rate of the behaviour clone."""
+    imitation_coef: float = 1.0
+    """Weight of the imitation term (cross-entropy of the heuristic's action on the agent's own
+    observations) in the first PPO round after the clone (a factor)."""
+    imitation_rounds: int = 4
+    """PPO rounds over which the imitation weight decays linearly to 0 (rounds)."""
+    entropy_floor: float = 0.1
+    """Mean joint-action entropy below which a penalty pulls the policy back up, in the clone
+    and in every PPO round (nats per step)."""
+    entropy_floor_coef: float = 1.0
+    """Weight of that penalty, ``coef * max(0, floor - entropy)`` (a factor; 0 disables)."""
+    greedy: bool = False
+    """Act with the most likely legal action instead of sampling (evaluation)."""
+    learn: bool = True
+    """Update the agent after each round (False: evaluate only, the heuristic never acts)."""
+    init_file: str | None = None
+    """Start from this saved policy (a RUN.policy.pt file) instead of a fresh agent (a path)."""
 
     def validate(self) -> None:
         _real("lr", self.lr, low=0.0, open_low=True)
@@ -183,12 +215,28 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
         _real("vf_coef", self.vf_coef, low=0.0)
         _real("max_grad_norm", self.max_grad_norm, low=0.0, open_low=True)
         _count("update_epochs", self.update_epochs, low=1)
-        _count("minibatches", self.minibatches, low=1)
+        _count("minibatch_size", self.minibatch_size, low=1)
         if self.target_kl is not None:
             _real("target_kl", self.target_kl, low=0.0, open_low=True)
         _count("hidden", self.hidden, low=1, high=MAX_PPO_HIDDEN)
         if self.seed is not None:
             _count("seed", self.seed, low=0, high=MAX_SEED)
+        _real("reward_scale", self.reward_scale, low=0.0, open_low=True)
+        _count("demo_rounds", self.demo_rounds, low=0)
+        _count("bc_steps", self.bc_steps, low=0)
+        _real("bc_lr", self.bc_lr, low=0.0, open_low=True)
+        _real("imitation_coef", self.imitation_coef, low=0.0)
+        _count("imitation_rounds", self.imitation_rounds, low=0)
+        _real("entropy_floor", self.entropy_floor, low=0.0)
+        _real("entropy_floor_coef", self.entropy_floor_coef, low=0.0)
+        if self.init_file is not None and not self.init_file.strip():
+            raise ValueError("init_file must be a path (or none), got an empty string")
+
+    def imitation_weight(self, ppo_round: int) -> float:
+        """The imitation term's weight in the ``ppo_round``-th PPO round after the clone."""
+        if self.imitation_rounds == 0:
+            return 0.0
+        return self.imitation_coef * max(0.0, 1.0 - ppo_round / self.imitation_rounds)
 
 
 class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,8 +285,9 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     shapley_permutations: int = 32
     """Antithetic permutation pairs when sampling (a count)."""
     # --- reward ---
-    param_rent: float = 0.5
-    """Reward charged per doubling of the host's parameters (accuracy points)."""
+    param_rent: float = 1.0
+    """Rent of added capacity per doubling of the host's parameters, charged once per episode on
+    the capacity it ends with (accuracy points; see policy/rewards.py)."""
     # --- telemetry ---
     batch_stats_every: int = 10
     """A BatchStats event every k batches per env (batches; 0 disables)."""

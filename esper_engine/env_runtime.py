@@ -86,6 +86,7 @@ class EnvRuntime:
     last_op: Op = Op.WAIT  # the op of last_action (telemetry: EpochSummary.last_op)
     last_reward: float | None = None  # accuracy points (the reward's unit)
     prev_val_acc: float | None = None
+    prev_rent: float = 0.0  # capacity_rent when prev_val_acc was measured (accuracy points)
     clip_threshold: float | None = None
     cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
     val_pass_s: float | None = None  # this epoch's plain validation pass, in seconds
@@ -153,7 +154,7 @@ class EnvRuntime:
         )
         self.acc_history.clear()
         self.loss_history.clear()
-        self.prev_val_acc = None
+        self.prev_val_acc, self.prev_rent = None, 0.0
         self.cut_by_operator = False
         self.last_action, self.last_op, self.last_reward = "WAIT", Op.WAIT, None
 
@@ -181,6 +182,7 @@ class EnvRuntime:
             "last_op": str(self.last_op),
             "last_reward": self.last_reward,
             "prev_val_acc": self.prev_val_acc,
+            "prev_rent": self.prev_rent,
             "cut_by_operator": self.cut_by_operator,
             "val_pass_s": self.val_pass_s,
         }
@@ -210,6 +212,7 @@ class EnvRuntime:
         self.last_op = Op(saved["last_op"])
         self.last_reward = saved["last_reward"]
         self.prev_val_acc = saved["prev_val_acc"]
+        self.prev_rent = float(saved.get("prev_rent", 0.0))
         self.cut_by_operator = bool(saved["cut_by_operator"])
         self.val_pass_s = saved["val_pass_s"]
 
@@ -220,15 +223,6 @@ class EnvRuntime:
     def record(self, figures: EpochFigures) -> None:
         self.acc_history.append(figures.val_accuracy)
         self.loss_history.append(figures.val_loss)
-
-    def contributions(self) -> dict[str, float]:
-        """The latest Shapley value of every seed that has one (cleared on germinate/prune)."""
-        slots = self.model.slots
-        return {
-            sid: slots[sid].contribution
-            for sid in self.model.slot_ids
-            if slots[sid].contribution is not None
-        }
 
     def observe(self, epoch: int, figures: EpochFigures) -> EnvObservation:
         model = self.model

@@ -59,7 +59,8 @@ from esper_engine.lifecycle import SeedStage
 from esper_engine.model import create_model
 from esper_engine.policy.driver import PolicyDriver
 from esper_engine.policy.observation import EnvObservation
-from esper_engine.policy.rewards import compute_reward
+from esper_engine.policy.policy_file import policy_path, read_policy_file, write_policy_file
+from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
@@ -82,7 +83,18 @@ def validate_run(config: TrainingConfig, task: Task) -> None:
     config.validate()
     check_samples("training set", task.train_x, task.train_y)
     check_samples("validation set", task.val_x, task.val_y)
-    create_model(task, config.device, slots=config.slots)
+    model = create_model(task, config.device, slots=config.slots)
+    if config.policy == "ppo" and config.ppo.init_file is not None:  # refused before it starts
+        driver = PolicyDriver(
+            "ppo",
+            n_envs=config.n_envs,
+            slot_ids=model.slot_ids,
+            blueprints=tuple(blueprint_names(task.host_kind)),
+            host_kind=task.host_kind,
+            heuristic=config.heuristic,
+            ppo=msgspec.structs.replace(config.ppo, seed=config.ppo_seed()),
+        )
+        driver.load_policy_state(read_policy_file(config.ppo.init_file), config.ppo.init_file)
 
 
 class VectorizedTrainer:
@@ -320,21 +332,15 @@ class VectorizedTrainer:
 
     def _reward(self, env: EnvRuntime, fig: EpochFigures, obs: EnvObservation) -> None:
         """Pay the env's previous action now that its effect is measured."""
+        rent = capacity_rent(obs.host_params, obs.seed_params, self.config.param_rent)
         if env.cut_by_operator:  # the operator's rollback, not the action, shaped this epoch
             self.policy.truncate(env.index, obs)
             env.cut_by_operator, env.last_reward = False, 0.0
         else:
-            reward = compute_reward(
-                env.prev_val_acc,
-                fig.val_accuracy,
-                env.contributions(),
-                obs.host_params,
-                obs.seed_params,
-                self.config.param_rent,
-            )
+            reward = compute_reward(env.prev_val_acc, fig.val_accuracy, env.prev_rent, rent)
             self.policy.reward(env.index, reward)
             env.last_reward = reward
-        env.prev_val_acc = fig.val_accuracy
+        env.prev_val_acc, env.prev_rent = fig.val_accuracy, rent
 
     def _act(self, envs: list[EnvRuntime], observations: dict[int, EnvObservation]) -> None:
         if not envs and self.exchange is None:  # sharded: the exchange happens regardless
@@ -350,6 +356,9 @@ class VectorizedTrainer:
         if self.policy.agent is not None:
             hold_point("policy-update")
         stats = self.policy.update()
+        if self._driver is not None and self._driver.agent is not None and self.checkpoint:
+            if self.config.ppo.learn:  # the agent after this round, next to the recording
+                write_policy_file(policy_path(self.checkpoint), self._driver.policy_state())
         if stats is None:
             return
         self._updates += 1
@@ -632,9 +641,10 @@ class VectorizedTrainer:
     def _policy(self, slot_ids: tuple[str, ...]) -> PolicyDriver | LeaderPolicy | WorkerPolicy:
         """The run's policy; sharded, it lives on the leader and the workers relay to it."""
         cfg = self.config
+        self._driver: PolicyDriver | None = None
         if self.exchange is not None and not self.shard.is_leader:
             return WorkerPolicy(self.exchange)
-        driver = PolicyDriver(
+        driver = self._driver = PolicyDriver(
             cfg.policy,
             n_envs=cfg.n_envs,
             slot_ids=slot_ids,
@@ -643,6 +653,8 @@ class VectorizedTrainer:
             heuristic=cfg.heuristic,
             ppo=msgspec.structs.replace(cfg.ppo, seed=cfg.ppo_seed()),
         )
+        if cfg.policy == "ppo" and cfg.ppo.init_file is not None:  # --policy-file
+            driver.load_policy_state(read_policy_file(cfg.ppo.init_file), cfg.ppo.init_file)
         if self.exchange is None:
             return driver
         return LeaderPolicy(driver, self.exchange)

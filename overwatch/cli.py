@@ -65,6 +65,9 @@ FLAG_FIELDS = {
     "device": "device",
     "seed": "seed",
     "fault": "faults",
+    "policy_file": "ppo.init_file",
+    "no_learn": "ppo.learn",
+    "greedy": "ppo.greedy",
 }
 
 
@@ -315,6 +318,26 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     config_flag("--seed", f"every random source derives from it, 0..{MAX_SEED}", type=_seed)
     config_flag("--fault", FAULT_HELP, action="append", type=_fault, metavar="KIND:ENV:EPOCH")
     run.add_argument(
+        "--policy-file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="--policy ppo: start from this saved agent (RUN.policy.pt; a --policy ppo run "
+        "with a recording writes one next to it every round; loaded with weights_only, a file "
+        "that would run code is refused)",
+    )
+    run.add_argument(
+        "--no-learn",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="--policy ppo: evaluate only (no update, no demonstrations)",
+    )
+    run.add_argument(
+        "--greedy",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="--policy ppo: act with the most likely action instead of sampling",
+    )
+    run.add_argument(
         "--config",
         metavar="FILE.toml",
         default=None,
@@ -405,6 +428,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 
 def _flag_value(dest: str, value: object) -> object:
+    if dest == "no_learn":
+        return not value
     if dest == "max_grad_norm":
         return value or None  # --max-grad-norm 0 disables clipping
     if dest == "fault":

@@ -38,7 +38,7 @@ from esper_engine.policy.ppo import (
     compute_gae,
     explained_variance,
 )
-from esper_engine.policy.rewards import compute_reward, parameter_rent
+from esper_engine.policy.rewards import capacity_rent, compute_reward
 
 __all__ = [
     "CNN_PREFERENCE",
@@ -57,13 +57,13 @@ __all__ = [
     "RolloutBuffer",
     "SlotObservation",
     "action_masks",
+    "capacity_rent",
     "compute_gae",
     "compute_reward",
     "decode_actions",
     "explained_variance",
     "obs_dim",
     "op_index",
-    "parameter_rent",
     "plateaued",
     "stack_masks",
     "stack_observations",

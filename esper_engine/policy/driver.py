@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import msgspec
+import torch
+
 from esper_engine.config import HeuristicConfig, PPOConfig
 from esper_engine.policy.actions import (
     N_OPS,
@@ -20,12 +23,30 @@ from esper_engine.policy.actions import (
 )
 from esper_engine.policy.heuristic import HeuristicPolicy
 from esper_engine.policy.observation import EnvObservation, obs_dim, stack_observations
-from esper_engine.policy.ppo import PPOAgent, RolloutBuffer
+from esper_engine.policy.ppo import PPOAgent, RolloutBuffer, op_shares
+
+CONTRACT_KEYS = (  # the figures contracts.PolicyUpdate carries; the rest stay in ``history``
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "approx_kl",
+    "clip_fraction",
+    "explained_variance",
+    "grad_norm",
+    "mean_episode_reward",
+)
 
 
 class PolicyDriver:
     """Heuristic: acts, ignores rewards. PPO: acts, records transitions, updates per round.
-    Static: always WAIT (the no-growth baseline the growth benchmark compares against)."""
+    Static: always WAIT (the no-growth baseline the growth benchmark compares against).
+
+    PPO is kickstarted (Schmitt et al. 2018): for ``ppo.demo_rounds`` rounds the heuristic acts
+    and its episodes are recorded; after the last, the agent is behaviour-cloned on them; then
+    PPO rounds add an imitation term whose weight decays to 0 (``PPOConfig.imitation_weight``).
+    The heuristic also labels every PPO transition with its own choice (the imitation target and
+    the agreement figure); it never decides what the agent does.
+    """
 
     def __init__(
         self,
@@ -46,6 +67,8 @@ class PolicyDriver:
         self.heuristic: HeuristicPolicy | None = None
         self.agent: PPOAgent | None = None
         self.buffer: RolloutBuffer | None = None
+        self.rounds = 0  # rounds finished (demonstrations and PPO updates alike)
+        self.history: list[dict[str, float]] = []  # every round's figures, for the bench
         if kind == "heuristic":
             self.heuristic = build_heuristic(heuristic, len(slot_ids), blueprints, host_kind)
         elif kind == "static":
@@ -53,12 +76,20 @@ class PolicyDriver:
         elif kind == "ppo":
             if ppo.seed is None:
                 raise ValueError("PolicyDriver needs ppo.seed set (TrainingConfig.ppo_seed())")
+            self.ppo = ppo
             self.agent = PPOAgent(
                 obs_dim(len(slot_ids)), N_OPS, len(slot_ids), len(blueprints), ppo
             )
             self.buffer = RolloutBuffer(n_envs)
+            self.demos = RolloutBuffer(n_envs)  # heuristic episodes not yet cloned
+            self.teacher = build_heuristic(heuristic, len(slot_ids), blueprints, host_kind)
         else:
             raise ValueError(f"unknown policy {kind!r}; expected heuristic, ppo or static")
+
+    @property
+    def demonstrating(self) -> bool:
+        """This round the heuristic acts and is recorded (kickstarting's first phase)."""
+        return self.agent is not None and self.ppo.learn and self.rounds < self.ppo.demo_rounds
 
     def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
         """One legal action per listed env (the masks make illegal actions unsampleable)."""
@@ -66,16 +97,24 @@ class PolicyDriver:
             return [self.heuristic.act(obs) for obs in observations]
         if self.agent is None:
             return [Action(Op.WAIT) for _ in observations]
-        assert self.agent is not None and self.buffer is not None
+        assert self.buffer is not None
         masks = [action_masks(obs, len(self.blueprints)) for obs in observations]
         vectors = stack_observations(observations)
-        out = self.agent.act(vectors, stack_masks(masks))
+        out = self.agent.act(vectors, stack_masks(masks), deterministic=self.ppo.greedy)
+        teacher = [self.teacher.act(obs).to_tensor() for obs in observations]
+        taken = torch.stack(teacher) if self.demonstrating else out.actions
         for i, env in enumerate(envs):
             self.buffer.add(
-                env, vectors[i], masks[i], out.actions[i], out.log_prob[i], out.value[i]
+                env,
+                vectors[i],
+                masks[i],
+                taken[i],
+                out.log_prob[i],
+                out.value[i],
+                teacher=teacher[i],
             )
             self._has_pending[env] = True
-        return decode_actions(out.actions)
+        return decode_actions(taken)
 
     def reward(self, env: int, value: float) -> None:
         """The reward for the env's previous action, known one epoch after it."""
@@ -111,10 +150,96 @@ class PolicyDriver:
             self.reward(env, 0.0)
 
     def update(self) -> dict[str, float] | None:
-        """PPO update over the finished round; None for the heuristic or an empty buffer."""
+        """The round's learning step: record (demonstration rounds), clone (after the last of
+        them) or a PPO update with the scheduled imitation weight. Returns the PolicyUpdate
+        figures, or None when nothing was learned (heuristic, --no-learn, an empty buffer or a
+        demonstration round before the clone). Every round's full figures go to ``history``."""
         if self.agent is None or self.buffer is None or len(self.buffer) == 0:
             return None
-        return self.agent.update(self.buffer)
+        if not self.ppo.learn:
+            self.history.append({"phase": "eval", **self._round_figures(self.buffer)})
+            self.buffer.clear()
+            return None
+        if self.demonstrating:
+            figures = self._round_figures(self.buffer)
+            self.demos.absorb(self.buffer)
+            self.buffer.clear()
+            self.rounds += 1
+            if self.rounds < self.ppo.demo_rounds:
+                self.history.append({"phase": "demo", **figures})
+                return None
+            stats = {**self.agent.behaviour_clone(self.demos), "phase": "clone"}
+            stats["mean_episode_reward"] = figures["mean_episode_reward"]  # this round's
+        else:
+            weight = self.ppo.imitation_weight(self.rounds - self.ppo.demo_rounds)
+            stats = {**self.agent.update(self.buffer, weight), "phase": "ppo"}
+            self.rounds += 1
+        self.history.append(stats)
+        return {key: stats[key] for key in CONTRACT_KEYS}
+
+    @staticmethod
+    def _round_figures(buffer: RolloutBuffer) -> dict[str, float]:
+        """A round that is not learned from: its return and op shares (as ``update`` reports)."""
+        returns = buffer.episode_returns()
+        steps = [step for env in range(buffer.n_envs) for step in buffer.transitions(env)]
+        actions = torch.stack([step.action for step in steps])
+        figures = {
+            "mean_episode_reward": sum(returns) / max(len(returns), 1),
+            "transitions": len(actions),
+            **op_shares(actions),
+        }
+        if all(step.teacher is not None for step in steps):
+            teacher_op = torch.stack([step.teacher for step in steps])[:, 0]
+            agreement = (actions[:, 0] == teacher_op).float().mean().item()
+            figures["heuristic_agreement"] = agreement
+        return figures
+
+    # --- state: the policy file and the checkpoint --------------------------------------------
+
+    def policy_state(self) -> dict[str, object]:
+        """What a policy file holds (``policy_file.write_policy_file``): the agent, its
+        optimizer, generator, the kickstarting schedule's position and the config it used."""
+        assert self.agent is not None
+        return {
+            "slot_ids": list(self.slot_ids),
+            "blueprints": list(self.blueprints),
+            "obs_dim": obs_dim(len(self.slot_ids)),
+            "ppo": msgspec.to_builtins(self.ppo),
+            "normalisation": {"reward_scale": self.ppo.reward_scale},
+            "agent": self.agent.state_dict(),
+            "optimizer": self.agent.optimizer.state_dict(),
+            "generator": self.agent.generator.get_state(),
+            "rounds": self.rounds,
+            "demos": self.demos.state_dict(),
+        }
+
+    def load_policy_state(self, state: dict, source: str = "policy file") -> None:
+        """Start from a saved policy; ValueError (one line) when it does not fit this run."""
+        if self.agent is None:
+            raise ValueError(f"{source}: only a ppo run can load a policy, this one is {self.kind}")
+        for key, mine in (
+            ("slot_ids", list(self.slot_ids)),
+            ("blueprints", list(self.blueprints)),
+            ("obs_dim", obs_dim(len(self.slot_ids))),
+        ):
+            if state.get(key) != mine:
+                raise ValueError(f"{source}: {key} {state.get(key)!r}, this run's are {mine!r}")
+        try:
+            self.agent.load_state_dict(state["agent"])
+            self.agent.optimizer.load_state_dict(state["optimizer"])
+            self.agent.generator.set_state(state["generator"])
+            self.rounds = int(state["rounds"])
+            if len(state["demos"]) == self.demos.n_envs:
+                self.demos.load_state_dict(state["demos"])
+            else:  # recorded with another number of envs: keep them, one env after another
+                self.demos = RolloutBuffer(self.demos.n_envs)
+                self.demos.load_state_dict(
+                    [[s for env in state["demos"] for s in env]]
+                    + [[] for _ in range(self.demos.n_envs - 1)]
+                )
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"{source}: does not fit this agent ({first[:160]})") from None
 
     def state_dict(self) -> dict[str, object]:
         """The agent, its optimizer and generator, the round's buffer and the pending flags.
@@ -125,6 +250,8 @@ class PolicyDriver:
             state["optimizer"] = self.agent.optimizer.state_dict()
             state["generator"] = self.agent.generator.get_state()
             state["buffer"] = self.buffer.state_dict()
+            state["rounds"] = self.rounds
+            state["demos"] = self.demos.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -138,6 +265,9 @@ class PolicyDriver:
             self.agent.optimizer.load_state_dict(state["optimizer"])
             self.agent.generator.set_state(state["generator"])
             self.buffer.load_state_dict(state["buffer"])
+            self.rounds = int(state.get("rounds", 0))
+            if "demos" in state:
+                self.demos.load_state_dict(state["demos"])
 
 
 def build_heuristic(

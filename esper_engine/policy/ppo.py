@@ -1,9 +1,16 @@
 """PPO for the lifecycle controller, after CleanRL's ``ppo.py`` and its implementation details.
 
 What follows the reference: orthogonal init (sqrt 2 for the trunk, 0.01 for the policy heads,
-1 for the value head), Adam with eps 1e-5, GAE, advantages normalised per minibatch, the clipped
-surrogate, a clipped value loss, an entropy bonus, a global gradient clip, shuffled minibatches
-over several epochs, optional early stop on approx-KL (k3 estimator), explained variance.
+1 for the value head), Adam with eps 1e-5, GAE, the clipped surrogate, an optional clipped value
+loss, an entropy bonus, a global gradient clip, shuffled minibatches over several epochs,
+optional early stop on approx-KL (k3 estimator), explained variance. Rollouts here are small (an
+episode is 11 steps), so advantages are normalised over the whole rollout and a minibatch holds
+at least ``minibatch_size`` transitions; rewards are scaled to unit-size returns.
+
+Kickstarting (Schmitt et al. 2018): ``behaviour_clone`` fits actor and critic to recorded
+heuristic episodes; afterwards ``update`` adds an imitation term (the cross-entropy of the
+heuristic's action on the agent's own observations, recorded as each transition's ``teacher``)
+whose weight the driver decays to 0, and an entropy floor keeps the policy from collapsing.
 
 What is specific here: a *factored* action (op, slot, blueprint) with one masked categorical per
 head. A head only counts when the op uses it (the slot head is ignored for WAIT, the blueprint
@@ -83,7 +90,14 @@ class PPOAgent(nn.Module):
         self.config = config or PPOConfig()
         self.n_slots, self.n_blueprints = n_slots, n_blueprints
         seed = 0 if self.config.seed is None else self.config.seed  # None: the run's seed, or 0
-        init = torch.Generator().manual_seed(seed)
+        # nn.Linear's own init draws from the global stream before orthogonal_ overwrites it:
+        # fork it, so building an agent never moves a generator the envs draw from.
+        with torch.random.fork_rng(devices=[]):
+            self._build(obs_dim, n_slots, n_blueprints, torch.Generator().manual_seed(seed))
+        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=1e-5)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def _build(self, obs_dim: int, n_slots: int, n_blueprints: int, init: torch.Generator) -> None:
         hidden = self.config.hidden
         self.trunk = nn.Sequential(
             _layer(obs_dim, hidden, math.sqrt(2), init),
@@ -96,8 +110,6 @@ class PPOAgent(nn.Module):
         self.slot_head = _layer(hidden, N_OPS * n_slots, 0.01, init)
         self.blueprint_head = _layer(hidden, n_blueprints, 0.01, init)
         self.value_head = _layer(hidden, 1, 1.0, init)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=1e-5)
-        self.generator = torch.Generator().manual_seed(seed + 1)
 
     def _heads(self, obs: torch.Tensor, masks: ActionMasks) -> _Heads:
         if not bool(masks.op.any(dim=-1).all()):
@@ -159,20 +171,35 @@ class PPOAgent(nn.Module):
         """State value ``[B]``, e.g. to bootstrap a truncated episode."""
         return self.value_head(self.trunk(obs)).squeeze(-1)
 
-    def loss(self, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """PPO loss on one minibatch, and its diagnostics (the ratio is 1 before any step)."""
+    def loss(
+        self, batch: RolloutBatch, imitation_weight: float = 0.0
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """PPO loss on one minibatch (advantages already normalised over the rollout), plus the
+        imitation term, and its diagnostics (the ratio is 1 before any step)."""
         cfg = self.config
-        new_log_prob, entropy, new_value = self.evaluate(batch.obs, batch.masks, batch.actions)
+        heads = self._heads(batch.obs, batch.masks)
+        new_log_prob = self._log_prob(heads, batch.actions)
+        entropy, new_value = self._entropy(heads), heads.value
         log_ratio = new_log_prob - batch.log_probs
         ratio = log_ratio.exp()
         advantages = batch.advantages
-        if cfg.norm_adv and len(advantages) > 1:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         clipped_ratio = ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
         policy_loss = torch.max(-advantages * ratio, -advantages * clipped_ratio).mean()
         value_loss = _value_loss(new_value, batch.values, batch.returns, cfg)
         entropy_mean = entropy.mean()
-        loss = policy_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * value_loss
+        floor_gap = torch.relu(cfg.entropy_floor - entropy_mean)
+        loss = (
+            policy_loss
+            - cfg.ent_coef * entropy_mean
+            + cfg.entropy_floor_coef * floor_gap
+            + cfg.vf_coef * value_loss
+        )
+        imitation = torch.zeros(())
+        if imitation_weight > 0:
+            if batch.teacher is None:
+                raise ValueError("an imitation weight needs the heuristic's action per transition")
+            imitation = -self._log_prob(heads, batch.teacher).mean()
+            loss = loss + imitation_weight * imitation
         with torch.no_grad():
             stats = {
                 "policy_loss": policy_loss.item(),
@@ -181,41 +208,121 @@ class PPOAgent(nn.Module):
                 "approx_kl": ((ratio - 1) - log_ratio).mean().item(),
                 "clip_fraction": ((ratio - 1).abs() > cfg.clip_coef).float().mean().item(),
                 "max_ratio_deviation": (ratio - 1).abs().max().item(),
+                "imitation_loss": imitation.item(),
             }
         return loss, stats
 
-    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+    def update(self, buffer: RolloutBuffer, imitation_weight: float = 0.0) -> dict[str, float]:
         """One PPO update from a finished rollout, which it consumes (the buffer is cleared).
 
         Returns minibatch means keyed like ``contracts.PolicyUpdate``'s fields (without the
-        update counter, which the trainer owns).
+        update counter, which the trainer owns), plus diagnostics the contract does not carry.
         """
         cfg = self.config
-        batch = buffer.batch(cfg.gamma, cfg.gae_lambda)
+        batch = buffer.batch(cfg.gamma, cfg.gae_lambda, cfg.reward_scale)
         episode_returns = buffer.episode_returns()
         buffer.clear()
         size = len(batch.actions)
-        minibatch = max(1, math.ceil(size / cfg.minibatches))
+        if cfg.norm_adv and size > 1:
+            adv = batch.advantages
+            batch.advantages = (adv - adv.mean()) / (adv.std() + 1e-8)
+        pre = self.agreement(batch)
+        chunks = max(1, size // cfg.minibatch_size)
         history: list[dict[str, float]] = []
         for _ in range(cfg.update_epochs):
             order = torch.randperm(size, generator=self.generator)
-            for start in range(0, size, minibatch):
-                history.append(self._step(batch.select(order[start : start + minibatch])))
+            for index in torch.tensor_split(order, chunks):
+                history.append(self._step(batch.select(index), imitation_weight))
             if cfg.target_kl is not None and history[-1]["approx_kl"] > cfg.target_kl:
                 break
-        keys = ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction", "grad_norm")
+        keys = (
+            "policy_loss",
+            "value_loss",
+            "entropy",
+            "approx_kl",
+            "clip_fraction",
+            "grad_norm",
+            "imitation_loss",
+        )
         stats = {key: sum(h[key] for h in history) / len(history) for key in keys}
         stats["explained_variance"] = explained_variance(batch.values, batch.returns)
         stats["mean_episode_reward"] = sum(episode_returns) / len(episode_returns)
-        return stats
+        stats["imitation_weight"] = imitation_weight
+        stats["transitions"] = size
+        stats["minibatch_transitions"] = size / chunks
+        return {**stats, **pre, **op_shares(batch.actions)}
 
-    def _step(self, batch: RolloutBatch) -> dict[str, float]:
-        loss, stats = self.loss(batch)
+    def _step(self, batch: RolloutBatch, imitation_weight: float) -> dict[str, float]:
+        loss, stats = self.loss(batch, imitation_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         return {**stats, "grad_norm": grad_norm.item()}  # norm before clipping
+
+    @torch.no_grad()
+    def agreement(self, batch: RolloutBatch) -> dict[str, float]:
+        """How often the taken op, and the agent's most likely op, are the heuristic's."""
+        if batch.teacher is None:
+            return {}
+        teacher_op = batch.teacher[:, 0]
+        greedy = self._heads(batch.obs, batch.masks).op.argmax(dim=-1)
+        return {
+            "heuristic_agreement": (batch.actions[:, 0] == teacher_op).float().mean().item(),
+            "greedy_agreement": (greedy == teacher_op).float().mean().item(),
+        }
+
+    def behaviour_clone(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """Fit the actor to the recorded actions and the critic to their returns (kickstarting).
+
+        ``buffer`` holds the heuristic's episodes (the action taken is its action); it is
+        consumed. Full-batch Adam for ``config.bc_steps`` steps, on an optimizer of its own, so
+        PPO starts with fresh moments; the entropy floor applies. Returns ``PolicyUpdate``-keyed
+        figures of the fit.
+        """
+        cfg = self.config
+        batch = buffer.batch(cfg.gamma, 1.0, cfg.reward_scale)  # lambda 1: Monte Carlo returns
+        episode_returns = buffer.episode_returns()
+        buffer.clear()
+        optimizer = torch.optim.Adam(self.parameters(), lr=cfg.bc_lr, eps=1e-5)
+        grad_norm = torch.zeros(())
+        for _ in range(cfg.bc_steps):
+            heads = self._heads(batch.obs, batch.masks)
+            actor = -self._log_prob(heads, batch.actions).mean()
+            critic = 0.5 * ((heads.value - batch.returns) ** 2).mean()
+            # The floor holds here too: a clone with zero entropy leaves PPO nothing to explore
+            # (every ratio stays 1) and no entropy gradient to climb back with.
+            floor_gap = torch.relu(cfg.entropy_floor - self._entropy(heads).mean())
+            optimizer.zero_grad(set_to_none=True)
+            (actor + cfg.vf_coef * critic + cfg.entropy_floor_coef * floor_gap).backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.parameters(), 10.0 * cfg.max_grad_norm)
+            optimizer.step()
+        with torch.no_grad():
+            heads = self._heads(batch.obs, batch.masks)
+            actor = -self._log_prob(heads, batch.actions).mean()
+            greedy = heads.op.argmax(dim=-1)
+        return {
+            "policy_loss": actor.item(),
+            "value_loss": (0.5 * ((heads.value - batch.returns) ** 2).mean()).item(),
+            "entropy": self._entropy(heads).mean().item(),
+            "approx_kl": 0.0,
+            "clip_fraction": 0.0,
+            "grad_norm": grad_norm.item(),
+            "explained_variance": explained_variance(heads.value, batch.returns),
+            "mean_episode_reward": sum(episode_returns) / max(len(episode_returns), 1),
+            "imitation_loss": actor.item(),
+            "imitation_weight": 0.0,
+            "transitions": len(batch.actions),
+            "heuristic_agreement": 1.0,
+            "greedy_agreement": (greedy == batch.actions[:, 0]).float().mean().item(),
+            **op_shares(batch.actions),
+        }
+
+
+def op_shares(actions: torch.Tensor) -> dict[str, float]:
+    """The share of each op among the rollout's actions (the round's op histogram)."""
+    counts = torch.bincount(actions[:, 0], minlength=N_OPS).float() / max(len(actions), 1)
+    return {f"share_{op.name}": counts[i].item() for i, op in enumerate(OPS)}
 
 
 def _choose(log_p: torch.Tensor, deterministic: bool, generator: torch.Generator) -> torch.Tensor:
@@ -294,6 +401,7 @@ class Transition:
     truncated: bool = False  # the episode was cut here; bootstrap from ``bootstrap_value``
     bootstrap_value: float = 0.0
     episode_end: bool = False  # finish_episode was called here (for episode-return stats)
+    teacher: torch.Tensor | None = None  # the heuristic's action here (kickstarting)
 
     @property
     def total_reward(self) -> float:
@@ -315,6 +423,7 @@ class RolloutBatch:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    teacher: torch.Tensor | None = None  # [N, 3] the heuristic's actions, when all are known
 
     def select(self, index: torch.Tensor) -> RolloutBatch:
         return RolloutBatch(
@@ -325,6 +434,7 @@ class RolloutBatch:
             self.values[index],
             self.advantages[index],
             self.returns[index],
+            None if self.teacher is None else self.teacher[index],
         )
 
 
@@ -348,6 +458,13 @@ class RolloutBuffer:
     def transitions(self, env: int) -> Sequence[Transition]:
         return tuple(self._steps[env])
 
+    def absorb(self, other: RolloutBuffer) -> None:
+        """Append ``other``'s finished episodes env by env (recorded demonstrations pile up)."""
+        if other.n_envs != self.n_envs:
+            raise ValueError(f"buffer has {other.n_envs} envs, expected {self.n_envs}")
+        for env in range(self.n_envs):
+            self._steps[env].extend(other._steps[env])
+
     def clear(self) -> None:
         self._steps = [[] for _ in range(self.n_envs)]
 
@@ -360,11 +477,17 @@ class RolloutBuffer:
         log_prob: float | torch.Tensor,
         value: float | torch.Tensor,
         reward: float | None = None,
+        teacher: torch.Tensor | None = None,
     ) -> None:
         steps = self._steps[env]
         if steps and steps[-1].reward is None:
             raise ValueError(f"env {env}: the previous transition has no reward; set_reward first")
-        steps.append(Transition(obs, masks, action.long(), float(log_prob), float(value), reward))
+        teacher = None if teacher is None else teacher.long()
+        steps.append(
+            Transition(
+                obs, masks, action.long(), float(log_prob), float(value), reward, teacher=teacher
+            )
+        )
 
     def _last(self, env: int) -> Transition:
         if not self._steps[env]:
@@ -417,8 +540,9 @@ class RolloutBuffer:
                     total = 0.0
         return returns
 
-    def batch(self, gamma: float, lam: float) -> RolloutBatch:
-        """Flatten every env's steps with GAE; every step needs its reward, every env an end."""
+    def batch(self, gamma: float, lam: float, reward_scale: float = 1.0) -> RolloutBatch:
+        """Flatten every env's steps with GAE on rewards x ``reward_scale``; every step needs its
+        reward, every env an end."""
         if len(self) == 0:
             raise ValueError("the rollout buffer is empty")
         advantages, returns, steps = [], [], []
@@ -427,7 +551,7 @@ class RolloutBuffer:
                 continue
             self._check_complete(env, env_steps)
             adv, ret = compute_gae(
-                torch.tensor([s.total_reward for s in env_steps]),
+                torch.tensor([s.total_reward for s in env_steps]) * reward_scale,
                 torch.tensor([s.value for s in env_steps]),
                 torch.tensor([s.done for s in env_steps]),
                 last_value=0.0,  # unused: the last step is always done
@@ -447,6 +571,11 @@ class RolloutBuffer:
             values=torch.tensor([s.value for s in steps]),
             advantages=torch.cat(advantages),
             returns=torch.cat(returns),
+            teacher=(
+                torch.stack([s.teacher for s in steps])
+                if all(s.teacher is not None for s in steps)
+                else None
+            ),
         )
 
     @staticmethod
@@ -471,6 +600,7 @@ def _transition_state(step: Transition) -> dict[str, object]:
         "truncated": step.truncated,
         "bootstrap_value": step.bootstrap_value,
         "episode_end": step.episode_end,
+        "teacher": step.teacher,
     }
 
 

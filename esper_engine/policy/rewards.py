@@ -1,54 +1,53 @@
-"""The per-step reward: accuracy gained, credit for seeds that help, rent for added capacity.
+"""The per-step reward: the change in validation accuracy, minus the change in capacity rent.
 
-Units: the reward is in accuracy **points** (1 point = 0.01 of accuracy); its inputs are
-fractions, as telemetry carries them, converted here (``POINTS_PER_FRACTION``). A useful epoch
-moves validation accuracy by a few points, so per-step rewards are O(1) and the governor's death
-penalty (10 by default) weighs like losing ten points, which is a catastrophe but not one that
-drowns every other signal after advantage normalisation. The death penalty itself is applied by
-``RolloutBuffer.add_penalty_to_last``, not here.
+It pays for the outcome. Step t's reward is ``100 * (acc[t+1] - acc[t]) - (rent[t+1] - rent[t])``
+in accuracy **points** (1 point = 0.01 of accuracy; the inputs are fractions, as telemetry carries
+them), where ``rent`` is what the capacity present costs (``capacity_rent``). Both terms are
+differences, so an episode's rewards telescope: they sum to its final accuracy gain (last epoch
+minus first) minus the rent of its *final* capacity. A seed pruned before the end costs nothing
+over the episode; a seed kept costs its rent once, not once per epoch (a per-epoch charge of half
+a point per doubling added up to 6.4 points an episode, more than growth gains, so WAIT was
+optimal).
+
+No payment from Shapley attributions: once the host has co-adapted to a blended seed, switching
+the seed off measures how much the host *depends* on it, not how much it helps (one seed
+"contributed" 44-53 points in an episode that gained 4.6). The heuristic still reads them; the
+reward does not. The governor's death penalty is applied by ``RolloutBuffer.add_penalty_to_last``,
+not here; PPO scales points to unit-size returns (``PPOConfig.reward_scale``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
-DEFAULT_CONTRIBUTION_WEIGHT = 0.1
 POINTS_PER_FRACTION = 100.0  # accuracy points in an accuracy of 1.0
 
 
-def parameter_rent(host_params: int, seed_params: int, param_rent: float) -> float:
-    """Cost of the added capacity: ``param_rent`` per doubling of the bare host's parameters."""
+def capacity_rent(host_params: int, seed_params: int, param_rent: float) -> float:
+    """What the capacity added to the bare host costs, in points: ``param_rent`` per doubling."""
     if host_params <= 0:
         raise ValueError(f"host_params must be positive, got {host_params}")
+    if seed_params < 0:
+        raise ValueError(f"seed_params must be >= 0, got {seed_params}")
     return param_rent * math.log2(1.0 + seed_params / host_params)
 
 
 def compute_reward(
-    prev_val_acc: float | None,
-    val_acc: float,
-    contributions: Mapping[str, float],
-    host_params: int,
-    seed_params: int,
-    param_rent: float,
-    contribution_weight: float = DEFAULT_CONTRIBUTION_WEIGHT,
+    prev_val_acc: float | None, val_acc: float, prev_rent: float, rent: float
 ) -> float:
     """Reward for the action taken one epoch earlier, in accuracy points.
 
-    ``prev_val_acc`` / ``val_acc`` are fractions in [0, 1] (None before the first epoch: no
-    change counted); ``contributions`` are Shapley values per slot, fractions too. The
-    contribution term is a small shaping bonus: the accuracy delta already contains a blended
-    seed's effect once, this credits the seed for keeping it every epoch it is kept.
+    ``prev_val_acc`` / ``val_acc``: validation accuracy (fractions) before and after the action's
+    epoch (None before the first epoch: no change counted). ``prev_rent`` / ``rent``: the
+    ``capacity_rent`` of the model then and now (points).
     """
-    values = [val_acc, *contributions.values()]
+    values = [val_acc, prev_rent, rent]
     if prev_val_acc is not None:
         values.append(prev_val_acc)
     if not all(math.isfinite(v) for v in values):
         raise ValueError(
             f"reward inputs must be finite: acc {prev_val_acc} -> {val_acc}, "
-            f"contributions {dict(contributions)}"
+            f"rent {prev_rent} -> {rent}"
         )
     delta = 0.0 if prev_val_acc is None else val_acc - prev_val_acc
-    delta_points = POINTS_PER_FRACTION * delta
-    credit = contribution_weight * POINTS_PER_FRACTION * sum(contributions.values())
-    return delta_points + credit - parameter_rent(host_params, seed_params, param_rent)
+    return POINTS_PER_FRACTION * delta - (rent - prev_rent)

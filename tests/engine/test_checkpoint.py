@@ -20,7 +20,7 @@ from esper_engine.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
-from esper_engine.config import TrainingConfig
+from esper_engine.config import PPOConfig, TrainingConfig
 from esper_engine.contracts import RunFinished, RunStatus
 from esper_engine.recording import Recorder
 from esper_engine.session import TrainingSession
@@ -68,7 +68,8 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
 
 
 def test_every_epoch_checkpoint_holds_the_whole_run(tmp_path: Path, task) -> None:
-    config = msgspec.structs.replace(TINY, episodes=2, policy="ppo")
+    # One demonstration round: the clone is update 1, so the checkpoint after it holds one.
+    config = msgspec.structs.replace(TINY, episodes=2, policy="ppo", ppo=PPOConfig(demo_rounds=1))
     path = _record(tmp_path, task, config)
     state = read_checkpoint(checkpoint_path(path))
     assert (state["episode"], state["epoch"]) == (1, 2)  # the last boundary before the end

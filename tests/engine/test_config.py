@@ -118,7 +118,7 @@ def test_the_defaults_are_valid() -> None:
         ({"ppo": PPOConfig(vf_coef=math.nan)}, "ppo.vf_coef must be a finite number"),
         ({"ppo": PPOConfig(max_grad_norm=0.0)}, "ppo.max_grad_norm must be a finite number > 0"),
         ({"ppo": PPOConfig(update_epochs=0)}, "ppo.update_epochs must be >= 1"),
-        ({"ppo": PPOConfig(minibatches=0)}, "ppo.minibatches must be >= 1"),
+        ({"ppo": PPOConfig(minibatch_size=0)}, "ppo.minibatch_size must be >= 1"),
         ({"ppo": PPOConfig(target_kl=0.0)}, "ppo.target_kl must be a finite number > 0"),
         ({"ppo": PPOConfig(hidden=0)}, "ppo.hidden must be within 1..4096, got 0"),
         ({"ppo": PPOConfig(seed=-1)}, "ppo.seed must be within 0..4294967295, got -1"),

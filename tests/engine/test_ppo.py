@@ -265,24 +265,25 @@ def test_update_reports_policy_update_fields_and_consumes_the_buffer() -> None:
     stats = ppo.update(buffer)
     base = {f.name for f in msgspec.structs.fields(Event)}
     wanted = {f.name for f in msgspec.structs.fields(PolicyUpdate)} - base - {"update"}
-    assert set(stats) == wanted
+    assert wanted <= set(stats)  # the contract's figures, and diagnostics beside them
     assert all(math.isfinite(v) for v in stats.values())
     assert stats["mean_episode_reward"] == pytest.approx(sum(returns) / 3)
     assert len(buffer) == 0
-    PolicyUpdate(update=1, **stats)
+    PolicyUpdate(update=1, **{key: stats[key] for key in wanted})
 
 
 def test_target_kl_stops_the_update_after_the_first_pass() -> None:
-    ppo, buffer = agent(target_kl=0.0, update_epochs=4, minibatches=2), RolloutBuffer(n_envs=2)
+    ppo, buffer = agent(target_kl=0.0, update_epochs=4, minibatch_size=4), RolloutBuffer(n_envs=2)
     fill(buffer, ppo, steps=4, seed=3)
     ppo.update(buffer)
     first_param = next(ppo.parameters())
-    assert ppo.optimizer.state[first_param]["step"].item() == 2  # one pass of 2 minibatches
+    assert ppo.optimizer.state[first_param]["step"].item() == 2  # one pass: 8 steps in 2 x 4
 
 
 def test_learns_a_contextual_bandit() -> None:
     """Only GERMINATE into slot 2 with blueprint 1 pays (+1); a 1-in-45 action at the start."""
-    ppo = agent(seed=0, lr=1e-2, minibatches=2)
+    # Its rewards are unit-size already; no entropy floor: it asks for a near-certain choice.
+    ppo = agent(seed=0, lr=1e-2, minibatch_size=16, reward_scale=1.0, entropy_floor_coef=0.0)
     g = torch.Generator().manual_seed(0)
     target = torch.tensor([GERMINATE, 2, 1])
     n_envs = 32

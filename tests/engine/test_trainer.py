@@ -8,7 +8,7 @@ import msgspec
 import pytest
 import torch
 
-from esper_engine.config import TrainingConfig
+from esper_engine.config import PPOConfig, TrainingConfig
 from esper_engine.contracts import (
     Attribution,
     BatchStats,
@@ -293,7 +293,9 @@ def test_language_model_reports_perplexity(stories):
 
 
 def test_ppo_emits_policy_updates_with_finite_losses(images):
-    _, events, finished = run(images, small_config(policy="ppo", episodes=2))
+    # One demonstration round, then the clone (update 1) and one PPO update (update 2).
+    config = small_config(policy="ppo", episodes=2, ppo=PPOConfig(demo_rounds=1))
+    _, events, finished = run(images, config)
     assert finished.status == "completed", finished.error
     updates = of(events, PolicyUpdate)
     assert [u.update for u in updates] == [1, 2]

@@ -1,0 +1,65 @@
+"""A trained policy as a file: ``RUN.policy.pt`` next to the recording, rewritten every round.
+
+One ``torch.save`` file of tensors and plain values only: the agent's weights, its Adam state,
+its sampling generator, the kickstarting schedule's position (rounds done, recorded heuristic
+episodes not yet cloned), the PPO config it was trained with, and the scaling it learned under
+(``normalisation``: the reward scale; the observation encoding is fixed by ``observation.py``,
+so there is no running statistic to carry). Written atomically (temporary file, fsync, rename);
+read with ``torch.load(weights_only=True)``, so a file that would run code when unpickled is
+refused before any of it runs, with a one-line ``PolicyFileError``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+POLICY_FORMAT = "esper-policy/1"
+SUFFIX = ".policy.pt"
+
+
+class PolicyFileError(ValueError):
+    """A policy file that cannot be used; the message is one line naming the file."""
+
+
+def policy_path(recording: str | os.PathLike[str]) -> Path:
+    """Where a recording's policy lives: ``RUN.msgpack`` (or ``RUN.ckpt``) -> ``RUN.policy.pt``."""
+    path = Path(recording)
+    return path.with_name(path.name.removesuffix(path.suffix) + SUFFIX)
+
+
+def write_policy_file(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (``PolicyDriver.policy_state()``) atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            torch.save({"format": POLICY_FORMAT, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The file's state; ``PolicyFileError`` for a missing, foreign or unsafe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyFileError(f"{path}: no such policy file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to load safely is the same verdict
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise PolicyFileError(
+            f"{path}: refused, not a policy file that loads safely ({first[:160]})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != POLICY_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise PolicyFileError(
+            f"{path}: policy format {found!r}, this version reads {POLICY_FORMAT}"
+        )
+    return state

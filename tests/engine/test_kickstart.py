@@ -1,0 +1,204 @@
+"""Kickstarting and policy files: the clone replays the heuristic on unseen episodes, a saved
+policy reloads to the same actions, a hostile file is refused, and building an agent leaves
+every generator the envs draw from where it was."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from esper_engine.config import HeuristicConfig, PPOConfig, TrainingConfig
+from esper_engine.contracts import EpochSummary
+from esper_engine.env_runtime import EnvRuntime
+from esper_engine.policy.actions import N_OPS, action_masks, stack_masks
+from esper_engine.policy.driver import PolicyDriver
+from esper_engine.policy.observation import EnvObservation, SlotObservation, obs_dim
+from esper_engine.policy.policy_file import (
+    PolicyFileError,
+    policy_path,
+    read_policy_file,
+    write_policy_file,
+)
+from esper_engine.policy.ppo import PPOAgent
+from esper_engine.policy.rewards import capacity_rent
+from esper_engine.tasks import load_task
+from esper_engine.telemetry import ListSink
+from esper_engine.trainer import VectorizedTrainer
+from overwatch.cli import main
+
+SLOTS = ("block1", "block2", "block3")
+BLUEPRINTS = ("conv_light", "conv_heavy", "attention", "depthwise", "norm")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return load_task("synthetic-images", seed=0, scale="small")
+
+
+@pytest.fixture(scope="module")
+def held_out_images():
+    return load_task("synthetic-images", seed=3, scale="small")
+
+
+def tiny(**overrides) -> TrainingConfig:
+    base = dict(
+        n_envs=3,
+        episodes=2,
+        epochs=12,
+        batches_per_epoch=2,
+        batch_size=16,
+        val_batches=1,
+        batch_stats_every=0,
+        checkpoint_every=0,
+    )
+    base.update(overrides)
+    return TrainingConfig(**base)
+
+
+def run(task, config: TrainingConfig) -> tuple[VectorizedTrainer, ListSink]:
+    sink = ListSink()
+    trainer = VectorizedTrainer(config, sink, run_id="kick", task=task)
+    finished = trainer.run()
+    assert finished.status == "completed", finished.error
+    return trainer, sink
+
+
+def driver(**ppo: object) -> PolicyDriver:
+    return PolicyDriver(
+        "ppo",
+        n_envs=2,
+        slot_ids=SLOTS,
+        blueprints=BLUEPRINTS,
+        host_kind="cnn",
+        heuristic=HeuristicConfig(),
+        ppo=PPOConfig(seed=7, **ppo),
+    )
+
+
+def observation(epoch: int, stage: str = "DORMANT") -> EnvObservation:
+    history = tuple(0.3 + 0.04 * e for e in range(epoch + 1))
+    return EnvObservation(
+        epoch=epoch,
+        max_epochs=12,
+        val_accuracy=history[-1],
+        val_loss=1.0,
+        train_loss=1.1,
+        random_guess_loss=2.3,
+        acc_history=history,
+        loss_history=tuple(2.0 - 0.1 * e for e in range(epoch + 1)),
+        slots=(SlotObservation(stage, can_advance=stage != "DORMANT"),)
+        + 2 * (SlotObservation("DORMANT"),),
+        host_params=1063,
+    )
+
+
+def test_a_scripted_episode_earns_its_final_gain_minus_its_final_capacitys_rent(images):
+    """The heuristic's episodes (germinations, blends, maybe prunes): every env's rewards sum
+    to its accuracy gain from the first epoch to the last minus the rent of what it ends with."""
+    config = tiny(episodes=1, policy="heuristic")
+    _, sink = run(images, config)
+    for env in range(config.n_envs):
+        summaries = [e for e in sink.events if isinstance(e, EpochSummary) and e.env == env]
+        first, last = summaries[0], summaries[-1]
+        assert max(s.seed_params for s in summaries) > 0  # it grew: rent was charged
+        paid = sum(s.reward for s in summaries[1:])
+        rent = capacity_rent(last.host_params, last.seed_params, config.param_rent)
+        gain = 100 * (last.val_accuracy - first.val_accuracy)
+        assert paid == pytest.approx(gain - rent, abs=1e-9)
+
+
+def test_the_clone_replays_the_heuristic_on_held_out_episodes(images, held_out_images, tmp_path):
+    """Two rounds of recorded heuristic episodes, the clone, then greedy episodes on another
+    task seed with other host inits: its op is the heuristic's on >= 95% of those states."""
+    trainer, _ = run(images, tiny(policy="ppo", ppo=PPOConfig(demo_rounds=2)))
+    clone = trainer.policy.history[-1]
+    assert clone["phase"] == "clone" and clone["greedy_agreement"] >= 0.95
+    assert clone["explained_variance"] > 0.5  # the critic fits the demonstrations' returns
+    path = tmp_path / "clone.policy.pt"
+    write_policy_file(path, trainer.policy.policy_state())
+    ppo = PPOConfig(init_file=str(path), learn=False, greedy=True)
+    evaluation, _ = run(held_out_images, tiny(policy="ppo", seed=3, ppo=ppo))
+    held_out = evaluation.policy.history
+    assert [r["phase"] for r in held_out] == ["eval", "eval"]
+    assert all(r["transitions"] == 3 * 11 for r in held_out)
+    assert min(r["heuristic_agreement"] for r in held_out) >= 0.95
+
+
+def test_a_saved_policy_reloads_to_identical_actions(tmp_path):
+    first = driver(demo_rounds=0)
+    path = policy_path(tmp_path / "run.msgpack")
+    assert path.name == "run.policy.pt"
+    write_policy_file(path, first.policy_state())
+    second = driver(demo_rounds=0)  # then moved away from the first in every saved part
+    with torch.no_grad():
+        for p in second.agent.parameters():
+            p.add_(1.0)
+    second.agent.generator.manual_seed(123)
+    second.rounds = 5
+    second.load_policy_state(read_policy_file(path))
+    observations = [observation(e, "TRAINING" if e % 2 else "DORMANT") for e in range(8)]
+    vectors = torch.stack([o.to_vector() for o in observations])
+    masks = stack_masks([action_masks(o, len(BLUEPRINTS)) for o in observations])
+    for greedy in (True, False):  # sampling too: the generator's state is in the file
+        a = first.agent.act(vectors, masks, deterministic=greedy)
+        b = second.agent.act(vectors, masks, deterministic=greedy)
+        assert torch.equal(a.actions, b.actions)
+        assert torch.equal(a.log_prob, b.log_prob)
+    assert second.rounds == first.rounds
+
+
+def test_a_policy_for_another_host_is_refused(tmp_path):
+    path = tmp_path / "p.policy.pt"
+    write_policy_file(path, driver().policy_state())
+    other = PolicyDriver(
+        "ppo",
+        n_envs=2,
+        slot_ids=SLOTS[:2],
+        blueprints=BLUEPRINTS,
+        host_kind="cnn",
+        heuristic=HeuristicConfig(),
+        ppo=PPOConfig(seed=0),
+    )
+    with pytest.raises(ValueError, match="slot_ids"):
+        other.load_policy_state(read_policy_file(path), str(path))
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/nonexistent")  # set per test below
+
+
+def test_a_hostile_policy_file_is_refused_with_one_line_and_exit_2(tmp_path, capsys):
+    global MARKER
+    MARKER = tmp_path / "ran"
+    hostile = tmp_path / "evil.policy.pt"
+    torch.save({"format": "esper-policy/1", "agent": _RunsCode()}, hostile)
+    with pytest.raises(PolicyFileError, match="refused, not a policy file that loads safely"):
+        read_policy_file(hostile)
+    assert not MARKER.exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file at all")
+    with pytest.raises(PolicyFileError, match="refused"):
+        read_policy_file(tmp_path / "junk.pt")
+    code = main(
+        ["run", "--headless", "--no-record", "--policy", "ppo", "--policy-file", str(hostile)]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("overwatch: error: ") and "refused" in err[-1]
+    assert not MARKER.exists()
+
+
+def test_building_an_agent_leaves_the_env_generators_untouched(images):
+    config = tiny(n_envs=1)
+    env = EnvRuntime(0, config, images)
+    global_before, env_before = torch.get_rng_state(), env.generator.get_state()
+    PPOAgent(obs_dim(len(SLOTS)), N_OPS, len(SLOTS), len(BLUEPRINTS), PPOConfig(seed=5))
+    driver()
+    assert torch.equal(torch.get_rng_state(), global_before)
+    assert torch.equal(env.generator.get_state(), env_before)

@@ -124,8 +124,8 @@ class ObservationsSeen(VectorizedTrainer):
 
 @pytest.mark.xfail(
     reason="measured 0.85 on this tiny-host regime (accuracy quantised to 1/32, contributions at "
-    "the heuristic's thresholds); the full study's clone matched the heuristic on 44/44 "
-    "held-out states per seed 3-5 (identical episodes) - issue 16 open point",
+    "the heuristic's thresholds); the full study's clone took the heuristic's actions on held-out "
+    "seeds 3-5 (identical episodes) - issue 16 open point",
     strict=False,
 )
 def test_the_clone_replays_the_heuristic_on_held_out_observations(images, held_out_images):

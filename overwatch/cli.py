@@ -323,7 +323,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=argparse.SUPPRESS,
         help="--policy ppo: start from this saved agent (RUN.policy.pt; a --policy ppo run "
         "with a recording writes one next to it every round; loaded with weights_only, a file "
-        "that would run code is refused)",
+        "that would run code is refused) (default: none: a fresh agent)",
     )
     run.add_argument(
         "--no-learn",

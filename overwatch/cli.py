@@ -329,13 +329,14 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--no-learn",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="--policy ppo: evaluate only (no update, no demonstrations)",
+        help="--policy ppo: evaluate only (no update, no demonstrations) (default: learn)",
     )
     run.add_argument(
         "--greedy",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="--policy ppo: act with the most likely action instead of sampling",
+        help="--policy ppo: act with the most likely action instead of sampling "
+        "(default: sample)",
     )
     run.add_argument(
         "--config",

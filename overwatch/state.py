@@ -114,6 +114,9 @@ class EnvView:
 
     env: int
     revision: int = field(default=0, compare=False)  # restamped when an event touches this env
+    # ... except BatchStats, which restamp this instead: the console repaints their figures at
+    # its live cadence (LIVE_PERIOD_S), not on every batch
+    live_revision: int = field(default=0, compare=False)
     summary: EpochSummary | None = None  # the latest
     batch: BatchStats | None = None  # the latest since ``summary`` (None right after a summary)
     attribution: Attribution | None = None  # the latest of the current episode
@@ -253,7 +256,8 @@ class ConsoleState:
     # the header's alert count is this minus what the operator acknowledged.
     alerts: int = 0
     events_seen: int = 0
-    revision: int = field(default=0, compare=False)  # restamped on every event
+    revision: int = field(default=0, compare=False)  # restamped on every event but BatchStats
+    live_revision: int = field(default=0, compare=False)  # restamped on every BatchStats
     log_revision: int = field(default=0, compare=False)  # restamped on every log entry
     envs: list[EnvView] = field(default_factory=list)
     log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
@@ -322,14 +326,22 @@ def reduce(state: ConsoleState, event: Event) -> ConsoleState:
     """Apply one event to ``state`` in place and return it (events of unknown type only count)."""
     state.events_seen += 1
     state.last_wall_time = event.wall_time
-    state.revision = revision = next(_revisions)
+    revision = next(_revisions)
+    live = type(event) is BatchStats
+    if live:
+        state.live_revision = revision
+    else:
+        state.revision = revision
     if not state.run_id:
         state.run_id = event.run_id
     handler = _HANDLERS.get(type(event))
     if handler is not None:
         handler(state, event)
     if event.env is not None and event.env < len(state.envs):
-        state.envs[event.env].revision = revision
+        if live:
+            state.envs[event.env].live_revision = revision
+        else:
+            state.envs[event.env].revision = revision
     return state
 
 

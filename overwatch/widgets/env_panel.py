@@ -55,7 +55,8 @@ class EnvPanel(LineWidget):
         self.view: EnvView | None = None
         self.language_model = False
         self.run_params = (0, 0)  # host and seed parameters of the model as built
-        self._shown: tuple[int, bool, bool] | None = None
+        self._shown: tuple | None = None
+        self._live_shown = -1  # the view's live_revision last drawn
         self._titles = (env_label(env), "")
         self.border_title = env_label(env)
 
@@ -66,15 +67,17 @@ class EnvPanel(LineWidget):
         focused: bool,
         language_model: bool,
         run_params: tuple[int, int] = (0, 0),
+        live: bool = True,
     ) -> None:
         """Show ``view``; the focused env gets the highlighted border. Unchanged: no redraw.
 
         ``run_params``: host and seed parameters of the model as built (RunStarted), shown until
-        the env's first EpochSummary counts its own."""
+        the env's first EpochSummary counts its own. ``live``: whether BatchStats alone may
+        redraw (the app's live cadence); any other change redraws with the newest figures."""
         shown = (view.revision, focused, language_model, run_params)
-        if shown == self._shown:
+        if shown == self._shown and (not live or view.live_revision == self._live_shown):
             return
-        self._shown = shown
+        self._shown, self._live_shown = shown, view.live_revision
         self.view = view
         self.env = view.env
         self.language_model = language_model
@@ -83,8 +86,11 @@ class EnvPanel(LineWidget):
         self.set_class(view.governor.consecutive_panics > 0, "-panicking")
         marker = "▶ " if focused else ""
         latest = view.latest  # the epoch in progress (BatchStats) or the last one summarised
-        progress = "" if latest is None else f"epoch {epoch_number(latest.epoch)} · "
-        titles = (f"{marker}{env_label(view.env)}", f"{progress}{rate(view.samples_per_s)}")
+        progress = [] if latest is None else [f"epoch {epoch_number(latest.epoch)}"]
+        if view.summary is not None:
+            # The last epoch's throughput: a per-batch rate would repaint the border each batch.
+            progress.append(rate(view.summary.samples_per_s))
+        titles = (f"{marker}{env_label(view.env)}", " · ".join(progress))
         if titles != self._titles:
             self._titles = titles
             self.set_border_titles(*titles)

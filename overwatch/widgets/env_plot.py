@@ -53,18 +53,24 @@ class EnvPlot(Vertical):
         yield self._title
         yield from self._plots
 
-    def update(self, view: EnvView | None) -> None:
-        """Redraw for ``view`` when its plotted data changed (the grad series in steps)."""
+    def update(self, view: EnvView | None, *, live: bool = True) -> None:
+        """Redraw for ``view`` when its plotted data changed (the grad series in steps, and
+        only when ``live``: the app's live cadence)."""
         if view is None:
             return
+        if not live and self._shown is not None and self._shown[:2] == (id(view), view.env):
+            # a per-batch change waits for the live tick; an epoch or a mark still redraws
+            grad = (self._shown[5], self._shown[6])
+        else:
+            grad = (len(view.grad_points) // GRAD_EVERY,
+                    view.grad_points[0] if view.grad_points else None)
         key = (
             id(view),
             view.env,
             len(view.epoch_points),
             view.epoch_points[-1] if view.epoch_points else None,
             len(view.marks),
-            len(view.grad_points) // GRAD_EVERY,
-            view.grad_points[0] if view.grad_points else None,
+            *grad,
         )
         if key == self._shown:
             return

@@ -24,11 +24,15 @@ class EnvRow(Widget):
         self.view: EnvView | None = None
         self.focused_row = False
         self._shown: tuple[int, bool] | None = None
+        self._live_shown = -1  # the view's live_revision last drawn
 
-    def update(self, view: EnvView, *, focused: bool) -> None:
-        if (view.revision, focused) == self._shown:
+    def update(self, view: EnvView, *, focused: bool, live: bool = True) -> None:
+        """``live``: whether BatchStats alone may redraw (the app's live cadence)."""
+        if (view.revision, focused) == self._shown and (
+            not live or view.live_revision == self._live_shown
+        ):
             return
-        self._shown = (view.revision, focused)
+        self._shown, self._live_shown = (view.revision, focused), view.live_revision
         self.view = view
         self.env = view.env  # sorted: a row shows whichever env is at its place
         self.focused_row = focused

@@ -47,6 +47,7 @@ class RunHeader(LineWidget):
         self.sort = "id"
         self.layout_choice = "auto"  # the operator's choice with t; auto is not shown
         self._shown: tuple | None = None
+        self._live_shown = -1  # the state's live_revision last drawn
 
     def update(
         self,
@@ -57,7 +58,10 @@ class RunHeader(LineWidget):
         alerts: int = 0,
         sort: str = "id",
         layout: str = "auto",
+        live: bool = True,
     ) -> None:
+        """Redraw when a figure up here may have changed; ``live``: whether BatchStats alone
+        (the run's samples/s) may redraw (the app's live cadence)."""
         elapsed = state.elapsed(now)
         shown = (
             id(state),
@@ -69,9 +73,9 @@ class RunHeader(LineWidget):
             sort,
             layout,
         )
-        if shown == self._shown:
+        if shown == self._shown and (not live or state.live_revision == self._live_shown):
             return
-        self._shown = shown
+        self._shown, self._live_shown = shown, state.live_revision
         self.state = state
         self.liveness = liveness
         self.now, self.alerts, self.sort = now, alerts, sort

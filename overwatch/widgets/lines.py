@@ -38,7 +38,7 @@ class LineWidget(Widget):
         self._strips: dict[int, tuple[LineKey, Strip]] = {}
         self._strip_basis: tuple[int, object] | None = None  # (width, visual style) of _strips
         self._styles: dict[str, Style] = {}
-        self._border_only = False
+        self._border_only: str | None = None  # "top" or "bottom": repaint that row only
         self.strips_made = 0  # lines turned into strips so far: what a repaint costs
 
     def build_lines(self, width: int, height: int) -> list[Text]:
@@ -76,14 +76,17 @@ class LineWidget(Widget):
             self.refresh(*(Region(0, y, size.width, 1) for y in rows))
 
     def set_border_titles(self, title: str, subtitle: str) -> None:
-        """Set the border's title and subtitle, repainting only the border rows (Textual's
-        setters repaint the whole widget; the subtitle here changes every epoch)."""
-        self._border_only = True
-        try:
-            self.border_title = title
-            self.border_subtitle = subtitle
-        finally:
-            self._border_only = False
+        """Set the border's title and subtitle, repainting only the border row that changed
+        (Textual's setters repaint the whole widget; the subtitle here changes every epoch)."""
+        for row, attribute, text in (("top", "border_title", title),
+                                     ("bottom", "border_subtitle", subtitle)):
+            if getattr(self, attribute) == text:
+                continue
+            self._border_only = row
+            try:
+                setattr(self, attribute, text)
+            finally:
+                self._border_only = None
 
     def refresh(
         self,
@@ -96,17 +99,17 @@ class LineWidget(Widget):
         the lines carry resolved component styles."""
         if repaint and not regions:
             if self._border_only and self.outer_size.height > 1:
-                regions = self._border_rows()
+                regions = (self._border_row(self._border_only),)
             else:
                 self._built_for = None
                 self._styles.clear()
         return super().refresh(*regions, repaint=repaint, layout=layout, recompose=recompose)
 
-    def _border_rows(self) -> tuple[Region, Region]:
-        """The top and bottom rows of the widget, in content coordinates (what refresh takes)."""
+    def _border_row(self, row: str) -> Region:
+        """The widget's top or bottom row, in content coordinates (what refresh takes)."""
         x, y = self.content_offset
         width, height = self.outer_size
-        return Region(-x, -y, width, 1), Region(-x, height - 1 - y, width, 1)
+        return Region(-x, -y if row == "top" else height - 1 - y, width, 1)
 
     def render_line(self, y: int) -> Strip:
         size = self.size

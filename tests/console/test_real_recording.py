@@ -193,7 +193,8 @@ def check_panel(
         where,
         "subtitle (epoch, samples/s)",
         _group(r"(epoch \d+ · [\d,]+/s)", rows[-1]),
-        f"epoch {epoch_number(latest.epoch)} · {rate(src.samples_per_s)}",
+        # the epoch in progress, and the throughput of the last one summarised
+        f"epoch {epoch_number(latest.epoch)} · {rate(summary.samples_per_s)}",
     )
     bad.check(where, "val accuracy", _group(r"acc\s+(\S+)", text), pct(summary.val_accuracy))
     bad.check(where, "val loss", _group(r"(?m)loss\s+(\S+)", text), num(summary.val_loss))

@@ -3,6 +3,8 @@ hidden layout is not updated at all; the screen stays what a full repaint would 
 
 from __future__ import annotations
 
+import msgspec
+
 from esper_engine.contracts import BatchStats, EpochSummary, Event
 from overwatch.app import OverwatchApp
 from overwatch.state import RunPlan
@@ -18,9 +20,15 @@ def running_events() -> list[Event]:
     return running()
 
 
-def app_with(events: list[Event], shown: int) -> tuple[OverwatchApp, FakeLiveSource]:
+# The tests tick by hand; the app's own timer (every 10 s at this rate) stays out of the way.
+HAND_TICKED_HZ = 0.1
+
+
+def app_with(
+    events: list[Event], shown: int, refresh_hz: float = 4.0
+) -> tuple[OverwatchApp, FakeLiveSource]:
     source = FakeLiveSource(events[:shown])
-    return OverwatchApp(source, clock=frozen_clock(events)), source
+    return OverwatchApp(source, clock=frozen_clock(events), refresh_hz=refresh_hz), source
 
 
 def next_of(events: list[Event], kind: type, env: int) -> Event:
@@ -34,8 +42,9 @@ def panels_made(app: OverwatchApp) -> list[int]:
 async def repaints(pushed: list[Event], ticks: int = 1) -> tuple[list[int], int, OverwatchApp]:
     """Lines turned into strips by each wide panel and by the header over ``ticks`` ticks that
     show ``pushed`` after the first CUT events."""
-    app, source = app_with(running_events(), CUT)
+    app, source = app_with(running_events(), CUT, refresh_hz=HAND_TICKED_HZ)
     async with app.run_test(size=WIDE) as pilot:
+        await app.tick()  # the first CUT events
         await pilot.pause()
         before, header_before = panels_made(app), app._header.strips_made
         source.push(*pushed)
@@ -48,13 +57,68 @@ async def repaints(pushed: list[Event], ticks: int = 1) -> tuple[list[int], int,
 
 @run_async
 async def test_batch_stats_repaint_one_line_of_their_own_panel_only() -> None:
+    """Within the live period a tick that brings a BatchStats repaints nothing; the next tick
+    without one shows it: the grad line of its panel and the header's samples/s."""
     batch = next_of(running_events(), BatchStats, env=1)
     made, header, app = await repaints([batch])
-    assert made == [0, 1, 0, 0]  # the grad line and nothing else (the rate is on the border)
+    assert made == [0, 0, 0, 0] and header == 0  # the clock is frozen: the period has not passed
+    made, header, app = await repaints([batch], ticks=2)  # the second tick brings nothing
+    assert made == [0, 1, 0, 0]  # the grad line and nothing else
     assert header == 1  # the run's samples/s, on the progress line
     grad = next(line for line in app._panels[1].lines if line.startswith("grad "))
     assert grad.startswith(f"grad {batch.grad_norm_post_clip:.2f}/")
-    assert app._panels[1].border_subtitle.endswith(f"{batch.samples_per_s:,.0f}/s")
+    summary = app.state.envs[1].summary
+    # the border shows the last epoch's throughput, which a batch does not change
+    assert app._panels[1].border_subtitle == (
+        f"epoch {batch.epoch + 1} · {summary.samples_per_s:,.0f}/s"
+    )
+
+
+@run_async
+async def test_a_live_runs_batch_figures_repaint_once_per_live_period() -> None:
+    """A batch of one env arrives on every tick (4 Hz) for 2.75 s of the clock: its grad line is
+    repainted at 1 s and 2 s only, with the newest batch; a tick without a batch shows the last."""
+    events = running_events()
+    # The fixture's trainer sent every 10th batch; these are the batches between two of them,
+    # made from the real one (same epoch, units and clip), each with its own grad norm.
+    shown = next(i for i, e in enumerate(events) if i > CUT and type(e) is BatchStats)
+    real = events[shown]
+    batches = [
+        msgspec.structs.replace(
+            real,
+            batch=real.batch + 1 + k,
+            grad_norm_post_clip=0.1 + 0.07 * k,
+            wall_time=real.wall_time + 0.25 * (k + 1),
+        )
+        for k in range(11)
+    ]
+    now = [real.wall_time]
+    source = FakeLiveSource(events[: shown + 1])
+    app = OverwatchApp(source, clock=lambda: now[0], refresh_hz=HAND_TICKED_HZ)
+    async with app.run_test(size=WIDE) as pilot:
+        await app.tick()
+        await pilot.pause()
+        panel = app._panels[real.env]
+        repainted = []
+        for tick, batch in enumerate(batches, start=1):
+            now[0] += 1 / 4
+            before = panel.strips_made
+            source.push(batch)
+            await app.tick()
+            await pilot.pause()
+            if panel.strips_made > before:
+                repainted.append(tick)
+                assert grad_line(panel) == f"grad {app.state.envs[real.env].grad_period[0]:.2f}"
+        assert repainted == [4, 8]  # 1.0 s and 2.0 s
+        assert grad_line(panel) != f"grad {app.state.envs[real.env].grad_period[0]:.2f}"
+        await app.tick()  # brings nothing: what arrived last is shown
+        await pilot.pause()
+        assert grad_line(panel) == f"grad {app.state.envs[real.env].grad_period[0]:.2f}"
+
+
+def grad_line(panel: EnvPanel) -> str:
+    """The panel's grad line up to the threshold: "grad 0.87"."""
+    return next(line for line in panel.lines if line.startswith("grad ")).split("/")[0]
 
 
 @run_async

@@ -251,6 +251,10 @@ class ConsoleState:
     last_wall_time: float | None = None
     started_wall_time: float | None = None  # RunStarted's
     epoch_wall_time: float | None = None  # when the latest epoch (of any env) was summarised
+    # The trainer's pauses as its acks tell them: (paused, resumed) wall times, and the start
+    # of the one in progress. Epoch time and ETA leave them out.
+    pauses: list[tuple[float, float]] = field(default_factory=list)
+    paused_at: float | None = None
     batches_per_epoch: int = 0
     # Incidents so far (governor panics, rollbacks, epochs with a non-finite loss, a crash):
     # the header's alert count is this minus what the operator acknowledged.
@@ -293,10 +297,16 @@ class ConsoleState:
 
     @property
     def epoch_seconds(self) -> float | None:
-        """The run's mean wall time per epoch so far (None before its first epoch)."""
+        """The run's mean wall time per epoch so far, its pauses left out (None before its
+        first epoch)."""
         if self.started_wall_time is None or self.epoch_wall_time is None or not self.epochs_done:
             return None
-        return max(self.epoch_wall_time - self.started_wall_time, 0.0) / self.epochs_done
+        span = self.epoch_wall_time - self.started_wall_time
+        paused = sum(
+            max(min(end, self.epoch_wall_time) - max(start, self.started_wall_time), 0.0)
+            for start, end in self.pauses
+        )
+        return max(span - paused, 0.0) / self.epochs_done
 
     def elapsed(self, now: float) -> float | None:
         """Seconds since RunStarted: to ``now`` while it runs, to its last event once ended."""
@@ -532,8 +542,13 @@ def _command_ack(state: ConsoleState, ev: CommandAck) -> None:
     if ev.accepted:
         if ev.command == "Pause":
             state.trainer_state = "paused"
+            if state.paused_at is None:
+                state.paused_at = ev.wall_time
         elif ev.command == "Resume":
             state.trainer_state = "running"
+            if state.paused_at is not None:
+                state.pauses.append((state.paused_at, ev.wall_time))
+                state.paused_at = None
         elif ev.command == "Stop":
             state.trainer_state = "stopping"
         elif ev.command == "SetClipThreshold" and ev.value is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Self
 
+from rich.cells import cell_len
 from rich.style import Style
 from rich.text import Text
 from textual.content import Content
@@ -25,6 +26,25 @@ LineKey = tuple[object, ...]
 def line_key(line: Text) -> LineKey:
     """All a line's strip depends on: its characters, its base style and its styled spans."""
     return (line.plain, line.style, *line.spans)
+
+
+def changed_cells(old: LineKey | None, new: LineKey | None, width: int) -> int:
+    """How many cells from the left of a row must be repainted to turn line ``old`` into line
+    ``new``: up to the last cell whose character or style differs (Textual writes a dirty row
+    from its widget's left edge to the dirty region's right end, so the unchanged rest of the
+    row is not written). ``width`` when unsure: wide characters, another base style, no line."""
+    if old is None or new is None or old[1] != new[1]:
+        return width
+    a, b = old[0], new[0]
+    if not (isinstance(a, str) and isinstance(b, str)) or cell_len(a) != len(a) \
+            or cell_len(b) != len(b):
+        return width
+    n = max(len(a), len(b))
+    a, b = a.ljust(n), b.ljust(n)
+    last = next((i for i in range(n - 1, -1, -1) if a[i] != b[i]), -1)
+    for span in set(old[2:]) ^ set(new[2:]):
+        last = max(last, span.end - 1)
+    return max(1, min(last + 1, width))
 
 
 class LineWidget(Widget):
@@ -73,7 +93,12 @@ class LineWidget(Widget):
         ]
         self._texts, self._keys = lines, keys
         if rows:
-            self.refresh(*(Region(0, y, size.width, 1) for y in rows))
+            self.refresh(*(
+                Region(0, y, changed_cells(
+                    old[y] if y < len(old) else None, keys[y] if y < len(keys) else None,
+                    size.width), 1)
+                for y in rows
+            ))
 
     def set_border_titles(self, title: str, subtitle: str) -> None:
         """Set the border's title and subtitle, repainting only the border row that changed

@@ -14,6 +14,7 @@ from esper_engine.contracts import (
     GovernorPanic,
     GovernorRollback,
     Pause,
+    Resume,
     RunFinished,
 )
 from overwatch.app import OverwatchApp
@@ -122,6 +123,28 @@ def test_elapsed_and_eta_from_the_recorded_epochs() -> None:
     assert finished.eta() is None
     assert finished.elapsed(10**10) == real_events()[-1].wall_time - started  # not "now"
 
+
+
+def test_a_pause_counts_in_elapsed_but_not_in_epoch_time_or_eta() -> None:
+    """The operator pauses the trainer for 10 minutes during epoch 4: elapsed grows by that,
+    the epoch time and the ETA do not (the acks as the engine records them)."""
+    events = running(epochs=4)
+    plain = reduce_many(ConsoleState(), events)
+    cut = max(i for i, e in enumerate(events) if type(e) is EpochSummary)  # the 4th epoch's end
+    before = events[cut].wall_time
+    pause, resume = before - 2.0, before - 2.0 + 600.0
+    paused = [
+        *events[: cut - 1],
+        acknowledge(Pause(command_id=1), accepted=True, run_id="x", wall_time=pause),
+        acknowledge(Resume(command_id=2), accepted=True, run_id="x", wall_time=resume),
+        *(msgspec.structs.replace(e, wall_time=e.wall_time + 600.0) for e in events[cut - 1 :]),
+    ]
+    state = reduce_many(ConsoleState(), paused)
+    assert state.pauses == [(pause, resume)] and state.trainer_state == "running"
+    assert abs(state.epoch_seconds - plain.epoch_seconds) < 1e-6
+    assert abs(state.eta() - plain.eta()) < 1e-6
+    now = events[-1].wall_time + 600.0 + 5.0
+    assert state.elapsed(now) - plain.elapsed(now - 600.0) == 600.0
 
 @run_async
 async def test_the_footer_says_resume_while_paused() -> None:

@@ -12,6 +12,7 @@ from rich.color import Color
 from rich.console import Console
 from rich.segment import Segment
 from rich.style import Style
+from textual._compositor import Compositor
 from textual.drivers.headless_driver import HeadlessDriver
 from textual.drivers.linux_driver import LinuxDriver
 from textual.strip import Strip
@@ -19,7 +20,7 @@ from textual.strip import Strip
 from overwatch.app import OverwatchApp
 from overwatch.sources import ReplaySource
 from overwatch.terminal_output import compact_sgr, compacting, parse_style
-from tests.console.fixtures import real_events, run_async
+from tests.console.fixtures import FakeLiveSource, real_events, run_async, running
 
 TOKEN = re.compile(r"\x1b\[([0-9;:?]*)([A-Za-z])|(\n)|(.)", re.DOTALL)
 
@@ -164,3 +165,36 @@ def test_only_a_terminals_driver_writes_through_it() -> None:
     assert issubclass(driver, LinuxDriver) and driver is not LinuxDriver
     assert compacting(HeadlessDriver) is HeadlessDriver
     assert issubclass(OverwatchApp(ReplaySource.from_events([])).driver_class, LinuxDriver)
+
+
+@run_async
+async def test_what_the_console_writes_tick_by_tick_adds_up_to_its_screen(monkeypatch) -> None:
+    """The real engine's run shown live at 120x40, a few events per tick with the clock
+    moving: every update Textual renders (rows cut short where a line's end did not change,
+    per-batch figures held back, styles compacted), played in order through the terminal
+    model, leaves the screen one full repaint shows."""
+    events = running()
+    written: list[str] = []
+    console = Console(color_system="256", force_terminal=True, width=200)
+    render_update = Compositor.render_update
+
+    def recorded(self, *args, **kwargs):
+        update = render_update(self, *args, **kwargs)
+        if update is not None:
+            written.append(compact_sgr(update.render_segments(console)))
+        return update
+
+    monkeypatch.setattr(Compositor, "render_update", recorded)
+    now = [events[0].wall_time]
+    source = FakeLiveSource([])
+    app = OverwatchApp(source, clock=lambda: now[0], refresh_hz=0.1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        for start in range(0, len(events), 7):
+            source.push(*events[start : start + 7])
+            now[0] += 0.3
+            await app.tick()
+            await pilot.pause()
+        stream = "".join(written)
+        full = render_update(app.screen._compositor, full=True).render_segments(console)
+    assert screen_of(stream)[0] == screen_of(full)[0]
+    assert len(written) > 20  # it was drawn tick by tick

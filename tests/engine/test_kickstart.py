@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from esper_engine.config import HeuristicConfig, PPOConfig, TrainingConfig
-from esper_engine.contracts import EpochSummary
+from esper_engine.contracts import EpochSummary, PolicyUpdate
 from esper_engine.env_runtime import EnvRuntime
 from esper_engine.policy.actions import N_OPS, action_masks, stack_masks
 from esper_engine.policy.driver import PolicyDriver
@@ -154,6 +154,21 @@ def test_the_clone_replays_the_heuristic_on_held_out_observations(images, held_o
     vectors = torch.stack([o.to_vector() for o in observations])
     chosen = trainer.policy.agent.act(vectors, masks, deterministic=True).actions[:, 0]
     assert (chosen == teacher).float().mean().item() >= 0.95
+
+
+def test_a_kickstarted_runs_updates_carry_a_decaying_imitation_weight_and_agreement(images):
+    """One demonstration round, the clone, then PPO rounds whose imitation weight decays to 0:
+    every PolicyUpdate says the weight it used and how often the agent's most likely op was the
+    heuristic's on that update's transitions."""
+    ppo = PPOConfig(demo_rounds=1, imitation_coef=1.0, imitation_rounds=2)
+    _, sink = run(images, tiny(n_envs=2, episodes=4, policy="ppo", ppo=ppo))
+    updates = [e for e in sink.events if isinstance(e, PolicyUpdate)]
+    assert [u.update for u in updates] == [1, 2, 3, 4]  # the clone, then three PPO rounds
+    assert [u.imitation_weight for u in updates[1:]] == [1.0, 0.5, 0.0]
+    assert updates[0].imitation_weight == 0.0  # the clone is fitted by its own loss
+    for u in updates:
+        assert u.heuristic_agreement is not None and 0.0 <= u.heuristic_agreement <= 1.0
+    assert updates[0].heuristic_agreement == 1.0  # the clone fits its demonstrations
 
 
 def test_a_saved_policy_reloads_to_identical_actions(tmp_path):

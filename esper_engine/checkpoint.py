@@ -28,6 +28,7 @@ import torch
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import RunFinished, RunStarted, RunStatus
 from esper_engine.recording import RecordingError, read_recording
+from esper_engine.state_file import read_state_file
 
 CHECKPOINT_FORMAT = 2  # of the checkpoint's layout; bumped when a part's state changes shape
 SUFFIX = ".ckpt"
@@ -118,19 +119,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's state; CheckpointError (one line) for a missing, foreign or unsafe file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint (checkpoint_every 0, or no epoch finished)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to load safely is the same verdict
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused, not a checkpoint that loads safely ({first[:160]})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(
-            f"{path}: checkpoint format {found!r}, this version reads {CHECKPOINT_FORMAT}"
-        )
-    return state
+    return read_state_file(path, CheckpointError, "checkpoint", CHECKPOINT_FORMAT)
 
 
 @dataclass

@@ -222,6 +222,11 @@ class PolicyUpdate(Event, frozen=True, kw_only=True):
     explained_variance: float  # unitless ratio (1 = perfect value function)
     grad_norm: float  # L2 norm, before the policy's clip
     mean_episode_reward: float  # accuracy points
+    # Kickstarting (None: not recorded, a recording from before these were added).
+    imitation_weight: float | None = None  # factor: the imitation term's weight in this update
+    # The agent's most likely op is the heuristic's on this fraction of the update's transitions
+    # (the agent before the update; for the behaviour clone, after it, on its demonstrations).
+    heuristic_agreement: float | None = None  # fraction of transitions, in [0, 1]
 
 
 class CommandAck(Event, frozen=True, kw_only=True):

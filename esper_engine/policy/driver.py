@@ -35,6 +35,8 @@ CONTRACT_KEYS = (  # the figures contracts.PolicyUpdate carries; the rest stay i
     "grad_norm",
     "mean_episode_reward",
 )
+# contracts.PolicyUpdate's kickstarting figures and the ``history`` keys they are read from.
+KICKSTART_KEYS = {"imitation_weight": "imitation_weight", "heuristic_agreement": "greedy_agreement"}
 
 
 class PolicyDriver:
@@ -149,7 +151,7 @@ class PolicyDriver:
         if self._has_pending[env]:
             self.reward(env, 0.0)
 
-    def update(self) -> dict[str, float] | None:
+    def update(self) -> dict[str, float | None] | None:
         """The round's learning step: record (demonstration rounds), clone (after the last of
         them) or a PPO update with the scheduled imitation weight. Returns the PolicyUpdate
         figures, or None when nothing was learned (heuristic, --no-learn, an empty buffer or a
@@ -175,7 +177,7 @@ class PolicyDriver:
             stats = {**self.agent.update(self.buffer, weight), "phase": "ppo"}
             self.rounds += 1
         self.history.append(stats)
-        return {key: stats[key] for key in CONTRACT_KEYS}
+        return contract_figures(stats)
 
     @staticmethod
     def _round_figures(buffer: RolloutBuffer) -> dict[str, float]:
@@ -268,6 +270,14 @@ class PolicyDriver:
             self.rounds = int(state.get("rounds", 0))
             if "demos" in state:
                 self.demos.load_state_dict(state["demos"])
+
+
+def contract_figures(stats: dict[str, float]) -> dict[str, float | None]:
+    """The figures of a round's ``history`` entry that ``contracts.PolicyUpdate`` carries."""
+    figures: dict[str, float | None] = {key: stats[key] for key in CONTRACT_KEYS}
+    for field, key in KICKSTART_KEYS.items():
+        figures[field] = stats.get(key)  # None: no heuristic labels in this rollout
+    return figures
 
 
 def build_heuristic(

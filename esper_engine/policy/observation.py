@@ -17,8 +17,12 @@ from esper_engine.contracts import LIVE_SEED_STAGES, SeedStage
 STAGES: tuple[SeedStage, ...] = tuple(SeedStage)
 
 HISTORY_DELTAS = 4  # recent per-epoch changes of accuracy and loss in the vector
-GLOBAL_FEATURES = 8 + 2 * HISTORY_DELTAS
-SLOT_FEATURES = len(STAGES) + 7
+PLATEAU_WINDOW = 3  # epochs whose best accuracy is compared with the best before them
+GLOBAL_FEATURES = 10 + 2 * HISTORY_DELTAS
+SLOT_FEATURES = len(STAGES) + 8
+# Contributions below this (a tenth of an accuracy point) are compressed linearly, above it
+# logarithmically: see ``_symlog_contribution``.
+CONTRIBUTION_UNIT = 0.001
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,38 @@ def _global_features(obs: EnvObservation) -> list[float]:
         math.log1p(obs.total_panics) / 3.0,
         math.log1p(obs.rollbacks) / 3.0,
         math.log2(1.0 + obs.seed_params / max(obs.host_params, 1)),  # doublings of capacity
+        *_plateau_features(obs.acc_history),
     ]
+
+
+def _plateau_features(history: Sequence[float]) -> list[float]:
+    """Has accuracy stopped improving? The last deltas alone cannot tell: the best accuracy
+    before the window may lie further back than ``HISTORY_DELTAS`` epochs.
+
+    The best of the last ``PLATEAU_WINDOW`` epochs minus the best before them (x10, like the
+    deltas; 1.0 while there is no "before" yet: still improving), and the epochs since the
+    best accuracy so far was first reached (/10).
+    """
+    if len(history) > PLATEAU_WINDOW:
+        gain = 10.0 * (max(history[-PLATEAU_WINDOW:]) - max(history[:-PLATEAU_WINDOW]))
+    else:
+        gain = 1.0
+    best = max(history, default=0.0)
+    since_best = len(history) - 1 - history.index(best) if history else 0
+    return [_finite(gain, 5.0), min(since_best, 30) / 10.0]
+
+
+def _symlog_contribution(value: float) -> float:
+    """A contribution on a signed log scale: 0 stays 0, a tenth of a point is 0.23, one point
+    0.8, ten points 1.5.
+
+    The decisions that matter sit next to zero (is the seed worth more than nothing? than half a
+    point?), where the linear feature (x10) is a few hundredths and a small network fitted to a
+    handful of episodes learns no clean boundary: with this beside it, a behaviour clone
+    reproduced the heuristic's op on unseen episodes clearly more often
+    (tests/engine/test_kickstart.py).
+    """
+    return math.copysign(math.log1p(abs(value) / CONTRIBUTION_UNIT), value) / 3.0
 
 
 def _slot_features(slot: SlotObservation) -> list[float]:
@@ -136,6 +171,7 @@ def _slot_features(slot: SlotObservation) -> list[float]:
         min(slot.epochs_in_stage, 30) / 10.0,
         # a fraction x 10 (a tenth of the points): a seed worth a few points sits near 0.1..1
         _finite(slot.contribution * 10.0, 3.0) if measured else 0.0,
+        _symlog_contribution(_finite(slot.contribution, 1.0)) if measured else 0.0,
         1.0 if measured else 0.0,  # tells "not measured" apart from "exactly zero"
         float(slot.can_advance),
         float(slot.can_prune),

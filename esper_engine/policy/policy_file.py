@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from esper_engine.state_file import read_state_file
+
 POLICY_FORMAT = "esper-policy/1"
 SUFFIX = ".policy.pt"
 
@@ -49,17 +51,4 @@ def read_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise PolicyFileError(f"{path}: no such policy file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to load safely is the same verdict
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise PolicyFileError(
-            f"{path}: refused, not a policy file that loads safely ({first[:160]})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != POLICY_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise PolicyFileError(
-            f"{path}: policy format {found!r}, this version reads {POLICY_FORMAT}"
-        )
-    return state
+    return read_state_file(path, PolicyFileError, "policy file", POLICY_FORMAT)

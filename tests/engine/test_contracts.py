@@ -138,6 +138,8 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         explained_variance=0.3,
         grad_norm=0.8,
         mean_episode_reward=1.25,
+        imitation_weight=0.5,
+        heuristic_agreement=0.9,
     ),
     c.CommandAck: c.CommandAck(
         **COMMON,

@@ -12,6 +12,7 @@ import torch
 
 from esper_engine.contracts import Event, PolicyUpdate
 from esper_engine.policy.actions import N_OPS, ActionMasks, Op, op_index
+from esper_engine.policy.driver import contract_figures
 from esper_engine.policy.observation import obs_dim
 from esper_engine.policy.ppo import PPOAgent, PPOConfig, RolloutBuffer, compute_gae
 
@@ -265,11 +266,13 @@ def test_update_reports_policy_update_fields_and_consumes_the_buffer() -> None:
     stats = ppo.update(buffer)
     base = {f.name for f in msgspec.structs.fields(Event)}
     wanted = {f.name for f in msgspec.structs.fields(PolicyUpdate)} - base - {"update"}
-    assert wanted <= set(stats)  # the contract's figures, and diagnostics beside them
+    figures = contract_figures(stats)
+    assert set(figures) == wanted  # the contract's figures; the diagnostics stay beside them
     assert all(math.isfinite(v) for v in stats.values())
     assert stats["mean_episode_reward"] == pytest.approx(sum(returns) / 3)
+    assert figures["heuristic_agreement"] is None  # no heuristic labels in this rollout
     assert len(buffer) == 0
-    PolicyUpdate(update=1, **{key: stats[key] for key in wanted})
+    PolicyUpdate(update=1, **figures)
 
 
 def test_target_kl_stops_the_update_after_the_first_pass() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 
 from textual.driver import Driver
-from textual.drivers.linux_driver import LinuxDriver
 
 # SGR sequences (colon sub-parameters included, so that they are seen and not mistaken for text)
 _SGR = re.compile(r"\x1b\[([0-9;:]*)m")
@@ -103,6 +102,10 @@ def compact_sgr(text: str) -> str:
 def compacting(driver_class: type[Driver]) -> type[Driver]:
     """``driver_class`` writing through ``compact_sgr`` when it drives a terminal (the Linux
     driver); any other driver (headless, web, Windows) as it is."""
+    try:
+        from textual.drivers.linux_driver import LinuxDriver  # noqa: PLC0415 (termios: POSIX only)
+    except ImportError:
+        return driver_class
     if not issubclass(driver_class, LinuxDriver):
         return driver_class
 

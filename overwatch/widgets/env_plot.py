@@ -48,6 +48,7 @@ class EnvPlot(Vertical):
         self._title = Static("", classes="plot-title")
         self._plots = (QuietPlot("val acc %"), QuietPlot("val loss"), QuietPlot("grad norm"))
         self._shown: tuple | None = None
+        self._grad_shown: tuple | None = None  # the grad series as last drawn (in steps)
 
     def compose(self) -> ComposeResult:
         yield self._title
@@ -58,23 +59,19 @@ class EnvPlot(Vertical):
         only when ``live``: the app's live cadence)."""
         if view is None:
             return
-        if not live and self._shown is not None and self._shown[:2] == (id(view), view.env):
-            # a per-batch change waits for the live tick; an epoch or a mark still redraws
-            grad = (self._shown[5], self._shown[6])
-        else:
-            grad = (len(view.grad_points) // GRAD_EVERY,
-                    view.grad_points[0] if view.grad_points else None)
         key = (
             id(view),
             view.env,
             len(view.epoch_points),
             view.epoch_points[-1] if view.epoch_points else None,
             len(view.marks),
-            *grad,
         )
-        if key == self._shown:
+        grad = (len(view.grad_points) // GRAD_EVERY,
+                view.grad_points[0] if view.grad_points else None)
+        # a per-batch change waits for the live tick; an epoch or a mark redraws at once
+        if key == self._shown and (grad == self._grad_shown or not live):
             return
-        self._shown = key
+        self._shown, self._grad_shown = key, grad
         marks = sorted({(x, kind) for x, kind in view.marks if kind in MARK_STYLES})
         kinds = [kind for kind in MARK_STYLES if any(k == kind for _, k in marks)]
         legend = " ".join(f"[{MARK_STYLES[kind]}]│{kind.lower()}[/]" for kind in kinds)

@@ -26,6 +26,7 @@ from esper_engine.contracts import (
 )
 from esper_engine.control import ControlServer
 from esper_engine.distributed import Shard
+from esper_engine.footprint import RunEstimate
 from esper_engine.model import resolve_device
 from esper_engine.recording import Recorder, read_recording
 from esper_engine.tasks import Task, load_task
@@ -45,6 +46,7 @@ class TrainingSession:
         record_path: Path | None = None,
         resume: ResumePlan | None = None,
         shard: Shard | None = None,
+        estimate: RunEstimate | None = None,
     ) -> None:
         """``resume``: continue that plan's run (its recording is ``record_path``, cut back to the
         checkpoint); ``history`` then holds the recording's events up to the checkpoint.
@@ -78,6 +80,7 @@ class TrainingSession:
             recording_bytes=None if self.recorder is None else self.recorder.sync,
             resume_from=None if resume is None else resume.checkpoint,
             shard=shard,
+            estimate=estimate,
         )
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
         self.finished: RunFinished | None = None
@@ -166,9 +169,11 @@ def prepare_session(
     if progress is not None:
         progress(f"loading task {config.task} ...")
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
-    validate_run(config, task)
+    estimate = validate_run(config, task)
     check_blueprint_preferences(config)
-    return TrainingSession(config, task, run_id=run_id, record_path=record_path, shard=shard)
+    return TrainingSession(
+        config, task, run_id=run_id, record_path=record_path, shard=shard, estimate=estimate
+    )
 
 
 def prepare_resume(
@@ -181,7 +186,7 @@ def prepare_resume(
     if progress is not None:
         progress(f"loading task {config.task} ...")
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
-    validate_run(config, task)
+    validate_run(config, task, timed=False)  # RunResumed tells no estimate
     return TrainingSession(
         config, task, run_id=plan.run_id, record_path=plan.recording, resume=plan
     )

@@ -55,6 +55,7 @@ from esper_engine.distributed import (
 )
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
 from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
+from esper_engine.footprint import RunEstimate, estimate_run
 from esper_engine.lifecycle import SeedStage
 from esper_engine.model import create_model, run_host_spec
 from esper_engine.policy.driver import PolicyDriver
@@ -78,8 +79,9 @@ class StopRequested(Exception):
     """Raised at a safe point when the operator (or a signal) asked the run to stop."""
 
 
-def validate_run(config: TrainingConfig, task: Task) -> None:
-    """Check what only the task can tell (device, slot ids) before a thread starts."""
+def validate_run(config: TrainingConfig, task: Task, *, timed: bool = True) -> RunEstimate:
+    """Check what only the task can tell (device, slot ids, memory) before a thread starts;
+    the run's estimate (``timed``: with one timed batch for the epoch time)."""
     config.validate()
     check_samples("training set", task.train_x, task.train_y)
     check_samples("validation set", task.val_x, task.val_y)
@@ -95,6 +97,7 @@ def validate_run(config: TrainingConfig, task: Task) -> None:
             ppo=msgspec.structs.replace(config.ppo, seed=config.ppo_seed()),
         )
         driver.load_policy_state(read_policy_file(config.ppo.init_file), config.ppo.init_file)
+    return estimate_run(config, task, timed=timed)
 
 
 class VectorizedTrainer:
@@ -110,13 +113,15 @@ class VectorizedTrainer:
         recording_bytes: Callable[[], int] | None = None,
         resume_from: dict[str, Any] | None = None,
         shard: Shard | None = None,
+        estimate: RunEstimate | None = None,
     ) -> None:
         """``checkpoint``: where to write one every ``config.checkpoint_every`` epochs;
         ``recording_bytes`` flushes the recording and returns its length (stored with each
         checkpoint). ``resume_from``: a checkpoint's state to continue from instead of starting
         (``checkpoint.plan_resume`` has checked it matches this config and run id).
         ``shard``: this process's block of envs when torchrun runs several (``distributed``);
-        its rank 0 is given the run's sink, the others a ``ForwardingSink``."""
+        its rank 0 is given the run's sink, the others a ``ForwardingSink``. ``estimate``: what
+        ``validate_run`` measured, told in RunStarted (None: estimated here, untimed)."""
         config.validate()
         self.config = config
         self.sink = sink
@@ -136,6 +141,7 @@ class VectorizedTrainer:
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = Exchange(self.shard) if self.shard.distributed else None
         self._watch = None  # sharded: the leader's watchdog or a worker's heartbeat
+        self._estimate = estimate
 
     # --- the story ----------------------------------------------------------------------------
 
@@ -618,6 +624,7 @@ class VectorizedTrainer:
             return
         if not self.shard.is_leader:
             return
+        estimate = self._estimate or estimate_run(cfg, self.task, timed=False)
         self.sink.emit(
             RunStarted(
                 **self._common(None),
@@ -635,6 +642,12 @@ class VectorizedTrainer:
                 config=msgspec.to_builtins(cfg),  # the effective config, groups nested
                 host_params=self.envs[0].model.host_param_count(),
                 seed_params=self.envs[0].model.seed_param_count(),
+                host_kind=estimate.spec.kind,
+                host_preset=estimate.spec.preset,
+                host_sizes=estimate.spec.sizes(),
+                host_flops=estimate.cost.flops_per_sample,
+                memory_estimate=estimate.memory.needed,
+                epoch_s_estimate=estimate.epoch_s,
             )
         )
 

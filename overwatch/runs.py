@@ -16,6 +16,7 @@ from pathlib import Path
 from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunStatus
 from esper_engine.control import read_pid_file, socket_alive
 from esper_engine.recording import RecordingError, RecordingFollower
+from overwatch.widgets.formatting import host_label
 
 RECORDING_SUFFIX = ".msgpack"
 CHECKPOINT_SUFFIX = ".ckpt"  # esper_engine.checkpoint.SUFFIX, without importing torch
@@ -48,6 +49,7 @@ class RunInfo:
     attachable: bool  # its control socket answers
     resumable: bool  # a checkpoint and not completed
     socket: str | None = None
+    host: str = ""  # "cnn 32-64-128 · 95k params" ("" for a recording older than the field)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -118,6 +120,9 @@ def run_info(record: Path) -> RunInfo:
         attachable=attachable,
         resumable=resumable,
         socket=sock if attachable else None,
+        host=host_label(started.host_kind, started.host_sizes, started.host_params)
+        if started
+        else "",
     )
 
 
@@ -139,7 +144,7 @@ def ps_table(runs: list[RunInfo]) -> str:
     """The `overwatch ps` table, plain text, one run per line."""
     if not runs:
         return "no runs\n"
-    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME")
+    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "HOST", "ATTACH", "RESUME")
     rows = [header]
     for run in runs:
         state = f"running (pid {run.pid})" if run.state == RunState.RUNNING else str(run.state)
@@ -158,6 +163,7 @@ def ps_table(runs: list[RunInfo]) -> str:
                 progress,
                 started,
                 _size(run.size),
+                run.host or "-",
                 "yes" if run.attachable else "no",
                 "yes" if run.resumable else "no",
             )

@@ -71,14 +71,11 @@ class RunEstimate:
     epoch_s: float  # seconds per epoch, all envs; 0.0 when not timed
 
 
-def estimate_run(config: Any, task: Any, *, timed: bool) -> RunEstimate:
-    """The host's cost and the run's memory; refused (ValueError, one line) when the memory
-    cannot fit; then, when ``timed``, one timed batch (a throwaway model) gives the epoch time."""
+def estimate_run(config: Any, task: Any) -> RunEstimate:
+    """The host's cost and the run's memory, untimed (``trainer.validate_run`` times a batch)."""
     spec = resolve_host(config.host, task.name, task.host_kind)
     memory = estimate_memory(config, task, spec, config.n_envs)
-    check_memory(memory, config.device)
-    epoch_s = time_epoch(config, task, spec, config.n_envs) if timed else 0.0
-    return RunEstimate(spec, host_cost(task, spec), memory, epoch_s)
+    return RunEstimate(spec, host_cost(task, spec), memory, 0.0)
 
 
 def host_cost(task: Any, spec: HostSpec) -> HostCost:

@@ -31,15 +31,17 @@ from esper_engine.recording import RecordingError, RecordingFollower, read_recor
 from esper_engine.session import TrainingSession  # noqa: E402
 from esper_engine.tasks import Task, load_task  # noqa: E402
 
-# Fields that measure time, and the estimate timed at start-up: never equal between two runs.
-TIMING = ("wall_time", "samples_per_s", "cost_ratio", "epoch_s_estimate")
+# Fields that measure time (the estimate timed at start-up too) and the run's id: never equal
+# between two runs.
+TIMING = ("wall_time", "samples_per_s", "cost_ratio", "epoch_s_estimate", "run_id")
 
 
 # --- compare and wait --------------------------------------------------------------------------
 
 
-def comparable(path: Path) -> list[bytes]:
-    """The recording's events without RunResumed and without timing fields, as JSON."""
+def comparable(path: Path) -> list[dict]:
+    """The recording's events without RunResumed and without timing fields, as JSON values (a
+    NaN loss then equals the same NaN loss)."""
     out = []
     for event in read_recording(path).events:
         if isinstance(event, RunResumed):
@@ -47,7 +49,7 @@ def comparable(path: Path) -> list[bytes]:
         fields = msgspec.to_builtins(event)
         for name in TIMING:
             fields.pop(name, None)
-        out.append(msgspec.json.encode(fields))
+        out.append(msgspec.json.decode(msgspec.json.encode(fields)))
     return out
 
 
@@ -57,8 +59,10 @@ def compare(a: Path, b: Path) -> int:
     left, right = comparable(a), comparable(b)
     for index, (x, y) in enumerate(zip(left, right, strict=False)):
         if x != y:
-            print(f"DIFFER at event {index} of {len(left)}/{len(right)}:")
-            print(f"  {x[:400]!r}\n  {y[:400]!r}")
+            keys = [k for k in x.keys() | y.keys() if x.get(k) != y.get(k)]
+            print(f"DIFFER at event {index} of {len(left)} ({x.get('type')}), fields:")
+            for key in sorted(keys):
+                print(f"  {key}: {str(x.get(key))[:200]} | {str(y.get(key))[:200]}")
             return 1
     if len(left) != len(right):
         print(f"DIFFER: {len(left)} events against {len(right)}")

@@ -16,6 +16,7 @@ in every slot the policy may fill.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -142,14 +143,33 @@ def available_memory(device: str | torch.device) -> int:
 
 
 def time_epoch(config: Any, task: Any, spec: HostSpec, n_envs: int) -> float:
-    """Seconds one epoch of ``n_envs`` envs will take, from one timed training step.
+    """Seconds one epoch of ``n_envs`` envs will take, from timed training steps.
 
     A throwaway model on the run's device (its own RNG state: the run's streams are untouched)
     takes a warm-up step, then up to five timed ones (the fastest counts: the machine's other
-    load only slows a step), all on ``batch_size`` samples; an epoch is
-    ``batches_per_epoch`` steps and ``val_batches`` validation passes of twice the batch (a
-    forward is about a third of a step) per env.
+    load only slows a step), all on ``batch_size`` samples, in a thread of their own as the
+    session's trainer runs (on a loaded CPU the main thread's OpenMP team ran the same step
+    up to 30x slower); an epoch is ``batches_per_epoch`` steps and ``val_batches`` validation
+    passes of twice the batch (a forward is about a third of a step) per env.
     """
+    outcome: list[float | BaseException] = []
+
+    def timed() -> None:
+        try:
+            outcome.append(_step_seconds(config, task, spec))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=timed, name="esper-estimate")
+    worker.start()
+    worker.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    per_env = outcome[0] * (config.batches_per_epoch + config.val_batches * 2 / 3)
+    return per_env * n_envs
+
+
+def _step_seconds(config: Any, task: Any, spec: HostSpec) -> float:
     device = torch.device(config.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -166,9 +186,7 @@ def time_epoch(config: Any, task: Any, spec: HostSpec, n_envs: int) -> float:
         _synchronize(device)
         times.append(time.perf_counter() - start)
     # a task with fewer samples than a batch times a smaller one: scale it up
-    step_s = min(times) * config.batch_size / max(len(x), 1)
-    per_env = step_s * (config.batches_per_epoch + config.val_batches * 2 / 3)
-    return per_env * n_envs
+    return min(times) * config.batch_size / max(len(x), 1)
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, task: Any, x: Any, y: Any) -> None:

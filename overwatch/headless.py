@@ -31,7 +31,7 @@ from esper_engine.contracts import (
 from esper_engine.session import TrainingSession
 from overwatch.sources import session_plan
 from overwatch.state import RunPlan
-from overwatch.widgets.formatting import duration, host_label, memory_size
+from overwatch.widgets.formatting import estimate_duration, host_label, memory_size
 
 COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds")
 
@@ -75,7 +75,7 @@ class HeadlessView:
         host = host_label(s.host_kind, s.host_sizes, s.host_params)
         parts = [f"host {host}"] if host else []
         if s.epoch_s_estimate:
-            parts.append(f"est. {duration(s.epoch_s_estimate)}/epoch")
+            parts.append(f"est. {estimate_duration(s.epoch_s_estimate)}/epoch")
         if s.memory_estimate:
             parts.append(f"{'' if s.epoch_s_estimate else 'est. '}{memory_size(s.memory_estimate)}")
         return "  " + " · ".join(parts) if parts else ""

@@ -125,3 +125,8 @@ def host_label(kind: str, sizes: str, params: int) -> str:
 def memory_size(n: int) -> str:
     """``12 MiB``, ``4.3 GiB``."""
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{max(n / 2**20, 1):.0f} MiB"
+
+
+def estimate_duration(seconds: float) -> str:
+    """An estimated span: ``duration``, or ``<1s`` for a short one (never a plain ``0s``)."""
+    return duration(seconds) if seconds >= 0.5 else "<1s"

@@ -11,6 +11,7 @@ from overwatch.widgets.formatting import (
     duration,
     episode_number,
     epoch_number,
+    estimate_duration,
     host_label,
     memory_size,
     num,
@@ -178,10 +179,10 @@ class RunHeader(LineWidget):
             f"{state.dropped}", self._style("header--bad") if state.dropped else Style()
         )
         segments = [progress, throughput, clip, dropped]
-        if not begun and (state.epoch_s_estimate or state.memory_estimate):
-            segments.insert(1, self._estimate(state))
         if timing:
             segments.insert(1, self._elapsed_eta(state))
+        if not begun and (state.epoch_s_estimate or state.memory_estimate):
+            segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet
         if self.sort != "id":
             segments.append(Text(" │ sort ", style=label).append(self.sort))
         if self.layout_choice != "auto":
@@ -193,7 +194,7 @@ class RunHeader(LineWidget):
         label = self._style("header--label")
         text = Text(" │ est. ", style=label)
         if state.epoch_s_estimate:
-            text.append(f"{duration(state.epoch_s_estimate)}/epoch")
+            text.append(f"{estimate_duration(state.epoch_s_estimate)}/epoch")
         if state.memory_estimate:
             text.append(" · " if state.epoch_s_estimate else "")
             text.append(memory_size(state.memory_estimate))

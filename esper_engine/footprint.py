@@ -3,9 +3,10 @@ an epoch's time.
 
 - ``host_cost``: parameters and forward FLOPs per sample (``FlopCounterMode`` on one sample).
 - ``estimate_memory``: weights, gradients and SGD momentum of every env's host and of the seeds
-  it may grow, the governor's snapshot, the checkpoint's copy, and the activations of a batch
-  (the tensors autograd saves, counted on the meta device, so nothing is computed); checked
-  against the memory the machine has free (``check_memory``: one line when it cannot fit).
+  it may grow, and the activations of a batch (the tensors autograd saves, counted on the meta
+  device, so nothing is computed), on the run's device; the governor's snapshots and a
+  checkpoint's copies in CPU memory. ``check_memory`` checks each against what is free there
+  (one line when it cannot fit).
 - ``time_epoch``: one real training step at the run's batch size, scaled to an epoch.
 
 Every figure is an estimate from the host as built: the seeds a policy grows and the
@@ -31,10 +32,11 @@ from esper_engine.hosts import CNNHost, TransformerHost
 from esper_engine.model import MorphogeneticModel, create_model
 
 FLOAT_BYTES = 4  # weights, grads and optimizer state are float32 (AMP casts activations only)
-# Per parameter, every env holds: weights, gradients, SGD momentum (training), the governor's
-# snapshot of weights and momentum (4 copies on the device), and at a checkpoint the detached
+# Per parameter, every env holds: weights, gradients and SGD momentum on the device; the
+# governor's snapshot of weights and momentum in CPU memory; and at a checkpoint the detached
 # copy of weights, momentum and snapshot (4 more, in CPU memory).
-DEVICE_COPIES = 5
+DEVICE_COPIES = 3
+SNAPSHOT_COPIES = 2
 CHECKPOINT_COPIES = 4
 # Timed steps after the warm-up: up to 5, while they take under a second in all (the fastest
 # counts; on a loaded machine single steps of the same batch vary 10x).
@@ -52,14 +54,24 @@ class HostCost:
 class MemoryEstimate:
     """Bytes; ``needed`` is what the run adds to what the process already holds."""
 
-    models: int  # hosts + largest seeds x (weights, grads, momentum, snapshot)
-    checkpoints: int  # the detached copies one checkpoint holds while it is written
-    activations: int  # one training batch per env (saved for backward)
+    models: int  # hosts + largest seeds x (weights, grads, momentum), on the device
+    snapshots: int  # the governor's snapshots (weights, momentum), in CPU memory
+    checkpoints: int  # the detached copies one checkpoint holds while it is written (CPU)
+    activations: int  # one training batch per env (saved for backward), on the device
     available: int  # free memory on the run's device (CPU: MemAvailable)
+    cpu_available: int  # MemAvailable (the same as ``available`` for a CPU run)
+
+    @property
+    def on_device(self) -> int:
+        return self.models + self.activations
+
+    @property
+    def in_cpu_memory(self) -> int:
+        return self.snapshots + self.checkpoints
 
     @property
     def needed(self) -> int:
-        return self.models + self.checkpoints + self.activations
+        return self.on_device + self.in_cpu_memory
 
 
 @dataclass(frozen=True)
@@ -97,28 +109,40 @@ def estimate_memory(config: Any, task: Any, spec: HostSpec, n_envs: int) -> Memo
     per_env = (host_params + seed_params) * FLOAT_BYTES
     x = torch.empty((config.batch_size, *task.train_x.shape[1:]), device="meta")
     activations = _saved_bytes(model, task.prepare(x.to(task.train_x.dtype)))
+    cpu_available = available_memory("cpu")
+    on_cuda = torch.device(config.device).type == "cuda"
     return MemoryEstimate(
         models=n_envs * per_env * DEVICE_COPIES,
+        snapshots=n_envs * per_env * SNAPSHOT_COPIES,
         checkpoints=n_envs * per_env * CHECKPOINT_COPIES if config.checkpoint_every else 0,
         activations=n_envs * activations,
-        available=available_memory(config.device),
+        available=available_memory(config.device) if on_cuda else cpu_available,
+        cpu_available=cpu_available,
     )
 
 
 def check_memory(estimate: MemoryEstimate, device: str) -> None:
     """ValueError (one line) when the run cannot fit the memory the machine has free."""
-    if estimate.needed > estimate.available:
-        raise ValueError(
-            f"the run needs about {gib(estimate.needed)} ({describe_memory(estimate)}), "
-            f"{device} has {gib(estimate.available)} free: use fewer envs (--n-envs), a smaller "
-            "--batch-size or a smaller host (host.preset)"
-        )
+    if torch.device(device).type == "cpu":
+        checks = [(estimate.needed, estimate.available, "cpu")]
+    else:  # weights and activations on the device; snapshots and checkpoints in CPU memory
+        checks = [
+            (estimate.on_device, estimate.available, device),
+            (estimate.in_cpu_memory, estimate.cpu_available, "cpu"),
+        ]
+    for needed, available, where in checks:
+        if needed > available:
+            raise ValueError(
+                f"the run needs about {gib(needed)} on {where} ({describe_memory(estimate)}), "
+                f"{where} has {gib(available)} free: use fewer envs (--n-envs), a smaller "
+                "batch_size or a smaller host (host.preset)"
+            )
 
 
 def describe_memory(estimate: MemoryEstimate) -> str:
     return (
-        f"models {gib(estimate.models)}, checkpoint {gib(estimate.checkpoints)}, "
-        f"activations {gib(estimate.activations)}"
+        f"models {gib(estimate.models)}, snapshots {gib(estimate.snapshots)}, checkpoint "
+        f"{gib(estimate.checkpoints)}, activations {gib(estimate.activations)}"
     )
 
 

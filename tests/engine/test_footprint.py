@@ -3,13 +3,13 @@ what autograd really saves), refused when it cannot fit, and an epoch's time fro
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import msgspec
 import pytest
 import torch
 
-from esper_engine import footprint
 from esper_engine.config import HostConfig, TrainingConfig
 from esper_engine.contracts import RunStarted
 from esper_engine.footprint import (
@@ -62,28 +62,38 @@ def test_memory_counts_every_env_and_the_checkpoint_only_when_written(images) ->
     spec = run_host_spec(BASE_CNN, images)
     one = estimate_memory(BASE_CNN, images, spec, n_envs=1)
     four = estimate_memory(BASE_CNN, images, spec, n_envs=4)
-    assert (four.models, four.checkpoints, four.activations) == (
+    assert (four.models, four.snapshots, four.checkpoints, four.activations) == (
         4 * one.models,
+        4 * one.snapshots,
         4 * one.checkpoints,
         4 * one.activations,
     )
     # host 94,762 + the largest seed of the heuristic's 2 live ones (conv_heavy at 128 and 64)
     seeds = 590_464 + 147_776
-    assert one.models == (94_762 + seeds) * FLOAT_BYTES * footprint.DEVICE_COPIES
+    assert one.models == (94_762 + seeds) * FLOAT_BYTES * 3  # weights, grads, momentum
+    assert one.snapshots == (94_762 + seeds) * FLOAT_BYTES * 2  # weights, momentum
+    assert one.checkpoints == (94_762 + seeds) * FLOAT_BYTES * 4  # and the snapshot's
     quiet = msgspec.structs.replace(BASE_CNN, checkpoint_every=0)
     assert estimate_memory(quiet, images, spec, n_envs=1).checkpoints == 0
     static = msgspec.structs.replace(BASE_CNN, policy="static")
-    assert estimate_memory(static, images, spec, n_envs=1).models == (
-        94_762 * FLOAT_BYTES * footprint.DEVICE_COPIES
-    )
+    assert estimate_memory(static, images, spec, n_envs=1).models == (94_762 * FLOAT_BYTES * 3)
 
 
 def test_a_run_that_cannot_fit_is_one_line() -> None:
-    check_memory(MemoryEstimate(models=10, checkpoints=10, activations=10, available=30), "cpu")
-    short = MemoryEstimate(models=10, checkpoints=10, activations=10, available=29)
-    with pytest.raises(ValueError, match=r"needs about .* cpu has .* free") as caught:
+    fits = MemoryEstimate(
+        models=10, snapshots=5, checkpoints=5, activations=10, available=30, cpu_available=30
+    )
+    check_memory(fits, "cpu")
+    short = dataclasses.replace(fits, available=29, cpu_available=29)
+    with pytest.raises(ValueError, match=r"needs about .* on cpu .* cpu has .* free") as caught:
         check_memory(short, "cpu")
     assert "\n" not in str(caught.value)
+    # on a GPU: weights and activations against the device, snapshots and checkpoints the CPU
+    check_memory(dataclasses.replace(fits, available=20, cpu_available=10), "cuda")
+    with pytest.raises(ValueError, match="on cuda"):
+        check_memory(dataclasses.replace(fits, available=19, cpu_available=10), "cuda")
+    with pytest.raises(ValueError, match="on cpu"):
+        check_memory(dataclasses.replace(fits, available=20, cpu_available=9), "cuda")
 
 
 def test_the_cli_refuses_a_run_too_big_for_the_machine_before_allocating_it(

@@ -27,7 +27,7 @@ exec > >(tee "$OUT/gpu_check.log") 2>&1
 if [ "$MODE" = "--cpu" ]; then
     DEVICE=cpu PRESET=tiny BATCHES=6 TASKS=synthetic-images ENVS=1,2,4
 else
-    DEVICE=cuda PRESET=base BATCHES=40 TASKS=synthetic-images,synthetic-stories ENVS=1,2,4,8
+    DEVICE=cuda PRESET=base BATCHES=30 TASKS=synthetic-images,synthetic-stories ENVS=1,2,4,8
 fi
 PY=${PYTHON:-python3}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then

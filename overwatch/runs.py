@@ -1,4 +1,5 @@
-"""The runs under a runs directory, as `overwatch ps` lists them and `overwatch attach` finds them.
+"""The user's runs, as `overwatch ps` lists them and `overwatch attach` finds them: those under
+a runs directory, and every run in the user's registry (``overwatch.registry``).
 
 A run is its recording (``RUN.msgpack``); next to it, while it runs, ``RUN.pid`` names its
 process and its control socket, and ``RUN.ckpt`` is its latest checkpoint. A recording without
@@ -16,6 +17,8 @@ from pathlib import Path
 from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunStatus
 from esper_engine.control import read_pid_file, socket_alive
 from esper_engine.recording import RecordingError, RecordingFollower
+from esper_engine.run_files import UnsafeFileError
+from overwatch.registry import find_registered, registered_recordings, registry_dir
 
 RECORDING_SUFFIX = ".msgpack"
 CHECKPOINT_SUFFIX = ".ckpt"  # esper_engine.checkpoint.SUFFIX, without importing torch
@@ -48,6 +51,7 @@ class RunInfo:
     attachable: bool  # its control socket answers
     resumable: bool  # a checkpoint and not completed
     socket: str | None = None
+    warning: str | None = None  # a file next to it refused (not this user's): one line
 
 
 def _pid_alive(pid: int) -> bool:
@@ -90,7 +94,11 @@ def run_info(record: Path) -> RunInfo:
         readable = False
     finally:
         follower.close()
-    pid, sock = _running(record)
+    warning = None
+    try:
+        pid, sock = _running(record)
+    except UnsafeFileError as exc:
+        pid, sock, warning = None, None, str(exc)
     if finished is not None:
         state = RunState(finished.status.value)
     elif pid is not None:
@@ -118,12 +126,18 @@ def run_info(record: Path) -> RunInfo:
         attachable=attachable,
         resumable=resumable,
         socket=sock if attachable else None,
+        warning=warning,
     )
 
 
-def list_runs(directory: Path) -> list[RunInfo]:
-    """Every recording in the directory, oldest first."""
-    runs = [run_info(path) for path in directory.glob(f"*{RECORDING_SUFFIX}") if path.is_file()]
+def list_runs(directory: Path | None, *, registered: bool = False) -> list[RunInfo]:
+    """Every recording in the directory (and with ``registered`` every run in the user's
+    registry, wherever it records), oldest first."""
+    paths = [] if directory is None else list(directory.glob(f"*{RECORDING_SUFFIX}"))
+    if registered:
+        paths += registered_recordings()
+    unique = {path.resolve(): path for path in paths if path.is_file()}
+    runs = [run_info(path) for path in unique.values()]
     return sorted(runs, key=lambda r: (r.started or 0.0, r.run_id))
 
 
@@ -139,7 +153,7 @@ def ps_table(runs: list[RunInfo]) -> str:
     """The `overwatch ps` table, plain text, one run per line."""
     if not runs:
         return "no runs\n"
-    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME")
+    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME", "RECORDING")
     rows = [header]
     for run in runs:
         state = f"running (pid {run.pid})" if run.state == RunState.RUNNING else str(run.state)
@@ -160,6 +174,7 @@ def ps_table(runs: list[RunInfo]) -> str:
                 _size(run.size),
                 "yes" if run.attachable else "no",
                 "yes" if run.resumable else "no",
+                str(run.path),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -170,13 +185,20 @@ def ps_table(runs: list[RunInfo]) -> str:
 
 
 def attach_target(run: str, directory: Path) -> tuple[Path, str]:
-    """The recording and live socket of RUN (a recording path, or a run id under directory)."""
+    """The recording and live socket of RUN: a recording path, a run id under directory, or a
+    run id in the user's registry (a run recording anywhere)."""
     path = Path(run)
     if not path.is_file():
         path = directory / f"{run}{RECORDING_SUFFIX}"
     if not path.is_file():
-        raise RunError(f"no such run: {run} (not a recording, nor {path})")
+        path = find_registered(run) or path
+    if not path.is_file():
+        raise RunError(
+            f"no such run: {run} (not a recording, nor {path}, nor a run in {registry_dir()})"
+        )
     info = run_info(path)
+    if info.warning is not None:
+        raise RunError(info.warning)
     if info.attachable and info.socket is not None:
         return path, info.socket
     if info.state == RunState.RUNNING:

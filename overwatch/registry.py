@@ -60,34 +60,42 @@ def register(run_id: str, recording: Path, socket: str | None) -> str | None:
     return None
 
 
-def registered_recordings() -> list[Path]:
-    """The recordings of every registered run still on disk; entries of vanished ones pruned."""
+def registered_runs() -> dict[Path, str]:
+    """Recording -> run id of every registered run still on disk; entries of vanished ones
+    are pruned."""
     directory = registry_dir()
     if not directory.is_dir():
-        return []
-    found = []
+        return {}
+    found = {}
     for entry in sorted(directory.glob("*.json")):
-        recording = _recording_of(entry)
-        if recording is None:
+        data = _entry(entry)
+        if data is None:
             continue
+        recording = Path(data["recording"])
         if not recording.is_file():
             entry.unlink(missing_ok=True)  # the run's files were removed: so is its entry
             continue
-        found.append(recording)
+        found[recording] = str(data.get("run_id", recording.stem))
     return found
 
 
-def find_registered(run_id: str) -> Path | None:
-    """The recording of the registered run ``run_id``, if it is still there."""
-    entry = _entry_path(run_id)
-    recording = _recording_of(entry) if entry.is_file() else None
+def find_registered(name: str) -> Path | None:
+    """The recording of the registered run called ``name`` (its run id, or its recording's
+    stem); None if there is none."""
+    data = _entry(_entry_path(name))
+    recording = Path(data["recording"]) if data is not None else None
+    if recording is None:
+        stems = [path for path in registered_runs() if path.stem == name]
+        recording = stems[0] if len(stems) == 1 else None
     return recording if recording is not None and recording.is_file() else None
 
 
-def _recording_of(entry: Path) -> Path | None:
+def _entry(entry: Path) -> dict | None:
+    """An entry's contents, or None when it is unreadable or not this user's (skipped)."""
     try:
         data = json.loads(read_owned(entry))
     except (OSError, ValueError):
-        return None  # unreadable or not ours: skipped, never fatal
-    recording = data.get("recording") if isinstance(data, dict) else None
-    return Path(recording) if isinstance(recording, str) else None
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("recording"), str):
+        return None
+    return data

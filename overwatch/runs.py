@@ -18,7 +18,7 @@ from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunSta
 from esper_engine.control import read_pid_file, socket_alive
 from esper_engine.recording import RecordingError, RecordingFollower
 from esper_engine.run_files import UnsafeFileError
-from overwatch.registry import find_registered, registered_recordings, registry_dir
+from overwatch.registry import find_registered, registered_runs, registry_dir
 
 RECORDING_SUFFIX = ".msgpack"
 CHECKPOINT_SUFFIX = ".ckpt"  # esper_engine.checkpoint.SUFFIX, without importing torch
@@ -75,8 +75,9 @@ def _running(record: Path) -> tuple[int | None, str | None]:
     return pid, sock if isinstance(sock, str) else None
 
 
-def run_info(record: Path) -> RunInfo:
-    """What a recording (and the files next to it) say of its run."""
+def run_info(record: Path, run_id: str | None = None) -> RunInfo:
+    """What a recording (and the files next to it) say of its run (``run_id``: the one to show
+    until the recording says it)."""
     started: RunStarted | None = None
     last: EpochSummary | None = None
     finished: RunFinished | None = None
@@ -113,7 +114,7 @@ def run_info(record: Path) -> RunInfo:
         and record.with_suffix(CHECKPOINT_SUFFIX).exists()
     )
     return RunInfo(
-        run_id=started.run_id if started else record.stem,
+        run_id=started.run_id if started else run_id or record.stem,
         path=record,
         state=state,
         pid=pid if state == RunState.RUNNING else None,
@@ -133,11 +134,12 @@ def run_info(record: Path) -> RunInfo:
 def list_runs(directory: Path | None, *, registered: bool = False) -> list[RunInfo]:
     """Every recording in the directory (and with ``registered`` every run in the user's
     registry, wherever it records), oldest first."""
-    paths = [] if directory is None else list(directory.glob(f"*{RECORDING_SUFFIX}"))
+    ids: dict[Path, str | None] = {}
+    for path in [] if directory is None else directory.glob(f"*{RECORDING_SUFFIX}"):
+        ids[path.resolve()] = None
     if registered:
-        paths += registered_recordings()
-    unique = {path.resolve(): path for path in paths if path.is_file()}
-    runs = [run_info(path) for path in unique.values()]
+        ids.update({path.resolve(): run_id for path, run_id in registered_runs().items()})
+    runs = [run_info(path, run_id) for path, run_id in ids.items() if path.is_file()]
     return sorted(runs, key=lambda r: (r.started or 0.0, r.run_id))
 
 

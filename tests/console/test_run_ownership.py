@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from esper_engine.checkpoint import HOLD_ENV
-from esper_engine.contracts import EpochSummary, Pause, Resume, RunFinished, RunResumed, RunStarted
+from esper_engine.contracts import (
+    EpochSummary,
+    Pause,
+    Resume,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+    Stop,
+)
 from esper_engine.control import ControlClient, pid_path, read_pid_file
 from esper_engine.recording import read_recording
 from esper_engine.run_files import RunLock, RunLockedError, UnsafeFileError, lock_path
@@ -206,3 +214,20 @@ def test_a_planted_lock_link_or_foreign_lock_is_refused(tmp_path: Path) -> None:
     os.chown(lock_path(record), 65534, 65534)
     with pytest.raises(UnsafeFileError, match="owned by uid 65534"):
         RunLock.acquire(record)
+
+
+@pytest.mark.distributed
+def test_torchrun_rank_0_holds_the_recording(tmp_path: Path, env: dict[str, str]) -> None:
+    path = tmp_path / "sharded.msgpack"
+    args = [*FLAGS, "--epochs", "200", "--record", str(path)]  # the later --epochs wins
+    sharded = overwatch(["run", "--nprocs", "2", "--headless", *args], env)
+    wait_until(lambda: (read_pid_file(path) or {}).get("socket"), "rank 0's socket", sharded)
+    rank_0 = read_pid_file(path)["pid"]
+    assert rank_0 != sharded.pid  # the launcher's child's child: torchrun's rank 0
+    refused(overwatch(["run", "--headless", *args], env), rank_0)
+    refused(overwatch(["run", "--nprocs", "2", "--headless", *args], env), rank_0)
+    ControlClient(str(read_pid_file(path)["socket"]), "test").send(Stop())
+    code, err = finish(sharded)
+    assert code == 0, err
+    assert read_recording(path).events[-1].status == "stopped"
+    assert not lock_path(path).exists()

@@ -1,8 +1,9 @@
 """The user's runs, as `overwatch ps` lists them and `overwatch attach` finds them: those under
 a runs directory, and every run in the user's registry (``overwatch.registry``).
 
-A run is its recording (``RUN.msgpack``); next to it, while it runs, ``RUN.pid`` names its
-process and its control socket, and ``RUN.ckpt`` is its latest checkpoint. A recording without
+A run is its recording (``RUN.msgpack``); next to it, while it runs, ``RUN.lock`` is held by its
+process (``esper_engine.run_files``), ``RUN.pid`` names that process and its control socket, and
+``RUN.ckpt`` is its latest checkpoint. A recording without
 ``RunFinished`` whose process is gone is a crashed run (killed, or the machine went down).
 """
 

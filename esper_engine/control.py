@@ -9,8 +9,15 @@ truncated frames, unknown types and a peer that stalls mid-frame are refused, lo
 file next to the recording, never to a terminal) and the connection is closed; nothing but a
 decoded command ever reaches the session.
 
+Only processes of the run's own user are served (``SO_PEERCRED``), and a client sends only to a
+socket its own user serves. A command reaches the session only once its ``Accepted`` reply has
+been written to a client still there: a client that gave up waiting (the run was stopped or
+busy) has closed its end, the write fails, and the command is dropped and logged, so nothing
+reported "timed out" is applied later behind the operator's back.
+
 Next to the recording, ``<stem>.pid`` says which process runs it and where its socket is, so
-``overwatch attach`` and ``overwatch ps`` can find both.
+``overwatch attach`` and ``overwatch ps`` can find both; it is written through a file created
+exclusively and read only when the reading user owns it (``esper_engine.run_files``).
 """
 
 from __future__ import annotations
@@ -188,9 +195,8 @@ class ControlServer:
             full = len(self._peers) >= MAX_CLIENTS
             if full == listening:  # at the limit, new peers wait in the backlog
                 listening = not full
-                events = selectors.EVENT_READ if listening else 0
                 if listening:
-                    self._selector.register(self._listener, events, "listener")
+                    self._selector.register(self._listener, selectors.EVENT_READ, "listener")
                 else:
                     self._selector.unregister(self._listener)
             now = time.monotonic()
@@ -218,6 +224,8 @@ class ControlServer:
             self._selector.register(conn, selectors.EVENT_READ, peer)
 
     def _read(self, peer: _Peer) -> None:
+        if peer.conn.fileno() < 0:
+            return  # dropped earlier in this same round of events
         try:
             chunk = peer.conn.recv(MAX_FRAME + _LENGTH.size)
         except (BlockingIOError, InterruptedError):

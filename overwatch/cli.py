@@ -501,13 +501,17 @@ def _release(lock) -> None:
 
 
 def _register(session) -> None:
-    """Put the run in the user's registry as it starts (a failure is said, never fatal)."""
+    """Put the run in the user's registry now (a failure is said here, before any console owns
+    the terminal, and is never fatal), and again with its socket once that listens."""
     from overwatch.registry import register  # noqa: PLC0415
 
+    problem = register(session.run_id, session.record_path, None)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return
+
     def on_start(socket: str | None) -> None:
-        problem = register(session.run_id, session.record_path, socket)
-        if problem is not None:
-            print(problem, file=sys.stderr)
+        register(session.run_id, session.record_path, socket)
 
     session.on_start = on_start
 

@@ -117,3 +117,17 @@ def test_a_run_registers_even_when_its_recording_is_a_relative_path(
     registry.register("rel-run", relative, "/nowhere.sock")
     assert registry.find_registered("rel-run") == (tmp_path / "rel.msgpack").resolve()
     assert registry.find_registered("other") is None
+
+
+def test_an_unusable_state_directory_is_said_and_never_fatal(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overwatch.cli import main  # noqa: PLC0415
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_STATE_HOME", str(blocker / "state"))  # under a file
+    problem = registry.register("r", tmp_path / "r.msgpack", None)
+    assert problem is not None and problem.startswith("not registered in")
+    monkeypatch.chdir(home)
+    assert main(["ps"]) == 0 and capsys.readouterr().out == "no runs\n"

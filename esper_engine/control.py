@@ -37,7 +37,7 @@ from pathlib import Path
 import msgspec
 
 from esper_engine.contracts import OperatorCommand, decode_command, encode
-from esper_engine.run_files import UnsafeFileError, read_owned, write_exclusive
+from esper_engine.run_files import UnsafeFileError, open_owned, read_owned, write_exclusive
 
 MAX_FRAME = 4096  # bytes of one command frame; a command is ~50
 MAX_CONSOLE_ID = 64  # characters of the console id a client names itself with
@@ -173,10 +173,12 @@ class ControlServer:
         line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n"
         with self._log_lock:
             try:
-                with open(log_path(self.record_path), "a", encoding="utf-8") as f:
+                # Never through a planted link, never into another user's file.
+                fd = open_owned(log_path(self.record_path), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                with os.fdopen(fd, "a", encoding="utf-8") as f:
                     f.write(line)
             except OSError:
-                pass  # a full disk must not stop the control socket (the recorder will say so)
+                pass  # a full disk (or a planted log) must not stop the control socket
 
     # The loop: accept, read, answer, and drop peers past their deadline.
 

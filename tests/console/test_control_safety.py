@@ -191,17 +191,20 @@ def test_a_planted_pid_file_of_another_user_is_refused(
         read_pid_file(record)
 
 
-def test_the_pid_file_replaces_a_planted_link_instead_of_writing_through_it(
+def test_planted_links_at_the_pid_file_and_log_are_never_written_through(
     tmp_path: Path, socket_dir: Path
 ) -> None:
     target = tmp_path / "victim.txt"
     target.write_text("keep")
     session = tiny_session(tmp_path, epochs=1)
     pid_path(session.record_path).symlink_to(target)
+    control.log_path(session.record_path).symlink_to(target)
     session.start()
     try:
         assert not pid_path(session.record_path).is_symlink()
         assert read_pid_file(session.record_path)["pid"] == os.getpid()
+        ControlClient(session.control.path, "me").send(Pause())  # logged: not through the link
+        ControlClient(session.control.path, "me").send(Resume())
     finally:
         assert session.wait(timeout=60)
     assert target.read_text() == "keep"

@@ -487,8 +487,8 @@ def _take_recording(path: Path, *, overwrite: bool):  # -> RunLock (imported laz
         if not overwrite:
             lock.release()
             raise BadInput(
-                f"{path} exists (a finished run's recording); --overwrite replaces it, "
-                "--resume continues it"
+                f"{path} already holds a recording (no live run writes it); "
+                "--overwrite replaces it, --resume continues it"
             )
         for old in (path, path.with_suffix(".ckpt")):
             old.unlink(missing_ok=True)
@@ -723,6 +723,8 @@ def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported l
         raise BadInput(
             f"--resume continues with the checkpoint's config; drop {', '.join(clashing)}"
         )
+    if not Path(args.resume).is_file():  # (checked again, under the lock, by plan_resume)
+        raise BadInput(f"{args.resume}: no such recording")
     try:
         lock = RunLock.acquire(args.resume)  # before the recording is read or cut back
     except RunLockedError as exc:

@@ -130,7 +130,7 @@ def test_an_existing_recording_is_kept_unless_overwrite(
     again = overwatch(["run", "--headless", *FLAGS, "--record", str(path)], env)
     code, err = finish(again)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "exists" in err and "--overwrite" in err
+    assert "already holds a recording" in err and "--overwrite" in err
     assert path.read_bytes() == kept
     code, err = finish(
         overwatch(["run", "--headless", *FLAGS, "--record", str(path), "--overwrite"], env)
@@ -231,3 +231,14 @@ def test_torchrun_rank_0_holds_the_recording(tmp_path: Path, env: dict[str, str]
     assert code == 0, err
     assert read_recording(path).events[-1].status == "stopped"
     assert not lock_path(path).exists()
+
+
+def test_resume_of_a_missing_recording_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overwatch.cli import main  # noqa: PLC0415
+
+    missing = tmp_path / "no" / "such.msgpack"
+    assert main(["run", "--headless", "--resume", str(missing)]) == 2
+    assert "no such recording" in capsys.readouterr().err
+    assert not missing.parent.exists()

@@ -135,11 +135,6 @@ class RunLock:
             os.close(fd)  # the unlink comes first: a waiting locker then sees a new file
 
 
-def check_unlocked(record: str | os.PathLike[str]) -> None:
-    """RunLockedError if a live process holds ``record``'s lock (a probe: nothing is kept)."""
-    RunLock.acquire(record).release()
-
-
 def _holder_pid(fd: int) -> int | None:
     try:
         text = os.pread(fd, 32, 0).decode("ascii").strip()

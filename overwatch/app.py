@@ -500,6 +500,9 @@ class OverwatchApp(App[int]):
         self._warn_once()
         self.set_interval(1.0 / self.refresh_hz, self.tick)
 
+    def on_unmount(self) -> None:
+        self.release_pause()  # however the app ends: q, SIGTERM, an exception in the console
+
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size.width, event.size.height)
         self._update_widgets()

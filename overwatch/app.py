@@ -80,7 +80,6 @@ PLOT_MIN = (170, 36)  # from this terminal size on, the focused env also gets a 
 PLOT_SHARE = 0.4  # of the width
 SORTS = ("id", "accuracy", "panics", "grad norm")  # s cycles through these
 LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env count
-ALERT_TOASTS_PER_TICK = 2  # a burst of incidents becomes a few toasts and a count
 ALERT_TOAST_S = 10.0
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
 HANGUP_MODES = ("detach", "stop")  # run --on-hangup
@@ -90,7 +89,7 @@ termios_error: type[Exception] = getattr(termios, "error", OSError) if termios e
 # on every batch they were most of what the console wrote to the terminal. Everything else
 # (epochs, seeds, the governor, acks) still shows on the tick it arrives.
 LIVE_PERIOD_S = 1.0
-ACK_TOASTS_PER_TICK = 3  # a burst of acks becomes a few toasts, not a wall of them
+SEVERITIES = ("information", "warning", "error")  # the worst of a tick's alerts colours its toast
 
 # Keys whose action opens a prompt: a burst that begins with one is typed into that prompt.
 PROMPT_ACTIONS = frozenset({"clip_entry", "goto_env", "log_search", "replay_goto"})
@@ -130,16 +129,16 @@ _INCIDENT = Binding.Group("Incident", compact=True)
 
 
 class ConsoleFooter(Footer):
-    """Textual's footer, saying "read-only" at its right end where keys cannot steer a run."""
+    """Textual's footer, opening with "read-only" where the keys cannot steer a run."""
 
     def __init__(self, note: str = "", **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.note = note
 
     def compose(self) -> ComposeResult:
-        yield from super().compose()
         if self.note:
             yield FooterLabel(self.note, id="footer-note", markup=False)
+        yield from super().compose()
 
 
 class OverwatchApp(App[int]):
@@ -481,7 +480,8 @@ class OverwatchApp(App[int]):
         markup: bool = False,
     ) -> None:
         """Every toast is plain text: it may quote a console name, a file name, a refusal reason
-        or a recorded value, any of which may hold brackets that Textual would read as markup."""
+        or a recorded value, any of which may hold brackets that Textual would read as markup.
+        """
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)  # type: ignore[arg-type]
 
     def get_driver_class(self) -> type[Driver]:
@@ -617,18 +617,17 @@ class OverwatchApp(App[int]):
                 self._pending_clip = None
             elif ack.command in ("Pause", "Resume"):
                 self._pause_wanted = None
-        for ack in acks[-ACK_TOASTS_PER_TICK:]:
+        # One toast line (over the footer): the tick's last ack, then its alerts in one toast.
+        if acks:
+            ack = acks[-1]
             self.notify(describe_ack(ack), severity="information" if ack.accepted else "error")
         alerts = [alert for e in new_events if (alert := describe_alert(e)) is not None]
-        for severity, text in alerts[:ALERT_TOASTS_PER_TICK]:
-            self.notify(text, severity=severity, timeout=ALERT_TOAST_S)  # type: ignore[arg-type]
-        if len(alerts) > ALERT_TOASTS_PER_TICK:
-            more = len(alerts) - ALERT_TOASTS_PER_TICK
-            self.notify(
-                f"{more} more alerts: see the event log (f: governor)",
-                severity="warning",
-                timeout=ALERT_TOAST_S,
-            )
+        if alerts:
+            severity = max((s for s, _ in alerts), key=SEVERITIES.index)
+            text = alerts[0][1]
+            if len(alerts) > 1:
+                text += f" (+{len(alerts) - 1} more: see the event log, f: governor)"
+            self.notify(text, severity=severity, timeout=ALERT_TOAST_S)
         if alerts and self.bell_on_alert:
             self.bell()
 

@@ -39,7 +39,8 @@ class Stroke:
 
     @property
     def printable(self) -> bool:
-        return self.character is not None and len(self.character) == 1 and self.character.isprintable()
+        character = self.character
+        return character is not None and len(character) == 1 and character.isprintable()
 
 
 @dataclass

@@ -27,6 +27,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Grid, Horizontal, Vertical, VerticalScroll
 from textual.driver import Driver
+from textual.timer import Timer
 from textual.widgets import Footer, Static
 from textual.widgets._footer import FooterLabel
 
@@ -345,6 +346,7 @@ class OverwatchApp(App[int]):
         # Keys are timed apart from the wall clock: a burst of them is text for another window.
         self.key_clock = KeyClock(key_clock)
         self._keys = KeyGuard()
+        self._settle_timer: Timer | None = None
         self._paused_here = False  # this console paused the run and has not resumed it
         self.stop_timeout = stop_timeout
         self.state = ConsoleState.planned(source.plan)
@@ -418,7 +420,7 @@ class OverwatchApp(App[int]):
                 await self._decide(decided)
             if self._keys.pending:
                 self.call_next(self.settle_keys)  # an injected clock may have moved on already
-                self.set_timer(self._keys.gap, self.settle_keys)
+                self._settle_after(self._keys.gap)
             return
         if guarded and isinstance(event, events.Paste):
             held = self._keys.drop()
@@ -436,9 +438,15 @@ class OverwatchApp(App[int]):
         decided = self._keys.settle(self.key_clock.now())
         if decided is None:
             remaining = self._keys.gap - (self.key_clock.now() - self._keys.pending[-1].time)
-            self.set_timer(max(remaining, 0.01), self.settle_keys)
+            self._settle_after(max(remaining, 0.01))
             return
         await self._decide(decided)
+
+    def _settle_after(self, seconds: float) -> None:
+        """One timer for the held keys, restarted by each key: a word is one wait, not many."""
+        if self._settle_timer is not None:
+            self._settle_timer.stop()
+        self._settle_timer = self.set_timer(seconds, self.settle_keys)
 
     async def _decide(self, decided: Stroke | Burst) -> None:
         if isinstance(decided, Stroke):

@@ -1141,7 +1141,7 @@ def run_console(
         if detach and isinstance(source, LiveSource):
             _detach(app, source)
         else:
-            _hang_up(source)
+            _hang_up(app)
 
     def terminate(*_: object) -> None:
         if app.detached:  # no app left to quit: stop the run; the waiter exits the process
@@ -1162,10 +1162,13 @@ def run_console(
             signal.signal(sig, handler)
 
 
-def _hang_up(source: EventSource) -> None:
-    """The terminal is gone: stop the run in a thread (signal handlers must return) and exit."""
+def _hang_up(app: OverwatchApp) -> None:
+    """The terminal is gone: stop the run in a thread (signal handlers must return) and exit;
+    an attached console resumes the run first if it paused it (it exits without unmounting)."""
+    source = app.source
 
     def stop_and_exit() -> None:
+        app.release_pause()
         stopped = source.stop(STOP_TIMEOUT_S)  # the trainer closes the recording as it ends
         finished = source.finished
         crashed = finished is not None and finished.status == RunStatus.CRASHED

@@ -369,6 +369,40 @@ def test_typing_and_pasting_never_steer_a_live_or_attached_run(tmp_path: Path) -
     assert isinstance(rec.events[-1], RunFinished) and rec.events[-1].status == "stopped"
 
 
+def test_an_attached_console_that_paused_the_run_resumes_it_when_its_terminal_goes(
+    tmp_path: Path,
+) -> None:
+    """p in an attached console, then its terminal is closed: the run is not left paused."""
+    record = tmp_path / "bg.msgpack"
+    args = "--n-envs 2 --episodes 1 --epochs 500 --batches-per-epoch 4"
+    with open(tmp_path / "headless.log", "w") as log:
+        run = subprocess.Popen(
+            overwatch("run --headless", args, f"--record {record}").split(),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    session = f"ow-{uuid.uuid4().hex[:8]}"
+    rec = Recording(record)
+    try:
+        wait_until(lambda: summaries(rec) > 0 and record.with_suffix(".pid").exists(), "a run")
+        tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+             overwatch("attach", str(record), "--console hup"))  # fmt: skip
+        wait_until(lambda: "LIVE" in tmux("capture-pane", "-p", "-t", session), "the console")
+        tmux("send-keys", "-t", session, "p")
+        wait_until(lambda: acked(rec, "Pause", "hup"), "the pause ack")
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        wait_until(lambda: acked(rec, "Resume", "hup"), "the resume as the console went", 60)
+        after = summaries(rec)
+        wait_until(lambda: summaries(rec) > after, "training again")
+        run.terminate()  # SIGTERM: the run stops at a safe point
+        assert run.wait(timeout=60) == 0
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        if run.poll() is None:
+            run.kill()
+
+
 # --- the console in a real terminal: log search, 32 envs, 16 colours ------------------------------
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -449,8 +483,10 @@ def test_the_footer_is_legible_in_16_colours(term: str) -> None:
         console.wait_for("100.0%")
         footer = console.screen(escapes=True).splitlines()[-1]
         assert "38;2" not in footer and "48;2" not in footer  # no 24-bit colour at all
-        # live keys bold bright yellow on bright blue, greyed-out keys bright black, not dim
-        assert "\x1b[1m\x1b[93m\x1b[104m?" in footer
+        # live keys bold bright yellow on bright blue, greyed-out keys bright black, not dim;
+        # the blue is set before or after the yellow (after "read-only", before its space)
+        assert re.search(r"(\x1b\[1m\x1b\[93m\x1b\[104m|\x1b\[104m \x1b\[1m\x1b\[93m)\?", footer)
+        assert "\x1b[1m\x1b[93mread-only" in footer  # a replay's footer says so first
         assert "\x1b[90mr Rollback" in footer
         assert "\x1b[2m" not in footer
     finally:

@@ -120,6 +120,10 @@ class KeyClock:
     def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self.clock = clock if clock is not None else default_clock
 
+    @property
+    def injected(self) -> bool:
+        return self.clock is not None
+
     def now(self) -> float:
         return self.clock() if self.clock is not None else get_time()
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from textual import events
+from textual._time import get_time
 from textual.widgets._toast import Toast
 
+import overwatch.keys
 from esper_engine.contracts import (
     CommandAck,
     ForceRollback,
@@ -135,6 +137,27 @@ async def test_words_and_shell_lines_typed_into_the_console_never_act(typed: str
         assert (app.sort, app.layout_choice, app.focused_env) == ("id", "auto", 0)
         new = toasts(app)[before:]
         assert len(new) == 1 and new[0].startswith(f"ignored {len(typed)} keys typed at once")
+
+
+@run_async
+async def test_a_busy_console_reading_keys_late_still_sees_a_word(monkeypatch) -> None:
+    """The terminal's own timestamps (no injected clock): `p` and `s` typed 50 ms apart, read a
+    second later by a console busy with its trainer, are still one word, and `p` never acts."""
+    monkeypatch.setattr(overwatch.keys, "default_clock", None)
+    events_ = running()
+    source = FakeLiveSource(events_)
+    app = OverwatchApp(source, clock=frozen_clock(events_))
+    async with app.run_test(size=WIDE, notifications=True) as pilot:
+        await pilot.pause()
+        typed_at = get_time() - 1.0
+        for i, character in enumerate("ps"):
+            key = events.Key(character, character)
+            key.time = typed_at + 0.05 * i
+            app.post_message(key)
+        await until(pilot, lambda: any("ignored 2 keys" in t for t in toasts(app)), "the toast")
+        assert source.sent == [] and app.sort == "id"
+        await pilot.press("p")  # one key on its own still acts, once the gap has passed
+        await until(pilot, lambda: source.sent == [Pause()], "the pause")
 
 
 @run_async

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 from textual import events
 from textual._time import get_time
@@ -20,6 +21,7 @@ from esper_engine.contracts import (
     ForceRollback,
     Pause,
     RunFinished,
+    RunStarted,
     SetClipThreshold,
 )
 from esper_engine.recording import read_recording
@@ -289,6 +291,18 @@ async def test_brackets_in_toasts_and_dialogs_are_shown_as_text() -> None:
         app.push_screen(ConfirmModal("Stop [/]?", "[b]x[/b] [/]", answer="stop"))
         await pilot.pause()
         assert "Stop [/]?" in str(app.screen.query_one(".dialog-title").render())
+
+
+@run_async
+async def test_a_recording_whose_run_id_holds_brackets_is_shown_as_text() -> None:
+    events_ = [
+        msgspec.structs.replace(e, run_id="a[/]b [bold]") if isinstance(e, RunStarted) else e
+        for e in running()
+    ]
+    app = OverwatchApp(FakeLiveSource(events_), clock=frozen_clock(events_))
+    async with app.run_test(size=WIDE, notifications=True) as pilot:
+        await pilot.pause()
+        assert "a[/]b [bold]" in app._header.lines[0]
 
 
 # --- attach: read-only, and never leaving the run paused ---------------------------------------

@@ -233,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_console_name,
         help="the name acks give this console (default: attach-PID)",
     )
+    attach.add_argument(
+        "--read-only",
+        action="store_true",
+        help="watch only: every control greyed out, nothing is ever sent to the run",
+    )
     _add_refresh_hz(attach)
     _add_console_flags(attach)
 
@@ -786,7 +791,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     console = args.console or f"attach-{os.getpid()}"
     return run_console(
-        AttachSource(record, socket_path, console),
+        AttachSource(record, socket_path, console, read_only=args.read_only),
         refresh_hz=args.refresh_hz,
         **_console_options(args),
     )

@@ -94,6 +94,8 @@ def overwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["run", "--set", "ppo.gamma=2"], "ppo.gamma must be a finite number within 0..1, got 2"),
         (["run", "--set", "ppo.lr=nan"], "ppo.lr must be a finite number > 0, got nan"),
         (["run", "--set", "n_envs=0", "--print-config"], "n_envs must be >= 1, got 0"),
+        (["run", "--n-envs", "100000", "--headless"], "n_envs must be within 1..1024"),
+        (["run", "--set", "batch_size=100000000"], "batch_size must be within 1..65536"),
         (["run", "--set", "lifecycle.alpha_schedule=step", "--print-config"], "linear, cosine"),
         (["run", "--set", "task=mnist"], "task must be one of synthetic-images"),
         (["run", "--set", "heuristic.cnn_preference=conv_lite", "--headless"], "'conv_lite'"),

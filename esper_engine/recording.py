@@ -38,6 +38,7 @@ from typing import BinaryIO
 import msgspec
 
 from esper_engine import contracts
+from esper_engine.config import MAX_ENVS, MAX_EPISODES, MAX_EPOCHS
 from esper_engine.contracts import Attribution, Event, RunStarted
 
 MAGIC = b"OVWREC\x00"
@@ -116,6 +117,51 @@ class SchemaUpgrade:
                 if convert is not None:
                     event = convert(event)
             events[i] = event
+
+
+class DeclaredRange:
+    """Refuses events whose env, episode or epoch lies outside the run's declared range.
+
+    A reader sizes its views by these numbers (one panel per env), so a forged ``env = 10**9``
+    must stop at the decoder, not grow a list to the id. The range is the run's ``RunStarted``
+    (``n_envs``, ``episodes``, ``epochs``), itself refused past the config's bounds; before one
+    is read, those bounds.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.n_envs, self.episodes, self.epochs = MAX_ENVS, MAX_EPISODES, MAX_EPOCHS
+
+    def check(self, events: list[Event], start: int, offset: int) -> None:
+        """Check ``events[start:]``, decoded from the frame at byte ``offset``."""
+        for i in range(start, len(events)):
+            event = events[i]
+            if type(event) is RunStarted:
+                self._declare(event, offset)
+            env = event.env
+            if (
+                (env is not None and not 0 <= env < self.n_envs)
+                or not 0 <= event.episode < self.episodes
+                or not 0 <= event.epoch < self.epochs
+            ):
+                raise RecordingError(
+                    f"{self.path}: frame at byte {offset}: {type(event).__name__} of env "
+                    f"{env}, episode {event.episode}, epoch {event.epoch} is outside the run's "
+                    f"{self.n_envs} envs x {self.episodes} episodes x {self.epochs} epochs"
+                )
+
+    def _declare(self, event: RunStarted, offset: int) -> None:
+        declared = (event.n_envs, event.episodes, event.epochs)
+        if not all(1 <= n <= cap for n, cap in zip(declared, _RANGE_CAPS, strict=True)):
+            raise RecordingError(
+                f"{self.path}: frame at byte {offset}: RunStarted declares {event.n_envs} envs "
+                f"x {event.episodes} episodes x {event.epochs} epochs, outside 1..{MAX_ENVS} "
+                f"x 1..{MAX_EPISODES} x 1..{MAX_EPOCHS}"
+            )
+        self.n_envs, self.episodes, self.epochs = declared
+
+
+_RANGE_CAPS = (MAX_ENVS, MAX_EPISODES, MAX_EPOCHS)
 
 
 class Recorder:
@@ -246,7 +292,9 @@ def read_recording(path: str | os.PathLike[str]) -> RecordingReader:
         return RecordingReader(path, [], None, warning)
     events: list[Event] = []
     with _gc_paused():
-        end = _decode_frames(path, version, memoryview(data), HEADER_SIZE, 0, events)
+        end = _decode_frames(
+            path, version, memoryview(data), HEADER_SIZE, 0, events, DeclaredRange(path)
+        )
     SchemaUpgrade().apply(events)
     warning = None
     if end < len(data):
@@ -267,6 +315,7 @@ class RecordingFollower:
         self._buffer = bytearray()
         self._buffer_offset = 0  # file offset of self._buffer[0]
         self._upgrade = SchemaUpgrade()
+        self._range = DeclaredRange(self.path)
 
     @property
     def pending_bytes(self) -> int:
@@ -294,7 +343,7 @@ class RecordingFollower:
         # The view is released before the buffer is resized; a first poll may read a long file.
         with memoryview(self._buffer) as view, _gc_paused():
             end = _decode_frames(
-                self.path, self.format_version, view, 0, self._buffer_offset, events
+                self.path, self.format_version, view, 0, self._buffer_offset, events, self._range
             )
         self._consume(end)
         self._upgrade.apply(events)
@@ -354,7 +403,13 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _decode_frames(
-    path: Path, version: int, data: memoryview, pos: int, base_offset: int, out: list[Event]
+    path: Path,
+    version: int,
+    data: memoryview,
+    pos: int,
+    base_offset: int,
+    out: list[Event],
+    declared: DeclaredRange,
 ) -> int:
     """Append the events of every whole frame from ``data[pos:]`` to ``out``; return where the
     first partial frame starts (``len(data)`` when none). ``base_offset`` maps ``data`` back to
@@ -386,6 +441,8 @@ def _decode_frames(
             ) from None
         if not decoded:  # an event struct is always truthy; an empty batch is not
             raise RecordingError(f"{path}: frame at byte {base_offset + pos} holds no events")
+        first = len(out)
         add(decoded)
+        declared.check(out, first, base_offset + pos)
         pos = stop
     return pos

@@ -476,3 +476,50 @@ def test_a_stage_name_survives_a_recording_as_the_enum(tmp_path: Path) -> None:
     path = write(tmp_path / "ok.ovwrec", [EVENT_SAMPLES[c.SeedTransition]])
     (event,) = read_recording(path).events
     assert event.to_stage is c.SeedStage.BLENDING and event.initiator is c.Initiator.GATE
+
+
+# --- the declared range: nothing a file says makes a reader allocate past it (issue 21) ----------
+
+STARTED = EVENT_SAMPLES[c.RunStarted]  # 3 envs x 5 episodes x 20 epochs
+
+
+def summary_at(**where: int) -> c.EpochSummary:
+    return msgspec.structs.replace(EVENT_SAMPLES[c.EpochSummary], **where)
+
+
+@pytest.mark.parametrize(
+    ("forged", "fragment"),
+    [
+        (summary_at(env=10**9), "EpochSummary of env 1000000000, episode 4, epoch 11"),
+        (summary_at(env=3), "env 3, episode 4"),
+        (summary_at(env=-1), "env -1"),
+        (summary_at(episode=5), "episode 5, epoch 11 is outside the run's 3 envs x 5 episodes"),
+        (summary_at(epoch=2**40), f"epoch {2**40} is outside"),
+        (msgspec.structs.replace(batch(0), env=10**9), "BatchStats of env 1000000000"),
+    ],
+    ids=["huge-env", "env-past-n_envs", "negative-env", "episode", "epoch", "batch-stats"],
+)
+def test_an_event_outside_the_declared_range_is_refused_at_decode(
+    tmp_path: Path, forged: c.Event, fragment: str
+) -> None:
+    path = tmp_path / "forged.ovwrec"
+    first = batch_frame([STARTED])
+    path.write_bytes(header() + first + batch_frame([forged]))
+    assert_one_line_error(path, f"frame at byte {HEADER_SIZE + len(first)}", fragment)
+    follower = RecordingFollower(path)
+    with pytest.raises(RecordingError, match="is outside the run's"):
+        follower.poll()
+    follower.close()
+
+
+def test_a_run_started_past_the_bounds_is_refused_and_none_bounds_the_bounds(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "forged.ovwrec"
+    path.write_bytes(header() + batch_frame([msgspec.structs.replace(STARTED, n_envs=10**9)]))
+    assert_one_line_error(path, "RunStarted declares 1000000000 envs", "outside 1..1024")
+    # no RunStarted (a fragment): the config's bounds still hold
+    path.write_bytes(header() + batch_frame([batch(0), summary_at(env=5000)]))
+    assert_one_line_error(path, "env 5000")
+    path.write_bytes(header() + batch_frame([batch(0), summary_at(env=1023)]))
+    assert len(read_recording(path)) == 2

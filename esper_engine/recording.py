@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import msgspec
 
@@ -187,6 +187,8 @@ class Recorder:
         self._pending: list[bytes] = []  # encoded events of the next frame
         self._pending_bytes = 0
         self.events_written = 0
+        self._end = self._file.tell()  # bytes up to the end of the last whole frame
+        self.error: str | None = None  # why writing stopped (a full disk...), once it has
 
     @property
     def closed(self) -> bool:
@@ -200,6 +202,8 @@ class Recorder:
                 f"too large for the {MAX_FRAME_SIZE}-byte frame limit"
             )
         with self._lock:
+            if self.error is not None:  # reported once, when it happened; the file is closed
+                return
             if self._file.closed:
                 raise RecordingError(f"{self.path}: emit after the recorder was closed")
             # Writing the batch first keeps every frame under BATCH_BYTES, bar one large event.
@@ -215,19 +219,46 @@ class Recorder:
         """Write the pending events as one frame in one call and flush (the lock is held)."""
         array = _array_header(len(self._pending))
         length = _LENGTH.pack(len(array) + self._pending_bytes)
-        self._file.write(b"".join([length, array, *self._pending]))
-        self._file.flush()
+        frame = b"".join([length, array, *self._pending])
         self._pending.clear()
         self._pending_bytes = 0
+        try:
+            _write_all(self._file, frame)
+        except OSError as exc:
+            self._fail(exc)
+        self._end += len(frame)
+
+    def _fsync(self) -> None:
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> NoReturn:
+        """A write failed (a full disk, a quota): cut the file back to its last whole frame,
+        close it and raise one line; later events are not written (``error`` says why)."""
+        self.error = (
+            f"{self.path}: cannot write the recording ({exc.strerror or exc}); it ends at its "
+            f"last whole frame, byte {self._end}"
+        )
+        try:
+            os.ftruncate(self._file.fileno(), self._end)  # a partial frame reads as damage
+        except OSError as cut:
+            self.error += f" and a partial frame after it ({cut.strerror})"
+        finally:
+            self._file.close()  # nothing is buffered (``_write_all``): this cannot fail again
+        raise RecordingError(self.error) from None
 
     def sync(self) -> int:
         """Write what is pending, fsync, and return the recording's length in bytes: the point
         a checkpoint taken now can be resumed from."""
         with self._lock:
+            if self.error is not None:
+                raise RecordingError(self.error)
             if self._pending:
                 self._write_pending()
-            os.fsync(self._file.fileno())
-            return self._file.tell()
+            self._fsync()
+            return self._end
 
     def close(self) -> None:
         """Write the last batch, flush and fsync once; later calls do nothing."""
@@ -236,8 +267,7 @@ class Recorder:
                 return
             if self._pending:
                 self._write_pending()
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._fsync()
             self._file.close()
 
     def __enter__(self) -> Recorder:
@@ -250,6 +280,16 @@ class Recorder:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """Write ``data`` straight to the file's descriptor: one frame per call, nothing left in a
+    Python buffer that a failed write would leave to be retried (past the cut) at close."""
+    file.flush()  # whatever the opener wrote (the header) goes first
+    fd = file.fileno()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _array_header(n: int) -> bytes:

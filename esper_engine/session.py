@@ -27,7 +27,7 @@ from esper_engine.contracts import (
 from esper_engine.control import ControlServer
 from esper_engine.distributed import Shard
 from esper_engine.model import resolve_device
-from esper_engine.recording import Recorder, read_recording
+from esper_engine.recording import Recorder, RecordingError, read_recording
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import FanOutSink, QueueSink
 from esper_engine.trainer import VectorizedTrainer, validate_run
@@ -97,7 +97,10 @@ class TrainingSession:
             if self.control is not None:
                 self.control.close()
             if self.recorder is not None:
-                self.recorder.close()
+                try:
+                    self.recorder.close()
+                except RecordingError:  # its last fsync failed: kept in recording_error
+                    pass
 
     def start(self) -> None:
         """Start the trainer thread, and a recorded run's control socket (``overwatch attach``)."""
@@ -147,10 +150,15 @@ class TrainingSession:
         return not self._thread.is_alive()
 
     @property
+    def recording_error(self) -> str | None:
+        """One line, when the recording could not be written to the end (a full disk)."""
+        return None if self.recorder is None else self.recorder.error
+
+    @property
     def exit_code(self) -> int:
         if self.finished is None or self.finished.status == RunStatus.CRASHED:
             return 1
-        return 0
+        return 1 if self.recording_error else 0
 
 
 def prepare_session(

@@ -136,7 +136,11 @@ def run_headless(
         follow = _follow_live if console.is_terminal else _follow_lines
         follow(session, view, console, period)
     finished = session.finished
-    if finished is not None and finished.status == RunStatus.CRASHED:
+    if session.recording_error:  # a full disk: one line, not the trainer's traceback tail
+        console.print(
+            f"overwatch: error: {escape(session.recording_error)}", highlight=False, soft_wrap=True
+        )
+    elif finished is not None and finished.status == RunStatus.CRASHED:
         console.print(f"[bold red]run crashed:[/] {escape(finished.error or '')}")
     elif finished is not None:
         console.print(f"run {finished.status}")

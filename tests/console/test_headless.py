@@ -1,12 +1,19 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 from rich.console import Console
 
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import EpochSummary, Event, RunFinished, RunStarted
+from esper_engine.recording import read_recording
 from overwatch.headless import HeadlessView, run_headless
 from overwatch.state import RunPlan
 from tests.console.fixtures import CRASH_ERROR, crashed_run, real_events
@@ -136,3 +143,39 @@ def test_the_title_names_the_run_before_it_has_started() -> None:
     assert view.title() == "r7 cifar10 ppo x2 starting ..."
     view.ingest(real_events()[:1])
     assert view.title().endswith("synthetic-images heuristic x4")
+
+
+# --- a real `overwatch run --headless` in a subprocess -------------------------------------------
+
+SMALL_RUN = ["--n-envs", "2", "--episodes", "1", "--epochs", "3", "--batches-per-epoch", "4"]
+
+
+def run_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+
+
+def test_a_full_disk_under_the_recorder_is_one_line_and_exit_one(tmp_path: Path) -> None:
+    """issue 21: a full disk printed a raw thread traceback. The process may write files of at
+    most 6 kB (RLIMIT_FSIZE: past it a write fails with EFBIG, as one on a full disk fails with
+    ENOSPC): the recording stops at its last whole frame, one line says so, exit 1."""
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the failed write returns EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+
+    path = tmp_path / "run.msgpack"
+    result = subprocess.run(
+        [sys.executable, "-m", "overwatch.cli", "run", "--headless", *SMALL_RUN,
+         "--set", "checkpoint_every=0", "--record", str(path)],
+        cwd=tmp_path, env=run_env(tmp_path), preexec_fn=small_files,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "cannot write" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"overwatch: error: {path}: cannot write the recording (")
+    assert "last whole frame" in errors[0]
+    read = read_recording(path)
+    assert read.warning is None and isinstance(read.events[0], RunStarted)
+    assert 0 < path.stat().st_size <= 6000

@@ -3,6 +3,8 @@ garbage, version 1 files, follow mode."""
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import threading
 from pathlib import Path
@@ -523,3 +525,50 @@ def test_a_run_started_past_the_bounds_is_refused_and_none_bounds_the_bounds(
     assert_one_line_error(path, "env 5000")
     path.write_bytes(header() + batch_frame([batch(0), summary_at(env=1023)]))
     assert len(read_recording(path)) == 2
+
+
+# --- a full disk under the recorder (issue 21) ---------------------------------------------------
+
+
+class FillingDisk:
+    """``os.write`` on one descriptor with ``room`` bytes left: a write that does not fit writes
+    what fits, then the next one fails with ENOSPC, as a full filesystem does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+        self.room, self.fd = room, None
+        self._write = os.write
+        monkeypatch.setattr(recording.os, "write", self.write)
+
+    def write(self, fd: int, data) -> int:
+        if fd != self.fd:
+            return self._write(fd, data)
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = self._write(fd, bytes(data[: self.room]))
+        self.room -= n
+        return n
+
+
+def test_a_full_disk_closes_the_recording_at_its_last_whole_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "full.ovwrec"
+    disk = FillingDisk(monkeypatch, room=10**9)
+    recorder = Recorder(path)
+    disk.fd = recorder._file.fileno()
+    recorder.emit(EVENT_SAMPLES[c.RunStarted])  # flushed: one whole frame
+    whole = path.stat().st_size
+    disk.room = 30  # the next frame is cut after 30 bytes
+    with pytest.raises(RecordingError) as info:
+        recorder.emit(EVENT_SAMPLES[c.EpochSummary])
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "No space left on device" in message and f"last whole frame, byte {whole}" in message
+    assert recorder.error == message and recorder.closed
+    recorder.emit(EVENT_SAMPLES[c.RunFinished])  # later events: not written, no second error
+    recorder.close()
+    assert path.stat().st_size == whole  # the partial frame is cut off
+    read = read_recording(path)
+    assert read.warning is None and list(read) == [EVENT_SAMPLES[c.RunStarted]]
+    with pytest.raises(RecordingError, match="cannot write the recording"):
+        recorder.sync()  # a checkpoint must not point past the end

@@ -65,6 +65,7 @@ class TrainingSession:
         self._unseen_history = list(self.history)  # poll() hands these out first
         sinks = [self.events] + ([self.recorder] if self.recorder is not None else [])
         self._commands: queue.Queue[OperatorCommand] = queue.Queue()
+        self._stop = threading.Event()  # set with a queued Stop: the trainer checks it per env
         self._ids = itertools.count(1)
         self._trainer = VectorizedTrainer(
             config,
@@ -78,6 +79,7 @@ class TrainingSession:
             recording_bytes=None if self.recorder is None else self.recorder.sync,
             resume_from=None if resume is None else resume.checkpoint,
             shard=shard,
+            stop=self._stop,
         )
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
         self.finished: RunFinished | None = None
@@ -118,6 +120,11 @@ class TrainingSession:
         return "paused" if self._trainer.paused else "running"
 
     @property
+    def setup_status(self) -> str:
+        """What the trainer is setting up ("building env 37/1024"); "" once it trains."""
+        return self._trainer.setup_status
+
+    @property
     def dropped(self) -> int:
         return self.events.dropped
 
@@ -136,6 +143,8 @@ class TrainingSession:
         """Queue a command for the trainer's next safe point; returns its command id."""
         command_id = next(self._ids)
         self._commands.put(msgspec.structs.replace(command, command_id=command_id))
+        if isinstance(command, Stop):
+            self._stop.set()
         return command_id
 
     def stop(self, timeout: float | None = None) -> bool:

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import queue
 import re
 import resource
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +18,7 @@ from rich.console import Console
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import EpochSummary, Event, RunFinished, RunStarted
 from esper_engine.recording import read_recording
-from overwatch.headless import HeadlessView, run_headless
+from overwatch.headless import SETUP_LINE_EVERY_S, HeadlessView, SetupLines, run_headless
 from overwatch.state import RunPlan
 from tests.console.fixtures import CRASH_ERROR, crashed_run, real_events
 
@@ -26,6 +30,8 @@ class FakeSession:
     lines the view had written by each wait (to show progress appears while the run goes on)."""
 
     control_error = None  # its control socket is fine
+    recording_error = None  # and its disk
+    setup_status = ""  # set up before the first wait
 
     def __init__(self, events: list[Event], out: io.StringIO) -> None:
         self.chunks: list[list[Event]] = [[]]
@@ -145,6 +151,29 @@ def test_the_title_names_the_run_before_it_has_started() -> None:
     assert view.title().endswith("synthetic-images heuristic x4")
 
 
+def test_set_up_progress_is_a_line_per_step_and_every_few_seconds_within_one() -> None:
+    now = [0.0]
+    lines = SetupLines(clock=lambda: now[0])
+    assert lines.line("") is None
+    assert lines.line("preparing the batches") == "setting up: preparing the batches"
+    assert lines.line("preparing the batches") is None  # unchanged
+    assert lines.line("building env 1/1024") == "setting up: building env 1/1024"  # a new step
+    now[0] += SETUP_LINE_EVERY_S / 2
+    assert lines.line("building env 300/1024") is None  # the same step, too soon
+    now[0] += SETUP_LINE_EVERY_S / 2
+    assert lines.line("building env 600/1024") == "setting up: building env 600/1024"
+    assert lines.line("building the policy") == "setting up: building the policy"
+
+
+def test_the_live_title_says_what_is_being_set_up() -> None:
+    plan = RunPlan("r1", "synthetic-images", "heuristic", 1024, 3, 12, "cpu", 1.0)
+    view = HeadlessView(plan)
+    assert view.title(setup="building env 37/1024") == (
+        "r1 synthetic-images heuristic x1024 starting ... building env 37/1024"
+    )
+    assert HeadlessView().title(setup="building env 2/4") == "starting ... building env 2/4"
+
+
 # --- a real `overwatch run --headless` in a subprocess -------------------------------------------
 
 SMALL_RUN = ["--n-envs", "2", "--episodes", "1", "--epochs", "3", "--batches-per-epoch", "4"]
@@ -179,3 +208,41 @@ def test_a_full_disk_under_the_recorder_is_one_line_and_exit_one(tmp_path: Path)
     read = read_recording(path)
     assert read.warning is None and isinstance(read.events[0], RunStarted)
     assert 0 < path.stat().st_size <= 6000
+
+
+def test_sigterm_during_set_up_stops_the_run_promptly_with_the_recording_intact(
+    tmp_path: Path,
+) -> None:
+    """issue 21: SIGTERM while 100k envs were being built was ignored for minutes (the trainer
+    took a Stop only at its first batch). The set-up says what it builds, and SIGTERM while it
+    builds the envs ends the run at the next env: RunFinished(stopped), no RunStarted."""
+    path = tmp_path / "run.msgpack"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "overwatch.cli", "run", "--headless", "--n-envs", "1024",
+         "--episodes", "1", "--epochs", "1", "--batches-per-epoch", "1", "--record", str(path)],
+        cwd=tmp_path, env=run_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr])
+    reader.start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        while not any(line.startswith("setting up: building env") for line in seen):
+            assert time.monotonic() < deadline, seen
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.1))
+        process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert process.wait(timeout=60) == 0
+        stopped_in = time.monotonic() - signalled
+    finally:
+        process.kill()
+        reader.join()
+    while not lines.empty():
+        seen.append(lines.get())
+    assert "run stopped\n" in seen, seen
+    assert stopped_in < 5.0, stopped_in  # the whole set-up takes longer than that here
+    read = read_recording(path)
+    assert read.warning is None
+    assert [type(e) for e in read] == [RunFinished] and read[0].status == "stopped"

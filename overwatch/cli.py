@@ -466,6 +466,7 @@ def _cmd_run_here(
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
+    _stop_set_up_on_signals()
     if args.resume is not None:
         session = _resume_session(args)
         path = session.record_path
@@ -496,6 +497,7 @@ def _cmd_run_here(
 
         init_group(shard.timeout_s)
     _freeze_loaded()
+    _SET_UP.clear()  # from here on the views' handlers stop the trainer at its next env
     if args.headless:
         from overwatch.headless import run_headless  # noqa: PLC0415
 
@@ -648,6 +650,31 @@ def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported l
         raise BadInput(f"cannot resume {args.resume}: {exc.strerror}") from None
 
 
+class SetUpStopped(BaseException):  # not caught by the loaders' `except Exception`
+    """A stop signal while this thread loads the task and builds the session: nothing trains
+    yet, so the set-up simply ends (the trainer thread stops at its next env by itself)."""
+
+
+_SET_UP: list[bool] = []  # non-empty while _cmd_run_here sets up in this thread
+
+
+def _stop_set_up_on_signals() -> None:
+    """SIGTERM, SIGHUP and Ctrl-C end the set-up at once, with one line (a signal ignored,
+    as nohup ignores SIGHUP, stays ignored)."""
+    import signal  # noqa: PLC0415
+
+    def handler(signum: int, frame: object) -> None:
+        if _SET_UP:
+            raise SetUpStopped(signal.Signals(signum).name)
+
+    _SET_UP.append(True)
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in defaults:
+            signal.signal(sig, handler)
+
+
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -753,6 +780,9 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"overwatch: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SetUpStopped as exc:  # a stopped run: exit 0, as when it stops later
+        print(f"overwatch: stopped during set-up ({exc}), before training began", file=sys.stderr)
+        return EXIT_OK
     except BrokenPipeError:  # `overwatch export run.msgpack | head`: the reader has had enough
         _silence_stdout()
         return EXIT_OK

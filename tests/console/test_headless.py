@@ -183,6 +183,72 @@ def run_env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
 
 
+def start_run(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
+    """A real headless run, its stderr lines arriving on a queue."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "overwatch.cli", "run", "--headless", *args],
+        cwd=tmp_path, env=run_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.put(line)
+        lines.put("")  # the end
+
+    threading.Thread(target=read, daemon=True).start()
+    return process, lines
+
+
+def signal_when(
+    process: subprocess.Popen, lines: queue.Queue[str], prefix: str, sig: int
+) -> tuple[float, list[str]]:
+    """Send ``sig`` once a stderr line starts with ``prefix``; (seconds to exit, every line)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        while not any(line.startswith(prefix) for line in seen):
+            assert time.monotonic() < deadline and "" not in seen, seen
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.1))
+        process.send_signal(sig)
+        signalled = time.monotonic()
+        process.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        process.kill()
+    while (line := lines.get(timeout=10)) != "":
+        seen.append(line)
+    return took, seen
+
+
+def test_sigterm_while_the_task_loads_ends_the_set_up_with_one_line(tmp_path: Path) -> None:
+    process, lines = start_run(tmp_path, "--record", "run.msgpack")
+    took, seen = signal_when(process, lines, "loading task", signal.SIGTERM)
+    assert process.returncode == 0 and took < 5.0, (took, seen)
+    assert seen[-1] == "overwatch: stopped during set-up (SIGTERM), before training began\n"
+    assert not any("Traceback" in line for line in seen), seen
+
+
+def test_sigterm_while_the_envs_are_built_stops_the_run_promptly_with_the_recording_intact(
+    tmp_path: Path,
+) -> None:
+    """issue 21: SIGTERM while 100k envs were being built was ignored for minutes (the trainer
+    took a Stop only at its first batch). The set-up says what it builds, and SIGTERM while it
+    builds the envs ends the run at the next env: RunFinished(stopped), no RunStarted."""
+    path = tmp_path / "run.msgpack"
+    process, lines = start_run(
+        tmp_path, "--n-envs", "1024", "--episodes", "1", "--epochs", "1",
+        "--batches-per-epoch", "1", "--record", str(path),
+    )  # fmt: skip
+    took, seen = signal_when(process, lines, "setting up: building env", signal.SIGTERM)
+    assert process.returncode == 0 and "run stopped\n" in seen, seen
+    assert took < 5.0, took  # the whole set-up takes longer than that here
+    read = read_recording(path)
+    assert read.warning is None
+    assert [type(e) for e in read] == [RunFinished] and read[0].status == "stopped"
+
+
 def test_a_full_disk_under_the_recorder_is_one_line_and_exit_one(tmp_path: Path) -> None:
     """issue 21: a full disk printed a raw thread traceback. The process may write files of at
     most 6 kB (RLIMIT_FSIZE: past it a write fails with EFBIG, as one on a full disk fails with
@@ -210,39 +276,3 @@ def test_a_full_disk_under_the_recorder_is_one_line_and_exit_one(tmp_path: Path)
     assert 0 < path.stat().st_size <= 6000
 
 
-def test_sigterm_during_set_up_stops_the_run_promptly_with_the_recording_intact(
-    tmp_path: Path,
-) -> None:
-    """issue 21: SIGTERM while 100k envs were being built was ignored for minutes (the trainer
-    took a Stop only at its first batch). The set-up says what it builds, and SIGTERM while it
-    builds the envs ends the run at the next env: RunFinished(stopped), no RunStarted."""
-    path = tmp_path / "run.msgpack"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "overwatch.cli", "run", "--headless", "--n-envs", "1024",
-         "--episodes", "1", "--epochs", "1", "--batches-per-epoch", "1", "--record", str(path)],
-        cwd=tmp_path, env=run_env(tmp_path), stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr])
-    reader.start()
-    seen: list[str] = []
-    deadline = time.monotonic() + 120
-    try:
-        while not any(line.startswith("setting up: building env") for line in seen):
-            assert time.monotonic() < deadline, seen
-            with contextlib.suppress(queue.Empty):
-                seen.append(lines.get(timeout=0.1))
-        process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
-        assert process.wait(timeout=60) == 0
-        stopped_in = time.monotonic() - signalled
-    finally:
-        process.kill()
-        reader.join()
-    while not lines.empty():
-        seen.append(lines.get())
-    assert "run stopped\n" in seen, seen
-    assert stopped_in < 5.0, stopped_in  # the whole set-up takes longer than that here
-    read = read_recording(path)
-    assert read.warning is None
-    assert [type(e) for e in read] == [RunFinished] and read[0].status == "stopped"

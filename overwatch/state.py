@@ -249,6 +249,7 @@ class ConsoleState:
     error: str | None = None
     clip_threshold: float | None = None  # the run-wide threshold last reported
     dropped: int = 0  # set by the app from its source: events the queue had to drop
+    setup: str = ""  # set by the app from a live source: what the trainer sets up, before it runs
     last_wall_time: float | None = None
     started_wall_time: float | None = None  # RunStarted's
     epoch_wall_time: float | None = None  # when the latest epoch (of any env) was summarised

@@ -426,6 +426,7 @@ class VectorizedTrainer:
         if len(state["envs"]) != len(self.envs):
             raise ValueError(f"checkpoint has {len(state['envs'])} envs, config {len(self.envs)}")
         for env, env_state in zip(self.envs, state["envs"], strict=True):
+            self._stop_point(setup=True)
             env.load_state_dict(env_state)
         self.batches.load_state_dict(state["batches"])
         self.policy.load_state_dict(state["policy"])

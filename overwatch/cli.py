@@ -516,6 +516,8 @@ def _cmd_run_here(
         from esper_engine.distributed import close_group  # noqa: PLC0415
 
         close_group()
+    if session.recording_error and not args.headless:  # headless has said it already
+        print(f"overwatch: error: {session.recording_error}", file=sys.stderr)
     if path is not None:
         print(f"recorded to {path}", file=sys.stderr)
     return code

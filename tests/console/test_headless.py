@@ -274,5 +274,3 @@ def test_a_full_disk_under_the_recorder_is_one_line_and_exit_one(tmp_path: Path)
     read = read_recording(path)
     assert read.warning is None and isinstance(read.events[0], RunStarted)
     assert 0 < path.stat().st_size <= 6000
-
-

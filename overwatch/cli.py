@@ -658,6 +658,7 @@ class SetUpStopped(BaseException):  # not caught by the loaders' `except Excepti
 
 
 _SET_UP: list[bool] = []  # non-empty while _cmd_run_here sets up in this thread
+_BEFORE_SET_UP: dict[int, object] = {}  # the handlers _stop_set_up_on_signals replaced
 
 
 def _stop_set_up_on_signals() -> None:
@@ -669,12 +670,22 @@ def _stop_set_up_on_signals() -> None:
         if _SET_UP:
             raise SetUpStopped(signal.Signals(signum).name)
 
-    _SET_UP.append(True)
+    _SET_UP[:] = [True]
     defaults = (signal.SIG_DFL, signal.default_int_handler)
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)
         if sig is not None and signal.getsignal(sig) in defaults:
-            signal.signal(sig, handler)
+            _BEFORE_SET_UP[sig] = signal.signal(sig, handler)
+
+
+def _restore_signals() -> None:
+    """Put back what _stop_set_up_on_signals replaced (main() may be called again in-process)."""
+    import signal  # noqa: PLC0415
+
+    _SET_UP.clear()
+    while _BEFORE_SET_UP:
+        sig, handler = _BEFORE_SET_UP.popitem()
+        signal.signal(sig, handler)
 
 
 def _progress(message: str) -> None:
@@ -788,6 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `overwatch export run.msgpack | head`: the reader has had enough
         _silence_stdout()
         return EXIT_OK
+    finally:
+        _restore_signals()
 
 
 def _silence_stdout() -> None:

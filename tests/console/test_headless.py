@@ -225,7 +225,7 @@ def signal_when(
 def test_sigterm_while_the_task_loads_ends_the_set_up_with_one_line(tmp_path: Path) -> None:
     process, lines = start_run(tmp_path, "--record", "run.msgpack")
     took, seen = signal_when(process, lines, "loading task", signal.SIGTERM)
-    assert process.returncode == 0 and took < 5.0, (took, seen)
+    assert process.returncode == 0 and took < 30.0, (took, seen)  # loose: a loaded machine
     assert seen[-1] == "overwatch: stopped during set-up (SIGTERM), before training began\n"
     assert not any("Traceback" in line for line in seen), seen
 
@@ -243,7 +243,10 @@ def test_sigterm_while_the_envs_are_built_stops_the_run_promptly_with_the_record
     )  # fmt: skip
     took, seen = signal_when(process, lines, "setting up: building env", signal.SIGTERM)
     assert process.returncode == 0 and "run stopped\n" in seen, seen
-    assert took < 5.0, took  # the whole set-up takes longer than that here
+    # Not a race with the set-up: the recording says it never finished (no RunStarted). The
+    # bound is loose for a loaded machine (2 shared cores: the exit, freeing some hundred
+    # half-built envs, took up to 6 s); before, the stop waited for the whole set-up.
+    assert took < 30.0, took
     read = read_recording(path)
     assert read.warning is None
     assert [type(e) for e in read] == [RunFinished] and read[0].status == "stopped"

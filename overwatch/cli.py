@@ -497,7 +497,7 @@ def _cmd_run_here(
 
         init_group(shard.timeout_s)
     _freeze_loaded()
-    _SET_UP.clear()  # from here on the views' handlers stop the trainer at its next env
+    _SET_UP[:] = [session]  # once it has started, a signal stops it (at its next env)
     if args.headless:
         from overwatch.headless import run_headless  # noqa: PLC0415
 
@@ -657,20 +657,26 @@ class SetUpStopped(BaseException):  # not caught by the loaders' `except Excepti
     yet, so the set-up simply ends (the trainer thread stops at its next env by itself)."""
 
 
-_SET_UP: list[bool] = []  # non-empty while _cmd_run_here sets up in this thread
+_SET_UP: list = []  # while _cmd_run_here runs: [None], then [the session] once it exists
 _BEFORE_SET_UP: dict[int, object] = {}  # the handlers _stop_set_up_on_signals replaced
 
 
 def _stop_set_up_on_signals() -> None:
-    """SIGTERM, SIGHUP and Ctrl-C end the set-up at once, with one line (a signal ignored,
-    as nohup ignores SIGHUP, stays ignored)."""
+    """SIGTERM, SIGHUP and Ctrl-C end the set-up at once, with one line; once the trainer
+    thread runs they stop it (the views put their own handlers in place before they start it;
+    this covers the moments between). A signal ignored, as nohup ignores SIGHUP, stays so."""
     import signal  # noqa: PLC0415
 
+    from esper_engine.contracts import Stop  # noqa: PLC0415
+
     def handler(signum: int, frame: object) -> None:
-        if _SET_UP:
+        session = _SET_UP[0] if _SET_UP else None
+        if session is not None and session.thread_state != "idle":  # it trains: stop it
+            session.send(Stop())
+        elif _SET_UP:  # nothing trains yet: end the set-up here
             raise SetUpStopped(signal.Signals(signum).name)
 
-    _SET_UP[:] = [True]
+    _SET_UP[:] = [None]
     defaults = (signal.SIG_DFL, signal.default_int_handler)
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         sig = getattr(signal, name, None)

@@ -163,6 +163,15 @@ class OverwatchApp(App[int]):
             priority=True,
             tooltip="Stop the trainer at a safe point and quit",  # one help row with q
         ),
+        # Textual's raw mode turns Ctrl-Z into a key: suspend as any curses tool does (the
+        # trainer of a live run is suspended with the process; `fg` resumes both).
+        Binding(
+            "ctrl+z",
+            "suspend_process",
+            "Suspend",
+            show=False,
+            tooltip="Suspend to the shell (fg resumes)",
+        ),
         Binding("1", "focus_env(0)", "Env", key_display="1-9", tooltip="Focus env 1..9"),
         *(Binding(str(n), f"focus_env({n - 1})", f"Env {n}", show=False) for n in range(2, 10)),
         Binding("g", "goto_env", "Go to env", show=False, tooltip="Focus env N (type it)"),
@@ -591,6 +600,7 @@ class OverwatchApp(App[int]):
                 self.state = ConsoleState.planned(self.source.plan)
             reduce_many(self.state, polled.events)
             self.state.dropped = self.source.dropped
+            self.state.setup = getattr(self.source, "setup_status", "")  # a live run's set-up
             await self._ensure_env_widgets()
             if polled.reset:
                 self.acknowledged = min(self.acknowledged, self.state.alerts)

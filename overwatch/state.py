@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from esper_engine.config import MAX_ENVS
 from esper_engine.contracts import (
     Attribution,
     BatchStats,
@@ -248,6 +249,7 @@ class ConsoleState:
     error: str | None = None
     clip_threshold: float | None = None  # the run-wide threshold last reported
     dropped: int = 0  # set by the app from its source: events the queue had to drop
+    setup: str = ""  # set by the app from a live source: what the trainer sets up, before it runs
     last_wall_time: float | None = None
     started_wall_time: float | None = None  # RunStarted's
     epoch_wall_time: float | None = None  # when the latest epoch (of any env) was summarised
@@ -400,6 +402,8 @@ def stale_after(state: ConsoleState) -> float:
 
 def env_view(state: ConsoleState, env: int) -> EnvView:
     """The view of ``env``, created on demand (a follower may start without RunStarted)."""
+    if not 0 <= env < MAX_ENVS:  # the decoder refuses such events: never grow a list to one
+        raise ValueError(f"env {env} is outside 0..{MAX_ENVS - 1}")
     while len(state.envs) <= env:
         view = EnvView(len(state.envs), revision=next(_revisions))
         view.slots = {slot_id: SlotView(_dormant(slot_id)) for slot_id in state.slot_ids}

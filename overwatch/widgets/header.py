@@ -72,6 +72,7 @@ class RunHeader(LineWidget):
             alerts,
             sort,
             layout,
+            state.setup,
         )
         if shown == self._shown and (not live or state.live_revision == self._live_shown):
             return
@@ -148,6 +149,8 @@ class RunHeader(LineWidget):
         }.get(trainer, "header--dim")
         text.append(" │ trainer ", self._style("header--label"))
         text.append(trainer, self._style(trainer_kind))
+        if trainer == "starting" and self.state is not None and self.state.setup:
+            text.append(f" · {self.state.setup}", self._style("header--dim"))
         return text
 
     def _progress(self, state: ConsoleState, *, timing: bool) -> list[Text]:

@@ -416,6 +416,7 @@ class StubSession:
     run_id = "stub"
     config = TrainingConfig(n_envs=2, episodes=3, epochs=5, policy="ppo", max_grad_norm=2.0)
     control_error = None
+    setup_status = ""
 
     def __init__(self) -> None:
         self.thread_state = "idle"
@@ -475,6 +476,38 @@ async def test_the_first_frame_says_what_is_starting() -> None:
         assert "episode -/3 · epoch -/5" in progress and "clip 2.00" in progress
         assert len(app._panels) == 2
         assert all(p.lines == ["waiting for the first epoch"] for p in app._panels)
+
+
+@run_async
+async def test_the_header_says_what_the_trainer_sets_up_until_it_runs() -> None:
+    """issue 21: 1024 envs take a while to build; the first frames say so."""
+    session = StubSession()
+    session.setup_status = "building env 37/1024"
+    app = OverwatchApp(LiveSource(session), clock=lambda: 0.0)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert "trainer starting · building env 37/1024" in app._header.lines[0]
+        session.setup_status = "building the policy"
+        await app.tick()
+        assert "trainer starting · building the policy" in app._header.lines[0]
+        session.setup_status = ""
+        session.queued = running_events()[:1]  # RunStarted: it runs
+        await app.tick()
+        assert "building" not in app._header.lines[0]
+
+
+@run_async
+async def test_ctrl_z_suspends_the_console_like_any_curses_tool() -> None:
+    """Textual's raw mode delivers Ctrl-Z as a key; the console hands it to Textual's suspend
+    (which restores the terminal, SIGTSTPs the process, and redraws on SIGCONT). Seen by hand
+    in tmux: `[1]+ Stopped`, then `fg` redraws and q still quits."""
+    app = OverwatchApp(LiveSource(StubSession()), clock=lambda: 0.0)
+    suspended = []
+    app.action_suspend_process = lambda: suspended.append(True)  # type: ignore[method-assign]
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+    assert suspended == [True]
 
 
 def test_live_source_reports_a_thread_that_died_silently() -> None:

@@ -42,9 +42,13 @@ def epoch_number(epoch: int) -> int:
 
 
 LARGE = 1e6  # from here on numbers are shown in scientific notation
+SIGNIFICANT = 2  # digits kept of a figure too small for its decimals (1.2e-06)
 
 
 def num(value: float | None, digits: int = 3) -> str:
+    """A figure with ``digits`` decimals; one so small that it would read as zero, or so large
+    that it would need forty digits, in significant digits instead (a 1e-06 clip threshold is
+    ``1e-06``, never ``0.000``, which would pass for "clipping off")."""
     if value is None:
         return "-"
     if math.isnan(value):
@@ -53,6 +57,8 @@ def num(value: float | None, digits: int = 3) -> str:
         return "inf" if value > 0 else "-inf"
     if abs(value) >= LARGE:  # a diverging loss or a refused 1e40: not forty digits on screen
         return f"{value:.{min(digits, 2)}e}"
+    if _rounds_to_zero(value, digits):
+        return f"{value:.{SIGNIFICANT}g}"
     return f"{value:.{digits}f}"
 
 
@@ -61,9 +67,17 @@ def signed(value: float | None, digits: int = 3) -> str:
         return num(value, digits)
     if abs(value) >= LARGE:
         return f"{value:+.{min(digits, 2)}e}"
-    if round(value, digits) == 0:
-        value = 0.0  # a value that rounds to zero reads +0.000, never -0.000
+    if value == 0:
+        return f"{0.0:+.{digits}f}"  # +0.000, never -0.000
+    if _rounds_to_zero(value, digits):
+        return f"{value:+.{SIGNIFICANT}g}"
     return f"{value:+.{digits}f}"
+
+
+def _rounds_to_zero(value: float, digits: int) -> bool:
+    """A non-zero value below one unit of the last decimal shown: ``digits`` decimals would
+    show it as zero or as a rounding of it."""
+    return value != 0 and abs(value) < 10.0**-digits
 
 
 def pct(fraction: float | None, digits: int = 1) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from esper_engine.contracts import SeedStage
+from rich.text import Text
+
+from esper_engine.contracts import EpochProgress, SeedStage
 
 # Component classes (styled in overwatch.tcss) for each lifecycle stage.
 STAGE_COMPONENTS = frozenset(f"stage--{stage.lower()}" for stage in SeedStage)
@@ -118,3 +120,36 @@ def duration(seconds: float | None) -> str:
 def plural(count: int, noun: str) -> str:
     """``1 env``, ``4 envs``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def fit(text: Text, width: int) -> Text:
+    """``text`` cut to ``width`` cells (in place) without cutting a word in two: a cut that
+    falls inside a word goes back to the last separator (`` · `` in the right half, else a
+    space) and ends with ``…``, so ``exact, 2 coalitions`` never reads ``exact, 2 coaliti``."""
+    if text.cell_len <= width:
+        return text
+    plain = text.plain
+    if width <= 1 or not all(_in_word(char) for char in plain[width - 1 : width + 1]):
+        text.truncate(width)  # at a word's edge (or in a chart): nothing is misread
+        return text
+    cut = plain.rfind(" · ", 0, width - 1)
+    if cut < width // 2:
+        cut = plain.rfind(" ", 0, width - 1)
+    if cut <= 0:
+        text.truncate(width)
+        return text
+    kept = plain[:cut].rstrip(" ·,;:")
+    text.truncate(len(kept))
+    text.append("…")
+    return text
+
+
+def _in_word(char: str) -> bool:
+    """Part of a word or a figure (not a space, not a chart's block)."""
+    return not char.isspace() and not "\u2580" <= char <= "\u259f"
+
+
+def progress_label(progress: EpochProgress) -> str:
+    """Where an epoch is: ``28/40`` batches trained, or ``val 2/5`` while it validates."""
+    done = f"{progress.batch}/{progress.batches}"
+    return done if progress.phase == "train" else f"val {done}"

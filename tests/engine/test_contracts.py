@@ -156,6 +156,9 @@ EVENT_SAMPLES: dict[type, c.Event] = {
     c.RunResumed: c.RunResumed(
         **COMMON, from_episode=1, from_epoch=2, recording_bytes=4096, pid=1234
     ),
+    c.EpochProgress: c.EpochProgress(
+        **COMMON, phase="validate", batch=3, batches=20, elapsed_s=12.5
+    ),
 }
 COMMAND_SAMPLES: dict[type, c.Command] = {
     c.ForceRollback: c.ForceRollback(command_id=1, env=2, console="a"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import groupby
 
 from rich.style import Style
@@ -223,7 +224,8 @@ class EnvPanel(LineWidget):
         threshold = view.clip_threshold
         if not values:
             return Text()
-        top = max(max(values), threshold or 0.0)
+        # A NaN first in the window would make max() NaN and the whole scale with it.
+        top = max(max((v for v in values if math.isfinite(v)), default=0.0), threshold or 0.0)
         chars = sparkline(values, width, lo=0.0, hi=top)
         normal, clipped = self._style("spark--grad"), self._style("spark--clipped")
         text = Text()

@@ -110,8 +110,10 @@ def test_a_resumed_run_says_so_and_leaves_its_dead_time_out(tmp_path: Path) -> N
     session = f"ow-{uuid.uuid4().hex[:8]}"
     try:
         wait_until(
-            lambda: sum(isinstance(e, EpochSummary) for e in rec.refresh()) >= 2
-            and record.with_suffix(".ckpt").exists(),
+            lambda: (
+                sum(isinstance(e, EpochSummary) for e in rec.refresh()) >= 2
+                and record.with_suffix(".ckpt").exists()
+            ),
             "two epochs and a checkpoint",
         )
         first.send_signal(signal.SIGKILL)

@@ -439,8 +439,10 @@ def progress_fraction(progress: EpochProgress) -> float:
 def log_note(
     state: ConsoleState, text: str, env: int | None = None, wall_time: float = 0.0
 ) -> None:
-    """Record something the console did (a command sent) in the event log."""
-    _log(state, Note(text, state.episode, state.epoch, env, wall_time))
+    """Record something the console did (a command sent) in the event log, at the epoch the
+    run is in (as the header says it), like the trainer's ack that follows it."""
+    episode, epoch = state.at or (state.episode, state.epoch)
+    _log(state, Note(text, episode, epoch, env, wall_time))
 
 
 def _log(state: ConsoleState, entry: LogEntry) -> None:

@@ -209,9 +209,7 @@ def test_progress_moves_the_run_inside_an_epoch_and_headers_agree_with_panels(
             continue
         # The header's epoch (the run's) is every env's border epoch (lockstep).
         if all(view.at is not None for view in state.envs):
-            assert {view.at for view in state.envs} <= {state.at} | {
-                (state.at[0], state.at[1] - 1)
-            }
+            assert {view.at for view in state.envs} <= {state.at} | {(state.at[0], state.at[1] - 1)}
         if isinstance(event, EpochProgress) and event.phase == "train" and event.env == 1:
             fractions.append(state.epoch_fraction())
     assert len(set(fractions)) > SLOW.epochs  # it moved between epoch ends
@@ -233,9 +231,7 @@ def test_stale_means_no_event_for_a_while_not_no_epoch_yet(resumed_recording) ->
 @run_async
 async def test_panel_row_and_header_show_the_epoch_in_progress(resumed_recording) -> None:
     events = resumed_recording
-    first = next(
-        i for i, e in enumerate(events) if isinstance(e, EpochProgress) and e.batch > 1
-    )
+    first = next(i for i, e in enumerate(events) if isinstance(e, EpochProgress) and e.batch > 1)
     shown = events[: first + 1]
     progress = events[first]
     app = live_app(shown)
@@ -254,6 +250,26 @@ async def test_panel_row_and_header_show_the_epoch_in_progress(resumed_recording
         await pilot.pause()
         row = str(pilot.app._rows[progress.env].render())
         assert "first epoch" in row and label in row
+
+
+@run_async
+async def test_a_sent_line_is_logged_at_the_epoch_in_progress(resumed_recording) -> None:
+    events = resumed_recording
+    at = next(
+        i
+        for i, e in enumerate(events)
+        if isinstance(e, EpochProgress) and e.epoch == 1 and e.batch > 1
+    )
+    app = live_app(events[: at + 1])
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        header = "\n".join(app._header.lines)
+        assert "epoch 2/4" in header and app.state.epoch == 0  # epoch 1 summarised, 2 runs
+        app._send(Pause())
+        await pilot.pause()
+        note = app.state.log[-1]
+        assert (note.episode, note.epoch) == (0, 1)
+        assert app._logs[0].describe(note).plain.split()[1] == "1:02"
 
 
 # --- the clipped share while an epoch runs ---------------------------------------------------

@@ -74,7 +74,6 @@ from esper_engine.training_step import (
     process_val_batch,
 )
 
-
 # EpochProgress at most this often per env: a clock read per batch, never a device sync.
 PROGRESS_PERIOD_S = 0.5
 

@@ -33,6 +33,7 @@ FLUSHED = (
     c.CommandAck,
     c.RunFinished,
     c.RunResumed,
+    c.EpochProgress,
 )
 BATCH_DECODER = msgspec.msgpack.Decoder(list[c.TelemetryEvent])
 

@@ -7,9 +7,9 @@ event, is what lets replay decode a whole batch in one msgspec call instead of a
 
 Crash safety: the recorder keeps events in memory and writes them as one frame, with one ``write``
 call then a flush, when a flush-worthy event arrives (``_FLUSH_ON``: epoch summaries, rollbacks,
-acks, the start, resumption and end of the run, epoch progress), when the batch reaches
-``BATCH_BYTES`` and on ``close``. So a crash or ``kill -9`` loses at most the events since the
-last flush, under ``BATCH_BYTES`` - as before, when they sat in the file's 8 KiB write buffer - and can only leave a
+acks, the start, resumption and end of the run), when the batch reaches ``BATCH_BYTES`` and on
+``close``. So a crash or ``kill -9`` loses at most the events since the last flush, under
+``BATCH_BYTES`` - as before, when they sat in the file's 8 KiB write buffer - and can only leave a
 partial frame at the end; readers report it as a warning and replay everything before it.
 Anything else that does not parse is a ``RecordingError``, and so is an event that does not match
 the contracts (an unknown seed stage, initiator, status...: msgspec validates them while

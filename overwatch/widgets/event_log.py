@@ -37,6 +37,7 @@ from overwatch.widgets.formatting import (
     env_label,
     episode_number,
     epoch_number,
+    fit,
     num,
     signed,
     stage_component,
@@ -215,7 +216,7 @@ class EventLog(Widget):
             return Text(empty, style=self._style("log--dim"))
         lines = [self._highlight(self.describe(entry)) for entry in shown]
         for line in lines:
-            line.truncate(width)
+            fit(line, width)  # cut at a word's edge, marked with …
         return Text("\n", no_wrap=True, overflow="crop").join(lines)
 
     def _highlight(self, line: Text) -> Text:

@@ -11,6 +11,7 @@ from overwatch.widgets.formatting import (
     duration,
     episode_number,
     epoch_number,
+    fit,
     num,
     plural,
     signed,
@@ -97,7 +98,7 @@ class RunHeader(LineWidget):
         ]
         if wide:
             third = self._ppo(state) if ppo else self._timing(state)
-            third.truncate(width)
+            fit(third, width)  # a figure is whole or gone, never "-0" of "-0.13"
             lines.append(third)
         return lines
 

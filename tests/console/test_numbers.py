@@ -43,6 +43,7 @@ from overwatch.state import (
 from overwatch.widgets.event_log import describe_alert
 from overwatch.widgets.formatting import signed
 from tests.console.fixtures import (
+    REAL_RUN_LM,
     FakeLiveSource,
     frozen_clock,
     live_app,
@@ -386,3 +387,26 @@ async def test_no_panel_text_is_cut_mid_word(size) -> None:
                     assert "coalitions" in line, line
                 if "shapley" in line and "v(∅)" in line:
                     assert re.search(r"v\(∅\) \d+\.\d%", line), line
+
+
+def whole(shown: str, full: str) -> bool:
+    """``shown`` is ``full``, or a cut of it at a word's edge (or marked with …)."""
+    shown = shown.rstrip()
+    if full.startswith(shown) and len(shown) < len(full.rstrip()):
+        return full[len(shown)].isspace()  # "-0" of "-0.13" or "coaliti" is no edge
+    return shown == full.rstrip() or shown.endswith("…")
+
+
+@pytest.mark.parametrize("size", [(120, 40), (200, 60)], ids=["120x40", "200x60"])
+@run_async
+async def test_no_header_or_log_text_is_cut_mid_word(size) -> None:
+    app = live_app(running(REAL_RUN_LM))
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        ppo = app._header._ppo(app.state).plain
+        third = app._header.lines[2]
+        assert whole(third, ppo), (third, ppo)
+        log = app._logs[0]
+        shown = log.render().plain.splitlines()
+        for line, entry in zip(shown, log.shown[-len(shown) :], strict=True):
+            assert whole(line, log.describe(entry).plain), line

@@ -63,6 +63,9 @@ _FLUSH_ON = (
     contracts.CommandAck,
     contracts.RunFinished,
     contracts.RunResumed,
+    # A few a second at most: an attached console or a follower sees an epoch move (and does
+    # not read a slow first epoch as STALE) without waiting for BATCH_BYTES to fill.
+    contracts.EpochProgress,
 )
 
 

@@ -29,6 +29,7 @@ from esper_engine.commands import acknowledge, rejection
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
     BatchStats,
+    EpochProgress,
     EpochSummary,
     Event,
     ForceRollback,
@@ -73,6 +74,9 @@ from esper_engine.training_step import (
     process_train_batch,
     process_val_batch,
 )
+
+# EpochProgress at most this often per env: a clock read per batch, never a device sync.
+PROGRESS_PERIOD_S = 0.5
 
 
 class StopRequested(Exception):
@@ -195,6 +199,7 @@ class VectorizedTrainer:
 
     def _run_epoch(self, epoch: int) -> None:
         started, self._paused_s = time.perf_counter(), 0.0
+        self._epoch_started = self._progress_due = started
         for env in self.envs:
             env.state.set_lr_scale(self.config.lr_scale(epoch))
         self._inject_faults(epoch)
@@ -249,6 +254,7 @@ class VectorizedTrainer:
                     stats = _batch_stats_tensor(result) if due else None
                 if stats is not None:
                     self._emit_batch_stats(env, batch, stats)
+            self._progress("train", self.envs, batch + 1, self.config.batches_per_epoch)
         self._safe_point()
         join_env_streams(env.state for env in self.envs)
         return totals
@@ -258,8 +264,9 @@ class VectorizedTrainer:
         for env, total in zip(self.envs, totals, strict=True):
             self._stop_point()
             started = time.perf_counter()
-            for x, y in self.val_batches:
+            for done, (x, y) in enumerate(self.val_batches, start=1):
                 total.add_val(process_val_batch(env.model, x, y, self.task))
+                self._progress("validate", [env], done, len(self.val_batches))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
         return totals
 
@@ -724,6 +731,26 @@ class VectorizedTrainer:
                 samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
             )
         )
+
+    def _progress(self, phase: str, envs: list[EnvRuntime], done: int, batches: int) -> None:
+        """EpochProgress for ``envs`` when PROGRESS_PERIOD_S has passed since the last: the
+        batch counter and the clock only, so the loop never waits for the device. A sharded
+        run's workers send none (their events reach the leader only at the epoch's end)."""
+        now = time.perf_counter()
+        if now < self._progress_due or not self.shard.is_leader:
+            return
+        self._progress_due = now + PROGRESS_PERIOD_S
+        elapsed = now - self._epoch_started - self._paused_s
+        for env in envs:
+            self.sink.emit(
+                EpochProgress(
+                    **self._common(env.index),
+                    phase=phase,
+                    batch=done,
+                    batches=batches,
+                    elapsed_s=elapsed,
+                )
+            )
 
     def _emit_summary(self, env: EnvRuntime, fig: EpochFigures, elapsed: float) -> None:
         gov = env.governor

@@ -34,6 +34,7 @@ from esper_engine.contracts import (
 from esper_engine.session import TrainingSession
 from overwatch.sources import session_plan
 from overwatch.state import RunPlan
+from overwatch.widgets.formatting import num, pct
 
 COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds")
 SETUP_LINE_EVERY_S = 2.0  # off a terminal: one set-up line per step, and per this while it lasts
@@ -88,8 +89,8 @@ class HeadlessView:
     def row(self, s: EpochSummary) -> tuple[str, ...]:
         episodes = self.started.episodes if self.started else 0
         epochs = self.started.epochs if self.started else 0
-        loss = f"ppl {s.perplexity:.2f}" if s.perplexity is not None else f"{s.val_loss:.3f}"
-        clip = "off" if s.clip_threshold is None else f"{s.clip_threshold:.2f}"
+        loss = f"ppl {num(s.perplexity, 2)}" if s.perplexity is not None else num(s.val_loss)
+        clip = "off" if s.clip_threshold is None else num(s.clip_threshold, 2)
         seeds = " ".join(
             f"{slot.slot_id}:{slot.stage[:4].lower()}"
             for slot in s.slots
@@ -99,9 +100,9 @@ class HeadlessView:
             str(s.env + 1),  # counted from 1, as in the console
             f"{s.episode + 1}/{episodes}",
             f"{s.epoch + 1}/{epochs}",
-            f"{s.val_accuracy:.3f}",
+            pct(s.val_accuracy),  # a percentage, as the console shows it
             loss,
-            f"{s.grad_norm_post_clip:.2f}|{clip}",
+            f"{num(s.grad_norm_post_clip, 2)}|{clip}",
             f"{s.consecutive_panics}/{s.total_panics} rb{s.rollbacks}",
             seeds or "-",
         )

@@ -95,7 +95,7 @@ def test_one_line_per_env_with_the_latest_epoch() -> None:
         summary = last[env]
         assert row[1] == f"{summary.episode + 1}/{started.episodes}"
         assert row[2] == f"{summary.epoch + 1}/{started.epochs}"
-        assert row[3] == f"{summary.val_accuracy:.3f}"
+        assert row[3] == f"{100 * summary.val_accuracy:.1f}%"  # as the console shows it
         assert row[5].startswith(f"{summary.grad_norm_post_clip:.2f}|")
     assert "dropped=3" in text
     assert isinstance(view.finished, RunFinished)
@@ -116,7 +116,7 @@ def test_off_a_terminal_each_epoch_is_a_plain_line_as_it_happens() -> None:
     for line, s in zip(progress, summaries, strict=True):
         assert line.startswith(
             f"env {s.env + 1}  episode {s.episode + 1}/{started.episodes}  "
-            f"epoch {s.epoch + 1}/{started.epochs}  acc {s.val_accuracy:.3f}  loss "
+            f"epoch {s.epoch + 1}/{started.epochs}  acc {100 * s.val_accuracy:.1f}%  loss "
         )
         assert f"grad|clip {s.grad_norm_post_clip:.2f}|" in line
     # Written epoch by epoch, not at the end: every wait saw more lines than the one before.
@@ -141,7 +141,7 @@ def test_in_a_terminal_the_table_is_live_and_the_status_has_its_own_line() -> No
     assert plain.endswith("\nrun completed\n")
     final_row = plain.splitlines()[-2].split()
     assert final_row[0] == str(max(last) + 1)
-    assert final_row[3] == f"{last[max(last)].val_accuracy:.3f}"
+    assert final_row[3] == f"{100 * last[max(last)].val_accuracy:.1f}%"
 
 
 def test_the_title_names_the_run_before_it_has_started() -> None:

@@ -35,6 +35,7 @@ FLUSHED = (
     c.CommandAck,
     c.RunFinished,
     c.RunResumed,
+    c.EpochProgress,
 )
 BATCH_DECODER = msgspec.msgpack.Decoder(list[c.TelemetryEvent])
 

@@ -84,7 +84,7 @@ LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env co
 ALERT_TOAST_S = 10.0
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
 HANGUP_MODES = ("detach", "stop")  # run --on-hangup
-QUIT_HELP = "Stop the trainer at a safe point and quit (while it trains: type stop and Enter)"
+QUIT_HELP = "Stop the trainer and quit (type stop, Enter)"  # a finished run: at once
 # Help rows for q and ctrl+c where no trainer of this console's is stopped by them.
 QUIT_HELP_ATTACHED = "Detach and quit; the run goes on"
 QUIT_HELP_REPLAY = "Quit"
@@ -166,7 +166,7 @@ class OverwatchApp(App[int]):
             "Quit",
             show=False,
             priority=True,
-            tooltip="Stop the trainer at a safe point and quit, without asking",
+            tooltip="Stop the trainer and quit, without asking",
         ),
         Binding("1", "focus_env(0)", "Env", key_display="1-9", tooltip="Focus env 1..9"),
         *(Binding(str(n), f"focus_env({n - 1})", f"Env {n}", show=False) for n in range(2, 10)),
@@ -1167,11 +1167,11 @@ def run_console(
 ) -> int:
     """Run the console until the operator quits; returns the process exit code.
 
-    SIGTERM quits like `q`. A dropped SSH session (SIGHUP) leaves no terminal to restore (and
-    Textual's writer can block forever on the dead tty). With ``on_hangup="stop"`` it stops the
-    trainer at a safe point, lets the recorder close, and exits without touching the terminal
-    again; with ``"detach"`` (a live run only) the trainer keeps going headless, reachable with
-    ``overwatch attach``, and the process exits when the run ends.
+    SIGTERM quits like a confirmed `q`, without asking. A dropped SSH session (SIGHUP) leaves no
+    terminal to restore (and Textual's writer can block forever on the dead tty). With
+    ``on_hangup="stop"`` it stops the trainer at a safe point, lets the recorder close, and exits
+    without touching the terminal again; with ``"detach"`` (a live run only) the trainer keeps
+    going headless, reachable with ``overwatch attach``, and the process exits when the run ends.
     """
     if on_hangup not in HANGUP_MODES:
         raise ValueError(f"on_hangup must be one of {', '.join(HANGUP_MODES)}, got {on_hangup!r}")

@@ -297,7 +297,7 @@ async def test_q_then_stop_and_enter_stops_the_source_and_exits_zero() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
         rows = {keys: text for keys, text, _ in app.help_rows()}
-        assert "type stop and Enter" in rows["q"] and "without asking" in rows["ctrl+c"]
+        assert "type stop, Enter" in rows["q"] and "without asking" in rows["ctrl+c"]
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmModal) and app.screen.answer == "stop"
         assert not source.stopped and app.return_code is None

@@ -293,21 +293,69 @@ async def test_help_lists_every_key() -> None:
 
 
 @run_async
-async def test_q_stops_the_source_and_exits_zero() -> None:
+async def test_q_then_stop_and_enter_stops_the_source_and_exits_zero() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
+        rows = {keys: text for keys, text, _ in app.help_rows()}
+        assert "type stop, Enter" in rows["q"] and "without asking" in rows["ctrl+c"]
         await pilot.press("q")
+        assert isinstance(app.screen, ConfirmModal) and app.screen.answer == "stop"
+        assert not source.stopped and app.return_code is None
+        await pilot.press(*"stop", "enter")
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert source.stopped
         assert app.return_code == 0
 
 
+@pytest.mark.parametrize("keys", [["u"], ["s", "t", "o", "enter"], ["escape"], ["q"]])
 @run_async
-async def test_ctrl_c_stops_the_source_and_exits_zero_like_q() -> None:
+async def test_q_then_anything_but_stop_keeps_the_run_going(keys: list[str]) -> None:
+    """A word typed slowly into the wrong window (`quit`, `stock`) opens the question at its q
+    and cancels it at its next key: the trainer goes on and nothing is sent."""
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("q", *keys)
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmModal)
+        assert app.return_code is None and app.is_running
+        assert not source.stopped and source.sent == []
+        assert "the run goes on: quit not confirmed, nothing sent" in [
+            n.message for n in app._notifications
+        ]
+        assert app.check_action("pause", ()) is True  # the controls still work
+
+
+@run_async
+async def test_q_quits_at_once_in_a_replay() -> None:
+    source = ReplaySource.from_events(real_events(), clock=lambda: 0.0)
+    app = OverwatchApp(source, clock=lambda: 0.0)
+    async with app.run_test(size=WIDE) as pilot:
+        assert ("q ctrl+c", "Quit", True) in app.help_rows()
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.return_code == 0
+        assert not isinstance(app.screen, ConfirmModal)
+
+
+@run_async
+async def test_q_quits_at_once_once_the_run_has_finished() -> None:
+    app, source = live_app(real_events())  # RunFinished(completed) included
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.state.finished
+        await pilot.press("q")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert source.stopped and app.return_code == 0
+
+
+@run_async
+async def test_ctrl_c_stops_the_source_and_exits_zero_without_asking() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("ctrl+c")
+        assert not isinstance(app.screen, ConfirmModal)
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert source.stopped
@@ -322,6 +370,7 @@ async def test_request_quit_works_from_another_thread() -> None:
         thread.start()
         thread.join()
         await pilot.pause()
+        assert not isinstance(app.screen, ConfirmModal)  # SIGTERM's path asks nothing
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert source.stopped

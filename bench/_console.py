@@ -147,6 +147,7 @@ class TmuxRunner:
         start = end = None
         screen = ""
         deadline = time.monotonic() + self.timeout_s
+        quit_sent = confirmed = False
         with RecordingFollower(recording) as follower:
             while not status.exists():
                 events += follower.poll()
@@ -158,6 +159,14 @@ class TmuxRunner:
                     if send_quit:
                         screen = self._final_screen(name)
                         self._tmux("send-keys", "-t", name, "q")
+                        quit_sent = True
+                if quit_sent and not confirmed:
+                    # q quits a finished run at once; a console that had not yet drawn the
+                    # run's end asks first (type stop, Enter): answer it.
+                    text = self._tmux("capture-pane", "-p", "-t", name, check=False)
+                    if "type stop then enter" in text:
+                        self._tmux("send-keys", "-t", name, "stop", "Enter")
+                        confirmed = True
                 if time.monotonic() > deadline:
                     raise ConsoleBenchError(f"{name}: no exit within {self.timeout_s:.0f} s "
                                             f"({len(events)} events): {self._pane_tail(name)}")

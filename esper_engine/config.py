@@ -39,7 +39,26 @@ MAX_COUNT = 2**63 - 1
 MIN_HISTORY_WINDOW = 10
 # The PPO agent is a small MLP on the CPU: a wider trunk is a typo, not a controller.
 MAX_PPO_HIDDEN = 4096
-_COUNTS = ("n_envs", "episodes", "epochs", "batches_per_epoch", "batch_size", "val_batches")
+# Upper bounds of the run's shape: past them a run cannot fit a machine or be watched, and a typo
+# (``--n-envs 100000``, ``batch_size=100000000``) would sit for minutes building or allocating
+# before it failed. The recording's decoder refuses events outside them too (recording.py), so
+# nothing a file says makes a reader allocate more than these allow.
+# Each env is a whole model with its optimizer and seeds, built one after another in this process.
+MAX_ENVS = 1024
+# Samples per env per batch: one draw is n_envs x this, a validation batch 2 x this.
+MAX_BATCH_SIZE = 65536
+MAX_EPISODES = 100_000
+MAX_EPOCHS = 100_000
+MAX_BATCHES = 10_000_000
+# name -> (upper bound, why), checked by TrainingConfig.validate()
+_COUNTS: dict[str, tuple[int, str]] = {
+    "n_envs": (MAX_ENVS, "each env is a whole model in this process"),
+    "episodes": (MAX_EPISODES, "a run's length"),
+    "epochs": (MAX_EPOCHS, "an episode's length"),
+    "batches_per_epoch": (MAX_BATCHES, "an epoch's length"),
+    "batch_size": (MAX_BATCH_SIZE, "one draw holds n_envs x this samples"),
+    "val_batches": (MAX_BATCHES, "validation batches stay in memory"),
+}
 
 
 class GovernorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -359,8 +378,8 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message naming the bad value (dotted if nested)."""
-        for name in _COUNTS:
-            _count(name, getattr(self, name), low=1)
+        for name, (high, why) in _COUNTS.items():
+            _count(name, getattr(self, name), low=1, high=high, why=why)
         _count("seed", self.seed, low=0, high=MAX_SEED)
         _choice("task", self.task, TASKS)
         for name in ("host_lr", "seed_lr"):
@@ -401,10 +420,12 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
 # --- checks: each raises ValueError("<name> must ..., got <value>") --------------------------
 
 
-def _count(name: str, value: int, *, low: int, high: int = MAX_COUNT) -> None:
+def _count(name: str, value: int, *, low: int, high: int = MAX_COUNT, why: str = "") -> None:
     if low <= value <= high:
         return
-    if high != MAX_COUNT:
+    if why and value > high:  # a bound on size: the reason says why it is there
+        raise ValueError(f"{name} must be within {low}..{high} ({why}), got {value}")
+    if high != MAX_COUNT and not why:
         raise ValueError(f"{name} must be within {low}..{high}, got {value}")
     if value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")

@@ -264,6 +264,18 @@ class RunResumed(Event, frozen=True, kw_only=True):
     pid: int = 0  # the resumed process's id
 
 
+class EpochProgress(Event, frozen=True, kw_only=True):
+    """Life inside an epoch: where one env's epoch is, a few times a second at most
+    (``esper_engine.trainer.PROGRESS_PERIOD_S``), read off the batch loop's counter with no
+    device sync. Made for the console's progress bars and its STALE test, not for analysis:
+    how many are recorded depends on the wall clock, so a re-run records a different number."""
+
+    phase: str  # "train" (the epoch's training batches) or "validate" (its validation batches)
+    batch: int  # count of the phase's batches done so far (from 1: "batch 3 of 20")
+    batches: int  # count of the phase's batches in all
+    elapsed_s: float = 0.0  # seconds since the epoch started, its pauses left out
+
+
 TelemetryEvent = (
     RunStarted
     | BatchStats
@@ -276,6 +288,7 @@ TelemetryEvent = (
     | CommandAck
     | RunFinished
     | RunResumed
+    | EpochProgress
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = (
@@ -290,6 +303,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CommandAck,
     RunFinished,
     RunResumed,
+    EpochProgress,
 )
 
 

@@ -44,7 +44,11 @@ LOBOTOMY_MIN_HISTORY = 10  # losses in history before a collapse to chance can b
 LOBOTOMY_MEAN_FRACTION = 0.6  # "was learning": history mean below 0.6 x the random-guess loss
 LOBOTOMY_TOLERANCE = 0.065  # "collapsed": loss within 6.5 % of the random-guess loss
 # SPEC sets no minimum for divergence; a standard deviation needs two samples, and the absolute
-# and multiplier gates keep the first epochs of an episode safe from false alarms.
+# and multiplier gates keep the first epochs of an episode safe from false alarms. Until the
+# history holds this many losses the reference is the task's instead: a loss above
+# max(absolute_threshold, multiplier x random_guess_loss) is a divergence from the first epoch
+# (a fresh host starts near the random-guess loss), and one above absolute_threshold, the lowest
+# threshold any history can give, is not kept as good (see ``check_vital_signs``).
 DIVERGENCE_MIN_HISTORY = 2
 
 
@@ -142,6 +146,11 @@ class TolariaGovernor:
         """
         loss = float(loss)
         found = self._detect(loss)
+        if found is None and self._unproven(loss):
+            # Not far enough above chance to panic without statistics, but above what a full
+            # history would accept: neither kept as good (snapshot, history) nor a panic.
+            self.last_check_clean = False
+            return False
         self.last_check_clean = found is None
         if found is None:
             self._history.append(loss)
@@ -168,9 +177,13 @@ class TolariaGovernor:
         if self._is_lobotomy(loss):
             return PanicReason.LOBOTOMY, self.random_guess_loss
         threshold = self.divergence_threshold()
-        if threshold is not None and loss > threshold:
+        if loss > threshold:
             return PanicReason.DIVERGENCE, threshold
         return None
+
+    def _unproven(self, loss: float) -> bool:
+        """A short history cannot vouch for a loss above the absolute gate."""
+        return len(self._history) < DIVERGENCE_MIN_HISTORY and loss > self.absolute_threshold
 
     def _is_lobotomy(self, loss: float) -> bool:
         """Loss back at chance level after the run had clearly learned: outputs went uniform."""
@@ -180,10 +193,11 @@ class TolariaGovernor:
         was_learning = statistics.fmean(self._history) < LOBOTOMY_MEAN_FRACTION * guess
         return was_learning and abs(loss - guess) < LOBOTOMY_TOLERANCE * guess
 
-    def divergence_threshold(self) -> float | None:
-        """The loss must exceed all three gates, i.e. their maximum; None until enough history."""
+    def divergence_threshold(self) -> float:
+        """The loss must exceed all three gates, i.e. their maximum; until the history is long
+        enough for statistics, the task's reference (``DIVERGENCE_MIN_HISTORY``)."""
         if len(self._history) < DIVERGENCE_MIN_HISTORY:
-            return None
+            return max(self.absolute_threshold, self.multiplier * self.random_guess_loss)
         mean = statistics.fmean(self._history)
         std = statistics.pstdev(self._history, mu=mean)
         return max(self.absolute_threshold, mean + self.sensitivity * std, self.multiplier * mean)

@@ -33,11 +33,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, NoReturn
 
 import msgspec
 
 from esper_engine import contracts
+from esper_engine.config import MAX_ENVS, MAX_EPISODES, MAX_EPOCHS
 from esper_engine.contracts import Attribution, Event, RunStarted
 from esper_engine.run_files import open_owned
 
@@ -62,6 +63,9 @@ _FLUSH_ON = (
     contracts.CommandAck,
     contracts.RunFinished,
     contracts.RunResumed,
+    # A few a second at most: an attached console or a follower sees an epoch move (and does
+    # not read a slow first epoch as STALE) without waiting for BATCH_BYTES to fill.
+    contracts.EpochProgress,
 )
 
 
@@ -119,6 +123,51 @@ class SchemaUpgrade:
             events[i] = event
 
 
+class DeclaredRange:
+    """Refuses events whose env, episode or epoch lies outside the run's declared range.
+
+    A reader sizes its views by these numbers (one panel per env), so a forged ``env = 10**9``
+    must stop at the decoder, not grow a list to the id. The range is the run's ``RunStarted``
+    (``n_envs``, ``episodes``, ``epochs``), itself refused past the config's bounds; before one
+    is read, those bounds.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.n_envs, self.episodes, self.epochs = MAX_ENVS, MAX_EPISODES, MAX_EPOCHS
+
+    def check(self, events: list[Event], start: int, offset: int) -> None:
+        """Check ``events[start:]``, decoded from the frame at byte ``offset``."""
+        for i in range(start, len(events)):
+            event = events[i]
+            if type(event) is RunStarted:
+                self._declare(event, offset)
+            env = event.env
+            if (
+                (env is not None and not 0 <= env < self.n_envs)
+                or not 0 <= event.episode < self.episodes
+                or not 0 <= event.epoch < self.epochs
+            ):
+                raise RecordingError(
+                    f"{self.path}: frame at byte {offset}: {type(event).__name__} of env "
+                    f"{env}, episode {event.episode}, epoch {event.epoch} is outside the run's "
+                    f"{self.n_envs} envs x {self.episodes} episodes x {self.epochs} epochs"
+                )
+
+    def _declare(self, event: RunStarted, offset: int) -> None:
+        declared = (event.n_envs, event.episodes, event.epochs)
+        if not all(1 <= n <= cap for n, cap in zip(declared, _RANGE_CAPS, strict=True)):
+            raise RecordingError(
+                f"{self.path}: frame at byte {offset}: RunStarted declares {event.n_envs} envs "
+                f"x {event.episodes} episodes x {event.epochs} epochs, outside 1..{MAX_ENVS} "
+                f"x 1..{MAX_EPISODES} x 1..{MAX_EPOCHS}"
+            )
+        self.n_envs, self.episodes, self.epochs = declared
+
+
+_RANGE_CAPS = (MAX_ENVS, MAX_EPISODES, MAX_EPOCHS)
+
+
 class Recorder:
     """A telemetry sink that writes every event to ``path``; it never drops (thread-safe)."""
 
@@ -146,6 +195,8 @@ class Recorder:
         self._pending: list[bytes] = []  # encoded events of the next frame
         self._pending_bytes = 0
         self.events_written = 0
+        self._end = self._file.tell()  # bytes up to the end of the last whole frame
+        self.error: str | None = None  # why writing stopped (a full disk...), once it has
 
     @property
     def closed(self) -> bool:
@@ -159,6 +210,8 @@ class Recorder:
                 f"too large for the {MAX_FRAME_SIZE}-byte frame limit"
             )
         with self._lock:
+            if self.error is not None:  # reported once, when it happened; the file is closed
+                return
             if self._file.closed:
                 raise RecordingError(f"{self.path}: emit after the recorder was closed")
             # Writing the batch first keeps every frame under BATCH_BYTES, bar one large event.
@@ -174,19 +227,46 @@ class Recorder:
         """Write the pending events as one frame in one call and flush (the lock is held)."""
         array = _array_header(len(self._pending))
         length = _LENGTH.pack(len(array) + self._pending_bytes)
-        self._file.write(b"".join([length, array, *self._pending]))
-        self._file.flush()
+        frame = b"".join([length, array, *self._pending])
         self._pending.clear()
         self._pending_bytes = 0
+        try:
+            _write_all(self._file, frame)
+        except OSError as exc:
+            self._fail(exc)
+        self._end += len(frame)
+
+    def _fsync(self) -> None:
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> NoReturn:
+        """A write failed (a full disk, a quota): cut the file back to its last whole frame,
+        close it and raise one line; later events are not written (``error`` says why)."""
+        self.error = (
+            f"{self.path}: cannot write the recording ({exc.strerror or exc}); it ends at its "
+            f"last whole frame, byte {self._end}"
+        )
+        try:
+            os.ftruncate(self._file.fileno(), self._end)  # a partial frame reads as damage
+        except OSError as cut:
+            self.error += f" and a partial frame after it ({cut.strerror})"
+        finally:
+            self._file.close()  # nothing is buffered (``_write_all``): this cannot fail again
+        raise RecordingError(self.error) from None
 
     def sync(self) -> int:
         """Write what is pending, fsync, and return the recording's length in bytes: the point
         a checkpoint taken now can be resumed from."""
         with self._lock:
+            if self.error is not None:
+                raise RecordingError(self.error)
             if self._pending:
                 self._write_pending()
-            os.fsync(self._file.fileno())
-            return self._file.tell()
+            self._fsync()
+            return self._end
 
     def close(self) -> None:
         """Write the last batch, flush and fsync once; later calls do nothing."""
@@ -195,8 +275,7 @@ class Recorder:
                 return
             if self._pending:
                 self._write_pending()
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._fsync()
             self._file.close()
 
     def __enter__(self) -> Recorder:
@@ -209,6 +288,16 @@ class Recorder:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """Write ``data`` straight to the file's descriptor: one frame per call, nothing left in a
+    Python buffer that a failed write would leave to be retried (past the cut) at close."""
+    file.flush()  # whatever the opener wrote (the header) goes first
+    fd = file.fileno()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _array_header(n: int) -> bytes:
@@ -251,7 +340,9 @@ def read_recording(path: str | os.PathLike[str]) -> RecordingReader:
         return RecordingReader(path, [], None, warning)
     events: list[Event] = []
     with _gc_paused():
-        end = _decode_frames(path, version, memoryview(data), HEADER_SIZE, 0, events)
+        end = _decode_frames(
+            path, version, memoryview(data), HEADER_SIZE, 0, events, DeclaredRange(path)
+        )
     SchemaUpgrade().apply(events)
     warning = None
     if end < len(data):
@@ -272,6 +363,7 @@ class RecordingFollower:
         self._buffer = bytearray()
         self._buffer_offset = 0  # file offset of self._buffer[0]
         self._upgrade = SchemaUpgrade()
+        self._range = DeclaredRange(self.path)
 
     @property
     def pending_bytes(self) -> int:
@@ -299,7 +391,7 @@ class RecordingFollower:
         # The view is released before the buffer is resized; a first poll may read a long file.
         with memoryview(self._buffer) as view, _gc_paused():
             end = _decode_frames(
-                self.path, self.format_version, view, 0, self._buffer_offset, events
+                self.path, self.format_version, view, 0, self._buffer_offset, events, self._range
             )
         self._consume(end)
         self._upgrade.apply(events)
@@ -359,7 +451,13 @@ def _gc_paused() -> Iterator[None]:
 
 
 def _decode_frames(
-    path: Path, version: int, data: memoryview, pos: int, base_offset: int, out: list[Event]
+    path: Path,
+    version: int,
+    data: memoryview,
+    pos: int,
+    base_offset: int,
+    out: list[Event],
+    declared: DeclaredRange,
 ) -> int:
     """Append the events of every whole frame from ``data[pos:]`` to ``out``; return where the
     first partial frame starts (``len(data)`` when none). ``base_offset`` maps ``data`` back to
@@ -391,6 +489,8 @@ def _decode_frames(
             ) from None
         if not decoded:  # an event struct is always truthy; an empty batch is not
             raise RecordingError(f"{path}: frame at byte {base_offset + pos} holds no events")
+        first = len(out)
         add(decoded)
+        declared.check(out, first, base_offset + pos)
         pos = stop
     return pos

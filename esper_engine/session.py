@@ -28,7 +28,7 @@ from esper_engine.control import ControlServer
 from esper_engine.distributed import Shard
 from esper_engine.footprint import RunEstimate
 from esper_engine.model import resolve_device
-from esper_engine.recording import Recorder, read_recording
+from esper_engine.recording import Recorder, RecordingError, read_recording
 from esper_engine.run_files import RunLock
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import FanOutSink, QueueSink
@@ -79,6 +79,7 @@ class TrainingSession:
         self._unseen_history = list(self.history)  # poll() hands these out first
         sinks = [self.events] + ([self.recorder] if self.recorder is not None else [])
         self._commands: queue.Queue[OperatorCommand] = queue.Queue()
+        self._stop = threading.Event()  # set with a queued Stop: the trainer checks it per env
         self._ids = itertools.count(1)
         self._trainer = VectorizedTrainer(
             config,
@@ -92,6 +93,7 @@ class TrainingSession:
             recording_bytes=None if self.recorder is None else self.recorder.sync,
             resume_from=None if resume is None else resume.checkpoint,
             shard=shard,
+            stop=self._stop,
             estimate=estimate,
         )
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
@@ -115,7 +117,10 @@ class TrainingSession:
             if self.control is not None:
                 self.control.close()
             if self.recorder is not None:
-                self.recorder.close()
+                try:
+                    self.recorder.close()
+                except RecordingError:  # its last fsync failed: kept in recording_error
+                    pass
             if self.lock is not None:
                 self.lock.release()
 
@@ -135,6 +140,11 @@ class TrainingSession:
         if not self._thread.is_alive():
             return "finished" if self.finished is not None else "idle"
         return "paused" if self._trainer.paused else "running"
+
+    @property
+    def setup_status(self) -> str:
+        """What the trainer is setting up ("building env 37/1024"); "" once it trains."""
+        return self._trainer.setup_status
 
     @property
     def dropped(self) -> int:
@@ -159,6 +169,8 @@ class TrainingSession:
         command_id = next(self._ids)
         if reply is None or reply(command_id):
             self._commands.put(msgspec.structs.replace(command, command_id=command_id))
+            if isinstance(command, Stop):
+                self._stop.set()
         return command_id
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -173,10 +185,15 @@ class TrainingSession:
         return not self._thread.is_alive()
 
     @property
+    def recording_error(self) -> str | None:
+        """One line, when the recording could not be written to the end (a full disk)."""
+        return None if self.recorder is None else self.recorder.error
+
+    @property
     def exit_code(self) -> int:
         if self.finished is None or self.finished.status == RunStatus.CRASHED:
             return 1
-        return 0
+        return 1 if self.recording_error else 0
 
 
 def prepare_session(

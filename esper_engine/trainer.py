@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 import traceback
 import uuid
@@ -33,6 +34,7 @@ from esper_engine.commands import acknowledge, rejection
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
     BatchStats,
+    EpochProgress,
     EpochSummary,
     Event,
     ForceRollback,
@@ -91,6 +93,9 @@ from esper_engine.training_step import (
     process_val_batch,
 )
 
+# EpochProgress at most this often per env: a clock read per batch, never a device sync.
+PROGRESS_PERIOD_S = 0.5
+
 
 class StopRequested(Exception):
     """Raised at a safe point when the operator (or a signal) asked the run to stop."""
@@ -138,6 +143,7 @@ class VectorizedTrainer:
         recording_bytes: Callable[[], int] | None = None,
         resume_from: dict[str, Any] | None = None,
         shard: Shard | None = None,
+        stop: threading.Event | None = None,
         estimate: RunEstimate | None = None,
     ) -> None:
         """``checkpoint``: where to write one every ``config.checkpoint_every`` epochs;
@@ -145,8 +151,12 @@ class VectorizedTrainer:
         checkpoint). ``resume_from``: a checkpoint's state to continue from instead of starting
         (``checkpoint.plan_resume`` has checked it matches this config and run id).
         ``shard``: this process's block of envs when torchrun runs several (``distributed``);
-        its rank 0 is given the run's sink, the others a ``ForwardingSink``. ``estimate``: what
-        ``validate_run`` measured, told in RunStarted (None: estimated here, untimed)."""
+        its rank 0 is given the run's sink, the others a ``ForwardingSink``.
+        ``stop``: set by whoever queues a ``Stop`` (``TrainingSession.send``), so the set-up and
+        the loops over envs end at the next env instead of the next batch, which with many envs
+        is minutes away (a signal during set-up was ignored until the first batch).
+        ``estimate``: what ``validate_run`` measured, told in RunStarted (None: estimated here,
+        untimed)."""
         config.validate()
         self.config = config
         self.sink = sink
@@ -166,6 +176,8 @@ class VectorizedTrainer:
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = Exchange(self.shard) if self.shard.distributed else None
         self._watch = None  # sharded: the leader's watchdog or a worker's heartbeat
+        self._stop = stop or threading.Event()
+        self.setup_status = "starting"  # what _setup is doing, for a view's first frames; "" after
         self._estimate = estimate
 
     # --- the story ----------------------------------------------------------------------------
@@ -175,6 +187,7 @@ class VectorizedTrainer:
         status, error = RunStatus.COMPLETED, None
         try:
             self._setup()
+            self.setup_status = ""
             first_episode, first_epoch = self._start
             for episode in range(first_episode, self.config.episodes):
                 self._run_episode(episode, first_epoch if episode == first_episode else 0)
@@ -218,6 +231,7 @@ class VectorizedTrainer:
 
     def _run_epoch(self, epoch: int) -> None:
         started, self._paused_s = time.perf_counter(), 0.0
+        self._epoch_started = self._progress_due = started
         for env in self.envs:
             env.state.set_lr_scale(self.config.lr_scale(epoch))
         self._inject_faults(epoch)
@@ -230,6 +244,7 @@ class VectorizedTrainer:
         elapsed = time.perf_counter() - started - self._paused_s
         healthy = [env for env in self.envs if not self._govern(env, figures[env.index])]
         for env in healthy:
+            self._stop_point()
             self._prune_failed_seeds(env)
             self._attribute(env, epoch)
         for env in self.envs:  # the epoch is over: age the seeds before anyone looks at them
@@ -263,6 +278,7 @@ class VectorizedTrainer:
             self._safe_point()
             # Every rank draws the whole batch as one process would and keeps its envs' slices.
             for env, total, (x, y) in zip(self.envs, totals, next(self.batches), strict=True):
+                self._stop_point()
                 result = process_train_batch(env.state, x, y, self.task)
                 due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
@@ -270,6 +286,7 @@ class VectorizedTrainer:
                     stats = _batch_stats_tensor(result) if due else None
                 if stats is not None:
                     self._emit_batch_stats(env, batch, stats)
+            self._progress("train", self.envs, batch + 1, self.config.batches_per_epoch)
         self._safe_point()
         join_env_streams(env.state for env in self.envs)
         return totals
@@ -277,9 +294,11 @@ class VectorizedTrainer:
     def _validate(self) -> list[TensorTotals]:
         totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
         for env, total in zip(self.envs, totals, strict=True):
+            self._stop_point()
             started = time.perf_counter()
-            for x, y in self.val_batches:
+            for done, (x, y) in enumerate(self.val_batches, start=1):
                 total.add_val(process_val_batch(env.model, x, y, self.task))
+                self._progress("validate", [env], done, len(self.val_batches))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
         return totals
 
@@ -449,6 +468,7 @@ class VectorizedTrainer:
             raise ValueError(f"checkpoint has {len(state['envs'])} envs, config {len(self.envs)}")
         check_checkpoint_host(state, self.host_spec, "checkpoint")
         for env, env_state in zip(self.envs, state["envs"], strict=True):
+            self._stop_point(setup=True)
             env.load_state_dict(env_state)
         self.batches.load_state_dict(state["batches"])
         self.policy.load_state_dict(state["policy"])
@@ -581,6 +601,15 @@ class VectorizedTrainer:
             self._apply(self.commands.get())
         self._paused_s += time.perf_counter() - paused_at  # throughput excludes the pause
 
+    def _stop_point(self, *, setup: bool = False) -> None:
+        """Between two envs: a queued Stop ends the run now (one process only: sharded ranks
+        stop together at the epoch's exchange)."""
+        if not self._stop.is_set() or self.exchange is not None:
+            return
+        if not setup:
+            self._drain_commands()  # acknowledges the Stop and raises StopRequested
+        raise StopRequested  # during set-up (no env to apply anything to yet), or no Stop queued
+
     def _drain_commands(self) -> None:
         while True:
             try:
@@ -618,6 +647,7 @@ class VectorizedTrainer:
         if self.task is None:
             self.task = load_task(cfg.task, data_dir=cfg.data_dir, seed=cfg.seed)
         device = torch.device(cfg.device)
+        self.setup_status = "preparing the batches"
         self.batches = SharedBatchIterator(
             self.task.train_x,
             self.task.train_y,
@@ -631,7 +661,12 @@ class VectorizedTrainer:
         self.val_batches = self._fixed_val_batches(device)
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
         self.host_spec = run_host_spec(cfg, self.task)
-        self.envs = [EnvRuntime(i, cfg, self.task) for i in self.shard.envs]
+        self.envs = []
+        for k, i in enumerate(self.shard.envs, 1):
+            self._stop_point(setup=True)
+            self.setup_status = f"building env {k}/{len(self.shard.envs)}"
+            self.envs.append(EnvRuntime(i, cfg, self.task))
+        self.setup_status = "building the policy"
         for env in self.envs:
             env.model.on_transition = self._transition_listener(env.index)
         slot_ids = self.envs[0].model.slot_ids
@@ -639,6 +674,7 @@ class VectorizedTrainer:
         self.policy = self._policy(slot_ids)
         self._updates = 0
         if self._resume_from is not None:
+            self.setup_status = "restoring the checkpoint"
             self._restore(self._resume_from)
             self._resume_from = None  # its tensors now live in the run; let the dict go
             self.sink.emit(
@@ -740,6 +776,26 @@ class VectorizedTrainer:
                 samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
             )
         )
+
+    def _progress(self, phase: str, envs: list[EnvRuntime], done: int, batches: int) -> None:
+        """EpochProgress for ``envs`` when PROGRESS_PERIOD_S has passed since the last: the
+        batch counter and the clock only, so the loop never waits for the device. A sharded
+        run's workers send none (their events reach the leader only at the epoch's end)."""
+        now = time.perf_counter()
+        if now < self._progress_due or not self.shard.is_leader:
+            return
+        self._progress_due = now + PROGRESS_PERIOD_S
+        elapsed = now - self._epoch_started - self._paused_s
+        for env in envs:
+            self.sink.emit(
+                EpochProgress(
+                    **self._common(env.index),
+                    phase=phase,
+                    batch=done,
+                    batches=batches,
+                    elapsed_s=elapsed,
+                )
+            )
 
     def _emit_summary(self, env: EnvRuntime, fig: EpochFigures, elapsed: float) -> None:
         gov = env.governor

@@ -84,6 +84,10 @@ LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env co
 ALERT_TOAST_S = 10.0
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
 HANGUP_MODES = ("detach", "stop")  # run --on-hangup
+QUIT_HELP = "Stop the trainer and quit (type stop, Enter)"  # a finished run: at once
+# Help rows for q and ctrl+c where no trainer of this console's is stopped by them.
+QUIT_HELP_ATTACHED = "Detach and quit; the run goes on"
+QUIT_HELP_REPLAY = "Quit"
 termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
 # Per-batch figures (grad norms, the clipped share, samples/s, a batch's grad point) repaint at
 # most once per this many seconds of the clock, or on the first tick that brings no BatchStats:
@@ -153,15 +157,25 @@ class OverwatchApp(App[int]):
     # quit come first so that a narrow footer never cuts them off.
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help", key_display="?", tooltip="Show this help"),
-        Binding("q", "quit", "Quit", tooltip="Stop the trainer at a safe point and quit"),
-        # Textual binds ctrl+c to a "press q to quit" hint; here it quits like q.
+        Binding("q", "quit", "Quit", tooltip=QUIT_HELP),
+        # Textual binds ctrl+c to a "press q to quit" hint; here it quits without asking: no
+        # text typed into the wrong window holds it, and it is the key a stuck terminal gets.
         Binding(
             "ctrl+c",
-            "quit",
+            "quit_now",
             "Quit",
             show=False,
             priority=True,
-            tooltip="Stop the trainer at a safe point and quit",  # one help row with q
+            tooltip="Stop the trainer and quit, without asking",
+        ),
+        # Textual's raw mode turns Ctrl-Z into a key: suspend as any curses tool does (the
+        # trainer of a live run is suspended with the process; `fg` resumes both).
+        Binding(
+            "ctrl+z",
+            "suspend_process",
+            "Suspend",
+            show=False,
+            tooltip="Suspend to the shell (fg resumes)",
         ),
         Binding("1", "focus_env(0)", "Env", key_display="1-9", tooltip="Focus env 1..9"),
         *(Binding(str(n), f"focus_env({n - 1})", f"Env {n}", show=False) for n in range(2, 10)),
@@ -591,6 +605,7 @@ class OverwatchApp(App[int]):
                 self.state = ConsoleState.planned(self.source.plan)
             reduce_many(self.state, polled.events)
             self.state.dropped = self.source.dropped
+            self.state.setup = getattr(self.source, "setup_status", "")  # a live run's set-up
             await self._ensure_env_widgets()
             if polled.reset:
                 self.acknowledged = min(self.acknowledged, self.state.alerts)
@@ -1061,8 +1076,10 @@ class OverwatchApp(App[int]):
                 continue
             keys = "? f1" if name == "help" else binding.key_display or binding.key
             description = _HELP_PAIRS.get(name) or binding.tooltip or binding.description
-            if name == "quit" and self.source.capabilities.attached:
-                description = "Detach and quit; the run goes on"
+            if name in ("quit", "quit_now") and self.source.capabilities.attached:
+                description = QUIT_HELP_ATTACHED
+            elif name in ("quit", "quit_now") and not self.source.capabilities.controls:
+                description = QUIT_HELP_REPLAY
             usable = self.check_action(name, ()) is True or name in ("pause", "resume")
             if name in ("pause", "resume"):
                 usable = self.check_action("pause" if self._paused() else "resume", ()) is not None
@@ -1075,7 +1092,39 @@ class OverwatchApp(App[int]):
         return sorted(table, key=lambda row: not row[2])
 
     async def action_quit(self) -> None:
+        """q: a trainer this console owns and that still trains stops only once `stop` is
+        typed and Enter pressed (a slowly typed word starting with q must not end the run);
+        a replay, an attach (it only detaches) or a finished run quits at once."""
+        if not self._owns_a_training_run():
+            self._begin_quit()
+            return
+
+        def answered(confirmed: bool | None) -> None:
+            if confirmed:
+                self._begin_quit()
+            elif self.state.finished:
+                self.notify("quit not confirmed; the run has finished, q quits")
+            else:
+                self.notify("the run goes on: quit not confirmed, nothing sent")
+
+        self.push_screen(
+            ConfirmModal(
+                "Stop the run and quit?",
+                "The trainer stops at its next safe point and closes its recording, then "
+                "this console exits.",
+                answer="stop",
+                clock=self.key_clock,
+            ),
+            answered,
+        )
+
+    async def action_quit_now(self) -> None:
+        """ctrl+c: as q, without the question."""
         self._begin_quit()
+
+    def _owns_a_training_run(self) -> bool:
+        caps = self.source.capabilities
+        return caps.controls and not caps.attached and not (self.state.finished or self._quitting)
 
     def request_quit(self) -> None:
         """Stop at a safe point and exit; safe from any thread and from a signal handler."""
@@ -1128,11 +1177,11 @@ def run_console(
 ) -> int:
     """Run the console until the operator quits; returns the process exit code.
 
-    SIGTERM quits like `q`. A dropped SSH session (SIGHUP) leaves no terminal to restore (and
-    Textual's writer can block forever on the dead tty). With ``on_hangup="stop"`` it stops the
-    trainer at a safe point, lets the recorder close, and exits without touching the terminal
-    again; with ``"detach"`` (a live run only) the trainer keeps going headless, reachable with
-    ``overwatch attach``, and the process exits when the run ends.
+    SIGTERM quits like a confirmed `q`, without asking. A dropped SSH session (SIGHUP) leaves no
+    terminal to restore (and Textual's writer can block forever on the dead tty). With
+    ``on_hangup="stop"`` it stops the trainer at a safe point, lets the recorder close, and exits
+    without touching the terminal again; with ``"detach"`` (a live run only) the trainer keeps
+    going headless, reachable with ``overwatch attach``, and the process exits when the run ends.
     """
     if on_hangup not in HANGUP_MODES:
         raise ValueError(f"on_hangup must be one of {', '.join(HANGUP_MODES)}, got {on_hangup!r}")

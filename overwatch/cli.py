@@ -540,6 +540,7 @@ def _cmd_run_here(
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
+    _stop_set_up_on_signals()
     if args.resume is not None:
         session = _resume_session(args)
         path = session.record_path
@@ -583,6 +584,7 @@ def _cmd_run_here(
 
         init_group(shard.timeout_s)
     _freeze_loaded()
+    _SET_UP[:] = [session]  # once it has started, a signal stops it (at its next env)
     if args.headless:
         from overwatch.headless import run_headless  # noqa: PLC0415
 
@@ -601,6 +603,8 @@ def _cmd_run_here(
         from esper_engine.distributed import close_group  # noqa: PLC0415
 
         close_group()
+    if session.recording_error and not args.headless:  # headless has said it already
+        print(f"overwatch: error: {session.recording_error}", file=sys.stderr)
     if path is not None:
         print(f"recorded to {path}", file=sys.stderr)
     return code
@@ -748,6 +752,48 @@ def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported l
         raise
 
 
+class SetUpStopped(BaseException):  # not caught by the loaders' `except Exception`
+    """A stop signal while this thread loads the task and builds the session: nothing trains
+    yet, so the set-up simply ends (the trainer thread stops at its next env by itself)."""
+
+
+_SET_UP: list = []  # while _cmd_run_here runs: [None], then [the session] once it exists
+_BEFORE_SET_UP: dict[int, object] = {}  # the handlers _stop_set_up_on_signals replaced
+
+
+def _stop_set_up_on_signals() -> None:
+    """SIGTERM, SIGHUP and Ctrl-C end the set-up at once, with one line; once the trainer
+    thread runs they stop it (the views put their own handlers in place before they start it;
+    this covers the moments between). A signal ignored, as nohup ignores SIGHUP, stays so."""
+    import signal  # noqa: PLC0415
+
+    from esper_engine.contracts import Stop  # noqa: PLC0415
+
+    def handler(signum: int, frame: object) -> None:
+        session = _SET_UP[0] if _SET_UP else None
+        if session is not None and session.thread_state != "idle":  # it trains: stop it
+            session.send(Stop())
+        elif _SET_UP:  # nothing trains yet: end the set-up here
+            raise SetUpStopped(signal.Signals(signum).name)
+
+    _SET_UP[:] = [None]
+    defaults = (signal.SIG_DFL, signal.default_int_handler)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) in defaults:
+            _BEFORE_SET_UP[sig] = signal.signal(sig, handler)
+
+
+def _restore_signals() -> None:
+    """Put back what _stop_set_up_on_signals replaced (main() may be called again in-process)."""
+    import signal  # noqa: PLC0415
+
+    _SET_UP.clear()
+    while _BEFORE_SET_UP:
+        sig, handler = _BEFORE_SET_UP.popitem()
+        signal.signal(sig, handler)
+
+
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -861,9 +907,14 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"overwatch: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except SetUpStopped as exc:  # a stopped run: exit 0, as when it stops later
+        print(f"overwatch: stopped during set-up ({exc}), before training began", file=sys.stderr)
+        return EXIT_OK
     except BrokenPipeError:  # `overwatch export run.msgpack | head`: the reader has had enough
         _silence_stdout()
         return EXIT_OK
+    finally:
+        _restore_signals()
 
 
 def _silence_stdout() -> None:

@@ -5,8 +5,12 @@ JSON Lines: one object per event with the struct tag under ``"type"`` and every 
 structs as objects. JSON has no inf/nan, so msgspec writes non-finite floats as ``null`` (an
 infinite perplexity or loss at panic comes out as ``null``); every line stays valid JSON.
 
+JSON Lines keeps the recorded fields as they are: ``env``, ``episode``, ``epoch`` (and ``batch``)
+are indices from 0, as in the recording (the README says so).
+
 CSV: one row per ``EpochSummary``: a column per field of the struct (``CSV_COLUMNS``, in
-declaration order, so a field added to ``EpochSummary`` is exported with no change here), then
+declaration order, so a field added to ``EpochSummary`` is exported with no change here), with
+``env``, ``episode`` and ``epoch`` counted from 1 as the console shows them (``FROM_ONE``), then
 one per field of ``SlotState`` (``SLOT_FIELDS``) for every slot in the run, named
 ``<slot_id>.<field>``. None becomes an empty cell; non-finite floats are written as ``inf``/``nan``.
 """
@@ -30,6 +34,7 @@ FORMATS = ("jsonl", "csv", "tensorboard")
 SLOTS_FIELD = "slots"  # the nested list: one group of columns per slot instead
 CSV_COLUMNS = tuple(f.name for f in msgspec.structs.fields(EpochSummary) if f.name != SLOTS_FIELD)
 SLOT_FIELDS = tuple(f.name for f in msgspec.structs.fields(SlotState) if f.name != "slot_id")
+FROM_ONE = frozenset({"env", "episode", "epoch"})  # indices from 0 in the recording, 1 in a CSV
 
 
 def export_recording(
@@ -105,7 +110,10 @@ def _slot_ids(events: list[Event]) -> list[str]:
 
 
 def _csv_row(summary: EpochSummary, slot_ids: list[str]) -> list[Any]:
-    row = [_cell(getattr(summary, column)) for column in CSV_COLUMNS]
+    row = [
+        _cell(getattr(summary, column) + 1 if column in FROM_ONE else getattr(summary, column))
+        for column in CSV_COLUMNS
+    ]
     slots = {slot.slot_id: slot for slot in summary.slots}
     for slot_id in slot_ids:
         slot = slots.get(slot_id)

@@ -2,14 +2,17 @@
 
 One line per env (epoch, accuracy, loss or perplexity, grad norm after clipping, panics, seeds),
 refreshed a few times a second in a terminal; elsewhere (nohup, a batch job, a pipe) one plain
-line per env and epoch as it happens. SIGINT, SIGTERM and SIGHUP stop the trainer at a safe point
-and the recording is closed.
+line per env and epoch as it happens. Before the first epoch, what the trainer is setting up
+("building env 37/1024") is in the title, or a line every few seconds. SIGINT, SIGTERM and SIGHUP
+stop the trainer promptly, set-up included (the next env it would build or train), and the
+recording is closed.
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,9 +34,10 @@ from esper_engine.contracts import (
 from esper_engine.session import TrainingSession
 from overwatch.sources import session_plan
 from overwatch.state import RunPlan
-from overwatch.widgets.formatting import estimate_duration, host_label, memory_size
+from overwatch.widgets.formatting import estimate_duration, host_label, memory_size, num, pct
 
 COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds")
+SETUP_LINE_EVERY_S = 2.0  # off a terminal: one set-up line per step, and per this while it lasts
 
 
 class HeadlessView:
@@ -58,13 +62,14 @@ class HeadlessView:
                 self.finished = event
         return new
 
-    def title(self, dropped: int = 0) -> str:
+    def title(self, dropped: int = 0, setup: str = "") -> str:
         s = self.started or self.plan
+        starting = f"starting ... {setup}".rstrip()
         if s is None:
-            return "starting ..."
+            return starting
         title = f"{s.run_id} {s.task} {s.policy} x{s.n_envs}"
         if self.started is None:
-            title += " starting ..."
+            title += f" {starting}"
         else:
             title += self.estimate(self.started)
         return title + (f"  dropped={dropped}" if dropped else "")
@@ -80,8 +85,9 @@ class HeadlessView:
             parts.append(f"{'' if s.epoch_s_estimate else 'est. '}{memory_size(s.memory_estimate)}")
         return "  " + " · ".join(parts) if parts else ""
 
-    def render(self, dropped: int = 0) -> Table:
-        table = Table(title=self.title(dropped), title_justify="left", box=None, pad_edge=False)
+    def render(self, dropped: int = 0, setup: str = "") -> Table:
+        title = self.title(dropped, setup)
+        table = Table(title=title, title_justify="left", box=None, pad_edge=False)
         for column in COLUMNS:
             table.add_column(column, justify="right" if column != "seeds" else "left")
         for env in sorted(self.latest):
@@ -96,8 +102,8 @@ class HeadlessView:
     def row(self, s: EpochSummary) -> tuple[str, ...]:
         episodes = self.started.episodes if self.started else 0
         epochs = self.started.epochs if self.started else 0
-        loss = f"ppl {s.perplexity:.2f}" if s.perplexity is not None else f"{s.val_loss:.3f}"
-        clip = "off" if s.clip_threshold is None else f"{s.clip_threshold:.2f}"
+        loss = f"ppl {num(s.perplexity, 2)}" if s.perplexity is not None else num(s.val_loss)
+        clip = "off" if s.clip_threshold is None else num(s.clip_threshold, 2)
         seeds = " ".join(
             f"{slot.slot_id}:{slot.stage[:4].lower()}"
             for slot in s.slots
@@ -107,9 +113,9 @@ class HeadlessView:
             str(s.env + 1),  # counted from 1, as in the console
             f"{s.episode + 1}/{episodes}",
             f"{s.epoch + 1}/{epochs}",
-            f"{s.val_accuracy:.3f}",
+            pct(s.val_accuracy),  # a percentage, as the console shows it
             loss,
-            f"{s.grad_norm_post_clip:.2f}|{clip}",
+            f"{num(s.grad_norm_post_clip, 2)}|{clip}",
             f"{s.consecutive_panics}/{s.total_panics} rb{s.rollbacks}",
             seeds or "-",
         )
@@ -150,7 +156,11 @@ def run_headless(
         follow = _follow_live if console.is_terminal else _follow_lines
         follow(session, view, console, period)
     finished = session.finished
-    if finished is not None and finished.status == RunStatus.CRASHED:
+    if session.recording_error:  # a full disk: one line, not the trainer's traceback tail
+        console.print(
+            f"overwatch: error: {escape(session.recording_error)}", highlight=False, soft_wrap=True
+        )
+    elif finished is not None and finished.status == RunStatus.CRASHED:
         console.print(f"[bold red]run crashed:[/] {escape(finished.error or '')}")
     elif finished is not None:
         console.print(f"run {finished.status}")
@@ -165,7 +175,7 @@ def _follow_live(
     with Live(view.render(), console=console, refresh_per_second=refresh) as live:
         while not session.wait(timeout=period):
             view.ingest(session.poll())
-            live.update(view.render(session.dropped))
+            live.update(view.render(session.dropped, session.setup_status))
         view.ingest(session.poll())
         live.update(view.render(session.dropped))
 
@@ -177,12 +187,36 @@ def _follow_lines(
     out = console.file
     announced = False
     done = False
+    setup = SetupLines()
     while not done:
         done = session.wait(timeout=period)
         lines = [view.line(summary) for summary in view.ingest(session.poll())]
+        if view.started is None and (line := setup.line(session.setup_status)):
+            lines.append(line)
         if not announced and view.started is not None:
             announced = True
             lines.insert(0, view.title())
         if lines:
             out.write("".join(line + "\n" for line in lines))
             out.flush()
+
+
+class SetupLines:
+    """Set-up progress as log lines: one when the step changes ("preparing the batches",
+    "building env ..."), and one every ``SETUP_LINE_EVERY_S`` while a step goes on."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self._shown = ""
+        self._step = ""
+        self._at = -float("inf")
+
+    def line(self, status: str) -> str | None:
+        if not status or status == self._shown:
+            return None
+        step = " ".join(status.split()[:2])  # "building env 37/1024" -> "building env"
+        now = self.clock()
+        if step == self._step and now - self._at < SETUP_LINE_EVERY_S:
+            return None
+        self._shown, self._step, self._at = status, step, now
+        return f"setting up: {status}"

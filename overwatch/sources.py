@@ -166,6 +166,11 @@ class LiveSource:
         return self.session.control_error
 
     @property
+    def setup_status(self) -> str:
+        """What the trainer is setting up ("building env 37/1024"); "" once it trains."""
+        return self.session.setup_status
+
+    @property
     def finished(self) -> RunFinished | None:
         return self.session.finished
 

@@ -16,16 +16,20 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from esper_engine.config import MAX_ENVS
 from esper_engine.contracts import (
     Attribution,
     BatchStats,
     CommandAck,
+    EpochProgress,
     EpochSummary,
     Event,
     GovernorPanic,
     GovernorRollback,
+    Initiator,
     PolicyUpdate,
     RunFinished,
+    RunResumed,
     RunStarted,
     RunStatus,
     SeedStage,
@@ -119,6 +123,7 @@ class EnvView:
     live_revision: int = field(default=0, compare=False)
     summary: EpochSummary | None = None  # the latest
     batch: BatchStats | None = None  # the latest since ``summary`` (None right after a summary)
+    progress: EpochProgress | None = None  # the latest of an epoch not yet summarised
     attribution: Attribution | None = None  # the latest of the current episode
     governor_events: list[GovernorPanic | GovernorRollback] = field(default_factory=list)
     slots: dict[str, SlotView] = field(default_factory=dict)
@@ -151,6 +156,13 @@ class EnvView:
     def latest(self) -> BatchStats | EpochSummary | None:
         """The newest of ``batch`` and ``summary``: the epoch in progress and its throughput."""
         return self.batch if self.batch is not None else self.summary
+
+    @property
+    def at(self) -> tuple[int, int] | None:
+        """(episode, epoch) this env is in: the epoch in progress (its progress or batches),
+        else the last one summarised; the panel's border and the header show the same."""
+        events = (self.progress, self.batch, self.summary)
+        return max(((e.episode, e.epoch) for e in events if e is not None), default=None)
 
     @property
     def grad_norm_post(self) -> float | None:
@@ -218,7 +230,32 @@ class Note:
     wall_time: float = 0.0  # seconds since the Unix epoch, like an event's
 
 
-LogEntry = Event | Note
+@dataclass(frozen=True)
+class Resumed:
+    """A RunResumed in the log, with what only the events before it tell: how long the run
+    was down (its last event kept to the resume; None when nothing came before)."""
+
+    event: RunResumed
+    down_s: float | None
+
+    @property
+    def episode(self) -> int:
+        return self.event.episode
+
+    @property
+    def epoch(self) -> int:
+        return self.event.epoch
+
+    @property
+    def env(self) -> None:
+        return None
+
+    @property
+    def wall_time(self) -> float:
+        return self.event.wall_time
+
+
+LogEntry = Event | Note | Resumed
 
 
 @dataclass
@@ -252,6 +289,7 @@ class ConsoleState:
     error: str | None = None
     clip_threshold: float | None = None  # the run-wide threshold last reported
     dropped: int = 0  # set by the app from its source: events the queue had to drop
+    setup: str = ""  # set by the app from a live source: what the trainer sets up, before it runs
     last_wall_time: float | None = None
     started_wall_time: float | None = None  # RunStarted's
     epoch_wall_time: float | None = None  # when the latest epoch (of any env) was summarised
@@ -259,6 +297,10 @@ class ConsoleState:
     # of the one in progress. Epoch time and ETA leave them out.
     pauses: list[tuple[float, float]] = field(default_factory=list)
     paused_at: float | None = None
+    # A resumed run's dead time: (last event kept of the process that died, RunResumed) per
+    # resume. Elapsed, epoch time and ETA leave these out like the pauses.
+    down: list[tuple[float, float]] = field(default_factory=list)
+    previous_wall_time: float | None = None  # the event before the latest one's
     batches_per_epoch: int = 0
     # Incidents so far (governor panics, rollbacks, epochs with a non-finite loss, a crash):
     # the header's alert count is this minus what the operator acknowledged.
@@ -291,8 +333,36 @@ class ConsoleState:
 
     @property
     def samples_per_s(self) -> float:
-        """The run's throughput: the sum over envs of their latest."""
+        """The run's live throughput, the sum over envs of their latest; 0 (none) while the
+        trainer is not running: a paused or ended run moves no samples."""
+        if self.trainer_state != "running":
+            return 0.0
         return sum(view.samples_per_s for view in self.envs)
+
+    @property
+    def at(self) -> tuple[int, int] | None:
+        """(episode, epoch) the run is in: the newest of its envs' (``EnvView.at``)."""
+        return max((a for view in self.envs if (a := view.at) is not None), default=None)
+
+    def epoch_fraction(self) -> float:
+        """The share of the run's epochs done, the epoch in progress counted by its batches."""
+        total = self.episodes * self.epochs
+        if not total:
+            return 0.0
+        done = float(self.epochs_done)
+        progress = [view.progress for view in self.envs]
+        fractions = [progress_fraction(p) for p in progress if p is not None]
+        at = self.at
+        if fractions and at is not None and at[0] * self.epochs + at[1] == self.epochs_done:
+            done += min(fractions)  # lockstep envs: the run is as far as its slowest
+        return min(done / total, 1.0)
+
+    def left_out(self, start: float, end: float) -> float:
+        """Seconds of [start, end] the run was paused or its process dead."""
+        spans = [*self.pauses, *self.down]
+        if self.paused_at is not None:
+            spans.append((self.paused_at, end))
+        return sum(max(min(b, end) - max(a, start), 0.0) for a, b in spans)
 
     @property
     def policy_updates(self) -> bool:
@@ -306,18 +376,17 @@ class ConsoleState:
         if self.started_wall_time is None or self.epoch_wall_time is None or not self.epochs_done:
             return None
         span = self.epoch_wall_time - self.started_wall_time
-        paused = sum(
-            max(min(end, self.epoch_wall_time) - max(start, self.started_wall_time), 0.0)
-            for start, end in self.pauses
-        )
-        return max(span - paused, 0.0) / self.epochs_done
+        left_out = self.left_out(self.started_wall_time, self.epoch_wall_time)
+        return max(span - left_out, 0.0) / self.epochs_done
 
     def elapsed(self, now: float) -> float | None:
-        """Seconds since RunStarted: to ``now`` while it runs, to its last event once ended."""
+        """Seconds of training since RunStarted: to ``now`` while it runs, to its last event
+        once ended; pauses and a resumed run's dead time left out."""
         if self.started_wall_time is None:
             return None
         end = self.last_wall_time if self.finished or self.last_wall_time is None else now
-        return max(end - self.started_wall_time, 0.0)
+        span = end - self.started_wall_time
+        return max(span - self.left_out(self.started_wall_time, end), 0.0)
 
     def eta(self) -> float | None:
         """Seconds left at the mean epoch time so far (None: not known yet, or finished)."""
@@ -339,9 +408,9 @@ class ConsoleState:
 def reduce(state: ConsoleState, event: Event) -> ConsoleState:
     """Apply one event to ``state`` in place and return it (events of unknown type only count)."""
     state.events_seen += 1
-    state.last_wall_time = event.wall_time
+    state.previous_wall_time, state.last_wall_time = state.last_wall_time, event.wall_time
     revision = next(_revisions)
-    live = type(event) is BatchStats
+    live = type(event) in _LIVE_TYPES
     if live:
         state.live_revision = revision
     else:
@@ -366,11 +435,20 @@ def reduce_many(state: ConsoleState, events: Iterable[Event]) -> ConsoleState:
     return state
 
 
+def progress_fraction(progress: EpochProgress) -> float:
+    """The share of an epoch done: its training batches (validation counts as done)."""
+    if progress.phase != "train":
+        return 1.0
+    return min(progress.batch / progress.batches, 1.0) if progress.batches > 0 else 0.0
+
+
 def log_note(
     state: ConsoleState, text: str, env: int | None = None, wall_time: float = 0.0
 ) -> None:
-    """Record something the console did (a command sent) in the event log."""
-    _log(state, Note(text, state.episode, state.epoch, env, wall_time))
+    """Record something the console did (a command sent) in the event log, at the epoch the
+    run is in (as the header says it), like the trainer's ack that follows it."""
+    episode, epoch = state.at or (state.episode, state.epoch)
+    _log(state, Note(text, episode, epoch, env, wall_time))
 
 
 def _log(state: ConsoleState, entry: LogEntry) -> None:
@@ -404,6 +482,8 @@ def stale_after(state: ConsoleState) -> float:
 
 def env_view(state: ConsoleState, env: int) -> EnvView:
     """The view of ``env``, created on demand (a follower may start without RunStarted)."""
+    if not 0 <= env < MAX_ENVS:  # the decoder refuses such events: never grow a list to one
+        raise ValueError(f"env {env} is outside 0..{MAX_ENVS - 1}")
     while len(state.envs) <= env:
         view = EnvView(len(state.envs), revision=next(_revisions))
         view.slots = {slot_id: SlotView(_dormant(slot_id)) for slot_id in state.slot_ids}
@@ -463,6 +543,11 @@ def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
     view = env_view(state, ev.env or 0)
     _forget_other_episodes(view, ev.episode)
     view.summary, view.batch = ev, None
+    if view.progress is not None and (view.progress.episode, view.progress.epoch) <= (
+        ev.episode,
+        ev.epoch,
+    ):
+        view.progress = None
     view.governor_events = []
     view.clip_threshold = ev.clip_threshold
     view.val_acc_history.append(ev.val_accuracy)
@@ -526,7 +611,8 @@ def _governor_rollback(state: ConsoleState, ev: GovernorRollback) -> None:
     view = env_view(state, ev.env or 0)
     view.governor_events.append(ev)
     view.marks.append((state.epoch_x(ev.episode, ev.epoch), "rollback"))
-    state.alerts += 1
+    if ev.initiator != Initiator.OPERATOR:  # the operator's own rollback is no incident
+        state.alerts += 1
     _log(state, ev)
 
 
@@ -566,6 +652,31 @@ def _command_ack(state: ConsoleState, ev: CommandAck) -> None:
     _log(state, ev)
 
 
+def _epoch_progress(state: ConsoleState, ev: EpochProgress) -> None:
+    view = env_view(state, ev.env or 0)
+    summary = view.summary
+    if summary is not None and (ev.episode, ev.epoch) <= (summary.episode, summary.epoch):
+        return  # late news of an epoch already summarised
+    view.progress = ev
+
+
+def _run_resumed(state: ConsoleState, ev: RunResumed) -> None:
+    """The process that died is the history; the time until this one started is left out."""
+    last = state.previous_wall_time
+    if state.paused_at is not None:  # it died paused: the pause ended with it
+        state.pauses.append((state.paused_at, last if last is not None else ev.wall_time))
+        state.paused_at = None
+    down = None
+    if last is not None and ev.wall_time > last:
+        state.down.append((last, ev.wall_time))
+        down = ev.wall_time - last
+    state.trainer_state = "running"
+    state.finished_status, state.error = None, None
+    for view in state.envs:  # the epoch the dead process was in starts again
+        view.progress, view.batch = None, None
+    _log(state, Resumed(ev, down))
+
+
 def _run_finished(state: ConsoleState, ev: RunFinished) -> None:
     state.trainer_state = ev.status
     state.finished_status = ev.status
@@ -586,4 +697,8 @@ _HANDLERS: dict[type[Event], Callable[[ConsoleState, Event], None]] = {
     PolicyUpdate: _policy_update,
     CommandAck: _command_ack,
     RunFinished: _run_finished,
+    RunResumed: _run_resumed,
+    EpochProgress: _epoch_progress,
 }
+# Events that only move figures the console repaints at its live cadence (LIVE_PERIOD_S).
+_LIVE_TYPES = frozenset({BatchStats, EpochProgress})

@@ -5,9 +5,10 @@ shows them) and ``policy/`` for the PPO updates, so TensorBoard overlays the env
 tag. Tags are namespaced (``val/accuracy``, ``grad_norm/post_clip``, ``governor/rollbacks``,
 ``shapley/<slot>``, ``ppo/approx_kl``) and every point carries the event's recorded wall time.
 
-Steps: epoch figures and Shapley values at the env's epoch counted across episodes
-(``episode * epochs + epoch``, from 0); per-batch figures at that epoch's first batch plus the
-batch index (``epoch_step * batches_per_epoch + batch``); PPO figures at the update number.
+Steps count from 1, as the console counts epochs: epoch figures and Shapley values at the env's
+epoch counted across episodes (``episode * epochs + epoch + 1``: a run's first epoch is step 1,
+episode 2's first follows episode 1's last); per-batch figures at the batch counted across the run
+(``(epoch_step - 1) * batches_per_epoch + batch + 1``); PPO figures at the update number (from 1).
 A figure that is None (perplexity of an image task, the reward of an undecided epoch, a disabled
 clip threshold) is left out; NaN and infinite values are written as they are.
 
@@ -130,14 +131,14 @@ def scalars(events: Iterable[Event]) -> Iterator[tuple[str, str, float, int, flo
         if event.env is None:
             continue
         run = env_run(event.env)
-        step = event.episode * epochs + event.epoch
+        step = event.episode * epochs + event.epoch + 1  # from 1, as the console counts
         if isinstance(event, EpochSummary):
             for name, value in _numbers(event):
                 yield run, EPOCH_TAGS.get(name, f"epoch/{name}"), value, step, event.wall_time
             for slot in event.slots:
                 yield run, f"slot/{slot.slot_id}/alpha", slot.alpha, step, event.wall_time
         elif isinstance(event, BatchStats):
-            batch_step = step * batches + event.batch
+            batch_step = (step - 1) * batches + event.batch + 1
             for name, tag in BATCH_TAGS.items():
                 yield run, tag, getattr(event, name), batch_step, event.wall_time
         elif isinstance(event, Attribution):

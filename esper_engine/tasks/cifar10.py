@@ -104,13 +104,36 @@ def images_and_labels(path: Path) -> tuple[Tensor, Tensor]:
         raise DataError(f"cifar10: {path} 'data' should be a uint8 array of shape (N, {PIXELS})")
     if data.shape[1] != PIXELS:
         raise DataError(f"cifar10: {path} 'data' has shape {data.shape}, expected (N, {PIXELS})")
-    if not isinstance(labels, list | np.ndarray) or len(labels) != len(data):
-        raise DataError(f"cifar10: {path} should have one label per image ({len(data)})")
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-    if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
-        raise DataError(f"cifar10: {path} has labels outside 0..{NUM_CLASSES - 1}")
+    y = _labels(labels, len(data), path)
     x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # rows are R, G, B planes
     return x, y
+
+
+def _labels(labels: object, n: int, path: Path) -> Tensor:
+    """int64 [n] class numbers from a batch's 'labels': a list of ints, as published, or a 1-D
+    integer array. Anything else (None, 9.9, True, 'x', an (N, 2) array) is refused, not cast:
+    a cast would turn 9.9 into class 9 and True into class 1 without a word."""
+    wanted = f"cifar10: {path} 'labels' should be class numbers 0..{NUM_CLASSES - 1}"
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataError(f"{wanted}, found an array of {labels.dtype} of shape {labels.shape}")
+        values = labels
+    elif isinstance(labels, list):
+        for i, label in enumerate(labels):
+            if type(label) is not int:  # bool is an int subclass: True is not a class
+                raise DataError(f"{wanted}, found {label!r} at index {i}")
+        values = labels
+    else:
+        raise DataError(f"{wanted}, found {type(labels).__name__}")
+    if len(values) != n:
+        raise DataError(f"cifar10: {path} should have one label per image ({n})")
+    if n and (min(values) < 0 or max(values) >= NUM_CLASSES):
+        i = next(i for i, v in enumerate(values) if not 0 <= v < NUM_CLASSES)
+        raise DataError(
+            f"cifar10: {path} has labels outside 0..{NUM_CLASSES - 1}: found {values[i]} at "
+            f"index {i}"
+        )
+    return torch.as_tensor(np.asarray(values, dtype=np.int64))
 
 
 def find_dir(data_dir: str | None) -> Path:

@@ -9,6 +9,7 @@ validation set; without one, the last stories read are split off for validation.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ SEED_LR = 0.2
 END_OF_TEXT = b"<|endoftext|>"
 JSON_CHUNK = 1 << 20  # characters read at a time from a JSON shard
 MAX_RECORD_CHARS = 64 << 20  # a single JSON record larger than this is not a story
+LINE_CHUNK = 1 << 20  # bytes of a .txt line read at a time (a file may have no line breaks)
 EXPECTED = "expected TinyStories .txt files (stories split by <|endoftext|>) or .json shards"
 _VALID_NAME = re.compile(r"valid|(^|[-_.])val([-_.]|$)", re.IGNORECASE)
 
@@ -83,8 +85,10 @@ def read_stories(paths: list[Path], budget: int) -> list[bytes]:
                 total += len(story)
                 if total >= budget:
                     return stories
-        except UnicodeDecodeError:
-            raise DataError(f"tinystories: {path} is not UTF-8 text") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"tinystories: {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x})"
+            ) from None
         except OSError as exc:
             raise DataError(f"tinystories: cannot read {path}: {exc.strerror}") from None
     if not stories:
@@ -105,19 +109,29 @@ def iter_stories(path: Path, limit: int) -> Iterator[bytes]:
 
 
 def iter_txt_stories(path: Path, limit: int) -> Iterator[bytes]:
-    """Stories of a text file, read line by line; a story stops growing at `limit` bytes."""
+    """Stories of a text file, read line by line; a story stops growing at `limit` bytes.
+
+    Lines are read in pieces of at most ``LINE_CHUNK`` bytes: a file without line breaks is one
+    line, and reading it whole would take the file's size in memory before the limit is seen.
+    Every piece is checked as UTF-8 as it is read (incrementally, so a character cut by the
+    limit is no error).
+    """
+    utf8 = codecs.getincrementaldecoder("utf-8")()
     with path.open("rb") as f:
         lines: list[bytes] = []
         size = 0
-        for line in f:
-            if line.strip() == END_OF_TEXT:
+        at_line_start = True
+        while piece := f.readline(LINE_CHUNK):
+            utf8.decode(piece)  # UnicodeDecodeError: read_stories names the file
+            if at_line_start and piece.strip() == END_OF_TEXT:
                 yield b"".join(lines)
                 lines, size = [], 0
             elif size < limit:  # a file without separators must not be read whole
-                lines.append(line)
-                size += len(line)
+                lines.append(piece)
+                size += len(piece)
             else:
                 break
+            at_line_start = piece.endswith(b"\n")
         yield b"".join(lines)
 
 
@@ -157,6 +171,8 @@ def iter_json_records(path: Path) -> Iterator[object]:
         while True:
             try:
                 record, pos = decoder.raw_decode(buf, pos)
+            except RecursionError:  # [[[[...: deeper than the parser goes; no story is
+                raise DataError(f"tinystories: {path} holds JSON nested too deeply") from None
             except json.JSONDecodeError:
                 more = f.read(JSON_CHUNK)  # the record may run past the buffer: read on
                 if not more or len(buf) - pos > MAX_RECORD_CHARS:

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from itertools import groupby
 
 from rich.style import Style
 from rich.text import Text
 
 from esper_engine.contracts import EpochSummary, SeedStage
-from overwatch.state import EnvView, ShapleyFigure, SlotView
+from overwatch.state import EnvView, ShapleyFigure, SlotView, progress_fraction
 from overwatch.widgets.formatting import (
     STAGE_COMPONENTS,
     env_label,
     epoch_number,
+    fit,
     measured_at,
     num,
     pct,
     points,
+    progress_label,
     rate,
     signed,
     stage_component,
@@ -24,6 +27,7 @@ from overwatch.widgets.formatting import (
 from overwatch.widgets.lines import LineWidget
 from overwatch.widgets.sparkline import block_chart, hbar, sparkline
 
+PROGRESS_WIDTH = 8  # cells of the epoch's progress bar in the border
 SHAPLEY_FULL_SCALE = 0.05  # a contribution of 5 accuracy points fills the bar
 SIDE_BY_SIDE_MIN_WIDTH = 52  # below this, accuracy and loss get a line each
 CHART_MAX_HEIGHT = 8  # rows of the validation-accuracy chart when a panel has room to spare
@@ -85,8 +89,11 @@ class EnvPanel(LineWidget):
         self.set_class(focused, "-focused")
         self.set_class(view.governor.consecutive_panics > 0, "-panicking")
         marker = "▶ " if focused else ""
-        latest = view.latest  # the epoch in progress (BatchStats) or the last one summarised
-        progress = [] if latest is None else [f"epoch {epoch_number(latest.epoch)}"]
+        at = view.at  # the epoch in progress or the last one summarised, as the header says
+        progress = [] if at is None else [f"epoch {epoch_number(at[1])}"]
+        if view.progress is not None:  # inside the epoch: how far its batches are
+            bar = hbar(progress_fraction(view.progress), PROGRESS_WIDTH).replace(" ", "░")
+            progress[-1] += f" {bar} {progress_label(view.progress)}"
         if view.summary is not None:
             # The last epoch's throughput: a per-batch rate would repaint the border each batch.
             progress.append(rate(view.summary.samples_per_s))
@@ -107,7 +114,11 @@ class EnvPanel(LineWidget):
     def build_lines(self, width: int, height: int) -> list[Text]:
         view = self.view
         if view is None or view.summary is None:
-            lines = [Text("waiting for the first epoch", style=self._style("panel--dim"))]
+            waiting = "waiting for the first epoch"
+            if view is not None and view.progress is not None:  # it is under way: how far
+                bar = hbar(progress_fraction(view.progress), 2 * PROGRESS_WIDTH).replace(" ", "░")
+                waiting = f"first epoch {bar} {progress_label(view.progress)}"
+            lines = [Text(waiting, style=self._style("panel--dim"))]
             if view is not None and view.batch is not None:
                 lines.append(self._grad(view, None, width))
             if self.run_params[0]:
@@ -115,7 +126,7 @@ class EnvPanel(LineWidget):
         else:
             lines = self._lines(view, view.summary, width, height)
         for line in lines:
-            line.truncate(width)
+            fit(line, width)
         return lines
 
     # --- lines -----------------------------------------------------------------------------------
@@ -198,6 +209,8 @@ class EnvPanel(LineWidget):
             f"/{num(threshold, 2)}" if threshold else " (no clip)", self._style("panel--dim")
         )
         clipped = f" clipped {pct(fraction, 0)}" if fraction is not None else ""
+        if fraction is not None and view.batch is not None:  # not the epoch's figure yet
+            clipped += f" of {view.epoch_steps} sampled"
         text.append(" ")
         spark_width = max(width - text.cell_len - len(clipped) - 1, 0)
         text.append_text(self._grad_spark(view, spark_width))
@@ -211,7 +224,8 @@ class EnvPanel(LineWidget):
         threshold = view.clip_threshold
         if not values:
             return Text()
-        top = max(max(values), threshold or 0.0)
+        # A NaN first in the window would make max() NaN and the whole scale with it.
+        top = max(max((v for v in values if math.isfinite(v)), default=0.0), threshold or 0.0)
         chars = sparkline(values, width, lo=0.0, hi=top)
         normal, clipped = self._style("spark--grad"), self._style("spark--clipped")
         text = Text()

@@ -6,11 +6,19 @@ from rich.style import Style
 from rich.text import Text
 from textual.widget import Widget
 
-from overwatch.state import EnvView
-from overwatch.widgets.formatting import STAGE_COMPONENTS, STAGE_GLYPHS, num, pct, stage_component
-from overwatch.widgets.sparkline import sparkline
+from overwatch.state import EnvView, progress_fraction
+from overwatch.widgets.formatting import (
+    STAGE_COMPONENTS,
+    STAGE_GLYPHS,
+    num,
+    pct,
+    progress_label,
+    stage_component,
+)
+from overwatch.widgets.sparkline import hbar, sparkline
 
 SPARK_WIDTH = 10
+PROGRESS_WIDTH = 4  # cells of the epoch's progress bar (blank between epochs)
 
 
 class EnvRow(Widget):
@@ -45,8 +53,14 @@ class EnvRow(Widget):
         text.append(f"env{self.env + 1:<2}", self._style("row--label"))
         view = self.view
         summary = view.summary if view is not None else None
+        progress = view.progress if view is not None else None
         if view is None or summary is None:
-            return text.append(" waiting", self._style("row--dim"))
+            if progress is None:
+                return text.append(" waiting", self._style("row--dim"))
+            bar = hbar(progress_fraction(progress), 2 * PROGRESS_WIDTH).replace(" ", "░")
+            return text.append(f" first epoch {bar} {progress_label(progress)}")
+        bar = hbar(progress_fraction(progress), PROGRESS_WIDTH) if progress else ""
+        text.append(f" {bar.replace(' ', '░'):<{PROGRESS_WIDTH}}", self._style("row--dim"))
         text.append(f" {pct(summary.val_accuracy):>6} ")
         text.append(
             f"{sparkline(view.val_acc_history, SPARK_WIDTH):<{SPARK_WIDTH}}",

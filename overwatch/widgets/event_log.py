@@ -22,6 +22,7 @@ from esper_engine.contracts import (
     ForceRollback,
     GovernorPanic,
     GovernorRollback,
+    Initiator,
     PolicyUpdate,
     RunFinished,
     RunStarted,
@@ -29,12 +30,14 @@ from esper_engine.contracts import (
     SeedTransition,
     SetClipThreshold,
 )
-from overwatch.state import LOG_SIZE, LogEntry, Note
+from overwatch.state import LOG_SIZE, LogEntry, Note, Resumed
 from overwatch.widgets.formatting import (
     STAGE_COMPONENTS,
+    duration,
     env_label,
     episode_number,
     epoch_number,
+    fit,
     host_label,
     num,
     signed,
@@ -149,7 +152,13 @@ class EventLog(Widget):
     def _retitle(self) -> None:
         """The top border (the log has no other) says the filter, the count and the scroll."""
         described = self.filter.describe()
-        count = f"{len(self.shown)}/{len(self.entries)}" if described else f"{len(self.entries)}"
+        # Events only: this console's own "sent" lines are counted apart, so a live log and the
+        # replay of its recording (which has no such lines) say the same number of events.
+        events = sum(not isinstance(entry, Note) for entry in self.entries)
+        shown = sum(not isinstance(entry, Note) for entry in self.shown)
+        count = f"{shown}/{events}" if described else f"{events}"
+        notes = len(self.entries) - events
+        count += f" (+{notes} sent)" if notes else ""
         title = f"events: {described} · {count}" if described else f"events · {count}"
         scrolled = f" · ↓{self.back} newer below (end)" if self.back else ""
         self.border_title = f"{title}{scrolled} · time, episode:epoch"
@@ -208,7 +217,7 @@ class EventLog(Widget):
             return Text(empty, style=self._style("log--dim"))
         lines = [self._highlight(self.describe(entry)) for entry in shown]
         for line in lines:
-            line.truncate(width)
+            fit(line, width)  # cut at a word's edge, marked with …
         return Text("\n", no_wrap=True, overflow="crop").join(lines)
 
     def _highlight(self, line: Text) -> Text:
@@ -222,6 +231,8 @@ class EventLog(Widget):
         line = Text(f"{clock(entry.wall_time)} ", style=self._style("log--clock"))
         when = f"{episode_number(entry.episode)}:{epoch_number(entry.epoch):02d} "
         line.append(when, style=self._style("log--when"))
+        if isinstance(entry, Resumed):
+            return line.append_text(self._resumed(entry))
         if isinstance(entry, Note):
             if entry.env is not None:
                 line.append(f"{env_label(entry.env)} ", self._style("log--env"))
@@ -246,8 +257,8 @@ class EventLog(Widget):
             text.append(f" by {entry.initiator}")
             if entry.seeds_pruned:
                 text.append(f", pruned {', '.join(entry.seeds_pruned)}")
-            if entry.penalty:
-                text.append(f", penalty {signed(entry.penalty, 1)}")
+            if entry.penalty:  # recorded as a magnitude; the policy is paid its negative
+                text.append(f", reward {signed(-entry.penalty, 1)}")
             return text.append(", episode ended" if entry.episode_ended else "")
         if isinstance(entry, CommandAck):
             return self._ack(entry)
@@ -271,6 +282,14 @@ class EventLog(Widget):
             return Text(f"run {entry.status}{detail}", style=self._style(style))
         return Text(type(entry).__name__, style=self._style("log--dim"))
 
+    def _resumed(self, entry: Resumed) -> Text:
+        """``run resumed at episode 1 epoch 4 after 4m07s down (pid 1234)``."""
+        ev = entry.event
+        at = f"episode {episode_number(ev.from_episode)} epoch {epoch_number(ev.from_epoch)}"
+        down = "" if entry.down_s is None else f" after {duration(entry.down_s)} down"
+        text = Text(f"run resumed at {at}{down}", style=self._style("log--run"))
+        return text.append(f" (pid {ev.pid})" if ev.pid else "", self._style("log--dim"))
+
     def _transition(self, entry: SeedTransition) -> Text:
         text = Text(f"{entry.slot_id} ")
         text.append(entry.from_stage, self._style(stage_component(entry.from_stage)))
@@ -287,7 +306,9 @@ class EventLog(Widget):
         else:
             text = Text(f"✗ {entry.command}{value} rejected", style=self._style("log--ack-bad"))
             text.append(f": {entry.reason}")
-        return text.append(f" (#{entry.command_id})", self._style("log--dim"))
+        # Who sent it: an attached console names itself; "" is the run's own console or script.
+        sender = entry.console or "the run's process"
+        return text.append(f" (#{entry.command_id} from {sender})", self._style("log--dim"))
 
     def _style(self, component: str) -> Style:
         return self.get_component_rich_style(component, partial=True)
@@ -329,7 +350,7 @@ def describe_alert(event: object) -> tuple[str, str] | None:
             f"{env_label(event.env)}: governor panic ({event.reason}),"
             f" {event.consecutive_panics} in a row{due}"
         )
-    if isinstance(event, GovernorRollback):
+    if isinstance(event, GovernorRollback) and event.initiator != Initiator.OPERATOR:
         return "error", f"{env_label(event.env)}: rolled back by {event.initiator} ({event.reason})"
     if isinstance(event, RunFinished) and event.status == RunStatus.CRASHED:
         return "error", f"the trainer crashed: {event.error or 'no error text'}"

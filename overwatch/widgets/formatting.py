@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
-from esper_engine.contracts import SeedStage
+from rich.text import Text
+
+from esper_engine.contracts import EpochProgress, SeedStage
 
 # Component classes (styled in overwatch.tcss) for each lifecycle stage.
 STAGE_COMPONENTS = frozenset(f"stage--{stage.lower()}" for stage in SeedStage)
@@ -42,9 +44,13 @@ def epoch_number(epoch: int) -> int:
 
 
 LARGE = 1e6  # from here on numbers are shown in scientific notation
+SIGNIFICANT = 2  # digits kept of a figure too small for its decimals (1.2e-06)
 
 
 def num(value: float | None, digits: int = 3) -> str:
+    """A figure with ``digits`` decimals; one so small that it would read as zero, or so large
+    that it would need forty digits, in significant digits instead (a 1e-06 clip threshold is
+    ``1e-06``, never ``0.000``, which would pass for "clipping off")."""
     if value is None:
         return "-"
     if math.isnan(value):
@@ -53,6 +59,8 @@ def num(value: float | None, digits: int = 3) -> str:
         return "inf" if value > 0 else "-inf"
     if abs(value) >= LARGE:  # a diverging loss or a refused 1e40: not forty digits on screen
         return f"{value:.{min(digits, 2)}e}"
+    if _rounds_to_zero(value, digits):
+        return f"{value:.{SIGNIFICANT}g}"
     return f"{value:.{digits}f}"
 
 
@@ -61,9 +69,17 @@ def signed(value: float | None, digits: int = 3) -> str:
         return num(value, digits)
     if abs(value) >= LARGE:
         return f"{value:+.{min(digits, 2)}e}"
-    if round(value, digits) == 0:
-        value = 0.0  # a value that rounds to zero reads +0.000, never -0.000
+    if value == 0:
+        return f"{0.0:+.{digits}f}"  # +0.000, never -0.000
+    if _rounds_to_zero(value, digits):
+        return f"{value:+.{SIGNIFICANT}g}"
     return f"{value:+.{digits}f}"
+
+
+def _rounds_to_zero(value: float, digits: int) -> bool:
+    """A non-zero value below one unit of the last decimal shown: ``digits`` decimals would
+    show it as zero or as a rounding of it."""
+    return value != 0 and abs(value) < 10.0**-digits
 
 
 def pct(fraction: float | None, digits: int = 1) -> str:
@@ -104,6 +120,39 @@ def duration(seconds: float | None) -> str:
 def plural(count: int, noun: str) -> str:
     """``1 env``, ``4 envs``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def fit(text: Text, width: int) -> Text:
+    """``text`` cut to ``width`` cells (in place) without cutting a word in two: a cut that
+    falls inside a word goes back to the last separator (`` · `` in the right half, else a
+    space) and ends with ``…``, so ``exact, 2 coalitions`` never reads ``exact, 2 coaliti``."""
+    if text.cell_len <= width:
+        return text
+    plain = text.plain
+    if width <= 1 or not all(_in_word(char) for char in plain[width - 1 : width + 1]):
+        text.truncate(width)  # at a word's edge (or in a chart): nothing is misread
+        return text
+    cut = plain.rfind(" · ", 0, width - 1)
+    if cut < width // 2:
+        cut = plain.rfind(" ", 0, width - 1)
+    if cut <= 0:
+        text.truncate(width)
+        return text
+    kept = plain[:cut].rstrip(" ·,;:")
+    text.truncate(len(kept))
+    text.append("…")
+    return text
+
+
+def _in_word(char: str) -> bool:
+    """Part of a word or a figure (not a space, not a chart's block)."""
+    return not char.isspace() and not "\u2580" <= char <= "\u259f"
+
+
+def progress_label(progress: EpochProgress) -> str:
+    """Where an epoch is: ``28/40`` batches trained, or ``val 2/5`` while it validates."""
+    done = f"{progress.batch}/{progress.batches}"
+    return done if progress.phase == "train" else f"val {done}"
 
 
 def short_count(n: int) -> str:

@@ -12,6 +12,7 @@ from overwatch.widgets.formatting import (
     episode_number,
     epoch_number,
     estimate_duration,
+    fit,
     host_label,
     memory_size,
     num,
@@ -69,12 +70,14 @@ class RunHeader(LineWidget):
         shown = (
             id(state),
             state.revision,
+            state.trainer_state,
             state.dropped,
             liveness,
             None if elapsed is None else int(elapsed),
             alerts,
             sort,
             layout,
+            state.setup,
         )
         if shown == self._shown and (not live or state.live_revision == self._live_shown):
             return
@@ -99,7 +102,7 @@ class RunHeader(LineWidget):
         ]
         if wide:
             third = self._ppo(state) if ppo else self._timing(state)
-            third.truncate(width)
+            fit(third, width)  # a figure is whole or gone, never "-0" of "-0.13"
             lines.append(third)
         return lines
 
@@ -153,19 +156,20 @@ class RunHeader(LineWidget):
         }.get(trainer, "header--dim")
         text.append(" │ trainer ", self._style("header--label"))
         text.append(trainer, self._style(trainer_kind))
+        if trainer == "starting" and self.state is not None and self.state.setup:
+            text.append(f" · {self.state.setup}", self._style("header--dim"))
         return text
 
     def _progress(self, state: ConsoleState, *, timing: bool) -> list[Text]:
         label, dim = self._style("header--label"), self._style("header--dim")
-        # Before the first epoch is summarised no episode or epoch is done: "-", not "1".
-        begun = state.epochs_done > 0
+        # The epoch in progress (or the last summarised), as every env panel's border says it;
+        # "-" before the first word of one.
+        at = state.at
         progress = Text(" episode ", style=label)
-        progress.append(
-            f"{episode_number(state.episode) if begun else '-'}/{state.episodes or '-'}"
-        )
+        progress.append(f"{episode_number(at[0]) if at else '-'}/{state.episodes or '-'}")
         progress.append(" · epoch ", label)
-        progress.append(f"{epoch_number(state.epoch) if begun else '-'}/{state.epochs or '-'} ")
-        done = self._fraction_done(state)
+        progress.append(f"{epoch_number(at[1]) if at else '-'}/{state.epochs or '-'} ")
+        done = state.epoch_fraction()  # moves inside an epoch with its progress events
         progress.append(hbar(done, PROGRESS_WIDTH).replace(" ", "░"), self._style("header--bar"))
         progress.append(f" {100 * done:3.0f}%")
         rate = state.samples_per_s
@@ -181,7 +185,7 @@ class RunHeader(LineWidget):
         segments = [progress, throughput, clip, dropped]
         if timing:
             segments.insert(1, self._elapsed_eta(state))
-        if not begun and (state.epoch_s_estimate or state.memory_estimate):
+        if not state.epochs_done and (state.epoch_s_estimate or state.memory_estimate):
             segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet
         if self.sort != "id":
             segments.append(Text(" │ sort ", style=label).append(self.sort))
@@ -245,12 +249,6 @@ class RunHeader(LineWidget):
         return text.append(
             f"#{update.update} KL {num(update.approx_kl, 4)} H {num(update.entropy, 2)}"
         )
-
-    @staticmethod
-    def _fraction_done(state: ConsoleState) -> float:
-        if not state.episodes or not state.epochs:
-            return 0.0
-        return min(state.epochs_done / (state.episodes * state.epochs), 1.0)
 
     def _style(self, component: str) -> Style:
         return self.component_style(component)

@@ -293,21 +293,69 @@ async def test_help_lists_every_key() -> None:
 
 
 @run_async
-async def test_q_stops_the_source_and_exits_zero() -> None:
+async def test_q_then_stop_and_enter_stops_the_source_and_exits_zero() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
+        rows = {keys: text for keys, text, _ in app.help_rows()}
+        assert "type stop, Enter" in rows["q"] and "without asking" in rows["ctrl+c"]
         await pilot.press("q")
+        assert isinstance(app.screen, ConfirmModal) and app.screen.answer == "stop"
+        assert not source.stopped and app.return_code is None
+        await pilot.press(*"stop", "enter")
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert source.stopped
         assert app.return_code == 0
 
 
+@pytest.mark.parametrize("keys", [["u"], ["s", "t", "o", "enter"], ["escape"], ["q"]])
 @run_async
-async def test_ctrl_c_stops_the_source_and_exits_zero_like_q() -> None:
+async def test_q_then_anything_but_stop_keeps_the_run_going(keys: list[str]) -> None:
+    """A word typed slowly into the wrong window (`quit`, `stock`) opens the question at its q
+    and cancels it at its next key: the trainer goes on and nothing is sent."""
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("q", *keys)
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmModal)
+        assert app.return_code is None and app.is_running
+        assert not source.stopped and source.sent == []
+        assert "the run goes on: quit not confirmed, nothing sent" in [
+            n.message for n in app._notifications
+        ]
+        assert app.check_action("pause", ()) is True  # the controls still work
+
+
+@run_async
+async def test_q_quits_at_once_in_a_replay() -> None:
+    source = ReplaySource.from_events(real_events(), clock=lambda: 0.0)
+    app = OverwatchApp(source, clock=lambda: 0.0)
+    async with app.run_test(size=WIDE) as pilot:
+        assert ("q ctrl+c", "Quit", True) in app.help_rows()
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.return_code == 0
+        assert not isinstance(app.screen, ConfirmModal)
+
+
+@run_async
+async def test_q_quits_at_once_once_the_run_has_finished() -> None:
+    app, source = live_app(real_events())  # RunFinished(completed) included
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.state.finished
+        await pilot.press("q")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert source.stopped and app.return_code == 0
+
+
+@run_async
+async def test_ctrl_c_stops_the_source_and_exits_zero_without_asking() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("ctrl+c")
+        assert not isinstance(app.screen, ConfirmModal)
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert source.stopped
@@ -322,6 +370,7 @@ async def test_request_quit_works_from_another_thread() -> None:
         thread.start()
         thread.join()
         await pilot.pause()
+        assert not isinstance(app.screen, ConfirmModal)  # SIGTERM's path asks nothing
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert source.stopped
@@ -416,6 +465,7 @@ class StubSession:
     run_id = "stub"
     config = TrainingConfig(n_envs=2, episodes=3, epochs=5, policy="ppo", max_grad_norm=2.0)
     control_error = None
+    setup_status = ""
 
     def __init__(self) -> None:
         self.thread_state = "idle"
@@ -475,6 +525,38 @@ async def test_the_first_frame_says_what_is_starting() -> None:
         assert "episode -/3 · epoch -/5" in progress and "clip 2.00" in progress
         assert len(app._panels) == 2
         assert all(p.lines == ["waiting for the first epoch"] for p in app._panels)
+
+
+@run_async
+async def test_the_header_says_what_the_trainer_sets_up_until_it_runs() -> None:
+    """issue 21: 1024 envs take a while to build; the first frames say so."""
+    session = StubSession()
+    session.setup_status = "building env 37/1024"
+    app = OverwatchApp(LiveSource(session), clock=lambda: 0.0)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert "trainer starting · building env 37/1024" in app._header.lines[0]
+        session.setup_status = "building the policy"
+        await app.tick()
+        assert "trainer starting · building the policy" in app._header.lines[0]
+        session.setup_status = ""
+        session.queued = running_events()[:1]  # RunStarted: it runs
+        await app.tick()
+        assert "building" not in app._header.lines[0]
+
+
+@run_async
+async def test_ctrl_z_suspends_the_console_like_any_curses_tool() -> None:
+    """Textual's raw mode delivers Ctrl-Z as a key; the console hands it to Textual's suspend
+    (which restores the terminal, SIGTSTPs the process, and redraws on SIGCONT). Seen by hand
+    in tmux: `[1]+ Stopped`, then `fg` redraws and q still quits."""
+    app = OverwatchApp(LiveSource(StubSession()), clock=lambda: 0.0)
+    suspended = []
+    app.action_suspend_process = lambda: suspended.append(True)  # type: ignore[method-assign]
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("ctrl+z")
+        await pilot.pause()
+    assert suspended == [True]
 
 
 def test_live_source_reports_a_thread_that_died_silently() -> None:

@@ -18,8 +18,9 @@ import torch
 from esper_engine.config import MAX_CLIP_THRESHOLD, TrainingConfig
 from esper_engine.config_io import leaf_fields
 from esper_engine.contracts import CommandAck, EpochSummary, RunFinished, RunStarted
-from esper_engine.recording import read_recording
+from esper_engine.recording import Recorder, read_recording
 from overwatch.cli import build_parser, config_from_args, main
+from tests.console.fixtures import REAL_RUN
 
 PROGRESS = re.compile(r"^env (?P<env>\d+)  episode \S+  epoch (?P<epoch>\S+)  acc ")
 SMALL_RUN = ["--n-envs", "2", "--episodes", "1", "--epochs", "2", "--batches-per-epoch", "2"]
@@ -94,6 +95,8 @@ def overwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["run", "--set", "ppo.gamma=2"], "ppo.gamma must be a finite number within 0..1, got 2"),
         (["run", "--set", "ppo.lr=nan"], "ppo.lr must be a finite number > 0, got nan"),
         (["run", "--set", "n_envs=0", "--print-config"], "n_envs must be >= 1, got 0"),
+        (["run", "--n-envs", "100000", "--headless"], "n_envs must be within 1..1024"),
+        (["run", "--set", "batch_size=100000000"], "batch_size must be within 1..65536"),
         (["run", "--set", "lifecycle.alpha_schedule=step", "--print-config"], "linear, cosine"),
         (["run", "--set", "task=mnist"], "task must be one of synthetic-images"),
         (["run", "--set", "heuristic.cnn_preference=conv_lite", "--headless"], "'conv_lite'"),
@@ -332,6 +335,23 @@ def test_garbage_recording_is_a_clear_error(tmp_path, capsys):
     assert main(["export", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.msgpack" in err
+
+
+@pytest.mark.parametrize("command", ["replay", "export"])
+def test_a_forged_env_in_a_real_recording_is_refused_before_anything_grows(
+    tmp_path, capsys, command
+):
+    """issue 21: one EpochSummary with env = 10**9 grew replay's view list to 3.6 GB."""
+    events = list(read_recording(REAL_RUN))
+    summary = next(e for e in events if isinstance(e, EpochSummary))
+    forged = tmp_path / "forged.msgpack"
+    with Recorder(forged) as recorder:
+        for event in [*events[:5], msgspec.structs.replace(summary, env=10**9)]:
+            recorder.emit(event)
+    assert main([command, str(forged)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "forged.msgpack" in err
+    assert "EpochSummary of env 1000000000" in err and "outside the run's" in err
 
 
 def test_headless_run_records_and_exports(tmp_path):

@@ -88,10 +88,11 @@ CSV_HEADER = (
     "s0.stage,s0.blueprint,s0.alpha,s0.epochs_in_stage,s0.params,"
     "s1.stage,s1.blueprint,s1.alpha,s1.epochs_in_stage,s1.params"
 )
+# env, episode and epoch counted from 1, as the console shows them (recorded: 0, 0, 1 and 1, 0, 1)
 CSV_ROWS = [
-    "r1,0,0,1,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,0,,GERMINATE s0 mlp,,800.0,0,0,3,,"
+    "r1,1,1,2,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,0,,GERMINATE s0 mlp,,800.0,0,0,3,,"
     "TRAINING,mlp,0.0,0,0,DORMANT,,0.0,0,0",
-    "r1,1,0,1,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,1,,WAIT,-0.5,0.0,0,0,0,,"
+    "r1,2,1,2,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,1,,WAIT,-0.5,0.0,0,0,0,,"
     ",,,,,BLENDING,attn,0.5,0,0",
 ]
 

@@ -48,7 +48,7 @@ def expected(path: Path) -> Series:
             want["policy" if env is None else f"env{env + 1}", tag].append((step, value, wall))
 
     for e in events:
-        step = e.episode * started.epochs + e.epoch
+        step = e.episode * started.epochs + e.epoch + 1  # from 1, as the console counts
         if isinstance(e, EpochSummary):
             add(e.env, "val/accuracy", step, e.val_accuracy, e.wall_time)
             add(e.env, "val/loss", step, e.val_loss, e.wall_time)
@@ -60,7 +60,7 @@ def expected(path: Path) -> Series:
             add(e.env, "governor/total_panics", step, e.total_panics, e.wall_time)
             add(e.env, "governor/rollbacks", step, e.rollbacks, e.wall_time)
         elif isinstance(e, BatchStats):
-            batch_step = step * started.batches_per_epoch + e.batch
+            batch_step = (step - 1) * started.batches_per_epoch + e.batch + 1
             add(e.env, "batch/grad_norm_post_clip", batch_step, e.grad_norm_post_clip, e.wall_time)
         elif isinstance(e, Attribution):
             for slot_id, value in e.shapley.items():

@@ -1,13 +1,24 @@
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import queue
 import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 from rich.console import Console
 
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import EpochSummary, Event, RunFinished, RunStarted
-from overwatch.headless import HeadlessView, run_headless
+from esper_engine.recording import read_recording
+from overwatch.headless import SETUP_LINE_EVERY_S, HeadlessView, SetupLines, run_headless
 from overwatch.state import RunPlan
 from tests.console.fixtures import CRASH_ERROR, crashed_run, real_events
 
@@ -19,6 +30,8 @@ class FakeSession:
     lines the view had written by each wait (to show progress appears while the run goes on)."""
 
     control_error = None  # its control socket is fine
+    recording_error = None  # and its disk
+    setup_status = ""  # set up before the first wait
 
     def __init__(self, events: list[Event], out: io.StringIO) -> None:
         self.chunks: list[list[Event]] = [[]]
@@ -82,7 +95,7 @@ def test_one_line_per_env_with_the_latest_epoch() -> None:
         summary = last[env]
         assert row[1] == f"{summary.episode + 1}/{started.episodes}"
         assert row[2] == f"{summary.epoch + 1}/{started.epochs}"
-        assert row[3] == f"{summary.val_accuracy:.3f}"
+        assert row[3] == f"{100 * summary.val_accuracy:.1f}%"  # as the console shows it
         assert row[5].startswith(f"{summary.grad_norm_post_clip:.2f}|")
     assert "dropped=3" in text
     assert isinstance(view.finished, RunFinished)
@@ -103,7 +116,7 @@ def test_off_a_terminal_each_epoch_is_a_plain_line_as_it_happens() -> None:
     for line, s in zip(progress, summaries, strict=True):
         assert line.startswith(
             f"env {s.env + 1}  episode {s.episode + 1}/{started.episodes}  "
-            f"epoch {s.epoch + 1}/{started.epochs}  acc {s.val_accuracy:.3f}  loss "
+            f"epoch {s.epoch + 1}/{started.epochs}  acc {100 * s.val_accuracy:.1f}%  loss "
         )
         assert f"grad|clip {s.grad_norm_post_clip:.2f}|" in line
     # Written epoch by epoch, not at the end: every wait saw more lines than the one before.
@@ -128,7 +141,7 @@ def test_in_a_terminal_the_table_is_live_and_the_status_has_its_own_line() -> No
     assert plain.endswith("\nrun completed\n")
     final_row = plain.splitlines()[-2].split()
     assert final_row[0] == str(max(last) + 1)
-    assert final_row[3] == f"{last[max(last)].val_accuracy:.3f}"
+    assert final_row[3] == f"{100 * last[max(last)].val_accuracy:.1f}%"
 
 
 def test_the_title_names_the_run_before_it_has_started() -> None:
@@ -136,3 +149,131 @@ def test_the_title_names_the_run_before_it_has_started() -> None:
     assert view.title() == "r7 cifar10 ppo x2 starting ..."
     view.ingest(real_events()[:1])
     assert view.title().endswith("synthetic-images heuristic x4")
+
+
+def test_set_up_progress_is_a_line_per_step_and_every_few_seconds_within_one() -> None:
+    now = [0.0]
+    lines = SetupLines(clock=lambda: now[0])
+    assert lines.line("") is None
+    assert lines.line("preparing the batches") == "setting up: preparing the batches"
+    assert lines.line("preparing the batches") is None  # unchanged
+    assert lines.line("building env 1/1024") == "setting up: building env 1/1024"  # a new step
+    now[0] += SETUP_LINE_EVERY_S / 2
+    assert lines.line("building env 300/1024") is None  # the same step, too soon
+    now[0] += SETUP_LINE_EVERY_S / 2
+    assert lines.line("building env 600/1024") == "setting up: building env 600/1024"
+    assert lines.line("building the policy") == "setting up: building the policy"
+
+
+def test_the_live_title_says_what_is_being_set_up() -> None:
+    plan = RunPlan("r1", "synthetic-images", "heuristic", 1024, 3, 12, "cpu", 1.0)
+    view = HeadlessView(plan)
+    assert view.title(setup="building env 37/1024") == (
+        "r1 synthetic-images heuristic x1024 starting ... building env 37/1024"
+    )
+    assert HeadlessView().title(setup="building env 2/4") == "starting ... building env 2/4"
+
+
+# --- a real `overwatch run --headless` in a subprocess -------------------------------------------
+
+SMALL_RUN = ["--n-envs", "2", "--episodes", "1", "--epochs", "3", "--batches-per-epoch", "4"]
+
+
+def run_env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
+
+
+def start_run(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
+    """A real headless run, its stderr lines arriving on a queue."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "overwatch.cli", "run", "--headless", *args],
+        cwd=tmp_path, env=run_env(tmp_path), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stderr:
+            lines.put(line)
+        lines.put("")  # the end
+
+    threading.Thread(target=read, daemon=True).start()
+    return process, lines
+
+
+def signal_when(
+    process: subprocess.Popen, lines: queue.Queue[str], prefix: str, sig: int
+) -> tuple[float, list[str]]:
+    """Send ``sig`` once a stderr line starts with ``prefix``; (seconds to exit, every line)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        while not any(line.startswith(prefix) for line in seen):
+            assert time.monotonic() < deadline and "" not in seen, seen
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.1))
+        process.send_signal(sig)
+        signalled = time.monotonic()
+        process.wait(timeout=60)
+        took = time.monotonic() - signalled
+    finally:
+        process.kill()
+    while (line := lines.get(timeout=10)) != "":
+        seen.append(line)
+    return took, seen
+
+
+def test_sigterm_while_the_task_loads_ends_the_set_up_with_one_line(tmp_path: Path) -> None:
+    process, lines = start_run(tmp_path, "--record", "run.msgpack")
+    took, seen = signal_when(process, lines, "loading task", signal.SIGTERM)
+    assert process.returncode == 0 and took < 30.0, (took, seen)  # loose: a loaded machine
+    assert seen[-1] == "overwatch: stopped during set-up (SIGTERM), before training began\n"
+    assert not any("Traceback" in line for line in seen), seen
+
+
+def test_sigterm_while_the_envs_are_built_stops_the_run_promptly_with_the_recording_intact(
+    tmp_path: Path,
+) -> None:
+    """issue 21: SIGTERM while 100k envs were being built was ignored for minutes (the trainer
+    took a Stop only at its first batch). The set-up says what it builds, and SIGTERM while it
+    builds the envs ends the run at the next env: RunFinished(stopped), no RunStarted."""
+    path = tmp_path / "run.msgpack"
+    process, lines = start_run(
+        tmp_path, "--n-envs", "1024", "--episodes", "1", "--epochs", "1",
+        "--batches-per-epoch", "1", "--record", str(path),
+    )  # fmt: skip
+    took, seen = signal_when(process, lines, "setting up: building env", signal.SIGTERM)
+    assert process.returncode == 0 and "run stopped\n" in seen, seen
+    # Not a race with the set-up: the recording says it never finished (no RunStarted). The
+    # bound is loose for a loaded machine (2 shared cores: the exit, freeing some hundred
+    # half-built envs, took up to 6 s); before, the stop waited for the whole set-up.
+    assert took < 30.0, took
+    read = read_recording(path)
+    assert read.warning is None
+    assert [type(e) for e in read] == [RunFinished] and read[0].status == "stopped"
+
+
+def test_a_full_disk_under_the_recorder_is_one_line_and_exit_one(tmp_path: Path) -> None:
+    """issue 21: a full disk printed a raw thread traceback. The process may write files of at
+    most 6 kB (RLIMIT_FSIZE: past it a write fails with EFBIG, as one on a full disk fails with
+    ENOSPC): the recording stops at its last whole frame, one line says so, exit 1."""
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the failed write returns EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6000, 6000))
+
+    path = tmp_path / "run.msgpack"
+    result = subprocess.run(
+        [sys.executable, "-m", "overwatch.cli", "run", "--headless", *SMALL_RUN,
+         "--set", "checkpoint_every=0", "--record", str(path)],
+        cwd=tmp_path, env=run_env(tmp_path), preexec_fn=small_files,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Exception in thread" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "cannot write" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith(f"overwatch: error: {path}: cannot write the recording (")
+    assert "last whole frame" in errors[0]
+    read = read_recording(path)
+    assert read.warning is None and isinstance(read.events[0], RunStarted)
+    assert 0 < path.stat().st_size <= 6000

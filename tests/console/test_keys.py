@@ -125,7 +125,9 @@ def test_a_burst_after_a_prompt_key_is_that_prompts_text(keys, expected) -> None
 # --- typing into the console ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("typed", ["history\r", "ps aux", "ps aux\r", "sort -r t\r", "2r2\r"])
+@pytest.mark.parametrize(
+    "typed", ["history\r", "ps aux", "ps aux\r", "sort -r t\r", "2r2\r", "quit\r"]
+)
 @run_async
 async def test_words_and_shell_lines_typed_into_the_console_never_act(typed: str) -> None:
     app, source, clock = typing_app()

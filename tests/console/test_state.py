@@ -63,6 +63,14 @@ def test_run_started_sets_up_one_view_per_env() -> None:
     assert (state.host_params, state.seed_params) == (started.host_params, started.seed_params)
 
 
+def test_the_reducer_never_grows_the_view_list_to_an_env_from_a_file() -> None:
+    """The decoder refuses such events (recording.DeclaredRange); the reducer still refuses to
+    append a billion views should one reach it."""
+    summary = _last(real_events(), EpochSummary)
+    with pytest.raises(ValueError, match="env 1000000000 is outside 0..1023"):
+        reduce(ConsoleState(), msgspec.structs.replace(summary, env=10**9))
+
+
 def test_a_plan_says_what_is_starting_before_any_event() -> None:
     plan = RunPlan("r1", "synthetic-images", "ppo", 3, 2, 5, "cpu", 1.0)
     state = ConsoleState.planned(plan)

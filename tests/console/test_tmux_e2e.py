@@ -95,6 +95,8 @@ def test_live_console_keys_reach_the_trainer_and_the_recording(tmp_path: Path) -
             "a summary after the clip change",
         )
         tmux("send-keys", "-t", session, "q")
+        wait_until(lambda: "type stop then enter" in screen(), "the quit confirmation")
+        tmux("send-keys", "-t", session, "stop", "Enter")
         wait_until(exit_file.exists, "the process to exit")
         assert exit_file.read_text().strip() == "0"
     finally:
@@ -349,7 +351,14 @@ def test_typing_and_pasting_never_steer_a_live_or_attached_run(tmp_path: Path) -
         wait_until(lambda: "type 2 then enter" in screen(live)(), "the rollback confirmation")
         tmux("send-keys", "-t", live, "2", "Enter")
         wait_until(lambda: live_rec.has(lambda e: isinstance(e, CommandAck)), "the rollback ack")
+        # A word typed slowly (`qu...`): its q asks, its next key cancels, the run goes on.
         tmux("send-keys", "-t", live, "q")
+        wait_until(lambda: "type stop then enter" in screen(live)(), "the quit confirmation")
+        tmux("send-keys", "-t", live, "u")
+        wait_until(lambda: "quit not confirmed" in screen(live)(), "the quit cancelled")
+        tmux("send-keys", "-t", live, "q")  # alone: a question, then the answer typed
+        wait_until(lambda: "type stop then enter" in screen(live)(), "the quit confirmation")
+        tmux("send-keys", "-t", live, "stop", "Enter")
         wait_until(exit_file.exists, "the live console to exit")
         assert exit_file.read_text().strip() == "0"
 

@@ -126,6 +126,15 @@ def test_missing_directory_or_file_names_what_was_expected(tmp_path: Path) -> No
         (lambda d: d.update({b"data": np.zeros((20, 3072), np.float32)}), "uint8 array"),
         (lambda d: d.update({b"labels": [0, 1]}), "one label per image"),
         (lambda d: d.update({b"labels": [12] * 20}), "labels outside 0..9"),
+        # issue 21: damaged labels gave tracebacks or slipped through as other classes
+        (lambda d: d.update({b"labels": [None] * 20}), "'labels' should be class numbers 0..9"),
+        (lambda d: d.update({b"labels": [2**70] * 20}), f"found {2**70} at index 0"),
+        (lambda d: d.update({b"labels": [1] * 19 + [9.9]}), "found 9.9 at index 19"),
+        (lambda d: d.update({b"labels": [True] * 20}), "found True at index 0"),
+        (lambda d: d.update({b"labels": ["x"] * 20}), "found 'x' at index 0"),
+        (lambda d: d.update({b"labels": np.zeros((20, 2), np.int64)}), "of shape (20, 2)"),
+        (lambda d: d.update({b"labels": np.full(20, 9.9)}), "an array of float64"),
+        (lambda d: d.update({b"labels": np.full(20, 10, np.uint8)}), "labels outside 0..9"),
     ],
 )
 def test_malformed_batches_are_refused(tmp_path: Path, change, expected: str) -> None:
@@ -135,6 +144,16 @@ def test_malformed_batches_are_refused(tmp_path: Path, change, expected: str) ->
     dump(directory / "data_batch_3", batch)
     message = load_error(tmp_path)
     assert "data_batch_3" in message and expected in message
+
+
+def test_an_integer_label_array_loads(tmp_path: Path) -> None:
+    directory = write_cifar(tmp_path)
+    batch = batch_dict(40, N_PER_BATCH)
+    batch[b"labels"] = np.array(batch[b"labels"], dtype=np.uint8)
+    dump(directory / "data_batch_3", batch)
+    task = load_task("cifar10", data_dir=str(tmp_path))
+    assert task.train_y.dtype == torch.int64 and task.train_y.shape == (5 * N_PER_BATCH,)
+    assert task.train_y.tolist() == [i % 10 for i in range(5 * N_PER_BATCH)]
 
 
 def test_non_pickle_and_non_dict_files_are_refused(tmp_path: Path) -> None:

@@ -64,7 +64,12 @@ def test_the_defaults_are_valid() -> None:
     ("overrides", "message"),
     [
         ({"n_envs": 0}, "n_envs must be >= 1, got 0"),
-        ({"epochs": 2**63}, "epochs must be <= 2**63 - 1"),
+        ({"epochs": 2**63}, "epochs must be within 1..100000 (an episode's length), got"),
+        # upper bounds on the run's shape (issue 21): refused before anything is built
+        ({"n_envs": 100_000}, "n_envs must be within 1..1024 (each env is a whole model in"),
+        ({"batch_size": 100_000_000}, "batch_size must be within 1..65536 (one draw holds"),
+        ({"episodes": 10**9}, "episodes must be within 1..100000"),
+        ({"val_batches": 10**9}, "val_batches must be within 1..10000000"),
         ({"val_batches": 0}, "val_batches must be >= 1"),
         ({"seed": -1}, "seed must be within 0..4294967295, got -1"),
         ({"seed": MAX_SEED + 1}, "seed must be within"),

@@ -68,6 +68,9 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         skipped=True,
         samples_per_s=812.5,
     ),
+    c.EpochProgress: c.EpochProgress(
+        **COMMON, phase="validate", batch=3, batches=20, elapsed_s=12.5
+    ),
     c.EpochSummary: c.EpochSummary(
         **COMMON,
         train_loss=0.9,

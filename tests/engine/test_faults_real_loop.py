@@ -207,3 +207,32 @@ def test_faults_fire_in_the_first_episode_only(images) -> None:
     events, finished = run(images, config(episodes=2, epochs=3, faults=("nan:1:2",)))
     assert finished.status == "completed", finished.error
     assert [(r.episode, r.epoch) for r in of(events, GovernorRollback)] == [(0, 1)]
+
+
+def test_a_divergence_from_the_first_epoch_panics_and_is_never_snapshotted(images) -> None:
+    """issue 21: ``--fault diverge:1:1`` gave a validation loss of 7.8e7 with no panic, and that
+    state became the "last good" snapshot. A loss far above the random-guess loss panics from
+    the first epoch; every snapshot holds a state whose loss no full history would panic at."""
+    snapshotted: list[float] = []  # the validation loss of each state the governor keeps
+
+    def watch_snapshots(trainer, event) -> None:
+        if isinstance(event, RunStarted):
+            governor = trainer.envs[0].governor
+            keep = governor.snapshot
+
+            def snapshot() -> None:
+                if governor.loss_history:  # else a fresh host's initial state (no loss yet)
+                    snapshotted.append(governor.loss_history[-1])  # the clean check's loss
+                keep()
+
+            governor.snapshot = snapshot
+
+    events, finished = run(images, config(epochs=6, faults=("diverge:1:1",)), watch_snapshots)
+    assert finished.status == "completed", finished.error
+    panics = of(events, GovernorPanic)
+    assert panics and (panics[0].episode, panics[0].epoch) == (0, 0), panics
+    assert panics[0].reason == "divergence" and panics[0].loss > 10.0
+    rollbacks = of(events, GovernorRollback)
+    assert rollbacks and rollbacks[0].epoch == 1 and rollbacks[0].reason == "divergence"
+    threshold = TrainingConfig().governor.absolute_threshold  # the lowest any history gives
+    assert all(loss <= threshold for loss in snapshotted), snapshotted

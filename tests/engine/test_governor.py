@@ -32,7 +32,7 @@ LOBOTOMY_TOL = 0.065 * RGL  # SPEC: loss within this of RGL
 
 def make_governor(**kwargs) -> TolariaGovernor:
     torch.manual_seed(0)
-    return TolariaGovernor(nn.Linear(3, 2), random_guess_loss=RGL, **kwargs)
+    return TolariaGovernor(nn.Linear(3, 2), **{"random_guess_loss": RGL, **kwargs})
 
 
 def feed(governor: TolariaGovernor, losses) -> list[bool]:
@@ -168,14 +168,31 @@ def test_divergence_threshold_reports_the_binding_gate() -> None:
     assert governor.last_panic.threshold == pytest.approx(15.0)
 
 
-def test_divergence_needs_two_history_samples() -> None:
+def test_a_loss_far_above_chance_panics_from_the_first_epoch() -> None:
+    """issue 21: without statistics the reference is the task's: max(absolute_threshold,
+    multiplier x random_guess_loss) = max(10, 3 x ln 10) = 10."""
     governor = make_governor()
-    assert governor.check_vital_signs(1e6) is False  # no statistics yet: kept as history
-    assert governor.total_panics == 0
-    assert governor.divergence_threshold() is None
-    assert governor.check_vital_signs(1.0) is False
-    governor.snapshot()  # the owner keeps a clean epoch's state
-    assert governor.divergence_threshold() is not None
+    assert governor.divergence_threshold() == pytest.approx(10.0)
+    assert governor.check_vital_signs(7.8e7) is False  # a divergence panic, not yet a rollback
+    assert governor.last_panic.reason == "divergence" and governor.total_panics == 1
+    assert governor.last_panic.threshold == pytest.approx(10.0)
+    assert not governor.last_check_clean and governor.loss_history == ()
+    assert governor.check_vital_signs(7.8e7) is True  # the second in a row rolls back
+    governor.execute_rollback()
+    assert governor.check_vital_signs(1.0) is False and governor.last_check_clean
+    assert governor.check_vital_signs(1.2) is False
+    assert governor.divergence_threshold() == pytest.approx(10.0)  # now the statistics' gates
+
+
+def test_a_short_history_keeps_no_state_a_full_history_would_panic_at() -> None:
+    """A loss above the absolute gate but under the task's reference (here 3 x 5 = 15) is no
+    panic, but neither kept as good: the lowest threshold any history gives is the absolute."""
+    governor = make_governor(random_guess_loss=5.0)
+    assert governor.check_vital_signs(12.0) is False
+    assert governor.total_panics == 0 and governor.consecutive_panics == 0
+    assert not governor.last_check_clean and governor.loss_history == ()
+    assert governor.check_vital_signs(9.0) is False and governor.last_check_clean
+    assert governor.check_vital_signs(15.5) is False and governor.total_panics == 1
 
 
 def test_rollback_after_two_consecutive_divergence_panics() -> None:

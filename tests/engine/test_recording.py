@@ -3,6 +3,8 @@ garbage, version 1 files, follow mode."""
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import threading
 from pathlib import Path
@@ -33,6 +35,7 @@ FLUSHED = (
     c.CommandAck,
     c.RunFinished,
     c.RunResumed,
+    c.EpochProgress,
 )
 BATCH_DECODER = msgspec.msgpack.Decoder(list[c.TelemetryEvent])
 
@@ -476,3 +479,97 @@ def test_a_stage_name_survives_a_recording_as_the_enum(tmp_path: Path) -> None:
     path = write(tmp_path / "ok.ovwrec", [EVENT_SAMPLES[c.SeedTransition]])
     (event,) = read_recording(path).events
     assert event.to_stage is c.SeedStage.BLENDING and event.initiator is c.Initiator.GATE
+
+
+# --- the declared range: nothing a file says makes a reader allocate past it (issue 21) ----------
+
+STARTED = EVENT_SAMPLES[c.RunStarted]  # 3 envs x 5 episodes x 20 epochs
+
+
+def summary_at(**where: int) -> c.EpochSummary:
+    return msgspec.structs.replace(EVENT_SAMPLES[c.EpochSummary], **where)
+
+
+@pytest.mark.parametrize(
+    ("forged", "fragment"),
+    [
+        (summary_at(env=10**9), "EpochSummary of env 1000000000, episode 4, epoch 11"),
+        (summary_at(env=3), "env 3, episode 4"),
+        (summary_at(env=-1), "env -1"),
+        (summary_at(episode=5), "episode 5, epoch 11 is outside the run's 3 envs x 5 episodes"),
+        (summary_at(epoch=2**40), f"epoch {2**40} is outside"),
+        (msgspec.structs.replace(batch(0), env=10**9), "BatchStats of env 1000000000"),
+    ],
+    ids=["huge-env", "env-past-n_envs", "negative-env", "episode", "epoch", "batch-stats"],
+)
+def test_an_event_outside_the_declared_range_is_refused_at_decode(
+    tmp_path: Path, forged: c.Event, fragment: str
+) -> None:
+    path = tmp_path / "forged.ovwrec"
+    first = batch_frame([STARTED])
+    path.write_bytes(header() + first + batch_frame([forged]))
+    assert_one_line_error(path, f"frame at byte {HEADER_SIZE + len(first)}", fragment)
+    follower = RecordingFollower(path)
+    with pytest.raises(RecordingError, match="is outside the run's"):
+        follower.poll()
+    follower.close()
+
+
+def test_a_run_started_past_the_bounds_is_refused_and_none_bounds_the_bounds(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "forged.ovwrec"
+    path.write_bytes(header() + batch_frame([msgspec.structs.replace(STARTED, n_envs=10**9)]))
+    assert_one_line_error(path, "RunStarted declares 1000000000 envs", "outside 1..1024")
+    # no RunStarted (a fragment): the config's bounds still hold
+    path.write_bytes(header() + batch_frame([batch(0), summary_at(env=5000)]))
+    assert_one_line_error(path, "env 5000")
+    path.write_bytes(header() + batch_frame([batch(0), summary_at(env=1023)]))
+    assert len(read_recording(path)) == 2
+
+
+# --- a full disk under the recorder (issue 21) ---------------------------------------------------
+
+
+class FillingDisk:
+    """``os.write`` on one descriptor with ``room`` bytes left: a write that does not fit writes
+    what fits, then the next one fails with ENOSPC, as a full filesystem does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, room: int) -> None:
+        self.room, self.fd = room, None
+        self._write = os.write
+        monkeypatch.setattr(recording.os, "write", self.write)
+
+    def write(self, fd: int, data) -> int:
+        if fd != self.fd:
+            return self._write(fd, data)
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = self._write(fd, bytes(data[: self.room]))
+        self.room -= n
+        return n
+
+
+def test_a_full_disk_closes_the_recording_at_its_last_whole_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "full.ovwrec"
+    disk = FillingDisk(monkeypatch, room=10**9)
+    recorder = Recorder(path)
+    disk.fd = recorder._file.fileno()
+    recorder.emit(EVENT_SAMPLES[c.RunStarted])  # flushed: one whole frame
+    whole = path.stat().st_size
+    disk.room = 30  # the next frame is cut after 30 bytes
+    with pytest.raises(RecordingError) as info:
+        recorder.emit(EVENT_SAMPLES[c.EpochSummary])
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    assert "No space left on device" in message and f"last whole frame, byte {whole}" in message
+    assert recorder.error == message and recorder.closed
+    recorder.emit(EVENT_SAMPLES[c.RunFinished])  # later events: not written, no second error
+    recorder.close()
+    assert path.stat().st_size == whole  # the partial frame is cut off
+    read = read_recording(path)
+    assert read.warning is None and list(read) == [EVENT_SAMPLES[c.RunStarted]]
+    with pytest.raises(RecordingError, match="cannot write the recording"):
+        recorder.sync()  # a checkpoint must not point past the end

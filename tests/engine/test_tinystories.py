@@ -145,3 +145,76 @@ def test_non_utf8_json_and_too_little_text_are_refused(tmp_path: Path) -> None:
     (tmp_path / "data00.json").unlink()
     write_txt(tmp_path / "tiny.txt", ["a short one", "and another"])
     assert "need at least 65 bytes" in load_error(tmp_path)
+
+
+# --- damaged files (issue 21): one line naming the file, bounded memory and time ----------------
+
+
+def test_json_nested_deeper_than_the_parser_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "data00.json"
+    path.write_text("[" + "[" * 100_000 + "]" * 100_000 + "]", encoding="utf-8")
+    message = load_error(tmp_path)
+    assert str(path) in message and "nested too deeply" in message
+
+
+def test_a_txt_without_line_breaks_is_read_only_up_to_the_budget(tmp_path: Path) -> None:
+    """A 16 MB file of one line: reading stops at the budget instead of reading the line whole
+    (512 MB took 101 s and 1.3 GB). Every read is recorded: none may be large."""
+    path = tmp_path / "one-line.txt"
+    with path.open("wb") as f:
+        f.write(b"x" * (16 << 20))
+    write_txt(tmp_path / "one-valid.txt", make_stories("valid", 3))
+    reads: list[int] = []
+    real_open = Path.open
+
+    def counting_open(self, mode="r", *args, **kwargs):
+        handle = real_open(self, mode, *args, **kwargs)
+        return _Counting(handle, reads) if self == path else handle
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "open", counting_open)
+        task = tinystories.load(data_dir=str(tmp_path), max_bytes=4000)
+    assert len(stream(task.train_x, task.train_y)) <= 4001
+    assert reads and sum(reads) < (4 << 20), sum(reads)  # a few MB at most, never the file
+
+
+class _Counting:
+    """A binary file whose reads are counted (bytes returned per call)."""
+
+    def __init__(self, handle, reads: list[int]) -> None:
+        self._handle, self._reads = handle, reads
+
+    def readline(self, *args):
+        line = self._handle.readline(*args)
+        self._reads.append(len(line))
+        return line
+
+    def read(self, *args):
+        data = self._handle.read(*args)
+        self._reads.append(len(data))
+        return data
+
+    def __iter__(self):
+        return iter(self.readline, b"")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+
+
+@pytest.mark.parametrize("name", ["stories.txt", "stories-valid.txt"])
+def test_non_utf8_text_is_refused_naming_the_file(tmp_path: Path, name: str) -> None:
+    write_txt(tmp_path / "train.txt", make_stories("train", 20))
+    path = tmp_path / name
+    path.write_bytes(b"once upon a time\n\xff\xfe\x00 caf\xe9\n<|endoftext|>\n")
+    message = load_error(tmp_path)
+    assert str(path) in message and "not UTF-8" in message
+
+
+def test_a_character_cut_by_the_budget_is_not_an_encoding_error(tmp_path: Path) -> None:
+    (tmp_path / "big.txt").write_text("\u00e9" * 3000 + "\n", encoding="utf-8")  # 2 bytes each
+    write_txt(tmp_path / "big-valid.txt", make_stories("valid", 3))
+    task = tinystories.load(data_dir=str(tmp_path), max_bytes=2001)  # cuts one in half
+    assert len(stream(task.train_x, task.train_y)) > 1000

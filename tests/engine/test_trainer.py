@@ -411,3 +411,62 @@ def test_events_carry_the_contracts_vocabulary(images):
     assert all(type(slot.stage) is SeedStage for s in summaries for slot in s.slots)
     assert [s.last_op for s in summaries] == [Op(s.last_action.split()[0]) for s in summaries]
     assert summaries[0].last_op is Op.GERMINATE
+
+
+class StopOnFirst(ListSink):
+    """Queues a Stop (and sets the stop flag, as ``TrainingSession.send`` does) when the first
+    event of ``kind`` passes: the trainer is then in the middle of a loop over envs."""
+
+    def __init__(self, kind: type, commands: queue.Queue, stop: threading.Event) -> None:
+        super().__init__()
+        self.kind, self.commands, self.stop = kind, commands, stop
+
+    def emit(self, event) -> None:
+        super().emit(event)
+        if isinstance(event, self.kind) and not self.stop.is_set():
+            self.commands.put(Stop(command_id=1))
+            self.stop.set()
+
+
+STOP_RUN = dict(n_envs=4, episodes=1, epochs=2, batches_per_epoch=3, batch_size=16,
+                val_batches=1, batch_stats_every=1)  # fmt: skip
+
+
+def test_a_stop_ends_the_run_at_the_next_env_not_the_next_batch(images) -> None:
+    """issue 21: with many envs one batch lasts long; a Stop (a signal) is taken between two
+    envs. Queued as env 1's first batch is reported, the other 3 envs never train it."""
+    commands: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    sink = StopOnFirst(BatchStats, commands, stop)
+    cfg = TrainingConfig(**STOP_RUN)
+    finished = VectorizedTrainer(cfg, sink, commands, run_id="stop", task=images, stop=stop).run()
+    assert finished.status == RunStatus.STOPPED
+    assert [(e.env, e.batch) for e in sink.events if isinstance(e, BatchStats)] == [(0, 0)]
+    acks = [e for e in sink.events if isinstance(e, CommandAck)]
+    assert [(a.command, a.accepted) for a in acks] == [("Stop", True)]
+    assert isinstance(sink.events[-1], RunFinished)
+
+
+def test_a_stop_during_set_up_ends_it_at_the_next_env(images, monkeypatch) -> None:
+    """issue 21: SIGTERM while 100k envs were built waited for the first batch. Queued once
+    env 2 of 4 is built, the set-up ends there: no RunStarted, RunFinished(stopped)."""
+    import esper_engine.trainer as trainer_module  # noqa: PLC0415
+
+    commands: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    built: list[int] = []
+    build = trainer_module.EnvRuntime
+
+    def build_and_stop_after_two(index, *args):
+        built.append(index)
+        if len(built) == 2:
+            commands.put(Stop(command_id=1))
+            stop.set()
+        return build(index, *args)
+
+    monkeypatch.setattr(trainer_module, "EnvRuntime", build_and_stop_after_two)
+    sink = ListSink()
+    cfg = TrainingConfig(**STOP_RUN)
+    finished = VectorizedTrainer(cfg, sink, commands, run_id="stop", task=images, stop=stop).run()
+    assert finished.status == RunStatus.STOPPED and built == [0, 1]
+    assert [type(e) for e in sink.events] == [RunFinished]

@@ -26,7 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 from esper_engine.batching import SharedBatchIterator  # noqa: E402
 from esper_engine.config import HostConfig, TrainingConfig  # noqa: E402
-from esper_engine.contracts import EpochSummary, RunResumed, RunStatus  # noqa: E402
+from esper_engine.contracts import (  # noqa: E402
+    EpochProgress,
+    EpochSummary,
+    RunResumed,
+    RunStatus,
+)
 from esper_engine.model import create_model, run_host_spec  # noqa: E402
 from esper_engine.recording import RecordingError, RecordingFollower, read_recording  # noqa: E402
 from esper_engine.session import TrainingSession  # noqa: E402
@@ -41,11 +46,12 @@ TIMING = ("wall_time", "samples_per_s", "cost_ratio", "epoch_s_estimate", "run_i
 
 
 def comparable(path: Path) -> list[dict]:
-    """The recording's events without RunResumed and without timing fields, as JSON values (a
-    NaN loss then equals the same NaN loss)."""
+    """The recording's events without RunResumed and EpochProgress (how many there are depends
+    on the wall clock) and without timing fields, as JSON values (a NaN loss then equals the
+    same NaN loss)."""
     out = []
     for event in read_recording(path).events:
-        if isinstance(event, RunResumed):
+        if isinstance(event, RunResumed | EpochProgress):
             continue
         fields = msgspec.to_builtins(event)
         for name in TIMING:

@@ -474,7 +474,7 @@ def _console_name(text: str) -> str:
 
 def _take_recording(path: Path, *, overwrite: bool):  # -> RunLock (imported lazily)
     """Lock ``path`` before anything is written; refuse a live run's path (naming its pid) and
-    an existing recording unless ``--overwrite`` (which removes it and its checkpoint)."""
+    an existing recording unless ``--overwrite``."""
     from esper_engine.run_files import RunLock, RunLockedError  # noqa: PLC0415
 
     try:
@@ -483,16 +483,13 @@ def _take_recording(path: Path, *, overwrite: bool):  # -> RunLock (imported laz
         raise BadInput(str(exc)) from None
     except OSError as exc:
         raise BadInput(f"cannot record to {path}: {exc}") from None
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            lock.release()
-            raise BadInput(
-                f"{path} already holds a recording (no live run writes it); "
-                "--overwrite replaces it, --resume continues it"
-            )
-        for old in (path, path.with_suffix(".ckpt")):
-            old.unlink(missing_ok=True)
-    return lock
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        lock.release()
+        raise BadInput(
+            f"{path} already holds a recording (no live run writes it); "
+            "--overwrite replaces it, --resume continues it"
+        )
+    return lock  # with --overwrite, the session removes the old run once it is set up
 
 
 def _release(lock) -> None:
@@ -557,6 +554,7 @@ def _cmd_run_here(
                 progress=_progress,
                 shard=shard,
                 lock=lock,
+                overwrite=args.overwrite,
             )
         except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
             _release(lock)

@@ -260,3 +260,17 @@ def test_overwrite_keeps_the_old_recording_until_the_new_run_is_set_up(
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert path.read_bytes() == kept and checkpoint_path(path).read_bytes() == ckpt
     assert not lock_path(path).exists()
+
+
+@pytest.mark.distributed
+def test_a_sharded_overwrite_refused_in_set_up_fails_and_keeps_the_old_recording(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    path = tmp_path / "kept.msgpack"
+    code, err = finish(overwatch(["run", "--headless", *FLAGS, "--record", str(path)], env))
+    assert code == 0, err
+    kept = path.read_bytes()
+    args = [*FLAGS, "--record", str(path), "--overwrite", "--device", "cuda:99"]
+    code, err = finish(overwatch(["run", "--nprocs", "2", "--headless", *args], env))
+    assert code != 0, err  # not the old run's "completed"
+    assert path.read_bytes() == kept

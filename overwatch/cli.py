@@ -460,6 +460,8 @@ def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
     path = Path(args.record) if args.record else Path(RUNS_DIR) / f"{run_id}.msgpack"
     if path.exists() and path.is_dir():
         raise BadInput(f"--record {path} is a directory")
+    if path.suffix in (".lock", ".pid", ".ckpt"):  # the run's own files beside it would be it
+        raise BadInput(f"--record {path}: {path.suffix} names a run's own file; use .msgpack")
     return path
 
 

@@ -274,3 +274,16 @@ def test_a_sharded_overwrite_refused_in_set_up_fails_and_keeps_the_old_recording
     code, err = finish(overwatch(["run", "--nprocs", "2", "--headless", *args], env))
     assert code != 0, err  # not the old run's "completed"
     assert path.read_bytes() == kept
+
+
+@pytest.mark.parametrize("suffix", [".lock", ".pid", ".ckpt"])
+def test_a_recording_named_like_its_own_lock_pid_or_checkpoint_is_refused(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overwatch.cli import main  # noqa: PLC0415
+
+    path = tmp_path / f"run{suffix}"  # its pid file or checkpoint would replace it
+    assert main(["run", "--headless", *FLAGS, "--record", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and suffix in err, err
+    assert list(tmp_path.iterdir()) == []

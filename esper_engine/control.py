@@ -146,16 +146,25 @@ class ControlServer:
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
         try:
             self._listener.bind(str(self.path))
+        except BaseException:
+            self._listener.close()
+            raise
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        self._listener.listen(BACKLOG)
-        self._listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ, "listener")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._write_pid_file()
+        try:
+            os.chmod(self.path, 0o600)
+            self._listener.listen(BACKLOG)
+            self._listener.setblocking(False)
+            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
+            self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            self._write_pid_file()
+        except BaseException:  # e.g. the pid file cannot be put in place: no socket is left
+            for closing in (self._listener, self._selector, self._wake_r, self._wake_w):
+                closing.close()
+            self.path.unlink(missing_ok=True)
+            raise
         self._thread = threading.Thread(target=self._loop, name="esper-control", daemon=True)
         self._thread.start()
 

@@ -9,6 +9,7 @@ An entry whose recording has gone is pruned; an unreadable one is skipped; neith
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -63,7 +64,8 @@ def registered_runs() -> dict[Path, str]:
             continue
         recording = Path(data["recording"])
         if not recording.is_file():
-            entry.unlink(missing_ok=True)  # the run's files were removed: so is its entry
+            with contextlib.suppress(OSError):  # (a read-only registry keeps it: not fatal)
+                entry.unlink(missing_ok=True)  # the run's files were removed: so is its entry
             continue
         found[recording] = str(data.get("run_id", recording.stem))
     return found

@@ -144,3 +144,18 @@ def test_attach_by_the_id_of_a_run_whose_recording_was_overwritten_is_refused(
     assert registry.register("the-old-run", path, None) is None
     with pytest.raises(RunError, match=f"the-old-run.*now holds run {now}"):
         attach_target("the-old-run", tmp_path / "elsewhere")
+
+
+def test_an_entry_that_cannot_be_pruned_is_not_fatal(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overwatch.cli import main  # noqa: PLC0415
+
+    assert registry.register("gone", tmp_path / "gone.msgpack", None) is None  # never recorded
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)  # e.g. a home mounted read-only
+    monkeypatch.chdir(home)
+    assert main(["ps"]) == 0 and capsys.readouterr().out == "no runs\n"

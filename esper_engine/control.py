@@ -37,7 +37,13 @@ from pathlib import Path
 import msgspec
 
 from esper_engine.contracts import OperatorCommand, decode_command, encode
-from esper_engine.run_files import UnsafeFileError, open_owned, read_owned, write_exclusive
+from esper_engine.run_files import (
+    UnsafeFileError,
+    open_owned,
+    private_dir,
+    read_owned,
+    write_exclusive,
+)
 
 MAX_FRAME = 4096  # bytes of one command frame; a command is ~50
 MAX_CONSOLE_ID = 64  # characters of the console id a client names itself with
@@ -87,17 +93,6 @@ def log_path(record_path: Path) -> Path:
     return record_path.with_suffix(".control.log")
 
 
-def _private_dir(path: Path) -> Path:
-    """Create (or check) a directory only its owner can enter; refuse anyone else's."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if info.st_uid != os.getuid() or not os.path.isdir(path) or os.path.islink(path):
-        raise OSError(f"{path}: not a directory owned by this user; refusing to use it")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return path
-
-
 def read_pid_file(record_path: Path) -> dict[str, object] | None:
     """The pid file's contents ({"pid": int, "socket": str}), or None without a readable one;
     UnsafeFileError (one line) for one this user does not own, or a link."""
@@ -142,7 +137,7 @@ class ControlServer:
         self._send = send
         self.record_path = record_path
         self.read_timeout = READ_TIMEOUT_S if read_timeout is None else read_timeout
-        directory = _private_dir(socket_dir())
+        directory = private_dir(socket_dir())
         self.path = directory / f"{run_id[:40]}-{os.getpid()}-{secrets.token_hex(3)}.sock"
         self._log_lock = threading.Lock()
         self._peers: dict[int, _Peer] = {}
@@ -151,16 +146,25 @@ class ControlServer:
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
         try:
             self._listener.bind(str(self.path))
+        except BaseException:
+            self._listener.close()
+            raise
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        self._listener.listen(BACKLOG)
-        self._listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector = selectors.DefaultSelector()
-        self._selector.register(self._listener, selectors.EVENT_READ, "listener")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._write_pid_file()
+        try:
+            os.chmod(self.path, 0o600)
+            self._listener.listen(BACKLOG)
+            self._listener.setblocking(False)
+            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
+            self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+            self._write_pid_file()
+        except BaseException:  # e.g. the pid file cannot be put in place: no socket is left
+            for closing in (self._listener, self._selector, self._wake_r, self._wake_w):
+                closing.close()
+            self.path.unlink(missing_ok=True)
+            raise
         self._thread = threading.Thread(target=self._loop, name="esper-control", daemon=True)
         self._thread.start()
 

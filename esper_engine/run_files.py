@@ -72,6 +72,17 @@ def read_owned(path: Path) -> bytes:
         return file.read()
 
 
+def private_dir(path: Path) -> Path:
+    """Create (or check) a directory only its owner can enter (0700); refuse anyone else's."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if info.st_uid != os.getuid() or not stat.S_ISDIR(info.st_mode):  # a link is refused too
+        raise UnsafeFileError(f"{path}: not a directory owned by this user; refusing to use it")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
 def temporary_beside(path: Path) -> tuple[Path, int]:
     """A new file next to ``path``, created exclusively (0600): (its path, a write descriptor)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

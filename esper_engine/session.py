@@ -48,10 +48,13 @@ class TrainingSession:
         resume: ResumePlan | None = None,
         shard: Shard | None = None,
         lock: RunLock | None = None,
+        overwrite: bool = False,
         estimate: RunEstimate | None = None,
     ) -> None:
         """``lock``: the recording's, taken by the caller before anything else (else taken
         here: RunLockedError when a live run holds it); released when the run ends.
+        ``overwrite``: an existing recording at ``record_path`` (and its checkpoint) is removed
+        here, once the run is set up, so a run refused in set-up leaves the old one whole.
         ``resume``: continue that plan's run (its recording is ``record_path``, cut back to the
         checkpoint); ``history`` then holds the recording's events up to the checkpoint.
         ``shard``: the leader's (rank 0's) block when torchrun runs several ranks; such a run
@@ -66,6 +69,9 @@ class TrainingSession:
         self.lock = lock
         resume_at = None if resume is None else resume.recording_bytes
         try:
+            if overwrite and record_path is not None:
+                for old in (record_path, checkpoint_path(record_path)):
+                    old.unlink(missing_ok=True)
             self.recorder = (
                 Recorder(record_path, resume_at=resume_at) if record_path is not None else None
             )
@@ -204,6 +210,7 @@ def prepare_session(
     progress: Callable[[str], None] | None = None,
     shard: Shard | None = None,
     lock: RunLock | None = None,
+    overwrite: bool = False,
 ) -> TrainingSession:
     """Load the task and check the config before any thread starts (errors raise ValueError)."""
     resolve_device(config.device)  # fail fast, before generating or reading any data
@@ -219,6 +226,7 @@ def prepare_session(
         record_path=record_path,
         shard=shard,
         lock=lock,
+        overwrite=overwrite,
         estimate=estimate,
     )
 

@@ -465,6 +465,8 @@ def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
     path = Path(args.record) if args.record else Path(RUNS_DIR) / f"{run_id}.msgpack"
     if path.exists() and path.is_dir():
         raise BadInput(f"--record {path} is a directory")
+    if path.suffix in (".lock", ".pid", ".ckpt"):  # the run's own files beside it would be it
+        raise BadInput(f"--record {path}: {path.suffix} names a run's own file; use .msgpack")
     return path
 
 
@@ -479,7 +481,7 @@ def _console_name(text: str) -> str:
 
 def _take_recording(path: Path, *, overwrite: bool):  # -> RunLock (imported lazily)
     """Lock ``path`` before anything is written; refuse a live run's path (naming its pid) and
-    an existing recording unless ``--overwrite`` (which removes it and its checkpoint)."""
+    an existing recording unless ``--overwrite``."""
     from esper_engine.run_files import RunLock, RunLockedError  # noqa: PLC0415
 
     try:
@@ -488,16 +490,13 @@ def _take_recording(path: Path, *, overwrite: bool):  # -> RunLock (imported laz
         raise BadInput(str(exc)) from None
     except OSError as exc:
         raise BadInput(f"cannot record to {path}: {exc}") from None
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            lock.release()
-            raise BadInput(
-                f"{path} already holds a recording (no live run writes it); "
-                "--overwrite replaces it, --resume continues it"
-            )
-        for old in (path, path.with_suffix(".ckpt")):
-            old.unlink(missing_ok=True)
-    return lock
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        lock.release()
+        raise BadInput(
+            f"{path} already holds a recording (no live run writes it); "
+            "--overwrite replaces it, --resume continues it"
+        )
+    return lock  # with --overwrite, the session removes the old run once it is set up
 
 
 def _release(lock) -> None:
@@ -563,6 +562,7 @@ def _cmd_run_here(
                 progress=_progress,
                 shard=shard,
                 lock=lock,
+                overwrite=args.overwrite,
             )
         except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
             _release(lock)

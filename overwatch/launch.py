@@ -81,7 +81,7 @@ def launch(
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-    return _recorded_exit_code(recording, fallback=code)
+    return _recorded_exit_code(recording, run_id, fallback=code)
 
 
 def _stop_over_socket(recording: Path | None) -> bool:
@@ -102,8 +102,10 @@ def _stop_over_socket(recording: Path | None) -> bool:
     return True
 
 
-def _recorded_exit_code(recording: Path | None, fallback: int) -> int:
-    from esper_engine.contracts import RunFinished, RunStatus  # noqa: PLC0415
+def _recorded_exit_code(recording: Path | None, run_id: str, fallback: int) -> int:
+    """The exit code the recording of run ``run_id`` says; ``fallback`` (torchrun's) when it
+    holds another run (an --overwrite whose ranks failed before replacing it) or none."""
+    from esper_engine.contracts import RunFinished, RunStarted, RunStatus  # noqa: PLC0415
     from esper_engine.recording import RecordingError, read_recording  # noqa: PLC0415
 
     if recording is None or not recording.is_file():
@@ -111,6 +113,8 @@ def _recorded_exit_code(recording: Path | None, fallback: int) -> int:
     try:
         events = read_recording(recording).events
     except RecordingError:
+        return fallback
+    if events and isinstance(events[0], RunStarted) and events[0].run_id != run_id:
         return fallback
     if not events or not isinstance(events[-1], RunFinished):
         return fallback or 1

@@ -9,13 +9,14 @@ An entry whose recording has gone is pruned; an unreadable one is skipped; neith
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import time
 from pathlib import Path
 
-from esper_engine.run_files import UnsafeFileError, read_owned, write_exclusive
+from esper_engine.run_files import private_dir, read_owned, write_exclusive
 
 
 def state_dir() -> Path:
@@ -32,16 +33,6 @@ def _entry_path(run_id: str) -> Path:
     return registry_dir() / (re.sub(r"[^A-Za-z0-9._-]", "_", run_id)[:100] + ".json")
 
 
-def _private(path: Path) -> None:
-    """Create ``path`` (0700) or check it: a directory this user owns, narrowed to 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.lstat()
-    if not path.is_dir() or path.is_symlink() or info.st_uid != os.getuid():
-        raise UnsafeFileError(f"{path}: not a directory owned by this user; refusing to use it")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
-
-
 def register(run_id: str, recording: Path, socket: str | None) -> str | None:
     """Record this process's run; returns why it could not (the run goes on without it)."""
     entry = {
@@ -52,8 +43,8 @@ def register(run_id: str, recording: Path, socket: str | None) -> str | None:
         "started": time.time(),
     }
     try:
-        _private(state_dir())
-        _private(registry_dir())
+        private_dir(state_dir())
+        private_dir(registry_dir())
         write_exclusive(_entry_path(run_id), json.dumps(entry).encode())
     except OSError as exc:
         return f"not registered in {registry_dir()}: {exc}"
@@ -73,7 +64,8 @@ def registered_runs() -> dict[Path, str]:
             continue
         recording = Path(data["recording"])
         if not recording.is_file():
-            entry.unlink(missing_ok=True)  # the run's files were removed: so is its entry
+            with contextlib.suppress(OSError):  # (a read-only registry keeps it: not fatal)
+                entry.unlink(missing_ok=True)  # the run's files were removed: so is its entry
             continue
         found[recording] = str(data.get("run_id", recording.stem))
     return found

@@ -202,13 +202,15 @@ def attach_target(run: str, directory: Path) -> tuple[Path, str]:
     path = Path(run)
     if not path.is_file():
         path = directory / f"{run}{RECORDING_SUFFIX}"
-    if not path.is_file():
-        path = find_registered(run) or path
+    registered = None if path.is_file() else find_registered(run)
+    path = registered or path
     if not path.is_file():
         raise RunError(
             f"no such run: {run} (not a recording, nor {path}, nor a run in {registry_dir()})"
         )
-    info = run_info(path)
+    info = run_info(path, run if registered else None)
+    if registered and run not in (info.run_id, path.stem):  # --overwrite reused its recording
+        raise RunError(f"no such run: {run} ({path} now holds run {info.run_id})")
     if info.warning is not None:
         raise RunError(info.warning)
     if info.attachable and info.socket is not None:

@@ -249,3 +249,13 @@ def test_the_server_refuses_a_raw_name_and_logs_nothing_raw(
     assert "\x1b" not in log and "pwned" not in log
     consoles = [e.console for e in read_recording(session.record_path) if type(e) is CommandAck]
     assert consoles and all(c.isprintable() for c in consoles)
+
+
+def test_a_socket_whose_pid_file_cannot_be_written_is_not_left_behind(
+    tmp_path: Path, socket_dir: Path
+) -> None:
+    record = tmp_path / "run.msgpack"
+    pid_path(record).mkdir()  # the pid file cannot be put in place
+    with pytest.raises(OSError):
+        control.ControlServer(lambda command, reply=None: 1, record, "run")
+    assert list(socket_dir.iterdir()) == []

@@ -16,7 +16,7 @@ from esper_engine.contracts import CommandAck, Pause, Resume
 from esper_engine.control import ControlClient, read_pid_file
 from esper_engine.recording import read_recording
 from overwatch import registry
-from overwatch.runs import attach_target
+from overwatch.runs import RunError, attach_target
 from tests.console.test_run_ownership import FLAGS, ROOT, finish, wait_until
 
 
@@ -129,5 +129,33 @@ def test_an_unusable_state_directory_is_said_and_never_fatal(
     monkeypatch.setenv("XDG_STATE_HOME", str(blocker / "state"))  # under a file
     problem = registry.register("r", tmp_path / "r.msgpack", None)
     assert problem is not None and problem.startswith("not registered in")
+    monkeypatch.chdir(home)
+    assert main(["ps"]) == 0 and capsys.readouterr().out == "no runs\n"
+
+
+def test_attach_by_the_id_of_a_run_whose_recording_was_overwritten_is_refused(
+    tmp_path: Path, home: Path
+) -> None:
+    from tests.console.test_ps import copy_recording  # noqa: PLC0415
+
+    path = tmp_path / "reused.msgpack"
+    copy_recording(path, finished=False)  # another run now records here (--overwrite)
+    now = read_recording(path).events[0].run_id
+    assert registry.register("the-old-run", path, None) is None
+    with pytest.raises(RunError, match=f"the-old-run.*now holds run {now}"):
+        attach_target("the-old-run", tmp_path / "elsewhere")
+
+
+def test_an_entry_that_cannot_be_pruned_is_not_fatal(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overwatch.cli import main  # noqa: PLC0415
+
+    assert registry.register("gone", tmp_path / "gone.msgpack", None) is None  # never recorded
+
+    def read_only(self: Path, missing_ok: bool = False) -> None:
+        raise PermissionError(13, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "unlink", read_only)  # e.g. a home mounted read-only
     monkeypatch.chdir(home)
     assert main(["ps"]) == 0 and capsys.readouterr().out == "no runs\n"

@@ -242,3 +242,48 @@ def test_resume_of_a_missing_recording_creates_nothing(
     assert main(["run", "--headless", "--resume", str(missing)]) == 2
     assert "no such recording" in capsys.readouterr().err
     assert not missing.parent.exists()
+
+
+def test_overwrite_keeps_the_old_recording_until_the_new_run_is_set_up(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from esper_engine.checkpoint import checkpoint_path  # noqa: PLC0415
+    from overwatch.cli import main  # noqa: PLC0415
+
+    path = tmp_path / "kept.msgpack"
+    code, err = finish(overwatch(["run", "--headless", *FLAGS, "--record", str(path)], env))
+    assert code == 0, err
+    kept, ckpt = path.read_bytes(), checkpoint_path(path).read_bytes()
+    # --overwrite with a device this machine lacks: refused in set-up, nothing of the old run lost
+    args = ["run", "--headless", *FLAGS, "--record", str(path), "--overwrite"]
+    assert main([*args, "--device", "cuda:99"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert path.read_bytes() == kept and checkpoint_path(path).read_bytes() == ckpt
+    assert not lock_path(path).exists()
+
+
+@pytest.mark.distributed
+def test_a_sharded_overwrite_refused_in_set_up_fails_and_keeps_the_old_recording(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    path = tmp_path / "kept.msgpack"
+    code, err = finish(overwatch(["run", "--headless", *FLAGS, "--record", str(path)], env))
+    assert code == 0, err
+    kept = path.read_bytes()
+    args = [*FLAGS, "--record", str(path), "--overwrite", "--device", "cuda:99"]
+    code, err = finish(overwatch(["run", "--nprocs", "2", "--headless", *args], env))
+    assert code != 0, err  # not the old run's "completed"
+    assert path.read_bytes() == kept
+
+
+@pytest.mark.parametrize("suffix", [".lock", ".pid", ".ckpt"])
+def test_a_recording_named_like_its_own_lock_pid_or_checkpoint_is_refused(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overwatch.cli import main  # noqa: PLC0415
+
+    path = tmp_path / f"run{suffix}"  # its pid file or checkpoint would replace it
+    assert main(["run", "--headless", *FLAGS, "--record", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and suffix in err, err
+    assert list(tmp_path.iterdir()) == []

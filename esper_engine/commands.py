@@ -59,12 +59,14 @@ def _clip_rejection(value: object) -> str | None:
 
 
 def acknowledge(
-    command: OperatorCommand, *, accepted: bool, reason: str = "", **common: Any
+    command: OperatorCommand, *, accepted: bool, n_envs: int, reason: str = "", **common: Any
 ) -> CommandAck:
     """The recorded answer to a command (the recording is the operator's audit trail).
 
-    A rejected command's env and value are recorded only when they fit the ack's fields, so a
-    malformed command can never make the recording undecodable.
+    A rejected command's env and value are recorded only when they fit the ack's fields, and
+    its env only when it is one of the run's ``n_envs`` (the reader refuses an event of an env
+    outside the run, recording.DeclaredRange; the reason names what was asked), so a malformed
+    command can never make the recording undecodable.
     """
     value = command.value if isinstance(command, SetClipThreshold) else None
     env = getattr(command, "env", None)  # the env the command named
@@ -77,7 +79,7 @@ def acknowledge(
         value=_as_float(value),
         command_id=command_id if _is_int64(command_id) else 0,
         console=console if isinstance(console, str) else "",
-        **{**common, "env": int(env) if _is_int64(env) else None},
+        **{**common, "env": int(env) if _is_int(env) and 0 <= env < n_envs else None},
     )
 
 

@@ -562,7 +562,13 @@ class VectorizedTrainer:
             reason = rejection(command, self.config.n_envs, paused)
             if reason is not None:
                 self.sink.emit(
-                    acknowledge(command, accepted=False, reason=reason, **self._common(None))
+                    acknowledge(
+                        command,
+                        accepted=False,
+                        n_envs=self.config.n_envs,
+                        reason=reason,
+                        **self._common(None),
+                    )
                 )
                 continue
             accepted.append(command)
@@ -584,7 +590,9 @@ class VectorizedTrainer:
         elif isinstance(command, Pause | Resume):
             self.paused = isinstance(command, Pause)
         if self.shard.is_leader:
-            self.sink.emit(acknowledge(command, accepted=True, **self._common(None)))
+            self.sink.emit(
+                acknowledge(command, accepted=True, n_envs=self.config.n_envs, **self._common(None))
+            )
         if isinstance(command, Stop):
             raise StopRequested
 
@@ -619,10 +627,13 @@ class VectorizedTrainer:
             self._apply(command)
 
     def _apply(self, command: OperatorCommand) -> None:
-        reason = rejection(command, len(self.envs), self.paused)
+        n_envs = len(self.envs)
+        reason = rejection(command, n_envs, self.paused)
         if reason is not None:
             self.sink.emit(
-                acknowledge(command, accepted=False, reason=reason, **self._common(None))
+                acknowledge(
+                    command, accepted=False, n_envs=n_envs, reason=reason, **self._common(None)
+                )
             )
             return
         if isinstance(command, ForceRollback):
@@ -633,7 +644,7 @@ class VectorizedTrainer:
                 env.set_clip_threshold(command.value)
         elif isinstance(command, Pause | Resume):
             self.paused = isinstance(command, Pause)
-        self.sink.emit(acknowledge(command, accepted=True, **self._common(None)))
+        self.sink.emit(acknowledge(command, accepted=True, n_envs=n_envs, **self._common(None)))
         if isinstance(command, Stop):
             raise StopRequested
 

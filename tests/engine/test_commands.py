@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -10,15 +11,16 @@ import pytest
 from esper_engine.commands import acknowledge, rejection
 from esper_engine.config import MAX_CLIP_THRESHOLD
 from esper_engine.contracts import (
-    EVENT_DECODER,
     CommandAck,
     ForceRollback,
     Pause,
     Resume,
+    RunStarted,
     SetClipThreshold,
     Stop,
-    encode,
 )
+from esper_engine.recording import Recorder, read_recording
+from tests.engine.test_contracts import EVENT_SAMPLES
 
 N_ENVS = 4
 
@@ -72,7 +74,7 @@ def test_something_that_is_not_a_command_is_rejected() -> None:
 
 def test_an_ack_names_the_command_its_value_and_env() -> None:
     command = SetClipThreshold(value=0.25, env=2, command_id=7)
-    ack = acknowledge(command, accepted=True, run_id="r", episode=1, epoch=3)
+    ack = acknowledge(command, accepted=True, n_envs=N_ENVS, run_id="r", episode=1, epoch=3)
     assert ack == CommandAck(
         command="SetClipThreshold",
         accepted=True,
@@ -94,14 +96,25 @@ def test_an_ack_names_the_command_its_value_and_env() -> None:
         SetClipThreshold(value=10**400, env=10**30, command_id=1),
         SetClipThreshold(value="big", env="all", command_id=1),
         ForceRollback(env=-(2**70), command_id=1),
+        ForceRollback(env=N_ENVS, command_id=1),  # one past the last env: a typo, not a forgery
+        ForceRollback(env=-1, command_id=1),
     ],
 )
-def test_a_rejected_ack_always_records_and_decodes(command) -> None:
+def test_a_rejected_ack_always_records_and_decodes(tmp_path: Path, command) -> None:
     reason = rejection(command, N_ENVS, paused=False)
     assert reason is not None
-    ack = acknowledge(command, accepted=False, reason=reason)
-    decoded = EVENT_DECODER.decode(encode(ack))  # what replaying the recording does
+    ack = acknowledge(command, accepted=False, n_envs=N_ENVS, reason=reason)
+    # Read back as replay reads it: the reader refuses an env outside the run's declared range.
+    started = msgspec.structs.replace(
+        EVENT_SAMPLES[RunStarted], env=None, episode=0, epoch=0, n_envs=N_ENVS, episodes=1
+    )
+    ack = msgspec.structs.replace(ack, run_id=started.run_id)
+    recorder = Recorder(tmp_path / "run.ovwrec")
+    recorder.emit(started)
+    recorder.emit(ack)
+    recorder.close()
+    decoded = read_recording(tmp_path / "run.ovwrec").events[-1]
     assert isinstance(decoded, CommandAck) and not decoded.accepted
     assert decoded.reason == reason and decoded.command_id == 1
     assert decoded.value is None or isinstance(decoded.value, float)
-    assert msgspec.structs.asdict(decoded)["env"] in (None, command.env)
+    assert decoded.env is None  # the reason names the env asked for; the field holds only real ones

@@ -490,6 +490,11 @@ def test_the_footer_is_legible_in_16_colours(term: str) -> None:
     console = Console("real_run.msgpack", (160, 30), term=term)
     try:
         console.wait_for("100.0%")
+        # The replay's alerts toast on the footer's line, over its keys: `a` clears them.
+        console.keys("a")
+        wait_until(
+            lambda: "r Rollback" in console.screen().splitlines()[-1], "the footer's keys", 30
+        )
         footer = console.screen(escapes=True).splitlines()[-1]
         assert "38;2" not in footer and "48;2" not in footer  # no 24-bit colour at all
         # live keys bold bright yellow on bright blue, greyed-out keys bright black, not dim;

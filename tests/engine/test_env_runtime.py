@@ -15,6 +15,7 @@ from esper_engine.policy.actions import Action, Op
 from esper_engine.tasks import load_task
 from esper_engine.telemetry import ListSink
 from esper_engine.trainer import VectorizedTrainer
+from tests.engine.test_resume import comparable_events
 
 CONFIG = TrainingConfig(n_envs=2, episodes=2, epochs=3, batches_per_epoch=2, batch_size=16)
 GERMINATE = Action(Op.GERMINATE, slot_index=0, blueprint_index=0)
@@ -82,19 +83,14 @@ def test_the_generator_is_part_of_the_env_state(task):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _events(task, global_seed: int) -> list[bytes]:
+def _events(task, global_seed: int) -> list[str]:
+    """The run's events, timing aside (EpochProgress too: how many follows the wall clock)."""
     torch.manual_seed(global_seed)
     sink = ListSink()
     config = msgspec.structs.replace(CONFIG, policy="ppo")
     VectorizedTrainer(config, sink, run_id="r", task=task).run()
-    out = []
-    for event in sink.events:
-        fields = msgspec.to_builtins(event)
-        for name in ("wall_time", "samples_per_s", "cost_ratio"):
-            fields.pop(name, None)
-        out.append(msgspec.json.encode(fields))
     assert any(isinstance(e, SeedTransition) for e in sink.events)  # seeds were drawn
-    return out
+    return comparable_events(sink.events)
 
 
 def test_a_run_does_not_read_the_global_random_stream(task):

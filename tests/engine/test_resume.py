@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
@@ -18,6 +19,7 @@ from esper_engine.config import LifecycleConfig, TrainingConfig
 from esper_engine.contracts import (
     EpochProgress,
     EpochSummary,
+    Event,
     ForceRollback,
     RunFinished,
     RunResumed,
@@ -50,11 +52,16 @@ def task():
 
 
 def comparable(path: Path, *ignored: str) -> list[str]:
-    """The recording's events without RunResumed and EpochProgress (how many of those there are
-    depends on the wall clock) and without the fields that measure time (and the ``ignored``
-    ones), as JSON text: a NaN loss then equals the same NaN loss."""
+    """The recording's events as ``comparable_events`` gives them."""
+    return comparable_events(read_recording(path).events, *ignored)
+
+
+def comparable_events(events: Iterable[Event], *ignored: str) -> list[str]:
+    """The events without RunResumed and EpochProgress (how many of those there are depends on
+    the wall clock) and without the fields that measure time (and the ``ignored`` ones), as
+    JSON text: a NaN loss then equals the same NaN loss."""
     out = []
-    for event in read_recording(path).events:
+    for event in events:
         if isinstance(event, RunResumed | EpochProgress):
             continue
         fields = msgspec.to_builtins(event)

@@ -48,9 +48,12 @@ from esper_engine.distributed import (
     LeaderPolicy,
     Shard,
     WorkerPolicy,
+    agree,
     forward_events,
+    gather_env_states,
     report_crash,
     send_commands,
+    share_resume_state,
     watch,
 )
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
@@ -136,6 +139,7 @@ class VectorizedTrainer:
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = Exchange(self.shard) if self.shard.distributed else None
         self._watch = None  # sharded: the leader's watchdog or a worker's heartbeat
+        self._checkpointing = checkpoint is not None  # sharded: the leader's, on every rank
 
     # --- the story ----------------------------------------------------------------------------
 
@@ -383,17 +387,23 @@ class VectorizedTrainer:
         """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
         starts, with the recording's length at this point (its events are all written)."""
         every = self.config.checkpoint_every
-        if self.exchange is not None:  # not built: a checkpoint of every rank's envs
-            return
         done = next_episode * self.config.epochs + next_epoch  # epochs finished so far
-        if self._checkpoints is None or not every or done % every:
+        if not self._checkpointing or not every or done % every:
+            return
+        join_env_streams(env.state for env in self.envs)
+        envs = [env.state_dict() for env in self.envs]
+        if self.exchange is not None:  # sharded: the leader writes every env's state
+            envs = gather_env_states(self.exchange, envs)
+        if self._checkpoints is None:  # a worker: its envs went to the leader
             return
         length = self._recording_bytes() if self._recording_bytes is not None else 0
-        join_env_streams(env.state for env in self.envs)
-        self._checkpoints.submit(self.checkpoint_state(next_episode, next_epoch, length))
+        self._checkpoints.submit(self.checkpoint_state(next_episode, next_epoch, length, envs))
 
-    def checkpoint_state(self, episode: int, epoch: int, recording_bytes: int) -> dict[str, Any]:
-        """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12)."""
+    def checkpoint_state(
+        self, episode: int, epoch: int, recording_bytes: int, envs: list[dict] | None = None
+    ) -> dict[str, Any]:
+        """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12); ``envs``:
+        every env's state when they are not all here (a sharded run's leader)."""
         # No global random stream: every env's generator is in its state, the loader's and the
         # policy's in theirs.
         return {
@@ -406,7 +416,7 @@ class VectorizedTrainer:
             "updates": self._updates,
             "recording_bytes": recording_bytes,
             "batches": self.batches.state_dict(),
-            "envs": [env.state_dict() for env in self.envs],
+            "envs": [env.state_dict() for env in self.envs] if envs is None else envs,
             "policy": self.policy.state_dict(),
         }
 
@@ -417,7 +427,8 @@ class VectorizedTrainer:
         for env, env_state in zip(self.envs, state["envs"], strict=True):
             env.load_state_dict(env_state)
         self.batches.load_state_dict(state["batches"])
-        self.policy.load_state_dict(state["policy"])
+        if "policy" in state:  # a worker's part has none: the policy lives on the leader
+            self.policy.load_state_dict(state["policy"])
         self._updates = int(state["updates"])
         self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
         self._start = (self.episode, self.epoch)
@@ -603,9 +614,14 @@ class VectorizedTrainer:
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
         self.policy = self._policy(slot_ids)
         self._updates = 0
-        if self._resume_from is not None:
-            self._restore(self._resume_from)
-            self._resume_from = None  # its tensors now live in the run; let the dict go
+        resume_from, self._resume_from = self._resume_from, None  # the run will hold its tensors
+        if self.exchange is not None:  # the leader read the checkpoint; each rank gets its part
+            self._checkpointing = agree(self.exchange, self._checkpointing)
+            resume_from = share_resume_state(self.exchange, resume_from)
+        if resume_from is not None:
+            self._restore(resume_from)
+            if not self.shard.is_leader:
+                return
             self.sink.emit(
                 RunResumed(
                     **self._common(None),

@@ -459,15 +459,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_here(
-    args: argparse.Namespace, shard=None, config: TrainingConfig | None = None
+    args: argparse.Namespace, shard=None, config: TrainingConfig | None = None, plan=None
 ) -> int:
     """The run in this process: all of it, or rank 0's part of a sharded one (``shard``, with
-    the rank's ``config``)."""
+    the rank's ``config``; ``plan``: the checkpoint a sharded --resume continues)."""
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
     if args.resume is not None:
-        session = _resume_session(args)
+        session = _resume_session(args, plan, shard, config)
         path = session.record_path
         print(f"resuming {path} (run {session.run_id})", file=sys.stderr)
     else:
@@ -492,9 +492,11 @@ def _cmd_run_here(
         if path is not None:
             print(f"recording to {path}", file=sys.stderr)
     if shard is not None:
-        from esper_engine.distributed import init_group  # noqa: PLC0415
+        from esper_engine.distributed import init_group, share_config  # noqa: PLC0415
 
         init_group(shard.timeout_s)
+        if plan is not None:  # the workers have no checkpoint to read the config from
+            share_config(shard.rank, shard.world, plan.config)
     _freeze_loaded()
     if args.headless:
         from overwatch.headless import run_headless  # noqa: PLC0415
@@ -523,20 +525,22 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     """``--nprocs N``: check what can be checked here (one line, exit 2), then torchrun."""
     from overwatch.launch import launch, without_nprocs  # noqa: PLC0415
 
-    if args.resume is not None:
-        raise BadInput("--resume of a run over several processes is not built yet; drop --nprocs")
-    config = config_from_args(args)
-    if args.print_config:
-        sys.stdout.write(to_toml(config))
-        return EXIT_OK
+    if args.resume is not None:  # checked here, read again by rank 0
+        plan = _resume_plan(args)
+        config, run_id, path = plan.config, plan.run_id, plan.recording
+    else:
+        config = config_from_args(args)
+        if args.print_config:
+            sys.stdout.write(to_toml(config))
+            return EXIT_OK
+        run_id = new_run_id()
+        path = record_path(args, run_id)
     if config.n_envs < args.nprocs:
         raise BadInput(
             f"--nprocs {args.nprocs}: more processes than the run's {config.n_envs} envs"
         )
-    run_id = new_run_id()
-    path = record_path(args, run_id)
     run_args = without_nprocs(sys.argv[2:] if args.argv is None else args.argv)
-    if path is not None and args.record is None:
+    if path is not None and args.record is None and args.resume is None:
         run_args += ["--record", str(path)]
     return launch(args.nprocs, run_args, run_id, path, headless=args.headless)
 
@@ -549,7 +553,7 @@ def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     if rank != 0:
         _silence()
     if args.resume is not None:
-        raise BadInput("--resume of a run over several processes is not built yet")
+        return _resume_rank(args, rank, world)
     config = config_from_args(args)
     if args.print_config:
         if rank == 0:
@@ -565,6 +569,28 @@ def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     return _run_worker(config, shard)
 
 
+def _resume_rank(args: argparse.Namespace, rank: int, world: int) -> int:
+    """One rank of a sharded ``--resume``: rank 0 reads the checkpoint and sends the workers
+    the config, then each its envs' states; a worker reads no file (it may be on another
+    machine). Any number of ranks up to the envs resumes any run: the checkpoint is per env."""
+    from esper_engine.distributed import Shard, init_group, rank_device, share_config  # noqa: PLC0415
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if rank == 0:
+        plan = _resume_plan(args)
+        config = plan.config
+    else:
+        init_group(args.dist_timeout)
+        config = share_config(rank, world, None)
+    if config.n_envs < world:
+        raise BadInput(f"{world} processes: more than the run's {config.n_envs} envs")
+    shard = Shard(rank, world, config.n_envs, args.dist_timeout)
+    config = msgspec.structs.replace(config, device=rank_device(config.device, local_rank))
+    if rank == 0:
+        return _cmd_run_here(args, shard, config, plan)
+    return _run_worker(config, shard)
+
+
 def _check_restart(path: Path | None) -> None:
     """A rank torchrun restarted must not overwrite the recording of the run it replaces."""
     from esper_engine.distributed import restart_count  # noqa: PLC0415
@@ -572,7 +598,7 @@ def _check_restart(path: Path | None) -> None:
     if restart_count() > 0 and path is not None and path.exists():
         raise BadInput(
             f"torchrun restarted the ranks: {path} exists and is not overwritten "
-            "(--resume is single-process; start again with another --record)"
+            "(continue it with --resume, or start again with another --record)"
         )
 
 
@@ -610,15 +636,33 @@ def _silence() -> None:
     os.close(devnull)
 
 
-def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported lazily)
-    """The session continuing ``--resume RECORDING``; every refusal is one line (exit 2).
+def _resume_session(
+    args: argparse.Namespace, plan=None, shard=None, config: TrainingConfig | None = None
+):  # -> TrainingSession (imported lazily)
+    """The session continuing ``--resume RECORDING`` (``plan``, when already read); every
+    refusal is one line (exit 2). ``shard``, ``config``: rank 0's of a sharded resume."""
+    from esper_engine.checkpoint import CheckpointError  # noqa: PLC0415
+    from esper_engine.session import prepare_resume  # noqa: PLC0415
+    from esper_engine.tasks import DataError  # noqa: PLC0415
+
+    plan = plan or _resume_plan(args)
+    try:
+        return prepare_resume(plan, progress=_progress, shard=shard, config=config)
+    except CheckpointError as exc:
+        raise BadInput(str(exc)) from None
+    except (DataError, ValueError) as exc:
+        raise BadInput(str(exc)) from None
+    except OSError as exc:
+        raise BadInput(f"cannot resume {args.resume}: {exc.strerror}") from None
+
+
+def _resume_plan(args: argparse.Namespace):  # -> ResumePlan (imported lazily)
+    """``--resume RECORDING``'s recording and checkpoint, checked; every refusal is one line.
 
     The checkpoint's config is the run's: a flag that would change it is refused rather than
     ignored, since the resumed events must be the ones the original run would have made.
     """
     from esper_engine.checkpoint import CheckpointError, plan_resume  # noqa: PLC0415
-    from esper_engine.session import prepare_resume  # noqa: PLC0415
-    from esper_engine.tasks import DataError  # noqa: PLC0415
 
     given = vars(args)
     clashing = [f"--{dest.replace('_', '-')}" for dest in FLAG_FIELDS if dest in given]
@@ -638,11 +682,8 @@ def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported l
             f"--resume continues with the checkpoint's config; drop {', '.join(clashing)}"
         )
     try:
-        plan = plan_resume(args.resume)
-        return prepare_resume(plan, progress=_progress)
+        return plan_resume(args.resume)
     except CheckpointError as exc:
-        raise BadInput(str(exc)) from None
-    except (DataError, ValueError) as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:
         raise BadInput(f"cannot resume {args.resume}: {exc.strerror}") from None

@@ -19,6 +19,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from esper_engine.checkpoint import HOLD_ENV, checkpoint_path
 from esper_engine.contracts import (
     CommandAck,
     EpochSummary,
@@ -28,6 +29,7 @@ from esper_engine.contracts import (
     Pause,
     Resume,
     RunFinished,
+    RunResumed,
     RunStatus,
     Stop,
 )
@@ -256,3 +258,54 @@ def test_a_restarted_rank_0_never_overwrites_the_recording(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not overwritten" in err[0], err
     assert path.read_bytes() == b"the first attempt's recording"
+
+
+def _kill_run(launcher: subprocess.Popen, run_id: str) -> None:
+    """kill -9 the launcher, torchrun and every rank of ``run_id`` (no one cleans up)."""
+    launcher.kill()
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and f"OVERWATCH_RUN_ID={run_id}".encode() in environ:
+            os.kill(int(entry.name), signal.SIGKILL)
+    launcher.wait(30)
+
+
+def test_a_killed_sharded_run_resumes_to_the_events_of_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the launcher, torchrun and both ranks (each held at its 7th batch: the 4th
+    epoch, after 3 checkpoints), then `--nprocs 2 --resume`: the same events, env by env."""
+    run = ["--policy", "ppo", "--n-envs", "3", "--episodes", "2", "--epochs", "3", *TINY]
+    reference, killed = tmp_path / "reference.msgpack", tmp_path / "killed.msgpack"
+    marker, run_id = tmp_path / "held", f"resume-{secrets.token_hex(3)}"
+    uninterrupted = launch(tmp_path, *run, "--record", str(reference))
+    assert finish(uninterrupted, timeout=120)[0] == 0
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "overwatch", "run", "--nprocs", "2", "--headless", *run]
+        + ["--record", str(killed)],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1", OVERWATCH_RUN_ID=run_id)
+        | {HOLD_ENV: f"train-batch:7:{marker}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(marker.exists, "a rank held at its 7th batch", timeout=120)
+    _kill_run(victim, run_id)
+    assert checkpoint_path(killed).exists()
+    assert not any(isinstance(e, RunFinished) for e in events(killed))
+    resumed = launch(tmp_path, "--resume", str(killed))
+    code, stderr = finish(resumed, timeout=120)
+    assert code == 0, stderr
+    recorded = read_recording(killed).events
+    (resumed_at,) = [e for e in recorded if isinstance(e, RunResumed)]
+    assert (resumed_at.from_episode, resumed_at.from_epoch) > (0, 0)  # from a checkpoint
+    assert len({e.run_id for e in recorded}) == 1  # the killed run's id, kept
+    assert recorded[-1].status is RunStatus.COMPLETED
+    one, two = per_env(reference), per_env(killed)
+    two[None] = [line for line in two[None] if '"RunResumed"' not in line]
+    assert sorted(one, key=str) == sorted(two, key=str)
+    for env in one:
+        assert one[env] == two[env], f"env {env}"

@@ -17,6 +17,7 @@ import math
 import msgspec
 
 from esper_engine.faults import check_faults
+from esper_engine.host_presets import resolve_host
 from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE
 
 TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
@@ -239,6 +240,29 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
         return self.imitation_coef * max(0.0, 1.0 - ppo_round / self.imitation_rounds)
 
 
+class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """The host network each env trains (esper_engine/host_presets.py): a preset, and sizes that
+    override it. A size for the other host kind is refused; slots follow the host."""
+
+    preset: str | None = None
+    """tiny | small | base (None: the task's default: tiny on the embedded tasks, base on
+    cifar10, small on tinystories). The README's host section gives each one's size."""
+    widths: tuple[int, ...] | None = None
+    """CNN block widths, one slot after each block (channels, 1-5 blocks; None: the preset's)."""
+    d_model: int | None = None
+    """Transformer width (units, a multiple of n_heads; None: the preset's)."""
+    n_layers: int | None = None
+    """Transformer decoder layers (a multiple of layers_per_segment; None: the preset's)."""
+    n_heads: int | None = None
+    """Transformer attention heads per layer (a count; None: the preset's)."""
+    layers_per_segment: int | None = None
+    """Transformer layers between two slots: n_layers / this slots (None: the preset's)."""
+
+    def validate(self, task: str) -> None:
+        """One-line ValueErrors naming the ``host.`` key (the sizes depend on the task's kind)."""
+        resolve_host(self, task)
+
+
 class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Every knob of a run: checked by ``validate()``, recorded whole in ``RunStarted.config``."""
 
@@ -316,6 +340,9 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     checkpoint_every: int = 1
     """Epochs between checkpoints next to the recording (epochs; 0 disables; a run without a
     recording writes none). ``overwatch run --resume`` continues from the latest one."""
+    # --- the host (appended; issue 23) ---
+    host: HostConfig = HostConfig()
+    """The host network: a preset and its sizes."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
@@ -359,6 +386,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
                 getattr(self, group).validate()
             except ValueError as exc:
                 raise ValueError(f"{group}.{exc}") from None
+        self.host.validate(self.task)
 
     def _validate_max_grad_norm(self) -> None:
         value = self.max_grad_norm

@@ -89,6 +89,8 @@ def describe(tp: Any) -> str:
         text = "a number"
     elif base is str:
         text = "a string"
+    elif typing.get_origin(base) is tuple and _item_type(base) is int:
+        text = "a list of integers (32,64 or [32, 64])"
     elif typing.get_origin(base) is tuple:
         text = 'a list of strings (a,b or ["a", "b"])'
     else:  # pragma: no cover - every field type is one of the above (test_config_io checks)
@@ -170,9 +172,23 @@ def parse_text(text: str, tp: Any, where: str) -> Any:
             raise bad from None
     elif typing.get_origin(base) is tuple:
         value = _parse_list(stripped, bad)
+        if _item_type(base) is int and not stripped.startswith("["):
+            value = _int_items(value, bad)
     else:
         value = text
     return _convert(value, tp, where)
+
+
+def _item_type(tp: Any) -> Any:
+    """The item type of a ``tuple[X, ...]`` field."""
+    return typing.get_args(tp)[0]
+
+
+def _int_items(items: list[Any], bad: ConfigError) -> list[int]:
+    try:
+        return [int(item) for item in items]
+    except ValueError:
+        raise bad from None
 
 
 def _parse_list(text: str, bad: ConfigError) -> list[Any]:

@@ -17,7 +17,7 @@ import torch
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Initiator
 from esper_engine.governor import TolariaGovernor
-from esper_engine.model import MorphogeneticModel, create_model
+from esper_engine.model import MorphogeneticModel, create_model, run_host_spec
 from esper_engine.policy.actions import Action, Op
 from esper_engine.policy.observation import EnvObservation, SlotObservation
 from esper_engine.tasks import Task
@@ -128,6 +128,7 @@ class EnvRuntime:
                 min_prune_age=lifecycle.min_prune_age,
                 min_training_epochs=lifecycle.min_training_epochs,
                 embargo_epochs=lifecycle.embargo_epochs,
+                spec=run_host_spec(self.config, self.task),
             )
 
     def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from esper_engine.contracts import Initiator, SeedTransition, SlotState
+from esper_engine.host_presets import HostSpec, resolve_host
 from esper_engine.hosts import CNNHost, TransformerHost
 from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE, SeedStage
 from esper_engine.slots import DEFAULT_EMBARGO_EPOCHS, DEFAULT_MIN_TRAINING_EPOCHS, SeedSlot
@@ -274,14 +275,20 @@ def create_model(
     min_prune_age: int = DEFAULT_MIN_PRUNE_AGE,
     min_training_epochs: int = DEFAULT_MIN_TRAINING_EPOCHS,
     embargo_epochs: int = DEFAULT_EMBARGO_EPOCHS,
+    spec: HostSpec | None = None,
     **host_kwargs: Any,
 ) -> MorphogeneticModel:
     """Build the task's host with seed slots, on ``device``.
 
     Only ``task.host_kind``, ``task.num_classes`` and (for language models) ``task.seq_len`` are
-    read. ``host_kwargs`` go to the host (e.g. ``widths`` for the CNN, ``d_model`` for the LM).
+    read. The host's sizes come from ``spec`` (``run_host_spec``) or ``host_kwargs`` (e.g.
+    ``widths`` for the CNN, ``d_model`` for the LM); with neither, the ``tiny`` host.
     """
     dev = resolve_device(device)
+    if spec is not None:
+        if spec.kind != task.host_kind:
+            raise ValueError(f"a {spec.kind} host spec for a {task.host_kind} task")
+        host_kwargs = {**spec.host_kwargs(), **host_kwargs}
     if task.host_kind == "cnn":
         host: CNNHost | TransformerHost = CNNHost(num_classes=task.num_classes, **host_kwargs)
     elif task.host_kind == "transformer":
@@ -297,6 +304,11 @@ def create_model(
         min_training_epochs=min_training_epochs,
         min_prune_age=min_prune_age,
     ).to(dev)
+
+
+def run_host_spec(config: Any, task: Any) -> HostSpec:
+    """The host a run's config (``TrainingConfig``) trains on ``task``."""
+    return resolve_host(config.host, task.name, task.host_kind)
 
 
 def _select_slots(known: list[str], slots: Sequence[str] | None) -> list[str]:

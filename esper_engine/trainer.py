@@ -59,7 +59,7 @@ from esper_engine.distributed import (
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
 from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
 from esper_engine.lifecycle import SeedStage
-from esper_engine.model import create_model
+from esper_engine.model import create_model, run_host_spec
 from esper_engine.policy.driver import PolicyDriver
 from esper_engine.policy.observation import EnvObservation
 from esper_engine.policy.policy_file import policy_path, read_policy_file, write_policy_file
@@ -86,7 +86,7 @@ def validate_run(config: TrainingConfig, task: Task) -> None:
     config.validate()
     check_samples("training set", task.train_x, task.train_y)
     check_samples("validation set", task.val_x, task.val_y)
-    model = create_model(task, config.device, slots=config.slots)
+    model = create_model(task, config.device, slots=config.slots, spec=run_host_spec(config, task))
     if config.policy == "ppo" and config.ppo.init_file is not None:  # refused before it starts
         driver = PolicyDriver(
             "ppo",

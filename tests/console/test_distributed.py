@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -306,6 +307,46 @@ def test_a_killed_sharded_run_resumes_to_the_events_of_an_uninterrupted_one(
     assert recorded[-1].status is RunStatus.COMPLETED
     one, two = per_env(reference), per_env(killed)
     two[None] = [line for line in two[None] if '"RunResumed"' not in line]
+    assert sorted(one, key=str) == sorted(two, key=str)
+    for env in one:
+        assert one[env] == two[env], f"env {env}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_record_the_events_of_one_process(tmp_path: Path) -> None:
+    """The README's multi-node launch: two torchrun launchers (one rank each), a c10d
+    rendezvous on 127.0.0.1, each in its own directory, as two machines would be."""
+    run = ["--task", "synthetic-stories", "--n-envs", "2", "--episodes", "1", "--epochs", "3"]
+    port, nodes = _free_port(), [tmp_path / "node-a", tmp_path / "node-b"]
+    launchers = []
+    for node in nodes:
+        node.mkdir()
+        launchers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes=2"]
+                + ["--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-id=two-{port}"]
+                + [f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "overwatch", "run", "--headless"]
+                + [*run, *TINY, "--record", "run.msgpack"],
+                cwd=node,
+                env=dict(os.environ, OMP_NUM_THREADS="1"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    single = tmp_path / "one.msgpack"
+    assert cli.main(["run", "--headless", *run, *TINY, "--record", str(single)]) == 0
+    for launcher in launchers:
+        code, stderr = finish(launcher, timeout=120)
+        assert code == 0, stderr
+    (recorded,) = [node / "run.msgpack" for node in nodes if (node / "run.msgpack").exists()]
+    assert read_recording(recorded).events[-1].ranks == 2  # rank 0's node alone records
+    one, two = per_env(single), per_env(recorded)
     assert sorted(one, key=str) == sorted(two, key=str)
     for env in one:
         assert one[env] == two[env], f"env {env}"

@@ -329,7 +329,8 @@ class VectorizedTrainer:
             seed=attribution_seed(self.config.seed, env.index, self.episode, epoch),
         )
         on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
-        attribution = engine.attribute(self.val_batches, env.val_pass_s if on_cpu else None)
+        batches = self.val_batches[: self.config.attribution_batches or None]  # 0: all
+        attribution = engine.attribute(batches, env.val_pass_s if on_cpu else None)
         for slot_id, value in attribution.shapley.items():
             env.model.slots[slot_id].contribution = value
         self.sink.emit(msgspec.structs.replace(attribution, **self._common(env.index)))

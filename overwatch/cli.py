@@ -364,7 +364,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="continue a stopped, crashed or killed run from its checkpoint (RECORDING.ckpt), "
         "with the checkpoint's config and run id, appending to RECORDING; only --headless, "
-        "--refresh-hz and --on-hangup may go with it",
+        "--refresh-hz, --on-hangup, --nprocs and --dist-timeout may go with it (any --nprocs "
+        "up to the envs resumes any run)",
     )
     rec = run.add_mutually_exclusive_group()
     rec.add_argument(

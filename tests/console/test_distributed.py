@@ -350,3 +350,10 @@ def test_two_nodes_on_one_machine_record_the_events_of_one_process(tmp_path: Pat
     assert sorted(one, key=str) == sorted(two, key=str)
     for env in one:
         assert one[env] == two[env], f"env {env}"
+
+
+def test_a_sharded_resume_of_a_missing_run_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing.msgpack"
+    assert cli.main(["run", "--nprocs", "2", "--headless", "--resume", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such recording" in err[0], err

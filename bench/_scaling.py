@@ -51,7 +51,7 @@ def run_once(shape: ScalingShape, nprocs: int, directory: Path, name: str) -> Sc
         "--n-envs", str(shape.n_envs), "--epochs", str(shape.epochs), "--episodes", "1",
         "--batches-per-epoch", str(shape.batches_per_epoch),
         "--set", f"batch_size={shape.batch_size}", "--set", "checkpoint_every=0",
-        "--record", str(path),
+        "--record", str(path), "--overwrite",  # each round replaces the last round's
     ] + (["--nprocs", str(nprocs)] if nprocs > 1 else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=directory)

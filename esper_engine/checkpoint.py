@@ -28,6 +28,7 @@ import torch
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import RunFinished, RunStarted, RunStatus
 from esper_engine.recording import RecordingError, read_recording
+from esper_engine.run_files import UnsafeFileError, open_owned, temporary_beside
 from esper_engine.state_file import read_state_file
 
 CHECKPOINT_FORMAT = 2  # of the checkpoint's layout; bumped when a part's state changes shape
@@ -52,9 +53,9 @@ def checkpoint_path(recording: str | os.PathLike[str]) -> Path:
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: the old file stays whole until the rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp, fd = temporary_beside(path)  # created exclusively: never a planted file or link
     try:
-        with open(tmp, "wb") as file:
+        with os.fdopen(fd, "wb") as file:
             torch.save(state, file)
             file.flush()
             os.fsync(file.fileno())
@@ -171,6 +172,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's state; CheckpointError (one line) for a missing, foreign or unsafe file."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint (checkpoint_every 0, or no epoch finished)")
+    try:
+        os.close(open_owned(path))  # another user's checkpoint is never loaded
+    except OSError as exc:
+        message = str(exc) if isinstance(exc, UnsafeFileError) else f"{path}: {exc}"
+        raise CheckpointError(message) from None
     return _unshared(read_state_file(path, CheckpointError, "checkpoint", CHECKPOINT_FORMAT))
 
 

@@ -39,6 +39,7 @@ import msgspec
 
 from esper_engine import contracts
 from esper_engine.contracts import Attribution, Event, RunStarted
+from esper_engine.run_files import open_owned
 
 MAGIC = b"OVWREC\x00"
 FORMAT_VERSION = 2  # of the file layout; contracts.SCHEMA_VERSION versions the events themselves
@@ -128,10 +129,14 @@ class Recorder:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         if resume_at is None:
-            self._file = open(self.path, "wb")  # closed by close()
+            # Created exclusively: an existing recording (another run's) is never overwritten
+            # here (FileExistsError); the CLI removes one only when the user says --overwrite.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._file = os.fdopen(os.open(self.path, flags, 0o644), "wb")  # closed by close()
             self._file.write(MAGIC + bytes([FORMAT_VERSION]))
         else:
-            self._file = open(self.path, "r+b")  # closed by close()
+            fd = open_owned(self.path, os.O_RDWR)  # only this user's own recording is cut back
+            self._file = os.fdopen(fd, "r+b")  # closed by close()
             if resume_at < HEADER_SIZE or self._file.read(HEADER_SIZE)[: len(MAGIC)] != MAGIC:
                 self._file.close()
                 raise RecordingError(f"{self.path}: not a recording to resume at {resume_at}")

@@ -28,6 +28,7 @@ from esper_engine.control import ControlServer
 from esper_engine.distributed import Shard
 from esper_engine.model import resolve_device
 from esper_engine.recording import Recorder, read_recording
+from esper_engine.run_files import RunLock
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import FanOutSink, QueueSink
 from esper_engine.trainer import VectorizedTrainer, validate_run
@@ -45,8 +46,11 @@ class TrainingSession:
         record_path: Path | None = None,
         resume: ResumePlan | None = None,
         shard: Shard | None = None,
+        lock: RunLock | None = None,
     ) -> None:
-        """``resume``: continue that plan's run (its recording is ``record_path``, cut back to the
+        """``lock``: the recording's, taken by the caller before anything else (else taken
+        here: RunLockedError when a live run holds it); released when the run ends.
+        ``resume``: continue that plan's run (its recording is ``record_path``, cut back to the
         checkpoint); ``history`` then holds the recording's events up to the checkpoint.
         ``shard``: the leader's (rank 0's) block when torchrun runs several ranks; its
         checkpoint holds every rank's envs (the workers send theirs)."""
@@ -55,10 +59,18 @@ class TrainingSession:
         self.run_id = run_id
         self.record_path = record_path
         self.events = QueueSink(maxsize=config.event_queue_size)
+        if lock is None and record_path is not None:
+            lock = RunLock.acquire(record_path)  # before anything is written
+        self.lock = lock
         resume_at = None if resume is None else resume.recording_bytes
-        self.recorder = (
-            Recorder(record_path, resume_at=resume_at) if record_path is not None else None
-        )
+        try:
+            self.recorder = (
+                Recorder(record_path, resume_at=resume_at) if record_path is not None else None
+            )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
         self.history: list[TelemetryEvent] = (
             [] if resume is None else list(read_recording(resume.recording).events)
         )
@@ -81,6 +93,9 @@ class TrainingSession:
         self.finished: RunFinished | None = None
         self.control: ControlServer | None = None  # the socket attached consoles send to
         self.control_error: str | None = None  # why the run has none (it trains anyway)
+        # Told the control socket's path (None: no socket) as the run starts: the CLI's run
+        # registry, so `overwatch ps` and `attach` find the run from any directory.
+        self.on_start: Callable[[str | None], None] | None = None
 
     def _run(self) -> None:
         try:
@@ -96,6 +111,8 @@ class TrainingSession:
                 self.control.close()
             if self.recorder is not None:
                 self.recorder.close()
+            if self.lock is not None:
+                self.lock.release()
 
     def start(self) -> None:
         """Start the trainer thread, and a recorded run's control socket (``overwatch attach``)."""
@@ -104,6 +121,8 @@ class TrainingSession:
                 self.control = ControlServer(self.send, self.record_path, self.run_id)
             except OSError as exc:
                 self.control_error = f"no control socket: {exc}"
+            if self.on_start is not None:
+                self.on_start(None if self.control is None else str(self.control.path))
         self._thread.start()
 
     @property
@@ -127,10 +146,14 @@ class TrainingSession:
             return batch
         return self.events.drain(max_items)
 
-    def send(self, command: OperatorCommand) -> int:
-        """Queue a command for the trainer's next safe point; returns its command id."""
+    def send(self, command: OperatorCommand, reply: Callable[[int], bool] | None = None) -> int:
+        """Queue a command for the trainer's next safe point; returns its command id.
+
+        ``reply`` (the control socket's) is told the id first; when it returns False (the
+        client gave up waiting) the command is dropped, not applied behind its back."""
         command_id = next(self._ids)
-        self._commands.put(msgspec.structs.replace(command, command_id=command_id))
+        if reply is None or reply(command_id):
+            self._commands.put(msgspec.structs.replace(command, command_id=command_id))
         return command_id
 
     def stop(self, timeout: float | None = None) -> bool:
@@ -158,6 +181,7 @@ def prepare_session(
     record_path: Path | None = None,
     progress: Callable[[str], None] | None = None,
     shard: Shard | None = None,
+    lock: RunLock | None = None,
 ) -> TrainingSession:
     """Load the task and check the config before any thread starts (errors raise ValueError)."""
     resolve_device(config.device)  # fail fast, before generating or reading any data
@@ -166,13 +190,16 @@ def prepare_session(
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
     validate_run(config, task)
     check_blueprint_preferences(config)
-    return TrainingSession(config, task, run_id=run_id, record_path=record_path, shard=shard)
+    return TrainingSession(
+        config, task, run_id=run_id, record_path=record_path, shard=shard, lock=lock
+    )
 
 
 def prepare_resume(
     plan: ResumePlan,
     *,
     progress: Callable[[str], None] | None = None,
+    lock: RunLock | None = None,
     shard: Shard | None = None,
     config: TrainingConfig | None = None,
 ) -> TrainingSession:
@@ -186,7 +213,13 @@ def prepare_resume(
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
     validate_run(config, task)
     return TrainingSession(
-        config, task, run_id=plan.run_id, record_path=plan.recording, resume=plan, shard=shard
+        config,
+        task,
+        run_id=plan.run_id,
+        record_path=plan.recording,
+        resume=plan,
+        lock=lock,
+        shard=shard,
     )
 
 

@@ -27,7 +27,9 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Grid, Horizontal, Vertical, VerticalScroll
 from textual.driver import Driver
+from textual.timer import Timer
 from textual.widgets import Footer, Static
+from textual.widgets._footer import FooterLabel
 
 from esper_engine.contracts import (
     BatchStats,
@@ -41,6 +43,7 @@ from esper_engine.contracts import (
     SetClipThreshold,
     Stop,
 )
+from overwatch.keys import Burst, KeyClock, KeyGuard, Stroke
 from overwatch.sources import EventSource, LiveSource, ReplayAction
 from overwatch.state import ConsoleState, EnvView, liveness, log_note, reduce_many
 from overwatch.terminal_output import compacting
@@ -78,7 +81,6 @@ PLOT_MIN = (170, 36)  # from this terminal size on, the focused env also gets a 
 PLOT_SHARE = 0.4  # of the width
 SORTS = ("id", "accuracy", "panics", "grad norm")  # s cycles through these
 LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env count
-ALERT_TOASTS_PER_TICK = 2  # a burst of incidents becomes a few toasts and a count
 ALERT_TOAST_S = 10.0
 STOP_TIMEOUT_S = 60.0  # q waits this long for the trainer's safe point before exiting anyway
 HANGUP_MODES = ("detach", "stop")  # run --on-hangup
@@ -88,7 +90,13 @@ termios_error: type[Exception] = getattr(termios, "error", OSError) if termios e
 # on every batch they were most of what the console wrote to the terminal. Everything else
 # (epochs, seeds, the governor, acks) still shows on the tick it arrives.
 LIVE_PERIOD_S = 1.0
-ACK_TOASTS_PER_TICK = 3  # a burst of acks becomes a few toasts, not a wall of them
+SEVERITIES = ("information", "warning", "error")  # the worst of a tick's alerts colours its toast
+
+# Keys whose action opens a prompt: a burst that begins with one is typed into that prompt.
+PROMPT_ACTIONS = frozenset({"clip_entry", "goto_env", "log_search", "replay_goto"})
+# Keys that act at once even inside a burst of typing.
+UNGUARDED_KEYS = frozenset({"ctrl+c"})
+BURST_SHOWN = 24  # characters of an ignored burst quoted in its toast
 
 # Actions that steer the trainer: greyed out in replay and once the run has finished.
 CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause", "resume", "stop_run"})
@@ -119,6 +127,19 @@ _STEP = Binding.Group("Step", compact=True)
 _SPEED = Binding.Group("Speed", compact=True)
 _JUMP = Binding.Group("Jump")
 _INCIDENT = Binding.Group("Incident", compact=True)
+
+
+class ConsoleFooter(Footer):
+    """Textual's footer, opening with "read-only" where the keys cannot steer a run."""
+
+    def __init__(self, note: str = "", **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.note = note
+
+    def compose(self) -> ComposeResult:
+        if self.note:
+            yield FooterLabel(self.note, id="footer-note", markup=False)
+        yield from super().compose()
 
 
 class OverwatchApp(App[int]):
@@ -213,7 +234,12 @@ class OverwatchApp(App[int]):
             group=_INCIDENT,
             tooltip="Jump to the next governor panic or rollback",
         ),
-        Binding("r", "rollback", "Rollback", tooltip="Force a rollback of the focused env (y/n)"),
+        Binding(
+            "r",
+            "rollback",
+            "Rollback",
+            tooltip="Force a rollback of the focused env (type its number and Enter to confirm)",
+        ),
         Binding(
             "left_square_bracket",
             "clip_step(-1)",
@@ -238,7 +264,7 @@ class OverwatchApp(App[int]):
             "S",
             "stop_run",
             "Stop run",
-            tooltip="Stop the attached run (y/n); q only detaches",
+            tooltip="Stop the attached run (type stop and Enter to confirm); q only detaches",
         ),
         Binding("slash", "log_search", "Search", key_display="/", tooltip="Search the event log"),
         Binding(
@@ -299,6 +325,7 @@ class OverwatchApp(App[int]):
         theme: str | None = None,
         ascii_only: bool = False,
         ansi16: bool = False,
+        key_clock: Callable[[], float] | None = None,
     ) -> None:
         super().__init__()
         if not math.isfinite(refresh_hz) or refresh_hz <= 0:
@@ -316,6 +343,11 @@ class OverwatchApp(App[int]):
         self.source = source
         self.refresh_hz = refresh_hz
         self.clock = clock
+        # Keys are timed apart from the wall clock: a burst of them is text for another window.
+        self.key_clock = KeyClock(key_clock)
+        self._keys = KeyGuard()
+        self._settle_timer: Timer | None = None
+        self._paused_here = False  # this console paused the run and has not resumed it
         self.stop_timeout = stop_timeout
         self.state = ConsoleState.planned(source.plan)
         self.focused_env = 0
@@ -369,7 +401,100 @@ class OverwatchApp(App[int]):
             yield self._logs[1]
         yield self._notice
         yield self._replay_bar
-        yield Footer(compact=True)
+        yield ConsoleFooter("" if self.source.capabilities.controls else "read-only", compact=True)
+
+    # --- keys: single commands, not typing -------------------------------------------------------
+
+    async def on_event(self, event: events.Event) -> None:
+        """On the main screen every key passes the typing guard (``overwatch.keys``) and a paste
+        is ignored: text meant for another window never acts. Dialogs get their keys as typed."""
+        guarded = (
+            isinstance(event, (events.Key, events.Paste))
+            and not event.is_forwarded
+            and bool(self.screen_stack)
+            and not self.screen.is_modal
+        )
+        if guarded and isinstance(event, events.Key) and event.key not in UNGUARDED_KEYS:
+            stroke = Stroke(event.key, event.character, self.key_clock.stamp(event.time))
+            for decided in self._keys.feed(stroke):
+                await self._decide(decided)
+            if self._keys.pending:
+                # Only a timer: it lands behind any key already queued (a busy console reads
+                # keys late, and a word must still be one burst). An injected clock (tests) is
+                # read, not waited for: it may have moved on already.
+                if self.key_clock.injected:
+                    self.call_next(self.settle_keys)
+                self._settle_after(self._keys.gap)
+            return
+        if guarded and isinstance(event, events.Paste):
+            held = self._keys.drop()
+            self._ignored(event.text, len(event.text) + held, "pasted")
+            return
+        await super().on_event(event)
+
+    async def settle_keys(self) -> None:
+        """Act on a held key, or set a burst aside, once the typing gap has passed after it."""
+        if not self._keys.pending:
+            return
+        if self.screen.is_modal:  # a dialog opened meanwhile: held keys were not meant for it
+            self._keys.drop()
+            return
+        decided = self._keys.settle(self.key_clock.now())
+        if decided is None:
+            remaining = self._keys.gap - (self.key_clock.now() - self._keys.pending[-1].time)
+            self._settle_after(max(remaining, 0.01))
+            return
+        await self._decide(decided)
+
+    def _settle_after(self, seconds: float) -> None:
+        """One timer for the held keys, restarted by each key: a word is one wait, not many."""
+        if self._settle_timer is not None:
+            self._settle_timer.stop()
+        self._settle_timer = self.set_timer(seconds, self.settle_keys)
+
+    async def _decide(self, decided: Stroke | Burst) -> None:
+        if isinstance(decided, Stroke):
+            await super().on_event(events.Key(decided.key, decided.character))
+            return
+        first = decided.strokes[0]
+        action = self._prompt_action(first.key)
+        typed = decided.prompt_text()
+        if action is not None and typed is not None:
+            text, submit = typed
+            getattr(self, f"action_{action}")(text, submit)
+            return
+        self._ignored(decided.text, len(decided.strokes), "typed")
+
+    def _prompt_action(self, key: str) -> str | None:
+        """The prompt ``key`` opens here and now, if it opens one."""
+        for binding in self.BINDINGS:
+            assert isinstance(binding, Binding)
+            name = binding.action.split("(")[0]
+            if key in binding.key.split(",") and name in PROMPT_ACTIONS:
+                return name if self.check_action(name, ()) is True else None
+        return None
+
+    def _ignored(self, text: str, keys: int, how: str) -> None:
+        shown = text if len(text) <= BURST_SHOWN else text[: BURST_SHOWN - 1] + "…"
+        self.notify(
+            f"ignored {keys} keys {how} at once ({shown!r}): this console takes single keys, "
+            "pressed one at a time",
+            severity="warning",
+        )
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: str = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """Every toast is plain text: it may quote a console name, a file name, a refusal reason
+        or a recorded value, any of which may hold brackets that Textual would read as markup.
+        """
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)  # type: ignore[arg-type]
 
     def get_driver_class(self) -> type[Driver]:
         """Textual's driver for this platform; in a terminal, writing the smallest style changes
@@ -386,6 +511,9 @@ class OverwatchApp(App[int]):
         await self.tick()
         self._warn_once()
         self.set_interval(1.0 / self.refresh_hz, self.tick)
+
+    def on_unmount(self) -> None:
+        self.release_pause()  # however the app ends: q, SIGTERM, an exception in the console
 
     def on_resize(self, event: events.Resize) -> None:
         self._apply_layout(event.size.width, event.size.height)
@@ -501,18 +629,17 @@ class OverwatchApp(App[int]):
                 self._pending_clip = None
             elif ack.command in ("Pause", "Resume"):
                 self._pause_wanted = None
-        for ack in acks[-ACK_TOASTS_PER_TICK:]:
+        # One toast line (over the footer): the tick's last ack, then its alerts in one toast.
+        if acks:
+            ack = acks[-1]
             self.notify(describe_ack(ack), severity="information" if ack.accepted else "error")
         alerts = [alert for e in new_events if (alert := describe_alert(e)) is not None]
-        for severity, text in alerts[:ALERT_TOASTS_PER_TICK]:
-            self.notify(text, severity=severity, timeout=ALERT_TOAST_S)  # type: ignore[arg-type]
-        if len(alerts) > ALERT_TOASTS_PER_TICK:
-            more = len(alerts) - ALERT_TOASTS_PER_TICK
-            self.notify(
-                f"{more} more alerts: see the event log (f: governor)",
-                severity="warning",
-                timeout=ALERT_TOAST_S,
-            )
+        if alerts:
+            severity = max((s for s, _ in alerts), key=SEVERITIES.index)
+            text = alerts[0][1]
+            if len(alerts) > 1:
+                text += f" (+{len(alerts) - 1} more: see the event log, f: governor)"
+            self.notify(text, severity=severity, timeout=ALERT_TOAST_S)
         if alerts and self.bell_on_alert:
             self.bell()
 
@@ -661,7 +788,7 @@ class OverwatchApp(App[int]):
         if 0 <= target < len(self.order):
             self._set_focus(self.order[target])
 
-    def action_goto_env(self) -> None:
+    def action_goto_env(self, typed: str = "", submit: bool = False) -> None:
         n = len(self.state.envs)
         if not n:
             self.notify("no env to go to yet", severity="warning")
@@ -677,6 +804,8 @@ class OverwatchApp(App[int]):
                 parse_number(1, n, "an env"),
                 detail=f"1..{n}",
                 placeholder=str(min(10, n)),
+                value=typed,
+                submit=submit,
             ),
             chosen,
         )
@@ -697,7 +826,7 @@ class OverwatchApp(App[int]):
 
     # --- keys: the event log, sort, layout, alerts ------------------------------------------------
 
-    def action_log_search(self) -> None:
+    def action_log_search(self, typed: str | None = None, submit: bool = False) -> None:
         def searched(text: str | None) -> None:
             if text is not None:
                 self.log_filter.search = text
@@ -708,7 +837,8 @@ class OverwatchApp(App[int]):
                 "Search the event log",
                 str.strip,
                 detail="shows the entries containing the text (any case); empty: all of them",
-                value=self.log_filter.search,
+                value=self.log_filter.search if typed is None else typed,
+                submit=submit,
             ),
             searched,
         )
@@ -760,12 +890,16 @@ class OverwatchApp(App[int]):
         def answered(confirmed: bool | None) -> None:
             if confirmed:
                 self._send(ForceRollback(env=env), env=env)
+            else:
+                self.notify(f"no rollback of {env_label(env)}: not confirmed, nothing sent")
 
         self.push_screen(
             ConfirmModal(
                 f"Force a rollback of {env_label(env)}?",
                 "Prunes its live seeds and restores its last known-good snapshot. The episode "
                 "ends as a truncation, with no penalty for the policy.",
+                answer=str(env + 1),  # the number on screen
+                clock=self.key_clock,
             ),
             answered,
         )
@@ -778,33 +912,48 @@ class OverwatchApp(App[int]):
         value = current * CLIP_FACTOR if direction > 0 else current / CLIP_FACTOR
         self._send_clip(value)
 
-    def action_clip_entry(self) -> None:
+    def action_clip_entry(self, typed: str = "", submit: bool = False) -> None:
         def entered(value: float | None) -> None:
             if value is not None:
                 self._send_clip(value)
 
-        self.push_screen(ClipEntryModal(self._current_clip()), entered)
+        self.push_screen(ClipEntryModal(self._current_clip(), typed, submit), entered)
 
     def action_pause(self) -> None:
         self._pause_wanted = True
-        self._send(Pause())
+        if self._send(Pause()):
+            self._paused_here = True
         self.refresh_bindings()
 
     def action_resume(self) -> None:
         self._pause_wanted = False
-        self._send(Resume())
+        if self._send(Resume()):
+            self._paused_here = False
         self.refresh_bindings()
+
+    def release_pause(self) -> None:
+        """An attached console that paused the run resumes it as it goes, however it goes (q,
+        a crash of this console, SIGTERM): a run is never left paused by a console that is gone.
+        """
+        caps = self.source.capabilities
+        if self._paused_here and caps.attached and caps.controls and not self.state.finished:
+            self._paused_here = False
+            self.source.send(Resume())
 
     def action_stop_run(self) -> None:
         def answered(confirmed: bool | None) -> None:
             if confirmed:
                 self._send(Stop())
+            else:
+                self.notify("the run goes on: stop not confirmed, nothing sent")
 
         self.push_screen(
             ConfirmModal(
                 "Stop the run?",
                 "The trainer stops at its next safe point and closes its recording; this "
                 "console stays open on the finished run. (q only detaches.)",
+                answer="stop",
+                clock=self.key_clock,
             ),
             answered,
         )
@@ -819,18 +968,20 @@ class OverwatchApp(App[int]):
         self._pending_clip = value
         self._send(SetClipThreshold(value=value, env=None))
 
-    def _send(self, command: OperatorCommand, env: int | None = None) -> None:
-        """Send ``command`` (about ``env``, None: the whole run) and log that it went out."""
+    def _send(self, command: OperatorCommand, env: int | None = None) -> bool:
+        """Send ``command`` (about ``env``, None: the whole run) and log that it went out;
+        whether it did."""
         command_id = self.source.send(command)
         if command_id is None:
             self._warned = self.source.warning  # shown here, not again by _warn_once
             reason = self.source.warning or "read-only: commands cannot be sent"
             self.notify(reason, severity="warning")
-            return
+            return False
         self._sent_ids.add(command_id)
         text = f"sent {describe_command(command)} (#{command_id})"
         log_note(self.state, text, env=env, wall_time=self.clock())
         self._update_widgets()
+        return True
 
     # --- keys: replay ---------------------------------------------------------------------------
 
@@ -856,7 +1007,7 @@ class OverwatchApp(App[int]):
             ReplayAction.NEXT_INCIDENT if forward else ReplayAction.PREVIOUS_INCIDENT
         )
 
-    def action_replay_goto(self) -> None:
+    def action_replay_goto(self, typed: str = "", submit: bool = False) -> None:
         epochs = max(self.state.epochs, 1)
 
         async def chosen(target: tuple[int, int] | None) -> None:
@@ -878,6 +1029,8 @@ class OverwatchApp(App[int]):
                 detail=f"EPISODE:EPOCH as the log shows it (1:{epochs}), or N counted across "
                 "the run",
                 placeholder="2:3",
+                value=typed,
+                submit=submit,
             ),
             chosen,
         )
@@ -891,7 +1044,10 @@ class OverwatchApp(App[int]):
 
     def action_help(self) -> None:
         caps = self.source.capabilities
-        mode = "attached" if caps.attached else "live" if caps.controls else "replay, read-only"
+        if caps.attached:
+            mode = "attached" if caps.controls else "attached, read-only"
+        else:
+            mode = "live" if caps.controls else "replay, read-only"
         self.push_screen(HelpScreen(self.help_rows(), mode))
 
     def help_rows(self) -> list[tuple[str, str, bool]]:
@@ -935,6 +1091,7 @@ class OverwatchApp(App[int]):
         self.refresh_bindings()
         caps = self.source.capabilities
         if not caps.controls or caps.attached:  # a replay, or a run another process owns
+            self.release_pause()
             self.source.stop(0)
             self.exit(self.exit_code(), return_code=self.exit_code())
             return
@@ -988,7 +1145,7 @@ def run_console(
         if detach and isinstance(source, LiveSource):
             _detach(app, source)
         else:
-            _hang_up(source)
+            _hang_up(app)
 
     def terminate(*_: object) -> None:
         if app.detached:  # no app left to quit: stop the run; the waiter exits the process
@@ -1009,10 +1166,13 @@ def run_console(
             signal.signal(sig, handler)
 
 
-def _hang_up(source: EventSource) -> None:
-    """The terminal is gone: stop the run in a thread (signal handlers must return) and exit."""
+def _hang_up(app: OverwatchApp) -> None:
+    """The terminal is gone: stop the run in a thread (signal handlers must return) and exit;
+    an attached console resumes the run first if it paused it (it exits without unmounting)."""
+    source = app.source
 
     def stop_and_exit() -> None:
+        app.release_pause()
         stopped = source.stop(STOP_TIMEOUT_S)  # the trainer closes the recording as it ends
         finished = source.finished
         crashed = finished is not None and finished.status == RunStatus.CRASHED
@@ -1052,6 +1212,7 @@ def run_app(app: OverwatchApp, *, mouse: bool = True) -> int:
             raise
         # Detached: restoring the settings of a terminal that is gone fails; nothing to restore.
     finally:
+        app.release_pause()  # an attached console that crashed never leaves the run paused
         if app.detached and isinstance(app.source, LiveSource):
             app.source.session.wait()  # the run outlives its terminal
         else:

@@ -223,18 +223,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="open the console of a run going on in another process, with its controls",
         formatter_class=_HelpFormatter,
     )
-    attach.add_argument("run", help="a recording path, or a run id under --dir")
+    attach.add_argument(
+        "run", help="a recording path, or a run id (under --dir, or any of yours: `overwatch ps`)"
+    )
     attach.add_argument("--dir", default=RUNS_DIR, help="the runs directory")
     attach.add_argument(
-        "--console", default=None, help="the name acks give this console (default: attach-PID)"
+        "--console",
+        default=None,
+        type=_console_name,
+        help="the name acks give this console (default: attach-PID)",
+    )
+    attach.add_argument(
+        "--read-only",
+        action="store_true",
+        help="watch only: every control greyed out, nothing is ever sent to the run",
     )
     _add_refresh_hz(attach)
     _add_console_flags(attach)
 
     ps = sub.add_parser(
-        "ps", help="list the runs under the runs directory", formatter_class=_HelpFormatter
+        "ps",
+        help="list your runs, wherever they record (or those under --dir)",
+        formatter_class=_HelpFormatter,
     )
-    ps.add_argument("--dir", default=RUNS_DIR, help="the runs directory")
+    ps.add_argument(
+        "--dir",
+        default=None,
+        help=f"list only the runs under this directory (default: all of yours, and {RUNS_DIR})",
+    )
 
     export = sub.add_parser(
         "export",
@@ -375,6 +391,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     rec.add_argument("--no-record", action="store_true", help="do not record")
     run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing finished recording at --record (and its checkpoint)",
+    )
+    run.add_argument(
         "--headless", action="store_true", help="no TUI: a compact progress view on stderr"
     )
     run.add_argument(
@@ -448,6 +469,59 @@ def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
     return path
 
 
+def _console_name(text: str) -> str:
+    from esper_engine.control import check_console_name  # noqa: PLC0415
+
+    try:
+        return check_console_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _take_recording(path: Path, *, overwrite: bool):  # -> RunLock (imported lazily)
+    """Lock ``path`` before anything is written; refuse a live run's path (naming its pid) and
+    an existing recording unless ``--overwrite`` (which removes it and its checkpoint)."""
+    from esper_engine.run_files import RunLock, RunLockedError  # noqa: PLC0415
+
+    try:
+        lock = RunLock.acquire(path)
+    except RunLockedError as exc:
+        raise BadInput(str(exc)) from None
+    except OSError as exc:
+        raise BadInput(f"cannot record to {path}: {exc}") from None
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            lock.release()
+            raise BadInput(
+                f"{path} already holds a recording (no live run writes it); "
+                "--overwrite replaces it, --resume continues it"
+            )
+        for old in (path, path.with_suffix(".ckpt")):
+            old.unlink(missing_ok=True)
+    return lock
+
+
+def _release(lock) -> None:
+    if lock is not None:
+        lock.release()
+
+
+def _register(session) -> None:
+    """Put the run in the user's registry now (a failure is said here, before any console owns
+    the terminal, and is never fatal), and again with its socket once that listens."""
+    from overwatch.registry import register  # noqa: PLC0415
+
+    problem = register(session.run_id, session.record_path, None)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return
+
+    def on_start(socket: str | None) -> None:
+        register(session.run_id, session.record_path, socket)
+
+    session.on_start = on_start
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from esper_engine.distributed import launched_world  # noqa: PLC0415
 
@@ -460,15 +534,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_here(
-    args: argparse.Namespace, shard=None, config: TrainingConfig | None = None, plan=None
+    args: argparse.Namespace, shard=None, config: TrainingConfig | None = None, resumed=None
 ) -> int:
     """The run in this process: all of it, or rank 0's part of a sharded one (``shard``, with
-    the rank's ``config``; ``plan``: the checkpoint a sharded --resume continues)."""
+    the rank's ``config``; ``resumed``: the plan and lock of a sharded --resume)."""
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
     if args.resume is not None:
-        session = _resume_session(args, plan, shard, config)
+        session = _resume_session(args, resumed, shard, config)
         path = session.record_path
         print(f"resuming {path} (run {session.run_id})", file=sys.stderr)
     else:
@@ -480,24 +554,37 @@ def _cmd_run_here(
         path = record_path(args, run_id)
         if shard is not None:
             _check_restart(path)
+        lock = None if path is None else _take_recording(path, overwrite=args.overwrite)
         try:
             session = prepare_session(
-                config, run_id=run_id, record_path=path, progress=_progress, shard=shard
+                config,
+                run_id=run_id,
+                record_path=path,
+                progress=_progress,
+                shard=shard,
+                lock=lock,
             )
         except (DataError, ValueError) as exc:  # data, device and slot errors: all bad input
+            _release(lock)
             raise BadInput(str(exc)) from None
         except OSError as exc:  # the tasks wrap their own OSErrors: this one is the recorder's
+            _release(lock)
             if path is None:
                 raise
             raise BadInput(f"cannot record to {path}: {exc.strerror}") from None
+        except BaseException:
+            _release(lock)
+            raise
         if path is not None:
             print(f"recording to {path}", file=sys.stderr)
+    if path is not None:
+        _register(session)
     if shard is not None:
         from esper_engine.distributed import init_group, share_config  # noqa: PLC0415
 
         init_group(shard.timeout_s)
-        if plan is not None:  # the workers have no checkpoint to read the config from
-            share_config(shard.rank, shard.world, plan.config)
+        if resumed is not None:  # the workers have no checkpoint to read the config from
+            share_config(shard.rank, shard.world, resumed[0].config)
     _freeze_loaded()
     if args.headless:
         from overwatch.headless import run_headless  # noqa: PLC0415
@@ -527,7 +614,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from overwatch.launch import launch, without_nprocs  # noqa: PLC0415
 
     if args.resume is not None:  # checked here, read again by rank 0
-        plan = _resume_plan(args)
+        plan, lock = _resume_plan(args)
+        lock.release()  # rank 0 takes it for real
         config, run_id, path = plan.config, plan.run_id, plan.recording
     else:
         config = config_from_args(args)
@@ -536,6 +624,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             return EXIT_OK
         run_id = new_run_id()
         path = record_path(args, run_id)
+        if path is not None:
+            _take_recording(path, overwrite=args.overwrite).release()  # rank 0 takes it for real
     if config.n_envs < args.nprocs:
         raise BadInput(
             f"--nprocs {args.nprocs}: more processes than the run's {config.n_envs} envs"
@@ -577,18 +667,21 @@ def _resume_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     from esper_engine.distributed import Shard, init_group, rank_device, share_config  # noqa: PLC0415
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resumed = None
     if rank == 0:
-        plan = _resume_plan(args)
-        config = plan.config
+        resumed = _resume_plan(args)  # (plan, the recording's lock)
+        config = resumed[0].config
     else:
         init_group(args.dist_timeout)
         config = share_config(rank, world, None)
     if config.n_envs < world:
+        if resumed is not None:
+            resumed[1].release()
         raise BadInput(f"{world} processes: more than the run's {config.n_envs} envs")
     shard = Shard(rank, world, config.n_envs, args.dist_timeout)
     config = msgspec.structs.replace(config, device=rank_device(config.device, local_rank))
-    if rank == 0:
-        return _cmd_run_here(args, shard, config, plan)
+    if resumed is not None:
+        return _cmd_run_here(args, shard, config, resumed)
     return _run_worker(config, shard)
 
 
@@ -638,32 +731,36 @@ def _silence() -> None:
 
 
 def _resume_session(
-    args: argparse.Namespace, plan=None, shard=None, config: TrainingConfig | None = None
+    args: argparse.Namespace, resumed=None, shard=None, config: TrainingConfig | None = None
 ):  # -> TrainingSession (imported lazily)
-    """The session continuing ``--resume RECORDING`` (``plan``, when already read); every
-    refusal is one line (exit 2). ``shard``, ``config``: rank 0's of a sharded resume."""
+    """The session continuing ``--resume RECORDING`` (``resumed``: its plan and lock, when
+    already taken); every refusal is one line (exit 2) and lets the lock go.
+    ``shard``, ``config``: rank 0's of a sharded resume."""
     from esper_engine.checkpoint import CheckpointError  # noqa: PLC0415
     from esper_engine.session import prepare_resume  # noqa: PLC0415
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
-    plan = plan or _resume_plan(args)
+    plan, lock = resumed or _resume_plan(args)
     try:
-        return prepare_resume(plan, progress=_progress, shard=shard, config=config)
-    except CheckpointError as exc:
-        raise BadInput(str(exc)) from None
-    except (DataError, ValueError) as exc:
-        raise BadInput(str(exc)) from None
-    except OSError as exc:
-        raise BadInput(f"cannot resume {args.resume}: {exc.strerror}") from None
+        return prepare_resume(plan, progress=_progress, lock=lock, shard=shard, config=config)
+    except BaseException as exc:
+        lock.release()  # a refused resume lets go at once
+        if isinstance(exc, (CheckpointError, DataError, ValueError)):
+            raise BadInput(str(exc)) from None
+        if isinstance(exc, OSError):
+            raise BadInput(f"cannot resume {args.resume}: {exc.strerror or exc}") from None
+        raise
 
 
-def _resume_plan(args: argparse.Namespace):  # -> ResumePlan (imported lazily)
-    """``--resume RECORDING``'s recording and checkpoint, checked; every refusal is one line.
+def _resume_plan(args: argparse.Namespace):  # -> (ResumePlan, RunLock) (imported lazily)
+    """``--resume RECORDING``'s recording and checkpoint, checked under the recording's lock,
+    which the caller then holds; every refusal is one line.
 
     The checkpoint's config is the run's: a flag that would change it is refused rather than
     ignored, since the resumed events must be the ones the original run would have made.
     """
     from esper_engine.checkpoint import CheckpointError, plan_resume  # noqa: PLC0415
+    from esper_engine.run_files import RunLock, RunLockedError  # noqa: PLC0415
 
     given = vars(args)
     clashing = [f"--{dest.replace('_', '-')}" for dest in FLAG_FIELDS if dest in given]
@@ -674,6 +771,7 @@ def _resume_plan(args: argparse.Namespace):  # -> ResumePlan (imported lazily)
             ("--set", args.set),
             ("--record", args.record),
             ("--no-record", args.no_record),
+            ("--overwrite", args.overwrite),
             ("--print-config", args.print_config),
         )
         if value
@@ -682,12 +780,23 @@ def _resume_plan(args: argparse.Namespace):  # -> ResumePlan (imported lazily)
         raise BadInput(
             f"--resume continues with the checkpoint's config; drop {', '.join(clashing)}"
         )
+    if not Path(args.resume).is_file():  # (checked again, under the lock, by plan_resume)
+        raise BadInput(f"{args.resume}: no such recording")
     try:
-        return plan_resume(args.resume)
-    except CheckpointError as exc:
-        raise BadInput(str(exc)) from None
+        lock = RunLock.acquire(args.resume)  # before the recording is read or cut back
+    except RunLockedError as exc:
+        raise BadInput(f"cannot resume: {exc}") from None
     except OSError as exc:
-        raise BadInput(f"cannot resume {args.resume}: {exc.strerror}") from None
+        raise BadInput(f"cannot resume {args.resume}: {exc}") from None
+    try:
+        return plan_resume(args.resume), lock
+    except BaseException as exc:
+        lock.release()  # a refused resume lets go at once
+        if isinstance(exc, CheckpointError):
+            raise BadInput(str(exc)) from None
+        if isinstance(exc, OSError):
+            raise BadInput(f"cannot resume {args.resume}: {exc.strerror or exc}") from None
+        raise
 
 
 def _progress(message: str) -> None:
@@ -733,7 +842,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         raise BadInput(str(exc)) from None
     console = args.console or f"attach-{os.getpid()}"
     return run_console(
-        AttachSource(record, socket_path, console),
+        AttachSource(record, socket_path, console, read_only=args.read_only),
         refresh_hz=args.refresh_hz,
         **_console_options(args),
     )
@@ -742,10 +851,18 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 def _cmd_ps(args: argparse.Namespace) -> int:
     from overwatch.runs import list_runs, ps_table  # noqa: PLC0415
 
-    directory = Path(args.dir)
-    if not directory.is_dir():
-        raise BadInput(f"no runs directory {directory}")
-    sys.stdout.write(ps_table(list_runs(directory)))
+    if args.dir is None:  # every run of the user's, and those under ./overwatch-runs
+        default = Path(RUNS_DIR)
+        runs = list_runs(default if default.is_dir() else None, registered=True)
+    else:
+        directory = Path(args.dir)
+        if not directory.is_dir():
+            raise BadInput(f"no runs directory {directory}")
+        runs = list_runs(directory)
+    for run in runs:
+        if run.warning is not None:
+            print(run.warning, file=sys.stderr)
+    sys.stdout.write(ps_table(runs))
     return EXIT_OK
 
 

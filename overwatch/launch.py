@@ -89,7 +89,10 @@ def _stop_over_socket(recording: Path | None) -> bool:
     from esper_engine.contracts import Stop  # noqa: PLC0415
     from esper_engine.control import ControlClient, ControlError, read_pid_file  # noqa: PLC0415
 
-    found = read_pid_file(recording) if recording is not None else None
+    try:
+        found = read_pid_file(recording) if recording is not None else None
+    except OSError:  # not this user's pid file (UnsafeFileError): never send to it
+        return False
     if not found or not found.get("socket"):
         return False
     try:

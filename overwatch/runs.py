@@ -1,7 +1,9 @@
-"""The runs under a runs directory, as `overwatch ps` lists them and `overwatch attach` finds them.
+"""The user's runs, as `overwatch ps` lists them and `overwatch attach` finds them: those under
+a runs directory, and every run in the user's registry (``overwatch.registry``).
 
-A run is its recording (``RUN.msgpack``); next to it, while it runs, ``RUN.pid`` names its
-process and its control socket, and ``RUN.ckpt`` is its latest checkpoint. A recording without
+A run is its recording (``RUN.msgpack``); next to it, while it runs, ``RUN.lock`` is held by its
+process (``esper_engine.run_files``), ``RUN.pid`` names that process and its control socket, and
+``RUN.ckpt`` is its latest checkpoint. A recording without
 ``RunFinished`` whose process is gone is a crashed run (killed, or the machine went down).
 """
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunStatus
 from esper_engine.control import read_pid_file, socket_alive
 from esper_engine.recording import RecordingError, RecordingFollower
+from esper_engine.run_files import UnsafeFileError
+from overwatch.registry import find_registered, registered_runs, registry_dir
 
 RECORDING_SUFFIX = ".msgpack"
 CHECKPOINT_SUFFIX = ".ckpt"  # esper_engine.checkpoint.SUFFIX, without importing torch
@@ -48,6 +52,7 @@ class RunInfo:
     attachable: bool  # its control socket answers
     resumable: bool  # a checkpoint and not completed
     socket: str | None = None
+    warning: str | None = None  # a file next to it refused (not this user's): one line
 
 
 def _pid_alive(pid: int) -> bool:
@@ -71,8 +76,9 @@ def _running(record: Path) -> tuple[int | None, str | None]:
     return pid, sock if isinstance(sock, str) else None
 
 
-def run_info(record: Path) -> RunInfo:
-    """What a recording (and the files next to it) say of its run."""
+def run_info(record: Path, run_id: str | None = None) -> RunInfo:
+    """What a recording (and the files next to it) say of its run (``run_id``: the one to show
+    until the recording says it)."""
     started: RunStarted | None = None
     last: EpochSummary | None = None
     finished: RunFinished | None = None
@@ -90,7 +96,11 @@ def run_info(record: Path) -> RunInfo:
         readable = False
     finally:
         follower.close()
-    pid, sock = _running(record)
+    warning = None
+    try:
+        pid, sock = _running(record)
+    except UnsafeFileError as exc:
+        pid, sock, warning = None, None, str(exc)
     if finished is not None:
         state = RunState(finished.status.value)
     elif pid is not None:
@@ -105,7 +115,7 @@ def run_info(record: Path) -> RunInfo:
         and record.with_suffix(CHECKPOINT_SUFFIX).exists()
     )
     return RunInfo(
-        run_id=started.run_id if started else record.stem,
+        run_id=started.run_id if started else run_id or record.stem,
         path=record,
         state=state,
         pid=pid if state == RunState.RUNNING else None,
@@ -118,12 +128,19 @@ def run_info(record: Path) -> RunInfo:
         attachable=attachable,
         resumable=resumable,
         socket=sock if attachable else None,
+        warning=warning,
     )
 
 
-def list_runs(directory: Path) -> list[RunInfo]:
-    """Every recording in the directory, oldest first."""
-    runs = [run_info(path) for path in directory.glob(f"*{RECORDING_SUFFIX}") if path.is_file()]
+def list_runs(directory: Path | None, *, registered: bool = False) -> list[RunInfo]:
+    """Every recording in the directory (and with ``registered`` every run in the user's
+    registry, wherever it records), oldest first."""
+    ids: dict[Path, str | None] = {}
+    for path in [] if directory is None else directory.glob(f"*{RECORDING_SUFFIX}"):
+        ids[path.resolve()] = None
+    if registered:
+        ids.update({path.resolve(): run_id for path, run_id in registered_runs().items()})
+    runs = [run_info(path, run_id) for path, run_id in ids.items() if path.is_file()]
     return sorted(runs, key=lambda r: (r.started or 0.0, r.run_id))
 
 
@@ -139,7 +156,7 @@ def ps_table(runs: list[RunInfo]) -> str:
     """The `overwatch ps` table, plain text, one run per line."""
     if not runs:
         return "no runs\n"
-    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME")
+    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME", "RECORDING")
     rows = [header]
     for run in runs:
         state = f"running (pid {run.pid})" if run.state == RunState.RUNNING else str(run.state)
@@ -160,6 +177,7 @@ def ps_table(runs: list[RunInfo]) -> str:
                 _size(run.size),
                 "yes" if run.attachable else "no",
                 "yes" if run.resumable else "no",
+                str(run.path),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -170,13 +188,20 @@ def ps_table(runs: list[RunInfo]) -> str:
 
 
 def attach_target(run: str, directory: Path) -> tuple[Path, str]:
-    """The recording and live socket of RUN (a recording path, or a run id under directory)."""
+    """The recording and live socket of RUN: a recording path, a run id under directory, or a
+    run id in the user's registry (a run recording anywhere)."""
     path = Path(run)
     if not path.is_file():
         path = directory / f"{run}{RECORDING_SUFFIX}"
     if not path.is_file():
-        raise RunError(f"no such run: {run} (not a recording, nor {path})")
+        path = find_registered(run) or path
+    if not path.is_file():
+        raise RunError(
+            f"no such run: {run} (not a recording, nor {path}, nor a run in {registry_dir()})"
+        )
     info = run_info(path)
+    if info.warning is not None:
+        raise RunError(info.warning)
     if info.attachable and info.socket is not None:
         return path, info.socket
     if info.state == RunState.RUNNING:

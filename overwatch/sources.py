@@ -472,14 +472,26 @@ class AttachSource:
     dropped = 0  # the recording never drops
     plan = None  # the recording's RunStarted lays the panels out
 
-    def __init__(self, record_path: str | os.PathLike[str] | Path, socket_path: str, console: str):
+    def __init__(
+        self,
+        record_path: str | os.PathLike[str] | Path,
+        socket_path: str,
+        console: str,
+        *,
+        read_only: bool = False,
+    ):
         from esper_engine.control import ControlClient  # noqa: PLC0415
 
         self.record_path = record_path
         self.console = console
         self.warning: str | None = None
         self._follower: RecordingFollower | None = RecordingFollower(record_path)
-        self._client = ControlClient(socket_path, console)
+        # Read-only (attach --read-only): no client at all, so nothing can reach the socket.
+        self._client = None if read_only else ControlClient(socket_path, console)
+        if read_only:
+            self.capabilities = Capabilities(
+                controls=False, replay_controls=False, live=True, attached=True
+            )
         self._finished: RunFinished | None = None
 
     @property
@@ -507,6 +519,8 @@ class AttachSource:
         """Send over the socket; None (and a warning) when the run cannot be reached."""
         from esper_engine.control import ControlError  # noqa: PLC0415
 
+        if self._client is None:
+            return None  # read-only: the app says so
         try:
             return self._client.send(command)
         except ControlError as exc:

@@ -135,6 +135,7 @@ def record(path: Path, config: TrainingConfig, scale: str) -> list[Event]:
     name = path.name
     task = load_task(config.task, seed=config.seed, scale=scale)
     run_id = f"fixture-{path.stem.replace('_', '-')}"
+    path.unlink(missing_ok=True)  # regenerated on purpose: a Recorder never overwrites
     sink = ScriptedOperator(Recorder(path), OPERATOR.get(name, {}), config.n_envs)
     try:
         trainer = VectorizedTrainer(config, sink, sink.commands, run_id=run_id, task=task)

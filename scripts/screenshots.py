@@ -10,6 +10,7 @@ change only when the console or the fixture does.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -18,7 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the fixture lives in the test tree
 
+import overwatch.keys  # noqa: E402
 from tests.console.fixtures import REAL_RUN_32, live_app, replay_app, running  # noqa: E402
+
+# Keys pressed one at a time, a second apart, as an operator presses single commands: a Pilot
+# posts them in the same instant, which the console would take for typing (overwatch/keys.py).
+_seconds = itertools.count(1000.0)
+overwatch.keys.default_clock = lambda: float(next(_seconds))
 
 OUT = ROOT / "screenshots"
 os.environ["TZ"] = "UTC"  # the event log's wall-clock times, as in the snapshot tests

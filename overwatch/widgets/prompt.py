@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -16,9 +18,14 @@ T = TypeVar("T")
 
 class PromptModal(ModalScreen[T | None], Generic[T]):
     """Dismisses with ``parse(text)`` on Enter (a ValueError is shown and the prompt stays), or
-    None on Escape."""
+    None on Escape. ``submit``: the text was typed with its Enter before the prompt opened (a
+    burst of keys that began with the prompt's key): validate it at once.
+
+    Titles, details and errors are shown as text, never as markup (an error quotes what the
+    operator typed)."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    AUTO_FOCUS = "#prompt-input"
 
     def __init__(
         self,
@@ -28,6 +35,7 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
         detail: str = "",
         placeholder: str = "",
         value: str = "",
+        submit: bool = False,
     ) -> None:
         super().__init__()
         self.title_text = title
@@ -35,22 +43,33 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
         self.detail = detail
         self.placeholder = placeholder
         self.value = value
+        self.submit = submit
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog prompt-box"):
-            yield Static(self.title_text, classes="dialog-title")
+            yield Static(Text(self.title_text), classes="dialog-title")
             if self.detail:
-                yield Static(self.detail, classes="dialog-detail")
+                yield Static(Text(self.detail), classes="dialog-detail")
             yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
             yield Static("", id="prompt-error", classes="dialog-error")
             yield Static("[b]enter[/b] go    [b]esc[/b] cancel", classes="dialog-keys")
 
+    def on_mount(self) -> None:
+        if self.submit:
+            self._answer(self.value)
+
+    def on_key(self, event: events.Key) -> None:
+        type_ahead(self, event, "#prompt-input")
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
+        self._answer(event.value)
+
+    def _answer(self, text: str) -> None:
         try:
-            value = self.parse(event.value)
+            value = self.parse(text)
         except ValueError as exc:
-            self.query_one("#prompt-error", Static).update(str(exc))
+            self.query_one("#prompt-error", Static).update(Text(str(exc)))
             return
         self.dismiss(value)
 
@@ -72,3 +91,21 @@ def parse_number(low: int, high: int, what: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def type_ahead(screen: ModalScreen, event: events.Key, selector: str) -> None:
+    """A key that reaches the dialog before its input has the focus (typed right after the key
+    that opened it, on a busy console) goes into the input, not to the screen behind."""
+    field = screen.query_one(selector, Input)
+    if screen.focused is field:
+        return
+    if event.is_printable and event.character:
+        event.stop()
+        event.prevent_default()
+        field.focus()
+        field.insert_text_at_cursor(event.character)
+    elif event.key == "enter":
+        event.stop()
+        event.prevent_default()
+        field.focus()
+        field.action_submit()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 
 import msgspec
+import pytest
 
 from esper_engine.commands import acknowledge
 from esper_engine.contracts import (
@@ -85,20 +86,28 @@ async def test_a_crash_and_a_non_finite_loss_are_errors() -> None:
     assert severity == "error" and "non-finite loss" in text
 
 
+@pytest.mark.parametrize("size", [SMALL, WIDE, (200, 60)])
 @run_async
-async def test_toasts_sit_at_the_top_and_never_hide_the_newest_log_lines() -> None:
+async def test_toasts_sit_on_the_footer_line_and_never_cover_data(size) -> None:
+    """Toasts hid the acc/grad lines of the next panel; now one toast line, over the footer."""
     app = live_app()
-    async with app.run_test(size=WIDE, notifications=True) as pilot:
+    async with app.run_test(size=size, notifications=True) as pilot:
         await pilot.pause()
-        for n in range(8):  # a pile of toasts
-            app.notify(f"alert {n}", timeout=30)
+        for n in range(8):  # a pile of toasts: the newest shows
+            app.notify(f"alert {n} [/]", timeout=30)
         await pilot.pause()
-        from textual.widgets._toast import ToastRack  # noqa: PLC0415
+        from textual.widgets import Footer  # noqa: PLC0415
+        from textual.widgets._toast import Toast  # noqa: PLC0415
 
-        rack = app.screen.get_child_by_type(ToastRack)
-        log = app._logs[0]
-        assert rack.styles.dock == "top"
-        assert rack.region.bottom <= log.region.y  # above the log, however many toasts
+        toasts = [t for t in app.screen.query(Toast) if t.parent.display]
+        assert [str(t.render()) for t in toasts] == ["alert 7 [/]"]
+        assert toasts[0].region.right == size[0]  # flush right, over the palette key
+        footer = app.screen.query_one(Footer).region
+        assert toasts[0].region.y == footer.y and toasts[0].region.height == 1
+        data = [app._header, *app._panels, *app._rows, app._detail, *app._logs, *app._plots]
+        for widget in data:
+            if widget.display and widget.region:
+                assert not widget.region.overlaps(toasts[0].region), widget
 
 
 def test_stale_is_judged_against_the_runs_own_epoch_time() -> None:

@@ -115,15 +115,20 @@ async def test_down_moves_one_env_in_the_compact_layout() -> None:
 
 
 @run_async
-async def test_rollback_asks_first_and_sends_only_on_yes() -> None:
+async def test_rollback_asks_for_the_env_number_and_sends_only_on_it() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("2", "r")
         assert isinstance(app.screen, ConfirmModal)
-        await pilot.press("n")
+        await pilot.press("y")  # any other key cancels: y and n no longer answer
         assert not isinstance(app.screen, ConfirmModal)
+        await pilot.press("r", "1", "enter")  # env 1 is not the focused env 2
+        assert not isinstance(app.screen, ConfirmModal)
+        await pilot.press("r", "2")
+        assert isinstance(app.screen, ConfirmModal)  # a number without Enter sends nothing
+        await pilot.press("escape", "r", "enter")
         assert source.sent == []
-        await pilot.press("r", "y")
+        await pilot.press("r", "2", "enter")
         await pilot.pause()
         assert source.sent == [ForceRollback(env=1)]
 
@@ -151,7 +156,7 @@ async def test_clip_keys_scale_the_current_threshold() -> None:
         assert source.sent[-1].value == pytest.approx(values[-1] / CLIP_FACTOR)
 
 
-@pytest.mark.parametrize("text", ["abc", "", "  ", "1.2.3", "0,5"])
+@pytest.mark.parametrize("text", ["abc", "", "  ", "1.2.3", "0,5", "inf", "nan", "-inf", "NaN"])
 def test_parse_clip_value_refuses_text_that_is_not_a_number(text: str) -> None:
     with pytest.raises(ValueError, match="number"):
         parse_clip_value(text)
@@ -256,7 +261,7 @@ async def test_p_toggles_pause_and_resume() -> None:
 async def test_acks_of_sent_commands_are_logged_and_toasted() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
-        await pilot.press("r", "y")
+        await pilot.press("r", "1", "enter")
         await pilot.pause()
         ack = CommandAck(
             env=0, command="ForceRollback", accepted=False, reason="env busy", command_id=1

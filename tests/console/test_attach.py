@@ -55,7 +55,7 @@ async def test_attach_shows_the_history_then_live_and_its_keys_steer_the_run(
             await until(pilot, lambda: app.state.trainer_state == "paused", "the pause ack")
             await pilot.press("S")
             assert isinstance(app.screen, ConfirmModal)
-            await pilot.press("y")
+            await pilot.press(*"stop", "enter")
             await until(pilot, lambda: app.state.finished, "the run to stop")
             assert session.wait(timeout=30)
             await pilot.press("q")

@@ -140,7 +140,7 @@ async def test_each_entry_has_its_wall_clock_time_beside_episode_and_epoch() -> 
         last = log.shown[-1]
         expected = time.strftime("%H:%M:%S", time.localtime(last.wall_time))
         assert visible(log)[-1].startswith(f"{expected} {last.episode + 1}:")
-        await pilot.press("2", "r", "y")  # the console's own note gets the console's clock
+        await pilot.press("2", "r", "2", "enter")  # the console's own note gets the console's clock
         assert log.shown[-1].wall_time == app.clock()
     assert clock(0.0) == "--:--:--"
 

@@ -64,10 +64,12 @@ def test_ps_tells_running_completed_and_crashed_runs_apart(
 
         assert main(["ps", "--dir", str(tmp_path)]) == 0
         out = capsys.readouterr().out.splitlines()
-        assert out[0].split() == ["RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME"]
+        header = ["RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME", "RECORDING"]
+        assert out[0].split() == header
         line = next(line for line in out if line.startswith("ctl "))
-        assert f"running (pid {os.getpid()})" in line and line.split()[-2:] == ["yes", "no"]
-        assert sum("crashed" in line and line.endswith("yes") for line in out) == 1
+        assert f"running (pid {os.getpid()})" in line
+        assert line.split()[-3:] == ["yes", "no", str(tmp_path / "ctl.msgpack")]
+        assert sum("crashed" in line and line.split()[-2] == "yes" for line in out) == 1
     finally:
         assert session.stop(timeout=30)
     assert next(r for r in list_runs(tmp_path) if r.run_id == "ctl").state == RunState.STOPPED

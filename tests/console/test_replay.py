@@ -40,6 +40,7 @@ def same(read: list[Event], written: list[Event]) -> bool:
 
 
 def write_recording(path: Path, events: list[Event]) -> Path:
+    path.unlink(missing_ok=True)  # rewritten on purpose: a Recorder never overwrites
     with Recorder(path) as recorder:
         for event in events:
             recorder.emit(event)

@@ -70,9 +70,10 @@ def test_live_console_keys_reach_the_trainer_and_the_recording(tmp_path: Path) -
         wait_until(lambda: "LIVE" in screen(), "the console to show LIVE")
 
         tmux("send-keys", "-t", session, "2")  # focus env 2 (env index 1)
+        wait_until(lambda: "▶ env 2" in screen(), "env 2 focused")  # a key, then another
         tmux("send-keys", "-t", session, "r")
-        wait_until(lambda: "Force a rollback of env 2?" in screen(), "the confirmation")
-        tmux("send-keys", "-t", session, "y")
+        wait_until(lambda: "type 2 then enter" in screen(), "the confirmation")
+        tmux("send-keys", "-t", session, "2", "Enter")
         wait_until(
             lambda: rec.has(lambda e: isinstance(e, CommandAck) and e.command == "ForceRollback"),
             "the rollback ack",
@@ -190,8 +191,8 @@ def test_attach_steers_a_headless_run_across_two_terminals(tmp_path: Path) -> No
         screen = lambda s: tmux("capture-pane", "-p", "-t", s)  # noqa: E731
         wait_until(lambda: "LIVE" in screen(first), "the attached console")
         tmux("send-keys", "-t", first, "r")
-        wait_until(lambda: "Force a rollback of env 1?" in screen(first), "the confirmation")
-        tmux("send-keys", "-t", first, "y")
+        wait_until(lambda: "type 1 then enter" in screen(first), "the confirmation")
+        tmux("send-keys", "-t", first, "1", "Enter")
         wait_until(lambda: acked(rec, "ForceRollback", "first"), "the rollback ack")
         subprocess.run(["tmux", "kill-session", "-t", first], capture_output=True)
         after_drop = summaries(rec)
@@ -212,8 +213,8 @@ def test_attach_steers_a_headless_run_across_two_terminals(tmp_path: Path) -> No
         tmux("send-keys", "-t", second, "]")
         wait_until(lambda: acked(rec, "SetClipThreshold", "second"), "the clip ack")
         tmux("send-keys", "-t", second, "S")
-        wait_until(lambda: "Stop the run?" in screen(second), "the stop confirmation")
-        tmux("send-keys", "-t", second, "y")
+        wait_until(lambda: "type stop then enter" in screen(second), "the stop confirmation")
+        tmux("send-keys", "-t", second, "stop", "Enter")
         assert run.wait(timeout=60) == 0
         tmux("send-keys", "-t", second, "q")
     finally:
@@ -268,8 +269,8 @@ def test_a_hung_up_console_keeps_training_detached_and_can_be_attached(tmp_path:
         screen = lambda: tmux("capture-pane", "-p", "-t", attach)  # noqa: E731
         wait_until(lambda: "LIVE" in screen(), "the attached console")
         tmux("send-keys", "-t", attach, "S")
-        wait_until(lambda: "Stop the run?" in screen(), "the stop confirmation")
-        tmux("send-keys", "-t", attach, "y")
+        wait_until(lambda: "type stop then enter" in screen(), "the stop confirmation")
+        tmux("send-keys", "-t", attach, "stop", "Enter")
         wait_until(lambda: not alive(), "the detached run to end", timeout=60)
     finally:
         for name in sessions:
@@ -278,6 +279,128 @@ def test_a_hung_up_console_keeps_training_detached_and_can_be_attached(tmp_path:
     events = rec.refresh()
     assert acked(rec, "Stop", "later")
     assert isinstance(events[-1], RunFinished) and events[-1].status == "stopped"
+
+
+# --- text typed or pasted into the wrong window --------------------------------------------------
+
+WORDS = ("history", "ps aux", "sort -r things", "top")  # s, t, p, r, y, a, o... all keys here
+PASTES = ("ps aux | grep python\n", "r\ny\nstop\n")  # pasted as a terminal does, bracketed
+
+
+def type_and_paste(session: str, screen: Callable[[], str]) -> None:
+    """Type each word with its Enter and paste each line, into the console in ``session``: each
+    is ignored as a whole, with its toast."""
+    for word in WORDS:
+        tmux("send-keys", "-t", session, word, "Enter")  # one write: a word typed fast
+        toast = f"ignored {len(word) + 1} keys typed"
+        wait_until(lambda toast=toast: toast in screen(), f"{word!r} ignored")
+    for n, text in enumerate(PASTES):
+        tmux("set-buffer", "-b", f"ow{n}", text)
+        tmux("paste-buffer", "-p", "-d", "-b", f"ow{n}", "-t", session)  # -p: bracketed
+        toast = f"ignored {len(text)} keys pasted"
+        wait_until(lambda toast=toast: toast in screen(), f"paste {n} ignored")
+    tmux("send-keys", "-t", session, "-l", PASTES[1])  # unbracketed: the lines as keys
+    wait_until(lambda: f"ignored {len(PASTES[1])} keys typed" in screen(), "an unbracketed paste")
+
+
+def test_typing_and_pasting_never_steer_a_live_or_attached_run(tmp_path: Path) -> None:
+    """Words and shell lines into a live console, an attached one and a read-only one: not one
+    command in the recording; then the deliberate keys and their confirmations still work."""
+    sessions = [f"ow-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    live, attached, watcher = sessions
+    live_record, record = tmp_path / "live.msgpack", tmp_path / "bg.msgpack"
+    args = "--n-envs 2 --episodes 1 --epochs 500 --batches-per-epoch 4"
+    exit_file = tmp_path / "exit_code"
+    live_command = f"cd {tmp_path} && {overwatch('run', args, f'--record {live_record}')}"
+    tmux("new-session", "-d", "-s", live, "-x", "120", "-y", "40",
+         f"{live_command}; echo $? > {exit_file}")  # fmt: skip
+    with open(tmp_path / "headless.log", "w") as log:
+        run = subprocess.Popen(
+            overwatch("run --headless", args, f"--record {record}").split(),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    live_rec, rec = Recording(live_record), Recording(record)
+    screen = lambda s: lambda: tmux("capture-pane", "-p", "-t", s)  # noqa: E731
+    try:
+        wait_until(lambda: "LIVE" in screen(live)(), "the live console")
+        type_and_paste(live, screen(live))
+
+        wait_until(lambda: summaries(rec) > 0 and record.with_suffix(".pid").exists(), "a run")
+        for name, flags in ((attached, "--console first"), (watcher, "--console ro --read-only")):
+            tmux("new-session", "-d", "-s", name, "-x", "80", "-y", "24",
+                 overwatch("attach", str(record), flags))  # fmt: skip
+        wait_until(lambda: "LIVE" in screen(attached)(), "the attached console")
+        type_and_paste(attached, screen(attached))
+        wait_until(lambda: "read-only" in screen(watcher)(), "the read-only console")
+        type_and_paste(watcher, screen(watcher))
+        for key in ("p", "]", "c", "S", "r"):  # deliberate keys, an epoch apart
+            after = summaries(rec)
+            tmux("send-keys", "-t", watcher, key)
+            wait_until(lambda after=after: summaries(rec) > after, "an epoch after a key")
+        assert "Stop the run?" not in screen(watcher)() and "Force" not in screen(watcher)()
+        assert not any(isinstance(e, CommandAck) for e in live_rec.refresh() + rec.refresh())
+
+        # The deliberate keys and their confirmations, in the live and the attached console.
+        tmux("send-keys", "-t", live, "2")
+        wait_until(lambda: "▶ env 2" in screen(live)(), "env 2 focused")
+        tmux("send-keys", "-t", live, "r")
+        wait_until(lambda: "type 2 then enter" in screen(live)(), "the rollback confirmation")
+        tmux("send-keys", "-t", live, "2", "Enter")
+        wait_until(lambda: live_rec.has(lambda e: isinstance(e, CommandAck)), "the rollback ack")
+        tmux("send-keys", "-t", live, "q")
+        wait_until(exit_file.exists, "the live console to exit")
+        assert exit_file.read_text().strip() == "0"
+
+        tmux("send-keys", "-t", attached, "S")
+        wait_until(lambda: "type stop then enter" in screen(attached)(), "the stop confirmation")
+        tmux("send-keys", "-t", attached, "stop", "Enter")
+        assert run.wait(timeout=60) == 0
+    finally:
+        for name in sessions:
+            subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        if run.poll() is None:
+            run.kill()
+    live_acks = [(e.command, e.env) for e in live_rec.refresh() if isinstance(e, CommandAck)]
+    assert live_acks == [("ForceRollback", 1), ("Stop", None)]
+    acks = [(e.command, e.console) for e in rec.refresh() if isinstance(e, CommandAck)]
+    assert acks == [("Stop", "first")]  # nothing from the typing, nothing from "ro"
+    assert isinstance(rec.events[-1], RunFinished) and rec.events[-1].status == "stopped"
+
+
+def test_an_attached_console_that_paused_the_run_resumes_it_when_its_terminal_goes(
+    tmp_path: Path,
+) -> None:
+    """p in an attached console, then its terminal is closed: the run is not left paused."""
+    record = tmp_path / "bg.msgpack"
+    args = "--n-envs 2 --episodes 1 --epochs 500 --batches-per-epoch 4"
+    with open(tmp_path / "headless.log", "w") as log:
+        run = subprocess.Popen(
+            overwatch("run --headless", args, f"--record {record}").split(),
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    session = f"ow-{uuid.uuid4().hex[:8]}"
+    rec = Recording(record)
+    try:
+        wait_until(lambda: summaries(rec) > 0 and record.with_suffix(".pid").exists(), "a run")
+        tmux("new-session", "-d", "-s", session, "-x", "120", "-y", "40",
+             overwatch("attach", str(record), "--console hup"))  # fmt: skip
+        wait_until(lambda: "LIVE" in tmux("capture-pane", "-p", "-t", session), "the console")
+        tmux("send-keys", "-t", session, "p")
+        wait_until(lambda: acked(rec, "Pause", "hup"), "the pause ack")
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        wait_until(lambda: acked(rec, "Resume", "hup"), "the resume as the console went", 60)
+        after = summaries(rec)
+        wait_until(lambda: summaries(rec) > after, "training again")
+        run.terminate()  # SIGTERM: the run stops at a safe point
+        assert run.wait(timeout=60) == 0
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        if run.poll() is None:
+            run.kill()
 
 
 # --- the console in a real terminal: log search, 32 envs, 16 colours ------------------------------
@@ -360,8 +483,10 @@ def test_the_footer_is_legible_in_16_colours(term: str) -> None:
         console.wait_for("100.0%")
         footer = console.screen(escapes=True).splitlines()[-1]
         assert "38;2" not in footer and "48;2" not in footer  # no 24-bit colour at all
-        # live keys bold bright yellow on bright blue, greyed-out keys bright black, not dim
-        assert "\x1b[1m\x1b[93m\x1b[104m?" in footer
+        # live keys bold bright yellow on bright blue, greyed-out keys bright black, not dim;
+        # the blue is set before or after the yellow (after "read-only", before its space)
+        assert re.search(r"(\x1b\[1m\x1b\[93m\x1b\[104m|\x1b\[104m \x1b\[1m\x1b\[93m)\?", footer)
+        assert "\x1b[1m\x1b[93mread-only" in footer  # a replay's footer says so first
         assert "\x1b[90mr Rollback" in footer
         assert "\x1b[2m" not in footer
     finally:

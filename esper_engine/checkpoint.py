@@ -27,6 +27,7 @@ import torch
 
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import RunFinished, RunStarted, RunStatus
+from esper_engine.host_presets import HostSpec, resolve_host
 from esper_engine.recording import RecordingError, read_recording
 from esper_engine.run_files import UnsafeFileError, open_owned, temporary_beside
 from esper_engine.state_file import read_state_file
@@ -228,7 +229,24 @@ def plan_resume(recording: str | os.PathLike[str]) -> ResumePlan:
         config.validate()
     except (msgspec.ValidationError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint config is not valid here ({exc})") from None
+    check_checkpoint_host(state, resolve_host(config.host, config.task), str(path))
     return ResumePlan(recording, state, config, started.run_id, wanted)
+
+
+def check_checkpoint_host(state: dict[str, Any], spec: HostSpec, source: str) -> None:
+    """CheckpointError (one line) when the checkpoint's host is not the one this run builds (a
+    preset whose sizes changed between versions, or a state from another run)."""
+    saved = state.get("host")
+    if saved is None:  # older than the field: those runs all trained today's tiny hosts
+        return
+    try:
+        theirs = msgspec.convert(saved, HostSpec)
+    except msgspec.ValidationError:
+        raise CheckpointError(f"{source}: unreadable host record {saved!r}") from None
+    if theirs != spec:
+        raise CheckpointError(
+            f"{source}: the checkpoint's host is {theirs.label()}, this run builds {spec.label()}"
+        )
 
 
 def hold_point(name: str) -> None:

@@ -130,6 +130,14 @@ class RunStarted(Event, frozen=True, kw_only=True):
     config: dict[str, Any] = {}
     host_params: int = 0  # count: env 0's host as built
     seed_params: int = 0  # count: env 0's seeds as built (0 unless a slot starts seeded)
+    # the host, resolved from the config's [host] group (appended; "" / 0 in older recordings)
+    host_kind: str = ""  # "cnn" | "transformer"
+    host_preset: str = ""  # tiny | small | base: the preset its sizes start from
+    host_sizes: str = ""  # "32-64-128" (CNN widths), "384x6 h6 /2" (d_model x layers, heads,
+    # layers per slot when not 1)
+    host_flops: int = 0  # forward FLOPs per sample (torch's FlopCounterMode)
+    memory_estimate: int = 0  # bytes the run was estimated to need (esper_engine/footprint.py)
+    epoch_s_estimate: float = 0.0  # seconds per epoch from one timed batch; 0.0: not timed
 
 
 class BatchStats(Event, frozen=True, kw_only=True):

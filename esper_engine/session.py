@@ -26,6 +26,7 @@ from esper_engine.contracts import (
 )
 from esper_engine.control import ControlServer
 from esper_engine.distributed import Shard
+from esper_engine.footprint import RunEstimate
 from esper_engine.model import resolve_device
 from esper_engine.recording import Recorder, read_recording
 from esper_engine.run_files import RunLock
@@ -47,6 +48,7 @@ class TrainingSession:
         resume: ResumePlan | None = None,
         shard: Shard | None = None,
         lock: RunLock | None = None,
+        estimate: RunEstimate | None = None,
     ) -> None:
         """``lock``: the recording's, taken by the caller before anything else (else taken
         here: RunLockedError when a live run holds it); released when the run ends.
@@ -88,6 +90,7 @@ class TrainingSession:
             recording_bytes=None if self.recorder is None else self.recorder.sync,
             resume_from=None if resume is None else resume.checkpoint,
             shard=shard,
+            estimate=estimate,
         )
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
         self.finished: RunFinished | None = None
@@ -188,10 +191,16 @@ def prepare_session(
     if progress is not None:
         progress(f"loading task {config.task} ...")
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
-    validate_run(config, task)
+    estimate = validate_run(config, task)
     check_blueprint_preferences(config)
     return TrainingSession(
-        config, task, run_id=run_id, record_path=record_path, shard=shard, lock=lock
+        config,
+        task,
+        run_id=run_id,
+        record_path=record_path,
+        shard=shard,
+        lock=lock,
+        estimate=estimate,
     )
 
 
@@ -211,7 +220,7 @@ def prepare_resume(
     if progress is not None:
         progress(f"loading task {config.task} ...")
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
-    validate_run(config, task)
+    validate_run(config, task, timed=False)  # RunResumed tells no estimate
     return TrainingSession(
         config,
         task,

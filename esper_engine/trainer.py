@@ -23,7 +23,12 @@ import torch
 
 from esper_engine.batching import SharedBatchIterator, check_samples
 from esper_engine.blueprints import blueprint_names
-from esper_engine.checkpoint import CHECKPOINT_FORMAT, CheckpointWriter, hold_point
+from esper_engine.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointWriter,
+    check_checkpoint_host,
+    hold_point,
+)
 from esper_engine.commands import acknowledge, rejection
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
@@ -58,11 +63,24 @@ from esper_engine.distributed import (
 )
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
 from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
+from esper_engine.footprint import (
+    RunEstimate,
+    check_memory,
+    estimate_memory,
+    estimate_run,
+    host_cost,
+    time_epoch,
+)
 from esper_engine.lifecycle import SeedStage
-from esper_engine.model import create_model, run_host_spec
+from esper_engine.model import create_model, resolve_device, run_host_spec
 from esper_engine.policy.driver import PolicyDriver
 from esper_engine.policy.observation import EnvObservation
-from esper_engine.policy.policy_file import policy_path, read_policy_file, write_policy_file
+from esper_engine.policy.policy_file import (
+    check_policy_host,
+    policy_path,
+    read_policy_file,
+    write_policy_file,
+)
 from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
@@ -81,12 +99,18 @@ class StopRequested(Exception):
     """Raised at a safe point when the operator (or a signal) asked the run to stop."""
 
 
-def validate_run(config: TrainingConfig, task: Task) -> None:
-    """Check what only the task can tell (device, slot ids) before a thread starts."""
+def validate_run(config: TrainingConfig, task: Task, *, timed: bool = True) -> RunEstimate:
+    """Check what only the task can tell (device, slot ids, memory) before a thread starts;
+    the run's estimate (``timed``: with one timed batch for the epoch time)."""
     config.validate()
     check_samples("training set", task.train_x, task.train_y)
     check_samples("validation set", task.val_x, task.val_y)
-    model = create_model(task, config.device, slots=config.slots, spec=run_host_spec(config, task))
+    resolve_device(config.device)
+    spec = run_host_spec(config, task)
+    memory = estimate_memory(config, task, spec, config.n_envs)
+    check_memory(memory, config.device)  # before any weight is allocated
+    with torch.random.fork_rng(devices=[]):  # a check: it must not move the run's streams
+        model = create_model(task, config.device, slots=config.slots, spec=spec)
     if config.policy == "ppo" and config.ppo.init_file is not None:  # refused before it starts
         driver = PolicyDriver(
             "ppo",
@@ -97,7 +121,11 @@ def validate_run(config: TrainingConfig, task: Task) -> None:
             heuristic=config.heuristic,
             ppo=msgspec.structs.replace(config.ppo, seed=config.ppo_seed()),
         )
-        driver.load_policy_state(read_policy_file(config.ppo.init_file), config.ppo.init_file)
+        state = read_policy_file(config.ppo.init_file)
+        check_policy_host(state, spec, config.ppo.init_file)
+        driver.load_policy_state(state, config.ppo.init_file)
+    epoch_s = time_epoch(config, task, spec, config.n_envs) if timed else 0.0
+    return RunEstimate(spec, host_cost(task, spec), memory, epoch_s)
 
 
 class VectorizedTrainer:
@@ -113,13 +141,15 @@ class VectorizedTrainer:
         recording_bytes: Callable[[], int] | None = None,
         resume_from: dict[str, Any] | None = None,
         shard: Shard | None = None,
+        estimate: RunEstimate | None = None,
     ) -> None:
         """``checkpoint``: where to write one every ``config.checkpoint_every`` epochs;
         ``recording_bytes`` flushes the recording and returns its length (stored with each
         checkpoint). ``resume_from``: a checkpoint's state to continue from instead of starting
         (``checkpoint.plan_resume`` has checked it matches this config and run id).
         ``shard``: this process's block of envs when torchrun runs several (``distributed``);
-        its rank 0 is given the run's sink, the others a ``ForwardingSink``."""
+        its rank 0 is given the run's sink, the others a ``ForwardingSink``. ``estimate``: what
+        ``validate_run`` measured, told in RunStarted (None: estimated here, untimed)."""
         config.validate()
         self.config = config
         self.sink = sink
@@ -140,6 +170,7 @@ class VectorizedTrainer:
         self.exchange = Exchange(self.shard) if self.shard.distributed else None
         self._watch = None  # sharded: the leader's watchdog or a worker's heartbeat
         self._checkpointing = checkpoint is not None  # sharded: the leader's, on every rank
+        self._estimate = estimate
 
     # --- the story ----------------------------------------------------------------------------
 
@@ -363,7 +394,8 @@ class VectorizedTrainer:
         stats = self.policy.update()
         if self._driver is not None and self._driver.agent is not None and self.checkpoint:
             if self.config.ppo.learn:  # the agent after this round, next to the recording
-                write_policy_file(policy_path(self.checkpoint), self._driver.policy_state())
+                state = {**self._driver.policy_state(), "host": msgspec.to_builtins(self.host_spec)}
+                write_policy_file(policy_path(self.checkpoint), state)
         if stats is None:
             return
         self._updates += 1
@@ -416,6 +448,7 @@ class VectorizedTrainer:
             "epoch": epoch,
             "updates": self._updates,
             "recording_bytes": recording_bytes,
+            "host": msgspec.to_builtins(self.host_spec),  # checked on resume (plan_resume)
             "batches": self.batches.state_dict(),
             "envs": [env.state_dict() for env in self.envs] if envs is None else envs,
             "policy": self.policy.state_dict(),
@@ -425,6 +458,7 @@ class VectorizedTrainer:
         """Load a checkpoint onto the freshly set-up run."""
         if len(state["envs"]) != len(self.envs):
             raise ValueError(f"checkpoint has {len(state['envs'])} envs, config {len(self.envs)}")
+        check_checkpoint_host(state, self.host_spec, "checkpoint")
         for env, env_state in zip(self.envs, state["envs"], strict=True):
             env.load_state_dict(env_state)
         self.batches.load_state_dict(state["batches"])
@@ -608,6 +642,7 @@ class VectorizedTrainer:
         )
         self.val_batches = self._fixed_val_batches(device)
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
+        self.host_spec = run_host_spec(cfg, self.task)
         self.envs = [EnvRuntime(i, cfg, self.task) for i in self.shard.envs]
         for env in self.envs:
             env.model.on_transition = self._transition_listener(env.index)
@@ -635,6 +670,7 @@ class VectorizedTrainer:
             return
         if not self.shard.is_leader:
             return
+        estimate = self._estimate or estimate_run(cfg, self.task)
         self.sink.emit(
             RunStarted(
                 **self._common(None),
@@ -652,6 +688,12 @@ class VectorizedTrainer:
                 config=msgspec.to_builtins(cfg),  # the effective config, groups nested
                 host_params=self.envs[0].model.host_param_count(),
                 seed_params=self.envs[0].model.seed_param_count(),
+                host_kind=estimate.spec.kind,
+                host_preset=estimate.spec.preset,
+                host_sizes=estimate.spec.sizes(),
+                host_flops=estimate.cost.flops_per_sample,
+                memory_estimate=estimate.memory.needed,
+                epoch_s_estimate=estimate.epoch_s,
             )
         )
 
@@ -671,7 +713,9 @@ class VectorizedTrainer:
             ppo=msgspec.structs.replace(cfg.ppo, seed=cfg.ppo_seed()),
         )
         if cfg.policy == "ppo" and cfg.ppo.init_file is not None:  # --policy-file
-            driver.load_policy_state(read_policy_file(cfg.ppo.init_file), cfg.ppo.init_file)
+            state = read_policy_file(cfg.ppo.init_file)
+            check_policy_host(state, self.host_spec, cfg.ppo.init_file)
+            driver.load_policy_state(state, cfg.ppo.init_file)
         if self.exchange is None:
             return driver
         return LeaderPolicy(driver, self.exchange)

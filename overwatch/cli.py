@@ -709,7 +709,7 @@ def _run_worker(config: TrainingConfig, shard) -> int:
         signal.signal(sig, signal.SIG_IGN)  # rank 0 takes them and stops every rank
     try:
         task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
-        validate_run(config, task)
+        validate_run(config, task, timed=False)  # rank 0 tells the estimate
         check_blueprint_preferences(config)
     except (DataError, ValueError) as exc:
         raise BadInput(str(exc)) from None

@@ -31,6 +31,7 @@ from esper_engine.contracts import (
 from esper_engine.session import TrainingSession
 from overwatch.sources import session_plan
 from overwatch.state import RunPlan
+from overwatch.widgets.formatting import estimate_duration, host_label, memory_size
 
 COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds")
 
@@ -64,7 +65,20 @@ class HeadlessView:
         title = f"{s.run_id} {s.task} {s.policy} x{s.n_envs}"
         if self.started is None:
             title += " starting ..."
+        else:
+            title += self.estimate(self.started)
         return title + (f"  dropped={dropped}" if dropped else "")
+
+    @staticmethod
+    def estimate(s: RunStarted) -> str:
+        """``  host cnn 32-64-128 · 95k params · est. 12s/epoch · 327 MiB``, from RunStarted."""
+        host = host_label(s.host_kind, s.host_sizes, s.host_params)
+        parts = [f"host {host}"] if host else []
+        if s.epoch_s_estimate:
+            parts.append(f"est. {estimate_duration(s.epoch_s_estimate)}/epoch")
+        if s.memory_estimate:
+            parts.append(f"{'' if s.epoch_s_estimate else 'est. '}{memory_size(s.memory_estimate)}")
+        return "  " + " · ".join(parts) if parts else ""
 
     def render(self, dropped: int = 0) -> Table:
         table = Table(title=self.title(dropped), title_justify="left", box=None, pad_edge=False)

@@ -20,6 +20,7 @@ from esper_engine.control import read_pid_file, socket_alive
 from esper_engine.recording import RecordingError, RecordingFollower
 from esper_engine.run_files import UnsafeFileError
 from overwatch.registry import find_registered, registered_runs, registry_dir
+from overwatch.widgets.formatting import host_label
 
 RECORDING_SUFFIX = ".msgpack"
 CHECKPOINT_SUFFIX = ".ckpt"  # esper_engine.checkpoint.SUFFIX, without importing torch
@@ -53,6 +54,7 @@ class RunInfo:
     resumable: bool  # a checkpoint and not completed
     socket: str | None = None
     warning: str | None = None  # a file next to it refused (not this user's): one line
+    host: str = ""  # "cnn 32-64-128 · 95k params" ("" for a recording older than the field)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -129,6 +131,9 @@ def run_info(record: Path, run_id: str | None = None) -> RunInfo:
         resumable=resumable,
         socket=sock if attachable else None,
         warning=warning,
+        host=host_label(started.host_kind, started.host_sizes, started.host_params)
+        if started
+        else "",
     )
 
 
@@ -156,7 +161,10 @@ def ps_table(runs: list[RunInfo]) -> str:
     """The `overwatch ps` table, plain text, one run per line."""
     if not runs:
         return "no runs\n"
-    header = ("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME", "RECORDING")
+    header = (
+        *("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "HOST", "ATTACH", "RESUME"),
+        "RECORDING",
+    )
     rows = [header]
     for run in runs:
         state = f"running (pid {run.pid})" if run.state == RunState.RUNNING else str(run.state)
@@ -175,6 +183,7 @@ def ps_table(runs: list[RunInfo]) -> str:
                 progress,
                 started,
                 _size(run.size),
+                run.host or "-",
                 "yes" if run.attachable else "no",
                 "yes" if run.resumable else "no",
                 str(run.path),

@@ -237,6 +237,10 @@ class ConsoleState:
     random_guess_loss: float | None = None
     host_params: int = 0  # env 0's model as built (RunStarted), before any EpochSummary
     seed_params: int = 0
+    host_kind: str = ""  # RunStarted's host ("" in recordings older than the field)
+    host_sizes: str = ""  # "32-64-128", "384x6 h6 /2"
+    memory_estimate: int = 0  # bytes, RunStarted's estimate (0: none)
+    epoch_s_estimate: float = 0.0  # seconds per epoch, RunStarted's estimate (0.0: none)
     episode: int = 0  # latest epoch summarised (envs run in lockstep)
     epoch: int = 0
     epochs_done: int = 0  # epochs summarised, counted across episodes (for the progress bar)
@@ -424,6 +428,8 @@ def _run_started(state: ConsoleState, ev: RunStarted) -> None:
     state.epochs = ev.epochs
     state.random_guess_loss = ev.random_guess_loss
     state.host_params, state.seed_params = ev.host_params, ev.seed_params
+    state.host_kind, state.host_sizes = ev.host_kind, ev.host_sizes
+    state.memory_estimate, state.epoch_s_estimate = ev.memory_estimate, ev.epoch_s_estimate
     state.batches_per_epoch = ev.batches_per_epoch
     state.started_wall_time = ev.wall_time
     state.trainer_state = "running"

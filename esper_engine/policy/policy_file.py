@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from esper_engine.host_presets import HostSpec
 from esper_engine.state_file import read_state_file
 
 POLICY_FORMAT = "esper-policy/1"
@@ -52,3 +53,13 @@ def read_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise PolicyFileError(f"{path}: no such policy file")
     return read_state_file(path, PolicyFileError, "policy file", POLICY_FORMAT)
+
+
+def check_policy_host(state: dict[str, Any], spec: HostSpec, source: object) -> None:
+    """A policy trained on another kind of host is refused (one line); another size of the same
+    kind loads where its observation and action spaces match (the driver checks those)."""
+    host = state.get("host")
+    if isinstance(host, dict) and host.get("kind") != spec.kind:
+        raise PolicyFileError(
+            f"{source}: trained on a {host.get('kind')} host, this run trains {spec.label()}"
+        )

@@ -35,6 +35,7 @@ from overwatch.widgets.formatting import (
     env_label,
     episode_number,
     epoch_number,
+    host_label,
     num,
     signed,
     stage_component,
@@ -258,9 +259,10 @@ class EventLog(Widget):
                 style=self._style("log--policy"),
             )
         if isinstance(entry, RunStarted):
+            host = host_label(entry.host_kind, entry.host_sizes, entry.host_params)
             return Text(
-                f"run started: {entry.task}, {entry.n_envs} envs, {entry.policy} policy,"
-                f" {entry.episodes}x{entry.epochs} epochs",
+                f"run started: {entry.task}{f' ({host})' if host else ''}, {entry.n_envs} envs,"
+                f" {entry.policy} policy, {entry.episodes}x{entry.epochs} epochs",
                 style=self._style("log--run"),
             )
         if isinstance(entry, RunFinished):

@@ -104,3 +104,29 @@ def duration(seconds: float | None) -> str:
 def plural(count: int, noun: str) -> str:
     """``1 env``, ``4 envs``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def short_count(n: int) -> str:
+    """``1,063`` -> ``1.1k``, ``94,762`` -> ``95k``, ``10,868,992`` -> ``10.9M``."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f}{suffix}" if value < 10 else f"{value:.0f}{suffix}"
+    return str(n)
+
+
+def host_label(kind: str, sizes: str, params: int) -> str:
+    """``cnn 32-64-128 · 95k params``; ``""`` for a recording older than the host fields."""
+    if not kind:
+        return ""
+    return f"{kind} {sizes} · {short_count(params)} params"
+
+
+def memory_size(n: int) -> str:
+    """``12 MiB``, ``4.3 GiB``."""
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{max(n / 2**20, 1):.0f} MiB"
+
+
+def estimate_duration(seconds: float) -> str:
+    """An estimated span: ``duration``, or ``<1s`` for a short one (never a plain ``0s``)."""
+    return duration(seconds) if seconds >= 0.5 else "<1s"

@@ -11,6 +11,9 @@ from overwatch.widgets.formatting import (
     duration,
     episode_number,
     epoch_number,
+    estimate_duration,
+    host_label,
+    memory_size,
     num,
     plural,
     signed,
@@ -123,7 +126,9 @@ class RunHeader(LineWidget):
             f" · {state.device or '-'}",
             style=self._style("header--dim"),
         )
-        return [title, run, task, policy, envs]
+        host = host_label(state.host_kind, state.host_sizes, state.host_params)
+        hosts = [Text(f" · {host}")] if host else []
+        return [title, run, task, *hosts, policy, envs]
 
     def _status(self) -> Text:
         kind = {
@@ -176,11 +181,24 @@ class RunHeader(LineWidget):
         segments = [progress, throughput, clip, dropped]
         if timing:
             segments.insert(1, self._elapsed_eta(state))
+        if not begun and (state.epoch_s_estimate or state.memory_estimate):
+            segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet
         if self.sort != "id":
             segments.append(Text(" │ sort ", style=label).append(self.sort))
         if self.layout_choice != "auto":
             segments.append(Text(" │ layout ", style=label).append(self.layout_choice))
         return segments
+
+    def _estimate(self, state: ConsoleState) -> Text:
+        """What the run was estimated to cost, until its first epoch tells the real time."""
+        label = self._style("header--label")
+        text = Text(" │ est. ", style=label)
+        if state.epoch_s_estimate:
+            text.append(f"{estimate_duration(state.epoch_s_estimate)}/epoch")
+        if state.memory_estimate:
+            text.append(" · " if state.epoch_s_estimate else "")
+            text.append(memory_size(state.memory_estimate))
+        return text
 
     def _elapsed_eta(self, state: ConsoleState) -> Text:
         label = self._style("header--label")

@@ -39,7 +39,7 @@ from esper_engine.recording import read_recording
 from overwatch import cli
 
 pytestmark = pytest.mark.distributed
-TIMING = ("wall_time", "samples_per_s", "cost_ratio", "ranks", "exchange_s")
+TIMING = ("wall_time", "samples_per_s", "cost_ratio", "ranks", "exchange_s", "epoch_s_estimate")
 TINY = ["--batches-per-epoch", "2", "--set", "batch_size=16", "--set", "val_batches=1"]
 
 

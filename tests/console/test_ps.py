@@ -64,11 +64,16 @@ def test_ps_tells_running_completed_and_crashed_runs_apart(
 
         assert main(["ps", "--dir", str(tmp_path)]) == 0
         out = capsys.readouterr().out.splitlines()
-        header = ["RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "ATTACH", "RESUME", "RECORDING"]
+        header = [
+            *("RUN", "STATE", "PROGRESS", "STARTED", "SIZE", "HOST", "ATTACH", "RESUME"),
+            "RECORDING",
+        ]
         assert out[0].split() == header
         line = next(line for line in out if line.startswith("ctl "))
         assert f"running (pid {os.getpid()})" in line
         assert line.split()[-3:] == ["yes", "no", str(tmp_path / "ctl.msgpack")]
+        assert " cnn 3-6-12 · 1.1k params " in line  # the host it trains
+        assert (live.host, done.host) == ("cnn 3-6-12 · 1.1k params", "")  # an older recording
         assert sum("crashed" in line and line.split()[-2] == "yes" for line in out) == 1
     finally:
         assert session.stop(timeout=30)

@@ -50,6 +50,12 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         config={"lr": 0.1, "nested": {"a": [1, 2]}},
         host_params=4810,
         seed_params=12,
+        host_kind="cnn",
+        host_preset="small",
+        host_sizes="8-16-32",
+        host_flops=1622656,
+        memory_estimate=12_645_096,
+        epoch_s_estimate=2.5,
     ),
     c.BatchStats: c.BatchStats(
         **COMMON,

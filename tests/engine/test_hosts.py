@@ -3,6 +3,7 @@ blueprint checked at the real widths (128 for the CNN's last block, 384 for the 
 
 from __future__ import annotations
 
+import tomllib
 from types import SimpleNamespace
 
 import msgspec
@@ -12,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from esper_engine.blueprints import blueprint_names, get_blueprint
 from esper_engine.config import HostConfig, TrainingConfig
-from esper_engine.config_io import ConfigError, apply_set, apply_table
+from esper_engine.config_io import ConfigError, apply_set, apply_table, to_toml
 from esper_engine.host_presets import TASK_HOST_KIND, HostSpec, resolve_host
 from esper_engine.model import MorphogeneticModel, create_model, run_host_spec
 from esper_engine.tasks import load_task
@@ -124,6 +125,10 @@ def test_a_toml_host_table_reads_back() -> None:
     config = apply_table(TrainingConfig(), table, "config run.toml")
     assert config.host == HostConfig(preset="small", n_layers=2)
     assert run_host_spec(config, LM_TASK).label() == "transformer 128x2 h4"
+    cnn = apply_set(TrainingConfig(), "host.widths=[16, 32]")
+    text = to_toml(cnn)
+    assert "[host]\n" in text and "\nwidths = [16, 32]\n" in text
+    assert apply_table(TrainingConfig(), tomllib.loads(text), "printed") == cnn
 
 
 @pytest.mark.parametrize(

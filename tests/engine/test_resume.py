@@ -29,7 +29,7 @@ from esper_engine.session import TrainingSession
 from esper_engine.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMING = ("wall_time", "samples_per_s", "cost_ratio")
+TIMING = ("wall_time", "samples_per_s", "cost_ratio", "epoch_s_estimate")
 POLICIES = ("heuristic", "static", "ppo")
 # Long enough for seeds to germinate, train and blend, and for PPO to update between episodes.
 SMALL = TrainingConfig(

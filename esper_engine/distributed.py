@@ -102,6 +102,12 @@ def rank_device(device: str, local_rank: int) -> str:
     return f"cuda:{local_rank}" if device == "cuda" else device
 
 
+def resumed_rank_device(device: str, local_rank: int) -> str:
+    """A rank's device in a sharded ``--resume``: the checkpoint's config holds the device rank
+    0 resolved (``cuda:0``), so any CUDA device becomes this rank's ``cuda:LOCAL_RANK``."""
+    return rank_device("cuda" if device.startswith("cuda") else device, local_rank)
+
+
 def launched_world() -> tuple[int, int]:
     """(rank, world size) as torchrun set them; (0, 1) outside torchrun."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

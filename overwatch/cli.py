@@ -668,7 +668,12 @@ def _resume_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     """One rank of a sharded ``--resume``: rank 0 reads the checkpoint and sends the workers
     the config, then each its envs' states; a worker reads no file (it may be on another
     machine). Any number of ranks up to the envs resumes any run: the checkpoint is per env."""
-    from esper_engine.distributed import Shard, init_group, rank_device, share_config  # noqa: PLC0415
+    from esper_engine.distributed import (  # noqa: PLC0415
+        Shard,
+        init_group,
+        resumed_rank_device,
+        share_config,
+    )
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     resumed = None
@@ -683,7 +688,7 @@ def _resume_rank(args: argparse.Namespace, rank: int, world: int) -> int:
             resumed[1].release()
         raise BadInput(f"{world} processes: more than the run's {config.n_envs} envs")
     shard = Shard(rank, world, config.n_envs, args.dist_timeout)
-    config = msgspec.structs.replace(config, device=rank_device(config.device, local_rank))
+    config = msgspec.structs.replace(config, device=resumed_rank_device(config.device, local_rank))
     if resumed is not None:
         return _cmd_run_here(args, shard, config, resumed)
     return _run_worker(config, shard)

@@ -12,6 +12,7 @@ import torch
 from _timing import Timed, stopwatch
 from torch import Tensor
 
+from esper_engine.host_presets import HostSpec
 from esper_engine.model import MorphogeneticModel, create_model
 from esper_engine.shapley import CounterfactualEngine
 from esper_engine.tasks import Task
@@ -20,10 +21,13 @@ from esper_engine.training_step import process_val_batch
 ValBatches = list[tuple[Tensor, Tensor]]
 
 
-def blending_model(task: Task, blueprint: str = "conv_light", seed: int = 0) -> MorphogeneticModel:
-    """A host with one BLENDING seed per slot (alpha 2/3), reached through the real lifecycle."""
+def blending_model(
+    task: Task, blueprint: str = "conv_light", seed: int = 0, spec: HostSpec | None = None
+) -> MorphogeneticModel:
+    """A host (``spec``: of that size; the tiny one without) with one BLENDING seed per slot
+    (alpha 2/3), reached through the real lifecycle."""
     torch.manual_seed(seed)
-    model = create_model(task, "cpu")
+    model = create_model(task, "cpu", spec=spec)
     for slot_id in model.slot_ids:
         model.germinate(slot_id, blueprint, blend_epochs=3)
     for _ in range(3):  # GERMINATED -> TRAINING, then the minimum training epochs
@@ -59,9 +63,15 @@ class AttributionTimer:
     """Times ``CounterfactualEngine.attribute`` exactly as the trainer calls it (a fresh engine
     per attribution) and keeps the cost ratio the engine reports about itself."""
 
-    def __init__(self, model: MorphogeneticModel, task: Task, val: ValBatches) -> None:
+    def __init__(
+        self, model: MorphogeneticModel, task: Task, val: ValBatches, batches: int = 0
+    ) -> None:
+        """``batches``: attribute on the first that many of ``val`` (``attribution_batches``;
+        0: all of it); the plain pass is always the whole of ``val``, as in the trainer."""
         self.model, self.task, self.val = model, task, val
+        self.attributed = val[:batches] if batches else val
         self.reported: list[float] = []
+        self.shapley: dict[str, float] = {}  # the last attribution's values
         self.last_plain_s: float | None = None  # the trainer hands over its epoch's val pass
 
     def plain_pass(self) -> Timed:
@@ -73,7 +83,7 @@ class AttributionTimer:
     def __call__(self) -> Timed:
         with stopwatch() as watch:
             engine = CounterfactualEngine(self.model, self.task)
-            result = engine.attribute(self.val, plain_pass_s=self.last_plain_s)
+            result = engine.attribute(self.attributed, plain_pass_s=self.last_plain_s)
         if not result.exact or result.coalitions != 8:
             raise RuntimeError(
                 f"expected an exact attribution over 8 coalitions, got exact={result.exact}, "
@@ -81,4 +91,5 @@ class AttributionTimer:
             )
         if result.cost_ratio is not None:
             self.reported.append(result.cost_ratio)
+        self.shapley = dict(result.shapley)
         return watch.result

@@ -3,7 +3,8 @@
 ``checkpoint_overhead`` (in ``run.py``) is the ratio of the two runs' throughputs, measured side by
 side in the same rounds as the engine's other figures. A run-to-run spread of a few percent can
 hide a cost this size, so ``checkpoint_work`` also times the checkpoint alone: assembling the
-state and writing it (temporary file, fsync, rename), with the file's size.
+state, sharing equal tensors and writing it (temporary file, fsync, rename), with the file's
+size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from statistics import median
 import msgspec
 from _timing import Timed, stopwatch, walls
 
-from esper_engine.checkpoint import write_checkpoint
+from esper_engine.checkpoint import share_equal_tensors, write_checkpoint
 from esper_engine.config import TrainingConfig
 from esper_engine.tasks import Task
 from esper_engine.telemetry import ListSink
@@ -36,7 +37,8 @@ def checkpoint_work(config: TrainingConfig, task: Task, run_s: float, rounds: in
         path = Path(tmp) / "run.ckpt"
         for _ in range(rounds):
             with stopwatch() as watch:
-                write_checkpoint(path, trainer.checkpoint_state(0, config.epochs, 0))
+                state = trainer.checkpoint_state(0, config.epochs, 0)
+                write_checkpoint(path, share_equal_tensors(state))  # as CheckpointWriter does
             times.append(watch.result)
         size = path.stat().st_size
     seconds = median(walls(times))

@@ -19,9 +19,9 @@ from _timing import Timed, stopwatch
 from torch import Tensor
 
 from esper_engine.batching import SharedBatchIterator
-from esper_engine.config import TrainingConfig
+from esper_engine.config import HostConfig, TrainingConfig
 from esper_engine.contracts import Event, RunStatus
-from esper_engine.model import create_model
+from esper_engine.model import create_model, run_host_spec
 from esper_engine.recording import Recorder
 from esper_engine.session import TrainingSession
 from esper_engine.tasks import Task
@@ -37,6 +37,14 @@ class RunShape:
     batch_size: int = 64
     val_batches: int = 8
     seed: int = 0
+    host: str = "tiny"  # the host preset (host.preset): tiny or base
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.epochs} epochs x {self.batches_per_epoch} batches x {self.n_envs} envs, "
+            f"{self.host} host"
+        )
 
     @property
     def train_samples(self) -> int:
@@ -58,6 +66,7 @@ def trainer_config(shape: RunShape) -> TrainingConfig:
         policy="static",
         attribution_every=0,
         checkpoint_every=0,
+        host=HostConfig(preset=shape.host),
     )
 
 
@@ -117,7 +126,8 @@ def _bare_loop(config: TrainingConfig, task: Task) -> None:
     hosts = []
     for index in range(config.n_envs):
         torch.manual_seed(config.seed * 1000 + index)  # the trainer's per-env initial weights
-        hosts.append(create_model(task, config.device).host)  # the plain host, no slot wrappers
+        # the plain host, no slot wrappers, of the run's size
+        hosts.append(create_model(task, config.device, spec=run_host_spec(config, task)).host)
     lr = config.host_lr or task.host_lr
     optimizers = [torch.optim.SGD(h.parameters(), lr=lr, momentum=0.9) for h in hosts]
     batches = SharedBatchIterator(

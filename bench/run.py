@@ -1,10 +1,13 @@
 """Performance figures of the engine and the console, each measured side by side on this machine.
 
     python bench/run.py [--quick] [--json PATH] [--threads N] [--only FIGURE,...]
+                        [--sizes tiny,base]
 
-Prints a table (figure, value, target, pass/fail) on stdout and progress on stderr. Every figure
-is a ratio or a rate from repeated, interleaved, counterbalanced measurements after a warm-up
-(see ``_timing.py``); see README.md for what each figure compares.
+Prints a table (figure, value, CPU-time ratio, target, pass/fail) on stdout and progress on
+stderr. Every figure is a ratio or a rate from repeated, interleaved, counterbalanced measurements
+after a warm-up (see ``_timing.py``); see README.md for what each figure compares. The engine and
+attribution figures are measured at each host size of ``--sizes`` (``_base`` figures: the
+``base`` preset, Transformer and CNN).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from statistics import median
 
@@ -38,7 +41,8 @@ from _throughput import (
 )
 from _timing import Timed, cpus, interleave, median_ratio, spread, walls
 
-from esper_engine.config import TrainingConfig
+from esper_engine.config import HostConfig, TrainingConfig
+from esper_engine.host_presets import resolve_host
 from esper_engine.tasks import Task, load_task
 
 REPLAY_EVENTS = 100_000
@@ -64,6 +68,10 @@ class Profile:
     small_terminal_repeats: int = 2  # console runs at 80x24 for terminal_bytes_per_s_80x24
     # Warms caches, the allocator and imports before the first kept round of a run figure.
     warmup_shape: RunShape = RunShape(epochs=1, batches_per_epoch=5)
+    # The base host (CNN 32-64-128): its batches take ~25x as long as tiny's, so fewer of them.
+    engine_base: RunShape = RunShape(epochs=2, batches_per_epoch=8, host="base")
+    engine_base_repeats: int = 3
+    attribution_base_repeats: int = 5
 
 
 # Console runs are whole processes timed over the trainer's window: with 2 x 15 batches (1.5 s)
@@ -76,7 +84,9 @@ FULL = Profile("full", RunShape(epochs=3, batches_per_epoch=40), 7,
                RunShape(epochs=6, batches_per_epoch=40), 7, 21, 7,
                ScalingShape(epochs=4, batches_per_epoch=60), 4,
                many_envs=RunShape(epochs=3, batches_per_epoch=10, n_envs=32, val_batches=2),
-               many_envs_repeats=5, small_terminal_repeats=3)
+               many_envs_repeats=5, small_terminal_repeats=3,
+               engine_base=RunShape(epochs=3, batches_per_epoch=15, host="base"),
+               engine_base_repeats=5, attribution_base_repeats=9)
 KIB = 1024.0
 SMALL_TERMINAL = (80, 24)
 
@@ -99,7 +109,10 @@ class Target:
 
 TARGETS = (
     Target("engine_overhead", 0.90, True),
+    Target("engine_overhead_base", 0.97, True),
     Target("attribution_cost", 2.5, False),
+    Target("attribution_cost_base_cnn", 1.5, False),
+    Target("attribution_cost_base_transformer", 1.5, False),
     Target("console_overhead", 0.95, True),
     Target("console_overhead_32_envs", 0.95, True),
     Target("console_dropped_events", 0, False),
@@ -107,12 +120,21 @@ TARGETS = (
     Target("terminal_bytes_per_s_120x40", 5 * KIB, False, " B/s"),
     Target("recorder_overhead", 0.99, True),
     Target("checkpoint_overhead", 0.98, True),
+    Target("checkpoint_overhead_base", 0.98, True),
     Target("replay_decode_events_per_s", 500_000, True),
     Target("replay_ingest_s", 2.0, False, " s"),
     Target("proc_scaling", 1.7, True),
     Target("exchange_share", 0.01, False),
 )
 FIGURES = ("engine", "attribution", "console", "replay", "scaling")  # --only choices
+SIZES = ("tiny", "base")  # --sizes choices: host presets the engine and attribution run at
+# Base attribution per host kind: task, blueprint, validation set (batch_size, val_batches) and
+# attribution_batches (attributing on that many of them, every epoch), chosen from measurements
+# here. The Transformer's set is smaller only so that a round takes seconds, not minutes, on one
+# CPU thread (a base plain pass over 8 batches of 128 sequences is ~1.4 TFLOP): the cost is a
+# ratio of passes over the same set, and attribution_batches a share of it.
+BASE_ATTRIBUTION = {"cnn": ("synthetic-images", "conv_light", (64, 8), 4),
+                    "transformer": ("synthetic-stories", "lora", (16, 4), 1)}
 CONSOLE_KEYS = ("console_overhead", "console_overhead_32_envs", "console_dropped_events",
                 "terminal_bytes_per_s_80x24", "terminal_bytes_per_s_120x40")
 
@@ -123,6 +145,7 @@ class Bench:
     def __init__(self, profile: Profile, threads: int) -> None:
         self.profile, self.threads = profile, threads
         self.values: dict[str, float | None] = {t.key: None for t in TARGETS}
+        self.cpu_values: dict[str, float] = {}  # the same ratio from process CPU seconds
         self.details: dict[str, object] = {}
         self.reasons: dict[str, str] = {}
         self.notes: list[str] = []  # printed under the table
@@ -144,6 +167,11 @@ class Bench:
             self._task = load_task("synthetic-images", seed=0)
         return self._task
 
+    def ratio(self, key: str, times: dict[str, list[Timed]], num: str, den: str) -> None:
+        """``key``: the median per-round ratio num/den of wall seconds, and of CPU seconds."""
+        self.values[key] = median_ratio(walls(times[num]), walls(times[den]))
+        self.cpu_values[key] = median_ratio(cpus(times[num]), cpus(times[den]))
+
     def run_figure(self, keys: tuple[str, ...], measure: Callable[[], None]) -> None:
         """Measure one group of figures; a failure leaves them null with a one-line reason."""
         try:
@@ -156,13 +184,16 @@ class Bench:
 
     # --- the figures --------------------------------------------------------------------------
 
-    def engine(self) -> None:
+    def engine(self, size: str = "tiny") -> None:
         """engine_overhead (trainer / bare loop), recorder_overhead (recording on / off) and
-        checkpoint_overhead (recording with a checkpoint every epoch / recording only)."""
-        shape, task = self.profile.engine, self.task
+        checkpoint_overhead (recording with a checkpoint every epoch / recording only), at the
+        ``size`` host (``_base`` figures for base; base has no recorder figure)."""
+        base = size == "base"
+        shape = self.profile.engine_base if base else self.profile.engine
+        repeats = self.profile.engine_base_repeats if base else self.profile.engine_repeats
+        task, suffix = self.task, "_base" if base else ""
         config = trainer_config(shape)
-        self.say(f"engine: {shape.epochs} epochs x {shape.batches_per_epoch} batches x "
-                 f"{shape.n_envs} envs per run, {self.profile.engine_repeats} rounds")
+        self.say(f"engine: {shape.label} per run, {repeats} rounds")
         sides = {
             "bare_loop": lambda c: bare_loop_seconds(c, task),
             "trainer_recording": lambda c: trainer_seconds(c, task, record=True),
@@ -171,31 +202,37 @@ class Bench:
                 with_checkpoints(c, 1), task, record=True
             ),
         }
-        warm = trainer_config(self.profile.warmup_shape)
+        if base:  # the recorder's cost does not grow with the host: measured at tiny only
+            del sides["trainer_no_recording"]
+        warm = trainer_config(replace(self.profile.warmup_shape, host=shape.host))
         for name, side in sides.items():
             self.say(f"  warm-up {name}: {side(warm)}")
         times = interleave(
             {name: (lambda side=side: side(config)) for name, side in sides.items()},
-            self.profile.engine_repeats, warmup=0, progress=self.say,
+            repeats, warmup=0, progress=self.say,
         )
-        bare, rec, norec, ckpt = (times[n] for n in sides)
+        bare, rec = times["bare_loop"], times["trainer_recording"]
+        ckpt = times["trainer_checkpoints"]
         # Same samples on every side, so a throughput ratio is the inverse ratio of times.
-        self.values["engine_overhead"] = median_ratio(walls(bare), walls(rec))
-        self.values["recorder_overhead"] = median_ratio(walls(norec), walls(rec))
-        self.values["checkpoint_overhead"] = median_ratio(walls(rec), walls(ckpt))
+        self.ratio(f"engine_overhead{suffix}", times, "bare_loop", "trainer_recording")
+        if not base:
+            self.ratio("recorder_overhead", times, "trainer_no_recording", "trainer_recording")
+        self.ratio(f"checkpoint_overhead{suffix}", times, "trainer_recording",
+                   "trainer_checkpoints")
         samples = shape.train_samples
-        self.details["engine"] = {
+        self.details[f"engine{suffix}"] = {
             "shape": asdict(shape),
             "samples_per_run": samples,
             "bare_loop_samples_per_s": samples / median(walls(bare)),
             "trainer_samples_per_s": samples / median(walls(rec)),
             **_timed_details(times),
         }
-        self.details["recorder"] = self._recorder_work(config, task, median(walls(rec)))
+        if not base:
+            self.details["recorder"] = self._recorder_work(config, task, median(walls(rec)))
         work = checkpoint_work(config, task, median(walls(ckpt)))
         self.say(f"  checkpoint alone: {work['bytes'] / 1e6:.2f} MB in "
                  f"{work['seconds_each'] * 1e3:.1f} ms, {work['share_of_run']:.2%} of a run")
-        self.details["checkpoint"] = work
+        self.details[f"checkpoint{suffix}"] = work
 
     def _recorder_work(self, config: TrainingConfig, task: Task, run_s: float) -> dict:
         """The recorder's own work in a run, timed alone: a run-to-run spread of a few percent
@@ -208,24 +245,62 @@ class Bench:
                  f"{share:.2%} of a run's {run_s:.2f} s")
         return {"events_per_run": len(events), "seconds_per_run": seconds, "share_of_run": share}
 
-    def attribution(self) -> None:
-        """attribution_cost: one exact attribution (3 seeds) / one plain validation pass."""
-        task = self.task
-        model = blending_model(task)
-        val = fixed_val_batches(task, trainer_config(self.profile.engine))
-        timer = AttributionTimer(model, task, val)
-        self.say(f"attribution: 3 active conv_light seeds, {len(val)} validation batches, "
-                 f"{self.profile.attribution_repeats} rounds")
-        times = interleave(
-            {"plain_pass": timer.plain_pass, "attribution": timer},
-            self.profile.attribution_repeats, warmup=1,
-        )
-        plain, attribution = times["plain_pass"], times["attribution"]
-        self.values["attribution_cost"] = median_ratio(walls(attribution), walls(plain))
+    def attribution(self, size: str = "tiny") -> None:
+        """attribution_cost: one exact attribution (3 seeds) / one plain validation pass; at
+        base, for each host kind, both on every validation batch and as a base run attributes
+        (``BASE_ATTRIBUTION``: on the first N batches)."""
+        if size == "tiny":
+            self._attribution("attribution_cost", self.task, "conv_light", None,
+                              self.profile.engine, 0, self.profile.attribution_repeats)
+            return
+        for kind, (task_name, blueprint, (batch, val_batches), batches) in BASE_ATTRIBUTION.items():
+            shape = replace(self.profile.engine, batch_size=batch, val_batches=val_batches)
+            task = self.task if task_name == self.task.name else load_task(task_name, seed=0)
+            spec = resolve_host(HostConfig(preset="base"), task.name, task.host_kind)
+            repeats = self.profile.attribution_base_repeats
+            key = f"attribution_cost_base_{kind}"
+            self._attribution(key, task, blueprint, spec, shape, batches, repeats)
+
+    def _attribution(self, key: str, task: Task, blueprint: str, spec, shape: RunShape,
+                     batches: int, repeats: int) -> None:
+        """``key``: attribution on ``batches`` of the validation set (0: all) / a plain pass
+        over all of it; with ``batches``, attribution on all of it is timed in the same rounds
+        (``key``_all_batches in the details: what ``attribution_batches`` saves)."""
+        model = blending_model(task, blueprint, spec=spec)
+        val = fixed_val_batches(task, trainer_config(shape))
+        timer = AttributionTimer(model, task, val, batches)
+        size = "tiny" if spec is None else f"{spec.kind} {spec.sizes()}"
+        self.say(f"{key}: {size} host, 3 active {blueprint} seeds, attributed on "
+                 f"{len(timer.attributed)} of {len(val)} validation batches, {repeats} rounds")
+        sides = {"plain_pass": timer.plain_pass, "attribution": timer}
+        if batches:
+            every = AttributionTimer(model, task, val, 0)
+
+            def on_every_batch() -> Timed:
+                every.last_plain_s = timer.last_plain_s  # the plain pass both are handed
+                return every()
+
+            sides["attribution_all_batches"] = on_every_batch
+        times = interleave(sides, repeats, warmup=1)
+        plain = times["plain_pass"]
+        for side in sides.keys() - {"plain_pass"}:
+            wall, cpu = (median_ratio(clock(times[side]), clock(plain)) for clock in (walls, cpus))
+            self.say(f"  {side}: {wall:.3f} validation passes (cpu ratio {cpu:.3f})")
+            if side == "attribution":
+                self.values[key], self.cpu_values[key] = wall, cpu
+            else:  # what the subset trades: its values against those of every batch
+                gaps = [abs(timer.shapley[slot] - value) for slot, value in every.shapley.items()]
+                self.details[f"{key}_all_batches"] = {
+                    "wall_ratio": wall, "cpu_ratio": cpu, "shapley_all": every.shapley,
+                    "shapley_subset": timer.shapley, "max_abs_gap": max(gaps)}
+                self.say(f"  shapley on every batch {_rounded(every.shapley)}, on "
+                         f"{batches}: {_rounded(timer.shapley)}")
         reported = timer.reported[1:]  # without the warm-up round
-        self.details["attribution"] = {
-            "blueprint": "conv_light",
+        self.details[key] = {
+            "host": size,
+            "blueprint": blueprint,
             "val_batches": len(val),
+            "attribution_batches": len(timer.attributed),
             "val_samples": sum(len(y) for _, y in val),
             # The engine's own figure: its solve time over the plain pass handed to it.
             "engine_reported_cost_ratio": median(reported),
@@ -356,6 +431,10 @@ class Bench:
         }
 
 
+def _rounded(values: dict[str, float]) -> dict[str, float]:
+    return {key: round(value, 4) for key, value in values.items()}
+
+
 def _overhead_ratio(runs: dict[str, list[ConsoleRun]]) -> float:
     return median_ratio([r.samples_per_s for r in runs["console"]],
                         [r.samples_per_s for r in runs["headless"]])
@@ -397,12 +476,16 @@ def format_value(value: float | None) -> str:
 
 
 def table(bench: Bench) -> str:
-    rows = [("figure", "value", "target", "result")]
+    """One row per figure: the wall-time value (what the target reads), the same ratio from
+    CPU seconds where the figure is a ratio of in-process times, the target, the result."""
+    rows = [("figure", "value", "cpu ratio", "target", "result")]
     for target in TARGETS:
         value = bench.values[target.key]
         passed = target.passed(value)
         result = "n/a" if passed is None else ("pass" if passed else "FAIL")
-        rows.append((target.key, format_value(value), target.describe(), result))
+        cpu = bench.cpu_values.get(target.key)
+        rows.append((target.key, format_value(value), "" if cpu is None else format_value(cpu),
+                     target.describe(), result))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -427,6 +510,7 @@ def machine_info(threads: int, argv: list[str]) -> dict[str, object]:
 def report(bench: Bench, machine: dict[str, object]) -> dict[str, object]:
     return {
         **bench.values,
+        "cpu_ratios": bench.cpu_values,
         "targets": {t.key: t.describe() for t in TARGETS},
         "passed": {t.key: t.passed(bench.values[t.key]) for t in TARGETS},
         "null_reasons": bench.reasons,
@@ -447,7 +531,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="torch intra-op threads for every side (default 1)")
     parser.add_argument("--only", default=",".join(FIGURES),
                         help=f"comma-separated subset of {', '.join(FIGURES)}")
+    parser.add_argument("--sizes", default=",".join(SIZES),
+                        help="host presets the engine and attribution figures run at "
+                        f"(comma-separated subset of {', '.join(SIZES)})")
     args = parser.parse_args(argv)
+    args.sizes = [name.strip() for name in args.sizes.split(",") if name.strip()]
+    if not args.sizes or set(args.sizes) - set(SIZES):
+        parser.error(f"--sizes: choose from {', '.join(SIZES)}, got {','.join(args.sizes)}")
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = sorted(set(args.only) - set(FIGURES))
     if unknown:
@@ -457,15 +547,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _at_sizes(bench: Bench, measure: Callable[[str], None], sizes: list[str],
+              sized: dict, name: str) -> None:
+    """``measure`` at each size, one failure not stopping the next size."""
+    for size in sizes:
+        bench.run_figure(sized[name, size], lambda size=size: measure(size))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)  # the in-process sides; subprocesses get OMP_NUM_THREADS
     machine = machine_info(args.threads, argv)
     bench = Bench(QUICK if args.quick else FULL, args.threads)
+    sized = {
+        ("engine", "tiny"): ("engine_overhead", "recorder_overhead", "checkpoint_overhead"),
+        ("engine", "base"): ("engine_overhead_base", "checkpoint_overhead_base"),
+        ("attribution", "tiny"): ("attribution_cost",),
+        ("attribution", "base"): ("attribution_cost_base_cnn",
+                                  "attribution_cost_base_transformer"),
+    }
+    for (_, size), keys in sized.items():
+        if size not in args.sizes:
+            for key in keys:
+                bench.reasons[key] = "not measured (--sizes)"
     groups = {
-        "engine": (("engine_overhead", "recorder_overhead", "checkpoint_overhead"), bench.engine),
-        "attribution": (("attribution_cost",), bench.attribution),
+        "engine": (sized["engine", "tiny"] + sized["engine", "base"],
+                   lambda: _at_sizes(bench, bench.engine, args.sizes, sized, "engine")),
+        "attribution": (sized["attribution", "tiny"] + sized["attribution", "base"],
+                        lambda: _at_sizes(bench, bench.attribution, args.sizes, sized,
+                                          "attribution")),
         "console": (CONSOLE_KEYS, bench.console),
         "replay": (("replay_decode_events_per_s", "replay_ingest_s"), bench.replay),
         "scaling": (("proc_scaling", "exchange_share"), bench.scaling),

@@ -40,6 +40,7 @@ SUFFIX = ".ckpt"
 HOLD_ENV = "ESPER_TEST_HOLD"
 _HOLD = os.environ.get(HOLD_ENV)  # read once: hold_point sits in the batch loop
 _holds: dict[str, int] = {}
+_SHARE_MIN = 1024  # elements: smaller tensors are not worth comparing
 
 
 class CheckpointError(Exception):
@@ -101,7 +102,7 @@ class CheckpointWriter:
 
     def _write(self, state: dict[str, Any]) -> None:
         try:
-            write_checkpoint(self.path, state)
+            write_checkpoint(self.path, share_equal_tensors(state))
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
             self._error = exc
 
@@ -117,6 +118,57 @@ def _detached(value: Any) -> Any:
     return value  # numbers, strings, None, tuples of numbers: immutable
 
 
+def share_equal_tensors(state: Any) -> Any:
+    """``state`` with every tensor equal (same dtype, shape and values) to an earlier one
+    replaced by that one, so ``torch.save`` writes the bytes once. Right after a clean epoch the
+    governor's snapshot equals the live weights and optimizer state: a checkpoint of a base
+    Transformer env holds them twice otherwise. Only for the writer's private copies: the
+    tensors become shared (``read_checkpoint`` gives each its own again)."""
+    kept: dict[tuple, list[torch.Tensor]] = {}
+
+    def share(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.numel() < _SHARE_MIN or value.layout is not torch.strided:
+                return value
+            flat = value.reshape(-1)
+            probe = flat[:: max(1, flat.numel() // 16)][:16].tolist()  # a cheap first filter
+            for candidate in kept.setdefault((value.dtype, tuple(value.shape), *probe), []):
+                if torch.equal(candidate, value):
+                    return candidate
+            kept[value.dtype, tuple(value.shape), *probe].append(value)
+            return value
+        if isinstance(value, Mapping):
+            return {key: share(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [share(item) for item in value]
+        return value
+
+    return share(state)
+
+
+def _unshared(state: Any) -> Any:
+    """``state`` with a copy of each tensor whose storage an earlier one already uses, so no
+    two live tensors of a resumed run (a weight and its snapshot) ever alias."""
+    seen: set[int] = set()
+
+    def own(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            if value.layout is not torch.strided:
+                return value
+            pointer = value.untyped_storage().data_ptr()
+            if pointer in seen:
+                return value.clone()
+            seen.add(pointer)
+            return value
+        if isinstance(value, Mapping):
+            return {key: own(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [own(item) for item in value]
+        return value
+
+    return own(state)
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's state; CheckpointError (one line) for a missing, foreign or unsafe file."""
     if not path.is_file():
@@ -126,7 +178,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except OSError as exc:
         message = str(exc) if isinstance(exc, UnsafeFileError) else f"{path}: {exc}"
         raise CheckpointError(message) from None
-    return read_state_file(path, CheckpointError, "checkpoint", CHECKPOINT_FORMAT)
+    return _unshared(read_state_file(path, CheckpointError, "checkpoint", CHECKPOINT_FORMAT))
 
 
 @dataclass

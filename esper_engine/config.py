@@ -362,6 +362,11 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     # --- the host (appended; issue 23) ---
     host: HostConfig = HostConfig()
     """The host network: a preset and its sizes."""
+    # --- attribution at real sizes (appended; issue 23) ---
+    attribution_batches: int = 0
+    """Validation batches each attribution scores its coalitions on: the first N of the fixed
+    set (batches; 0: all). Exact Shapley values of accuracy on those, at about N / val_batches
+    of the cost (the README's performance section measures the trade)."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
@@ -399,6 +404,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("batch_stats_every", self.batch_stats_every, low=0)
         _count("event_queue_size", self.event_queue_size, low=1)
         _count("checkpoint_every", self.checkpoint_every, low=0)
+        _count("attribution_batches", self.attribution_batches, low=0)
         check_faults(self.faults, self.n_envs, self.epochs)
         for group in ("governor", "lifecycle", "heuristic", "ppo"):
             try:

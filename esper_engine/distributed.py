@@ -24,6 +24,7 @@ within seconds, not at the end of a long epoch.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 import time
@@ -37,6 +38,7 @@ import msgspec
 import torch
 import torch.distributed as dist
 
+from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Event, OperatorCommand, TelemetryEvent
 from esper_engine.policy.actions import Action
 from esper_engine.policy.driver import PolicyDriver
@@ -98,6 +100,12 @@ def rank_device(device: str, local_rank: int) -> str:
     """A rank's device: plain ``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per rank on each
     machine); ``cpu`` and an explicit ``cuda:N`` stay as given."""
     return f"cuda:{local_rank}" if device == "cuda" else device
+
+
+def resumed_rank_device(device: str, local_rank: int) -> str:
+    """A rank's device in a sharded ``--resume``: the checkpoint's config holds the device rank
+    0 resolved (``cuda:0``), so any CUDA device becomes this rank's ``cuda:LOCAL_RANK``."""
+    return rank_device("cuda" if device.startswith("cuda") else device, local_rank)
 
 
 def launched_world() -> tuple[int, int]:
@@ -489,3 +497,74 @@ class LeaderPolicy:
 
     def state_dict(self) -> dict[str, object]:
         return self.driver.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.driver.load_state_dict(state)
+
+
+# --- checkpoints and resume (SPEC 12 over several ranks) ---------------------------------------
+#
+# A sharded run's checkpoint is the one-process checkpoint: the leader gathers every env's state
+# and writes one file, atomically, so a kill -9 of any rank never leaves ranks at different
+# epochs. On --resume the leader reads it and sends each worker its block; a worker reads no file
+# (on another machine it has none). Env states travel as torch.save bytes read back with
+# weights_only=True (tensors and plain values only, as in the checkpoint file): never a pickle.
+
+
+_FRESH = b"-"  # no checkpoint: a fresh run (gloo sends no empty tensor)
+
+
+def _state_bytes(state: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def _state_from(payload: bytes) -> object:
+    return torch.load(io.BytesIO(payload), weights_only=True)
+
+
+def agree(exchange: Exchange, leader_says: bool) -> bool:
+    """The leader's yes or no, on every rank (e.g. whether the run writes checkpoints)."""
+    return exchange.broadcast(b"1" if leader_says else b"0") == b"1"
+
+
+def gather_env_states(exchange: Exchange, own: list[dict]) -> list[dict]:
+    """Leader: every env's state in global env order. Worker: sends its envs' states, ``[]``."""
+    if not exchange.shard.is_leader:
+        exchange.gather(_state_bytes(own))
+        return []
+    states = list(own)
+    for payload in exchange.gather(b"")[1:]:
+        states += _state_from(payload)
+    return states
+
+
+def share_resume_state(exchange: Exchange, state: dict | None) -> dict | None:
+    """Leader: sends each worker its part of the checkpoint ``state`` (nothing on a fresh run)
+    and returns its own. Worker: its part, or None on a fresh run. A part is the checkpoint
+    with the rank's block of ``envs`` and without the policy, which lives on the leader."""
+    shard = exchange.shard
+    if not shard.is_leader:
+        payload = exchange.scatter(None)
+        return None if payload == _FRESH else _state_from(payload)  # type: ignore[return-value]
+    if state is None:
+        exchange.broadcast(_FRESH)
+        return None
+    if len(state["envs"]) != shard.n_envs:
+        raise ValueError(f"checkpoint has {len(state['envs'])} envs, config {shard.n_envs}")
+    shared = {key: value for key, value in state.items() if key not in ("envs", "policy")}
+    payloads = [_FRESH]  # the leader's own: not sent
+    for rank in range(1, shard.world):
+        block = env_block(shard.n_envs, shard.world, rank)
+        payloads.append(_state_bytes({**shared, "envs": state["envs"][block.start : block.stop]}))
+    exchange.scatter(payloads)
+    return {**state, "envs": state["envs"][shard.envs.start : shard.envs.stop]}
+
+
+def share_config(rank: int, world: int, config: TrainingConfig | None) -> TrainingConfig:
+    """A resumed run's config, from the checkpoint the leader read, on every rank (the group
+    is joined first: a worker has no file to read it from, nor its number of envs yet)."""
+    exchange = Exchange(Shard(rank, world, n_envs=world))
+    payload = None if config is None else msgspec.msgpack.encode(config)
+    return msgspec.msgpack.decode(exchange.broadcast(payload), type=TrainingConfig)

@@ -57,8 +57,8 @@ class TrainingSession:
         here, once the run is set up, so a run refused in set-up leaves the old one whole.
         ``resume``: continue that plan's run (its recording is ``record_path``, cut back to the
         checkpoint); ``history`` then holds the recording's events up to the checkpoint.
-        ``shard``: the leader's (rank 0's) block when torchrun runs several ranks; such a run
-        writes no checkpoints (not built for sharded runs yet)."""
+        ``shard``: the leader's (rank 0's) block when torchrun runs several ranks; its
+        checkpoint holds every rank's envs (the workers send theirs)."""
         self.config = config
         self.task = task
         self.run_id = run_id
@@ -93,9 +93,7 @@ class TrainingSession:
             commands=self._commands,
             run_id=run_id,
             task=task,
-            checkpoint=None
-            if record_path is None or shard is not None
-            else checkpoint_path(record_path),
+            checkpoint=None if record_path is None else checkpoint_path(record_path),
             recording_bytes=None if self.recorder is None else self.recorder.sync,
             resume_from=None if resume is None else resume.checkpoint,
             shard=shard,
@@ -236,17 +234,26 @@ def prepare_resume(
     *,
     progress: Callable[[str], None] | None = None,
     lock: RunLock | None = None,
+    shard: Shard | None = None,
+    config: TrainingConfig | None = None,
 ) -> TrainingSession:
     """The session continuing ``plan``'s run, with the checkpoint's config (ValueError if the
-    task or device is not available here); the recording is cut back only once this succeeds."""
-    config = plan.config
+    task or device is not available here); the recording is cut back only once this succeeds.
+    ``shard`` and ``config``: rank 0's block of a sharded run and its config (its device)."""
+    config = config or plan.config
     resolve_device(config.device)
     if progress is not None:
         progress(f"loading task {config.task} ...")
     task = load_task(config.task, data_dir=config.data_dir, seed=config.seed)
     validate_run(config, task, timed=False)  # RunResumed tells no estimate
     return TrainingSession(
-        config, task, run_id=plan.run_id, record_path=plan.recording, resume=plan, lock=lock
+        config,
+        task,
+        run_id=plan.run_id,
+        record_path=plan.recording,
+        resume=plan,
+        lock=lock,
+        shard=shard,
     )
 
 

@@ -55,9 +55,12 @@ from esper_engine.distributed import (
     LeaderPolicy,
     Shard,
     WorkerPolicy,
+    agree,
     forward_events,
+    gather_env_states,
     report_crash,
     send_commands,
+    share_resume_state,
     watch,
 )
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
@@ -178,6 +181,7 @@ class VectorizedTrainer:
         self._watch = None  # sharded: the leader's watchdog or a worker's heartbeat
         self._stop = stop or threading.Event()
         self.setup_status = "starting"  # what _setup is doing, for a view's first frames; "" after
+        self._checkpointing = checkpoint is not None  # sharded: the leader's, on every rank
         self._estimate = estimate
 
     # --- the story ----------------------------------------------------------------------------
@@ -375,7 +379,8 @@ class VectorizedTrainer:
             seed=attribution_seed(self.config.seed, env.index, self.episode, epoch),
         )
         on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
-        attribution = engine.attribute(self.val_batches, env.val_pass_s if on_cpu else None)
+        batches = self.val_batches[: self.config.attribution_batches or None]  # 0: all
+        attribution = engine.attribute(batches, env.val_pass_s if on_cpu else None)
         for slot_id, value in attribution.shapley.items():
             env.model.slots[slot_id].contribution = value
         self.sink.emit(msgspec.structs.replace(attribution, **self._common(env.index)))
@@ -434,17 +439,23 @@ class VectorizedTrainer:
         """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
         starts, with the recording's length at this point (its events are all written)."""
         every = self.config.checkpoint_every
-        if self.exchange is not None:  # not built: a checkpoint of every rank's envs
-            return
         done = next_episode * self.config.epochs + next_epoch  # epochs finished so far
-        if self._checkpoints is None or not every or done % every:
+        if not self._checkpointing or not every or done % every:
+            return
+        join_env_streams(env.state for env in self.envs)
+        envs = [env.state_dict() for env in self.envs]
+        if self.exchange is not None:  # sharded: the leader writes every env's state
+            envs = gather_env_states(self.exchange, envs)
+        if self._checkpoints is None:  # a worker: its envs went to the leader
             return
         length = self._recording_bytes() if self._recording_bytes is not None else 0
-        join_env_streams(env.state for env in self.envs)
-        self._checkpoints.submit(self.checkpoint_state(next_episode, next_epoch, length))
+        self._checkpoints.submit(self.checkpoint_state(next_episode, next_epoch, length, envs))
 
-    def checkpoint_state(self, episode: int, epoch: int, recording_bytes: int) -> dict[str, Any]:
-        """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12)."""
+    def checkpoint_state(
+        self, episode: int, epoch: int, recording_bytes: int, envs: list[dict] | None = None
+    ) -> dict[str, Any]:
+        """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12); ``envs``:
+        every env's state when they are not all here (a sharded run's leader)."""
         # No global random stream: every env's generator is in its state, the loader's and the
         # policy's in theirs.
         return {
@@ -458,7 +469,7 @@ class VectorizedTrainer:
             "recording_bytes": recording_bytes,
             "host": msgspec.to_builtins(self.host_spec),  # checked on resume (plan_resume)
             "batches": self.batches.state_dict(),
-            "envs": [env.state_dict() for env in self.envs],
+            "envs": [env.state_dict() for env in self.envs] if envs is None else envs,
             "policy": self.policy.state_dict(),
         }
 
@@ -471,7 +482,8 @@ class VectorizedTrainer:
             self._stop_point(setup=True)
             env.load_state_dict(env_state)
         self.batches.load_state_dict(state["batches"])
-        self.policy.load_state_dict(state["policy"])
+        if "policy" in state:  # a worker's part has none: the policy lives on the leader
+            self.policy.load_state_dict(state["policy"])
         self._updates = int(state["updates"])
         self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
         self._start = (self.episode, self.epoch)
@@ -684,10 +696,15 @@ class VectorizedTrainer:
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
         self.policy = self._policy(slot_ids)
         self._updates = 0
-        if self._resume_from is not None:
+        resume_from, self._resume_from = self._resume_from, None  # the run will hold its tensors
+        if self.exchange is not None:  # the leader read the checkpoint; each rank gets its part
+            self._checkpointing = agree(self.exchange, self._checkpointing)
+            resume_from = share_resume_state(self.exchange, resume_from)
+        if resume_from is not None:
             self.setup_status = "restoring the checkpoint"
-            self._restore(self._resume_from)
-            self._resume_from = None  # its tensors now live in the run; let the dict go
+            self._restore(resume_from)
+            if not self.shard.is_leader:
+                return
             self.sink.emit(
                 RunResumed(
                     **self._common(None),

@@ -380,7 +380,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="continue a stopped, crashed or killed run from its checkpoint (RECORDING.ckpt), "
         "with the checkpoint's config and run id, appending to RECORDING; only --headless, "
-        "--refresh-hz and --on-hangup may go with it",
+        "--refresh-hz, --on-hangup, --nprocs and --dist-timeout may go with it (any --nprocs "
+        "up to the envs resumes any run)",
     )
     rec = run.add_mutually_exclusive_group()
     rec.add_argument(
@@ -532,16 +533,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_here(
-    args: argparse.Namespace, shard=None, config: TrainingConfig | None = None
+    args: argparse.Namespace, shard=None, config: TrainingConfig | None = None, resumed=None
 ) -> int:
     """The run in this process: all of it, or rank 0's part of a sharded one (``shard``, with
-    the rank's ``config``)."""
+    the rank's ``config``; ``resumed``: the plan and lock of a sharded --resume)."""
     from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
     from esper_engine.tasks import DataError  # noqa: PLC0415
 
     _stop_set_up_on_signals()
     if args.resume is not None:
-        session = _resume_session(args)
+        session = _resume_session(args, resumed, shard, config)
         path = session.record_path
         print(f"resuming {path} (run {session.run_id})", file=sys.stderr)
     else:
@@ -580,9 +581,11 @@ def _cmd_run_here(
     if path is not None:
         _register(session)
     if shard is not None:
-        from esper_engine.distributed import init_group  # noqa: PLC0415
+        from esper_engine.distributed import init_group, share_config  # noqa: PLC0415
 
         init_group(shard.timeout_s)
+        if resumed is not None:  # the workers have no checkpoint to read the config from
+            share_config(shard.rank, shard.world, resumed[0].config)
     _freeze_loaded()
     _SET_UP[:] = [session]  # once it has started, a signal stops it (at its next env)
     if args.headless:
@@ -614,22 +617,25 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     """``--nprocs N``: check what can be checked here (one line, exit 2), then torchrun."""
     from overwatch.launch import launch, without_nprocs  # noqa: PLC0415
 
-    if args.resume is not None:
-        raise BadInput("--resume of a run over several processes is not built yet; drop --nprocs")
-    config = config_from_args(args)
-    if args.print_config:
-        sys.stdout.write(to_toml(config))
-        return EXIT_OK
+    if args.resume is not None:  # checked here, read again by rank 0
+        plan, lock = _resume_plan(args)
+        lock.release()  # rank 0 takes it for real
+        config, run_id, path = plan.config, plan.run_id, plan.recording
+    else:
+        config = config_from_args(args)
+        if args.print_config:
+            sys.stdout.write(to_toml(config))
+            return EXIT_OK
+        run_id = new_run_id()
+        path = record_path(args, run_id)
+        if path is not None:
+            _take_recording(path, overwrite=args.overwrite).release()  # rank 0 takes it for real
     if config.n_envs < args.nprocs:
         raise BadInput(
             f"--nprocs {args.nprocs}: more processes than the run's {config.n_envs} envs"
         )
-    run_id = new_run_id()
-    path = record_path(args, run_id)
-    if path is not None:
-        _take_recording(path, overwrite=args.overwrite).release()  # rank 0 takes it for real
     run_args = without_nprocs(sys.argv[2:] if args.argv is None else args.argv)
-    if path is not None and args.record is None:
+    if path is not None and args.record is None and args.resume is None:
         run_args += ["--record", str(path)]
     return launch(args.nprocs, run_args, run_id, path, headless=args.headless)
 
@@ -642,7 +648,7 @@ def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     if rank != 0:
         _silence()
     if args.resume is not None:
-        raise BadInput("--resume of a run over several processes is not built yet")
+        return _resume_rank(args, rank, world)
     config = config_from_args(args)
     if args.print_config:
         if rank == 0:
@@ -658,6 +664,36 @@ def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     return _run_worker(config, shard)
 
 
+def _resume_rank(args: argparse.Namespace, rank: int, world: int) -> int:
+    """One rank of a sharded ``--resume``: rank 0 reads the checkpoint and sends the workers
+    the config, then each its envs' states; a worker reads no file (it may be on another
+    machine). Any number of ranks up to the envs resumes any run: the checkpoint is per env."""
+    from esper_engine.distributed import (  # noqa: PLC0415
+        Shard,
+        init_group,
+        resumed_rank_device,
+        share_config,
+    )
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resumed = None
+    if rank == 0:
+        resumed = _resume_plan(args)  # (plan, the recording's lock)
+        config = resumed[0].config
+    else:
+        init_group(args.dist_timeout)
+        config = share_config(rank, world, None)
+    if config.n_envs < world:
+        if resumed is not None:
+            resumed[1].release()
+        raise BadInput(f"{world} processes: more than the run's {config.n_envs} envs")
+    shard = Shard(rank, world, config.n_envs, args.dist_timeout)
+    config = msgspec.structs.replace(config, device=resumed_rank_device(config.device, local_rank))
+    if resumed is not None:
+        return _cmd_run_here(args, shard, config, resumed)
+    return _run_worker(config, shard)
+
+
 def _check_restart(path: Path | None) -> None:
     """A rank torchrun restarted must not overwrite the recording of the run it replaces."""
     from esper_engine.distributed import restart_count  # noqa: PLC0415
@@ -665,7 +701,7 @@ def _check_restart(path: Path | None) -> None:
     if restart_count() > 0 and path is not None and path.exists():
         raise BadInput(
             f"torchrun restarted the ranks: {path} exists and is not overwritten "
-            "(--resume is single-process; start again with another --record)"
+            "(continue it with --resume, or start again with another --record)"
         )
 
 
@@ -703,16 +739,37 @@ def _silence() -> None:
     os.close(devnull)
 
 
-def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported lazily)
-    """The session continuing ``--resume RECORDING``; every refusal is one line (exit 2).
+def _resume_session(
+    args: argparse.Namespace, resumed=None, shard=None, config: TrainingConfig | None = None
+):  # -> TrainingSession (imported lazily)
+    """The session continuing ``--resume RECORDING`` (``resumed``: its plan and lock, when
+    already taken); every refusal is one line (exit 2) and lets the lock go.
+    ``shard``, ``config``: rank 0's of a sharded resume."""
+    from esper_engine.checkpoint import CheckpointError  # noqa: PLC0415
+    from esper_engine.session import prepare_resume  # noqa: PLC0415
+    from esper_engine.tasks import DataError  # noqa: PLC0415
+
+    plan, lock = resumed or _resume_plan(args)
+    try:
+        return prepare_resume(plan, progress=_progress, lock=lock, shard=shard, config=config)
+    except BaseException as exc:
+        lock.release()  # a refused resume lets go at once
+        if isinstance(exc, (CheckpointError, DataError, ValueError)):
+            raise BadInput(str(exc)) from None
+        if isinstance(exc, OSError):
+            raise BadInput(f"cannot resume {args.resume}: {exc.strerror or exc}") from None
+        raise
+
+
+def _resume_plan(args: argparse.Namespace):  # -> (ResumePlan, RunLock) (imported lazily)
+    """``--resume RECORDING``'s recording and checkpoint, checked under the recording's lock,
+    which the caller then holds; every refusal is one line.
 
     The checkpoint's config is the run's: a flag that would change it is refused rather than
     ignored, since the resumed events must be the ones the original run would have made.
     """
     from esper_engine.checkpoint import CheckpointError, plan_resume  # noqa: PLC0415
     from esper_engine.run_files import RunLock, RunLockedError  # noqa: PLC0415
-    from esper_engine.session import prepare_resume  # noqa: PLC0415
-    from esper_engine.tasks import DataError  # noqa: PLC0415
 
     given = vars(args)
     clashing = [f"--{dest.replace('_', '-')}" for dest in FLAG_FIELDS if dest in given]
@@ -741,11 +798,10 @@ def _resume_session(args: argparse.Namespace):  # -> TrainingSession (imported l
     except OSError as exc:
         raise BadInput(f"cannot resume {args.resume}: {exc}") from None
     try:
-        plan = plan_resume(args.resume)
-        return prepare_resume(plan, progress=_progress, lock=lock)
+        return plan_resume(args.resume), lock
     except BaseException as exc:
         lock.release()  # a refused resume lets go at once
-        if isinstance(exc, (CheckpointError, DataError, ValueError)):
+        if isinstance(exc, CheckpointError):
             raise BadInput(str(exc)) from None
         if isinstance(exc, OSError):
             raise BadInput(f"cannot resume {args.resume}: {exc.strerror or exc}") from None

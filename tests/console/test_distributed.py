@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from esper_engine.checkpoint import HOLD_ENV, checkpoint_path
 from esper_engine.contracts import (
     CommandAck,
     EpochProgress,
@@ -29,6 +31,7 @@ from esper_engine.contracts import (
     Pause,
     Resume,
     RunFinished,
+    RunResumed,
     RunStatus,
     Stop,
 )
@@ -260,3 +263,101 @@ def test_a_restarted_rank_0_never_overwrites_the_recording(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not overwritten" in err[0], err
     assert path.read_bytes() == b"the first attempt's recording"
+
+
+def _kill_run(launcher: subprocess.Popen, run_id: str) -> None:
+    """kill -9 the launcher, torchrun and every rank of ``run_id`` (no one cleans up)."""
+    launcher.kill()
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if entry.name.isdigit() and f"OVERWATCH_RUN_ID={run_id}".encode() in environ:
+            os.kill(int(entry.name), signal.SIGKILL)
+    launcher.wait(30)
+
+
+def test_a_killed_sharded_run_resumes_to_the_events_of_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of the launcher, torchrun and both ranks (each held at its 7th batch: the 4th
+    epoch, after 3 checkpoints), then `--nprocs 2 --resume`: the same events, env by env."""
+    run = ["--policy", "ppo", "--n-envs", "3", "--episodes", "2", "--epochs", "3", *TINY]
+    reference, killed = tmp_path / "reference.msgpack", tmp_path / "killed.msgpack"
+    marker, run_id = tmp_path / "held", f"resume-{secrets.token_hex(3)}"
+    uninterrupted = launch(tmp_path, *run, "--record", str(reference))
+    assert finish(uninterrupted, timeout=120)[0] == 0
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "overwatch", "run", "--nprocs", "2", "--headless", *run]
+        + ["--record", str(killed)],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1", OVERWATCH_RUN_ID=run_id)
+        | {HOLD_ENV: f"train-batch:7:{marker}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(marker.exists, "a rank held at its 7th batch", timeout=120)
+    _kill_run(victim, run_id)
+    assert checkpoint_path(killed).exists()
+    assert not any(isinstance(e, RunFinished) for e in events(killed))
+    resumed = launch(tmp_path, "--resume", str(killed))
+    code, stderr = finish(resumed, timeout=120)
+    assert code == 0, stderr
+    recorded = read_recording(killed).events
+    (resumed_at,) = [e for e in recorded if isinstance(e, RunResumed)]
+    assert (resumed_at.from_episode, resumed_at.from_epoch) > (0, 0)  # from a checkpoint
+    assert len({e.run_id for e in recorded}) == 1  # the killed run's id, kept
+    assert recorded[-1].status is RunStatus.COMPLETED
+    one, two = per_env(reference), per_env(killed)
+    two[None] = [line for line in two[None] if '"RunResumed"' not in line]
+    assert sorted(one, key=str) == sorted(two, key=str)
+    for env in one:
+        assert one[env] == two[env], f"env {env}"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_nodes_on_one_machine_record_the_events_of_one_process(tmp_path: Path) -> None:
+    """The README's multi-node launch: two torchrun launchers (one rank each), a c10d
+    rendezvous on 127.0.0.1, each in its own directory, as two machines would be."""
+    run = ["--task", "synthetic-stories", "--n-envs", "2", "--episodes", "1", "--epochs", "3"]
+    port, nodes = _free_port(), [tmp_path / "node-a", tmp_path / "node-b"]
+    launchers = []
+    for node in nodes:
+        node.mkdir()
+        launchers.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes=2"]
+                + ["--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-id=two-{port}"]
+                + [f"--rdzv-endpoint=127.0.0.1:{port}", "-m", "overwatch", "run", "--headless"]
+                + [*run, *TINY, "--record", "run.msgpack"],
+                cwd=node,
+                env=dict(os.environ, OMP_NUM_THREADS="1"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    single = tmp_path / "one.msgpack"
+    assert cli.main(["run", "--headless", *run, *TINY, "--record", str(single)]) == 0
+    for launcher in launchers:
+        code, stderr = finish(launcher, timeout=120)
+        assert code == 0, stderr
+    (recorded,) = [node / "run.msgpack" for node in nodes if (node / "run.msgpack").exists()]
+    assert read_recording(recorded).events[-1].ranks == 2  # rank 0's node alone records
+    one, two = per_env(single), per_env(recorded)
+    assert sorted(one, key=str) == sorted(two, key=str)
+    for env in one:
+        assert one[env] == two[env], f"env {env}"
+
+
+def test_a_sharded_resume_of_a_missing_run_is_one_line_and_exit_2(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing.msgpack"
+    assert cli.main(["run", "--nprocs", "2", "--headless", "--resume", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no such recording" in err[0], err

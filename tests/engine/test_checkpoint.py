@@ -18,6 +18,7 @@ from esper_engine.checkpoint import (
     checkpoint_path,
     plan_resume,
     read_checkpoint,
+    share_equal_tensors,
     write_checkpoint,
 )
 from esper_engine.config import PPOConfig, TrainingConfig
@@ -183,3 +184,22 @@ def _resume_cli(path: Path) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         check=False,
     )
+
+
+def test_equal_tensors_are_written_once_and_read_back_apart(tmp_path: Path) -> None:
+    """A snapshot equal to the live weights costs no second copy on disk; read back, the two
+    are separate tensors again (training one must never move the other)."""
+    weights = torch.randn(256, 256, generator=torch.Generator().manual_seed(0))
+    other = weights + 1
+    twice = {"format": CHECKPOINT_FORMAT, "live": weights, "snapshot": weights.clone()}
+    apart = {"format": CHECKPOINT_FORMAT, "live": weights, "snapshot": other}
+    sizes = {}
+    for name, state in (("twice", twice), ("apart", apart)):
+        path = tmp_path / f"{name}.ckpt"
+        write_checkpoint(path, share_equal_tensors(state))
+        sizes[name] = path.stat().st_size
+    assert sizes["twice"] < 0.6 * sizes["apart"]
+    loaded = read_checkpoint(tmp_path / "twice.ckpt")
+    assert torch.equal(loaded["live"], weights) and torch.equal(loaded["snapshot"], weights)
+    loaded["live"].add_(1)
+    assert torch.equal(loaded["snapshot"], weights)

@@ -24,6 +24,7 @@ from esper_engine.distributed import (
     Shard,
     env_block,
     rank_device,
+    resumed_rank_device,
 )
 from esper_engine.policy.actions import Action, Op
 from esper_engine.policy.observation import EnvObservation, SlotObservation
@@ -42,6 +43,13 @@ def test_a_gpu_rank_takes_the_gpu_of_its_local_rank():
     assert rank_device("cuda", 3) == "cuda:3"
     assert rank_device("cpu", 3) == "cpu"
     assert rank_device("cuda:1", 3) == "cuda:1"  # an explicit index is the user's choice
+
+
+def test_a_sharded_resume_puts_each_rank_on_its_own_gpu() -> None:
+    # The checkpoint's config holds rank 0's resolved cuda:0; rank 3 must not land on it.
+    assert resumed_rank_device("cuda:0", 3) == "cuda:3"
+    assert resumed_rank_device("cuda", 1) == "cuda:1"
+    assert resumed_rank_device("cpu", 3) == "cpu"
 
 
 def test_fewer_envs_than_ranks_is_refused():

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper_engine.contracts import Attribution, decode_event, encode
+from esper_engine.config import TrainingConfig
+from esper_engine.contracts import Attribution, EpochSummary, decode_event, encode
 from esper_engine.lifecycle import SeedStage
 from esper_engine.model import create_model
 from esper_engine.shapley import (
@@ -26,7 +27,9 @@ from esper_engine.shapley import (
     prefix_forward,
     sampling_needs_every_coalition,
 )
-from esper_engine.tasks import Task
+from esper_engine.tasks import Task, load_task
+from esper_engine.telemetry import ListSink
+from esper_engine.trainer import VectorizedTrainer
 
 # ---------------------------------------------------------------------------------------------
 # Toy games
@@ -629,3 +632,33 @@ def test_prefix_forward_needs_players_in_depth_order():
     model, data = FakeModel(*BLEND3).eval(), batches(n_batches=1)
     with pytest.raises(ValueError, match="depth order"):
         prefix_forward(model, data[0][0], ["s2", "s0"], [1.0, 1.0], all_coalitions(2))
+
+
+def _attributions_and_accuracies(task, config) -> tuple[list[Attribution], dict]:
+    sink = ListSink()
+    finished = VectorizedTrainer(config, sink, run_id="t", task=task).run()
+    assert finished.status == "completed", finished.error
+    summaries = [e for e in sink.events if isinstance(e, EpochSummary)]
+    accuracy = {(e.env, e.epoch): e.val_accuracy for e in summaries}
+    attributions = [e for e in sink.events if isinstance(e, Attribution)]
+    assert attributions, "the heuristic should have blended a seed within 10 epochs"
+    return attributions, accuracy
+
+
+def test_the_trainer_attributes_on_the_first_attribution_batches():
+    """attribution_batches=1 of 2 validation batches of 32: exact Shapley values of accuracy on
+    the first 32 samples (multiples of 1/32), where every batch gives the epoch's accuracy."""
+    task = load_task("synthetic-images", seed=0, scale="small")
+    config = TrainingConfig(
+        n_envs=1, episodes=1, epochs=10, batches_per_epoch=4, batch_size=16, val_batches=2
+    )
+    on_all, accuracy = _attributions_and_accuracies(task, config)
+    assert all(a.full_value == pytest.approx(accuracy[a.env, a.epoch]) for a in on_all)
+    subset = msgspec.structs.replace(config, attribution_batches=1)
+    on_first, accuracy = _attributions_and_accuracies(task, subset)
+    for a in on_first:
+        assert a.exact
+        assert sum(a.shapley.values()) == pytest.approx(a.full_value - a.empty_value, abs=1e-9)
+        for value in (a.full_value, a.empty_value):
+            assert value * 32 == pytest.approx(round(value * 32), abs=1e-9)
+    assert any(a.full_value != pytest.approx(accuracy[a.env, a.epoch]) for a in on_first)

@@ -148,8 +148,8 @@ def test_a_pause_counts_in_neither_elapsed_nor_epoch_time_nor_eta() -> None:
     pause, resume = before - 2.0, before - 2.0 + 600.0
     paused = [
         *events[: cut - 1],
-        acknowledge(Pause(command_id=1), accepted=True, run_id="x", wall_time=pause),
-        acknowledge(Resume(command_id=2), accepted=True, run_id="x", wall_time=resume),
+        acknowledge(Pause(command_id=1), accepted=True, n_envs=4, run_id="x", wall_time=pause),
+        acknowledge(Resume(command_id=2), accepted=True, n_envs=4, run_id="x", wall_time=resume),
         *(msgspec.structs.replace(e, wall_time=e.wall_time + 600.0) for e in events[cut - 1 :]),
     ]
     state = reduce_many(ConsoleState(), paused)
@@ -176,7 +176,7 @@ async def test_the_footer_says_resume_while_paused() -> None:
         await pilot.press("p")
         await pilot.pause()
         assert "Resume" in footer_keys() and "Pause" not in footer_keys()
-        app.source.push(acknowledge(Pause(command_id=1), accepted=True))
+        app.source.push(acknowledge(Pause(command_id=1), accepted=True, n_envs=4))
         await app.tick()
         await pilot.pause()
         assert app.state.trainer_state == "paused" and "Resume" in footer_keys()

@@ -173,7 +173,7 @@ def trainer_answer(command: SetClipThreshold, command_id: int) -> CommandAck:
     """The ack the trainer sends for ``command`` (the same rule, esper_engine.commands)."""
     command = msgspec.structs.replace(command, command_id=command_id)
     reason = rejection(command, N_ENVS, paused=False)
-    return acknowledge(command, accepted=reason is None, reason=reason or "")
+    return acknowledge(command, accepted=reason is None, n_envs=N_ENVS, reason=reason or "")
 
 
 @run_async

@@ -104,6 +104,7 @@ async def test_a_tiny_clip_threshold_reads_in_significant_digits_everywhere() ->
     tiny = acknowledge(
         SetClipThreshold(command_id=9, value=1e-6),
         accepted=True,
+        n_envs=4,
         run_id=events[0].run_id,
         wall_time=events[-1].wall_time,
     )
@@ -173,7 +174,7 @@ def test_a_paused_or_ended_run_shows_no_live_samples_per_second() -> None:
     assert live.samples_per_s > 0
     paused = reduce(
         reduce_many(ConsoleState(), events),
-        acknowledge(Pause(command_id=1), accepted=True, wall_time=events[-1].wall_time),
+        acknowledge(Pause(command_id=1), accepted=True, n_envs=4, wall_time=events[-1].wall_time),
     )
     assert paused.samples_per_s == 0.0
     assert reduce_many(ConsoleState(), real_events()).samples_per_s == 0.0  # ended
@@ -307,7 +308,7 @@ async def test_the_log_says_which_console_sent_a_command() -> None:
     events = running(epochs=2)
     last = events[-1].wall_time
     acks = [
-        acknowledge(Pause(command_id=1, console="first"), accepted=True, wall_time=last),
+        acknowledge(Pause(command_id=1, console="first"), accepted=True, n_envs=4, wall_time=last),
         CommandAck(command="Resume", accepted=True, command_id=1, console="", wall_time=last),
     ]
     app = live_app([*events, *acks])

@@ -36,7 +36,9 @@ def rejection(command: OperatorCommand, n_envs: int, paused: bool) -> str | None
     if isinstance(command, ForceRollback) or getattr(command, "env", None) is not None:
         env = command.env
         if not _is_int(env) or not 0 <= env < n_envs:
-            return f"unknown env {_show(env)}; envs are 0..{n_envs - 1}"
+            # said to people, who count envs from 1 (the console, headless, exports)
+            shown = _show(env + 1) if _is_int(env) else _show(env)
+            return f"unknown env {shown}; envs are 1..{n_envs}"
     if isinstance(command, SetClipThreshold):
         return _clip_rejection(command.value)
     if isinstance(command, Pause) and paused:

@@ -59,6 +59,12 @@ def test_unknown_envs_are_rejected(env) -> None:
         assert found is not None and found.startswith("unknown env")
 
 
+def test_an_unknown_env_is_named_as_people_count_envs() -> None:
+    # env index N_ENVS is the (N_ENVS + 1)th env; the console and exports count from 1
+    found = rejection(ForceRollback(env=N_ENVS), N_ENVS, paused=False)
+    assert found == f"unknown env {N_ENVS + 1}; envs are 1..{N_ENVS}"
+
+
 def test_pause_and_resume_follow_the_trainer_state() -> None:
     assert rejection(Pause(), N_ENVS, paused=False) is None
     assert rejection(Pause(), N_ENVS, paused=True) == "already paused"

@@ -172,6 +172,11 @@ class TmuxRunner:
                                             f"({len(events)} events): {self._pane_tail(name)}")
                 time.sleep(POLL_S)
             events += follower.poll()
+        if end is None and any(type(e) is RunFinished for e in events):
+            # A headless run exits within a poll of writing RunFinished (no q to wait for), so
+            # the loop may stop before it sees the event: the window ends at the exit instead,
+            # which adds only the final lines the run writes as it exits.
+            end = (time.monotonic(), output.stat().st_size)
         code = status.read_text().strip()
         if code != "0":
             raise ConsoleBenchError(f"{name}: exited with status {code}: {self._pane_tail(name)}")

@@ -35,6 +35,9 @@ from esper_engine.recording import Recorder, read_recording
 from overwatch.state import ConsoleState, reduce_many
 
 N_ENVS, EPOCHS, BATCHES, BATCH_STATS_EVERY = 4, 12, 40, 10
+# Declared in RunStarted, within the decoder's bounds (episodes <= MAX_EPISODES): an episode has at
+# least 12 epochs x 4 envs x 5 events, so 100k events span fewer than 420 episodes.
+EPISODES = 1_000
 SLOT_IDS = ("block1", "block2", "block3")
 S = SeedStage
 STAGES = (S.DORMANT, S.TRAINING, S.BLENDING, S.HOLDING, S.FOSSILIZED)
@@ -83,7 +86,7 @@ def _events(rng: random.Random):
         n_envs=N_ENVS,
         slot_ids=list(SLOT_IDS),
         policy="heuristic",
-        episodes=10**6,
+        episodes=EPISODES,
         epochs=EPOCHS,
         batches_per_epoch=BATCHES,
         random_guess_loss=2.302585,
@@ -114,6 +117,8 @@ def _events(rng: random.Random):
         clock += 0.01
         yield _policy_update(rng, common, episode, clock)
         episode += 1
+        if episode == EPISODES:
+            raise RuntimeError(f"the synthetic run declares {EPISODES} episodes: ask for fewer events")
         stages = [[S.DORMANT] * len(SLOT_IDS) for _ in range(N_ENVS)]
 
 

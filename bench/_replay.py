@@ -118,7 +118,9 @@ def _events(rng: random.Random):
         yield _policy_update(rng, common, episode, clock)
         episode += 1
         if episode == EPISODES:
-            raise RuntimeError(f"the synthetic run declares {EPISODES} episodes: ask for fewer events")
+            raise RuntimeError(
+                f"the synthetic run declares {EPISODES} episodes: ask for fewer events"
+            )
         stages = [[S.DORMANT] * len(SLOT_IDS) for _ in range(N_ENVS)]
 
 

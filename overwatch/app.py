@@ -34,6 +34,7 @@ from textual.widgets._footer import FooterLabel
 from esper_engine.contracts import (
     BatchStats,
     CommandAck,
+    EpochProgress,
     Event,
     ForceRollback,
     OperatorCommand,
@@ -94,6 +95,9 @@ termios_error: type[Exception] = getattr(termios, "error", OSError) if termios e
 # on every batch they were most of what the console wrote to the terminal. Everything else
 # (epochs, seeds, the governor, acks) still shows on the tick it arrives.
 LIVE_PERIOD_S = 1.0
+# Events that only move per-batch figures (the batch line, the epoch's progress bars): a tick that
+# brings one repaints them at the live cadence, not at once.
+LIVE_EVENTS = (BatchStats, EpochProgress)
 SEVERITIES = ("information", "warning", "error")  # the worst of a tick's alerts colours its toast
 
 # Keys whose action opens a prompt: a burst that begins with one is typed into that prompt.
@@ -627,9 +631,10 @@ class OverwatchApp(App[int]):
     def _live_tick(self, new_events: list[Event], reset: bool) -> bool:
         """Whether this tick repaints per-batch figures: always in a replay (its pace is the
         operator's: a step or a seek shows at once); in a live run once per LIVE_PERIOD_S, or
-        when this tick brought no BatchStats (what arrived last is never left unshown)."""
+        when this tick brought no BatchStats or EpochProgress (what arrived last is never left
+        unshown)."""
         now = self.clock()
-        quiet = not any(type(e) is BatchStats for e in new_events)
+        quiet = not any(type(e) in LIVE_EVENTS for e in new_events)
         live = (not self.source.capabilities.live or reset or quiet
                 or now - self._live_at >= LIVE_PERIOD_S)
         if live:

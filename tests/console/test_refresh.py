@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import msgspec
 
-from esper_engine.contracts import BatchStats, EpochSummary, Event
+from esper_engine.contracts import BatchStats, EpochProgress, EpochSummary, Event, RunStarted
 from overwatch.app import OverwatchApp
 from overwatch.state import RunPlan
 from overwatch.widgets.env_panel import EnvPanel
@@ -114,6 +114,51 @@ async def test_a_live_runs_batch_figures_repaint_once_per_live_period() -> None:
         await app.tick()  # brings nothing: what arrived last is shown
         await pilot.pause()
         assert grad_line(panel) == f"grad {app.state.envs[real.env].grad_period[0]:.2f}"
+
+
+@run_async
+async def test_a_live_runs_progress_bars_repaint_once_per_live_period() -> None:
+    """An EpochProgress of one env arrives on every tick (4 Hz) for 2.75 s of the clock: its
+    border's bar is redrawn at 1 s and 2 s only, with the newest count; a tick that brings
+    nothing shows the last (a progress event is a per-batch figure, like a BatchStats)."""
+    events = running_events()
+    shown = next(i for i, e in enumerate(events) if i > CUT and type(e) is BatchStats)
+    real = events[shown]
+    batches = next(e for e in events if type(e) is RunStarted).batches_per_epoch
+    progress = [
+        EpochProgress(
+            run_id=real.run_id,
+            wall_time=real.wall_time + 0.25 * (k + 1),
+            episode=real.episode,
+            epoch=real.epoch,
+            env=real.env,
+            phase="train",
+            batch=k + 1,
+            batches=batches,
+        )
+        for k in range(11)
+    ]
+    now = [real.wall_time]
+    source = FakeLiveSource(events[: shown + 1])
+    app = OverwatchApp(source, clock=lambda: now[0], refresh_hz=HAND_TICKED_HZ)
+    async with app.run_test(size=WIDE) as pilot:
+        await app.tick()
+        await pilot.pause()
+        panel = app._panels[real.env]
+        repainted = []
+        for tick, event in enumerate(progress, start=1):
+            now[0] += 1 / 4
+            before = panel.border_subtitle
+            source.push(event)
+            await app.tick()
+            await pilot.pause()
+            if panel.border_subtitle != before:
+                repainted.append(tick)
+                assert f" {event.batch}/{batches}" in panel.border_subtitle
+        assert repainted == [4, 8]  # 1.0 s and 2.0 s
+        await app.tick()  # brings nothing: what arrived last is shown
+        await pilot.pause()
+        assert f" {progress[-1].batch}/{batches}" in panel.border_subtitle
 
 
 def grad_line(panel: EnvPanel) -> str:

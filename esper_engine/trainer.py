@@ -814,10 +814,14 @@ class VectorizedTrainer:
             return
         self._progress_due = now + PROGRESS_PERIOD_S
         elapsed = now - self._epoch_started - self._paused_s
+        # One time for the whole report: stamped per env, an env's stamp would move with how
+        # long the emits before it took (a flush each), and its reports could come closer
+        # together than PROGRESS_PERIOD_S.
+        stamp = time.time()
         for env in envs:
             self.sink.emit(
                 EpochProgress(
-                    **self._common(env.index),
+                    **{**self._common(env.index), "wall_time": stamp},
                     phase=phase,
                     batch=done,
                     batches=batches,

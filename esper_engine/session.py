@@ -87,6 +87,9 @@ class TrainingSession:
         self._commands: queue.Queue[OperatorCommand] = queue.Queue()
         self._stop = threading.Event()  # set with a queued Stop: the trainer checks it per env
         self._ids = itertools.count(1)
+        # One send at a time, its reply and its queueing together: a command whose id a client
+        # already holds is queued before any later one (a Stop cannot overtake it unacked).
+        self._sending = threading.Lock()
         self._trainer = VectorizedTrainer(
             config,
             FanOutSink(*sinks),
@@ -170,11 +173,12 @@ class TrainingSession:
 
         ``reply`` (the control socket's) is told the id first; when it returns False (the
         client gave up waiting) the command is dropped, not applied behind its back."""
-        command_id = next(self._ids)
-        if reply is None or reply(command_id):
-            self._commands.put(msgspec.structs.replace(command, command_id=command_id))
-            if isinstance(command, Stop):
-                self._stop.set()
+        with self._sending:
+            command_id = next(self._ids)
+            if reply is None or reply(command_id):
+                self._commands.put(msgspec.structs.replace(command, command_id=command_id))
+                if isinstance(command, Stop):
+                    self._stop.set()
         return command_id
 
     def stop(self, timeout: float | None = None) -> bool:

@@ -63,7 +63,9 @@ def test_ctrl_z_suspends_the_live_console_and_fg_resumes_it(tmp_path: Path) -> N
             lambda: len([e for e in rec.refresh() if isinstance(e, EpochSummary)]) > epochs,
             "training to go on after fg",
         )
-        tmux("send-keys", "-t", session, "q")
+        tmux("send-keys", "-t", session, "q")  # a live run's q asks first
+        wait_until(lambda: "type stop then enter" in screen(), "the quit confirmation")
+        tmux("send-keys", "-t", session, "stop", "Enter")
         wait_until(lambda: rec.has(lambda e: isinstance(e, RunFinished)), "the run to stop")
         wait_until(lambda: "recorded to" in screen(), "the console to end")
         tmux("send-keys", "-t", session, "echo rc=$?", "Enter")

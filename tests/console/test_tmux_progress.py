@@ -27,8 +27,8 @@ pytestmark = [
 ]
 
 # One env, many batches: a first epoch far longer than the 10 s after which silence is STALE
-# (about 36 batches/s on a loaded 2-core machine, about 100 on a free one).
-SLOW_EPOCH = "--n-envs 1 --episodes 1 --epochs 2 --batches-per-epoch 1500"
+# (about 36 batches/s on a loaded 2-core machine, about 100 on a free one: 6000 is a minute).
+SLOW_EPOCH = "--n-envs 1 --episodes 1 --epochs 2 --batches-per-epoch 6000"
 WATCH_S = STALE_AFTER_S + 5.0  # watched inside the first epoch, longer than STALE's silence
 DOWN_S = 20.0  # how long the resumed run stays dead
 
@@ -69,7 +69,7 @@ def test_a_slow_first_epoch_shows_its_progress_and_never_reads_stale(tmp_path: P
         while time.monotonic() - watched_from < WATCH_S:
             shown = screen()
             assert "STALE" not in shown, shown
-            labels += re.findall(r"first epoch \S+ (\d+)/1500", shown)
+            labels += re.findall(r"first epoch \S+ (\d+)/6000", shown)
             assert not rec.has(lambda e: isinstance(e, EpochSummary)), (
                 "the first epoch ended before STALE's silence was over: make it slower"
             )

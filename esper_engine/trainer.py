@@ -78,7 +78,6 @@ from esper_engine.model import create_model, resolve_device, run_host_spec
 from esper_engine.policy.driver import PolicyDriver
 from esper_engine.policy.observation import EnvObservation
 from esper_engine.policy.policy_file import (
-    check_policy_host,
     policy_path,
     read_policy_file,
     write_policy_file,
@@ -126,8 +125,7 @@ def validate_run(config: TrainingConfig, task: Task, *, timed: bool = True) -> R
             heuristic=config.heuristic,
             ppo=msgspec.structs.replace(config.ppo, seed=config.ppo_seed()),
         )
-        state = read_policy_file(config.ppo.init_file)
-        check_policy_host(state, spec, config.ppo.init_file)
+        state = read_policy_file(config.ppo.init_file, host=spec)
         driver.load_policy_state(state, config.ppo.init_file)
     epoch_s = time_epoch(config, task, spec, config.n_envs) if timed else 0.0
     return RunEstimate(spec, host_cost(task, spec), memory, epoch_s)
@@ -760,8 +758,7 @@ class VectorizedTrainer:
             ppo=msgspec.structs.replace(cfg.ppo, seed=cfg.ppo_seed()),
         )
         if cfg.policy == "ppo" and cfg.ppo.init_file is not None:  # --policy-file
-            state = read_policy_file(cfg.ppo.init_file)
-            check_policy_host(state, self.host_spec, cfg.ppo.init_file)
+            state = read_policy_file(cfg.ppo.init_file, host=self.host_spec)
             driver.load_policy_state(state, cfg.ppo.init_file)
         if self.exchange is None:
             return driver

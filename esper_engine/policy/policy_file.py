@@ -47,12 +47,16 @@ def write_policy_file(path: Path, state: dict[str, Any]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def read_policy_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The file's state; ``PolicyFileError`` for a missing, foreign or unsafe file."""
+def read_policy_file(path: str | os.PathLike[str], host: HostSpec | None = None) -> dict[str, Any]:
+    """The file's state; ``PolicyFileError`` for a missing, foreign or unsafe file, or one
+    trained on another kind of host than ``host`` (when given)."""
     path = Path(path)
     if not path.is_file():
         raise PolicyFileError(f"{path}: no such policy file")
-    return read_state_file(path, PolicyFileError, "policy file", POLICY_FORMAT)
+    state = read_state_file(path, PolicyFileError, "policy file", POLICY_FORMAT)
+    if host is not None:
+        check_policy_host(state, host, path)
+    return state
 
 
 def check_policy_host(state: dict[str, Any], spec: HostSpec, source: object) -> None:

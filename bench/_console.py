@@ -62,8 +62,10 @@ class ConsoleRun:
 
     def __str__(self) -> str:
         dropped = "" if self.dropped is None else f", dropped {self.dropped}"
-        return (f"{self.samples_per_s:.4g} samples/s, "
-                f"{self.terminal_bytes_per_s / 1024:.2f} KiB/s to the terminal{dropped}")
+        return (
+            f"{self.samples_per_s:.4g} samples/s, "
+            f"{self.terminal_bytes_per_s / 1024:.2f} KiB/s to the terminal{dropped}"
+        )
 
 
 def dropped_on_screen(text: str) -> int | None:
@@ -105,13 +107,25 @@ class TmuxRunner:
         output.touch()
         # Started paused: the pipe is in place before the process writes its first byte.
         command = self._command(shape, recording, headless, status)
-        self._tmux("new-session", "-d", "-s", name, "-x", str(size[0]), "-y", str(size[1]),
-                   "-c", str(REPO_ROOT), f"read go; {command}")
+        self._tmux(
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            str(size[0]),
+            "-y",
+            str(size[1]),
+            "-c",
+            str(REPO_ROOT),
+            f"read go; {command}",
+        )
         self._tmux("pipe-pane", "-t", name, "-o", f"cat >> {shlex.quote(str(output))}")
         self._tmux("send-keys", "-t", name, "Enter")
         try:
-            events, window, screen = self._wait(name, recording, status, output,
-                                                send_quit=not headless)
+            events, window, screen = self._wait(
+                name, recording, status, output, send_quit=not headless
+            )
         finally:
             self._tmux("kill-session", "-t", name, check=False)
             recording.unlink(missing_ok=True)
@@ -128,12 +142,31 @@ class TmuxRunner:
     def _command(self, shape: RunShape, recording: Path, headless: bool, status: Path) -> str:
         threads = str(self.threads)
         argv = [
-            "env", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}",
-            sys.executable, "-m", "overwatch.cli", "run", "--n-envs", str(shape.n_envs),
-            "--episodes", "1", "--epochs", str(shape.epochs),
-            "--batches-per-epoch", str(shape.batches_per_epoch), "--policy", "static",
-            "--seed", str(shape.seed), "--record", str(recording),
-            "--set", f"batch_size={shape.batch_size}", "--set", f"val_batches={shape.val_batches}",
+            "env",
+            f"OMP_NUM_THREADS={threads}",
+            f"MKL_NUM_THREADS={threads}",
+            sys.executable,
+            "-m",
+            "overwatch.cli",
+            "run",
+            "--n-envs",
+            str(shape.n_envs),
+            "--episodes",
+            "1",
+            "--epochs",
+            str(shape.epochs),
+            "--batches-per-epoch",
+            str(shape.batches_per_epoch),
+            "--policy",
+            "static",
+            "--seed",
+            str(shape.seed),
+            "--record",
+            str(recording),
+            "--set",
+            f"batch_size={shape.batch_size}",
+            "--set",
+            f"val_batches={shape.val_batches}",
         ] + (["--headless"] if headless else [])
         partial = shlex.quote(f"{status}.partial")
         # written then renamed, so a status file that exists is complete
@@ -168,8 +201,10 @@ class TmuxRunner:
                         self._tmux("send-keys", "-t", name, "stop", "Enter")
                         confirmed = True
                 if time.monotonic() > deadline:
-                    raise ConsoleBenchError(f"{name}: no exit within {self.timeout_s:.0f} s "
-                                            f"({len(events)} events): {self._pane_tail(name)}")
+                    raise ConsoleBenchError(
+                        f"{name}: no exit within {self.timeout_s:.0f} s "
+                        f"({len(events)} events): {self._pane_tail(name)}"
+                    )
                 time.sleep(POLL_S)
             events += follower.poll()
         if end is None and any(type(e) is RunFinished for e in events):
@@ -210,7 +245,9 @@ class TmuxRunner:
     def _tmux(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(
             ["tmux", "-S", str(self.socket), "-f", str(self.conf), *args],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if check and result.returncode != 0:
             raise ConsoleBenchError(f"tmux {args[0]} failed: {result.stderr.strip()}")

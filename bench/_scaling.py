@@ -47,11 +47,28 @@ def run_once(shape: ScalingShape, nprocs: int, directory: Path, name: str) -> Sc
     """One run of ``shape`` over ``nprocs`` processes (1: the plain one-process run)."""
     path = directory / f"{name}.msgpack"
     command = [
-        sys.executable, "-m", "overwatch", "run", "--headless", "--policy", "static",
-        "--n-envs", str(shape.n_envs), "--epochs", str(shape.epochs), "--episodes", "1",
-        "--batches-per-epoch", str(shape.batches_per_epoch),
-        "--set", f"batch_size={shape.batch_size}", "--set", "checkpoint_every=0",
-        "--record", str(path), "--overwrite",  # each round replaces the last round's
+        sys.executable,
+        "-m",
+        "overwatch",
+        "run",
+        "--headless",
+        "--policy",
+        "static",
+        "--n-envs",
+        str(shape.n_envs),
+        "--epochs",
+        str(shape.epochs),
+        "--episodes",
+        "1",
+        "--batches-per-epoch",
+        str(shape.batches_per_epoch),
+        "--set",
+        f"batch_size={shape.batch_size}",
+        "--set",
+        "checkpoint_every=0",
+        "--record",
+        str(path),
+        "--overwrite",  # each round replaces the last round's
     ] + (["--nprocs", str(nprocs)] if nprocs > 1 else [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=directory)

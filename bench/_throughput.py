@@ -131,8 +131,13 @@ def _bare_loop(config: TrainingConfig, task: Task) -> None:
     lr = config.host_lr or task.host_lr
     optimizers = [torch.optim.SGD(h.parameters(), lr=lr, momentum=0.9) for h in hosts]
     batches = SharedBatchIterator(
-        task.train_x, task.train_y, config.n_envs, config.batch_size,
-        seed=config.seed, device=config.device, prepare=task.prepare,
+        task.train_x,
+        task.train_y,
+        config.n_envs,
+        config.batch_size,
+        seed=config.seed,
+        device=config.device,
+        prepare=task.prepare,
     )
     val = fixed_val_batches(task, config)
     for _ in range(config.episodes * config.epochs):

@@ -77,16 +77,34 @@ class Profile:
 # Console runs are whole processes timed over the trainer's window: with 2 x 15 batches (1.5 s)
 # the per-round ratios spread 0.87-1.15, too wide to read a 5% target from; 3 x 40 still spreads
 # 0.91-1.07, so the full profile runs twice as long and more rounds.
-QUICK = Profile("quick", RunShape(epochs=2, batches_per_epoch=25), 5,
-                RunShape(epochs=3, batches_per_epoch=40), 5, 9, 3,
-                ScalingShape(epochs=3, batches_per_epoch=30), 2)
-FULL = Profile("full", RunShape(epochs=3, batches_per_epoch=40), 7,
-               RunShape(epochs=6, batches_per_epoch=40), 7, 21, 7,
-               ScalingShape(epochs=4, batches_per_epoch=60), 4,
-               many_envs=RunShape(epochs=3, batches_per_epoch=10, n_envs=32, val_batches=2),
-               many_envs_repeats=5, small_terminal_repeats=3,
-               engine_base=RunShape(epochs=3, batches_per_epoch=15, host="base"),
-               engine_base_repeats=5, attribution_base_repeats=9)
+QUICK = Profile(
+    "quick",
+    RunShape(epochs=2, batches_per_epoch=25),
+    5,
+    RunShape(epochs=3, batches_per_epoch=40),
+    5,
+    9,
+    3,
+    ScalingShape(epochs=3, batches_per_epoch=30),
+    2,
+)
+FULL = Profile(
+    "full",
+    RunShape(epochs=3, batches_per_epoch=40),
+    7,
+    RunShape(epochs=6, batches_per_epoch=40),
+    7,
+    21,
+    7,
+    ScalingShape(epochs=4, batches_per_epoch=60),
+    4,
+    many_envs=RunShape(epochs=3, batches_per_epoch=10, n_envs=32, val_batches=2),
+    many_envs_repeats=5,
+    small_terminal_repeats=3,
+    engine_base=RunShape(epochs=3, batches_per_epoch=15, host="base"),
+    engine_base_repeats=5,
+    attribution_base_repeats=9,
+)
 KIB = 1024.0
 SMALL_TERMINAL = (80, 24)
 
@@ -133,10 +151,17 @@ SIZES = ("tiny", "base")  # --sizes choices: host presets the engine and attribu
 # here. The Transformer's set is smaller only so that a round takes seconds, not minutes, on one
 # CPU thread (a base plain pass over 8 batches of 128 sequences is ~1.4 TFLOP): the cost is a
 # ratio of passes over the same set, and attribution_batches a share of it.
-BASE_ATTRIBUTION = {"cnn": ("synthetic-images", "conv_light", (64, 8), 4),
-                    "transformer": ("synthetic-stories", "lora", (16, 4), 1)}
-CONSOLE_KEYS = ("console_overhead", "console_overhead_32_envs", "console_dropped_events",
-                "terminal_bytes_per_s_80x24", "terminal_bytes_per_s_120x40")
+BASE_ATTRIBUTION = {
+    "cnn": ("synthetic-images", "conv_light", (64, 8), 4),
+    "transformer": ("synthetic-stories", "lora", (16, 4), 1),
+}
+CONSOLE_KEYS = (
+    "console_overhead",
+    "console_overhead_32_envs",
+    "console_dropped_events",
+    "terminal_bytes_per_s_80x24",
+    "terminal_bytes_per_s_120x40",
+)
 
 
 class Bench:
@@ -209,7 +234,9 @@ class Bench:
             self.say(f"  warm-up {name}: {side(warm)}")
         times = interleave(
             {name: (lambda side=side: side(config)) for name, side in sides.items()},
-            repeats, warmup=0, progress=self.say,
+            repeats,
+            warmup=0,
+            progress=self.say,
         )
         bare, rec = times["bare_loop"], times["trainer_recording"]
         ckpt = times["trainer_checkpoints"]
@@ -217,8 +244,9 @@ class Bench:
         self.ratio(f"engine_overhead{suffix}", times, "bare_loop", "trainer_recording")
         if not base:
             self.ratio("recorder_overhead", times, "trainer_no_recording", "trainer_recording")
-        self.ratio(f"checkpoint_overhead{suffix}", times, "trainer_recording",
-                   "trainer_checkpoints")
+        self.ratio(
+            f"checkpoint_overhead{suffix}", times, "trainer_recording", "trainer_checkpoints"
+        )
         samples = shape.train_samples
         self.details[f"engine{suffix}"] = {
             "shape": asdict(shape),
@@ -230,8 +258,10 @@ class Bench:
         if not base:
             self.details["recorder"] = self._recorder_work(config, task, median(walls(rec)))
         work = checkpoint_work(config, task, median(walls(ckpt)))
-        self.say(f"  checkpoint alone: {work['bytes'] / 1e6:.2f} MB in "
-                 f"{work['seconds_each'] * 1e3:.1f} ms, {work['share_of_run']:.2%} of a run")
+        self.say(
+            f"  checkpoint alone: {work['bytes'] / 1e6:.2f} MB in "
+            f"{work['seconds_each'] * 1e3:.1f} ms, {work['share_of_run']:.2%} of a run"
+        )
         self.details[f"checkpoint{suffix}"] = work
 
     def _recorder_work(self, config: TrainingConfig, task: Task, run_s: float) -> dict:
@@ -241,8 +271,10 @@ class Bench:
         trainer_seconds(config, task, record=False, events=events)
         seconds = median(walls([recorder_seconds(events) for _ in range(5)]))
         share = seconds / run_s
-        self.say(f"  recorder alone: {len(events)} events in {seconds * 1e3:.1f} ms, "
-                 f"{share:.2%} of a run's {run_s:.2f} s")
+        self.say(
+            f"  recorder alone: {len(events)} events in {seconds * 1e3:.1f} ms, "
+            f"{share:.2%} of a run's {run_s:.2f} s"
+        )
         return {"events_per_run": len(events), "seconds_per_run": seconds, "share_of_run": share}
 
     def attribution(self, size: str = "tiny") -> None:
@@ -250,8 +282,15 @@ class Bench:
         base, for each host kind, both on every validation batch and as a base run attributes
         (``BASE_ATTRIBUTION``: on the first N batches)."""
         if size == "tiny":
-            self._attribution("attribution_cost", self.task, "conv_light", None,
-                              self.profile.engine, 0, self.profile.attribution_repeats)
+            self._attribution(
+                "attribution_cost",
+                self.task,
+                "conv_light",
+                None,
+                self.profile.engine,
+                0,
+                self.profile.attribution_repeats,
+            )
             return
         for kind, (task_name, blueprint, (batch, val_batches), batches) in BASE_ATTRIBUTION.items():
             shape = replace(self.profile.engine, batch_size=batch, val_batches=val_batches)
@@ -261,8 +300,16 @@ class Bench:
             key = f"attribution_cost_base_{kind}"
             self._attribution(key, task, blueprint, spec, shape, batches, repeats)
 
-    def _attribution(self, key: str, task: Task, blueprint: str, spec, shape: RunShape,
-                     batches: int, repeats: int) -> None:
+    def _attribution(
+        self,
+        key: str,
+        task: Task,
+        blueprint: str,
+        spec,
+        shape: RunShape,
+        batches: int,
+        repeats: int,
+    ) -> None:
         """``key``: attribution on ``batches`` of the validation set (0: all) / a plain pass
         over all of it; with ``batches``, attribution on all of it is timed in the same rounds
         (``key``_all_batches in the details: what ``attribution_batches`` saves)."""
@@ -270,8 +317,10 @@ class Bench:
         val = fixed_val_batches(task, trainer_config(shape))
         timer = AttributionTimer(model, task, val, batches)
         size = "tiny" if spec is None else f"{spec.kind} {spec.sizes()}"
-        self.say(f"{key}: {size} host, 3 active {blueprint} seeds, attributed on "
-                 f"{len(timer.attributed)} of {len(val)} validation batches, {repeats} rounds")
+        self.say(
+            f"{key}: {size} host, 3 active {blueprint} seeds, attributed on "
+            f"{len(timer.attributed)} of {len(val)} validation batches, {repeats} rounds"
+        )
         sides = {"plain_pass": timer.plain_pass, "attribution": timer}
         if batches:
             every = AttributionTimer(model, task, val, 0)
@@ -291,10 +340,16 @@ class Bench:
             else:  # what the subset trades: its values against those of every batch
                 gaps = [abs(timer.shapley[slot] - value) for slot, value in every.shapley.items()]
                 self.details[f"{key}_all_batches"] = {
-                    "wall_ratio": wall, "cpu_ratio": cpu, "shapley_all": every.shapley,
-                    "shapley_subset": timer.shapley, "max_abs_gap": max(gaps)}
-                self.say(f"  shapley on every batch {_rounded(every.shapley)}, on "
-                         f"{batches}: {_rounded(timer.shapley)}")
+                    "wall_ratio": wall,
+                    "cpu_ratio": cpu,
+                    "shapley_all": every.shapley,
+                    "shapley_subset": timer.shapley,
+                    "max_abs_gap": max(gaps),
+                }
+                self.say(
+                    f"  shapley on every batch {_rounded(every.shapley)}, on "
+                    f"{batches}: {_rounded(timer.shapley)}"
+                )
         reported = timer.reported[1:]  # without the warm-up round
         self.details[key] = {
             "host": size,
@@ -326,10 +381,14 @@ class Bench:
                 self.say(f"  warm-up console: {runner.run(profile.warmup_shape, False)}")
                 four = self._overhead(runner, profile.console, profile.console_repeats)
                 many = self._overhead(runner, profile.many_envs, profile.many_envs_repeats)
-                self.say(f"console: 4 envs at {SMALL_TERMINAL[0]}x{SMALL_TERMINAL[1]}, "
-                         f"{profile.small_terminal_repeats} runs")
-                small = [runner.run(profile.console, False, SMALL_TERMINAL)
-                         for _ in range(profile.small_terminal_repeats)]
+                self.say(
+                    f"console: 4 envs at {SMALL_TERMINAL[0]}x{SMALL_TERMINAL[1]}, "
+                    f"{profile.small_terminal_repeats} runs"
+                )
+                small = [
+                    runner.run(profile.console, False, SMALL_TERMINAL)
+                    for _ in range(profile.small_terminal_repeats)
+                ]
                 for run in small:
                     self.say(f"  {SMALL_TERMINAL[0]}x{SMALL_TERMINAL[1]}: {run}")
             finally:
@@ -337,16 +396,19 @@ class Bench:
         self.values["console_overhead"] = _overhead_ratio(four)
         self.values["console_overhead_32_envs"] = _overhead_ratio(many)
         # A layout may leave the count out (the 80x24 header does): the runs that show it.
-        shown = [r.dropped for r in four["console"] + many["console"] + small
-                 if r.dropped is not None]
+        shown = [
+            r.dropped for r in four["console"] + many["console"] + small if r.dropped is not None
+        ]
         if shown:
             self.values["console_dropped_events"] = max(shown)
         else:
             self.reasons["console_dropped_events"] = "no console screen showed a dropped count"
         self.values["terminal_bytes_per_s_120x40"] = median(
-            run.terminal_bytes_per_s for run in four["console"])
+            run.terminal_bytes_per_s for run in four["console"]
+        )
         self.values["terminal_bytes_per_s_80x24"] = median(
-            run.terminal_bytes_per_s for run in small)
+            run.terminal_bytes_per_s for run in small
+        )
         self.details["console"] = {
             "refresh": "the console's default refresh rate, policy static",
             "4_envs": _console_details(profile.console, four, SIZE),
@@ -355,19 +417,26 @@ class Bench:
                 "samples_per_s": spread([r.samples_per_s for r in small]),
                 "terminal_bytes_per_s": spread([r.terminal_bytes_per_s for r in small]),
                 "terminal_bytes_per_sample": spread(
-                    [r.terminal_bytes_per_s / r.samples_per_s for r in small]),
+                    [r.terminal_bytes_per_s / r.samples_per_s for r in small]
+                ),
                 "dropped": [r.dropped for r in small],
             },
         }
 
     def _overhead(self, runner: TmuxRunner, shape: RunShape, repeats: int) -> dict:
-        self.say(f"console: {shape.n_envs} envs, {shape.epochs} epochs x "
-                 f"{shape.batches_per_epoch} batches per run, {repeats} rounds of two processes "
-                 f"in tmux {SIZE[0]}x{SIZE[1]}")
+        self.say(
+            f"console: {shape.n_envs} envs, {shape.epochs} epochs x "
+            f"{shape.batches_per_epoch} batches per run, {repeats} rounds of two processes "
+            f"in tmux {SIZE[0]}x{SIZE[1]}"
+        )
         return interleave(
-            {"headless": lambda: runner.run(shape, True),
-             "console": lambda: runner.run(shape, False)},
-            repeats, warmup=0, progress=self.say,
+            {
+                "headless": lambda: runner.run(shape, True),
+                "console": lambda: runner.run(shape, False),
+            },
+            repeats,
+            warmup=0,
+            progress=self.say,
         )
 
     def replay(self) -> None:
@@ -386,20 +455,23 @@ class Bench:
 
             times = interleave(
                 {"decode": decode, "ingest": lambda: ingest_seconds(latest[0])},
-                self.profile.replay_repeats, warmup=1, progress=self.say,
+                self.profile.replay_repeats,
+                warmup=1,
+                progress=self.say,
             )
         decode_s, ingest_s = times["decode"], times["ingest"]
         self.values["replay_decode_events_per_s"] = REPLAY_EVENTS / median(walls(decode_s))
         self.values["replay_ingest_s"] = median(walls(ingest_s))
-        self.details["replay"] = {"events": REPLAY_EVENTS, "bytes": size,
-                                  **_timed_details(times)}
+        self.details["replay"] = {"events": REPLAY_EVENTS, "bytes": size, **_timed_details(times)}
 
     def scaling(self) -> None:
         """proc_scaling (env samples/s of 2 ranks / 1 process, one torch thread each, the same
         envs in total) and exchange_share (rank 0's exchange time / the training window)."""
         shape, rounds = self.profile.scaling, self.profile.scaling_repeats
-        self.say(f"scaling: {shape.n_envs} envs x {shape.epochs} epochs x "
-                 f"{shape.batches_per_epoch} batches, 1 process vs 2 ranks, {rounds} rounds")
+        self.say(
+            f"scaling: {shape.n_envs} envs x {shape.epochs} epochs x "
+            f"{shape.batches_per_epoch} batches, 1 process vs 2 ranks, {rounds} rounds"
+        )
         load_before = os.getloadavg()
         with tempfile.TemporaryDirectory(prefix="overwatch-bench-") as tmp:
             directory = Path(tmp)
@@ -408,7 +480,9 @@ class Bench:
                     "one_process": lambda: run_once(shape, 1, directory, "one"),
                     "two_ranks": lambda: run_once(shape, 2, directory, "two"),
                 },
-                rounds, warmup=0, progress=self.say,
+                rounds,
+                warmup=0,
+                progress=self.say,
             )
         load_after = os.getloadavg()
         one, two = runs["one_process"], runs["two_ranks"]
@@ -436,22 +510,27 @@ def _rounded(values: dict[str, float]) -> dict[str, float]:
 
 
 def _overhead_ratio(runs: dict[str, list[ConsoleRun]]) -> float:
-    return median_ratio([r.samples_per_s for r in runs["console"]],
-                        [r.samples_per_s for r in runs["headless"]])
+    return median_ratio(
+        [r.samples_per_s for r in runs["console"]], [r.samples_per_s for r in runs["headless"]]
+    )
 
 
-def _console_details(shape: RunShape, runs: dict[str, list[ConsoleRun]],
-                     size: tuple[int, int]) -> dict[str, object]:
+def _console_details(
+    shape: RunShape, runs: dict[str, list[ConsoleRun]], size: tuple[int, int]
+) -> dict[str, object]:
     return {
         "shape": asdict(shape),
         "terminal": f"tmux {size[0]}x{size[1]}",
-        **{f"{side}_samples_per_s": spread([r.samples_per_s for r in side_runs])
-           for side, side_runs in runs.items()},
+        **{
+            f"{side}_samples_per_s": spread([r.samples_per_s for r in side_runs])
+            for side, side_runs in runs.items()
+        },
         "console_terminal_bytes_per_s": spread([r.terminal_bytes_per_s for r in runs["console"]]),
         # Bytes follow the trainer's pace (more epochs and batches shown per second): per sample
         # they compare across machines and loads.
         "console_terminal_bytes_per_sample": spread(
-            [r.terminal_bytes_per_s / r.samples_per_s for r in runs["console"]]),
+            [r.terminal_bytes_per_s / r.samples_per_s for r in runs["console"]]
+        ),
         "headless_terminal_bytes_per_s": spread([r.terminal_bytes_per_s for r in runs["headless"]]),
         "console_dropped": [r.dropped for r in runs["console"]],
     }
@@ -460,8 +539,9 @@ def _console_details(shape: RunShape, runs: dict[str, list[ConsoleRun]],
 def _timed_details(times: dict[str, list[Timed]]) -> dict[str, object]:
     """Wall and process CPU seconds per side, for the JSON: CPU well below wall means the
     side waited (I/O, the GIL, other processes); on a VM, time stolen by the host counts as CPU."""
-    return {f"{name}_s": {"wall": spread(walls(v)), "cpu": spread(cpus(v))}
-            for name, v in times.items()}
+    return {
+        f"{name}_s": {"wall": spread(walls(v)), "cpu": spread(cpus(v))} for name, v in times.items()
+    }
 
 
 # --- output -------------------------------------------------------------------------------------
@@ -484,8 +564,15 @@ def table(bench: Bench) -> str:
         passed = target.passed(value)
         result = "n/a" if passed is None else ("pass" if passed else "FAIL")
         cpu = bench.cpu_values.get(target.key)
-        rows.append((target.key, format_value(value), "" if cpu is None else format_value(cpu),
-                     target.describe(), result))
+        rows.append(
+            (
+                target.key,
+                format_value(value),
+                "" if cpu is None else format_value(cpu),
+                target.describe(),
+                result,
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -527,13 +614,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (under 3 minutes)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads for every side (default 1)")
-    parser.add_argument("--only", default=",".join(FIGURES),
-                        help=f"comma-separated subset of {', '.join(FIGURES)}")
-    parser.add_argument("--sizes", default=",".join(SIZES),
-                        help="host presets the engine and attribution figures run at "
-                        f"(comma-separated subset of {', '.join(SIZES)})")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads for every side (default 1)"
+    )
+    parser.add_argument(
+        "--only", default=",".join(FIGURES), help=f"comma-separated subset of {', '.join(FIGURES)}"
+    )
+    parser.add_argument(
+        "--sizes",
+        default=",".join(SIZES),
+        help="host presets the engine and attribution figures run at "
+        f"(comma-separated subset of {', '.join(SIZES)})",
+    )
     args = parser.parse_args(argv)
     args.sizes = [name.strip() for name in args.sizes.split(",") if name.strip()]
     if not args.sizes or set(args.sizes) - set(SIZES):
@@ -547,8 +639,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def _at_sizes(bench: Bench, measure: Callable[[str], None], sizes: list[str],
-              sized: dict, name: str) -> None:
+def _at_sizes(
+    bench: Bench, measure: Callable[[str], None], sizes: list[str], sized: dict, name: str
+) -> None:
     """``measure`` at each size, one failure not stopping the next size."""
     for size in sizes:
         bench.run_figure(sized[name, size], lambda size=size: measure(size))
@@ -564,19 +657,21 @@ def main(argv: list[str] | None = None) -> int:
         ("engine", "tiny"): ("engine_overhead", "recorder_overhead", "checkpoint_overhead"),
         ("engine", "base"): ("engine_overhead_base", "checkpoint_overhead_base"),
         ("attribution", "tiny"): ("attribution_cost",),
-        ("attribution", "base"): ("attribution_cost_base_cnn",
-                                  "attribution_cost_base_transformer"),
+        ("attribution", "base"): ("attribution_cost_base_cnn", "attribution_cost_base_transformer"),
     }
     for (_, size), keys in sized.items():
         if size not in args.sizes:
             for key in keys:
                 bench.reasons[key] = "not measured (--sizes)"
     groups = {
-        "engine": (sized["engine", "tiny"] + sized["engine", "base"],
-                   lambda: _at_sizes(bench, bench.engine, args.sizes, sized, "engine")),
-        "attribution": (sized["attribution", "tiny"] + sized["attribution", "base"],
-                        lambda: _at_sizes(bench, bench.attribution, args.sizes, sized,
-                                          "attribution")),
+        "engine": (
+            sized["engine", "tiny"] + sized["engine", "base"],
+            lambda: _at_sizes(bench, bench.engine, args.sizes, sized, "engine"),
+        ),
+        "attribution": (
+            sized["attribution", "tiny"] + sized["attribution", "base"],
+            lambda: _at_sizes(bench, bench.attribution, args.sizes, sized, "attribution"),
+        ),
         "console": (CONSOLE_KEYS, bench.console),
         "replay": (("replay_decode_events_per_s", "replay_ingest_s"), bench.replay),
         "scaling": (("proc_scaling", "exchange_share"), bench.scaling),

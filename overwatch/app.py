@@ -635,8 +635,12 @@ class OverwatchApp(App[int]):
         unshown)."""
         now = self.clock()
         quiet = not any(type(e) in LIVE_EVENTS for e in new_events)
-        live = (not self.source.capabilities.live or reset or quiet
-                or now - self._live_at >= LIVE_PERIOD_S)
+        live = (
+            not self.source.capabilities.live
+            or reset
+            or quiet
+            or now - self._live_at >= LIVE_PERIOD_S
+        )
         if live:
             self._live_at = now
         return live
@@ -716,9 +720,7 @@ class OverwatchApp(App[int]):
         if mode == "wide":
             for panel, view in zip(self._panels, views, strict=False):
                 focused = view.env == self.focused_env
-                panel.update(
-                    view, focused=focused, language_model=lm, run_params=params, live=live
-                )
+                panel.update(view, focused=focused, language_model=lm, run_params=params, live=live)
             for panel in self._panels[len(views) :]:  # the plan's envs, before their first event
                 panel.show_planned(focused=panel.env == self.focused_env)
         else:

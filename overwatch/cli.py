@@ -165,7 +165,7 @@ def _add_console_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _theme(text: str) -> str:
-    from overwatch.widgets.themes import THEME_NAMES  # noqa: PLC0415 (imports Textual)
+    from overwatch.widgets.themes import THEME_NAMES  # imports Textual
 
     if text not in THEME_NAMES:
         raise argparse.ArgumentTypeError(f"unknown theme {text!r}; one of {', '.join(THEME_NAMES)}")
@@ -192,7 +192,7 @@ def version() -> str:
     try:
         return importlib.metadata.version(PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        from overwatch import __version__  # noqa: PLC0415
+        from overwatch import __version__
 
         return __version__
 
@@ -271,9 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     serve.add_argument("file")
-    serve.add_argument(
-        "--follow", action="store_true", help="tail a recording still being written"
-    )
+    serve.add_argument("--follow", action="store_true", help="tail a recording still being written")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port on 127.0.0.1")
     return parser
 
@@ -351,8 +349,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "--greedy",
         action="store_true",
         default=argparse.SUPPRESS,
-        help="--policy ppo: act with the most likely action instead of sampling "
-        "(default: sample)",
+        help="--policy ppo: act with the most likely action instead of sampling (default: sample)",
     )
     run.add_argument(
         "--config",
@@ -426,7 +423,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def new_run_id() -> str:
     """A fresh run id, or the one ``overwatch run --nprocs`` chose for its ranks."""
-    from overwatch.launch import RUN_ID_ENV  # noqa: PLC0415
+    from overwatch.launch import RUN_ID_ENV
 
     chosen = os.environ.get(RUN_ID_ENV)
     return chosen or time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
@@ -472,7 +469,7 @@ def record_path(args: argparse.Namespace, run_id: str) -> Path | None:
 
 
 def _console_name(text: str) -> str:
-    from esper_engine.control import check_console_name  # noqa: PLC0415
+    from esper_engine.control import check_console_name
 
     try:
         return check_console_name(text)
@@ -483,7 +480,7 @@ def _console_name(text: str) -> str:
 def _take_recording(path: Path, *, overwrite: bool):  # -> RunLock (imported lazily)
     """Lock ``path`` before anything is written; refuse a live run's path (naming its pid) and
     an existing recording unless ``--overwrite``."""
-    from esper_engine.run_files import RunLock, RunLockedError  # noqa: PLC0415
+    from esper_engine.run_files import RunLock, RunLockedError
 
     try:
         lock = RunLock.acquire(path)
@@ -508,7 +505,7 @@ def _release(lock) -> None:
 def _register(session) -> None:
     """Put the run in the user's registry now (a failure is said here, before any console owns
     the terminal, and is never fatal), and again with its socket once that listens."""
-    from overwatch.registry import register  # noqa: PLC0415
+    from overwatch.registry import register
 
     problem = register(session.run_id, session.record_path, None)
     if problem is not None:
@@ -522,7 +519,7 @@ def _register(session) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from esper_engine.distributed import launched_world  # noqa: PLC0415
+    from esper_engine.distributed import launched_world
 
     rank, world = launched_world()
     if world > 1:
@@ -537,8 +534,8 @@ def _cmd_run_here(
 ) -> int:
     """The run in this process: all of it, or rank 0's part of a sharded one (``shard``, with
     the rank's ``config``; ``resumed``: the plan and lock of a sharded --resume)."""
-    from esper_engine.session import prepare_session  # noqa: PLC0415 (keeps --help fast)
-    from esper_engine.tasks import DataError  # noqa: PLC0415
+    from esper_engine.session import prepare_session  # keeps --help fast
+    from esper_engine.tasks import DataError
 
     _stop_set_up_on_signals()
     if args.resume is not None:
@@ -581,7 +578,7 @@ def _cmd_run_here(
     if path is not None:
         _register(session)
     if shard is not None:
-        from esper_engine.distributed import init_group, share_config  # noqa: PLC0415
+        from esper_engine.distributed import init_group, share_config
 
         init_group(shard.timeout_s)
         if resumed is not None:  # the workers have no checkpoint to read the config from
@@ -589,12 +586,12 @@ def _cmd_run_here(
     _freeze_loaded()
     _SET_UP[:] = [session]  # once it has started, a signal stops it (at its next env)
     if args.headless:
-        from overwatch.headless import run_headless  # noqa: PLC0415
+        from overwatch.headless import run_headless
 
         code = run_headless(session, refresh_hz=args.refresh_hz)
     else:
-        from overwatch.app import run_console  # noqa: PLC0415
-        from overwatch.sources import LiveSource  # noqa: PLC0415
+        from overwatch.app import run_console
+        from overwatch.sources import LiveSource
 
         code = run_console(
             LiveSource(session),
@@ -603,7 +600,7 @@ def _cmd_run_here(
             **_console_options(args),
         )
     if shard is not None:
-        from esper_engine.distributed import close_group  # noqa: PLC0415
+        from esper_engine.distributed import close_group
 
         close_group()
     if session.recording_error and not args.headless:  # headless has said it already
@@ -615,7 +612,7 @@ def _cmd_run_here(
 
 def _cmd_launch(args: argparse.Namespace) -> int:
     """``--nprocs N``: check what can be checked here (one line, exit 2), then torchrun."""
-    from overwatch.launch import launch, without_nprocs  # noqa: PLC0415
+    from overwatch.launch import launch, without_nprocs
 
     if args.resume is not None:  # checked here, read again by rank 0
         plan, lock = _resume_plan(args)
@@ -643,7 +640,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 def _cmd_run_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     """One rank of a run torchrun started: rank 0 records and shows it, the others train
     their envs quietly (their output goes nowhere: rank 0 speaks for the run)."""
-    from esper_engine.distributed import Shard, rank_device  # noqa: PLC0415
+    from esper_engine.distributed import Shard, rank_device
 
     if rank != 0:
         _silence()
@@ -668,7 +665,7 @@ def _resume_rank(args: argparse.Namespace, rank: int, world: int) -> int:
     """One rank of a sharded ``--resume``: rank 0 reads the checkpoint and sends the workers
     the config, then each its envs' states; a worker reads no file (it may be on another
     machine). Any number of ranks up to the envs resumes any run: the checkpoint is per env."""
-    from esper_engine.distributed import (  # noqa: PLC0415
+    from esper_engine.distributed import (
         Shard,
         init_group,
         resumed_rank_device,
@@ -696,7 +693,7 @@ def _resume_rank(args: argparse.Namespace, rank: int, world: int) -> int:
 
 def _check_restart(path: Path | None) -> None:
     """A rank torchrun restarted must not overwrite the recording of the run it replaces."""
-    from esper_engine.distributed import restart_count  # noqa: PLC0415
+    from esper_engine.distributed import restart_count
 
     if restart_count() > 0 and path is not None and path.exists():
         raise BadInput(
@@ -707,12 +704,12 @@ def _check_restart(path: Path | None) -> None:
 
 def _run_worker(config: TrainingConfig, shard) -> int:
     """A rank other than 0: trains its envs; the leader decides when everything stops."""
-    import signal  # noqa: PLC0415
+    import signal
 
-    from esper_engine.distributed import ForwardingSink, close_group, init_group  # noqa: PLC0415
-    from esper_engine.session import check_blueprint_preferences  # noqa: PLC0415
-    from esper_engine.tasks import DataError, load_task  # noqa: PLC0415
-    from esper_engine.trainer import VectorizedTrainer, validate_run  # noqa: PLC0415
+    from esper_engine.distributed import ForwardingSink, close_group, init_group
+    from esper_engine.session import check_blueprint_preferences
+    from esper_engine.tasks import DataError, load_task
+    from esper_engine.trainer import VectorizedTrainer, validate_run
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # rank 0 takes them and stops every rank
@@ -745,9 +742,9 @@ def _resume_session(
     """The session continuing ``--resume RECORDING`` (``resumed``: its plan and lock, when
     already taken); every refusal is one line (exit 2) and lets the lock go.
     ``shard``, ``config``: rank 0's of a sharded resume."""
-    from esper_engine.checkpoint import CheckpointError  # noqa: PLC0415
-    from esper_engine.session import prepare_resume  # noqa: PLC0415
-    from esper_engine.tasks import DataError  # noqa: PLC0415
+    from esper_engine.checkpoint import CheckpointError
+    from esper_engine.session import prepare_resume
+    from esper_engine.tasks import DataError
 
     plan, lock = resumed or _resume_plan(args)
     try:
@@ -768,8 +765,8 @@ def _resume_plan(args: argparse.Namespace):  # -> (ResumePlan, RunLock) (importe
     The checkpoint's config is the run's: a flag that would change it is refused rather than
     ignored, since the resumed events must be the ones the original run would have made.
     """
-    from esper_engine.checkpoint import CheckpointError, plan_resume  # noqa: PLC0415
-    from esper_engine.run_files import RunLock, RunLockedError  # noqa: PLC0415
+    from esper_engine.checkpoint import CheckpointError, plan_resume
+    from esper_engine.run_files import RunLock, RunLockedError
 
     given = vars(args)
     clashing = [f"--{dest.replace('_', '-')}" for dest in FLAG_FIELDS if dest in given]
@@ -821,9 +818,9 @@ def _stop_set_up_on_signals() -> None:
     """SIGTERM, SIGHUP and Ctrl-C end the set-up at once, with one line; once the trainer
     thread runs they stop it (the views put their own handlers in place before they start it;
     this covers the moments between). A signal ignored, as nohup ignores SIGHUP, stays so."""
-    import signal  # noqa: PLC0415
+    import signal
 
-    from esper_engine.contracts import Stop  # noqa: PLC0415
+    from esper_engine.contracts import Stop
 
     def handler(signum: int, frame: object) -> None:
         session = _SET_UP[0] if _SET_UP else None
@@ -842,7 +839,7 @@ def _stop_set_up_on_signals() -> None:
 
 def _restore_signals() -> None:
     """Put back what _stop_set_up_on_signals replaced (main() may be called again in-process)."""
-    import signal  # noqa: PLC0415
+    import signal
 
     _SET_UP.clear()
     while _BEFORE_SET_UP:
@@ -855,9 +852,9 @@ def _progress(message: str) -> None:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from esper_engine.recording import RecordingError  # noqa: PLC0415
-    from overwatch.app import run_console  # noqa: PLC0415
-    from overwatch.sources import ReplaySource  # noqa: PLC0415
+    from esper_engine.recording import RecordingError
+    from overwatch.app import run_console
+    from overwatch.sources import ReplaySource
 
     path = Path(args.file)
     # --follow waits for a recording that is not there yet (a run about to start).
@@ -883,9 +880,9 @@ def _freeze_loaded() -> None:
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
-    from overwatch.app import run_console  # noqa: PLC0415
-    from overwatch.runs import RunError, attach_target  # noqa: PLC0415
-    from overwatch.sources import AttachSource  # noqa: PLC0415
+    from overwatch.app import run_console
+    from overwatch.runs import RunError, attach_target
+    from overwatch.sources import AttachSource
 
     try:
         record, socket_path = attach_target(args.run, Path(args.dir))
@@ -900,7 +897,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _cmd_ps(args: argparse.Namespace) -> int:
-    from overwatch.runs import list_runs, ps_table  # noqa: PLC0415
+    from overwatch.runs import list_runs, ps_table
 
     if args.dir is None:  # every run of the user's, and those under ./overwatch-runs
         default = Path(RUNS_DIR)
@@ -918,9 +915,9 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from esper_engine.recording import RecordingError  # noqa: PLC0415
-    from overwatch.export import export_recording  # noqa: PLC0415
-    from overwatch.tensorboard_export import MissingExtra, OutputNotEmpty  # noqa: PLC0415
+    from esper_engine.recording import RecordingError
+    from overwatch.export import export_recording
+    from overwatch.tensorboard_export import MissingExtra, OutputNotEmpty
 
     if not Path(args.file).is_file():
         raise BadInput(f"no such recording: {args.file}")
@@ -935,7 +932,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from overwatch.serve import ServeError, serve  # noqa: PLC0415
+    from overwatch.serve import ServeError, serve
 
     # With --follow the replay itself decides what a missing recording means.
     if not args.follow and not Path(args.file).is_file():

@@ -48,7 +48,7 @@ def export_recording(
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if fmt == "tensorboard":
-        from overwatch.tensorboard_export import load_writer_class  # noqa: PLC0415
+        from overwatch.tensorboard_export import load_writer_class
 
         load_writer_class()  # a missing extra is said before the recording is read
         if output is None:
@@ -57,7 +57,7 @@ def export_recording(
     if recording.warning:
         print(f"warning: {recording.warning}", file=sys.stderr)
     if fmt == "tensorboard":
-        from overwatch.tensorboard_export import write_tensorboard  # noqa: PLC0415
+        from overwatch.tensorboard_export import write_tensorboard
 
         return write_tensorboard(recording.events, output)
     with _open_output(output) as out:

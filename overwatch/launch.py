@@ -86,8 +86,8 @@ def launch(
 
 def _stop_over_socket(recording: Path | None) -> bool:
     """Ask rank 0 to stop the run through its control socket; False when there is none."""
-    from esper_engine.contracts import Stop  # noqa: PLC0415
-    from esper_engine.control import ControlClient, ControlError, read_pid_file  # noqa: PLC0415
+    from esper_engine.contracts import Stop
+    from esper_engine.control import ControlClient, ControlError, read_pid_file
 
     try:
         found = read_pid_file(recording) if recording is not None else None
@@ -105,8 +105,8 @@ def _stop_over_socket(recording: Path | None) -> bool:
 def _recorded_exit_code(recording: Path | None, run_id: str, fallback: int) -> int:
     """The exit code the recording of run ``run_id`` says; ``fallback`` (torchrun's) when it
     holds another run (an --overwrite whose ranks failed before replacing it) or none."""
-    from esper_engine.contracts import RunFinished, RunStarted, RunStatus  # noqa: PLC0415
-    from esper_engine.recording import RecordingError, read_recording  # noqa: PLC0415
+    from esper_engine.contracts import RunFinished, RunStarted, RunStatus
+    from esper_engine.recording import RecordingError, read_recording
 
     if recording is None or not recording.is_file():
         return fallback

@@ -33,7 +33,7 @@ def replay_command(path: str | os.PathLike[str], *, follow: bool = False) -> str
 def serve(path: str | os.PathLike[str], *, follow: bool = False, port: int = DEFAULT_PORT) -> None:
     """Serve the replay of ``path`` at http://127.0.0.1:PORT until Ctrl+C or SIGTERM."""
     try:
-        from textual_serve.server import Server  # noqa: PLC0415 (an optional extra)
+        from textual_serve.server import Server  # an optional extra
     except ImportError:
         raise ServeError(f"serve needs the serve extra: {EXTRA_HINT}") from None
     _check_port(port)  # before the server prints its banner: a taken port is one line

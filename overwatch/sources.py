@@ -485,7 +485,7 @@ class AttachSource:
         *,
         read_only: bool = False,
     ):
-        from esper_engine.control import ControlClient  # noqa: PLC0415
+        from esper_engine.control import ControlClient
 
         self.record_path = record_path
         self.console = console
@@ -522,7 +522,7 @@ class AttachSource:
 
     def send(self, command: OperatorCommand) -> int | None:
         """Send over the socket; None (and a warning) when the run cannot be reached."""
-        from esper_engine.control import ControlError  # noqa: PLC0415
+        from esper_engine.control import ControlError
 
         if self._client is None:
             return None  # read-only: the app says so

@@ -82,7 +82,7 @@ class OutputNotEmpty(Exception):
 
 def load_writer_class() -> type[SummaryWriter]:
     try:
-        from tensorboardX import SummaryWriter  # noqa: PLC0415 (an optional extra)
+        from tensorboardX import SummaryWriter  # an optional extra
     except ImportError:
         message = f"--format tensorboard needs the tensorboard extra: {EXTRA_HINT}"
         raise MissingExtra(message) from None
@@ -98,8 +98,10 @@ def write_tensorboard(events: Iterable[Event], output: str | os.PathLike[str]) -
     if root.exists() and not root.is_dir():
         raise OutputNotEmpty(f"--output {root} is a file; TensorBoard needs a directory")
     if root.is_dir() and next(root.rglob(EVENT_FILE_GLOB), None) is not None:
-        raise OutputNotEmpty(f"--output {root} already holds TensorBoard event files; "
-                             "choose an empty or new directory")
+        raise OutputNotEmpty(
+            f"--output {root} already holds TensorBoard event files; "
+            "choose an empty or new directory"
+        )
     count = 0
     with ExitStack() as stack:
         writers: dict[str, SummaryWriter] = {}

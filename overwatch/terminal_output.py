@@ -103,7 +103,7 @@ def compacting(driver_class: type[Driver]) -> type[Driver]:
     """``driver_class`` writing through ``compact_sgr`` when it drives a terminal (the Linux
     driver); any other driver (headless, web, Windows) as it is."""
     try:
-        from textual.drivers.linux_driver import LinuxDriver  # noqa: PLC0415 (termios: POSIX only)
+        from textual.drivers.linux_driver import LinuxDriver  # termios: POSIX only
     except ImportError:
         return driver_class
     if not issubclass(driver_class, LinuxDriver):

@@ -66,8 +66,10 @@ class EnvPlot(Vertical):
             view.epoch_points[-1] if view.epoch_points else None,
             len(view.marks),
         )
-        grad = (len(view.grad_points) // GRAD_EVERY,
-                view.grad_points[0] if view.grad_points else None)
+        grad = (
+            len(view.grad_points) // GRAD_EVERY,
+            view.grad_points[0] if view.grad_points else None,
+        )
         # a per-batch change waits for the live tick; an epoch or a mark redraws at once
         if key == self._shown and (grad == self._grad_shown or not live):
             return

@@ -36,8 +36,11 @@ def changed_cells(old: LineKey | None, new: LineKey | None, width: int) -> int:
     if old is None or new is None or old[1] != new[1]:
         return width
     a, b = old[0], new[0]
-    if not (isinstance(a, str) and isinstance(b, str)) or cell_len(a) != len(a) \
-            or cell_len(b) != len(b):
+    if (
+        not (isinstance(a, str) and isinstance(b, str))
+        or cell_len(a) != len(a)
+        or cell_len(b) != len(b)
+    ):
         return width
     n = max(len(a), len(b))
     a, b = a.ljust(n), b.ljust(n)
@@ -93,18 +96,29 @@ class LineWidget(Widget):
         ]
         self._texts, self._keys = lines, keys
         if rows:
-            self.refresh(*(
-                Region(0, y, changed_cells(
-                    old[y] if y < len(old) else None, keys[y] if y < len(keys) else None,
-                    size.width), 1)
-                for y in rows
-            ))
+            self.refresh(
+                *(
+                    Region(
+                        0,
+                        y,
+                        changed_cells(
+                            old[y] if y < len(old) else None,
+                            keys[y] if y < len(keys) else None,
+                            size.width,
+                        ),
+                        1,
+                    )
+                    for y in rows
+                )
+            )
 
     def set_border_titles(self, title: str, subtitle: str) -> None:
         """Set the border's title and subtitle, repainting only the border row that changed
         (Textual's setters repaint the whole widget; the subtitle here changes every epoch)."""
-        for row, attribute, text in (("top", "border_title", title),
-                                     ("bottom", "border_subtitle", subtitle)):
+        for row, attribute, text in (
+            ("top", "border_title", title),
+            ("bottom", "border_subtitle", subtitle),
+        ):
             if getattr(self, attribute) == text:
                 continue
             self._border_only = row

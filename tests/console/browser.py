@@ -66,21 +66,28 @@ class Chromium:
             os.dup2(from_browser_w, 4)
 
         self.process = subprocess.Popen(
-            [executable, *FLAGS, f"--user-data-dir={self._profile.name}",
-             f"--window-size={width},{height}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=wire_fds, close_fds=False,  # Python's own fds are close-on-exec anyway
+            [
+                executable,
+                *FLAGS,
+                f"--user-data-dir={self._profile.name}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=wire_fds,
+            close_fds=False,  # Python's own fds are close-on-exec anyway
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
         self._next_id = 0
         self._session: str | None = None
-        page = next(t for t in self.call("Target.getTargets")["targetInfos"]
-                    if t["type"] == "page")
-        self._session = self.call(
-            "Target.attachToTarget", targetId=page["targetId"], flatten=True
-        )["sessionId"]
+        page = next(t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page")
+        self._session = self.call("Target.attachToTarget", targetId=page["targetId"], flatten=True)[
+            "sessionId"
+        ]
         self.call("Page.enable")
         self.call("Runtime.enable")
 
@@ -99,8 +106,12 @@ class Chromium:
                 return reply.get("result", {})
 
     def evaluate(self, expression: str, *, await_promise: bool = False) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=await_promise)
+        result = self.call(
+            "Runtime.evaluate",
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=await_promise,
+        )
         if "exceptionDetails" in result:
             raise BrowserError(f"{expression[:60]}: {result['exceptionDetails']}")
         return result["result"].get("value")

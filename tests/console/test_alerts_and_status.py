@@ -96,8 +96,8 @@ async def test_toasts_sit_on_the_footer_line_and_never_cover_data(size) -> None:
         for n in range(8):  # a pile of toasts: the newest shows
             app.notify(f"alert {n} [/]", timeout=30)
         await pilot.pause()
-        from textual.widgets import Footer  # noqa: PLC0415
-        from textual.widgets._toast import Toast  # noqa: PLC0415
+        from textual.widgets import Footer
+        from textual.widgets._toast import Toast
 
         toasts = [t for t in app.screen.query(Toast) if t.parent.display]
         assert [str(t.render()) for t in toasts] == ["alert 7 [/]"]
@@ -137,7 +137,6 @@ def test_elapsed_and_eta_from_the_recorded_epochs() -> None:
     assert abs(finished.elapsed(10**10) - (real_events()[-1].wall_time - first - paused)) < 1e-6
 
 
-
 def test_a_pause_counts_in_neither_elapsed_nor_epoch_time_nor_eta() -> None:
     """The operator pauses the trainer for 10 minutes during epoch 4: elapsed, the epoch time
     and the ETA leave it out (the acks as the engine records them)."""
@@ -162,6 +161,7 @@ def test_a_pause_counts_in_neither_elapsed_nor_epoch_time_nor_eta() -> None:
     during = reduce_many(ConsoleState(), paused[:cut])  # up to the Pause ack
     assert during.trainer_state == "paused" and during.samples_per_s == 0.0
     assert during.elapsed(pause + 100.0) == during.elapsed(pause + 500.0)
+
 
 @run_async
 async def test_the_footer_says_resume_while_paused() -> None:

@@ -402,7 +402,7 @@ async def test_stale_when_no_event_for_ten_seconds() -> None:
     now = [events[-1].wall_time + 1.0]
     app = OverwatchApp(source, clock=lambda: now[0])
     async with app.run_test(size=WIDE):
-        from overwatch.widgets.header import RunHeader  # noqa: PLC0415
+        from overwatch.widgets.header import RunHeader
 
         header = app.query_one(RunHeader)
         assert header.liveness == "LIVE"

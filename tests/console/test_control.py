@@ -165,7 +165,7 @@ def test_two_consoles_each_get_acks_with_their_own_id(tmp_path: Path, socket_dir
 def test_a_run_without_a_usable_socket_directory_trains_anyway_and_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from overwatch.sources import LiveSource  # noqa: PLC0415
+    from overwatch.sources import LiveSource
 
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -195,7 +195,9 @@ def test_the_jsonl_of_the_fixture_is_larger_than_a_pipe_buffer() -> None:
     """Else the pipe test above would pass without ever breaking the pipe."""
     out = subprocess.run(
         [sys.executable, "-m", "overwatch.cli", "export", str(REAL_RUN)],
-        capture_output=True, check=True, timeout=20,
+        capture_output=True,
+        check=True,
+        timeout=20,
     ).stdout
     assert len(out) > 65536  # a Linux pipe buffers 64 KiB
 

@@ -66,9 +66,18 @@ def expected(path: Path) -> Series:
             for slot_id, value in e.shapley.items():
                 add(e.env, f"shapley/{slot_id}", step, value, e.wall_time)
         elif isinstance(e, PolicyUpdate):
-            for name in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_fraction",
-                         "explained_variance", "grad_norm", "mean_episode_reward",
-                         "imitation_weight", "heuristic_agreement"):
+            for name in (
+                "policy_loss",
+                "value_loss",
+                "entropy",
+                "approx_kl",
+                "clip_fraction",
+                "explained_variance",
+                "grad_norm",
+                "mean_episode_reward",
+                "imitation_weight",
+                "heuristic_agreement",
+            ):
                 if getattr(e, name) is not None:  # recorded before kickstarting's figures: None
                     add(None, f"ppo/{name}", e.update, getattr(e, name), e.wall_time)
     return want
@@ -108,8 +117,12 @@ def test_images_have_shapley_and_no_perplexity_the_lm_has_perplexity_and_ppo(
     images, lm = read_back(tmp_path / "a"), read_back(tmp_path / "b")
     assert not any(tag == "val/perplexity" for _, tag in images)
     assert any(tag.startswith("shapley/") for _, tag in images)
-    rollbacks = [v for (_, tag), points in images.items() if tag == "governor/rollbacks"
-                 for _, v, _ in points]
+    rollbacks = [
+        v
+        for (_, tag), points in images.items()
+        if tag == "governor/rollbacks"
+        for _, v, _ in points
+    ]
     assert max(rollbacks) >= 1  # the fixture has governor rollbacks
     assert any(tag == "val/perplexity" for _, tag in lm)
     assert ("policy", "ppo/approx_kl") in lm
@@ -117,8 +130,16 @@ def test_images_have_shapley_and_no_perplexity_the_lm_has_perplexity_and_ppo(
 
 def test_kickstarting_figures_are_ppo_scalars_when_recorded() -> None:
     common = dict(run_id="r", wall_time=1.0)
-    figures = dict(policy_loss=0.1, value_loss=0.2, entropy=0.3, approx_kl=0.0, clip_fraction=0.0,
-                   explained_variance=0.5, grad_norm=1.0, mean_episode_reward=2.0)
+    figures = dict(
+        policy_loss=0.1,
+        value_loss=0.2,
+        entropy=0.3,
+        approx_kl=0.0,
+        clip_fraction=0.0,
+        explained_variance=0.5,
+        grad_norm=1.0,
+        mean_episode_reward=2.0,
+    )
     new = PolicyUpdate(**common, update=2, **figures, imitation_weight=0.5, heuristic_agreement=0.9)
     tags = {tag: value for _, tag, value, _, _ in scalars([new])}
     assert tags["ppo/imitation_weight"] == 0.5 and tags["ppo/heuristic_agreement"] == 0.9

@@ -180,7 +180,7 @@ async def test_a_16_colour_terminal_gets_the_plain_ansi_footer() -> None:
         assert (key_style.color.number, key_style.bgcolor.number) == (11, 4)
         assert not dead  # live: nothing greyed out
     replay_events = running()
-    from overwatch.sources import ReplaySource  # noqa: PLC0415
+    from overwatch.sources import ReplaySource
 
     replay = OverwatchApp(ReplaySource.from_events(replay_events), ansi16=True)
     async with replay.run_test(size=WIDE) as pilot:
@@ -205,6 +205,6 @@ def test_no_mouse_reaches_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_max_speed_is_shown_as_max() -> None:
-    from overwatch.sources import speed_label  # noqa: PLC0415
+    from overwatch.sources import speed_label
 
     assert speed_label(math.inf) == "max" and speed_label(64.0) == "64x"

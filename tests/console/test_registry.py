@@ -90,7 +90,7 @@ def test_entries_of_vanished_or_unreadable_runs_are_pruned_or_skipped(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from overwatch.cli import main  # noqa: PLC0415
+    from overwatch.cli import main
 
     recording = tmp_path / "gone.msgpack"
     recording.write_bytes(b"x")
@@ -122,7 +122,7 @@ def test_a_run_registers_even_when_its_recording_is_a_relative_path(
 def test_an_unusable_state_directory_is_said_and_never_fatal(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from overwatch.cli import main  # noqa: PLC0415
+    from overwatch.cli import main
 
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -136,7 +136,7 @@ def test_an_unusable_state_directory_is_said_and_never_fatal(
 def test_attach_by_the_id_of_a_run_whose_recording_was_overwritten_is_refused(
     tmp_path: Path, home: Path
 ) -> None:
-    from tests.console.test_ps import copy_recording  # noqa: PLC0415
+    from tests.console.test_ps import copy_recording
 
     path = tmp_path / "reused.msgpack"
     copy_recording(path, finished=False)  # another run now records here (--overwrite)
@@ -149,7 +149,7 @@ def test_attach_by_the_id_of_a_run_whose_recording_was_overwritten_is_refused(
 def test_an_entry_that_cannot_be_pruned_is_not_fatal(
     tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from overwatch.cli import main  # noqa: PLC0415
+    from overwatch.cli import main
 
     assert registry.register("gone", tmp_path / "gone.msgpack", None) is None  # never recorded
 

@@ -236,7 +236,7 @@ def test_torchrun_rank_0_holds_the_recording(tmp_path: Path, env: dict[str, str]
 def test_resume_of_a_missing_recording_creates_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from overwatch.cli import main  # noqa: PLC0415
+    from overwatch.cli import main
 
     missing = tmp_path / "no" / "such.msgpack"
     assert main(["run", "--headless", "--resume", str(missing)]) == 2
@@ -247,8 +247,8 @@ def test_resume_of_a_missing_recording_creates_nothing(
 def test_overwrite_keeps_the_old_recording_until_the_new_run_is_set_up(
     tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from esper_engine.checkpoint import checkpoint_path  # noqa: PLC0415
-    from overwatch.cli import main  # noqa: PLC0415
+    from esper_engine.checkpoint import checkpoint_path
+    from overwatch.cli import main
 
     path = tmp_path / "kept.msgpack"
     code, err = finish(overwatch(["run", "--headless", *FLAGS, "--record", str(path)], env))
@@ -280,7 +280,7 @@ def test_a_sharded_overwrite_refused_in_set_up_fails_and_keeps_the_old_recording
 def test_a_recording_named_like_its_own_lock_pid_or_checkpoint_is_refused(
     tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from overwatch.cli import main  # noqa: PLC0415
+    from overwatch.cli import main
 
     path = tmp_path / f"run{suffix}"  # its pid file or checkpoint would replace it
     assert main(["run", "--headless", *FLAGS, "--record", str(path)]) == 2

@@ -86,7 +86,8 @@ def test_a_port_in_use_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         port = taken.getsockname()[1]
         assert main(["serve", str(REAL_RUN), "--port", str(port)]) == 2
     assert capsys.readouterr() == (
-        "", f"overwatch: error: cannot serve on 127.0.0.1:{port}: Address already in use\n"
+        "",
+        f"overwatch: error: cannot serve on 127.0.0.1:{port}: Address already in use\n",
     )
 
 
@@ -106,7 +107,9 @@ def served() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "overwatch.cli", "serve", str(REAL_RUN), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -162,8 +165,14 @@ def open_console(browser: Chromium, url: str) -> None:
 def press(browser: Chromium, key: str, code: int) -> None:
     browser.evaluate("document.querySelector('.xterm-helper-textarea').focus()")
     for kind in ("keyDown", "keyUp"):
-        browser.call("Input.dispatchKeyEvent", type=kind, key=key, code=key,
-                     windowsVirtualKeyCode=code, nativeVirtualKeyCode=code)
+        browser.call(
+            "Input.dispatchKeyEvent",
+            type=kind,
+            key=key,
+            code=key,
+            windowsVirtualKeyCode=code,
+            nativeVirtualKeyCode=code,
+        )
 
 
 chromium_missing = pytest.mark.skipif(

@@ -114,8 +114,14 @@ def test_random_styled_segments_show_the_same() -> None:
     standard and default colours) at random places, rendered by Textual's Strip."""
     rng = random.Random(7)
     console = Console(color_system="truecolor", force_terminal=True)
-    colours = [None, Color.parse("red"), Color.parse("color(214)"), Color.parse("#3a7bd5"),
-               Color.parse("bright_white"), Color.parse("default")]
+    colours = [
+        None,
+        Color.parse("red"),
+        Color.parse("color(214)"),
+        Color.parse("#3a7bd5"),
+        Color.parse("bright_white"),
+        Color.parse("default"),
+    ]
     for _ in range(300):
         parts = []
         for _ in range(rng.randint(1, 6)):
@@ -123,7 +129,9 @@ def test_random_styled_segments_show_the_same() -> None:
             segments = [
                 Segment(
                     rng.choice(["a", "bc", "━━", " ", "▁▂█"]),
-                    None if rng.random() < 0.05 else Style(
+                    None
+                    if rng.random() < 0.05
+                    else Style(
                         bold=rng.random() < 0.3,
                         dim=rng.random() < 0.1,
                         italic=rng.random() < 0.1,

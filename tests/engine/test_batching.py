@@ -149,8 +149,10 @@ def test_check_samples_names_the_split() -> None:
 def test_a_rank_keeps_exactly_its_envs_slices_of_the_whole_draw() -> None:
     x, y = numbered(50)  # a draw of 4 x 5 = 20 wraps into a new pass every third draw
     whole = SharedBatchIterator(x, y, n_envs=4, batch_size=5, seed=3)
-    ranks = [SharedBatchIterator(x, y, n_envs=4, batch_size=5, seed=3, keep=block)
-             for block in (range(0, 1), range(1, 4))]
+    ranks = [
+        SharedBatchIterator(x, y, n_envs=4, batch_size=5, seed=3, keep=block)
+        for block in (range(0, 1), range(1, 4))
+    ]
     for _ in range(7):
         expected = draw_ids(next(whole))
         assert draw_ids(next(ranks[0])) + draw_ids(next(ranks[1])) == expected

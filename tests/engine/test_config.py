@@ -229,7 +229,7 @@ def test_the_ppo_agent_reads_the_config_struct() -> None:
 
 
 def test_the_task_names_are_the_tasks() -> None:
-    from esper_engine.tasks import TASK_NAMES  # noqa: PLC0415 (imports torch)
+    from esper_engine.tasks import TASK_NAMES  # imports torch
 
     assert TASKS == TASK_NAMES
 
@@ -246,7 +246,7 @@ def test_every_field_has_a_docstring(struct_type) -> None:
 
 @pytest.fixture(scope="module")
 def images():
-    from esper_engine.tasks import load_task  # noqa: PLC0415
+    from esper_engine.tasks import load_task
 
     return load_task("synthetic-images", seed=0, scale="small")
 
@@ -286,8 +286,8 @@ NON_DEFAULT = TrainingConfig(
 
 
 def test_the_env_builds_its_governor_and_slots_from_the_config(images) -> None:
-    from esper_engine.env_runtime import EnvRuntime  # noqa: PLC0415
-    from esper_engine.policy.actions import Action, Op  # noqa: PLC0415
+    from esper_engine.env_runtime import EnvRuntime
+    from esper_engine.policy.actions import Action, Op
 
     env = EnvRuntime(0, NON_DEFAULT, images)
     gov = env.governor
@@ -310,7 +310,7 @@ def test_the_env_builds_its_governor_and_slots_from_the_config(images) -> None:
 
 
 def test_the_policies_are_built_from_the_config() -> None:
-    from esper_engine.policy.driver import PolicyDriver  # noqa: PLC0415
+    from esper_engine.policy.driver import PolicyDriver
 
     def driver(kind: str, host_kind: str = "cnn") -> PolicyDriver:
         return PolicyDriver(
@@ -340,8 +340,8 @@ def test_the_policies_are_built_from_the_config() -> None:
 
 
 def test_run_started_records_the_effective_config_nested(images) -> None:
-    from esper_engine.telemetry import ListSink  # noqa: PLC0415
-    from esper_engine.trainer import VectorizedTrainer  # noqa: PLC0415
+    from esper_engine.telemetry import ListSink
+    from esper_engine.trainer import VectorizedTrainer
 
     config = msgspec.structs.replace(
         NON_DEFAULT,

@@ -121,7 +121,7 @@ def test_validate_run_times_a_batch_and_leaves_the_random_stream_alone(stories) 
 
 
 def test_run_started_tells_the_host_and_the_estimate(tmp_path: Path, images) -> None:
-    from esper_engine.session import prepare_session  # noqa: PLC0415
+    from esper_engine.session import prepare_session
 
     config = msgspec.structs.replace(
         BASE_CNN, n_envs=1, episodes=1, epochs=1, batches_per_epoch=2, val_batches=1

@@ -85,7 +85,7 @@ def test_resume_refuses_a_checkpoint_of_another_host(
 def _policy_file(path: Path, task, host: HostConfig) -> Path:
     """A saved PPO policy for ``task``'s host at ``host``'s size, as a run writes it."""
     spec = resolve_host(host, task.name)
-    from esper_engine.model import create_model  # noqa: PLC0415
+    from esper_engine.model import create_model
 
     slots = create_model(task, "cpu", spec=spec).slot_ids
     driver = PolicyDriver(

@@ -292,8 +292,17 @@ FIRST = batch_frame([batch(0)])
         (header(1) + frame(batch(0)) + b"\x00\x00\x00\x02\xc1\xc1", ("does not decode",)),
     ],
     ids=[
-        "zip", "near-magic", "version-0", "bad-msgpack", "truncated-msgpack", "not-an-array",
-        "empty-array", "trailing-byte", "huge", "zero", "v1-bad-msgpack",
+        "zip",
+        "near-magic",
+        "version-0",
+        "bad-msgpack",
+        "truncated-msgpack",
+        "not-an-array",
+        "empty-array",
+        "trailing-byte",
+        "huge",
+        "zero",
+        "v1-bad-msgpack",
     ],
 )
 def test_garbage_is_one_clear_error(tmp_path: Path, content: bytes, fragments: tuple) -> None:

@@ -450,7 +450,7 @@ def test_a_stop_ends_the_run_at_the_next_env_not_the_next_batch(images) -> None:
 def test_a_stop_during_set_up_ends_it_at_the_next_env(images, monkeypatch) -> None:
     """issue 21: SIGTERM while 100k envs were built waited for the first batch. Queued once
     env 2 of 4 is built, the set-up ends there: no RunStarted, RunFinished(stopped)."""
-    import esper_engine.trainer as trainer_module  # noqa: PLC0415
+    import esper_engine.trainer as trainer_module
 
     commands: queue.Queue = queue.Queue()
     stop = threading.Event()

@@ -13,12 +13,22 @@ This module never imports torch: the CLI reads it for ``--help`` and ``--print-c
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from esper_engine.faults import check_faults
 from esper_engine.host_presets import resolve_host
 from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE
+
+if TYPE_CHECKING:  # the built components import torch; this module must not
+    from collections.abc import Callable, MutableMapping, Sequence
+
+    import torch
+
+    from esper_engine.governor import TolariaGovernor
+    from esper_engine.policy.heuristic import HeuristicPolicy
+    from esper_engine.policy.ppo import PPOLearner
 
 TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
 POLICIES = ("heuristic", "ppo", "static")
@@ -93,6 +103,29 @@ class GovernorConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("max_rollbacks_per_episode", self.max_rollbacks_per_episode, low=1)
         _real("death_penalty", self.death_penalty, low=0.0)
 
+    def build(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        *,
+        random_guess_loss: float,
+        on_seed_pruned: Callable[[str], None] | None = None,
+        seed_optimizers: MutableMapping[str, torch.optim.Optimizer] | None = None,
+    ) -> TolariaGovernor:
+        """The governor of one env's ``model`` with these thresholds."""
+        from esper_engine.governor import TolariaGovernor
+
+        return TolariaGovernor(
+            model,
+            optimizer,
+            scaler,
+            self,
+            random_guess_loss=random_guess_loss,
+            on_seed_pruned=on_seed_pruned,
+            seed_optimizers=seed_optimizers,
+        )
+
 
 class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The seed slots' gates and blend (SPEC 4), the same for every slot of every env."""
@@ -159,6 +192,13 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("min_epochs_left", self.min_epochs_left, low=0)
         _names("cnn_preference", self.cnn_preference)
         _names("transformer_preference", self.transformer_preference)
+
+    def build(self, n_slots: int, blueprints: Sequence[str], host_kind: str) -> HeuristicPolicy:
+        """The heuristic with these rules, preferring the blueprints of ``host_kind``."""
+        from esper_engine.policy.heuristic import HeuristicPolicy
+
+        preference = self.cnn_preference if host_kind == "cnn" else self.transformer_preference
+        return HeuristicPolicy(n_slots, blueprints, self, preference=preference)
 
 
 class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -257,6 +297,13 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.imitation_rounds == 0:
             return 0.0
         return self.imitation_coef * max(0.0, 1.0 - ppo_round / self.imitation_rounds)
+
+    def build(self, obs_dim: int, n_slots: int, n_blueprints: int) -> PPOLearner:
+        """The agent (seeded by ``seed``) and its optimizer; ``seed`` must be set."""
+        from esper_engine.policy.actions import N_OPS
+        from esper_engine.policy.ppo import PPOAgent, PPOLearner
+
+        return PPOLearner(PPOAgent(obs_dim, N_OPS, n_slots, n_blueprints, self))
 
 
 class HostConfig(msgspec.Struct, frozen=True, kw_only=True):

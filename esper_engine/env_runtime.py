@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import msgspec
 import torch
 
 from esper_engine.config import TrainingConfig
@@ -97,14 +96,12 @@ class EnvRuntime:
         self.generator = torch.Generator().manual_seed(env_seed(self.config.seed, self.index))
         model = self._new_model()
         self.state = self._new_state(model)
-        self.governor = TolariaGovernor(
+        self.governor = self.config.governor.build(
             model,
             self.state.host_optimizer,
             self.state.scaler,
             seed_optimizers=self.state.seed_optimizers,
             random_guess_loss=self.task.random_guess_loss,
-            # GovernorConfig's fields are TolariaGovernor's keyword arguments, one for one.
-            **msgspec.structs.asdict(self.config.governor),
         )
 
     @property

@@ -26,6 +26,7 @@ import msgspec
 import torch
 from torch import nn
 
+from esper_engine.config import GovernorConfig
 from esper_engine.contracts import (
     GovernorPanic,
     GovernorRollback,
@@ -78,33 +79,31 @@ class TolariaGovernor:
         model: nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         scaler: torch.amp.GradScaler | None = None,
-        sensitivity: float = 6.0,
-        multiplier: float = 3.0,
-        absolute_threshold: float = 10.0,
-        death_penalty: float = 10.0,
-        history_window: int = 20,
-        min_panics_before_rollback: int = 2,
+        config: GovernorConfig | None = None,
+        *,
         random_guess_loss: float = math.log(10),  # the default task's 10 classes
-        max_rollbacks_per_episode: int = 3,
         on_seed_pruned: Callable[[str], None] | None = None,
         seed_optimizers: MutableMapping[str, torch.optim.Optimizer] | None = None,
     ) -> None:
+        """The thresholds are ``config``'s (``GovernorConfig``, which documents each)."""
+        config = config or GovernorConfig()
         _check_settings(
-            history_window,
-            min_panics_before_rollback,
+            config.history_window,
+            config.min_panics_before_rollback,
             random_guess_loss,
-            max_rollbacks_per_episode,
-            death_penalty,
+            config.max_rollbacks_per_episode,
+            config.death_penalty,
         )
-        self.sensitivity = sensitivity
-        self.multiplier = multiplier
-        self.absolute_threshold = absolute_threshold
-        self.death_penalty = death_penalty
+        self.config = config
+        self.sensitivity = config.sensitivity
+        self.multiplier = config.multiplier
+        self.absolute_threshold = config.absolute_threshold
+        self.death_penalty = config.death_penalty
         self.random_guess_loss = random_guess_loss
-        self.min_panics_before_rollback = min_panics_before_rollback
-        self.max_rollbacks_per_episode = max_rollbacks_per_episode
+        self.min_panics_before_rollback = config.min_panics_before_rollback
+        self.max_rollbacks_per_episode = config.max_rollbacks_per_episode
         self.on_seed_pruned = on_seed_pruned
-        self._history: deque[float] = deque(maxlen=history_window)
+        self._history: deque[float] = deque(maxlen=config.history_window)
         self._consecutive_panics = 0
         self._total_panics = 0
         self._rollbacks = 0

@@ -34,11 +34,11 @@ from esper_engine.policy.ppo import (
     ActOutput,
     PPOAgent,
     PPOConfig,
-    RolloutBuffer,
-    compute_gae,
+    PPOLearner,
     explained_variance,
 )
 from esper_engine.policy.rewards import capacity_rent, compute_reward
+from esper_engine.policy.rollout import RolloutBuffer, compute_gae
 
 __all__ = [
     "CNN_PREFERENCE",
@@ -54,6 +54,7 @@ __all__ = [
     "Op",
     "PPOAgent",
     "PPOConfig",
+    "PPOLearner",
     "RolloutBuffer",
     "SlotObservation",
     "action_masks",

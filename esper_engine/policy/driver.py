@@ -14,7 +14,6 @@ import torch
 
 from esper_engine.config import HeuristicConfig, PPOConfig
 from esper_engine.policy.actions import (
-    N_OPS,
     Action,
     Op,
     action_masks,
@@ -23,7 +22,8 @@ from esper_engine.policy.actions import (
 )
 from esper_engine.policy.heuristic import HeuristicPolicy
 from esper_engine.policy.observation import EnvObservation, obs_dim, stack_observations
-from esper_engine.policy.ppo import PPOAgent, RolloutBuffer, op_shares
+from esper_engine.policy.ppo import PPOAgent, PPOLearner, op_shares
+from esper_engine.policy.rollout import RolloutBuffer
 
 CONTRACT_KEYS = (  # the figures contracts.PolicyUpdate carries; the rest stay in ``history``
     "policy_loss",
@@ -68,23 +68,23 @@ class PolicyDriver:
         self._has_pending = [False] * n_envs
         self.heuristic: HeuristicPolicy | None = None
         self.agent: PPOAgent | None = None
+        self.learner: PPOLearner | None = None  # the agent and its optimizer
         self.buffer: RolloutBuffer | None = None
         self.rounds = 0  # rounds finished (demonstrations and PPO updates alike)
         self.history: list[dict[str, float]] = []  # every round's figures, for the bench
         if kind == "heuristic":
-            self.heuristic = build_heuristic(heuristic, len(slot_ids), blueprints, host_kind)
+            self.heuristic = heuristic.build(len(slot_ids), blueprints, host_kind)
         elif kind == "static":
             pass
         elif kind == "ppo":
             if ppo.seed is None:
                 raise ValueError("PolicyDriver needs ppo.seed set (TrainingConfig.ppo_seed())")
             self.ppo = ppo
-            self.agent = PPOAgent(
-                obs_dim(len(slot_ids)), N_OPS, len(slot_ids), len(blueprints), ppo
-            )
+            self.learner = ppo.build(obs_dim(len(slot_ids)), len(slot_ids), len(blueprints))
+            self.agent = self.learner.agent
             self.buffer = RolloutBuffer(n_envs)
             self.demos = RolloutBuffer(n_envs)  # heuristic episodes not yet cloned
-            self.teacher = build_heuristic(heuristic, len(slot_ids), blueprints, host_kind)
+            self.teacher = heuristic.build(len(slot_ids), blueprints, host_kind)
         else:
             raise ValueError(f"unknown policy {kind!r}; expected heuristic, ppo or static")
 
@@ -156,7 +156,7 @@ class PolicyDriver:
         them) or a PPO update with the scheduled imitation weight. Returns the PolicyUpdate
         figures, or None when nothing was learned (heuristic, --no-learn, an empty buffer or a
         demonstration round before the clone). Every round's full figures go to ``history``."""
-        if self.agent is None or self.buffer is None or len(self.buffer) == 0:
+        if self.learner is None or self.buffer is None or len(self.buffer) == 0:
             return None
         if not self.ppo.learn:
             self.history.append({"phase": "eval", **self._round_figures(self.buffer)})
@@ -170,11 +170,11 @@ class PolicyDriver:
             if self.rounds < self.ppo.demo_rounds:
                 self.history.append({"phase": "demo", **figures})
                 return None
-            stats = {**self.agent.behaviour_clone(self.demos), "phase": "clone"}
+            stats = {**self.learner.behaviour_clone(self.demos), "phase": "clone"}
             stats["mean_episode_reward"] = figures["mean_episode_reward"]  # this round's
         else:
             weight = self.ppo.imitation_weight(self.rounds - self.ppo.demo_rounds)
-            stats = {**self.agent.update(self.buffer, weight), "phase": "ppo"}
+            stats = {**self.learner.update(self.buffer, weight), "phase": "ppo"}
             self.rounds += 1
         self.history.append(stats)
         return contract_figures(stats)
@@ -201,23 +201,21 @@ class PolicyDriver:
     def policy_state(self) -> dict[str, object]:
         """What a policy file holds (``policy_file.write_policy_file``): the agent, its
         optimizer, generator, the kickstarting schedule's position and the config it used."""
-        assert self.agent is not None
+        assert self.learner is not None
         return {
             "slot_ids": list(self.slot_ids),
             "blueprints": list(self.blueprints),
             "obs_dim": obs_dim(len(self.slot_ids)),
             "ppo": msgspec.to_builtins(self.ppo),
             "normalisation": {"reward_scale": self.ppo.reward_scale},
-            "agent": self.agent.state_dict(),
-            "optimizer": self.agent.optimizer.state_dict(),
-            "generator": self.agent.generator.get_state(),
+            **self.learner.state_dict(),  # agent, optimizer, generator
             "rounds": self.rounds,
             "demos": self.demos.state_dict(),
         }
 
     def load_policy_state(self, state: dict, source: str = "policy file") -> None:
         """Start from a saved policy; ValueError (one line) when it does not fit this run."""
-        if self.agent is None:
+        if self.learner is None:
             raise ValueError(f"{source}: only a ppo run can load a policy, this one is {self.kind}")
         for key, mine in (
             ("slot_ids", list(self.slot_ids)),
@@ -227,9 +225,7 @@ class PolicyDriver:
             if state.get(key) != mine:
                 raise ValueError(f"{source}: {key} {state.get(key)!r}, this run's are {mine!r}")
         try:
-            self.agent.load_state_dict(state["agent"])
-            self.agent.optimizer.load_state_dict(state["optimizer"])
-            self.agent.generator.set_state(state["generator"])
+            self.learner.load_state_dict(state)
             self.rounds = int(state["rounds"])
             if len(state["demos"]) == self.demos.n_envs:
                 self.demos.load_state_dict(state["demos"])
@@ -247,10 +243,8 @@ class PolicyDriver:
         """The agent, its optimizer and generator, the round's buffer and the pending flags.
         The heuristic and the static policy are stateless: only the flags are kept."""
         state: dict[str, object] = {"kind": self.kind, "pending": list(self._has_pending)}
-        if self.agent is not None and self.buffer is not None:
-            state["agent"] = self.agent.state_dict()
-            state["optimizer"] = self.agent.optimizer.state_dict()
-            state["generator"] = self.agent.generator.get_state()
+        if self.learner is not None and self.buffer is not None:
+            state.update(self.learner.state_dict())
             state["buffer"] = self.buffer.state_dict()
             state["rounds"] = self.rounds
             state["demos"] = self.demos.state_dict()
@@ -262,10 +256,8 @@ class PolicyDriver:
         if len(state["pending"]) != len(self._has_pending):
             raise ValueError(f"checkpoint has {len(state['pending'])} envs' pending flags")
         self._has_pending = [bool(flag) for flag in state["pending"]]
-        if self.agent is not None and self.buffer is not None:
-            self.agent.load_state_dict(state["agent"])
-            self.agent.optimizer.load_state_dict(state["optimizer"])
-            self.agent.generator.set_state(state["generator"])
+        if self.learner is not None and self.buffer is not None:
+            self.learner.load_state_dict(state)
             self.buffer.load_state_dict(state["buffer"])
             self.rounds = int(state.get("rounds", 0))
             if "demos" in state:
@@ -278,24 +270,3 @@ def contract_figures(stats: dict[str, float]) -> dict[str, float | None]:
     for field, key in KICKSTART_KEYS.items():
         figures[field] = stats.get(key)  # None: no heuristic labels in this rollout
     return figures
-
-
-def build_heuristic(
-    config: HeuristicConfig, n_slots: int, blueprints: Sequence[str], host_kind: str
-) -> HeuristicPolicy:
-    """The heuristic policy with every rule from the run's config."""
-    preference = config.cnn_preference if host_kind == "cnn" else config.transformer_preference
-    return HeuristicPolicy(
-        n_slots,
-        blueprints,
-        preference=preference,
-        plateau_window=config.plateau_window,
-        plateau_delta=config.plateau_delta,
-        fossilize_threshold=config.fossilize_threshold,
-        prune_threshold=config.prune_threshold,
-        min_prune_age=config.min_blending_epochs,
-        holding_patience=config.holding_patience,
-        max_live=config.max_live,
-        grow_from_start=config.grow_from_start,
-        min_epochs_left=config.min_epochs_left,
-    )

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from esper_engine.config import HeuristicConfig
 from esper_engine.contracts import Op, SeedStage
 from esper_engine.policy.actions import Action, legal_in_slot
 from esper_engine.policy.observation import EnvObservation, SlotObservation
 
-CNN_PREFERENCE = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
-TRANSFORMER_PREFERENCE = ("lora", "mlp_small", "attention", "norm")
+CNN_PREFERENCE = HeuristicConfig().cnn_preference
+TRANSFORMER_PREFERENCE = HeuristicConfig().transformer_preference
 # Stages a slot can be in while the episode's early seeds are still going in (nothing judged yet).
 _EARLY_STAGES = frozenset({SeedStage.DORMANT, SeedStage.GERMINATED, SeedStage.TRAINING})
 
@@ -37,41 +38,20 @@ class HeuristicPolicy:
         self,
         n_slots: int,
         blueprints: Sequence[str],
+        config: HeuristicConfig | None = None,
         *,
-        preference: Sequence[str] = CNN_PREFERENCE,
-        plateau_window: int = 3,
-        plateau_delta: float = 0.005,
-        fossilize_threshold: float = 0.005,
-        prune_threshold: float = 0.0,
-        min_prune_age: int = 2,
-        holding_patience: int = 3,
-        max_live: int = 2,
-        grow_from_start: bool = True,
-        min_epochs_left: int = 5,
+        preference: Sequence[str] | None = None,
     ) -> None:
-        """Every threshold is a fraction of accuracy, the unit of Shapley values and accuracies:
-        ``fossilize_threshold`` 0.005 is half an accuracy point.
-
-        ``holding_patience``: epochs a HOLDING seed may stay below ``fossilize_threshold``
-        before it is pruned, so a lukewarm seed cannot block its slot (and ``max_live``) forever.
-        ``min_epochs_left``: no germination on a plateau with fewer epochs left in the episode:
-        a seed spends one germinated, one training and three blending before it can be judged,
-        and one planted later only costs compute and perturbs the host's gradients.
-        """
+        """The rules are ``config``'s (``HeuristicConfig``, which documents each); thresholds
+        are fractions of accuracy, the unit of Shapley values and accuracies. ``preference``:
+        the blueprints to germinate, the first available wins (default: the CNN's list)."""
         if not blueprints:
             raise ValueError("HeuristicPolicy needs at least one blueprint")
+        self.config = config or HeuristicConfig()
         self.n_slots = n_slots
         self.blueprints = tuple(blueprints)
-        self.blueprint_index = self._preferred_blueprint(preference)
-        self.plateau_window = plateau_window
-        self.plateau_delta = plateau_delta
-        self.fossilize_threshold = fossilize_threshold
-        self.prune_threshold = prune_threshold
-        self.min_prune_age = min_prune_age
-        self.holding_patience = holding_patience
-        self.max_live = max_live
-        self.grow_from_start = grow_from_start
-        self.min_epochs_left = min_epochs_left
+        chosen = self.config.cnn_preference if preference is None else preference
+        self.blueprint_index = self._preferred_blueprint(chosen)
 
     def _preferred_blueprint(self, preference: Sequence[str]) -> int:
         for name in preference:
@@ -104,21 +84,26 @@ class HeuristicPolicy:
     def _should_prune(self, slot: SlotObservation) -> bool:
         if slot.contribution is None:
             return False  # never judged: TRAINING seeds are not attributed (alpha is 0)
-        if slot.stage is SeedStage.BLENDING and slot.epochs_in_stage < self.min_prune_age:
+        if (
+            slot.stage is SeedStage.BLENDING
+            and slot.epochs_in_stage < self.config.min_blending_epochs
+        ):
             return False  # too young: a seed at low alpha has barely had a chance to help
-        if slot.contribution < self.prune_threshold:
+        if slot.contribution < self.config.prune_threshold:
             return True
         return (
             slot.stage is SeedStage.HOLDING
-            and slot.epochs_in_stage >= self.holding_patience
-            and slot.contribution <= self.fossilize_threshold
+            and slot.epochs_in_stage >= self.config.holding_patience
+            and slot.contribution <= self.config.fossilize_threshold
         )
 
     def _fossilize(self, obs: EnvObservation) -> Action | None:
         return self._first(
             obs,
             Op.FOSSILIZE,
-            lambda s: s.contribution is not None and s.contribution > self.fossilize_threshold,
+            lambda s: (
+                s.contribution is not None and s.contribution > self.config.fossilize_threshold
+            ),
         )
 
     def _early_seed_due(self, obs: EnvObservation) -> bool:
@@ -131,8 +116,8 @@ class HeuristicPolicy:
         planted on the plateau, which short episodes reach only near their end.
         """
         return (
-            self.grow_from_start
-            and obs.epoch < self.max_live
+            self.config.grow_from_start
+            and obs.epoch < self.config.max_live
             and all(slot.stage in _EARLY_STAGES for slot in obs.slots)
         )
 
@@ -142,16 +127,16 @@ class HeuristicPolicy:
         The early seeds are exempt from ``min_epochs_left``: in a short episode (the 4-epoch
         smoke run) they are the only ones that can grow at all.
         """
-        if obs.max_epochs - 1 - obs.epoch < self.min_epochs_left:
+        if obs.max_epochs - 1 - obs.epoch < self.config.min_epochs_left:
             return False
-        return plateaued(obs.acc_history, self.plateau_window, self.plateau_delta)
+        return plateaued(obs.acc_history, self.config.plateau_window, self.config.plateau_delta)
 
     def _advance(self, obs: EnvObservation) -> Action | None:
         # HOLDING is left alone: leaving it is FOSSILIZE or PRUNE, which need the contribution.
         return self._first(obs, Op.ADVANCE, lambda s: s.stage is not SeedStage.HOLDING)
 
     def _germinate(self, obs: EnvObservation) -> Action | None:
-        if obs.live_count() >= self.max_live:
+        if obs.live_count() >= self.config.max_live:
             return None
         if not (self._early_seed_due(obs) or self._late_seed_due(obs)):
             return None

@@ -24,8 +24,6 @@ One RL step is one host epoch of one env; the tiny network lives on the CPU.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -33,7 +31,8 @@ from torch import nn
 
 # Every hyperparameter, with its docstring and bounds, lives in the run's config (torch-free).
 from esper_engine.config import PPOConfig
-from esper_engine.policy.actions import N_OPS, OPS, ActionMasks, Op, op_index, stack_masks
+from esper_engine.policy.actions import N_OPS, OPS, ActionMasks, Op, op_index
+from esper_engine.policy.rollout import RolloutBatch, RolloutBuffer
 
 MASKED_LOGIT = -1e9  # finite, so fully masked rows stay NaN-free; exp() underflows to exactly 0
 
@@ -94,7 +93,6 @@ class PPOAgent(nn.Module):
         # fork it, so building an agent never moves a generator the envs draw from.
         with torch.random.fork_rng(devices=[]):
             self._build(obs_dim, n_slots, n_blueprints, torch.Generator().manual_seed(seed))
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=self.config.lr, eps=1e-5)
         self.generator = torch.Generator().manual_seed(seed + 1)
 
     def _build(self, obs_dim: int, n_slots: int, n_blueprints: int, init: torch.Generator) -> None:
@@ -111,7 +109,7 @@ class PPOAgent(nn.Module):
         self.blueprint_head = _layer(hidden, n_blueprints, 0.01, init)
         self.value_head = _layer(hidden, 1, 1.0, init)
 
-    def _heads(self, obs: torch.Tensor, masks: ActionMasks) -> _Heads:
+    def heads(self, obs: torch.Tensor, masks: ActionMasks) -> _Heads:
         if not bool(masks.op.any(dim=-1).all()):
             raise ValueError("every env needs at least one legal op (WAIT is always legal)")
         h = self.trunk(obs)
@@ -124,7 +122,7 @@ class PPOAgent(nn.Module):
         )
 
     @staticmethod
-    def _log_prob(heads: _Heads, actions: torch.Tensor) -> torch.Tensor:
+    def log_prob(heads: _Heads, actions: torch.Tensor) -> torch.Tensor:
         op, slot, blueprint = actions.unbind(-1)
         rows = torch.arange(len(actions))
         log_p = heads.op[rows, op]
@@ -132,7 +130,7 @@ class PPOAgent(nn.Module):
         return log_p + torch.where(op == _GERMINATE, heads.blueprint[rows, blueprint], 0.0)
 
     @staticmethod
-    def _entropy(heads: _Heads) -> torch.Tensor:
+    def joint_entropy(heads: _Heads) -> torch.Tensor:
         """H(op) + sum over slot-using ops of p(op) H(slot | op) + p(GERMINATE) H(blueprint)."""
         p_op = heads.op.exp()
         slot_term = (p_op * _USES_SLOT * _entropy(heads.slot)).sum(-1)
@@ -151,20 +149,22 @@ class PPOAgent(nn.Module):
         Sampling uses ``generator`` (default: the agent's own, seeded by ``config.seed``);
         ``deterministic`` takes the most likely legal op, then its most likely slot and blueprint.
         """
-        heads = self._heads(obs, masks)
+        heads = self.heads(obs, masks)
         generator = self.generator if generator is None else generator
         op = _choose(heads.op, deterministic, generator)
         slot = _choose(heads.slot[torch.arange(len(op)), op], deterministic, generator)
         blueprint = _choose(heads.blueprint, deterministic, generator)
         actions = torch.stack([op, slot, blueprint], dim=1)
-        return ActOutput(actions, self._log_prob(heads, actions), self._entropy(heads), heads.value)
+        return ActOutput(
+            actions, self.log_prob(heads, actions), self.joint_entropy(heads), heads.value
+        )
 
     def evaluate(
         self, obs: torch.Tensor, masks: ActionMasks, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probability, entropy and value of given actions, with gradients (for the update)."""
-        heads = self._heads(obs, masks)
-        return self._log_prob(heads, actions), self._entropy(heads), heads.value
+        heads = self.heads(obs, masks)
+        return self.log_prob(heads, actions), self.joint_entropy(heads), heads.value
 
     @torch.no_grad()
     def value(self, obs: torch.Tensor) -> torch.Tensor:
@@ -177,9 +177,9 @@ class PPOAgent(nn.Module):
         """PPO loss on one minibatch (advantages already normalised over the rollout), plus the
         imitation term, and its diagnostics (the ratio is 1 before any step)."""
         cfg = self.config
-        heads = self._heads(batch.obs, batch.masks)
-        new_log_prob = self._log_prob(heads, batch.actions)
-        entropy, new_value = self._entropy(heads), heads.value
+        heads = self.heads(batch.obs, batch.masks)
+        new_log_prob = self.log_prob(heads, batch.actions)
+        entropy, new_value = self.joint_entropy(heads), heads.value
         log_ratio = new_log_prob - batch.log_probs
         ratio = log_ratio.exp()
         advantages = batch.advantages
@@ -198,7 +198,7 @@ class PPOAgent(nn.Module):
         if imitation_weight > 0:
             if batch.teacher is None:
                 raise ValueError("an imitation weight needs the heuristic's action per transition")
-            imitation = -self._log_prob(heads, batch.teacher).mean()
+            imitation = -self.log_prob(heads, batch.teacher).mean()
             loss = loss + imitation_weight * imitation
         with torch.no_grad():
             stats = {
@@ -211,6 +211,31 @@ class PPOAgent(nn.Module):
                 "imitation_loss": imitation.item(),
             }
         return loss, stats
+
+    @torch.no_grad()
+    def agreement(self, batch: RolloutBatch) -> dict[str, float]:
+        """How often the taken op, and the agent's most likely op, are the heuristic's."""
+        if batch.teacher is None:
+            return {}
+        teacher_op = batch.teacher[:, 0]
+        greedy = self.heads(batch.obs, batch.masks).op.argmax(dim=-1)
+        return {
+            "heuristic_agreement": (batch.actions[:, 0] == teacher_op).float().mean().item(),
+            "greedy_agreement": (greedy == teacher_op).float().mean().item(),
+        }
+
+
+class PPOLearner:
+    """The agent and the optimizer that trains it, side by side (the agent only acts).
+
+    ``update`` is one PPO round from a finished rollout; ``behaviour_clone`` is kickstarting's
+    fit to the heuristic's episodes. Its state (the checkpoint's and the policy file's part) is
+    the agent's weights, the optimizer's moments and the sampling generator."""
+
+    def __init__(self, agent: PPOAgent) -> None:
+        self.agent = agent
+        self.config = agent.config
+        self.optimizer = torch.optim.Adam(agent.parameters(), lr=self.config.lr, eps=1e-5)
 
     def update(self, buffer: RolloutBuffer, imitation_weight: float = 0.0) -> dict[str, float]:
         """One PPO update from a finished rollout, which it consumes (the buffer is cleared).
@@ -226,11 +251,11 @@ class PPOAgent(nn.Module):
         if cfg.norm_adv and size > 1:
             adv = batch.advantages
             batch.advantages = (adv - adv.mean()) / (adv.std() + 1e-8)
-        pre = self.agreement(batch)
+        pre = self.agent.agreement(batch)
         chunks = max(1, size // cfg.minibatch_size)
         history: list[dict[str, float]] = []
         for _ in range(cfg.update_epochs):
-            order = torch.randperm(size, generator=self.generator)
+            order = torch.randperm(size, generator=self.agent.generator)
             for index in torch.tensor_split(order, chunks):
                 history.append(self._step(batch.select(index), imitation_weight))
             if cfg.target_kl is not None and history[-1]["approx_kl"] > cfg.target_kl:
@@ -253,24 +278,12 @@ class PPOAgent(nn.Module):
         return {**stats, **pre, **op_shares(batch.actions)}
 
     def _step(self, batch: RolloutBatch, imitation_weight: float) -> dict[str, float]:
-        loss, stats = self.loss(batch, imitation_weight)
+        loss, stats = self.agent.loss(batch, imitation_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.config.max_grad_norm)
+        grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), self.config.max_grad_norm)
         self.optimizer.step()
         return {**stats, "grad_norm": grad_norm.item()}  # norm before clipping
-
-    @torch.no_grad()
-    def agreement(self, batch: RolloutBatch) -> dict[str, float]:
-        """How often the taken op, and the agent's most likely op, are the heuristic's."""
-        if batch.teacher is None:
-            return {}
-        teacher_op = batch.teacher[:, 0]
-        greedy = self._heads(batch.obs, batch.masks).op.argmax(dim=-1)
-        return {
-            "heuristic_agreement": (batch.actions[:, 0] == teacher_op).float().mean().item(),
-            "greedy_agreement": (greedy == teacher_op).float().mean().item(),
-        }
 
     def behaviour_clone(self, buffer: RolloutBuffer) -> dict[str, float]:
         """Fit the actor to the recorded actions and the critic to their returns (kickstarting).
@@ -284,27 +297,27 @@ class PPOAgent(nn.Module):
         batch = buffer.batch(cfg.gamma, 1.0, cfg.reward_scale)  # lambda 1: Monte Carlo returns
         episode_returns = buffer.episode_returns()
         buffer.clear()
-        optimizer = torch.optim.Adam(self.parameters(), lr=cfg.bc_lr, eps=1e-5)
+        optimizer = torch.optim.Adam(self.agent.parameters(), lr=cfg.bc_lr, eps=1e-5)
         grad_norm = torch.zeros(())
         for _ in range(cfg.bc_steps):
-            heads = self._heads(batch.obs, batch.masks)
-            actor = -self._log_prob(heads, batch.actions).mean()
+            heads = self.agent.heads(batch.obs, batch.masks)
+            actor = -self.agent.log_prob(heads, batch.actions).mean()
             critic = 0.5 * ((heads.value - batch.returns) ** 2).mean()
             # The floor holds here too: a clone with zero entropy leaves PPO nothing to explore
             # (every ratio stays 1) and no entropy gradient to climb back with.
-            floor_gap = torch.relu(cfg.entropy_floor - self._entropy(heads).mean())
+            floor_gap = torch.relu(cfg.entropy_floor - self.agent.joint_entropy(heads).mean())
             optimizer.zero_grad(set_to_none=True)
             (actor + cfg.vf_coef * critic + cfg.entropy_floor_coef * floor_gap).backward()
-            grad_norm = nn.utils.clip_grad_norm_(self.parameters(), 10.0 * cfg.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_(self.agent.parameters(), 10.0 * cfg.max_grad_norm)
             optimizer.step()
         with torch.no_grad():
-            heads = self._heads(batch.obs, batch.masks)
-            actor = -self._log_prob(heads, batch.actions).mean()
+            heads = self.agent.heads(batch.obs, batch.masks)
+            actor = -self.agent.log_prob(heads, batch.actions).mean()
             greedy = heads.op.argmax(dim=-1)
         return {
             "policy_loss": actor.item(),
             "value_loss": (0.5 * ((heads.value - batch.returns) ** 2).mean()).item(),
-            "entropy": self._entropy(heads).mean().item(),
+            "entropy": self.agent.joint_entropy(heads).mean().item(),
             "approx_kl": 0.0,
             "clip_fraction": 0.0,
             "grad_norm": grad_norm.item(),
@@ -317,6 +330,18 @@ class PPOAgent(nn.Module):
             "greedy_agreement": (greedy == batch.actions[:, 0]).float().mean().item(),
             **op_shares(batch.actions),
         }
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "agent": self.agent.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.agent.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.agent.generator.set_state(state["generator"])
 
 
 def op_shares(actions: torch.Tensor) -> dict[str, float]:
@@ -348,261 +373,3 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     if len(target) < 2 or var_target.item() == 0:
         return math.nan
     return (1 - (target - predicted).var(unbiased=False) / var_target).item()
-
-
-def compute_gae(
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    dones: torch.Tensor,
-    last_value: float,
-    *,
-    truncated: torch.Tensor | None = None,
-    bootstrap_values: torch.Tensor | None = None,
-    gamma: float = 0.99,
-    lam: float = 0.95,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimates and returns for one env's sequence of T steps.
-
-    ``dones[t]``: the episode ended after step t (terminated *or* truncated), so no advantage
-    flows back across it. ``truncated[t]``: that end was a truncation (time limit, operator
-    rollback), so step t still bootstraps from ``bootstrap_values[t]`` = V(s_{t+1}); a
-    termination bootstraps from 0. ``last_value`` = V(s_T) is used when the last step is not done.
-    """
-    steps = len(rewards)
-    truncated = torch.zeros(steps, dtype=torch.bool) if truncated is None else truncated.bool()
-    if bootstrap_values is None:
-        bootstrap_values = torch.zeros(steps)
-    advantages = torch.zeros(steps)
-    running = 0.0
-    for t in reversed(range(steps)):
-        if dones[t]:
-            next_value, continues = (float(bootstrap_values[t]) if truncated[t] else 0.0), 0.0
-        else:
-            next_value = float(values[t + 1]) if t + 1 < steps else last_value
-            continues = 1.0
-        delta = float(rewards[t]) + gamma * next_value - float(values[t])
-        running = delta + gamma * lam * continues * running
-        advantages[t] = running
-    return advantages, advantages + values.float()
-
-
-@dataclass
-class Transition:
-    """One RL step of one env; the reward arrives an epoch later via ``set_reward``."""
-
-    obs: torch.Tensor
-    masks: ActionMasks
-    action: torch.Tensor
-    log_prob: float
-    value: float
-    reward: float | None = None
-    penalty: float = 0.0  # the governor's death penalty, kept apart so set_reward can't erase it
-    terminal: bool = False  # no bootstrap past this step
-    truncated: bool = False  # the episode was cut here; bootstrap from ``bootstrap_value``
-    bootstrap_value: float = 0.0
-    episode_end: bool = False  # finish_episode was called here (for episode-return stats)
-    teacher: torch.Tensor | None = None  # the heuristic's action here (kickstarting)
-
-    @property
-    def total_reward(self) -> float:
-        return (self.reward or 0.0) + self.penalty
-
-    @property
-    def done(self) -> bool:
-        return self.terminal or self.truncated
-
-
-@dataclass
-class RolloutBatch:
-    """The flattened rollout with its advantages and returns, ready for minibatching."""
-
-    obs: torch.Tensor
-    masks: ActionMasks
-    actions: torch.Tensor
-    log_probs: torch.Tensor
-    values: torch.Tensor
-    advantages: torch.Tensor
-    returns: torch.Tensor
-    teacher: torch.Tensor | None = None  # [N, 3] the heuristic's actions, when all are known
-
-    def select(self, index: torch.Tensor) -> RolloutBatch:
-        return RolloutBatch(
-            self.obs[index],
-            ActionMasks(*(part[index] for part in self.masks)),
-            self.actions[index],
-            self.log_probs[index],
-            self.values[index],
-            self.advantages[index],
-            self.returns[index],
-            None if self.teacher is None else self.teacher[index],
-        )
-
-
-class RolloutBuffer:
-    """Per-env transition lists for one PPO round.
-
-    Protocol per env and epoch: after the epoch, ``set_reward`` for the previous action, then
-    ``add`` the new one (``add`` refuses while the previous reward is missing, so a reward can
-    never land on the wrong step). A governor rollback calls ``add_penalty_to_last`` (adds the
-    penalty and marks the step terminal; every transition is kept). At episode end, or on an
-    operator-forced rollback, ``finish_episode(env, V(final obs), truncated=True)`` bootstraps.
-    """
-
-    def __init__(self, n_envs: int) -> None:
-        self.n_envs = n_envs
-        self._steps: list[list[Transition]] = [[] for _ in range(n_envs)]
-
-    def __len__(self) -> int:
-        return sum(len(steps) for steps in self._steps)
-
-    def transitions(self, env: int) -> Sequence[Transition]:
-        return tuple(self._steps[env])
-
-    def absorb(self, other: RolloutBuffer) -> None:
-        """Append ``other``'s finished episodes env by env (recorded demonstrations pile up)."""
-        if other.n_envs != self.n_envs:
-            raise ValueError(f"buffer has {other.n_envs} envs, expected {self.n_envs}")
-        for env in range(self.n_envs):
-            self._steps[env].extend(other._steps[env])
-
-    def clear(self) -> None:
-        self._steps = [[] for _ in range(self.n_envs)]
-
-    def add(
-        self,
-        env: int,
-        obs: torch.Tensor,
-        masks: ActionMasks,
-        action: torch.Tensor,
-        log_prob: float | torch.Tensor,
-        value: float | torch.Tensor,
-        reward: float | None = None,
-        teacher: torch.Tensor | None = None,
-    ) -> None:
-        steps = self._steps[env]
-        if steps and steps[-1].reward is None:
-            raise ValueError(f"env {env}: the previous transition has no reward; set_reward first")
-        teacher = None if teacher is None else teacher.long()
-        steps.append(
-            Transition(
-                obs, masks, action.long(), float(log_prob), float(value), reward, teacher=teacher
-            )
-        )
-
-    def _last(self, env: int) -> Transition:
-        if not self._steps[env]:
-            raise ValueError(f"env {env} has no transition yet")
-        return self._steps[env][-1]
-
-    def set_reward(self, env: int, reward: float) -> None:
-        last = self._last(env)
-        if last.reward is not None:
-            raise ValueError(f"env {env}: the last transition already has reward {last.reward}")
-        last.reward = float(reward)
-
-    def add_penalty_to_last(self, env: int, penalty: float) -> None:
-        """Blame the env's most recent action for a governor rollback; it becomes terminal."""
-        last = self._last(env)
-        last.penalty += penalty
-        last.terminal = True
-
-    def finish_episode(self, env: int, last_value: float, truncated: bool = True) -> None:
-        """End the env's episode: a truncation bootstraps from ``last_value``, else terminal."""
-        if not self._steps[env] or self._steps[env][-1].episode_end:
-            return  # nothing since the last episode ended
-        last = self._last(env)
-        last.episode_end = True
-        if last.terminal:
-            return  # already terminal (a penalised rollback): nothing to bootstrap
-        if truncated:
-            last.truncated, last.bootstrap_value = True, float(last_value)
-        else:
-            last.terminal = True
-
-    def state_dict(self) -> list[list[dict[str, object]]]:
-        """Every env's transitions as tensors and plain values (a checkpoint's round so far)."""
-        return [[_transition_state(step) for step in steps] for steps in self._steps]
-
-    def load_state_dict(self, state: Sequence[Sequence[dict]]) -> None:
-        if len(state) != self.n_envs:
-            raise ValueError(f"checkpoint buffer has {len(state)} envs, expected {self.n_envs}")
-        self._steps = [[_transition_from_state(step) for step in steps] for steps in state]
-
-    def episode_returns(self) -> list[float]:
-        """Undiscounted reward sum of every finished episode (rollback penalties included)."""
-        returns: list[float] = []
-        for steps in self._steps:
-            total = 0.0
-            for step in steps:
-                total += step.total_reward
-                if step.episode_end:
-                    returns.append(total)
-                    total = 0.0
-        return returns
-
-    def batch(self, gamma: float, lam: float, reward_scale: float = 1.0) -> RolloutBatch:
-        """Flatten every env's steps with GAE on rewards x ``reward_scale``; every step needs its
-        reward, every env an end."""
-        if len(self) == 0:
-            raise ValueError("the rollout buffer is empty")
-        advantages, returns, steps = [], [], []
-        for env, env_steps in enumerate(self._steps):
-            if not env_steps:
-                continue
-            self._check_complete(env, env_steps)
-            adv, ret = compute_gae(
-                torch.tensor([s.total_reward for s in env_steps]) * reward_scale,
-                torch.tensor([s.value for s in env_steps]),
-                torch.tensor([s.done for s in env_steps]),
-                last_value=0.0,  # unused: the last step is always done
-                truncated=torch.tensor([s.truncated for s in env_steps]),
-                bootstrap_values=torch.tensor([s.bootstrap_value for s in env_steps]),
-                gamma=gamma,
-                lam=lam,
-            )
-            advantages.append(adv)
-            returns.append(ret)
-            steps.extend(env_steps)
-        return RolloutBatch(
-            obs=torch.stack([s.obs for s in steps]).float(),
-            masks=stack_masks([s.masks for s in steps]),
-            actions=torch.stack([s.action for s in steps]),
-            log_probs=torch.tensor([s.log_prob for s in steps]),
-            values=torch.tensor([s.value for s in steps]),
-            advantages=torch.cat(advantages),
-            returns=torch.cat(returns),
-            teacher=(
-                torch.stack([s.teacher for s in steps])
-                if all(s.teacher is not None for s in steps)
-                else None
-            ),
-        )
-
-    @staticmethod
-    def _check_complete(env: int, steps: list[Transition]) -> None:
-        for index, step in enumerate(steps):
-            if step.reward is None:
-                raise ValueError(f"env {env}: transition {index} has no reward")
-        if not steps[-1].done:
-            raise ValueError(f"env {env}: episode not finished; call finish_episode first")
-
-
-def _transition_state(step: Transition) -> dict[str, object]:
-    return {
-        "obs": step.obs,
-        "masks": list(step.masks),
-        "action": step.action,
-        "log_prob": step.log_prob,
-        "value": step.value,
-        "reward": step.reward,
-        "penalty": step.penalty,
-        "terminal": step.terminal,
-        "truncated": step.truncated,
-        "bootstrap_value": step.bootstrap_value,
-        "episode_end": step.episode_end,
-        "teacher": step.teacher,
-    }
-
-
-def _transition_from_state(state: dict) -> Transition:
-    return Transition(**{**state, "masks": ActionMasks(*state["masks"])})

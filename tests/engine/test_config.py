@@ -11,6 +11,7 @@ import sys
 
 import msgspec
 import pytest
+import torch
 
 from esper_engine import governor as governor_module
 from esper_engine import slots as slots_module
@@ -189,23 +190,29 @@ def _defaults(function) -> dict[str, object]:
     }
 
 
-def test_governor_config_is_the_governors_keyword_arguments_with_its_defaults() -> None:
-    governor = _defaults(TolariaGovernor.__init__)
-    for field in msgspec.structs.fields(GovernorConfig):
-        assert governor[field.name] == field.default, field.name
+def test_the_governor_takes_its_thresholds_from_governor_config_alone() -> None:
+    """No default is restated: the governor's keywords are not the config's fields."""
+    fields = {field.name for field in msgspec.structs.fields(GovernorConfig)}
+    assert not fields & set(inspect.signature(TolariaGovernor.__init__).parameters)
+    assert TolariaGovernor(torch.nn.Linear(2, 2)).config == GovernorConfig()
+    config = GovernorConfig(sensitivity=2.0, history_window=12, death_penalty=4.0)
+    governor = config.build(torch.nn.Linear(2, 2), random_guess_loss=1.5)
+    assert (governor.sensitivity, governor.death_penalty) == (2.0, 4.0)
+    assert governor.loss_history == () and governor.random_guess_loss == 1.5
     assert MIN_HISTORY_WINDOW == governor_module.LOBOTOMY_MIN_HISTORY
 
 
-def test_heuristic_config_defaults_are_the_policys() -> None:
-    policy = _defaults(HeuristicPolicy.__init__)
+def test_the_heuristic_takes_its_rules_from_heuristic_config_alone() -> None:
+    """No default is restated (HeuristicPolicy once restated every one, and passed
+    min_blending_epochs as a keyword named min_prune_age)."""
+    fields = {field.name for field in msgspec.structs.fields(HeuristicConfig)}
+    assert not fields & set(_defaults(HeuristicPolicy.__init__))
+    assert HeuristicPolicy(2, ["conv_light"]).config == HeuristicConfig()
     config = HeuristicConfig()
-    renamed = {"min_blending_epochs": "min_prune_age"}  # the policy's name for the same rule
-    for field in msgspec.structs.fields(HeuristicConfig):
-        if field.name.endswith("_preference"):
-            continue
-        assert policy[renamed.get(field.name, field.name)] == field.default, field.name
     assert config.cnn_preference == CNN_PREFERENCE
     assert config.transformer_preference == TRANSFORMER_PREFERENCE
+    built = config.build(3, ["norm", "lora"], "transformer")
+    assert built.config is config and built.blueprint_index == 1  # lora: the LM's first
 
 
 def test_lifecycle_has_one_default_per_knob() -> None:
@@ -327,16 +334,17 @@ def test_the_policies_are_built_from_the_config() -> None:
     rules = NON_DEFAULT.heuristic
     assert heuristic is not None
     assert heuristic.blueprint_index == 1  # depthwise: the config's first preference
-    assert (heuristic.plateau_window, heuristic.plateau_delta) == (4, 0.01)
-    assert (heuristic.fossilize_threshold, heuristic.prune_threshold) == (0.02, -0.01)
-    assert heuristic.min_prune_age == rules.min_blending_epochs
-    assert (heuristic.holding_patience, heuristic.max_live) == (6, 1)
-    assert (heuristic.grow_from_start, heuristic.min_epochs_left) == (False, 2)
+    rules_used = heuristic.config
+    assert (rules_used.plateau_window, rules_used.plateau_delta) == (4, 0.01)
+    assert (rules_used.fossilize_threshold, rules_used.prune_threshold) == (0.02, -0.01)
+    assert rules_used.min_blending_epochs == rules.min_blending_epochs
+    assert (rules_used.holding_patience, rules_used.max_live) == (6, 1)
+    assert (rules_used.grow_from_start, rules_used.min_epochs_left) == (False, 2)
     agent = driver("ppo").agent
     assert agent is not None
     assert agent.config == msgspec.structs.replace(NON_DEFAULT.ppo, seed=0)
     assert agent.trunk[0].out_features == 32
-    assert agent.optimizer.param_groups[0]["lr"] == 1e-3
+    assert driver("ppo").learner.optimizer.param_groups[0]["lr"] == 1e-3
 
 
 def test_run_started_records_the_effective_config_nested(images) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from esper_engine.config import GovernorConfig
 from esper_engine.contracts import (
     GovernorPanic,
     GovernorRollback,
@@ -32,7 +33,8 @@ LOBOTOMY_TOL = 0.065 * RGL  # SPEC: loss within this of RGL
 
 def make_governor(**kwargs) -> TolariaGovernor:
     torch.manual_seed(0)
-    return TolariaGovernor(nn.Linear(3, 2), **{"random_guess_loss": RGL, **kwargs})
+    rgl = kwargs.pop("random_guess_loss", RGL)
+    return TolariaGovernor(nn.Linear(3, 2), config=GovernorConfig(**kwargs), random_guess_loss=rgl)
 
 
 def feed(governor: TolariaGovernor, losses) -> list[bool]:
@@ -251,7 +253,8 @@ def test_history_is_a_window() -> None:
 )
 def test_invalid_settings_are_rejected(kwargs) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))):
-        TolariaGovernor(nn.Linear(2, 2), **kwargs)
+        rgl = kwargs.pop("random_guess_loss", math.log(10))
+        TolariaGovernor(nn.Linear(2, 2), config=GovernorConfig(**kwargs), random_guess_loss=rgl)
 
 
 # --- snapshot and rollback on a plain module ---------------------------------------------------

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from esper_engine.config import HeuristicConfig
 from esper_engine.policy.actions import Action, Op, action_masks, op_index, validate
 from esper_engine.policy.heuristic import TRANSFORMER_PREFERENCE, HeuristicPolicy, plateaued
 from esper_engine.policy.observation import STAGES, EnvObservation, SlotObservation
@@ -32,7 +33,7 @@ def make_obs(*slots: SlotObservation, acc: tuple[float, ...] = RISING) -> EnvObs
 
 
 def policy(n_slots: int = 3, **kwargs: object) -> HeuristicPolicy:
-    return HeuristicPolicy(n_slots, BLUEPRINTS, **kwargs)
+    return HeuristicPolicy(n_slots, BLUEPRINTS, HeuristicConfig(**kwargs))
 
 
 def dormant(n: int) -> list[SlotObservation]:

@@ -14,7 +14,8 @@ from esper_engine.contracts import Event, PolicyUpdate
 from esper_engine.policy.actions import N_OPS, ActionMasks, Op, op_index
 from esper_engine.policy.driver import contract_figures
 from esper_engine.policy.observation import obs_dim
-from esper_engine.policy.ppo import PPOAgent, PPOConfig, RolloutBuffer, compute_gae
+from esper_engine.policy.ppo import PPOAgent, PPOConfig, PPOLearner
+from esper_engine.policy.rollout import RolloutBuffer, compute_gae
 
 N_SLOTS, N_BLUEPRINTS = 3, 3
 OBS_DIM = obs_dim(N_SLOTS)
@@ -48,6 +49,10 @@ def row(masks: ActionMasks, i: int) -> ActionMasks:
 
 def agent(seed: int = 0, **config: object) -> PPOAgent:
     return PPOAgent(OBS_DIM, N_OPS, N_SLOTS, N_BLUEPRINTS, PPOConfig(seed=seed, **config))
+
+
+def learner(seed: int = 0, **config: object) -> PPOLearner:
+    return PPOConfig(seed=seed, **config).build(OBS_DIM, N_SLOTS, N_BLUEPRINTS)
 
 
 def fill(buffer: RolloutBuffer, ppo: PPOAgent, steps: int, seed: int) -> None:
@@ -260,8 +265,8 @@ def test_ratio_is_exactly_one_on_the_first_minibatch() -> None:
 
 
 def test_update_reports_policy_update_fields_and_consumes_the_buffer() -> None:
-    ppo, buffer = agent(), RolloutBuffer(n_envs=3)
-    fill(buffer, ppo, steps=4, seed=2)
+    ppo, buffer = learner(), RolloutBuffer(n_envs=3)
+    fill(buffer, ppo.agent, steps=4, seed=2)
     returns = buffer.episode_returns()
     stats = ppo.update(buffer)
     base = {f.name for f in msgspec.structs.fields(Event)}
@@ -276,24 +281,24 @@ def test_update_reports_policy_update_fields_and_consumes_the_buffer() -> None:
 
 
 def test_target_kl_stops_the_update_after_the_first_pass() -> None:
-    ppo, buffer = agent(target_kl=0.0, update_epochs=4, minibatch_size=4), RolloutBuffer(n_envs=2)
-    fill(buffer, ppo, steps=4, seed=3)
+    ppo, buffer = learner(target_kl=0.0, update_epochs=4, minibatch_size=4), RolloutBuffer(2)
+    fill(buffer, ppo.agent, steps=4, seed=3)
     ppo.update(buffer)
-    first_param = next(ppo.parameters())
+    first_param = next(ppo.agent.parameters())
     assert ppo.optimizer.state[first_param]["step"].item() == 2  # one pass: 8 steps in 2 x 4
 
 
 def test_learns_a_contextual_bandit() -> None:
     """Only GERMINATE into slot 2 with blueprint 1 pays (+1); a 1-in-45 action at the start."""
     # Its rewards are unit-size already; no entropy floor: it asks for a near-certain choice.
-    ppo = agent(seed=0, lr=1e-2, minibatch_size=16, reward_scale=1.0, entropy_floor_coef=0.0)
+    ppo = learner(seed=0, lr=1e-2, minibatch_size=16, reward_scale=1.0, entropy_floor_coef=0.0)
     g = torch.Generator().manual_seed(0)
     target = torch.tensor([GERMINATE, 2, 1])
     n_envs = 32
     for _ in range(50):
         buffer = RolloutBuffer(n_envs)
         obs, masks = torch.randn(n_envs, OBS_DIM, generator=g), all_legal(n_envs)
-        out = ppo.act(obs, masks)
+        out = ppo.agent.act(obs, masks)
         for env in range(n_envs):
             reward = float(torch.equal(out.actions[env], target))
             buffer.add(
@@ -308,5 +313,5 @@ def test_learns_a_contextual_bandit() -> None:
             buffer.finish_episode(env, last_value=0.0, truncated=False)
         ppo.update(buffer)
     test_obs = torch.randn(200, OBS_DIM, generator=g)
-    sampled = ppo.act(test_obs, all_legal(200)).actions
+    sampled = ppo.agent.act(test_obs, all_legal(200)).actions
     assert (sampled == target).all(dim=1).float().mean().item() > 0.9

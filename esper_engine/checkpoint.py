@@ -7,9 +7,11 @@ either the previous checkpoint or the new one, never half of one. It is read bac
 ``torch.load(weights_only=True)``: a file holding anything else (a pickled object whose
 ``__reduce__`` would run code) is refused before any of it is executed.
 
-What goes in is assembled by the trainer (``VectorizedTrainer.checkpoint_state``) from each
-part's own ``state_dict``; this module owns the file, its format check and the resume plan: the
-checks that a recording, its checkpoint and each other agree before anything is changed.
+What goes in is assembled (``assemble``) from the run's header and each part's own
+``state_dict`` (the ``Stateful`` shape: the loader, the envs, the policy) and goes back with
+each part's ``load_state_dict`` (``restore``). This module owns the file, its format check
+and the resume plan: the checks that a recording, its checkpoint and each other agree before
+anything is changed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import torch
@@ -41,6 +43,34 @@ HOLD_ENV = "ESPER_TEST_HOLD"
 _HOLD = os.environ.get(HOLD_ENV)  # read once: hold_point sits in the batch loop
 _holds: dict[str, int] = {}
 _SHARE_MIN = 1024  # elements: smaller tensors are not worth comparing
+
+
+class Stateful(Protocol):
+    """A part of the run that saves and restores itself (torch's ``state_dict`` shape)."""
+
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+def assemble(
+    header: Mapping[str, Any], parts: Mapping[str, Stateful], **given: Any
+) -> dict[str, Any]:
+    """A checkpoint: the run's ``header`` (what ``plan_resume`` checks, where the run goes on)
+    and each part's own state under its name; ``given``: a part's state already taken (a
+    sharded leader's envs, gathered from every rank)."""
+    states = {
+        name: given[name] if name in given else part.state_dict() for name, part in parts.items()
+    }
+    return {"format": CHECKPOINT_FORMAT, **header, **states}
+
+
+def restore(state: Mapping[str, Any], parts: Mapping[str, Stateful]) -> None:
+    """Each part loads its own state; one the checkpoint lacks is left as built (a sharded
+    worker's part has no policy: it lives on the leader)."""
+    for name, part in parts.items():
+        if name in state:
+            part.load_state_dict(state[name])
 
 
 class CheckpointError(Exception):

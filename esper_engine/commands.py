@@ -1,14 +1,21 @@
-"""Operator commands: validation and the acknowledgement every command gets.
+"""Operator commands: draining, validation, the pause wait, applying them and the
+acknowledgement every command gets.
 
-Commands arrive on a queue from the console (or a script); the trainer drains it at safe points.
-Validation is separate from application so a rejected command never touches the run.
+Commands arrive on a queue from the console (or a script). One ``CommandDesk`` takes them and
+applies them, fed either by its own queue at each safe point (one process) or by the leader's
+exchange at the epoch's start (torchrun: ``distributed.Exchange.take_commands``). Validation is
+separate from application so a rejected command never touches the run.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
+import time
+from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Protocol
 
 from esper_engine.config import MAX_CLIP_THRESHOLD
 from esper_engine.contracts import (
@@ -23,6 +30,123 @@ from esper_engine.contracts import (
 )
 
 _KNOWN = (ForceRollback, SetClipThreshold, Pause, Resume, Stop)
+
+
+class StopRequested(Exception):
+    """Raised at a safe point when the operator (or a signal) asked the run to stop."""
+
+
+class CommandTarget(Protocol):
+    """What a command acts on: the trainer, for the envs this process trains."""
+
+    def rollback_by_operator(self, env: int) -> None:
+        """Global env ``env``'s operator rollback (nothing when another process trains it)."""
+
+    def set_clip_threshold(self, env: int | None, value: float) -> None:
+        """The clip threshold of global env ``env`` (None: every env this process trains)."""
+
+
+class CommandDesk:
+    """The run's one command path: takes the operator's commands, refuses the invalid ones,
+    applies the rest in order and answers every one (``acknowledges``: the process that holds
+    the recording; a sharded run's workers apply what the leader sends them and stay silent).
+
+    ``emit`` sends an event with the run's common fields filled in; ``stop`` is set by whoever
+    queues a Stop, so the loops over envs end at the next env (``stop_point``) instead of the
+    next batch; ``between_envs``: False where the ranks must stop together (torchrun)."""
+
+    def __init__(
+        self,
+        commands: queue.Queue[OperatorCommand],
+        n_envs: int,
+        target: CommandTarget,
+        emit: Callable[[CommandAck], None],
+        *,
+        stop: threading.Event,
+        acknowledges: bool = True,
+        between_envs: bool = True,
+    ) -> None:
+        self.queue = commands
+        self.n_envs = n_envs
+        self.target = target
+        self.emit = emit
+        self.stop = stop
+        self.acknowledges = acknowledges
+        self.between_envs = between_envs
+        self.paused = False
+        self.paused_s = 0.0  # time spent paused since the caller last reset it
+
+    def safe_point(self) -> None:
+        """Apply every queued command; while paused, wait here for Resume or Stop."""
+        self._apply_queued()
+        if not self.paused:
+            return
+        paused_at = time.perf_counter()
+        while self.paused:  # Stop arrives on this queue too, so blocking cannot hang the run
+            self._take(self.queue.get())
+        self.paused_s += time.perf_counter() - paused_at  # throughput excludes the pause
+
+    def stop_point(self, *, setup: bool = False) -> None:
+        """Between two envs: a queued Stop ends the run now (during set-up, with no env to
+        apply anything to yet, without draining)."""
+        if not self.stop.is_set() or not self.between_envs:
+            return
+        if not setup:
+            self._apply_queued()  # acknowledges the Stop and raises StopRequested
+        raise StopRequested  # during set-up, or no Stop queued
+
+    def accepted(self, block: float | None = None) -> list[OperatorCommand]:
+        """The queued commands that pass validation, in order (the others are answered now);
+        ``block``: wait that long for the first. For a leader to send to every rank."""
+        queued: list[OperatorCommand] = []
+        if block is not None:
+            try:
+                queued.append(self.queue.get(timeout=block))
+            except queue.Empty:
+                pass
+        queued += self._queued()
+        accepted, paused = [], self.paused
+        for command in queued:
+            if self._valid(command, paused):
+                accepted.append(command)
+                if isinstance(command, Pause | Resume):
+                    paused = isinstance(command, Pause)
+        return accepted
+
+    def apply(self, command: OperatorCommand) -> None:
+        """An accepted command: this process does its part and answers it."""
+        if isinstance(command, ForceRollback):
+            self.target.rollback_by_operator(command.env)
+        elif isinstance(command, SetClipThreshold):
+            self.target.set_clip_threshold(command.env, command.value)
+        elif isinstance(command, Pause | Resume):
+            self.paused = isinstance(command, Pause)
+        if self.acknowledges:
+            self.emit(acknowledge(command, accepted=True, n_envs=self.n_envs))
+        if isinstance(command, Stop):
+            raise StopRequested
+
+    def _apply_queued(self) -> None:
+        for command in self._queued():
+            self._take(command)
+
+    def _take(self, command: OperatorCommand) -> None:
+        if self._valid(command, self.paused):
+            self.apply(command)
+
+    def _valid(self, command: OperatorCommand, paused: bool) -> bool:
+        reason = rejection(command, self.n_envs, paused)
+        if reason is not None:
+            self.emit(acknowledge(command, accepted=False, n_envs=self.n_envs, reason=reason))
+        return reason is None
+
+    def _queued(self) -> list[OperatorCommand]:
+        queued = []
+        while True:
+            try:
+                queued.append(self.queue.get_nowait())
+            except queue.Empty:
+                return queued
 
 
 def rejection(command: OperatorCommand, n_envs: int, paused: bool) -> str | None:

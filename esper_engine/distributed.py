@@ -28,21 +28,20 @@ import io
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
 
 import msgspec
 import torch
 import torch.distributed as dist
 
+from esper_engine.commands import CommandDesk
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Event, OperatorCommand, TelemetryEvent
-from esper_engine.policy.actions import Action
 from esper_engine.policy.driver import PolicyDriver
-from esper_engine.policy.observation import EnvObservation
+from esper_engine.policy.relay import LeaderPolicy, WorkerPolicy
 
 LEADER = 0
 DEFAULT_TIMEOUT_S = 300.0  # --dist-timeout: the bound on every exchange
@@ -160,6 +159,7 @@ class Exchange:
         self.seconds = 0.0  # spent in transfers so far, waiting for the peer included
         self.cost_s = 0.0  # leader: what the exchanges cost, without waits (forward_events)
         self._calls_s: list[float] = []  # this epoch's exchanges so far, one time each
+        self._watch: Heartbeat | Watchdog | None = None
 
     @property
     def workers(self) -> range:
@@ -210,12 +210,118 @@ class Exchange:
         calls, self._calls_s = self._calls_s, []
         return calls
 
+    # --- the run's side: what the trainer calls (``NullExchange`` answers it in one process) ---
+
+    distributed = True
+
+    def start(self, run_id: str) -> str:
+        """The leader's run id, on every rank; then the worker's heartbeat or the leader's
+        watchdog (after the ranks first met)."""
+        run_id = self.broadcast(run_id.encode()).decode()
+        self._watch = watch(self.shard)
+        return run_id
+
+    def stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+
+    def report_crash(self, error: str) -> None:
+        """A worker leaves its error for the leader, which names it in its RunFinished."""
+        if not self.shard.is_leader:
+            report_crash(self.shard.rank, error)
+
+    def relay(self, build: Callable[[], PolicyDriver]) -> LeaderPolicy | WorkerPolicy:
+        """The policy lives on the leader (built there only); a worker relays to it."""
+        if not self.shard.is_leader:
+            return WorkerPolicy(self)
+        return LeaderPolicy(build(), self)
+
+    def take_commands(self, desk: CommandDesk) -> None:
+        """At the epoch's start the leader validates the queued commands against the global
+        env range and sends the accepted ones to every rank, which applies those for its envs;
+        while paused the leader goes on sending (so no exchange times out)."""
+        keep_alive = max(0.05, min(1.0, self.shard.timeout_s / 4))
+        while True:
+            waited_from = time.perf_counter() if desk.paused else None
+            accepted = None
+            if self.shard.is_leader:
+                accepted = desk.accepted(block=keep_alive if desk.paused else None)
+            for command in send_commands(self, accepted):
+                desk.apply(command)
+            if waited_from is not None:  # throughput excludes the pause
+                desk.paused_s += time.perf_counter() - waited_from
+            if not desk.paused:
+                return
+
+    def safe_point(self, desk: CommandDesk) -> None:
+        """Between batches: commands wait for the epoch's start; a lost rank ends the run now,
+        not at the next exchange (the watchdog's flag, nothing else)."""
+        if self._watch is not None:
+            self._watch.check()
+
+    def agree(self, leader_says: bool) -> bool:
+        return agree(self, leader_says)
+
+    def share_resume_state(self, state: dict | None) -> dict | None:
+        return share_resume_state(self, state)
+
+    def gather_env_states(self, own: list[dict]) -> list[dict]:
+        return gather_env_states(self, own)
+
+    def forward_events(self, sink) -> None:
+        forward_events(self, sink)
+
     def _with(self, rank: int, transfer, *args):
         """``transfer(*args, rank)``; any failure is RankLost naming ``rank``."""
         try:
             return transfer(*args, rank)
         except RuntimeError as exc:  # gloo: a closed connection or the group's timeout
             raise RankLost(rank, _why(rank, exc)) from None
+
+
+class NullExchange:
+    """One process: nothing to exchange. Commands are taken at every safe point, the policy
+    is the driver itself, the run's own sink gets every event as it happens."""
+
+    distributed = False
+    cost_s = 0.0
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+
+    def start(self, run_id: str) -> str:
+        return run_id
+
+    def stop_watch(self) -> None:
+        pass
+
+    def report_crash(self, error: str) -> None:
+        pass
+
+    def relay(self, build: Callable[[], PolicyDriver]) -> PolicyDriver:
+        return build()
+
+    def take_commands(self, desk: CommandDesk) -> None:
+        pass  # taken at every safe point instead
+
+    def safe_point(self, desk: CommandDesk) -> None:
+        desk.safe_point()
+
+    def agree(self, leader_says: bool) -> bool:
+        return leader_says
+
+    def share_resume_state(self, state: dict | None) -> dict | None:
+        return state
+
+    def gather_env_states(self, own: list[dict]) -> list[dict]:
+        return own
+
+    def forward_events(self, sink) -> None:
+        pass
+
+
+def exchange_for(shard: Shard) -> Exchange | NullExchange:
+    return Exchange(shard) if shard.distributed else NullExchange(shard)
 
 
 def _why(rank: int, exc: BaseException) -> str:
@@ -324,29 +430,6 @@ def watch(shard: Shard) -> Heartbeat | Watchdog:
 # --- what travels -------------------------------------------------------------------------------
 
 
-class PolicyCall(msgspec.Struct, frozen=True, array_like=True):
-    """A worker's call on the leader's policy, for one of its envs."""
-
-    kind: Literal["reward", "penalize", "truncate"]
-    env: int  # global env id
-    value: float = 0.0  # the reward or the (negative) penalty
-    observation: EnvObservation | None = None  # truncate: what V bootstraps from
-
-
-class ActRequest(msgspec.Struct, frozen=True, array_like=True):
-    env: int
-    observation: EnvObservation
-
-
-class EpochReport(msgspec.Struct, frozen=True, array_like=True):
-    calls: list[PolicyCall]
-    requests: list[ActRequest]
-
-
-class Actions(msgspec.Struct, frozen=True, array_like=True):
-    actions: list[Action]
-
-
 class Commands(msgspec.Struct, frozen=True, array_like=True):
     commands: list[OperatorCommand]
 
@@ -356,8 +439,6 @@ class EventBatch(msgspec.Struct, frozen=True, array_like=True):
     events: list[TelemetryEvent]
 
 
-_REPORT = msgspec.msgpack.Decoder(EpochReport)
-_ACTIONS = msgspec.msgpack.Decoder(Actions)
 _COMMANDS = msgspec.msgpack.Decoder(Commands)
 _EVENT_BATCH = msgspec.msgpack.Decoder(EventBatch)
 _ENCODER = msgspec.msgpack.Encoder()
@@ -405,101 +486,6 @@ def forward_events(exchange: Exchange, sink) -> None:
         for event in batch.events:
             sink.emit(event)
     exchange.cost_s += sum(least) + sum(exchange.take_call_seconds())
-
-
-class WorkerPolicy:
-    """A worker's stand-in for the policy: its calls wait for the epoch's exchange."""
-
-    agent = None  # no PPO update happens here
-
-    def __init__(self, exchange: Exchange) -> None:
-        self.exchange = exchange
-        self._calls: list[PolicyCall] = []
-
-    def reward(self, env: int, value: float) -> None:
-        self._calls.append(PolicyCall("reward", env, value))
-
-    def penalize(self, env: int, penalty: float) -> None:
-        self._calls.append(PolicyCall("penalize", env, penalty))
-
-    def truncate(self, env: int, obs: EnvObservation) -> None:
-        self._calls.append(PolicyCall("truncate", env, observation=obs))
-
-    def end_episode(self, env: int) -> None:
-        """The leader ends every env's episode itself (see ``LeaderPolicy.update``)."""
-
-    def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
-        requests = [ActRequest(env, obs) for env, obs in zip(envs, observations, strict=True)]
-        report, self._calls = EpochReport(self._calls, requests), []
-        self.exchange.gather(_ENCODER.encode(report))
-        return _ACTIONS.decode(self.exchange.scatter(None)).actions
-
-    def update(self) -> None:
-        return None
-
-
-class LeaderPolicy:
-    """The leader's policy: its own envs call it directly; the workers' calls arrive with
-    the epoch's exchange, and the leader acts for every env at once, in global order."""
-
-    def __init__(self, driver: PolicyDriver, exchange: Exchange) -> None:
-        self.driver = driver
-        self.exchange = exchange
-        self.agent = driver.agent
-
-    def reward(self, env: int, value: float) -> None:
-        self.driver.reward(env, value)
-
-    def penalize(self, env: int, penalty: float) -> None:
-        self.driver.penalize(env, penalty)
-
-    def truncate(self, env: int, obs: EnvObservation) -> None:
-        self.driver.truncate(env, obs)
-
-    def end_episode(self, env: int) -> None:
-        self.driver.end_episode(env)
-
-    def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
-        indices, chosen_for = list(envs), list(observations)
-        counts = [len(indices)]
-        for payload in self.exchange.gather(b"")[1:]:
-            report = _REPORT.decode(payload)
-            for call in report.calls:
-                self._replay(call)
-            indices += [r.env for r in report.requests]
-            chosen_for += [r.observation for r in report.requests]
-            counts.append(len(report.requests))
-        actions = self.driver.choose(indices, chosen_for) if indices else []
-        payloads, start = [], 0
-        for count in counts:
-            payloads.append(_ENCODER.encode(Actions(actions[start : start + count])))
-            start += count
-        self.exchange.scatter(payloads)
-        return actions[: counts[0]]
-
-    def _replay(self, call: PolicyCall) -> None:
-        if call.kind == "reward":
-            self.driver.reward(call.env, call.value)
-        elif call.kind == "penalize":
-            self.driver.penalize(call.env, call.value)
-        else:
-            assert call.observation is not None
-            self.driver.truncate(call.env, call.observation)
-
-    def update(self) -> dict[str, float] | None:
-        """The round's PPO update from every env's transitions; the workers' envs' episodes
-        end here (their last calls arrived with the last epoch's exchange)."""
-        shard = self.exchange.shard
-        for env in range(shard.n_envs):
-            if env not in shard.envs:
-                self.driver.end_episode(env)
-        return self.driver.update()
-
-    def state_dict(self) -> dict[str, object]:
-        return self.driver.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.driver.load_state_dict(state)
 
 
 # --- checkpoints and resume (SPEC 12 over several ranks) ---------------------------------------

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 import msgspec
 import torch
 
-from esper_engine.config import HeuristicConfig, PPOConfig
+from esper_engine.blueprints import blueprint_names
+from esper_engine.config import HeuristicConfig, PPOConfig, TrainingConfig
+from esper_engine.host_presets import HostSpec
 from esper_engine.policy.actions import (
     Action,
     Op,
@@ -22,6 +24,7 @@ from esper_engine.policy.actions import (
 )
 from esper_engine.policy.heuristic import HeuristicPolicy
 from esper_engine.policy.observation import EnvObservation, obs_dim, stack_observations
+from esper_engine.policy.policy_file import read_policy_file
 from esper_engine.policy.ppo import PPOAgent, PPOLearner, op_shares
 from esper_engine.policy.rollout import RolloutBuffer
 
@@ -95,6 +98,8 @@ class PolicyDriver:
 
     def choose(self, envs: Sequence[int], observations: Sequence[EnvObservation]) -> list[Action]:
         """One legal action per listed env (the masks make illegal actions unsampleable)."""
+        if not envs:
+            return []
         if self.heuristic is not None:
             return [self.heuristic.act(obs) for obs in observations]
         if self.agent is None:
@@ -270,3 +275,23 @@ def contract_figures(stats: dict[str, float]) -> dict[str, float | None]:
     for field, key in KICKSTART_KEYS.items():
         figures[field] = stats.get(key)  # None: no heuristic labels in this rollout
     return figures
+
+
+def build_policy(
+    config: TrainingConfig, slot_ids: Sequence[str], host_kind: str, host: HostSpec
+) -> PolicyDriver:
+    """The run's policy from its config (PPO seeded by the run's seed unless set); a ppo run
+    with ``--policy-file`` starts from it (ValueError, one line, when it does not fit)."""
+    driver = PolicyDriver(
+        config.policy,
+        n_envs=config.n_envs,
+        slot_ids=slot_ids,
+        blueprints=tuple(blueprint_names(host_kind)),
+        host_kind=host_kind,
+        heuristic=config.heuristic,
+        ppo=msgspec.structs.replace(config.ppo, seed=config.ppo_seed()),
+    )
+    if config.policy == "ppo" and config.ppo.init_file is not None:  # --policy-file
+        state = read_policy_file(config.ppo.init_file, host=host)
+        driver.load_policy_state(state, config.ppo.init_file)
+    return driver

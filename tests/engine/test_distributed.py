@@ -10,17 +10,11 @@ import pytest
 
 from esper_engine.contracts import ForceRollback, Initiator, SeedStage, SeedTransition, Stop
 from esper_engine.distributed import (
-    _ACTIONS,
     _COMMANDS,
     _ENCODER,
     _EVENT_BATCH,
-    _REPORT,
-    Actions,
-    ActRequest,
     Commands,
-    EpochReport,
     EventBatch,
-    PolicyCall,
     Shard,
     env_block,
     rank_device,
@@ -28,6 +22,14 @@ from esper_engine.distributed import (
 )
 from esper_engine.policy.actions import Action, Op
 from esper_engine.policy.observation import EnvObservation, SlotObservation
+from esper_engine.policy.relay import (
+    _ACTIONS,
+    _REPORT,
+    Actions,
+    ActRequest,
+    EpochReport,
+    PolicyCall,
+)
 
 
 @pytest.mark.parametrize("n_envs,world", [(2, 2), (3, 2), (7, 3), (8, 8), (5, 1)])

@@ -1,0 +1,197 @@
+"""What the trainer tells its sink: every event stamped with the run's common fields.
+
+The loop (``trainer.py``) decides when; this module says what each report holds, so the story
+stays free of field lists. Nothing here waits for the device: figures arrive as plain numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from esper_engine.contracts import (
+    BatchStats,
+    EpochProgress,
+    EpochSummary,
+    Event,
+    PolicyUpdate,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+    RunStatus,
+)
+from esper_engine.telemetry import TelemetrySink
+from esper_engine.training_step import perplexity
+
+if TYPE_CHECKING:
+    from esper_engine.config import TrainingConfig
+    from esper_engine.env_runtime import EnvRuntime, EpochFigures
+    from esper_engine.footprint import RunEstimate
+    from esper_engine.tasks import Task
+
+# EpochProgress at most this often per env: a clock read per batch, never a device sync.
+PROGRESS_PERIOD_S = 0.5
+
+
+class Reporter:
+    """The run's events, each stamped with the run id, the env and where the run is."""
+
+    def __init__(self, sink: TelemetrySink, position: Callable[[], tuple[int, int]]) -> None:
+        self.sink = sink
+        self.run_id = ""
+        self._position = position  # (episode, epoch) now
+        self._progress_due = 0.0
+
+    def common(self, env: int | None) -> dict:
+        episode, epoch = self._position()
+        return {
+            "run_id": self.run_id,
+            "env": env,
+            "episode": episode,
+            "epoch": epoch,
+            "wall_time": time.time(),
+        }
+
+    def emit(self, event: Event, env: int | None = None) -> None:
+        """``event`` (made without the common fields) for ``env`` (None: the run's)."""
+        self.sink.emit(msgspec.structs.replace(event, **self.common(env)))
+
+    def emit_for_own_env(self, event: Event) -> None:
+        """``event`` with the run's fields, keeping the env it names (acks, transitions)."""
+        self.sink.emit(msgspec.structs.replace(event, **{**self.common(None), "env": event.env}))
+
+    def run_started(
+        self,
+        config: TrainingConfig,
+        task: Task,
+        env: EnvRuntime,
+        blueprints: Sequence[str],
+        estimate: RunEstimate,
+    ) -> None:
+        """RunStarted, the host and seed sizes read from ``env`` (the first, as built)."""
+        model = env.model
+        self.emit(
+            RunStarted(
+                task=task.name,
+                task_kind=task.kind,
+                n_envs=config.n_envs,
+                slot_ids=list(model.slot_ids),
+                policy=config.policy,
+                episodes=config.episodes,
+                epochs=config.epochs,
+                batches_per_epoch=config.batches_per_epoch,
+                random_guess_loss=task.random_guess_loss,
+                blueprints=list(blueprints),
+                device=config.device,
+                config=msgspec.to_builtins(config),  # the effective config, groups nested
+                host_params=model.host_param_count(),
+                seed_params=model.seed_param_count(),
+                host_kind=estimate.spec.kind,
+                host_preset=estimate.spec.preset,
+                host_sizes=estimate.spec.sizes(),
+                host_flops=estimate.cost.flops_per_sample,
+                memory_estimate=estimate.memory.needed,
+                epoch_s_estimate=estimate.epoch_s,
+            )
+        )
+
+    def run_resumed(self, episode: int, epoch: int, recording_bytes: int) -> None:
+        self.emit(
+            RunResumed(
+                from_episode=episode,
+                from_epoch=epoch,
+                recording_bytes=recording_bytes,
+                pid=os.getpid(),
+            )
+        )
+
+    def batch_stats(
+        self, env: EnvRuntime, batch: int, stats: list[float], samples: int, elapsed: float
+    ) -> None:
+        loss, pre, post, clipped, skipped = stats
+        self.emit(
+            BatchStats(
+                batch=batch,
+                loss=loss,
+                grad_norm_pre_clip=pre,
+                grad_norm_post_clip=post,
+                clip_threshold=env.clip_threshold,
+                clipped=clipped > 0,
+                skipped=skipped > 0,
+                samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
+            ),
+            env.index,
+        )
+
+    def start_progress(self, now: float) -> None:
+        self._progress_due = now
+
+    def progress(
+        self, phase: str, envs: Sequence[EnvRuntime], done: int, batches: int, elapsed: float
+    ) -> None:
+        """EpochProgress for ``envs`` when PROGRESS_PERIOD_S has passed since the last: the
+        batch counter and the clock only, so the loop never waits for the device."""
+        now = time.perf_counter()
+        if now < self._progress_due:
+            return
+        self._progress_due = now + PROGRESS_PERIOD_S
+        # One time for the whole report: stamped per env, an env's stamp would move with how
+        # long the emits before it took (a flush each), and its reports could come closer
+        # together than PROGRESS_PERIOD_S.
+        stamp = time.time()
+        for env in envs:
+            self.sink.emit(
+                EpochProgress(
+                    **{**self.common(env.index), "wall_time": stamp},
+                    phase=phase,
+                    batch=done,
+                    batches=batches,
+                    elapsed_s=elapsed,
+                )
+            )
+
+    def epoch_summary(self, env: EnvRuntime, fig: EpochFigures, elapsed: float, lm: bool) -> None:
+        gov = env.governor
+        panic = gov.last_panic
+        self.emit(
+            EpochSummary(
+                train_loss=fig.train_loss,
+                train_accuracy=fig.train_accuracy,
+                val_loss=fig.val_loss,
+                val_accuracy=fig.val_accuracy,
+                perplexity=perplexity(fig.val_loss) if lm else None,
+                grad_norm_pre_clip=fig.grad_norm_pre_clip,
+                grad_norm_post_clip=fig.grad_norm_post_clip,
+                clipped_fraction=fig.clipped_fraction,
+                skipped_steps=fig.skipped_steps,
+                clip_threshold=env.clip_threshold,
+                slots=env.model.slot_states(),
+                consecutive_panics=gov.consecutive_panics,
+                total_panics=gov.total_panics,
+                rollbacks=gov.rollbacks,
+                last_panic_reason=None if panic is None else panic.reason,
+                last_action=env.last_action,
+                last_op=env.last_op,
+                reward=env.last_reward,
+                samples_per_s=fig.samples / elapsed if elapsed > 0 else 0.0,
+                host_params=env.model.host_param_count(),
+                seed_params=env.model.seed_param_count(),
+            ),
+            env.index,
+        )
+
+    def policy_update(self, update: int, stats: dict) -> None:
+        self.emit(PolicyUpdate(update=update, **stats))
+
+    def finished(
+        self, status: RunStatus, error: str | None, ranks: int, exchange_s: float
+    ) -> RunFinished:
+        finished = RunFinished(
+            **self.common(None), status=status, error=error, ranks=ranks, exchange_s=exchange_s
+        )
+        self.sink.emit(finished)
+        return finished

@@ -53,6 +53,7 @@ from esper_engine.contracts import (  # noqa: E402
     GovernorRollback,
     Op,
     RunFinished,
+    RunStarted,
     RunStatus,
     SeedStage,
     SeedTransition,
@@ -170,30 +171,45 @@ class FlopCounter:
         return self._cache[key]
 
 
-class StudyTrainer(VectorizedTrainer):
-    """The trainer with the study's two instruments: a host of chosen widths (static arms) and a
-    FLOP count of env 0's training per epoch. Neither changes what the run computes."""
+class StudyEnvs:
+    """The study's env factory (the trainer's public seam): a host of chosen widths for the
+    static arms (None: the default host); keeps the envs so the FLOP count can read env 0."""
 
-    def __init__(self, *args: object, widths: tuple[int, ...] | None = None, **kwargs: object):
-        super().__init__(*args, **kwargs)
+    def __init__(self, widths: tuple[int, ...] | None = None) -> None:
         self.widths = widths
+        self.envs: list[EnvRuntime] = []
+
+    def __call__(self, index: int, config: TrainingConfig, task: Task) -> EnvRuntime:
+        if self.widths is None or self.widths == DEFAULT_WIDTHS:
+            env = EnvRuntime(index, config, task)
+        else:
+            env = WideHostEnv(index, config, task, self.widths)
+        self.envs.append(env)
+        return env
+
+
+class StudySink(EpisodeSink):
+    """An ``EpisodeSink`` that also counts env 0's training FLOPs, epoch by epoch: the model as
+    RunStarted finds it trains the first epoch, the model as an EpochSummary finds it (after
+    the epoch's action) the next. Neither instrument changes what the run computes."""
+
+    def __init__(self, envs: StudyEnvs, task: Task, config: TrainingConfig) -> None:
+        super().__init__()
+        self._envs = envs
+        self._config = config
+        self._flops = FlopCounter(task, config.batch_size)
         self.train_flops = 0
 
-    def _setup(self) -> None:
-        super()._setup()
-        if self.widths is not None and self.widths != DEFAULT_WIDTHS:
-            envs = [
-                WideHostEnv(env.index, self.config, self.task, self.widths) for env in self.envs
-            ]
-            for env in envs:
-                env.model.on_transition = self._transition_listener(env.index)
-            self.envs = envs
-        self._flops = FlopCounter(self.task, self.config.batch_size)
-
-    def _run_epoch(self, epoch: int) -> None:
-        flops = self._flops.step_flops(self.envs[0].model)
-        self.train_flops += flops * self.config.batches_per_epoch
-        super()._run_epoch(epoch)
+    def emit(self, event: Event) -> None:
+        super().emit(event)
+        next_epoch = isinstance(event, RunStarted) or (
+            isinstance(event, EpochSummary)
+            and event.env == 0
+            and event.epoch < self._config.epochs - 1
+        )
+        if next_epoch:
+            flops = self._flops.step_flops(self._envs.envs[0].model)
+            self.train_flops += flops * self._config.batches_per_epoch
 
 
 class WideHostEnv(EnvRuntime):
@@ -266,8 +282,13 @@ def evaluate(
     arm: str, profile: Profile, seed: int, task: Task, config: TrainingConfig, widths=None
 ) -> RunResult:
     started = time.perf_counter()
-    sink = EpisodeSink()
-    trainer = StudyTrainer(config, sink, task=task, run_id=f"growth-{arm}-{seed}", widths=widths)
+    if config.episodes != 1:
+        raise ValueError("an evaluated arm is one episode (the FLOP count reads one host)")
+    envs = StudyEnvs(widths)
+    sink = StudySink(envs, task, config)
+    trainer = VectorizedTrainer(
+        config, sink, task=task, run_id=f"growth-{arm}-{seed}", env_factory=envs
+    )
     _run(trainer, f"{arm}, seed {seed}")
     final = sink.summaries[-1]
     return RunResult(
@@ -278,7 +299,7 @@ def evaluate(
         fossilized=sum(slot.stage == SeedStage.FOSSILIZED for slot in final.slots),
         host_params=final.host_params,
         seed_params=final.seed_params,
-        train_flops=trainer.train_flops,
+        train_flops=sink.train_flops,
         ops=_ops(sink.summaries, profile.epochs),
         seconds=time.perf_counter() - started,
     )
@@ -308,7 +329,8 @@ def train_agent(
     sink = EpisodeSink()
     trainer = VectorizedTrainer(config, sink, task=task, run_id=f"growth-train-{label}")
     _run(trainer, f"{label} training")
-    driver = trainer.policy
+    driver = trainer.driver
+    assert driver is not None  # one process: the trainer holds the policy itself
     path = out_dir / f"{label}.policy.pt"
     write_policy_file(path, driver.policy_state())
     training = Training(label, seconds=time.perf_counter() - started, policy_file=str(path))

@@ -15,56 +15,13 @@ import torch
 
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Initiator
+from esper_engine.epoch_figures import EpochFigures
 from esper_engine.governor import TolariaGovernor
 from esper_engine.model import MorphogeneticModel, create_model, run_host_spec
 from esper_engine.policy.actions import Action, Op
 from esper_engine.policy.observation import EnvObservation, SlotObservation
 from esper_engine.tasks import Task
-from esper_engine.training_step import ParallelEnvState, TrainStepResult, ValStepResult
-
-
-@dataclass
-class EpochFigures:
-    """One env's epoch after the single host sync: plain floats."""
-
-    train_loss: float
-    train_accuracy: float
-    val_loss: float
-    val_accuracy: float
-    grad_norm_pre_clip: float
-    grad_norm_post_clip: float
-    clipped_fraction: float
-    skipped_steps: int  # fp16 overflow: steps in which no optimizer moved
-    samples: int
-
-
-class TensorTotals:
-    """Per-epoch sums kept as device tensors so the batch loop never synchronises."""
-
-    def __init__(self, device: torch.device) -> None:
-        zero = torch.zeros((), device=device, dtype=torch.float64)
-        self.loss_sum, self.correct, self.count = zero.clone(), zero.clone(), zero.clone()
-        self.grad_pre, self.grad_post, self.clipped = zero.clone(), zero.clone(), zero.clone()
-        self.finite_steps, self.skipped = zero.clone(), zero.clone()
-        self.steps = 0
-
-    def add_train(self, result: TrainStepResult) -> None:
-        self.loss_sum += result.loss_sum
-        self.correct += result.correct
-        self.count += result.count
-        # A step the GradScaler skipped (inf/NaN norm) must not turn the epoch's mean into inf.
-        finite = torch.isfinite(result.grad_norm_pre)
-        self.grad_pre += torch.where(finite, result.grad_norm_pre, 0.0)
-        self.grad_post += torch.where(finite, result.grad_norm_post, 0.0)
-        self.finite_steps += finite
-        self.clipped += result.clipped
-        self.skipped += result.skipped
-        self.steps += 1
-
-    def add_val(self, result: ValStepResult) -> None:
-        self.loss_sum += result.loss_sum
-        self.correct += result.correct
-        self.count += result.count
+from esper_engine.training_step import ParallelEnvState
 
 
 @dataclass
@@ -86,16 +43,15 @@ class EnvRuntime:
     last_reward: float | None = None  # accuracy points (the reward's unit)
     prev_val_acc: float | None = None
     prev_rent: float = 0.0  # capacity_rent when prev_val_acc was measured (accuracy points)
-    clip_threshold: float | None = None
     cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
     val_pass_s: float | None = None  # this epoch's plain validation pass, in seconds
     episodes_started: int = 0
 
     def __post_init__(self) -> None:
-        self.clip_threshold = self.config.max_grad_norm if self.config.clip_enabled() else None
         self.generator = torch.Generator().manual_seed(env_seed(self.config.seed, self.index))
         model = self._new_model()
-        self.state = self._new_state(model)
+        clip = self.config.max_grad_norm if self.config.clip_enabled() else None
+        self.state = self._new_state(model, clip)
         self.governor = self.config.governor.build(
             model,
             self.state.host_optimizer,
@@ -107,6 +63,11 @@ class EnvRuntime:
     @property
     def model(self) -> MorphogeneticModel:
         return self.state.model
+
+    @property
+    def clip_threshold(self) -> float | None:
+        """The training step's (its one owner), kept across episodes and rollbacks."""
+        return self.state.clip_threshold
 
     def _new_model(self) -> MorphogeneticModel:
         """Fresh weights for each env and episode, reproducible from the run's seed.
@@ -128,7 +89,7 @@ class EnvRuntime:
                 spec=run_host_spec(self.config, self.task),
             )
 
-    def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:
+    def _new_state(self, model: MorphogeneticModel, clip: float | None) -> ParallelEnvState:
         host_lr = self.config.host_lr or self.task.host_lr
         optimizer = torch.optim.SGD(model.host_parameters(), lr=host_lr, momentum=0.9)
         return ParallelEnvState(
@@ -136,7 +97,7 @@ class EnvRuntime:
             optimizer,
             seed_lr=self.config.seed_lr or self.task.seed_lr,
             amp=self.config.amp,
-            clip_threshold=self.clip_threshold,
+            clip_threshold=clip,
             device=self.config.device,
         )
 
@@ -146,7 +107,7 @@ class EnvRuntime:
         self.episodes_started += 1
         model = self._new_model()
         model.on_transition = callback
-        self.state = self._new_state(model)
+        self.state = self._new_state(model, self.state.clip_threshold)
         self.governor.reset_episode(
             model, self.state.host_optimizer, self.state.scaler, self.state.seed_optimizers
         )
@@ -201,8 +162,7 @@ class EnvRuntime:
             state.scaler.load_state_dict(saved["scaler"])
         state.lr_scale = float(saved["lr_scale"])
         state.lr_multiplier = float(saved["lr_multiplier"])
-        self.clip_threshold = saved["clip_threshold"]
-        state.clip_threshold = self.clip_threshold
+        state.clip_threshold = saved["clip_threshold"]
         self.governor.load_state_dict(saved["governor"])
         self.acc_history = [float(v) for v in saved["acc_history"]]
         self.loss_history = [float(v) for v in saved["loss_history"]]
@@ -215,7 +175,6 @@ class EnvRuntime:
         self.val_pass_s = saved["val_pass_s"]
 
     def set_clip_threshold(self, value: float) -> None:
-        self.clip_threshold = value
         self.state.clip_threshold = value
 
     def record(self, figures: EpochFigures) -> None:

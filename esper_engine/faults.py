@@ -16,6 +16,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
+from esper_engine.contracts import SeedStage
+
 DIVERGE_FACTOR = 1e4
 
 
@@ -76,3 +78,24 @@ def check_faults(faults: tuple[str, ...], n_envs: int, epochs: int) -> tuple[Fau
             )
         parsed.append(fault)
     return tuple(parsed)
+
+
+def inject(fault: Fault, env) -> None:
+    """Break ``env`` (an ``env_runtime.EnvRuntime`` this process trains) as ``fault`` says,
+    before the epoch trains (this module stays torch-free: the config reads it)."""
+    if fault.kind is FaultKind.CRASH:
+        raise InjectedCrash(f"injected fault crash:{fault.env + 1}:{fault.epoch + 1}")
+    if fault.kind is FaultKind.DIVERGE:  # from now on: set_lr_scale keeps the factor
+        env.state.lr_multiplier = DIVERGE_FACTOR
+        env.state.set_lr_scale(env.state.lr_scale)
+        return
+    model = env.model
+    if fault.kind is FaultKind.NAN:
+        params = list(model.parameters())
+    else:  # SEED_NAN: the incubating seeds only
+        training = [
+            sid for sid in model.live_slots() if model.slots[sid].stage is SeedStage.TRAINING
+        ]
+        params = [p for sid in training for p in model.seed_parameters(sid)]
+    for p in params:
+        p.detach().fill_(float("nan"))  # the weights themselves, outside autograd

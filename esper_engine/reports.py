@@ -29,7 +29,8 @@ from esper_engine.training_step import perplexity
 
 if TYPE_CHECKING:
     from esper_engine.config import TrainingConfig
-    from esper_engine.env_runtime import EnvRuntime, EpochFigures
+    from esper_engine.env_runtime import EnvRuntime
+    from esper_engine.epoch_figures import EpochFigures
     from esper_engine.footprint import RunEstimate
     from esper_engine.tasks import Task
 
@@ -159,15 +160,8 @@ class Reporter:
         panic = gov.last_panic
         self.emit(
             EpochSummary(
-                train_loss=fig.train_loss,
-                train_accuracy=fig.train_accuracy,
-                val_loss=fig.val_loss,
-                val_accuracy=fig.val_accuracy,
+                **fig.values,  # training_step.EPOCH_FIGURES: the figures made on the device
                 perplexity=perplexity(fig.val_loss) if lm else None,
-                grad_norm_pre_clip=fig.grad_norm_pre_clip,
-                grad_norm_post_clip=fig.grad_norm_post_clip,
-                clipped_fraction=fig.clipped_fraction,
-                skipped_steps=fig.skipped_steps,
                 clip_threshold=env.clip_threshold,
                 slots=env.model.slot_states(),
                 consecutive_panics=gov.consecutive_panics,

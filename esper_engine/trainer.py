@@ -40,8 +40,9 @@ from esper_engine.commands import CommandDesk, StopRequested
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Initiator, OperatorCommand, RunFinished, RunStatus
 from esper_engine.distributed import Shard, exchange_for
-from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
-from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
+from esper_engine.env_runtime import EnvRuntime
+from esper_engine.epoch_figures import EpochFigures, TensorTotals, batch_stats_tensor, synchronise
+from esper_engine.faults import check_faults, inject
 from esper_engine.footprint import (
     RunEstimate,
     check_memory,
@@ -61,7 +62,6 @@ from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
 from esper_engine.training_step import (
-    TrainStepResult,
     env_stream,
     join_env_streams,
     process_train_batch,
@@ -205,7 +205,9 @@ class VectorizedTrainer:
             env.state.set_lr_scale(self.config.lr_scale(epoch))
         self._inject_faults(epoch)
         self.exchange.take_commands(self.desk)  # sharded: the ranks take them together
-        measured = self._synchronise(self._train_epoch(), self._validate())
+        totals = self._train_epoch()
+        self._validate(totals)
+        measured = synchronise(totals, self.config.batch_size)
         figures = {env.index: fig for env, fig in zip(self.envs, measured, strict=True)}
         elapsed = time.perf_counter() - started - self.desk.paused_s
         healthy = [env for env in self.envs if not self._govern(env, figures[env.index])]
@@ -248,7 +250,7 @@ class VectorizedTrainer:
                 due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
                     total.add_train(result)
-                    stats = _batch_stats_tensor(result) if due else None
+                    stats = batch_stats_tensor(result) if due else None
                 if stats is not None:
                     self._batch_stats(env, batch, stats)
             self._progress("train", self.envs, batch + 1, self.config.batches_per_epoch)
@@ -256,8 +258,7 @@ class VectorizedTrainer:
         join_env_streams(env.state for env in self.envs)
         return totals
 
-    def _validate(self) -> list[TensorTotals]:
-        totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
+    def _validate(self, totals: list[TensorTotals]) -> None:
         for env, total in zip(self.envs, totals, strict=True):
             self._stop_point()
             started = time.perf_counter()
@@ -265,48 +266,6 @@ class VectorizedTrainer:
                 total.add_val(process_val_batch(env.model, x, y, self.task))
                 self._progress("validate", [env], done, len(self.val_batches))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
-        return totals
-
-    def _synchronise(
-        self, train: list[TensorTotals], val: list[TensorTotals]
-    ) -> list[EpochFigures]:
-        """The epoch's one device-to-host copy: every env's sums at once."""
-        columns = [
-            torch.stack(
-                [
-                    t.loss_sum,
-                    t.correct,
-                    t.count,
-                    t.grad_pre,
-                    t.grad_post,
-                    t.finite_steps,
-                    t.clipped,
-                    t.skipped,
-                    v.loss_sum,
-                    v.correct,
-                    v.count,
-                ]
-            )
-            for t, v in zip(train, val, strict=True)
-        ]
-        figures = []
-        for t, row in zip(train, torch.stack(columns).tolist(), strict=True):
-            loss, correct, count, pre, post, finite, clipped, skipped, vloss, vcorrect, vcount = row
-            steps = max(t.steps, 1)
-            figures.append(
-                EpochFigures(
-                    train_loss=loss / max(count, 1),
-                    train_accuracy=correct / max(count, 1),
-                    val_loss=vloss / max(vcount, 1),
-                    val_accuracy=vcorrect / max(vcount, 1),
-                    grad_norm_pre_clip=pre / max(finite, 1),
-                    grad_norm_post_clip=post / max(finite, 1),
-                    clipped_fraction=clipped / steps,
-                    skipped_steps=round(skipped),
-                    samples=t.steps * self.config.batch_size,
-                )
-            )
-        return figures
 
     def _govern(self, env: EnvRuntime, figures: EpochFigures) -> bool:
         """The governor's verdict on this epoch; True when it rolled the env back."""
@@ -478,33 +437,12 @@ class VectorizedTrainer:
             env.reset_episode()
 
     def _inject_faults(self, epoch: int) -> None:
-        """SPEC 11: the run's ``--fault`` schedule (first episode), before the epoch trains."""
-        if self.episode != 0:
-            return
-        for fault in self.faults:
-            if fault.epoch != epoch:
-                continue
+        """SPEC 11: the run's ``--fault`` schedule (first episode), before the epoch trains;
+        another rank's env is that rank's to break."""
+        for fault in self.faults if self.episode == 0 else ():
             env = self._own_env(fault.env)
-            if env is None:  # another rank's env: that rank injects it
-                continue
-            if fault.kind is FaultKind.CRASH:
-                raise InjectedCrash(f"injected fault crash:{fault.env + 1}:{epoch + 1}")
-            if fault.kind is FaultKind.DIVERGE:  # from now on: set_lr_scale keeps the factor
-                env.state.lr_multiplier = DIVERGE_FACTOR
-                env.state.set_lr_scale(env.state.lr_scale)
-                continue
-            if fault.kind is FaultKind.NAN:
-                params = list(env.model.parameters())
-            else:  # SEED_NAN: the incubating seeds only
-                params = [
-                    p
-                    for sid in env.model.live_slots()
-                    if env.model.slots[sid].stage is SeedStage.TRAINING
-                    for p in env.model.seed_parameters(sid)
-                ]
-            with torch.no_grad():
-                for p in params:
-                    p.fill_(float("nan"))
+            if fault.epoch == epoch and env is not None:
+                inject(fault, env)
 
     # --- setup and reporting ------------------------------------------------------------------
 
@@ -605,19 +543,6 @@ class _EnvBlock:
         for env, state in zip(envs, states, strict=True):
             self.trainer._stop_point(setup=True)
             env.load_state_dict(state)
-
-
-def _batch_stats_tensor(result: TrainStepResult) -> torch.Tensor:
-    """BatchStats' figures in one tensor, stacked on the env's stream where they were made."""
-    return torch.stack(
-        [
-            result.loss_sum / result.count,
-            result.grad_norm_pre,
-            result.grad_norm_post,
-            result.clipped,
-            result.skipped,
-        ]
-    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -354,3 +354,20 @@ def _val_result(logits: Tensor, y: Tensor, task: Any) -> ValStepResult:
         correct=task.correct(logits, y),
         count=count,
     )
+
+
+# How each of EpochSummary's per-epoch figures is made from the epoch's sums of the results
+# above (``epoch_figures.TensorTotals``: ``train_<field>``, ``val_<field>``, the finite steps'
+# count ``train_finite_steps`` and the host's count of ``steps``): figure -> (sum, divisor),
+# divided with the divisor at least 1; divisor None: the sum is a count. A figure computed on
+# the device is added here (and to its result above), to contracts.EpochSummary and the console.
+EPOCH_FIGURES: dict[str, tuple[str, str | None]] = {
+    "train_loss": ("train_loss_sum", "train_count"),
+    "train_accuracy": ("train_correct", "train_count"),
+    "val_loss": ("val_loss_sum", "val_count"),
+    "val_accuracy": ("val_correct", "val_count"),
+    "grad_norm_pre_clip": ("train_grad_norm_pre", "train_finite_steps"),
+    "grad_norm_post_clip": ("train_grad_norm_post", "train_finite_steps"),
+    "clipped_fraction": ("train_clipped", "steps"),
+    "skipped_steps": ("train_skipped", None),  # fp16 overflow: steps in which no optimizer moved
+}

@@ -216,7 +216,7 @@ def test_batch_stats_are_read_after_the_env_stream_is_joined(images, monkeypatch
 
     calls: list[str] = []
     join = trainer_module.join_env_streams
-    stack = trainer_module._batch_stats_tensor
+    stack = trainer_module.batch_stats_tensor
 
     def joined(envs):
         calls.append("join")
@@ -229,7 +229,7 @@ def test_batch_stats_are_read_after_the_env_stream_is_joined(images, monkeypatch
 
     monkeypatch.setattr(trainer_module, "join_env_streams", joined)
     monkeypatch.setattr(
-        trainer_module, "_batch_stats_tensor", lambda result: stack(result).as_subclass(Recorded)
+        trainer_module, "batch_stats_tensor", lambda result: stack(result).as_subclass(Recorded)
     )
     _, events, finished = run(images, small_config(n_envs=1, epochs=1, batch_stats_every=1))
     assert finished.status == "completed", finished.error

@@ -137,3 +137,15 @@ class SharedBatchIterator:
         if self.pin:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
+
+
+def fixed_val_batches(
+    x: Tensor, y: Tensor, size: int, batches: int, device: torch.device, prepare: Callable
+) -> list[tuple[Tensor, Tensor]]:
+    """The same validation samples every epoch, for every env and every coalition: at most
+    ``batches`` batches of ``size``, on ``device``, prepared once."""
+    n = min(len(x), size * batches)
+    return [
+        (prepare(x[start : start + size].to(device)), y[start : start + size].to(device))
+        for start in range(0, n, size)
+    ]

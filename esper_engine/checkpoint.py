@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,25 @@ class Stateful(Protocol):
     def state_dict(self) -> Any: ...
 
     def load_state_dict(self, state: Any) -> None: ...
+
+
+class Each:
+    """Several parts of one kind as one (``name``: what they are, for the error): their states
+    in order; ``before`` runs before each one loads (a stop point, between envs)."""
+
+    def __init__(self, parts: list, name: str, before: Callable[[], None] | None = None) -> None:
+        self.parts, self.name, self.before = parts, name, before
+
+    def state_dict(self) -> list:
+        return [part.state_dict() for part in self.parts]
+
+    def load_state_dict(self, states: list) -> None:
+        if len(states) != len(self.parts):
+            raise ValueError(f"checkpoint has {len(states)} {self.name}, config {len(self.parts)}")
+        for part, state in zip(self.parts, states, strict=True):
+            if self.before is not None:
+                self.before()
+            part.load_state_dict(state)
 
 
 def assemble(

@@ -28,11 +28,12 @@ from esper_engine.control import ControlServer
 from esper_engine.distributed import Shard
 from esper_engine.footprint import RunEstimate
 from esper_engine.model import resolve_device
+from esper_engine.preflight import validate_run
 from esper_engine.recording import Recorder, RecordingError, read_recording
 from esper_engine.run_files import RunLock
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import FanOutSink, QueueSink
-from esper_engine.trainer import VectorizedTrainer, validate_run
+from esper_engine.trainer import VectorizedTrainer
 
 
 class TrainingSession:

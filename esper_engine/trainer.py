@@ -26,10 +26,11 @@ from typing import Any
 import msgspec
 import torch
 
-from esper_engine.batching import SharedBatchIterator, check_samples
+from esper_engine.batching import SharedBatchIterator, fixed_val_batches
 from esper_engine.blueprints import blueprint_names
 from esper_engine.checkpoint import (
     CheckpointWriter,
+    Each,
     Stateful,
     assemble,
     check_checkpoint_host,
@@ -45,14 +46,10 @@ from esper_engine.epoch_figures import EpochFigures, TensorTotals, batch_stats_t
 from esper_engine.faults import check_faults, inject
 from esper_engine.footprint import (
     RunEstimate,
-    check_memory,
-    estimate_memory,
     estimate_run,
-    host_cost,
-    time_epoch,
 )
 from esper_engine.lifecycle import SeedStage
-from esper_engine.model import create_model, resolve_device, run_host_spec
+from esper_engine.model import run_host_spec
 from esper_engine.policy.driver import PolicyDriver, build_policy
 from esper_engine.policy.observation import EnvObservation
 from esper_engine.policy.policy_file import policy_path, write_policy_file
@@ -68,27 +65,9 @@ from esper_engine.training_step import (
     process_val_batch,
 )
 
-__all__ = ["PROGRESS_PERIOD_S", "StopRequested", "VectorizedTrainer", "validate_run"]
+__all__ = ["PROGRESS_PERIOD_S", "StopRequested", "VectorizedTrainer"]
 
 EnvFactory = Callable[[int, TrainingConfig, Task], EnvRuntime]
-
-
-def validate_run(config: TrainingConfig, task: Task, *, timed: bool = True) -> RunEstimate:
-    """Check what only the task can tell (device, slot ids, memory, the policy file) before a
-    thread starts; the run's estimate (``timed``: with one timed batch for the epoch time)."""
-    config.validate()
-    check_samples("training set", task.train_x, task.train_y)
-    check_samples("validation set", task.val_x, task.val_y)
-    resolve_device(config.device)
-    spec = run_host_spec(config, task)
-    memory = estimate_memory(config, task, spec, config.n_envs)
-    check_memory(memory, config.device)  # before any weight is allocated
-    with torch.random.fork_rng(devices=[]):  # a check: it must not move the run's streams
-        model = create_model(task, config.device, slots=config.slots, spec=spec)
-    if config.policy == "ppo" and config.ppo.init_file is not None:  # refused before it starts
-        build_policy(config, model.slot_ids, task.host_kind, spec)
-    epoch_s = time_epoch(config, task, spec, config.n_envs) if timed else 0.0
-    return RunEstimate(spec, host_cost(task, spec), memory, epoch_s)
 
 
 class VectorizedTrainer:
@@ -412,7 +391,8 @@ class VectorizedTrainer:
         return assemble(header, self._parts(), **({} if envs is None else {"envs": envs}))
 
     def _parts(self) -> dict[str, Stateful]:
-        return {"envs": _EnvBlock(self), "batches": self.batches, "policy": self.policy}
+        envs = Each(self.envs, "envs", before=lambda: self._stop_point(setup=True))
+        return {"envs": envs, "batches": self.batches, "policy": self.policy}
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint onto the freshly set-up run."""
@@ -463,7 +443,14 @@ class VectorizedTrainer:
             prepare=self.task.prepare,
             keep=self.shard.envs,
         )
-        self.val_batches = self._fixed_val_batches(device)
+        self.val_batches = fixed_val_batches(
+            self.task.val_x,
+            self.task.val_y,
+            cfg.batch_size * 2,
+            cfg.val_batches,
+            device,
+            self.task.prepare,
+        )
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
         self.host_spec = run_host_spec(cfg, self.task)
         self.envs = []
@@ -497,17 +484,6 @@ class VectorizedTrainer:
         )
         return self.driver
 
-    def _fixed_val_batches(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The same validation samples every epoch, for every env and every coalition."""
-        size = self.config.batch_size * 2
-        n = min(len(self.task.val_x), size * self.config.val_batches)
-        batches = []
-        for start in range(0, n, size):
-            x = self.task.val_x[start : start + size].to(device)
-            y = self.task.val_y[start : start + size].to(device)
-            batches.append((self.task.prepare(x), y))
-        return batches
-
     def _transition_listener(self, env_index: int) -> Callable:
         return lambda event: self.report.emit(event, env_index)
 
@@ -525,24 +501,6 @@ class VectorizedTrainer:
         if self.shard.is_leader:
             elapsed = time.perf_counter() - self._epoch_started - self.desk.paused_s
             self.report.progress(phase, envs, done, batches, elapsed)
-
-
-class _EnvBlock:
-    """The envs this process trains as one checkpoint part: their states in env order."""
-
-    def __init__(self, trainer: VectorizedTrainer) -> None:
-        self.trainer = trainer
-
-    def state_dict(self) -> list[dict]:
-        return [env.state_dict() for env in self.trainer.envs]
-
-    def load_state_dict(self, states: list[dict]) -> None:
-        envs = self.trainer.envs
-        if len(states) != len(envs):
-            raise ValueError(f"checkpoint has {len(states)} envs, config {len(envs)}")
-        for env, state in zip(envs, states, strict=True):
-            self.trainer._stop_point(setup=True)
-            env.load_state_dict(state)
 
 
 def _describe(exc: BaseException) -> str:

@@ -707,9 +707,10 @@ def _run_worker(config: TrainingConfig, shard) -> int:
     import signal
 
     from esper_engine.distributed import ForwardingSink, close_group, init_group
+    from esper_engine.preflight import validate_run
     from esper_engine.session import check_blueprint_preferences
     from esper_engine.tasks import DataError, load_task
-    from esper_engine.trainer import VectorizedTrainer, validate_run
+    from esper_engine.trainer import VectorizedTrainer
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # rank 0 takes them and stops every rank

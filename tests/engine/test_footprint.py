@@ -20,8 +20,8 @@ from esper_engine.footprint import (
     host_cost,
 )
 from esper_engine.model import create_model, run_host_spec
+from esper_engine.preflight import validate_run
 from esper_engine.tasks import load_task
-from esper_engine.trainer import validate_run
 from overwatch.cli import main
 
 BASE_CNN = TrainingConfig(host=HostConfig(preset="base"), batch_size=8)

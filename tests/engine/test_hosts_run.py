@@ -16,9 +16,9 @@ from esper_engine.contracts import EpochSummary, RunStarted
 from esper_engine.host_presets import resolve_host
 from esper_engine.policy.driver import PolicyDriver
 from esper_engine.policy.policy_file import PolicyFileError, write_policy_file
+from esper_engine.preflight import validate_run
 from esper_engine.session import TrainingSession
 from esper_engine.tasks import load_task
-from esper_engine.trainer import validate_run
 from overwatch.cli import main
 
 SHORT = TrainingConfig(

@@ -66,13 +66,8 @@ class CommandDesk:
         acknowledges: bool = True,
         between_envs: bool = True,
     ) -> None:
-        self.queue = commands
-        self.n_envs = n_envs
-        self.target = target
-        self.emit = emit
-        self.stop = stop
-        self.acknowledges = acknowledges
-        self.between_envs = between_envs
+        self.queue, self.n_envs, self.target, self.emit = commands, n_envs, target, emit
+        self.stop, self.acknowledges, self.between_envs = stop, acknowledges, between_envs
         self.paused = False
         self.paused_s = 0.0  # time spent paused since the caller last reset it
 

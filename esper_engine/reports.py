@@ -41,11 +41,25 @@ PROGRESS_PERIOD_S = 0.5
 class Reporter:
     """The run's events, each stamped with the run id, the env and where the run is."""
 
-    def __init__(self, sink: TelemetrySink, position: Callable[[], tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        sink: TelemetrySink,
+        position: Callable[[], tuple[int, int]],
+        *,
+        paused_s: Callable[[], float],
+        batch_size: int,
+        progress: bool = True,
+    ) -> None:
+        """``position``: (episode, epoch) now; ``paused_s``: the epoch's time paused so far
+        (throughput excludes it); ``progress``: whether this process sends EpochProgress (a
+        sharded run's workers do not: their events reach the leader at the epoch's end)."""
         self.sink = sink
         self.run_id = ""
-        self._position = position  # (episode, epoch) now
-        self._progress_due = 0.0
+        self._position = position
+        self._paused_s = paused_s
+        self._batch_size = batch_size
+        self._progress = progress
+        self._progress_due = self._epoch_started = self._train_started = 0.0
 
     def common(self, env: int | None) -> dict:
         episode, epoch = self._position()
@@ -110,10 +124,17 @@ class Reporter:
             )
         )
 
-    def batch_stats(
-        self, env: EnvRuntime, batch: int, stats: list[float], samples: int, elapsed: float
-    ) -> None:
+    def start_epoch(self, now: float) -> None:
+        self._epoch_started = self._progress_due = now
+
+    def start_training(self) -> None:
+        self._train_started = time.perf_counter()
+
+    def batch_stats(self, env: EnvRuntime, batch: int, stats: list[float]) -> None:
+        """BatchStats from ``epoch_figures.batch_stats_tensor``'s figures, read back."""
         loss, pre, post, clipped, skipped = stats
+        elapsed = time.perf_counter() - self._train_started - self._paused_s()
+        samples = (batch + 1) * self._batch_size
         self.emit(
             BatchStats(
                 batch=batch,
@@ -128,18 +149,14 @@ class Reporter:
             env.index,
         )
 
-    def start_progress(self, now: float) -> None:
-        self._progress_due = now
-
-    def progress(
-        self, phase: str, envs: Sequence[EnvRuntime], done: int, batches: int, elapsed: float
-    ) -> None:
+    def progress(self, phase: str, envs: Sequence[EnvRuntime], done: int, batches: int) -> None:
         """EpochProgress for ``envs`` when PROGRESS_PERIOD_S has passed since the last: the
         batch counter and the clock only, so the loop never waits for the device."""
         now = time.perf_counter()
-        if now < self._progress_due:
+        if now < self._progress_due or not self._progress:
             return
         self._progress_due = now + PROGRESS_PERIOD_S
+        elapsed = now - self._epoch_started - self._paused_s()
         # One time for the whole report: stamped per env, an env's stamp would move with how
         # long the emits before it took (a flush each), and its reports could come closer
         # together than PROGRESS_PERIOD_S.

@@ -121,7 +121,13 @@ class VectorizedTrainer:
         self._given_policy = policy
         self._env_factory = env_factory
         self.driver: PolicyDriver | None = None  # the policy itself (None on a sharded worker)
-        self.report = Reporter(sink, lambda: (self.episode, self.epoch))
+        self.report = Reporter(
+            sink,
+            lambda: (self.episode, self.epoch),
+            paused_s=lambda: self.desk.paused_s,
+            batch_size=config.batch_size,
+            progress=self.shard.is_leader,  # a worker's events reach the leader at epoch end
+        )
         self.desk = CommandDesk(
             commands or queue.Queue(),
             config.n_envs,
@@ -177,9 +183,9 @@ class VectorizedTrainer:
             self._checkpoint_due(episode + 1, 0)
 
     def _run_epoch(self, epoch: int) -> None:
-        started = self._epoch_started = time.perf_counter()
+        started = time.perf_counter()
         self.desk.paused_s = 0.0
-        self.report.start_progress(started)
+        self.report.start_epoch(started)
         for env in self.envs:
             env.state.set_lr_scale(self.config.lr_scale(epoch))
         self._inject_faults(epoch)
@@ -191,7 +197,7 @@ class VectorizedTrainer:
         elapsed = time.perf_counter() - started - self.desk.paused_s
         healthy = [env for env in self.envs if not self._govern(env, figures[env.index])]
         for env in healthy:
-            self._stop_point()
+            self.desk.stop_point()
             self._prune_failed_seeds(env)
             self._attribute(env, epoch)
         for env in self.envs:  # the epoch is over: age the seeds before anyone looks at them
@@ -218,32 +224,33 @@ class VectorizedTrainer:
     def _train_epoch(self) -> list[TensorTotals]:
         totals = [TensorTotals(torch.device(self.config.device)) for _ in self.envs]
         every = self.config.batch_stats_every
-        self._train_started = time.perf_counter()  # BatchStats' throughput counts from here
+        self.report.start_training()  # BatchStats' throughput counts from here
         for batch in range(self.config.batches_per_epoch):
             hold_point("train-batch")
-            self._safe_point()
+            self.exchange.safe_point(self.desk)  # one process: the commands, the pause
             # Every rank draws the whole batch as one process would and keeps its envs' slices.
             for env, total, (x, y) in zip(self.envs, totals, next(self.batches), strict=True):
-                self._stop_point()
+                self.desk.stop_point()
                 result = process_train_batch(env.state, x, y, self.task)
                 due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
                     total.add_train(result)
                     stats = batch_stats_tensor(result) if due else None
-                if stats is not None:
-                    self._batch_stats(env, batch, stats)
-            self._progress("train", self.envs, batch + 1, self.config.batches_per_epoch)
-        self._safe_point()
+                if stats is not None:  # made on the env's stream: join it before reading them
+                    join_env_streams([env.state])
+                    self.report.batch_stats(env, batch, stats.tolist())  # every k: one sync
+            self.report.progress("train", self.envs, batch + 1, self.config.batches_per_epoch)
+        self.exchange.safe_point(self.desk)  # one process: the commands, the pause
         join_env_streams(env.state for env in self.envs)
         return totals
 
     def _validate(self, totals: list[TensorTotals]) -> None:
         for env, total in zip(self.envs, totals, strict=True):
-            self._stop_point()
+            self.desk.stop_point()
             started = time.perf_counter()
             for done, (x, y) in enumerate(self.val_batches, start=1):
                 total.add_val(process_val_batch(env.model, x, y, self.task))
-                self._progress("validate", [env], done, len(self.val_batches))
+                self.report.progress("validate", [env], done, len(self.val_batches))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
 
     def _govern(self, env: EnvRuntime, figures: EpochFigures) -> bool:
@@ -320,13 +327,6 @@ class VectorizedTrainer:
 
     # --- commands: the desk's target, and where the loop lets it in -----------------------------
 
-    def _safe_point(self) -> None:
-        """Between batches: one process applies the queued commands (and waits while paused)."""
-        self.exchange.safe_point(self.desk)
-
-    def _stop_point(self, *, setup: bool = False) -> None:
-        self.desk.stop_point(setup=setup)
-
     def rollback_by_operator(self, env: int) -> None:
         own = self._own_env(env)
         if own is not None:  # another rank's env: that rank rolls it back
@@ -348,10 +348,9 @@ class VectorizedTrainer:
         self, status: RunStatus, error: str | None
     ) -> tuple[RunStatus, str | None]:
         """Wait for the checkpoint in flight, so a stopped run resumes from its latest one."""
-        if self._checkpoints is None:
-            return status, error
         try:
-            self._checkpoints.wait()
+            if self._checkpoints is not None:
+                self._checkpoints.wait()
         except Exception as exc:  # noqa: BLE001 - reported as the run's crash
             if status is not RunStatus.CRASHED:
                 return RunStatus.CRASHED, _describe(exc)
@@ -391,7 +390,7 @@ class VectorizedTrainer:
         return assemble(header, self._parts(), **({} if envs is None else {"envs": envs}))
 
     def _parts(self) -> dict[str, Stateful]:
-        envs = Each(self.envs, "envs", before=lambda: self._stop_point(setup=True))
+        envs = Each(self.envs, "envs", before=lambda: self.desk.stop_point(setup=True))
         return {"envs": envs, "batches": self.batches, "policy": self.policy}
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -455,10 +454,11 @@ class VectorizedTrainer:
         self.host_spec = run_host_spec(cfg, self.task)
         self.envs = []
         for k, i in enumerate(self.shard.envs, 1):
-            self._stop_point(setup=True)
+            self.desk.stop_point(setup=True)
             self.setup_status = f"building env {k}/{len(self.shard.envs)}"
             env = (self._env_factory or EnvRuntime)(i, cfg, self.task)
-            env.model.on_transition = self._transition_listener(i)
+            # a function, not a partial: deepcopy (a rollback snapshot) shares it, never the sink
+            env.model.on_transition = lambda event, i=i: self.report.emit(event, i)
             self.envs.append(env)
         self.setup_status = "building the policy"
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
@@ -483,24 +483,6 @@ class VectorizedTrainer:
             self.config, slot_ids, kind, self.host_spec
         )
         return self.driver
-
-    def _transition_listener(self, env_index: int) -> Callable:
-        return lambda event: self.report.emit(event, env_index)
-
-    def _batch_stats(self, env: EnvRuntime, batch: int, stats: torch.Tensor) -> None:
-        # The figures were made on the env's stream: join it before the host reads them.
-        join_env_streams([env.state])
-        # Every k batches only: the one sync BatchStats costs.
-        elapsed = time.perf_counter() - self._train_started - self.desk.paused_s
-        samples = (batch + 1) * self.config.batch_size
-        self.report.batch_stats(env, batch, stats.tolist(), samples, elapsed)
-
-    def _progress(self, phase: str, envs: list[EnvRuntime], done: int, batches: int) -> None:
-        """A sharded run's workers send none (their events reach the leader only at the
-        epoch's end)."""
-        if self.shard.is_leader:
-            elapsed = time.perf_counter() - self._epoch_started - self.desk.paused_s
-            self.report.progress(phase, envs, done, batches, elapsed)
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ This module never imports torch: the CLI reads it for ``--help`` and ``--print-c
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,7 +22,7 @@ from esper_engine.host_presets import resolve_host
 from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE
 
 if TYPE_CHECKING:  # the built components import torch; this module must not
-    from collections.abc import Callable, MutableMapping, Sequence
+    from collections.abc import Sequence
 
     import torch
 
@@ -103,28 +103,12 @@ class GovernorConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("max_rollbacks_per_episode", self.max_rollbacks_per_episode, low=1)
         _real("death_penalty", self.death_penalty, low=0.0)
 
-    def build(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-        *,
-        random_guess_loss: float,
-        on_seed_pruned: Callable[[str], None] | None = None,
-        seed_optimizers: MutableMapping[str, torch.optim.Optimizer] | None = None,
-    ) -> TolariaGovernor:
-        """The governor of one env's ``model`` with these thresholds."""
+    def build(self, model: torch.nn.Module, *args: Any, **owner: Any) -> TolariaGovernor:
+        """The governor of one env's ``model`` with these thresholds; the rest are
+        ``TolariaGovernor``'s (optimizer, scaler, random_guess_loss, seed_optimizers, ...)."""
         from esper_engine.governor import TolariaGovernor
 
-        return TolariaGovernor(
-            model,
-            optimizer,
-            scaler,
-            self,
-            random_guess_loss=random_guess_loss,
-            on_seed_pruned=on_seed_pruned,
-            seed_optimizers=seed_optimizers,
-        )
+        return TolariaGovernor(model, *args, config=self, **owner)
 
 
 class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):

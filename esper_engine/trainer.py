@@ -44,10 +44,7 @@ from esper_engine.distributed import Shard, exchange_for
 from esper_engine.env_runtime import EnvRuntime
 from esper_engine.epoch_figures import EpochFigures, TensorTotals, batch_stats_tensor, synchronise
 from esper_engine.faults import check_faults, inject
-from esper_engine.footprint import (
-    RunEstimate,
-    estimate_run,
-)
+from esper_engine.footprint import RunEstimate, estimate_run
 from esper_engine.lifecycle import SeedStage
 from esper_engine.model import run_host_spec
 from esper_engine.policy.driver import PolicyDriver, build_policy

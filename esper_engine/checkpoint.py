@@ -156,6 +156,40 @@ class CheckpointWriter:
             self._error = exc
 
 
+class RunCheckpoints:
+    """When a run writes its checkpoint (every ``every`` epochs, ``path`` None: never) and the
+    one in flight. ``recording_bytes`` flushes the recording and returns its length, which is
+    stored with each checkpoint (the recording is cut back to it on resume)."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        every: int,
+        epochs: int,
+        recording_bytes: Callable[[], int] | None = None,
+    ) -> None:
+        self.path = path
+        self.writer = None if path is None else CheckpointWriter(path)
+        self.enabled = path is not None  # sharded: the leader's answer, on every rank
+        self._every, self._epochs, self._recording_bytes = every, epochs, recording_bytes
+
+    def due(self, next_episode: int, next_epoch: int) -> bool:
+        done = next_episode * self._epochs + next_epoch  # epochs finished so far
+        return self.enabled and bool(self._every) and not done % self._every
+
+    def recording_length(self) -> int:
+        return self._recording_bytes() if self._recording_bytes is not None else 0
+
+    def submit(self, state_at: Callable[[int], dict[str, Any]]) -> None:
+        """Write ``state_at(recording length)`` in the background (a worker writes none)."""
+        if self.writer is not None:
+            self.writer.submit(state_at(self.recording_length()))
+
+    def wait(self) -> None:
+        if self.writer is not None:
+            self.writer.wait()
+
+
 def _detached(value: Any) -> Any:
     """A copy of a nested state whose tensors no later training step can change (on CPU)."""
     if isinstance(value, torch.Tensor):

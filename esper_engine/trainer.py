@@ -29,8 +29,8 @@ import torch
 from esper_engine.batching import SharedBatchIterator, fixed_val_batches
 from esper_engine.blueprints import blueprint_names
 from esper_engine.checkpoint import (
-    CheckpointWriter,
     Each,
+    RunCheckpoints,
     Stateful,
     assemble,
     check_checkpoint_host,
@@ -106,14 +106,14 @@ class VectorizedTrainer:
         self.epoch = 0
         self.envs: list[EnvRuntime] = []
         self.checkpoint = checkpoint
-        self._checkpoints = None if checkpoint is None else CheckpointWriter(checkpoint)
-        self._recording_bytes = recording_bytes
+        self.checkpoints = RunCheckpoints(
+            checkpoint, config.checkpoint_every, config.epochs, recording_bytes
+        )
         self._resume_from = resume_from
         self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = exchange_for(self.shard)
         self.setup_status = "starting"  # what _setup is doing, for a view's first frames; "" after
-        self._checkpointing = checkpoint is not None  # sharded: the leader's, on every rank
         self._estimate = estimate
         self._given_policy = policy
         self._env_factory = env_factory
@@ -346,8 +346,7 @@ class VectorizedTrainer:
     ) -> tuple[RunStatus, str | None]:
         """Wait for the checkpoint in flight, so a stopped run resumes from its latest one."""
         try:
-            if self._checkpoints is not None:
-                self._checkpoints.wait()
+            self.checkpoints.wait()
         except Exception as exc:  # noqa: BLE001 - reported as the run's crash
             if status is not RunStatus.CRASHED:
                 return RunStatus.CRASHED, _describe(exc)
@@ -356,17 +355,14 @@ class VectorizedTrainer:
     def _checkpoint_due(self, next_episode: int, next_epoch: int) -> None:
         """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
         starts, with the recording's length at this point (its events are all written)."""
-        every = self.config.checkpoint_every
-        done = next_episode * self.config.epochs + next_epoch  # epochs finished so far
-        if not self._checkpointing or not every or done % every:
+        if not self.checkpoints.due(next_episode, next_epoch):
             return
         join_env_streams(env.state for env in self.envs)
         # Sharded: the leader writes every env's state; a worker's go to it.
         envs = self.exchange.gather_env_states([env.state_dict() for env in self.envs])
-        if self._checkpoints is None:
-            return
-        length = self._recording_bytes() if self._recording_bytes is not None else 0
-        self._checkpoints.submit(self.checkpoint_state(next_episode, next_epoch, length, envs))
+        self.checkpoints.submit(
+            lambda length: self.checkpoint_state(next_episode, next_epoch, length, envs)
+        )
 
     def checkpoint_state(
         self, episode: int, epoch: int, recording_bytes: int, envs: list[dict] | None = None
@@ -462,13 +458,13 @@ class VectorizedTrainer:
         self.policy = self.exchange.relay(self._build_policy)
         self._updates = 0
         resume_from, self._resume_from = self._resume_from, None  # the run will hold its tensors
-        self._checkpointing = self.exchange.agree(self._checkpointing)
+        self.checkpoints.enabled = self.exchange.agree(self.checkpoints.enabled)
         resume_from = self.exchange.share_resume_state(resume_from)  # each rank gets its part
         if resume_from is not None:
             self.setup_status = "restoring the checkpoint"
             self._restore(resume_from)
             if self.shard.is_leader:
-                length = self._recording_bytes() if self._recording_bytes else 0
+                length = self.checkpoints.recording_length()
                 self.report.run_resumed(self.episode, self.epoch, length)
         elif self.shard.is_leader:
             estimate = self._estimate or estimate_run(cfg, self.task)

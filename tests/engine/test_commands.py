@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from pathlib import Path
 
 import msgspec
@@ -124,3 +126,61 @@ def test_a_rejected_ack_always_records_and_decodes(tmp_path: Path, command) -> N
     assert decoded.reason == reason and decoded.command_id == 1
     assert decoded.value is None or isinstance(decoded.value, float)
     assert decoded.env is None  # the reason names the env asked for; the field holds only real ones
+
+
+class _Target:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def rollback_by_operator(self, env: int) -> None:
+        self.calls.append(("rollback", env))
+
+    def set_clip_threshold(self, env: int | None, value: float) -> None:
+        self.calls.append(("clip", env, value))
+
+
+def _desk(*commands, acknowledges: bool = True):
+    from esper_engine.commands import CommandDesk
+
+    pending: queue.Queue = queue.Queue()
+    for command in commands:
+        pending.put(command)
+    acks: list = []
+    target = _Target()
+    desk = CommandDesk(
+        pending, 2, target, acks.append, stop=threading.Event(), acknowledges=acknowledges
+    )
+    return desk, target, acks
+
+
+def test_the_desk_applies_queued_commands_in_order_and_answers_each():
+    from esper_engine.contracts import ForceRollback, Pause, Resume, SetClipThreshold
+
+    desk, target, acks = _desk(
+        Pause(), Pause(), Resume(), ForceRollback(env=1), SetClipThreshold(value=2.0, env=5)
+    )
+    desk.safe_point()
+    assert [(a.command, a.accepted, a.reason) for a in acks] == [
+        ("Pause", True, ""),
+        ("Pause", False, "already paused"),
+        ("Resume", True, ""),
+        ("ForceRollback", True, ""),
+        ("SetClipThreshold", False, "unknown env 6; envs are 1..2"),
+    ]
+    assert target.calls == [("rollback", 1)] and not desk.paused
+
+
+def test_a_leaders_desk_validates_then_every_rank_applies_what_it_was_sent():
+    from esper_engine.commands import StopRequested
+    from esper_engine.contracts import Pause, SetClipThreshold, Stop
+
+    leader, _, acks = _desk(Pause(), Pause(), SetClipThreshold(value=0.5), Stop())
+    accepted = leader.accepted()
+    assert [type(c).__name__ for c in accepted] == ["Pause", "SetClipThreshold", "Stop"]
+    assert [(a.command, a.accepted) for a in acks] == [("Pause", False)]  # answered at once
+    assert not leader.paused  # nothing applied yet: the ranks apply it together
+    worker, target, worker_acks = _desk(acknowledges=False)
+    with pytest.raises(StopRequested):
+        for command in accepted:
+            worker.apply(command)
+    assert worker.paused and target.calls == [("clip", None, 0.5)] and worker_acks == []

@@ -470,3 +470,38 @@ def test_a_stop_during_set_up_ends_it_at_the_next_env(images, monkeypatch) -> No
     finished = VectorizedTrainer(cfg, sink, commands, run_id="stop", task=images, stop=stop).run()
     assert finished.status == RunStatus.STOPPED and built == [0, 1]
     assert [type(e) for e in sink.events] == [RunFinished]
+
+
+def test_the_trainer_runs_the_policy_and_the_envs_it_is_given(images):
+    """The public seam (bench/growth.py's): a policy built outside, an env factory."""
+    from esper_engine.blueprints import blueprint_names
+    from esper_engine.env_runtime import EnvRuntime
+    from esper_engine.policy.driver import PolicyDriver
+
+    config = small_config(policy="heuristic", epochs=4)
+    built: list[int] = []
+
+    def envs(index, cfg, task):
+        built.append(index)
+        return EnvRuntime(index, cfg, task)
+
+    slot_ids = EnvRuntime(0, config, images).model.slot_ids
+    static = PolicyDriver(
+        "static",
+        n_envs=config.n_envs,
+        slot_ids=slot_ids,
+        blueprints=blueprint_names(images.host_kind),
+        host_kind=images.host_kind,
+        heuristic=config.heuristic,
+        ppo=config.ppo,
+    )
+    sink = ListSink()
+    trainer = VectorizedTrainer(config, sink, task=images, policy=static, env_factory=envs)
+    finished = trainer.run()
+    assert finished.status == "completed", finished.error
+    assert built == [0, 1] and trainer.driver is static and trainer.policy is static
+    # the heuristic of the config grows from the first epoch; the given static policy never does
+    assert {s.last_action for s in of(sink.events, EpochSummary)} == {"WAIT"}
+    assert not of(sink.events, SeedTransition)
+    _, events, _ = run(images, config)
+    assert any(s.last_action != "WAIT" for s in of(events, EpochSummary))

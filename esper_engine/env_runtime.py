@@ -172,7 +172,7 @@ class EnvRuntime:
                 [slot_id, optimizer.state_dict()]
                 for slot_id, optimizer in state.seed_optimizers.items()
             ],
-            "scaler": None if state.scaler is None else state.scaler.state_dict(),
+            "scaler": state.scaler.state_dict(),  # {} unless fp16
             "lr_scale": state.lr_scale,
             "lr_multiplier": state.lr_multiplier,
             "clip_threshold": self.clip_threshold,
@@ -198,10 +198,11 @@ class EnvRuntime:
         state.seed_optimizers.clear()
         for slot_id, optimizer_state in saved["seed_optimizers"]:
             state.add_seed_optimizer(slot_id).load_state_dict(optimizer_state)
-        if (saved["scaler"] is None) != (state.scaler is None):
+        scaler = saved["scaler"] or {}  # None: a checkpoint from before the scaler was always there
+        if bool(scaler) != state.scaler.is_enabled():
             raise ValueError("checkpoint and config disagree on the fp16 GradScaler")
-        if state.scaler is not None:
-            state.scaler.load_state_dict(saved["scaler"])
+        state.scaler.load_state_dict(scaler)
+        state.forget_step_parameters()
         state.lr_scale = float(saved["lr_scale"])
         state.lr_multiplier = float(saved["lr_multiplier"])
         self.clip_threshold = saved["clip_threshold"]

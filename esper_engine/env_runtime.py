@@ -252,24 +252,26 @@ class EnvRuntime:
         Seed optimizers follow the lifecycle by themselves: the training step gives every live
         seed one and drops the rest (``ParallelEnvState.sync_seed_optimizers``).
         """
-        if action.op == Op.WAIT:
+        if action.op is Op.WAIT:
             return
-        slot_id = self.model.slot_ids[action.slot_index]
-        if action.op == Op.GERMINATE:
-            with drawing_from(self.generator):  # the seed's initial weights are this env's
-                self.model.germinate(
-                    slot_id,
-                    blueprints[action.blueprint_index],
-                    initiator=Initiator.POLICY,
-                    blend_epochs=self.config.lifecycle.blend_epochs,
-                    schedule=self.config.lifecycle.alpha_schedule,
-                )
-        elif action.op == Op.ADVANCE:
-            self.model.advance(slot_id, initiator=Initiator.POLICY)
-        elif action.op == Op.PRUNE:
-            self.model.prune(slot_id, initiator=Initiator.POLICY)
-        elif action.op == Op.FOSSILIZE:
-            self.model.fossilize(slot_id, initiator=Initiator.POLICY)
+        model = self.model
+        slot_id = model.slot_ids[action.slot_index]
+        match action.op:
+            case Op.GERMINATE:
+                with drawing_from(self.generator):  # the seed's initial weights are this env's
+                    model.germinate(
+                        slot_id,
+                        blueprints[action.blueprint_index],
+                        initiator=Initiator.POLICY,
+                        blend_epochs=self.config.lifecycle.blend_epochs,
+                        schedule=self.config.lifecycle.alpha_schedule,
+                    )
+            case Op.ADVANCE:
+                model.advance(slot_id, initiator=Initiator.POLICY)
+            case Op.PRUNE:
+                model.prune(slot_id, initiator=Initiator.POLICY)
+            case Op.FOSSILIZE:
+                model.fossilize(slot_id, initiator=Initiator.POLICY)
 
 
 def env_seed(run_seed: int, env: int) -> int:

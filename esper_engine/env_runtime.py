@@ -87,16 +87,15 @@ class EnvRuntime:
     last_reward: float | None = None  # accuracy points (the reward's unit)
     prev_val_acc: float | None = None
     prev_rent: float = 0.0  # capacity_rent when prev_val_acc was measured (accuracy points)
-    clip_threshold: float | None = None
     cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
     val_pass_s: float | None = None  # this epoch's plain validation pass, in seconds
     episodes_started: int = 0
 
     def __post_init__(self) -> None:
-        self.clip_threshold = self.config.max_grad_norm if self.config.clip_enabled() else None
         self.generator = torch.Generator().manual_seed(env_seed(self.config.seed, self.index))
         model = self._new_model()
-        self.state = self._new_state(model)
+        clip = self.config.max_grad_norm if self.config.clip_enabled() else None
+        self.state = self._new_state(model, clip)
         self.governor = TolariaGovernor(
             model,
             self.state.host_optimizer,
@@ -110,6 +109,12 @@ class EnvRuntime:
     @property
     def model(self) -> MorphogeneticModel:
         return self.state.model
+
+    @property
+    def clip_threshold(self) -> float | None:
+        """The gradient-clip threshold (None: off). Its one owner is the training step's state;
+        it carries over from episode to episode (an operator's SetClipThreshold stays)."""
+        return self.state.clip_threshold
 
     def _new_model(self) -> MorphogeneticModel:
         """Fresh weights for each env and episode, reproducible from the run's seed.
@@ -131,7 +136,9 @@ class EnvRuntime:
                 spec=run_host_spec(self.config, self.task),
             )
 
-    def _new_state(self, model: MorphogeneticModel) -> ParallelEnvState:
+    def _new_state(
+        self, model: MorphogeneticModel, clip_threshold: float | None
+    ) -> ParallelEnvState:
         host_lr = self.config.host_lr or self.task.host_lr
         optimizer = torch.optim.SGD(model.host_parameters(), lr=host_lr, momentum=0.9)
         return ParallelEnvState(
@@ -139,7 +146,7 @@ class EnvRuntime:
             optimizer,
             seed_lr=self.config.seed_lr or self.task.seed_lr,
             amp=self.config.amp,
-            clip_threshold=self.clip_threshold,
+            clip_threshold=clip_threshold,
             device=self.config.device,
         )
 
@@ -149,7 +156,7 @@ class EnvRuntime:
         self.episodes_started += 1
         model = self._new_model()
         model.on_transition = callback
-        self.state = self._new_state(model)
+        self.state = self._new_state(model, self.clip_threshold)
         self.governor.reset_episode(
             model, self.state.host_optimizer, self.state.scaler, self.state.seed_optimizers
         )
@@ -205,8 +212,7 @@ class EnvRuntime:
         state.forget_step_parameters()
         state.lr_scale = float(saved["lr_scale"])
         state.lr_multiplier = float(saved["lr_multiplier"])
-        self.clip_threshold = saved["clip_threshold"]
-        state.clip_threshold = self.clip_threshold
+        state.clip_threshold = saved["clip_threshold"]
         self.governor.load_state_dict(saved["governor"])
         self.acc_history = [float(v) for v in saved["acc_history"]]
         self.loss_history = [float(v) for v in saved["loss_history"]]
@@ -219,7 +225,6 @@ class EnvRuntime:
         self.val_pass_s = saved["val_pass_s"]
 
     def set_clip_threshold(self, value: float) -> None:
-        self.clip_threshold = value
         self.state.clip_threshold = value
 
     def record(self, figures: EpochFigures) -> None:

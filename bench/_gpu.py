@@ -176,7 +176,8 @@ def _bare_rate(config: TrainingConfig, task: Task) -> tuple[float, int]:
         for i in range(0, size * config.val_batches, size)
     ]
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
-    scaler = torch.amp.GradScaler(device.type) if config.amp == "fp16" else None
+    # Disabled (no fp16), the scaler's calls are the plain backward and step.
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
     for _ in range(config.epochs):
         host.train()
         for _ in range(config.batches_per_epoch):
@@ -184,17 +185,11 @@ def _bare_rate(config: TrainingConfig, task: Task) -> tuple[float, int]:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = task.loss(host(x), y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(host.parameters(), 1.0)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
         host.eval()
         with torch.inference_mode():
             total = sum(task.loss(host(x), y) for x, y in val)

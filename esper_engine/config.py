@@ -13,12 +13,15 @@ This module never imports torch: the CLI reads it for ``--help`` and ``--print-c
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+import re
+import typing
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from esper_engine.contracts import PolicyKind
 from esper_engine.faults import check_faults
-from esper_engine.host_presets import resolve_host
+from esper_engine.host_presets import HostPreset, resolve_host
 from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE
 
 if TYPE_CHECKING:  # the built components import torch; this module must not
@@ -30,11 +33,12 @@ if TYPE_CHECKING:  # the built components import torch; this module must not
     from esper_engine.policy.heuristic import HeuristicPolicy
     from esper_engine.policy.ppo import PPOLearner
 
-TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
-POLICIES = ("heuristic", "ppo", "static")
-AMP_MODES = ("off", "bf16", "fp16")
-LR_SCHEDULES = ("cosine", "constant")
-ALPHA_SCHEDULES = ("linear", "cosine")
+# The choices are types: msgspec refuses any other value where it converts one (a TOML file, a
+# --set, a recorded config) and ``validate()`` checks a config built in Python the same way.
+TaskName = Literal["synthetic-images", "synthetic-stories", "cifar10", "tinystories"]
+AmpMode = Literal["off", "bf16", "fp16"]
+LrSchedule = Literal["cosine", "constant"]
+AlphaSchedule = Literal["linear", "cosine"]
 # The largest gradient-clip threshold a run accepts, from the CLI or a SetClipThreshold command.
 # A threshold this high already clips nothing a healthy run produces; the trainer compares it with
 # float32 norms, and above float32's range (3.4e38) that comparison overflows and crashes.
@@ -118,7 +122,7 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Epochs a seed incubates in TRAINING before it may advance to BLENDING (epochs)."""
     blend_epochs: int = 3
     """Epochs over which alpha ramps from 0 to 1 in BLENDING (epochs, set at germination)."""
-    alpha_schedule: str = "linear"
+    alpha_schedule: AlphaSchedule = "linear"
     """Shape of the alpha ramp: linear | cosine."""
     embargo_epochs: int = 2
     """Epochs a pruned slot stays EMBARGOED before it can take a new seed (epochs, >= 1)."""
@@ -129,7 +133,6 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):
     def validate(self) -> None:
         _count("min_training_epochs", self.min_training_epochs, low=0)
         _count("blend_epochs", self.blend_epochs, low=1)
-        _choice("alpha_schedule", self.alpha_schedule, ALPHA_SCHEDULES)
         _count("embargo_epochs", self.embargo_epochs, low=1)
         _count("min_prune_age", self.min_prune_age, low=0)
 
@@ -294,7 +297,7 @@ class HostConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The host network each env trains (esper_engine/host_presets.py): a preset, and sizes that
     override it. A size for the other host kind is refused; slots follow the host."""
 
-    preset: str | None = None
+    preset: HostPreset | None = None
     """tiny | small | base (None: the task's default: tiny on the embedded tasks, base on
     cifar10, small on tinystories). The README's host section gives each one's size."""
     widths: tuple[int, ...] | None = None
@@ -317,7 +320,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Every knob of a run: checked by ``validate()``, recorded whole in ``RunStarted.config``."""
 
     # --- run shape ---
-    task: str = "synthetic-images"
+    task: TaskName = "synthetic-images"
     """synthetic-images | synthetic-stories | cifar10 | tinystories."""
     data_dir: str | None = None
     """Local dataset directory for cifar10 / tinystories (a path)."""
@@ -344,10 +347,10 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """SGD (momentum 0.9) learning rate of each seed (None: the task's default)."""
     max_grad_norm: float | None = 1.0
     """Global clip over host + live seeds (L2 norm, at most 1e6; None or 0 disables)."""
-    amp: str = "off"
+    amp: AmpMode = "off"
     """Mixed precision: off | bf16 | fp16 (fp16 uses a GradScaler per env)."""
     # --- policy ---
-    policy: str = "heuristic"
+    policy: PolicyKind = "heuristic"
     """heuristic | ppo | static (never grows: the baseline)."""
     slots: tuple[str, ...] | None = None
     """Slot ids that may hold seeds (None: every slot of the host)."""
@@ -366,7 +369,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     batch_stats_every: int = 10
     """A BatchStats event every k batches per env (batches; 0 disables)."""
     # --- optimisation (appended: older recordings' configs still decode) ---
-    lr_schedule: str = "cosine"
+    lr_schedule: LrSchedule = "cosine"
     """cosine: host and seed lrs follow 0.5 * (1 + cos(pi * epoch / epochs)) within each episode,
     so the last epochs settle instead of swinging; constant: the base lrs throughout."""
     # --- fault injection (appended; SPEC 11) ---
@@ -401,9 +404,11 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
-        if self.lr_schedule == "constant":
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        match self.lr_schedule:
+            case "constant":
+                return 1.0
+            case "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
 
     def clip_enabled(self) -> bool:
         return self.max_grad_norm is not None and self.max_grad_norm > 0
@@ -414,18 +419,15 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message naming the bad value (dotted if nested)."""
+        check_types(self)
         for name, (high, why) in _COUNTS.items():
             _count(name, getattr(self, name), low=1, high=high, why=why)
         _count("seed", self.seed, low=0, high=MAX_SEED)
-        _choice("task", self.task, TASKS)
         for name in ("host_lr", "seed_lr"):
             value = getattr(self, name)
             if value is not None:
                 _real(name, value, low=0.0, open_low=True)
         self._validate_max_grad_norm()
-        _choice("amp", self.amp, AMP_MODES)
-        _choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _choice("policy", self.policy, POLICIES)
         if self.slots is not None:
             _names("slots", self.slots, allow_empty=False)
         _count("attribution_every", self.attribution_every, low=0)
@@ -489,9 +491,35 @@ def _real(
     raise ValueError(f"{name} must be {wanted}, got {value}")
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+def choices(tp: Any) -> tuple[str, ...] | None:
+    """The values a ``Literal`` type (or an optional one) allows; None for any other type."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) is Literal:
+        return tuple(args)
+    if len(args) == 1 and typing.get_origin(args[0]) is Literal:
+        return typing.get_args(args[0])
+    return None
+
+
+def check_types(struct: msgspec.Struct) -> None:
+    """msgspec's validation of every field's type, for a struct built in Python (which msgspec
+    does not check): a ValueError naming the dotted key, e.g. ``amp must be one of ...``."""
+    try:
+        msgspec.convert(msgspec.to_builtins(struct), type(struct))
+    except msgspec.ValidationError as exc:
+        message, _, where = str(exc).rpartition(" - at `$.")
+        path = where.rstrip("`")
+        if not message or not re.fullmatch(r"[a-z_.]+", path):  # not a field: say it as it is
+            raise ValueError(str(exc)) from None
+        value: Any = struct
+        tp: Any = type(struct)
+        for part in path.split("."):
+            tp = typing.get_type_hints(tp)[part]
+            value = getattr(value, part)
+        allowed = choices(tp)
+        if allowed is not None:
+            raise ValueError(f"{path} must be one of {', '.join(allowed)}, got {value!r}") from None
+        raise ValueError(f"{path}: {message[0].lower()}{message[1:]}") from None  # the type
 
 
 def _names(name: str, values: tuple[str, ...], *, allow_empty: bool = True) -> None:

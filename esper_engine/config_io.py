@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from esper_engine.config import TrainingConfig
+from esper_engine.config import TrainingConfig, choices
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
@@ -81,7 +81,10 @@ def _optional(tp: Any) -> tuple[Any, bool]:
 def describe(tp: Any) -> str:
     """What a value of this type looks like, for error messages."""
     base, optional = _optional(tp)
-    if base is bool:
+    allowed = choices(base)
+    if allowed is not None:
+        text = f"one of {', '.join(allowed)}"
+    elif base is bool:
         text = "true or false"
     elif base is int:
         text = "an integer"
@@ -145,6 +148,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     try:
         return msgspec.convert(value, tp)
     except msgspec.ValidationError:
+        if choices(tp) is not None:  # what TrainingConfig.validate says of a bad choice
+            raise ConfigError(f"{where} must be {describe(tp)}, got {value!r}") from None
         raise ConfigError(f"{where}: expected {describe(tp)}, got {value!r}") from None
 
 

@@ -7,7 +7,7 @@ Every event is a frozen, tagged ``msgspec.Struct``; the tag (the class name) is 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -85,6 +85,13 @@ class Op(StrEnum):
     FOSSILIZE = "FOSSILIZE"
 
 
+# Names that travel as plain strings (in configs, recordings and the console): Literal types, so
+# msgspec refuses any other value wherever it decodes or converts one.
+TaskKind = Literal["classification", "language_model"]
+HostKind = Literal["cnn", "transformer"]
+PolicyKind = Literal["heuristic", "ppo", "static"]  # static never grows: the baseline
+
+
 # Units: every accuracy-like figure (accuracy, Shapley value, v(all), v(none), and differences of
 # those) is a fraction in [0, 1]; losses are in nats (mean per sample, or per token for a language
 # model); rewards are in accuracy points (1 point = 0.01 accuracy, the policy's unit, SPEC 8).
@@ -116,10 +123,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=Tru
 
 class RunStarted(Event, frozen=True, kw_only=True):
     task: str
-    task_kind: str  # "classification" | "language_model"
+    task_kind: TaskKind
     n_envs: int  # count
     slot_ids: list[str]
-    policy: str
+    policy: PolicyKind
     episodes: int  # count
     epochs: int  # count, per episode
     batches_per_epoch: int  # count
@@ -131,7 +138,7 @@ class RunStarted(Event, frozen=True, kw_only=True):
     host_params: int = 0  # count: env 0's host as built
     seed_params: int = 0  # count: env 0's seeds as built (0 unless a slot starts seeded)
     # the host, resolved from the config's [host] group (appended; "" / 0 in older recordings)
-    host_kind: str = ""  # "cnn" | "transformer"
+    host_kind: HostKind | Literal[""] = ""
     host_preset: str = ""  # tiny | small | base: the preset its sizes start from
     host_sizes: str = ""  # "32-64-128" (CNN widths), "384x6 h6 /2" (d_model x layers, heads,
     # layers per slot when not 1)
@@ -291,22 +298,6 @@ TelemetryEvent = (
     | EpochProgress
 )
 
-EVENT_TYPES: tuple[type[Event], ...] = (
-    RunStarted,
-    BatchStats,
-    EpochSummary,
-    SeedTransition,
-    GovernorPanic,
-    GovernorRollback,
-    Attribution,
-    PolicyUpdate,
-    CommandAck,
-    RunFinished,
-    RunResumed,
-    EpochProgress,
-)
-
-
 # --- commands: console -> trainer -------------------------------------------------------------
 
 
@@ -337,7 +328,6 @@ class Stop(Command, frozen=True, kw_only=True):
 
 
 OperatorCommand = ForceRollback | SetClipThreshold | Pause | Resume | Stop
-COMMAND_TYPES: tuple[type[Command], ...] = (ForceRollback, SetClipThreshold, Pause, Resume, Stop)
 
 
 # --- one reusable encoder/decoder -------------------------------------------------------------

@@ -130,7 +130,7 @@ class EnvRuntime:
                 [slot_id, optimizer.state_dict()]
                 for slot_id, optimizer in state.seed_optimizers.items()
             ],
-            "scaler": None if state.scaler is None else state.scaler.state_dict(),
+            "scaler": state.scaler.state_dict(),  # {} unless fp16
             "lr_scale": state.lr_scale,
             "lr_multiplier": state.lr_multiplier,
             "clip_threshold": self.clip_threshold,
@@ -156,10 +156,11 @@ class EnvRuntime:
         state.seed_optimizers.clear()
         for slot_id, optimizer_state in saved["seed_optimizers"]:
             state.add_seed_optimizer(slot_id).load_state_dict(optimizer_state)
-        if (saved["scaler"] is None) != (state.scaler is None):
+        scaler = saved["scaler"] or {}  # None: a checkpoint from before the scaler was always there
+        if bool(scaler) != state.scaler.is_enabled():
             raise ValueError("checkpoint and config disagree on the fp16 GradScaler")
-        if state.scaler is not None:
-            state.scaler.load_state_dict(saved["scaler"])
+        state.scaler.load_state_dict(scaler)
+        state.forget_step_parameters()
         state.lr_scale = float(saved["lr_scale"])
         state.lr_multiplier = float(saved["lr_multiplier"])
         state.clip_threshold = saved["clip_threshold"]
@@ -207,24 +208,26 @@ class EnvRuntime:
         Seed optimizers follow the lifecycle by themselves: the training step gives every live
         seed one and drops the rest (``ParallelEnvState.sync_seed_optimizers``).
         """
-        if action.op == Op.WAIT:
+        if action.op is Op.WAIT:
             return
-        slot_id = self.model.slot_ids[action.slot_index]
-        if action.op == Op.GERMINATE:
-            with drawing_from(self.generator):  # the seed's initial weights are this env's
-                self.model.germinate(
-                    slot_id,
-                    blueprints[action.blueprint_index],
-                    initiator=Initiator.POLICY,
-                    blend_epochs=self.config.lifecycle.blend_epochs,
-                    schedule=self.config.lifecycle.alpha_schedule,
-                )
-        elif action.op == Op.ADVANCE:
-            self.model.advance(slot_id, initiator=Initiator.POLICY)
-        elif action.op == Op.PRUNE:
-            self.model.prune(slot_id, initiator=Initiator.POLICY)
-        elif action.op == Op.FOSSILIZE:
-            self.model.fossilize(slot_id, initiator=Initiator.POLICY)
+        model = self.model
+        slot_id = model.slot_ids[action.slot_index]
+        match action.op:
+            case Op.GERMINATE:
+                with drawing_from(self.generator):  # the seed's initial weights are this env's
+                    model.germinate(
+                        slot_id,
+                        blueprints[action.blueprint_index],
+                        initiator=Initiator.POLICY,
+                        blend_epochs=self.config.lifecycle.blend_epochs,
+                        schedule=self.config.lifecycle.alpha_schedule,
+                    )
+            case Op.ADVANCE:
+                model.advance(slot_id, initiator=Initiator.POLICY)
+            case Op.PRUNE:
+                model.prune(slot_id, initiator=Initiator.POLICY)
+            case Op.FOSSILIZE:
+                model.fossilize(slot_id, initiator=Initiator.POLICY)
 
 
 def env_seed(run_seed: int, env: int) -> int:

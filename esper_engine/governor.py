@@ -6,7 +6,7 @@ a rollback restores them (so no stale momentum pushes the weights back toward th
 owner takes the snapshot when the epoch is judged clean *and* the policy has acted on it
 (``snapshot()``), so a seed fossilized that epoch is in it and the next epoch, the riskiest one,
 is protected like any other; and the death penalty is an API the trainer adds to the PPO buffer
-(`get_punishment_reward`, `GovernorReport.penalty`).
+(`GovernorReport.penalty`).
 
 It watches a plain ``nn.Module`` (the snapshot is the whole state dict) or a
 ``MorphogeneticModel``, recognised by duck typing (``live_seed_key_prefixes``): then live seeds
@@ -297,10 +297,6 @@ class TolariaGovernor:
             seed_optimizers=dict(snap["seed_optimizers"]),
             scaler=snap["scaler"],
         )
-
-    def get_punishment_reward(self) -> float:
-        """Reward the trainer adds to the env's last PPO transition on a governor rollback."""
-        return -self.death_penalty
 
     def reset_episode(
         self,

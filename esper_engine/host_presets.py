@@ -11,14 +11,16 @@ resolve hosts without it. ``hosts.py`` builds the modules from a ``HostSpec``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
-PRESETS = ("tiny", "small", "base")
+from esper_engine.contracts import HostKind
+
+HostPreset = Literal["tiny", "small", "base"]
 # Which host each task trains, and the preset it trains unless the config names one. The tasks
 # themselves carry ``host_kind`` too (tests/engine/test_hosts.py checks the two agree).
-TASK_HOST_KIND = {
+TASK_HOST_KIND: dict[str, HostKind] = {
     "synthetic-images": "cnn",
     "synthetic-stories": "transformer",
     "cifar10": "cnn",
@@ -27,19 +29,19 @@ TASK_HOST_KIND = {
 # Real datasets get a host a user would train: CNN base (95k parameters) trains a CIFAR-10 epoch
 # on a CPU in minutes; the Transformer base (10.7M) wants a GPU, so tinystories takes small
 # (0.8M), which a CPU trains; --set host.preset=base is one flag away.
-TASK_DEFAULT_PRESET = {
+TASK_DEFAULT_PRESET: dict[str, HostPreset] = {
     "synthetic-images": "tiny",
     "synthetic-stories": "tiny",
     "cifar10": "base",
     "tinystories": "small",
 }
-CNN_PRESETS: dict[str, tuple[int, ...]] = {
+CNN_PRESETS: dict[HostPreset, tuple[int, ...]] = {
     "tiny": (3, 6, 12),
     "small": (8, 16, 32),
     "base": (32, 64, 128),
 }
 # (d_model, n_layers, n_heads, layers_per_segment): base has 3 slots, one every 2 layers.
-TRANSFORMER_PRESETS: dict[str, tuple[int, int, int, int]] = {
+TRANSFORMER_PRESETS: dict[HostPreset, tuple[int, int, int, int]] = {
     "tiny": (64, 3, 4, 1),
     "small": (128, 4, 4, 1),
     "base": (384, 6, 6, 2),
@@ -55,8 +57,8 @@ TRANSFORMER_KNOBS = ("d_model", "n_layers", "n_heads", "layers_per_segment")
 class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
     """A resolved host: its kind, the preset it started from and every size it is built with."""
 
-    kind: str  # "cnn" | "transformer"
-    preset: str  # the preset the sizes start from (knobs may have changed some)
+    kind: HostKind
+    preset: HostPreset  # the preset the sizes start from (knobs may have changed some)
     widths: tuple[int, ...] = ()  # CNN block widths
     d_model: int = 0  # Transformer sizes (0 on a CNN)
     n_layers: int = 0
@@ -65,21 +67,26 @@ class HostSpec(msgspec.Struct, frozen=True, kw_only=True):
 
     def host_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``CNNHost`` / ``TransformerHost`` (hosts.py)."""
-        if self.kind == "cnn":
-            return {"widths": self.widths}
-        return {
-            "d_model": self.d_model,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "layers_per_segment": self.layers_per_segment,
-        }
+        match self.kind:
+            case "cnn":
+                return {"widths": self.widths}
+            case "transformer":
+                return {
+                    "d_model": self.d_model,
+                    "n_layers": self.n_layers,
+                    "n_heads": self.n_heads,
+                    "layers_per_segment": self.layers_per_segment,
+                }
 
     def sizes(self) -> str:
         """The sizes in a few characters: ``32-64-128``, ``384x6 h6 /2``."""
-        if self.kind == "cnn":
-            return "-".join(str(w) for w in self.widths)
-        text = f"{self.d_model}x{self.n_layers} h{self.n_heads}"
-        return text if self.layers_per_segment == 1 else f"{text} /{self.layers_per_segment}"
+        match self.kind:
+            case "cnn":
+                return "-".join(str(w) for w in self.widths)
+            case "transformer":
+                text = f"{self.d_model}x{self.n_layers} h{self.n_heads}"
+                per_segment = self.layers_per_segment
+                return text if per_segment == 1 else f"{text} /{per_segment}"
 
     def label(self) -> str:
         """``cnn 32-64-128``: what the console and ``ps`` show."""
@@ -93,25 +100,37 @@ def resolve_host(host: Any, task: str, kind: str | None = None) -> HostSpec:
     Raises ValueError with a one-line message naming the ``host.`` key at fault.
     """
     kind = kind or TASK_HOST_KIND.get(task)
-    if kind not in ("cnn", "transformer"):
-        raise ValueError(f"task {task!r} has no known host kind (got {kind!r})")
+    # The config's types are checked before this (TrainingConfig.validate); a caller that builds
+    # a HostConfig by hand gets the same one-line message.
     preset = host.preset if host.preset is not None else TASK_DEFAULT_PRESET.get(task, "tiny")
-    if preset not in PRESETS:
-        raise ValueError(f"host.preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    foreign = TRANSFORMER_KNOBS if kind == "cnn" else CNN_KNOBS
-    for knob in foreign:
+    if preset not in CNN_PRESETS:
+        raise ValueError(f"host.preset must be one of {', '.join(CNN_PRESETS)}, got {preset!r}")
+    match kind:
+        case "cnn":
+            _refuse_knobs(host, TRANSFORMER_KNOBS, kind, task)
+            widths = CNN_PRESETS[preset] if host.widths is None else tuple(host.widths)
+            _check_widths(widths)
+            return HostSpec(kind=kind, preset=preset, widths=widths)
+        case "transformer":
+            _refuse_knobs(host, CNN_KNOBS, kind, task)
+            return _transformer_spec(host, preset)
+    raise ValueError(f"task {task!r} has no known host kind (got {kind!r})")
+
+
+def _refuse_knobs(host: Any, knobs: tuple[str, ...], kind: HostKind, task: str) -> None:
+    """A size for the other host kind is a mistake, not something to ignore."""
+    for knob in knobs:
         if getattr(host, knob) is not None:
             raise ValueError(
                 f"host.{knob} sizes a {_other(kind)} host; task {task} trains a {kind} host "
                 f"(set it to none)"
             )
-    if kind == "cnn":
-        widths = CNN_PRESETS[preset] if host.widths is None else tuple(host.widths)
-        _check_widths(widths)
-        return HostSpec(kind=kind, preset=preset, widths=widths)
+
+
+def _transformer_spec(host: Any, preset: HostPreset) -> HostSpec:
     d_model, n_layers, n_heads, per_segment = TRANSFORMER_PRESETS[preset]
     spec = HostSpec(
-        kind=kind,
+        kind="transformer",
         preset=preset,
         d_model=_pick(host.d_model, d_model),
         n_layers=_pick(host.n_layers, n_layers),
@@ -122,7 +141,7 @@ def resolve_host(host: Any, task: str, kind: str | None = None) -> HostSpec:
     return spec
 
 
-def _other(kind: str) -> str:
+def _other(kind: HostKind) -> HostKind:
     return "transformer" if kind == "cnn" else "cnn"
 
 

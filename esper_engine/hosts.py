@@ -7,15 +7,18 @@ stage ``n`` is the head. ``MorphogeneticModel`` groups stages between the slots 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from esper_engine.contracts import HostKind
 
 
 class CNNHost(nn.Module):
     """Conv blocks (3x3 conv, BatchNorm, ReLU, max-pool), a slot after each, pooled linear head."""
 
-    host_kind = "cnn"
+    host_kind: ClassVar[HostKind] = "cnn"
 
     def __init__(
         self,
@@ -86,7 +89,7 @@ class DecoderLayer(nn.Module):
 class TransformerHost(nn.Module):
     """Byte-level causal LM: embeddings, pre-LN decoder layers, a slot after each segment."""
 
-    host_kind = "transformer"
+    host_kind: ClassVar[HostKind] = "transformer"
 
     def __init__(
         self,

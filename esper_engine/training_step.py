@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
+from torch.utils._foreach_utils import _has_foreach_support
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {
     "off": None,
@@ -44,6 +45,23 @@ class ValStepResult(NamedTuple):
     count: Tensor
 
 
+class StepParameters(NamedTuple):
+    """What every training step walks, built once per seed transition (not once per step).
+
+    Rebuilding them from ``nn.Module.parameters()`` every step, and regrouping the grads by
+    device and dtype in every clip, was a large share of a tiny host's per-step Python (issue 22).
+    """
+
+    key: tuple[object, ...]  # the state it was built for (``ParallelEnvState._parameters_key``)
+    optimizers: tuple[torch.optim.Optimizer, ...]  # host first, then each seed's
+    params: tuple[nn.Parameter, ...]  # every optimizer's parameters: their grads are reset
+    # The clip norm's parts in its summing order: the host's parameters, then each learning
+    # seed's, with the slot id of a live seed (its grad health is recorded) or None.
+    parts: tuple[tuple[str | None, tuple[nn.Parameter, ...]], ...]
+    clip_params: tuple[nn.Parameter, ...]  # the parts' parameters, in order
+    foreach: bool  # one device and dtype that the foreach kernels support: no regrouping
+
+
 class ParallelEnvState:
     """One env's model, host and seed optimizers, GradScaler, clip threshold and CUDA stream."""
 
@@ -67,8 +85,10 @@ class ParallelEnvState:
         self.seed_momentum = seed_momentum
         self.device = torch.device(device)
         self.amp_dtype = AMP_DTYPES[amp]
-        # bf16 has fp32's exponent range, so only fp16 needs loss scaling.
-        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+        # bf16 has fp32's exponent range, so only fp16 needs loss scaling; disabled, the scaler's
+        # scale/unscale_/step/update are the plain operations (nanoGPT's idiom).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self._step_parameters: StepParameters | None = None
         self.clip_threshold = clip_threshold  # mutable: the trainer applies SetClipThreshold
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         # Learning rates are the base rates times one schedule factor (set once per epoch), times
@@ -129,7 +149,61 @@ class ParallelEnvState:
         """A rollback restored the weights and optimizers of the last good epoch (the governor
         dropped the pruned seeds' optimizers); the restored ones carry that epoch's lr: re-apply
         this one's."""
+        self.forget_step_parameters()
         self.set_lr_scale(self.lr_scale)
+
+    def step_parameters(self) -> StepParameters:
+        """The optimizers and parameter lists of this step: kept while the seeds stay as they
+        were, rebuilt (with ``sync_seed_optimizers``) after any seed transition."""
+        key = self._parameters_key()
+        cached = self._step_parameters
+        if cached is not None and cached.key == key:
+            return cached
+        self.sync_seed_optimizers()
+        self._step_parameters = self._build_step_parameters(self._parameters_key())
+        return self._step_parameters
+
+    def forget_step_parameters(self) -> None:
+        """Rebuild the step's lists at the next step: call after replacing a module or an
+        optimizer outside the lifecycle (a rollback, a checkpoint load)."""
+        self._step_parameters = None
+
+    def _parameters_key(self) -> tuple[object, ...]:
+        """Changes with every seed transition: a germinated, pruned or fossilized seed moves a
+        slot into or out of the learning or live slots (a pruned slot is embargoed for at least
+        an epoch, so a new seed never takes its place unseen). The optimizers are compared by
+        identity, so a replaced host optimizer or a dropped seed optimizer is seen too."""
+        model = self.model
+        return (
+            self.host_optimizer,
+            tuple(self.seed_optimizers.values()),
+            tuple(model.learning_slots()),
+            tuple(model.live_slots()),
+        )
+
+    def _build_step_parameters(self, key: tuple[object, ...]) -> StepParameters:
+        model = self.model
+        optimizers = (self.host_optimizer, *self.seed_optimizers.values())
+        live = set(model.live_slots())
+        parts: list[tuple[str | None, tuple[nn.Parameter, ...]]] = [
+            (None, tuple(model.host_parameters()))
+        ]
+        for slot_id in model.learning_slots():
+            parts.append(
+                (slot_id if slot_id in live else None, tuple(model.seed_parameters(slot_id)))
+            )
+        clip_params = tuple(p for _, params in parts for p in params)
+        kinds = {(p.device, p.dtype) for p in clip_params}
+        # The grads are plain tensors, so the device alone decides what clip_grad_norm_ would.
+        foreach = len(kinds) == 1 and _has_foreach_support([], clip_params[0].device)
+        return StepParameters(
+            key=key,
+            optimizers=optimizers,
+            params=tuple(p for opt in optimizers for g in opt.param_groups for p in g["params"]),
+            parts=tuple(parts),
+            clip_params=clip_params,
+            foreach=foreach,
+        )
 
     def _optimizes_current_seed(self, slot_id: str) -> bool:
         held = [p for group in self.seed_optimizers[slot_id].param_groups for p in group["params"]]
@@ -140,25 +214,19 @@ class ParallelEnvState:
 def process_train_batch(env: ParallelEnvState, x: Tensor, y: Tensor, task: Any) -> TrainStepResult:
     """One optimisation step of host and live seeds, in the order SPEC section 5 fixes."""
     with _on_env_stream(env, x, y):
-        env.sync_seed_optimizers()
-        optimizers = [env.host_optimizer, *env.seed_optimizers.values()]
-        for optimizer in optimizers:
-            optimizer.zero_grad(set_to_none=True)
+        step = env.step_parameters()
+        for p in step.params:  # every optimizer's zero_grad(set_to_none=True), without its walk
+            p.grad = None
         if not env.model.training:  # validation or attribution left it in eval mode
             env.model.train()  # (walks every module: only when needed, not per batch)
         with _autocast(env):
             logits = env.model(x)
             loss = task.loss(logits, y)
-        if env.scaler is not None:
-            env.scaler.scale(loss).backward()
-        else:
-            loss.backward()
+        env.scaler.scale(loss).backward()
         _drop_failed_seed_grads(env)
-        # "Has grads" is decided once: it picks unscale_ + scaler.step, or a plain (no-op) step.
-        seed_has_grads = {sid: _has_grads(opt) for sid, opt in env.seed_optimizers.items()}
-        _unscale(env, seed_has_grads)
-        pre, post, clipped = _clip(env)
-        skipped = _step(env, seed_has_grads, pre)
+        unscaled = _unscale(env, step)
+        pre, post, clipped = _clip(env, step)
+        skipped = _step(env, step, unscaled, pre)
         count = torch.full((), task.count(y), device=loss.device)
         return TrainStepResult(
             loss_sum=loss.detach().float() * count,
@@ -218,16 +286,6 @@ def _has_grads(optimizer: torch.optim.Optimizer) -> bool:
     return any(p.grad is not None for group in optimizer.param_groups for p in group["params"])
 
 
-def _unscale(env: ParallelEnvState, seed_has_grads: dict[str, bool]) -> None:
-    """Unscale every optimizer with grads, so clipping and the norms see true gradients."""
-    if env.scaler is None:
-        return
-    env.scaler.unscale_(env.host_optimizer)
-    for slot_id, optimizer in env.seed_optimizers.items():
-        if seed_has_grads[slot_id]:
-            env.scaler.unscale_(optimizer)
-
-
 def _drop_failed_seed_grads(env: ParallelEnvState) -> None:
     """Zero the gradients of incubating seeds whose output this step was not finite.
 
@@ -241,69 +299,93 @@ def _drop_failed_seed_grads(env: ParallelEnvState) -> None:
                 p.grad.masked_fill_(dropped, 0.0)  # a fill, not a product: NaN-safe
 
 
-def _grad_norm(env: ParallelEnvState, params: list[nn.Parameter]) -> Tensor:
+def _grad_norm(env: ParallelEnvState, step: StepParameters) -> Tensor:
     """The global norm of host + learning-seed grads (what clip_grad_norm_ computes), from one
     norm per part; on the way each live seed learns whether its own grads were finite (no sync).
     """
-    host = [p.grad for p in env.model.host_parameters() if p.grad is not None]
-    norms = [get_total_norm(host)] if host else []
-    live = set(env.model.live_slots())
-    for slot_id in env.model.learning_slots():
-        grads = [p.grad for p in env.model.seed_parameters(slot_id) if p.grad is not None]
+    norms = []
+    for slot_id, params in step.parts:
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             continue
-        norm = get_total_norm(grads)
-        if slot_id in live:
+        norm = _total_norm(grads, step.foreach)
+        if slot_id is not None:
             env.model.record_seed_grad_health(slot_id, torch.isfinite(norm))
         norms.append(norm)
     if not norms:
-        device = params[0].device if params else env.device
+        device = step.clip_params[0].device if step.clip_params else env.device
         return torch.zeros((), device=device)
     return torch.linalg.vector_norm(torch.stack(norms))
 
 
-def _clip(env: ParallelEnvState) -> tuple[Tensor, Tensor, Tensor]:
+def _total_norm(grads: list[Tensor], foreach: bool) -> Tensor:
+    """``get_total_norm`` of one device's grads of one dtype, without regrouping them by device
+    and dtype each step (the same foreach kernel, so the same value to the bit)."""
+    if not foreach:
+        return get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def _clip(env: ParallelEnvState, step: StepParameters) -> tuple[Tensor, Tensor, Tensor]:
     """Clip host + seed grads by their global norm; return (pre, post, clipped) tensors."""
-    params = list(env.model.host_parameters())
-    for slot_id in env.model.learning_slots():
-        params.extend(env.model.seed_parameters(slot_id))
-    pre = _grad_norm(env, params)
+    pre = _grad_norm(env, step)
     if not env.clip_enabled:
         return pre, pre, torch.zeros_like(pre)
     max_norm = env.clip_threshold  # a Python number: using it needs no device sync
     # clip_grad_norm_ = get_total_norm + clip_grads_with_norm_. Split so that a NaN norm scales
     # every grad by 0 like an inf norm does, instead of turning finite grads into NaN.
-    clip_grads_with_norm_(params, max_norm, torch.nan_to_num(pre, nan=math.inf))
+    _scale_grads(step, max_norm, torch.nan_to_num(pre, nan=math.inf))
     # A non-finite norm is reported as such, never as a fake min(inf, max_norm) = max_norm.
     post = torch.where(torch.isfinite(pre), torch.clamp(pre, max=max_norm), pre)
     return pre, post, (pre > max_norm).to(pre.dtype)
 
 
-def _step(env: ParallelEnvState, seed_has_grads: dict[str, bool], pre: Tensor) -> Tensor:
+def _unscale(env: ParallelEnvState, step: StepParameters) -> set[int]:
+    """``scaler.unscale_`` the host's optimizer and each seed's with grads, so the norms and
+    the clip see true gradients; returns their ids (a disabled scaler's unscale_ does nothing,
+    and its step is every optimizer's plain one)."""
+    scaler = env.scaler
+    if not scaler.is_enabled():
+        return {id(optimizer) for optimizer in step.optimizers}
+    unscaled = set()
+    for optimizer in step.optimizers:
+        if optimizer is env.host_optimizer or _has_grads(optimizer):
+            scaler.unscale_(optimizer)
+            unscaled.add(id(optimizer))
+    return unscaled
+
+
+def _scale_grads(step: StepParameters, max_norm: float, total_norm: Tensor) -> None:
+    """``clip_grads_with_norm_`` over the clip's parameters, with the kernel it would pick."""
+    if not step.foreach:
+        clip_grads_with_norm_(step.clip_params, max_norm, total_norm)
+        return
+    grads = [p.grad for p in step.clip_params if p.grad is not None]
+    if grads:
+        coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef)
+
+
+def _step(env: ParallelEnvState, step: StepParameters, unscaled: set[int], pre: Tensor) -> Tensor:
     """Step every optimizer, or (fp16) none when any gradient overflowed; returns skipped 0/1.
 
     The GradScaler alone skips only the optimizers whose own grads hold inf/NaN: a seed's
     overflow would let the host take a momentum-only step. So the global norm decides for all
-    (one sync per step, fp16 only; ``scaler.step`` syncs per optimizer anyway).
+    (one sync per step, fp16 only; ``scaler.step`` syncs per optimizer anyway). A disabled
+    scaler's ``step`` is the optimizer's and its ``update`` does nothing.
     """
     scaler = env.scaler
-    if scaler is None:
-        env.host_optimizer.step()
-        for optimizer in env.seed_optimizers.values():
-            optimizer.step()
-        return torch.zeros_like(pre)
-    overflow = ~torch.isfinite(pre)
-    if not bool(overflow):
-        scaler.step(env.host_optimizer)
-        for slot_id, optimizer in env.seed_optimizers.items():
-            if seed_has_grads[slot_id]:
+    overflow = scaler.is_enabled() and not bool(torch.isfinite(pre))
+    if not overflow:
+        for optimizer in step.optimizers:
+            if id(optimizer) in unscaled:
                 scaler.step(optimizer)
             else:
                 # scaler.step needs the inf checks that unscale_ records, and an optimizer
                 # without grads records none; its plain step changes nothing.
                 optimizer.step()
     scaler.update()  # reads the inf checks unscale_ recorded: the scale backs off on overflow
-    return overflow.to(pre.dtype)
+    return torch.full_like(pre, float(overflow))
 
 
 @contextmanager

@@ -23,13 +23,14 @@ from pathlib import Path
 import msgspec
 
 from esper_engine.config import (
-    AMP_MODES,
     MAX_CLIP_THRESHOLD,
     MAX_COUNT,
     MAX_SEED,
-    POLICIES,
-    TASKS,
+    AmpMode,
+    PolicyKind,
+    TaskName,
     TrainingConfig,
+    choices,
 )
 from esper_engine.config_io import apply_set, apply_table, load_toml, set_value, to_toml
 from esper_engine.faults import FaultKind, parse_fault
@@ -316,18 +317,20 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         )
 
     config_flag("--n-envs", "independent training runs side by side", type=_positive_int)
-    config_flag("--task", "the dataset and its host", choices=TASKS)
+    config_flag("--task", "the dataset and its host", choices=choices(TaskName))
     config_flag("--data-dir", "local dataset directory (cifar10, tinystories)")
     config_flag("--episodes", "episodes per env", type=_positive_int)
     config_flag("--epochs", "host epochs per episode", type=_positive_int)
     config_flag("--batches-per-epoch", "training batches per env per epoch", type=_positive_int)
-    config_flag("--policy", "static never grows the host (the baseline)", choices=POLICIES)
+    config_flag(
+        "--policy", "static never grows the host (the baseline)", choices=choices(PolicyKind)
+    )
     config_flag(
         "--max-grad-norm",
         f"global gradient clip threshold, at most {MAX_CLIP_THRESHOLD:g} (0 disables)",
         type=_float_within(0, MAX_CLIP_THRESHOLD, " (0 disables)"),
     )
-    config_flag("--amp", "mixed precision", choices=AMP_MODES)
+    config_flag("--amp", "mixed precision", choices=choices(AmpMode))
     config_flag("--device", "torch device, e.g. cpu, cuda, cuda:1")
     config_flag("--seed", f"every random source derives from it, 0..{MAX_SEED}", type=_seed)
     config_flag("--fault", FAULT_HELP, action="append", type=_fault, metavar="KIND:ENV:EPOCH")

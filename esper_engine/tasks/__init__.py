@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib
 import math
+import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from esper_engine.contracts import HostKind, TaskKind
 
 # Each task lives in its own module exposing `load(data_dir, seed, scale) -> Task`; modules are
 # imported on demand so that loading a synthetic task never imports numpy or touches the disk.
@@ -19,7 +23,7 @@ _TASK_MODULES = {
     "tinystories": "esper_engine.tasks.tinystories",
 }
 TASK_NAMES: tuple[str, ...] = tuple(_TASK_MODULES)
-SCALES: tuple[str, ...] = ("default", "small")
+TaskScale = Literal["default", "small"]  # small: a tiny version of the task, for tests
 
 BYTE_VOCAB = 256
 # Byte that ends every story in the byte-level corpora (NUL never occurs in the text itself).
@@ -39,8 +43,8 @@ class Task:
     """
 
     name: str
-    kind: str  # "classification" | "language_model"
-    host_kind: str  # "cnn" | "transformer"
+    kind: TaskKind
+    host_kind: HostKind
     num_classes: int  # classes, or the byte vocabulary (256) for language models
     random_guess_loss: float  # ln(num_classes): the loss of a uniform guess
     host_lr: float  # default SGD (momentum 0.9) learning rate for the host
@@ -68,23 +72,26 @@ class Task:
 
     def prepare(self, x: Tensor) -> Tensor:
         """Turn stored inputs into model inputs on x's device (float images or int64 tokens)."""
-        if self.kind == "language_model":
-            return x.long()
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        mean = torch.tensor(self.pixel_mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        std = torch.tensor(self.pixel_std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-        return (x - mean) / std
+        match self.kind:
+            case "language_model":
+                return x.long()
+            case "classification":
+                if x.dtype == torch.uint8:
+                    x = x.float().div_(255.0)
+                shape = (1, -1, 1, 1)
+                mean = torch.tensor(self.pixel_mean, device=x.device, dtype=x.dtype).view(shape)
+                std = torch.tensor(self.pixel_std, device=x.device, dtype=x.dtype).view(shape)
+                return (x - mean) / std
 
 
 def load_task(
-    name: str, *, data_dir: str | None = None, seed: int = 0, scale: str = "default"
+    name: str, *, data_dir: str | None = None, seed: int = 0, scale: TaskScale = "default"
 ) -> Task:
     """Build a task by name; scale="small" gives a tiny version for tests."""
     if name not in _TASK_MODULES:
         raise ValueError(f"unknown task {name!r}; choose from: {', '.join(TASK_NAMES)}")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    if scale not in typing.get_args(TaskScale):  # a Python caller's typo (no msgspec here)
+        raise ValueError(f"scale must be default or small, got {scale!r}")
     module = importlib.import_module(_TASK_MODULES[name])
     return module.load(data_dir=data_dir, seed=seed, scale=scale)
 

@@ -16,16 +16,17 @@ import torch
 from esper_engine import governor as governor_module
 from esper_engine import slots as slots_module
 from esper_engine.config import (
-    ALPHA_SCHEDULES,
     MAX_CLIP_THRESHOLD,
     MAX_SEED,
     MIN_HISTORY_WINDOW,
-    TASKS,
+    AlphaSchedule,
     GovernorConfig,
     HeuristicConfig,
     LifecycleConfig,
     PPOConfig,
+    TaskName,
     TrainingConfig,
+    choices,
 )
 from esper_engine.config_io import field_docs
 from esper_engine.contracts import RunStarted
@@ -225,7 +226,7 @@ def test_lifecycle_has_one_default_per_knob() -> None:
     assert config.min_prune_age == slot["min_prune_age"] == DEFAULT_MIN_PRUNE_AGE
     assert config.blend_epochs == germinate["blend_epochs"]
     assert config.alpha_schedule == germinate["schedule"]
-    assert ALPHA_SCHEDULES == slots_module.SCHEDULES
+    assert choices(AlphaSchedule) == slots_module.SCHEDULES
 
 
 def test_the_ppo_agent_reads_the_config_struct() -> None:
@@ -238,7 +239,7 @@ def test_the_ppo_agent_reads_the_config_struct() -> None:
 def test_the_task_names_are_the_tasks() -> None:
     from esper_engine.tasks import TASK_NAMES  # imports torch
 
-    assert TASKS == TASK_NAMES
+    assert choices(TaskName) == TASK_NAMES
 
 
 @pytest.mark.parametrize("struct_type", (TrainingConfig, *GROUPS))

@@ -15,6 +15,7 @@ from esper_engine.policy.actions import Action, Op
 from esper_engine.tasks import load_task
 from esper_engine.telemetry import ListSink
 from esper_engine.trainer import VectorizedTrainer
+from esper_engine.training_step import process_train_batch
 from tests.engine.test_resume import comparable_events
 
 CONFIG = TrainingConfig(n_envs=2, episodes=2, epochs=3, batches_per_epoch=2, batch_size=16)
@@ -95,3 +96,78 @@ def _events(task, global_seed: int) -> list[str]:
 
 def test_a_run_does_not_read_the_global_random_stream(task):
     assert _events(task, 1) == _events(task, 2)
+
+
+# --- the training step's parameter lists, kept between seed transitions ------------------------
+
+
+def _batch(task, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    start = 16 * step
+    return task.prepare(task.train_x[start : start + 16]), task.train_y[start : start + 16]
+
+
+def _ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
+def test_the_step_lists_follow_a_germinate_and_a_rollback(task):
+    env = EnvRuntime(0, CONFIG, task)
+    state = env.state
+    process_train_batch(state, *_batch(task), task)
+    host_only = state.step_parameters()
+    assert state.step_parameters() is host_only  # no transition: kept, not rebuilt
+    assert _ids(host_only.clip_params) == _ids(env.model.host_parameters())
+    env.governor.snapshot()  # the last good epoch: no seed yet
+
+    env.apply(GERMINATE, _blueprints(task))
+    env.model.end_epoch()  # GERMINATED -> TRAINING: the seed learns
+    slot_id = env.model.slot_ids[0]
+    seed_params = list(env.model.seed_parameters(slot_id))
+    process_train_batch(state, *_batch(task, 1), task)
+    grown = state.step_parameters()
+    assert grown is not host_only
+    assert _ids(grown.clip_params) == _ids(env.model.host_parameters()) | _ids(seed_params)
+    assert grown.optimizers == (state.host_optimizer, state.seed_optimizers[slot_id])
+    assert all(p.grad is not None for p in seed_params)  # the seed took part in the step
+
+    env.governor.execute_rollback(initiator="operator")  # prunes the live seed
+    state.after_rollback()
+    assert state.seed_optimizers == {}
+    before = [p.detach().clone() for p in seed_params]
+    process_train_batch(state, *_batch(task, 2), task)
+    rolled_back = state.step_parameters()
+    assert _ids(rolled_back.clip_params) == _ids(env.model.host_parameters())
+    assert rolled_back.optimizers == (state.host_optimizer,)
+    assert all(torch.equal(a, b) for a, b in zip(before, seed_params, strict=True))
+
+
+def test_a_resumed_env_steps_its_own_seed_not_the_saved_one(task):
+    env = EnvRuntime(0, CONFIG, task)
+    env.apply(GERMINATE, _blueprints(task))
+    process_train_batch(env.state, *_batch(task), task)
+    resumed = EnvRuntime(0, CONFIG, task)
+    process_train_batch(resumed.state, *_batch(task), task)  # its lists, before the load
+    resumed.load_state_dict(env.state_dict())
+    process_train_batch(resumed.state, *_batch(task, 1), task)
+    slot_id = resumed.model.slot_ids[0]
+    lists = resumed.state.step_parameters()
+    assert _ids(resumed.model.seed_parameters(slot_id)) <= _ids(lists.clip_params)
+    assert not _ids(env.model.seed_parameters(slot_id)) & _ids(lists.params)
+
+
+def test_kept_step_lists_train_exactly_like_lists_rebuilt_every_step(task):
+    kept, rebuilt = EnvRuntime(0, CONFIG, task), EnvRuntime(0, CONFIG, task)
+    for step in range(6):
+        if step == 2:
+            for env in (kept, rebuilt):
+                env.apply(GERMINATE, _blueprints(task))
+        if step == 4:
+            for env in (kept, rebuilt):
+                env.model.end_epoch()  # GERMINATED -> TRAINING: the lists are rebuilt
+        rebuilt.state.forget_step_parameters()
+        a = process_train_batch(kept.state, *_batch(task, step), task)
+        b = process_train_batch(rebuilt.state, *_batch(task, step), task)
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x, y)
+    for (name, p), q in zip(kept.model.named_parameters(), rebuilt.model.parameters(), strict=True):
+        assert torch.equal(p, q), name

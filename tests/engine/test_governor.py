@@ -410,7 +410,6 @@ def test_governor_report_and_penalty() -> None:
         episode_ended=False,
     )
     assert type(report.reason) is RollbackReason and type(report.initiator) is Initiator
-    assert governor.get_punishment_reward() == -10.0
     assert governor.consecutive_panics == 0
     assert (governor.total_panics, governor.rollbacks) == (2, 1)
 
@@ -429,7 +428,6 @@ def test_death_penalty_is_configurable() -> None:
     governor = make_governor(death_penalty=2.5)
     governor.check_vital_signs(math.nan)
     assert governor.execute_rollback().penalty == 2.5
-    assert governor.get_punishment_reward() == -2.5
 
 
 def test_unknown_initiator_is_rejected() -> None:

@@ -139,7 +139,7 @@ def snapshot(env: ParallelEnvState) -> tuple[dict, list]:
 def test_env_state_amp_settings(amp, dtype, has_scaler):
     env = make_env(StandInModel(), amp=amp)
     assert env.amp_dtype == dtype
-    assert (env.scaler is not None) == has_scaler
+    assert env.scaler.is_enabled() == has_scaler
     assert env.stream is None  # CPU: no CUDA stream
     assert env.device == torch.device("cpu")
 
@@ -274,8 +274,8 @@ def test_fp16_step_unscales_each_optimizer_with_grads_before_clipping(monkeypatc
     monkeypatch.setattr(scaler, "update", record("update", scaler.update, with_opt=False))
     monkeypatch.setattr(
         training_step,
-        "clip_grads_with_norm_",
-        record("clip", training_step.clip_grads_with_norm_, with_opt=False),
+        "_scale_grads",
+        record("clip", training_step._scale_grads, with_opt=False),
     )
     plain_step = s1_opt.step
     monkeypatch.setattr(s1_opt, "step", lambda *a, **k: (calls.append("plain:s1"), plain_step())[1])
@@ -415,7 +415,7 @@ def test_seed_optimizer_without_gradients_steps_plainly(amp):
     assert torch.equal(model.seeds["s1"].weight, silent_before)
     assert not torch.equal(model.host.weight, host_before)
     assert env.seed_optimizers["s1"].state == {}  # no momentum for a seed that never had grads
-    if env.scaler is not None:
+    if env.scaler.is_enabled():
         assert env.scaler.get_scale() == 2.0**16  # nothing was mistaken for an overflow
 
 
@@ -441,7 +441,7 @@ def test_bf16_runs_under_autocast_without_a_scaler():
     env = make_env(model, amp="bf16")
     before = model.host.weight.detach().clone()
     result = process_train_batch(env, *batch(), TASK)
-    assert env.scaler is None
+    assert not env.scaler.is_enabled()
     assert model.logits_dtypes == [torch.bfloat16]
     assert result.loss_sum.dtype == torch.float32 and torch.isfinite(result.loss_sum)
     assert model.host.weight.dtype == torch.float32

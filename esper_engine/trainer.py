@@ -65,6 +65,7 @@ from esper_engine.distributed import (
 )
 from esper_engine.env_runtime import EnvRuntime, EpochFigures, TensorTotals
 from esper_engine.faults import DIVERGE_FACTOR, FaultKind, InjectedCrash, check_faults
+from esper_engine.flops import RunFlops
 from esper_engine.footprint import (
     RunEstimate,
     check_memory,
@@ -175,6 +176,9 @@ class VectorizedTrainer:
         self._resume_from = resume_from
         self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
         self.shard = shard or Shard(0, 1, config.n_envs)
+        # The leader's sink sums the FLOPs its EpochSummary events report (RunFinished's total).
+        self.run_flops = RunFlops(sink) if self.shard.is_leader else None
+        self.sink = self.run_flops or sink
         self.exchange = Exchange(self.shard) if self.shard.distributed else None
         self._watch = None  # sharded: the leader's watchdog or a worker's heartbeat
         self._stop = stop or threading.Event()
@@ -209,6 +213,7 @@ class VectorizedTrainer:
             error=error,
             ranks=self.shard.world,
             exchange_s=0.0 if self.exchange is None else self.exchange.cost_s,
+            total_flops=0 if self.run_flops is None else self.run_flops.total,
         )
         self.sink.emit(finished)
         return finished
@@ -220,6 +225,8 @@ class VectorizedTrainer:
         if episode > 0 and first_epoch == 0:
             for env in self.envs:
                 env.reset_episode()
+        for env in self.envs:
+            env.flops.start_episode(episode)
         for epoch in range(first_epoch, self.config.epochs):
             self.epoch = epoch
             self._run_epoch(epoch)
@@ -241,6 +248,7 @@ class VectorizedTrainer:
             self._exchange_commands()
         train = self._train_epoch()
         val = self._validate()
+        self._report(epoch)
         measured = self._synchronise(train, val)
         figures = {env.index: fig for env, fig in zip(self.envs, measured, strict=True)}
         elapsed = time.perf_counter() - started - self._paused_s
@@ -282,6 +290,7 @@ class VectorizedTrainer:
             for env, total, (x, y) in zip(self.envs, totals, next(self.batches), strict=True):
                 self._stop_point()
                 result = process_train_batch(env.state, x, y, self.task)
+                env.flops.add_train(env.model, len(x))  # a cached count: no counter runs here
                 due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
                     total.add_train(result)
@@ -302,7 +311,32 @@ class VectorizedTrainer:
                 total.add_val(process_val_batch(env.model, x, y, self.task))
                 self._progress("validate", [env], done, len(self.val_batches))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
+            env.flops.add_validation(env.model, sum(len(x) for x, _ in self.val_batches))
         return totals
+
+    def _report(self, epoch: int) -> None:
+        """The held-out report split, on the epochs that report it (``report_every``, always
+        the episode's last): its figures go to EpochSummary only, never to a decision."""
+        self._reports: dict[int, dict[str, float | None]] = {}
+        if not self.report_batches or not self.config.report_due(epoch):
+            return
+        samples = sum(len(x) for x, _ in self.report_batches)
+        for env in self.envs:
+            self._stop_point()
+            total = TensorTotals(torch.device(self.config.device))
+            for x, y in self.report_batches:
+                total.add_val(process_val_batch(env.model, x, y, self.task))
+            env.flops.add_report(env.model, samples)
+            sums = torch.stack([total.loss_sum, total.correct, total.count])
+            loss, correct, count = sums.tolist()  # one sync per env, on report epochs only
+            mean_loss = loss / max(count, 1)
+            self._reports[env.index] = {
+                "report_accuracy": correct / max(count, 1),
+                "report_loss": mean_loss,
+                "report_perplexity": (
+                    perplexity(mean_loss) if self.task.kind == "language_model" else None
+                ),
+            }
 
     def _synchronise(
         self, train: list[TensorTotals], val: list[TensorTotals]
@@ -379,6 +413,8 @@ class VectorizedTrainer:
         on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
         batches = self.val_batches[: self.config.attribution_batches or None]  # 0: all
         attribution = engine.attribute(batches, env.val_pass_s if on_cpu else None)
+        samples = sum(len(x) for x, _ in batches)
+        env.flops.add_attribution(env.model, samples, env.model.active_slots(), engine.evaluated)
         for slot_id, value in attribution.shapley.items():
             env.model.slots[slot_id].contribution = value
         self.sink.emit(msgspec.structs.replace(attribution, **self._common(env.index)))
@@ -469,6 +505,7 @@ class VectorizedTrainer:
             "batches": self.batches.state_dict(),
             "envs": [env.state_dict() for env in self.envs] if envs is None else envs,
             "policy": self.policy.state_dict(),
+            "run_flops": None if self.run_flops is None else self.run_flops.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -483,6 +520,8 @@ class VectorizedTrainer:
         if "policy" in state:  # a worker's part has none: the policy lives on the leader
             self.policy.load_state_dict(state["policy"])
         self._updates = int(state["updates"])
+        if self.run_flops is not None:  # a checkpoint older than it has none: counts from 0
+            self.run_flops.load_state_dict(state.get("run_flops"))
         self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
         self._start = (self.episode, self.epoch)
 
@@ -680,6 +719,8 @@ class VectorizedTrainer:
             keep=self.shard.envs,
         )
         self.val_batches = self._fixed_val_batches(device)
+        self.report_batches = self._fixed_val_batches(device, report=True)
+        self._reports = {}
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
         self.host_spec = run_host_spec(cfg, self.task)
         self.envs = []
@@ -764,14 +805,22 @@ class VectorizedTrainer:
             return driver
         return LeaderPolicy(driver, self.exchange)
 
-    def _fixed_val_batches(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The same validation samples every epoch, for every env and every coalition."""
+    def _fixed_val_batches(
+        self, device: torch.device, *, report: bool = False
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The same validation samples every epoch, for every env and every coalition
+        (``report``: as many from the task's held-out report split; none when it has none)."""
+        xs, ys = (self.task.report_x, self.task.report_y) if report else (None, None)
+        if not report:
+            xs, ys = self.task.val_x, self.task.val_y
+        if xs is None or ys is None:
+            return []
         size = self.config.batch_size * 2
-        n = min(len(self.task.val_x), size * self.config.val_batches)
+        n = min(len(xs), size * self.config.val_batches)
         batches = []
         for start in range(0, n, size):
-            x = self.task.val_x[start : start + size].to(device)
-            y = self.task.val_y[start : start + size].to(device)
+            x = xs[start : start + size].to(device)
+            y = ys[start : start + size].to(device)
             batches.append((self.task.prepare(x), y))
         return batches
 
@@ -854,6 +903,8 @@ class VectorizedTrainer:
                 samples_per_s=fig.samples / elapsed if elapsed > 0 else 0.0,
                 host_params=env.model.host_param_count(),
                 seed_params=env.model.seed_param_count(),
+                **env.flops.summary_fields(),
+                **self._reports.get(env.index, {}),
             )
         )
 

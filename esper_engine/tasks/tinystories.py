@@ -66,8 +66,10 @@ def load(
 
 
 def split_report(stories: list[bytes], budget: int) -> tuple[list[bytes], list[bytes] | None]:
-    """The report split: the last validation stories read (about ``budget`` bytes), held out
-    from validation; None when there are too few stories or bytes to spare."""
+    """The report split: the last validation stories read (about ``budget`` bytes, at most a
+    1/(REPORT_SHARE + 1) share of them: validation keeps the rest), held out from validation;
+    None when there are too few stories or bytes to spare."""
+    budget = min(budget, sum(len(s) for s in stories) // (REPORT_SHARE + 1))
     if len(stories) < 2 or budget < SEQ_LEN + 1:
         return stories, None
     val, report = split_tail(stories, budget)

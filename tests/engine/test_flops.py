@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from itertools import pairwise
 
 import msgspec
 import pytest
@@ -178,9 +179,7 @@ def test_the_per_step_count_changes_after_a_seed_trains_in_a_real_run(images):
     germinated = [e for e in summaries if e.last_action.startswith("GERMINATE")]
     assert germinated, "the heuristic planted no seed in 6 epochs"
     steps = config.batches_per_epoch * config.batch_size
-    per_sample = [
-        (b.train_flops - a.train_flops) // steps for a, b in zip(summaries, summaries[1:])
-    ]
+    per_sample = [(b.train_flops - a.train_flops) // steps for a, b in pairwise(summaries)]
     host = hand_count_tiny_cnn_train_step(1)
     assert summaries[0].train_flops == steps * host
     assert per_sample[0] == host  # nothing grows before the first action
@@ -262,7 +261,7 @@ def test_attribution_flops_follow_the_coalitions_evaluated(images):
     _, events, _ = run(images, config)
     summaries = [e for e in events if isinstance(e, EpochSummary)]
     attributed = {e.epoch for e in events if isinstance(e, Attribution)}
-    for a, b in zip(summaries, summaries[1:]):
+    for a, b in pairwise(summaries):
         grew = b.attribution_flops > a.attribution_flops
         assert grew == (b.epoch in attributed)
     assert architecture(create_model(images, "cpu")) == ()  # no seed runs in a bare host

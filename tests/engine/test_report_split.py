@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from itertools import pairwise
 
 import msgspec
 import pytest
@@ -56,7 +57,7 @@ def test_the_report_is_computed_on_the_configured_epochs_only(images, every, epo
             if s.report_accuracy is not None:
                 assert 0.0 <= s.report_accuracy <= 1.0 and math.isfinite(s.report_loss)
         # the report's FLOPs grow exactly on the reported epochs
-        grew = [b.epoch for a, b in zip(mine, mine[1:]) if b.report_flops > a.report_flops]
+        grew = [b.epoch for a, b in pairwise(mine) if b.report_flops > a.report_flops]
         assert grew == [e for e in epochs if e > 0]
 
 

@@ -262,9 +262,9 @@ class RunFinished(Event, frozen=True, kw_only=True):
     error: str | None = None
     ranks: int = 1  # processes the run's envs were sharded over (torchrun's world size)
     exchange_s: float = 0.0  # seconds: what the exchanges cost (each: the least-waiting rank's)
-    # FLOPs the run spent (appended; issue 24): the sum over envs and episodes of what the
-    # EpochSummary events report (each episode's last summary); 0 in older recordings
-    total_flops: int = 0
+    # appended (issue 24); 0 in older recordings
+    total_flops: int = 0  # FLOPs the run spent: over envs and episodes, each episode's last
+    # EpochSummary's train + val + attribution + report FLOPs
 
 
 class RunResumed(Event, frozen=True, kw_only=True):

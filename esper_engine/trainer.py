@@ -84,6 +84,7 @@ from esper_engine.policy.policy_file import (
     write_policy_file,
 )
 from esper_engine.policy.rewards import capacity_rent, compute_reward
+from esper_engine.report import evaluate_report, report_batches
 from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
@@ -320,23 +321,9 @@ class VectorizedTrainer:
         self._reports: dict[int, dict[str, float | None]] = {}
         if not self.report_batches or not self.config.report_due(epoch):
             return
-        samples = sum(len(x) for x, _ in self.report_batches)
         for env in self.envs:
             self._stop_point()
-            total = TensorTotals(torch.device(self.config.device))
-            for x, y in self.report_batches:
-                total.add_val(process_val_batch(env.model, x, y, self.task))
-            env.flops.add_report(env.model, samples)
-            sums = torch.stack([total.loss_sum, total.correct, total.count])
-            loss, correct, count = sums.tolist()  # one sync per env, on report epochs only
-            mean_loss = loss / max(count, 1)
-            self._reports[env.index] = {
-                "report_accuracy": correct / max(count, 1),
-                "report_loss": mean_loss,
-                "report_perplexity": (
-                    perplexity(mean_loss) if self.task.kind == "language_model" else None
-                ),
-            }
+            self._reports[env.index] = evaluate_report(env, self.report_batches, self.task)
 
     def _synchronise(
         self, train: list[TensorTotals], val: list[TensorTotals]
@@ -719,7 +706,7 @@ class VectorizedTrainer:
             keep=self.shard.envs,
         )
         self.val_batches = self._fixed_val_batches(device)
-        self.report_batches = self._fixed_val_batches(device, report=True)
+        self.report_batches = report_batches(self.task, cfg, device)
         self._reports = {}
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
         self.host_spec = run_host_spec(cfg, self.task)
@@ -805,22 +792,14 @@ class VectorizedTrainer:
             return driver
         return LeaderPolicy(driver, self.exchange)
 
-    def _fixed_val_batches(
-        self, device: torch.device, *, report: bool = False
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The same validation samples every epoch, for every env and every coalition
-        (``report``: as many from the task's held-out report split; none when it has none)."""
-        xs, ys = (self.task.report_x, self.task.report_y) if report else (None, None)
-        if not report:
-            xs, ys = self.task.val_x, self.task.val_y
-        if xs is None or ys is None:
-            return []
+    def _fixed_val_batches(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The same validation samples every epoch, for every env and every coalition."""
         size = self.config.batch_size * 2
-        n = min(len(xs), size * self.config.val_batches)
+        n = min(len(self.task.val_x), size * self.config.val_batches)
         batches = []
         for start in range(0, n, size):
-            x = xs[start : start + size].to(device)
-            y = ys[start : start + size].to(device)
+            x = self.task.val_x[start : start + size].to(device)
+            y = self.task.val_y[start : start + size].to(device)
             batches.append((self.task.prepare(x), y))
         return batches
 

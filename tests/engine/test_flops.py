@@ -275,3 +275,24 @@ def test_language_model_flops(stories):
     assert finished.total_flops == (
         last.train_flops + last.val_flops + last.attribution_flops + last.report_flops
     )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_run_counts_what_the_cpu_run_counts(images):
+    """FLOPs do not depend on the device: a CUDA run (each env on its own stream, bf16) reports
+    the same per-kind totals as the same run on the CPU, whose seeds act the same way."""
+    config = small_config(episodes=1, epochs=3, n_envs=2, policy="static")
+    _, cpu, cpu_finished = run(images, config)
+    cuda_config = msgspec.structs.replace(config, device="cuda", amp="bf16")
+    _, cuda, cuda_finished = run(images, cuda_config)
+
+    def figures(events):
+        return [
+            (e.env, e.epoch, e.train_flops, e.val_flops, e.attribution_flops, e.report_flops)
+            for e in events
+            if isinstance(e, EpochSummary)
+        ]
+
+    assert figures(cuda) == figures(cpu)
+    assert cuda_finished.total_flops == cpu_finished.total_flops > 0

@@ -9,8 +9,8 @@ batch then costs its sample count times that figure, which is exact because ever
 is linear in the batch (the last, partial batch included). The loop adds per batch from the
 cache: no counter runs per batch.
 
-- ``EnvFlops``: one env's cache and its episode's totals (training, validation, attribution,
-  report), checkpointed with the env.
+- ``EnvFlops``: one env's episode totals (training, validation, attribution, report),
+  checkpointed with the env, and the cache (``FlopCache``) the envs of a process share.
 - ``RunFlops``: the leader's sink wrapper that sums what the ``EpochSummary`` events report, so
   ``RunFinished.total_flops`` is the sum, over envs and episodes, of each episode's last
   summary (sharded runs included: worker summaries pass through the leader's sink).
@@ -98,21 +98,17 @@ def attribution_flops(
     return int(counter.get_total_flops())
 
 
-class EnvFlops:
-    """One env's per-sample FLOPs by architecture (cached) and its episode's totals."""
+class FlopCache:
+    """Per-sample FLOPs by architecture and kind, measured once each; shared by the envs of a
+    process (they train the same host on the same task, so the same architecture costs the
+    same everywhere)."""
 
     def __init__(self, task: Any, device: torch.device | str) -> None:
         self.task = task
         self.device = torch.device(device)
         self._sample: tuple[Tensor, Tensor] | None = None
-        self._train: dict[Architecture, int] = {}
-        self._forward: dict[Architecture, int] = {}
-        self._attribution: dict[tuple[Architecture, tuple], int] = {}
+        self.counts: dict[tuple, int] = {}  # (kind, architecture[, coalitions]) -> FLOPs
         self.measurements = 0  # how many times a counter ran (tests: once per architecture)
-        self.episode = 0
-        self.totals = dict.fromkeys(KINDS, 0)
-
-    # --- per sample, cached -------------------------------------------------------------------
 
     def sample(self) -> tuple[Tensor, Tensor]:
         """One validation sample, prepared, on the run's device (the unit of every count)."""
@@ -122,28 +118,54 @@ class EnvFlops:
             self._sample = (x, task.val_y[:1].to(self.device))
         return self._sample
 
-    def train_per_sample(self, model: Any) -> int:
-        arch = architecture(model)
-        if arch not in self._train:
-            self._train[arch] = train_step_flops(model, self.task, *self.sample())
+    def get(self, key: tuple, measure: Any) -> int:
+        if key not in self.counts:
+            self.counts[key] = measure()
             self.measurements += 1
-        return self._train[arch]
+        return self.counts[key]
+
+
+class EnvFlops:
+    """One env's per-sample FLOPs by architecture (cached) and its episode's totals."""
+
+    def __init__(self, task: Any, device: torch.device | str) -> None:
+        self.task = task
+        self.cache = FlopCache(task, device)
+        self.episode = 0
+        self.totals = dict.fromkeys(KINDS, 0)
+
+    def share(self, other: EnvFlops) -> None:
+        """Use ``other``'s cache (an env of the same run: same host, same task)."""
+        self.cache = other.cache
+
+    @property
+    def measurements(self) -> int:
+        return self.cache.measurements
+
+    # --- per sample, cached -------------------------------------------------------------------
+
+    def train_per_sample(self, model: Any) -> int:
+        cache = self.cache
+        return cache.get(
+            ("train", architecture(model)),
+            lambda: train_step_flops(model, self.task, *cache.sample()),
+        )
 
     def forward_per_sample(self, model: Any) -> int:
-        arch = architecture(model)
-        if arch not in self._forward:
-            self._forward[arch] = forward_flops(model, self.sample()[0])
-            self.measurements += 1
-        return self._forward[arch]
+        cache = self.cache
+        return cache.get(
+            ("forward", architecture(model)), lambda: forward_flops(model, cache.sample()[0])
+        )
 
     def attribution_per_sample(
         self, model: Any, active: Sequence[str], coalitions: Sequence[Coalition]
     ) -> int:
-        key = (architecture(model), tuple(sorted(tuple(sorted(c)) for c in coalitions)))
-        if key not in self._attribution:
-            self._attribution[key] = attribution_flops(model, self.sample()[0], active, coalitions)
-            self.measurements += 1
-        return self._attribution[key]
+        cache = self.cache
+        players = tuple(sorted(tuple(sorted(c)) for c in coalitions))
+        return cache.get(
+            ("attribution", architecture(model), players),
+            lambda: attribution_flops(model, cache.sample()[0], active, coalitions),
+        )
 
     # --- the episode's totals -----------------------------------------------------------------
 

@@ -718,6 +718,7 @@ class VectorizedTrainer:
         self.setup_status = "building the policy"
         for env in self.envs:
             env.model.on_transition = self._transition_listener(env.index)
+            env.flops.share(self.envs[0].flops)  # same host: each architecture measured once
         slot_ids = self.envs[0].model.slot_ids
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
         self.policy = self._policy(slot_ids)

@@ -168,6 +168,10 @@ def test_a_real_run_reports_flops_that_add_up(images):
             total += last.train_flops + last.val_flops + last.attribution_flops
             total += last.report_flops
     assert finished.total_flops == total > 0
+    # the envs share one cache: each (kind, architecture) was measured once in the whole run
+    cache = trainer.envs[0].flops.cache
+    assert all(env.flops.cache is cache for env in trainer.envs)
+    assert cache.measurements == len(cache.counts) >= 3
 
 
 def test_the_per_step_count_changes_after_a_seed_trains_in_a_real_run(images):

@@ -37,8 +37,10 @@ KINDS = ("train", "val", "attribution", "report")
 def architecture(model: Any) -> Architecture:
     """What decides a forward's compute: the slots whose seed runs, with its blueprint and how
     it runs (fossilized: on the host's path, whose gradient flows through it; live: on a
-    detached input). A germinated seed is skipped by the forward, a dormant or pruned slot has
-    none. Cheap (no tensor is read), so the loop asks it every batch."""
+    detached input; a germinated seed is skipped by the forward, a dormant or pruned slot has
+    none). Growth operators that reshape the host (widen, stack) are blueprints in a slot, so
+    they are named here too. Cheap (a few attribute reads, about 10 us: no parameter is
+    walked), so the loop asks it every batch."""
     running = []
     for sid in model.slot_ids:
         slot = model.slots[sid]

@@ -401,6 +401,10 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Validation batches each attribution scores its coalitions on: the first N of the fixed
     set (batches; 0: all). Exact Shapley values of accuracy on those, at about N / val_batches
     of the cost (the README's performance section measures the trade)."""
+    # --- the report split (appended; issue 24) ---
+    report_every: int = 0
+    """Epochs between report evaluations on the task's held-out report split (epochs; 0: the
+    episode's last epoch only, which is always reported). Never read by a decision."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
@@ -409,6 +413,11 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
                 return 1.0
             case "cosine":
                 return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+
+    def report_due(self, epoch: int) -> bool:
+        """Whether ``epoch`` (from 0) of an episode evaluates the report split."""
+        every = self.report_every
+        return epoch == self.epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
 
     def clip_enabled(self) -> bool:
         return self.max_grad_norm is not None and self.max_grad_norm > 0
@@ -438,6 +447,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("event_queue_size", self.event_queue_size, low=1)
         _count("checkpoint_every", self.checkpoint_every, low=0)
         _count("attribution_batches", self.attribution_batches, low=0)
+        _count("report_every", self.report_every, low=0)
         check_faults(self.faults, self.n_envs, self.epochs)
         for group in ("governor", "lifecycle", "heuristic", "ppo"):
             try:

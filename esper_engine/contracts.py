@@ -182,6 +182,17 @@ class EpochSummary(Event, frozen=True, kw_only=True):
     seed_params: int = 0  # count
     skipped_steps: int = 0  # count: fp16 overflows, steps of the epoch in which no optimizer moved
     last_op: Op | None = None  # the op of ``last_action``; None in recordings older than it
+    # Compute (appended; issue 24): FLOPs this env spent in the episode so far, by kind, counted
+    # by FlopCounterMode per architecture (esper_engine/flops.py); 0 in older recordings.
+    train_flops: int = 0  # FLOPs: training steps (forward + backward)
+    val_flops: int = 0  # FLOPs: validation passes (the decisions' data)
+    attribution_flops: int = 0  # FLOPs: Shapley attribution passes
+    report_flops: int = 0  # FLOPs: report evaluations (the held-out report split)
+    # The report split (appended; issue 24): held out, read only by the report, never by a
+    # decision; None on epochs without a report (``report_every``) and in older recordings.
+    report_accuracy: float | None = None  # fraction
+    report_loss: float | None = None  # nats
+    report_perplexity: float | None = None  # unitless, exp(report_loss); language models only
 
 
 class SeedTransition(Event, frozen=True, kw_only=True):
@@ -258,6 +269,9 @@ class RunFinished(Event, frozen=True, kw_only=True):
     error: str | None = None
     ranks: int = 1  # processes the run's envs were sharded over (torchrun's world size)
     exchange_s: float = 0.0  # seconds: what the exchanges cost (each: the least-waiting rank's)
+    # appended (issue 24); 0 in older recordings
+    total_flops: int = 0  # FLOPs the run spent: over envs and episodes, each episode's last
+    # EpochSummary's train + val + attribution + report FLOPs
 
 
 class RunResumed(Event, frozen=True, kw_only=True):

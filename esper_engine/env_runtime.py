@@ -16,6 +16,7 @@ import torch
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Initiator
 from esper_engine.epoch_figures import EpochFigures
+from esper_engine.flops import EnvFlops
 from esper_engine.governor import TolariaGovernor
 from esper_engine.model import MorphogeneticModel, create_model, run_host_spec
 from esper_engine.policy.actions import Action, Op
@@ -46,8 +47,10 @@ class EnvRuntime:
     cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
     val_pass_s: float | None = None  # this epoch's plain validation pass, in seconds
     episodes_started: int = 0
+    flops: EnvFlops = field(init=False)  # its FLOPs by kind, this episode (esper_engine.flops)
 
     def __post_init__(self) -> None:
+        self.flops = EnvFlops(self.task, self.config.device)
         self.generator = torch.Generator().manual_seed(env_seed(self.config.seed, self.index))
         model = self._new_model()
         clip = self.config.max_grad_norm if self.config.clip_enabled() else None
@@ -144,6 +147,7 @@ class EnvRuntime:
             "prev_rent": self.prev_rent,
             "cut_by_operator": self.cut_by_operator,
             "val_pass_s": self.val_pass_s,
+            "flops": self.flops.state_dict(),
         }
 
     def load_state_dict(self, saved: dict) -> None:
@@ -174,6 +178,7 @@ class EnvRuntime:
         self.prev_rent = float(saved.get("prev_rent", 0.0))
         self.cut_by_operator = bool(saved["cut_by_operator"])
         self.val_pass_s = saved["val_pass_s"]
+        self.flops.load_state_dict(saved.get("flops"))
 
     def set_clip_threshold(self, value: float) -> None:
         self.state.clip_threshold = value

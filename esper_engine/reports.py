@@ -172,7 +172,10 @@ class Reporter:
                 )
             )
 
-    def epoch_summary(self, env: EnvRuntime, fig: EpochFigures, elapsed: float, lm: bool) -> None:
+    def epoch_summary(
+        self, env: EnvRuntime, fig: EpochFigures, elapsed: float, lm: bool, report: dict
+    ) -> None:
+        """``report``: the held-out report split's figures on the epochs that measure it."""
         gov = env.governor
         panic = gov.last_panic
         self.emit(
@@ -191,6 +194,8 @@ class Reporter:
                 samples_per_s=fig.samples / elapsed if elapsed > 0 else 0.0,
                 host_params=env.model.host_param_count(),
                 seed_params=env.model.seed_param_count(),
+                **env.flops.summary_fields(),
+                **report,
             ),
             env.index,
         )
@@ -199,10 +204,15 @@ class Reporter:
         self.emit(PolicyUpdate(update=update, **stats))
 
     def finished(
-        self, status: RunStatus, error: str | None, ranks: int, exchange_s: float
+        self, status: RunStatus, error: str | None, ranks: int, exchange_s: float, flops: int
     ) -> RunFinished:
         finished = RunFinished(
-            **self.common(None), status=status, error=error, ranks=ranks, exchange_s=exchange_s
+            **self.common(None),
+            status=status,
+            error=error,
+            ranks=ranks,
+            exchange_s=exchange_s,
+            total_flops=flops,
         )
         self.sink.emit(finished)
         return finished

@@ -250,6 +250,7 @@ class CounterfactualEngine:
         self.exact_max, self.permutations, self.max_rows = exact_max, permutations, max_rows
         # one stream across calls: each attribution draws fresh permutations, reproducibly
         self._rng = random.Random(seed)
+        self.evaluated: list[Coalition] = []  # the last attribution's coalitions (its FLOPs)
 
     def attribute(
         self,
@@ -306,6 +307,7 @@ class CounterfactualEngine:
         coalitions: Sequence[Coalition],
         batches: Sequence[tuple[Tensor, Tensor]],
     ) -> dict[Coalition, tuple[float, float]]:
+        self.evaluated = list(coalitions)
         alphas = [_alpha(self.model, sid) for sid in active]
         scores = _Scores(self.task)
         # the stacked batch reaches len(coalitions) * rows at the head: bound it

@@ -44,6 +44,7 @@ from esper_engine.distributed import Shard, exchange_for
 from esper_engine.env_runtime import EnvRuntime
 from esper_engine.epoch_figures import EpochFigures, TensorTotals, batch_stats_tensor, synchronise
 from esper_engine.faults import check_faults, inject
+from esper_engine.flops import RunFlops
 from esper_engine.footprint import RunEstimate, estimate_run
 from esper_engine.lifecycle import SeedStage
 from esper_engine.model import run_host_spec
@@ -51,6 +52,7 @@ from esper_engine.policy.driver import PolicyDriver, build_policy
 from esper_engine.policy.observation import EnvObservation
 from esper_engine.policy.policy_file import policy_path, write_policy_file
 from esper_engine.policy.rewards import capacity_rent, compute_reward
+from esper_engine.report import evaluate_report, report_batches
 from esper_engine.reports import PROGRESS_PERIOD_S, Reporter
 from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
@@ -118,8 +120,11 @@ class VectorizedTrainer:
         self._given_policy = policy
         self._env_factory = env_factory
         self.driver: PolicyDriver | None = None  # the policy itself (None on a sharded worker)
+        # The leader's sink sums the FLOPs its EpochSummary events report (RunFinished's total).
+        self.run_flops = RunFlops(sink) if self.shard.is_leader else None
+        self.sink = self.run_flops or sink  # forwarded worker events pass through it too
         self.report = Reporter(
-            sink,
+            self.sink,
             lambda: (self.episode, self.epoch),
             paused_s=lambda: self.desk.paused_s,
             batch_size=config.batch_size,
@@ -159,7 +164,8 @@ class VectorizedTrainer:
         status, error = self._last_checkpoint_written(status, error)
         if error is not None:
             self.exchange.report_crash(error)  # a worker's: the leader names it in RunFinished
-        return self.report.finished(status, error, self.shard.world, self.exchange.cost_s)
+        total = 0 if self.run_flops is None else self.run_flops.total
+        return self.report.finished(status, error, self.shard.world, self.exchange.cost_s, total)
 
     def _run_episode(self, episode: int, first_epoch: int = 0) -> None:
         """The episode's epochs from ``first_epoch`` (0 unless resumed in the middle of it)."""
@@ -168,6 +174,8 @@ class VectorizedTrainer:
         if episode > 0 and first_epoch == 0:
             for env in self.envs:
                 env.reset_episode()
+        for env in self.envs:
+            env.flops.start_episode(episode)
         for epoch in range(first_epoch, self.config.epochs):
             self.epoch = epoch
             self._run_epoch(epoch)
@@ -189,6 +197,7 @@ class VectorizedTrainer:
         self.exchange.take_commands(self.desk)  # sharded: the ranks take them together
         totals = self._train_epoch()
         self._validate(totals)
+        self._report_split(epoch)
         measured = synchronise(totals, self.config.batch_size)
         figures = {env.index: fig for env, fig in zip(self.envs, measured, strict=True)}
         elapsed = time.perf_counter() - started - self.desk.paused_s
@@ -213,7 +222,8 @@ class VectorizedTrainer:
             env.governor.snapshot()
         lm = self.task.kind == "language_model"
         for env in self.envs:
-            self.report.epoch_summary(env, figures[env.index], elapsed, lm)
+            split = self._reports.get(env.index, {})
+            self.report.epoch_summary(env, figures[env.index], elapsed, lm, split)
         self.exchange.forward_events(self.sink)
 
     # --- the epoch's parts --------------------------------------------------------------------
@@ -229,6 +239,7 @@ class VectorizedTrainer:
             for env, total, (x, y) in zip(self.envs, totals, next(self.batches), strict=True):
                 self.desk.stop_point()
                 result = process_train_batch(env.state, x, y, self.task)
+                env.flops.add_train(env.model, len(x))  # a cached count: no counter runs here
                 due = every and (batch + 1) % every == 0
                 with env_stream(env.state):  # sum where the step ran: no cross-stream race
                     total.add_train(result)
@@ -249,6 +260,17 @@ class VectorizedTrainer:
                 total.add_val(process_val_batch(env.model, x, y, self.task))
                 self.report.progress("validate", [env], done, len(self.val_batches))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
+            env.flops.add_validation(env.model, sum(len(x) for x, _ in self.val_batches))
+
+    def _report_split(self, epoch: int) -> None:
+        """The held-out report split, on the epochs that report it (``report_every``, always
+        the episode's last): its figures go to EpochSummary only, never to a decision."""
+        self._reports: dict[int, dict[str, float | None]] = {}
+        if not self.report_batches or not self.config.report_due(epoch):
+            return
+        for env in self.envs:
+            self.desk.stop_point()
+            self._reports[env.index] = evaluate_report(env, self.report_batches, self.task)
 
     def _govern(self, env: EnvRuntime, figures: EpochFigures) -> bool:
         """The governor's verdict on this epoch; True when it rolled the env back."""
@@ -284,6 +306,8 @@ class VectorizedTrainer:
         on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
         batches = self.val_batches[: self.config.attribution_batches or None]  # 0: all
         attribution = engine.attribute(batches, env.val_pass_s if on_cpu else None)
+        samples = sum(len(x) for x, _ in batches)
+        env.flops.add_attribution(env.model, samples, env.model.active_slots(), engine.evaluated)
         for slot_id, value in attribution.shapley.items():
             env.model.slots[slot_id].contribution = value
         self.report.emit(attribution, env.index)
@@ -379,6 +403,7 @@ class VectorizedTrainer:
             "updates": self._updates,
             "recording_bytes": recording_bytes,
             "host": msgspec.to_builtins(self.host_spec),  # checked on resume (plan_resume)
+            "run_flops": None if self.run_flops is None else self.run_flops.state_dict(),
         }
         return assemble(header, self._parts(), **({} if envs is None else {"envs": envs}))
 
@@ -391,6 +416,8 @@ class VectorizedTrainer:
         check_checkpoint_host(state, self.host_spec, "checkpoint")
         restore(state, self._parts())
         self._updates = int(state["updates"])
+        if self.run_flops is not None:  # a checkpoint older than it has none: counts from 0
+            self.run_flops.load_state_dict(state.get("run_flops"))
         self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
         self._start = (self.episode, self.epoch)
 
@@ -443,6 +470,8 @@ class VectorizedTrainer:
             device,
             self.task.prepare,
         )
+        self.report_batches = report_batches(self.task, cfg, device)
+        self._reports = {}
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
         self.host_spec = run_host_spec(cfg, self.task)
         self.envs = []
@@ -453,6 +482,8 @@ class VectorizedTrainer:
             # a function, not a partial: deepcopy (a rollback snapshot) shares it, never the sink
             env.model.on_transition = lambda event, i=i: self.report.emit(event, i)
             self.envs.append(env)
+        for env in self.envs:
+            env.flops.share(self.envs[0].flops)  # same host: each architecture measured once
         self.setup_status = "building the policy"
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
         self.policy = self.exchange.relay(self._build_policy)

@@ -153,6 +153,14 @@ class EnvView:
     epoch_grad_steps: int = 0
 
     @property
+    def flops(self) -> int:
+        """FLOPs this env spent in its current episode (the latest summary's, every kind)."""
+        s = self.summary
+        if s is None:
+            return 0
+        return s.train_flops + s.val_flops + s.attribution_flops + s.report_flops
+
+    @property
     def latest(self) -> BatchStats | EpochSummary | None:
         """The newest of ``batch`` and ``summary``: the epoch in progress and its throughput."""
         return self.batch if self.batch is not None else self.summary
@@ -306,6 +314,10 @@ class ConsoleState:
     # the header's alert count is this minus what the operator acknowledged.
     alerts: int = 0
     events_seen: int = 0
+    # FLOPs the run spent: the growth of every env's episode totals, summed over the summaries
+    # (as the trainer sums them for RunFinished, whose total replaces it); 0 in old recordings
+    total_flops: int = 0
+    flops_seen: dict[int, tuple[int, int]] = field(default_factory=dict)  # env -> (episode, total)
     revision: int = field(default=0, compare=False)  # restamped on every event but BatchStats
     live_revision: int = field(default=0, compare=False)  # restamped on every BatchStats
     log_revision: int = field(default=0, compare=False)  # restamped on every log entry
@@ -543,6 +555,10 @@ def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
     view = env_view(state, ev.env or 0)
     _forget_other_episodes(view, ev.episode)
     view.summary, view.batch = ev, None
+    episode, before = state.flops_seen.get(view.env, (ev.episode, 0))
+    now = view.flops
+    state.total_flops += max(0, now - (before if episode == ev.episode else 0))
+    state.flops_seen[view.env] = (ev.episode, now)
     if view.progress is not None and (view.progress.episode, view.progress.epoch) <= (
         ev.episode,
         ev.epoch,
@@ -681,6 +697,8 @@ def _run_finished(state: ConsoleState, ev: RunFinished) -> None:
     state.trainer_state = ev.status
     state.finished_status = ev.status
     state.error = ev.error
+    if ev.total_flops:  # the trainer's own sum (it saw every epoch, a resumed run's included)
+        state.total_flops = ev.total_flops
     if ev.status == RunStatus.CRASHED:
         state.alerts += 1
     _log(state, ev)

@@ -1,9 +1,10 @@
 """Export a recording as TensorBoard event files: one TensorBoard run per env, one for the policy.
 
 Layout under the output directory: ``env1/``, ``env2/``, ... (numbered from 1, as the console
-shows them) and ``policy/`` for the PPO updates, so TensorBoard overlays the envs on one chart per
-tag. Tags are namespaced (``val/accuracy``, ``grad_norm/post_clip``, ``governor/rollbacks``,
-``shapley/<slot>``, ``ppo/approx_kl``) and every point carries the event's recorded wall time.
+shows them), ``policy/`` for the PPO updates and ``run/`` for the run's total FLOPs, so
+TensorBoard overlays the envs on one chart per tag. Tags are namespaced (``val/accuracy``,
+``grad_norm/post_clip``, ``governor/rollbacks``, ``shapley/<slot>``, ``ppo/approx_kl``,
+``flops/train``, ``report/accuracy``) and every point carries the event's recorded wall time.
 
 Steps count from 1, as the console counts epochs: epoch figures and Shapley values at the env's
 epoch counted across episodes (``episode * epochs + epoch + 1``: a run's first epoch is step 1,
@@ -33,6 +34,7 @@ from esper_engine.contracts import (
     EpochSummary,
     Event,
     PolicyUpdate,
+    RunFinished,
     RunStarted,
 )
 
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
 
 EXTRA_HINT = "pip install 'overwatch-esper[tensorboard]'"
 POLICY_RUN = "policy"
+RUN_RUN = "run"  # run-level figures: the FLOPs the whole run spent (RunFinished)
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 COMMON_FIELDS = frozenset(f.name for f in msgspec.structs.fields(Event))
 
@@ -64,6 +67,14 @@ EPOCH_TAGS = {
     "samples_per_s": "perf/samples_per_s",
     "host_params": "params/host",
     "seed_params": "params/seed",
+    # issue 24: this episode's FLOPs by kind so far, and the held-out report split's figures
+    "train_flops": "flops/train",
+    "val_flops": "flops/val",
+    "attribution_flops": "flops/attribution",
+    "report_flops": "flops/report",
+    "report_accuracy": "report/accuracy",
+    "report_loss": "report/loss",
+    "report_perplexity": "report/perplexity",
 }
 BATCH_TAGS = {
     "loss": "batch/loss",
@@ -120,10 +131,15 @@ def write_tensorboard(events: Iterable[Event], output: str | os.PathLike[str]) -
 
 def scalars(events: Iterable[Event]) -> Iterator[tuple[str, str, float, int, float]]:
     """(run, tag, value, step, wall time) for every figure TensorBoard gets, in event order."""
-    epochs, batches = 1, 1
+    epochs, batches, last_step = 1, 1, 1
     for event in events:
         if isinstance(event, RunStarted):
             epochs, batches = max(event.epochs, 1), max(event.batches_per_epoch, 1)
+            continue
+        if isinstance(event, RunFinished):
+            if event.total_flops:  # 0: a recording older than the figure
+                flops = float(event.total_flops)
+                yield RUN_RUN, "flops/total", flops, last_step, event.wall_time
             continue
         if isinstance(event, PolicyUpdate):
             for name, value in _numbers(event):
@@ -135,6 +151,7 @@ def scalars(events: Iterable[Event]) -> Iterator[tuple[str, str, float, int, flo
         run = env_run(event.env)
         step = event.episode * epochs + event.epoch + 1  # from 1, as the console counts
         if isinstance(event, EpochSummary):
+            last_step = max(last_step, step)
             for name, value in _numbers(event):
                 yield run, EPOCH_TAGS.get(name, f"epoch/{name}"), value, step, event.wall_time
             for slot in event.slots:

@@ -57,6 +57,10 @@ class Task:
     # Per-channel normalisation of uint8 images (fractions of 255); unused for language models.
     pixel_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     pixel_std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    # The report split (issue 24): held out from training and validation, read only by the
+    # report (``EpochSummary.report_accuracy``), never by a decision. None: the task has none.
+    report_x: Tensor | None = field(default=None, repr=False)
+    report_y: Tensor | None = field(default=None, repr=False)
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """Mean cross-entropy over every prediction (every token for language models)."""
@@ -104,10 +108,14 @@ def byte_lm_task(
     seq_len: int,
     host_lr: float,
     seed_lr: float,
+    report_bytes: bytes | None = None,
 ) -> Task:
-    """A byte-level language-model task from two byte streams."""
+    """A byte-level language-model task from two byte streams (three with a report split)."""
     train_x, train_y = byte_windows(train_bytes, seq_len, f"{name} train")
     val_x, val_y = byte_windows(val_bytes, seq_len, f"{name} validation")
+    report_x = report_y = None
+    if report_bytes is not None:
+        report_x, report_y = byte_windows(report_bytes, seq_len, f"{name} report")
     return Task(
         name=name,
         kind="language_model",
@@ -121,6 +129,8 @@ def byte_lm_task(
         val_x=val_x,
         val_y=val_y,
         seq_len=seq_len,
+        report_x=report_x,
+        report_y=report_y,
     )
 
 

@@ -155,18 +155,21 @@ def check_meta(path: Path) -> None:
 
 
 def load(*, data_dir: str | None = None, seed: int = 0, scale: str = "default") -> Task:
-    """Read the five training batches and the test batch (used for validation)."""
+    """Read the five training batches and the test batch (validation and the report split)."""
     directory = find_dir(data_dir)
     check_meta(directory / META_FILE)
     parts = [images_and_labels(directory / f) for f in TRAIN_FILES]
     train_x = torch.cat([x for x, _ in parts])
     train_y = torch.cat([y for _, y in parts])
-    val_x, val_y = images_and_labels(directory / TEST_FILE)
+    test_x, test_y = images_and_labels(directory / TEST_FILE)
+    val_x, val_y, report_x, report_y = split_report(test_x, test_y)
     if scale == "small":
         (n_train, n_val), generator = SMALL, torch.Generator().manual_seed(seed)
         keep = torch.randperm(len(train_x), generator=generator)[:n_train]
         train_x, train_y = train_x[keep], train_y[keep]
         val_x, val_y = val_x[:n_val], val_y[:n_val]
+        if report_x is not None:
+            report_x, report_y = report_x[:n_val], report_y[:n_val]
     return Task(
         name="cifar10",
         kind="classification",
@@ -181,4 +184,15 @@ def load(*, data_dir: str | None = None, seed: int = 0, scale: str = "default") 
         val_y=val_y,
         pixel_mean=PIXEL_MEAN,
         pixel_std=PIXEL_STD,
+        report_x=report_x,
+        report_y=report_y,
     )
+
+
+def split_report(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The test batch's first half (rounded up) validates, its second half is the report split
+    (held out: only the report reads it). A single image validates and there is no report."""
+    cut = (len(x) + 1) // 2
+    if cut == len(x):
+        return x, y, None, None
+    return x[:cut], y[:cut], x[cut:], y[cut:]

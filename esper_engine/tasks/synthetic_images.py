@@ -43,6 +43,9 @@ def load(*, data_dir: str | None = None, seed: int = 0, scale: str = "default") 
     train_x, train_y = generate(n_train, generator)
     val_x, val_y = generate(n_val, generator)
     mean, std = channel_stats(train_x)
+    # The report split: as many images as validation, from a generator of its own (generated
+    # apart: the train and validation sets are the same with or without it).
+    report_x, report_y = generate(n_val, torch.Generator().manual_seed(report_seed(seed)))
     return Task(
         name="synthetic-images",
         kind="classification",
@@ -57,7 +60,14 @@ def load(*, data_dir: str | None = None, seed: int = 0, scale: str = "default") 
         val_y=val_y,
         pixel_mean=mean,
         pixel_std=std,
+        report_x=report_x,
+        report_y=report_y,
     )
+
+
+def report_seed(seed: int) -> int:
+    """The report split's generator seed: distinct from every run seed's train/val stream."""
+    return (seed + 1) * 1_000_003 + 2**40
 
 
 def generate(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -60,8 +60,16 @@ def load(*, data_dir: str | None = None, seed: int = 0, scale: str = "default") 
     n_train, n_val = SIZES[scale]
     train = corpus(random.Random(f"synthetic-stories/{seed}/train"), n_train)
     val = corpus(random.Random(f"synthetic-stories/{seed}/val"), n_val)
+    # The report split: as much text as validation, from a stream of its own (generated apart).
+    report = corpus(random.Random(f"synthetic-stories/{seed}/report"), n_val)
     return byte_lm_task(
-        "synthetic-stories", train, val, seq_len=SEQ_LEN, host_lr=HOST_LR, seed_lr=SEED_LR
+        "synthetic-stories",
+        train,
+        val,
+        seq_len=SEQ_LEN,
+        host_lr=HOST_LR,
+        seed_lr=SEED_LR,
+        report_bytes=report,
     )
 
 

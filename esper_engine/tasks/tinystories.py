@@ -4,7 +4,8 @@ Reads the published formats from `data_dir`: `.txt` files whose stories are sepa
 `<|endoftext|>` (TinyStories-train.txt, TinyStories-valid.txt) and `.json` shards holding a list of
 records with a `story` field (TinyStories_all_data/data00.json, ...). The files are gigabytes, so
 they are streamed and reading stops at a byte budget. Files whose name says "valid"/"val" are the
-validation set; without one, the last stories read are split off for validation.
+validation set; without one, the last stories read are split off for validation. The report split
+(issue 24) is the last validation stories read, beyond the validation budget.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ SEQ_LEN = 64
 BUDGETS = {"default": (8_000_000, 1_000_000), "small": (32_000, 8_000)}
 HOST_LR = 0.2  # as synthetic-stories: same byte-level Transformer host
 SEED_LR = 0.2
+# The report split is read after the validation stories: 1/REPORT_SHARE of the validation budget
+REPORT_SHARE = 4
 END_OF_TEXT = b"<|endoftext|>"
 JSON_CHUNK = 1 << 20  # characters read at a time from a JSON shard
 MAX_RECORD_CHARS = 64 << 20  # a single JSON record larger than this is not a story
@@ -42,12 +45,15 @@ def load(
     train_budget, val_budget = BUDGETS[scale]
     train_budget = train_budget if max_bytes is None else max_bytes
     val_budget = val_budget if max_val_bytes is None else max_val_bytes
+    report_budget = val_budget // REPORT_SHARE
     train_files, val_files = find_files(data_dir)
     if val_files:
         train = read_stories(train_files, train_budget)
-        val = read_stories(val_files, val_budget)
+        val = read_stories(val_files, val_budget + report_budget)
     else:
-        train, val = split_tail(read_stories(train_files, train_budget + val_budget), val_budget)
+        both = val_budget + report_budget
+        train, val = split_tail(read_stories(train_files, train_budget + both), both)
+    val, report = split_report(val, report_budget)
     return byte_lm_task(
         "tinystories",
         b"".join(s + STORY_SEPARATOR for s in train),
@@ -55,7 +61,21 @@ def load(
         seq_len=SEQ_LEN,
         host_lr=HOST_LR,
         seed_lr=SEED_LR,
+        report_bytes=None if report is None else b"".join(s + STORY_SEPARATOR for s in report),
     )
+
+
+def split_report(stories: list[bytes], budget: int) -> tuple[list[bytes], list[bytes] | None]:
+    """The report split: the last validation stories read (about ``budget`` bytes, at most a
+    1/(REPORT_SHARE + 1) share of them: validation keeps the rest), held out from validation;
+    None when there are too few stories or bytes to spare."""
+    budget = min(budget, sum(len(s) for s in stories) // (REPORT_SHARE + 1))
+    if len(stories) < 2 or budget < SEQ_LEN + 1:
+        return stories, None
+    val, report = split_tail(stories, budget)
+    if sum(len(s) + 1 for s in report) < SEQ_LEN + 1:
+        return stories, None
+    return val, report
 
 
 def find_files(data_dir: str | None) -> tuple[list[Path], list[Path]]:

@@ -15,6 +15,7 @@ from overwatch.widgets.formatting import (
     env_label,
     epoch_number,
     fit,
+    flops,
     measured_at,
     num,
     pct,
@@ -97,6 +98,8 @@ class EnvPanel(LineWidget):
         if view.summary is not None:
             # The last epoch's throughput: a per-batch rate would repaint the border each batch.
             progress.append(rate(view.summary.samples_per_s))
+            if view.flops:  # this episode's compute, every kind (0: a recording older than it)
+                progress.append(f"{flops(view.flops)} FLOPs")
         titles = (f"{marker}{env_label(view.env)}", " · ".join(progress))
         if titles != self._titles:
             self._titles = titles

@@ -10,6 +10,7 @@ from overwatch.state import EnvView, progress_fraction
 from overwatch.widgets.formatting import (
     STAGE_COMPONENTS,
     STAGE_GLYPHS,
+    flops,
     num,
     pct,
     progress_label,
@@ -83,6 +84,8 @@ class EnvRow(Widget):
         )
         text.append(self._dim(f"/{gov.total_panics} R"))
         text.append(f"{gov.rollbacks}")
+        if view.flops:  # this episode's compute (0: a recording older than the figure)
+            text.append(f" {flops(view.flops)}", self._style("row--dim"))
         text.append(f" {summary.last_action}")
         # Cut with a visible mark: a silently cropped "GERMINATE block1" passes for a whole action.
         text.truncate(self.content_size.width, overflow="ellipsis")

@@ -164,6 +164,19 @@ def short_count(n: int) -> str:
     return str(n)
 
 
+SI_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def flops(n: int) -> str:
+    """FLOPs with an SI prefix: ``3.2T``, ``950G``, ``12M``; ``0`` for none (an old recording).
+    A figure that would round up to 1000 takes the next prefix (``1.0T``, not ``1000G``)."""
+    for scale, prefix in SI_PREFIXES:
+        if n >= scale * 0.9995:
+            value = n / scale
+            return f"{value:.1f}{prefix}" if value < 9.95 else f"{value:.0f}{prefix}"
+    return str(n)
+
+
 def host_label(kind: str, sizes: str, params: int) -> str:
     """``cnn 32-64-128 · 95k params``; ``""`` for a recording older than the host fields."""
     if not kind:

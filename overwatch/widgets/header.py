@@ -13,6 +13,7 @@ from overwatch.widgets.formatting import (
     epoch_number,
     estimate_duration,
     fit,
+    flops,
     host_label,
     memory_size,
     num,
@@ -98,7 +99,9 @@ class RunHeader(LineWidget):
         lines = [
             self._fit(self._identity(state), self._status(), width),
             # The timing gets the third line when PPO figures do not need it.
-            self._fit(self._progress(state, timing=ppo or not wide) + short, Text(), width),
+            self._fit(
+                self._progress(state, timing=ppo or not wide, width=width) + short, Text(), width
+            ),
         ]
         if wide:
             third = self._ppo(state) if ppo else self._timing(state)
@@ -160,7 +163,7 @@ class RunHeader(LineWidget):
             text.append(f" · {self.state.setup}", self._style("header--dim"))
         return text
 
-    def _progress(self, state: ConsoleState, *, timing: bool) -> list[Text]:
+    def _progress(self, state: ConsoleState, *, timing: bool, width: int = 0) -> list[Text]:
         label, dim = self._style("header--label"), self._style("header--dim")
         # The epoch in progress (or the last summarised), as every env panel's border says it;
         # "-" before the first word of one.
@@ -178,13 +181,22 @@ class RunHeader(LineWidget):
             .append(f"{rate:,.0f}" if rate > 0 else "-")
             .append(" samples/s", label)
         )
+        compute = (
+            [Text(" │ ", style=dim).append(flops(state.total_flops)).append(" FLOPs", label)]
+            if state.total_flops
+            else []  # a recording older than the figure, or no epoch yet
+        )
         clip = Text(" │ clip ", style=label).append(num(state.clip_threshold, 2))
         dropped = Text(" │ dropped ", style=label).append(
             f"{state.dropped}", self._style("header--bad") if state.dropped else Style()
         )
-        segments = [progress, throughput, clip, dropped]
+        segments = [progress, throughput, *compute, clip, dropped]
         if timing:
             segments.insert(1, self._elapsed_eta(state))
+            # Narrow (80 columns): the run's FLOPs come before samples/s, and elapsed loses its
+            # word, so the compute shows beside the ETA instead of being dropped off the end.
+            if compute and sum(t.cell_len for t in segments[:4]) > width - 1:
+                segments[1:4] = [self._elapsed_eta(state, short=True), *compute, throughput]
         if not state.epochs_done and (state.epoch_s_estimate or state.memory_estimate):
             segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet
         if self.sort != "id":
@@ -204,9 +216,10 @@ class RunHeader(LineWidget):
             text.append(memory_size(state.memory_estimate))
         return text
 
-    def _elapsed_eta(self, state: ConsoleState) -> Text:
+    def _elapsed_eta(self, state: ConsoleState, *, short: bool = False) -> Text:
         label = self._style("header--label")
-        text = Text(" │ elapsed ", style=label).append(duration(state.elapsed(self.now)))
+        text = Text(" │ " if short else " │ elapsed ", style=label)
+        text.append(duration(state.elapsed(self.now)))
         return text.append(" ETA ", label).append(duration(state.eta()))
 
     def _timing(self, state: ConsoleState) -> Text:

@@ -85,14 +85,18 @@ CSV_HEADER = (
     "perplexity,grad_norm_pre_clip,grad_norm_post_clip,clipped_fraction,clip_threshold,"
     "consecutive_panics,total_panics,rollbacks,last_panic_reason,last_action,reward,"
     "samples_per_s,host_params,seed_params,skipped_steps,last_op,"
+    "train_flops,val_flops,attribution_flops,report_flops,report_accuracy,report_loss,"
+    "report_perplexity,"
     "s0.stage,s0.blueprint,s0.alpha,s0.epochs_in_stage,s0.params,"
     "s1.stage,s1.blueprint,s1.alpha,s1.epochs_in_stage,s1.params"
 )
 # env, episode and epoch counted from 1, as the console shows them (recorded: 0, 0, 1 and 1, 0, 1)
 CSV_ROWS = [
     "r1,1,1,2,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,0,,GERMINATE s0 mlp,,800.0,0,0,3,,"
+    "0,0,0,0,,,,"
     "TRAINING,mlp,0.0,0,0,DORMANT,,0.0,0,0",
     "r1,2,1,2,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,1,,WAIT,-0.5,0.0,0,0,0,,"
+    "0,0,0,0,,,,"
     ",,,,,BLENDING,attn,0.5,0,0",
 ]
 
@@ -118,7 +122,8 @@ def test_jsonl_has_one_tagged_object_per_event(recording: Path, tmp_path: Path) 
     ]
     assert lines[3] == (
         '{"type":"RunFinished","run_id":"r1","env":null,"episode":0,"epoch":0,'
-        '"wall_time":3.0,"status":"completed","error":null,"ranks":1,"exchange_s":0.0}'
+        '"wall_time":3.0,"status":"completed","error":null,"ranks":1,"exchange_s":0.0,'
+        '"total_flops":0}'
     )
     summary = json.loads(lines[1])
     assert summary["perplexity"] is None  # inf has no JSON spelling: written as null

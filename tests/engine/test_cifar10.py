@@ -61,7 +61,10 @@ def test_reads_the_batches_from_the_parent_or_the_directory(tmp_path: Path) -> N
         assert task.kind == "classification" and task.host_kind == "cnn"
         assert task.train_x.shape == (5 * N_PER_BATCH, 3, 32, 32)
         assert task.train_x.dtype == torch.uint8
-        assert task.val_x.shape == (N_TEST, 3, 32, 32)
+        # the test batch's first half validates, its second half is the held-out report split
+        assert task.val_x.shape == (N_TEST // 2, 3, 32, 32)
+        assert task.report_x is not None and task.report_x.shape == (N_TEST // 2, 3, 32, 32)
+        assert task.val_y.tolist() + task.report_y.tolist() == [i % 10 for i in range(N_TEST)]
         assert task.train_y.tolist() == [i % 10 for i in range(100)]
         # Rows are channel planes: image 7 has R = 7, G = 8, B = 9 everywhere.
         assert task.train_x[7, 0].unique().tolist() == [7]
@@ -89,7 +92,7 @@ def test_files_written_by_python2_and_numpy1_load(tmp_path: Path) -> None:
         path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     task = load_task("cifar10", data_dir=str(tmp_path))
     assert task.train_x[N_PER_BATCH + 1, 1].unique().tolist() == [N_PER_BATCH + 2]
-    assert task.val_y.tolist() == [i % 10 for i in range(N_TEST)]
+    assert task.val_y.tolist() + task.report_y.tolist() == [i % 10 for i in range(N_TEST)]
 
 
 def test_small_scale_keeps_a_seeded_subset(tmp_path: Path) -> None:

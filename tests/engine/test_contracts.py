@@ -97,6 +97,13 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         host_params=50000,
         seed_params=1333,
         last_op=c.Op.GERMINATE,
+        train_flops=3_200_000_000_000,
+        val_flops=410_000_000_000,
+        attribution_flops=90_000_000_000,
+        report_flops=41_000_000_000,
+        report_accuracy=0.52,
+        report_loss=1.2,
+        report_perplexity=3.3,
     ),
     c.SeedTransition: c.SeedTransition(
         **COMMON,
@@ -163,7 +170,12 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         console="attach-7",
     ),
     c.RunFinished: c.RunFinished(
-        **COMMON, status=c.RunStatus.CRASHED, error="RuntimeError: boom", ranks=2, exchange_s=0.25
+        **COMMON,
+        status=c.RunStatus.CRASHED,
+        error="RuntimeError: boom",
+        ranks=2,
+        exchange_s=0.25,
+        total_flops=7_400_000_000_000,
     ),
     c.RunResumed: c.RunResumed(
         **COMMON, from_episode=1, from_epoch=2, recording_bytes=4096, pid=1234

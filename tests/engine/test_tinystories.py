@@ -82,7 +82,13 @@ def test_json_shards_without_valid_file_split_off_the_tail(tmp_path: Path) -> No
     everything = first + second
     assert train[:-1] == everything[: len(train) - 1]  # the last one is cut at a window edge
     assert val[0] == everything[len(train)]  # validation starts where training stops
-    assert val[-2] == everything[-2]
+    # the held-out report split is the last validation stories read: it starts where
+    # validation's last whole story ends and runs to the end of what was read
+    report = stories_in(task.report_x, task.report_y)
+    last = everything.index(val[-2]) + 1  # validation's last story, cut at a window edge
+    assert everything[last].startswith(val[-1])
+    assert report[0] == everything[last + 1]
+    assert report[-2] == everything[-2]
 
 
 @pytest.mark.parametrize(("val_budget", "n_val"), [(0, 1), (100, 1), (101, 2), (250, 3)])

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from esper_engine.env_runtime import TensorTotals
+from esper_engine.epoch_figures import TensorTotals
 from esper_engine.training_step import perplexity, process_val_batch
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -42,7 +42,9 @@ def evaluate_report(env: Any, batches: Batches, task: Any) -> dict[str, float | 
     for x, y in batches:
         total.add_val(process_val_batch(env.model, x, y, task))
     env.flops.add_report(env.model, sum(len(x) for x, _ in batches))
-    loss, correct, count = torch.stack([total.loss_sum, total.correct, total.count]).tolist()
+    loss, correct, count = torch.stack(
+        [total.sums[f"val_{name}"] for name in ("loss_sum", "correct", "count")]
+    ).tolist()
     mean_loss = loss / max(count, 1)
     return {
         "report_accuracy": correct / max(count, 1),

@@ -230,6 +230,9 @@ class FakeModel(nn.Module):
         self.segment_rows.append(h.shape[0])
         return self.blocks[k](h) if k < len(self.blocks) else self.head(h)
 
+    def run_segment_io(self, k, h):
+        return self.run_segment(k, h), None  # no slot here reads its block's input (no widen)
+
     def forward(self, x):
         h = x
         for k, sid in enumerate(self.slot_ids):

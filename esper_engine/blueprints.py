@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 OPERATORS = ("residual", "widen", "stack")
 LR_SOURCES = ("seed", "host")
 

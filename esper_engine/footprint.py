@@ -241,10 +241,7 @@ def _meta_model(task: Any, spec: HostSpec) -> MorphogeneticModel:
 def _largest_seeds(model: MorphogeneticModel, config: Any) -> int:
     """Parameters of the largest blueprint in every slot the policy may fill at once."""
     per_slot = [
-        max(
-            model.blueprint_param_count(sid, name)
-            for name in blueprint_names(model.host_kind)
-        )
+        max(model.blueprint_param_count(sid, name) for name in blueprint_names(model.host_kind))
         for sid in model.slot_ids
     ]
     live = len(per_slot)

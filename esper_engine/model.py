@@ -213,7 +213,7 @@ class MorphogeneticModel(nn.Module):
         return SeedSite(self.slots[slot_id].dim, host=self.host, stage=self._segments[k][-1])
 
     def seed_lr_source(self, slot_id: str) -> str:
-        """``"host"``: the slot's seed trains at the host's lr (growth operators); else ``"seed"``."""
+        """``"host"``: the seed trains at the host's lr (growth operators); else ``"seed"``."""
         return self._slot(slot_id).lr_source
 
     def blueprint_param_count(self, slot_id: str, blueprint: str) -> int:

@@ -1,0 +1,114 @@
+"""widen and stack on the real training loop (issue 24 item 3): the governor's rollback prunes a
+live one and restores a fossilized one bit for bit (faults injected with ``--fault``), and a run
+that grows with them resumes exactly from its checkpoints, although their shapes are new."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from esper_engine.config import HeuristicConfig, LifecycleConfig
+from esper_engine.contracts import EpochSummary, GovernorRollback, SeedTransition
+from esper_engine.recording import read_recording
+from tests.engine.test_faults_real_loop import (
+    assert_same,
+    config,
+    fossil_epoch,
+    fossil_state,
+    of,
+    run,
+)
+from tests.engine.test_resume import SMALL, _finish, _resumed, _run, comparable
+
+OPERATORS = ("widen", "stack")
+
+
+@pytest.fixture(scope="module")
+def images():
+    from esper_engine.tasks import load_task
+
+    return load_task("synthetic-images", seed=0, scale="small")
+
+
+def grow_with(operator: str) -> HeuristicConfig:
+    """The heuristic plants only ``operator`` and judges leniently, so seeds reach FOSSILIZED."""
+    return HeuristicConfig(
+        cnn_preference=(operator,), prune_threshold=-1.0, fossilize_threshold=0.0
+    )
+
+
+@pytest.mark.parametrize("operator", OPERATORS)
+def test_rollback_prunes_a_live_operator_and_restores_a_fossilized_one(images, operator) -> None:
+    probe, _ = run(images, config(epochs=12, heuristic=grow_with(operator)))
+    epoch, slot_id = fossil_epoch(probe)
+    assert {t.blueprint for t in of(probe, SeedTransition)} == {operator}
+    assert epoch + 2 < 12, "the fossilization must leave an epoch to break and one after it"
+    saved: dict = {}
+
+    def hook(trainer, event) -> None:
+        if isinstance(event, EpochSummary) and event.epoch == epoch:
+            saved["snapshot"] = fossil_state(trainer, slot_id)
+            saved["params"] = trainer.envs[0].model.slots[slot_id].param_count()
+        if isinstance(event, GovernorRollback):
+            saved["restored"] = fossil_state(trainer, slot_id)
+
+    fault = f"nan:1:{epoch + 2}"  # 1-based: the epoch right after the fossilization
+    events, finished = run(
+        images, config(epochs=12, heuristic=grow_with(operator), faults=(fault,)), hook
+    )
+    assert finished.status == "completed", finished.error
+    rollbacks = of(events, GovernorRollback)
+    assert [(r.reason, r.epoch) for r in rollbacks] == [("nan", epoch + 1)]
+    # The other seed was still live (HOLDING) at the snapshot: the rollback pruned it.
+    pruned = rollbacks[0].seeds_pruned
+    assert pruned and slot_id not in pruned
+    by_governor = [
+        t
+        for t in of(events, SeedTransition)
+        if t.to_stage == "PRUNED" and t.initiator == "governor"
+    ]
+    assert {t.slot_id for t in by_governor} == set(pruned)
+    assert {t.blueprint for t in by_governor} == {operator}
+    assert_same(saved["restored"], saved["snapshot"])  # weights and momentum, bit for bit
+    later = [s for s in of(events, EpochSummary) if s.epoch > epoch + 1]
+    assert later, (epoch, [(s.epoch, s.episode) for s in of(events, EpochSummary)])
+    for summary in later:
+        slot = {s.slot_id: s for s in summary.slots}[slot_id]
+        assert (slot.stage, slot.blueprint, slot.params) == (
+            "FOSSILIZED",
+            operator,
+            saved["params"],
+        )
+        for other in summary.slots:  # the pruned slots hold no parameters any more
+            if other.slot_id in pruned and other.stage in ("EMBARGOED", "RESETTING", "DORMANT"):
+                assert other.params == 0
+
+
+@pytest.mark.parametrize("operator", OPERATORS)
+def test_a_run_growing_with_an_operator_resumes_exactly(tmp_path: Path, images, operator) -> None:
+    """Cut while the operator's seeds are live and after one fossilized (a NaN fault and a
+    governor rollback in between): the resumed recording equals the uninterrupted one."""
+    cfg = msgspec.structs.replace(
+        SMALL,
+        policy="heuristic",
+        epochs=8,
+        faults=("nan:1:5",),
+        heuristic=grow_with(operator),
+        lifecycle=LifecycleConfig(blend_epochs=1),
+    )
+    reference = tmp_path / "reference.msgpack"
+    _run(cfg, images, reference)
+    events = read_recording(reference).events
+    transitions = of(events, SeedTransition)
+    assert {t.blueprint for t in transitions} == {operator}
+    assert any(t.to_stage == "FOSSILIZED" for t in transitions)
+    assert of(events, GovernorRollback)
+    for stop in (3, 11):
+        path = tmp_path / f"cut-{stop}.msgpack"
+        _run(cfg, images, path, stop_after=stop)
+        cut = of(read_recording(path).events, EpochSummary)[-1]
+        assert any(s.blueprint == operator and s.params > 0 for s in cut.slots), stop
+        _finish(_resumed(path, images))
+        assert comparable(path) == comparable(reference), f"{operator} stopped at {stop}"

@@ -112,3 +112,38 @@ def test_a_run_growing_with_an_operator_resumes_exactly(tmp_path: Path, images, 
         assert any(s.blueprint == operator and s.params > 0 for s in cut.slots), stop
         _finish(_resumed(path, images))
         assert comparable(path) == comparable(reference), f"{operator} stopped at {stop}"
+
+
+def test_ppo_chooses_among_the_operators_and_its_sizes_follow_the_catalogue(images) -> None:
+    """The policy's blueprint head covers every blueprint, widen and stack included (the action
+    space grows with the catalogue; the observation's size depends on the slots only), and a
+    PPO run from scratch plants them on the real loop."""
+    from esper_engine.blueprints import blueprint_names
+    from esper_engine.config import PPOConfig
+    from esper_engine.policy.actions import N_OPS
+    from esper_engine.policy.driver import PolicyDriver
+    from esper_engine.policy.observation import obs_dim
+
+    cfg = config(
+        n_envs=2, epochs=8, policy="ppo", ppo=PPOConfig(demo_rounds=0), lifecycle=LifecycleConfig()
+    )
+    events, finished = run(images, cfg)
+    assert finished.status == "completed", finished.error
+    names = blueprint_names("cnn")
+    assert names[-2:] == ["widen", "stack"] and len(names) == 7  # appended: old indices hold
+    planted = {t.blueprint for t in of(events, SeedTransition) if t.to_stage == "GERMINATED"}
+    assert planted <= set(names)
+    assert planted & {"widen", "stack"}, planted  # this seed's from-scratch agent plants them
+    driver = PolicyDriver(
+        "ppo",
+        n_envs=2,
+        slot_ids=["block1", "block2", "block3"],
+        blueprints=names,
+        host_kind="cnn",
+        heuristic=HeuristicConfig(),
+        ppo=PPOConfig(seed=0),
+    )
+    agent = driver.agent
+    assert agent.blueprint_head.out_features == len(names)
+    assert agent.slot_head.out_features == N_OPS * 3
+    assert next(agent.parameters()).shape[-1] == obs_dim(3)

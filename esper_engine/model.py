@@ -133,6 +133,20 @@ class MorphogeneticModel(nn.Module):
         slot = self._slot(slot_id)
         slot.germinate(blueprint, initiator, device=device, site=self.seed_site(slot_id), **kwargs)
 
+    def check_plan(self, entries: Sequence[str]) -> list[tuple[str, str]]:
+        """``slot:blueprint`` entries (``lifecycle.plant``) as pairs; one-line ValueError naming
+        an unknown slot or blueprint."""
+        plan = []
+        for entry in entries:
+            slot_id, _, blueprint = entry.partition(":")
+            self._slot(slot_id)
+            get_blueprint(self.host_kind, blueprint)
+            plan.append((slot_id, blueprint))
+        return plan
+
+    def begin_training(self, slot_id: str) -> None:
+        self._slot(slot_id).begin_training()
+
     def advance(
         self, slot_id: str, initiator: Initiator | str = Initiator.POLICY, **kwargs: Any
     ) -> None:

@@ -223,6 +223,14 @@ class SeedSlot(nn.Module):
         self.blend_epochs = blend_epochs
         self._transition(SeedStage.GERMINATED, initiator)
 
+    def begin_training(self) -> None:
+        """GERMINATED -> TRAINING now rather than at the next boundary (initiator gate): a seed
+        planted before an episode's first epoch (``lifecycle.plant``) trains in that epoch."""
+        if self.stage is not SeedStage.GERMINATED:
+            raise LifecycleError(self.stage, SeedStage.TRAINING, "begin_training needs GERMINATED")
+        self._transition(SeedStage.TRAINING, Initiator.GATE)
+        self._healthy_last = None
+
     def advance(
         self, initiator: Initiator | str = Initiator.POLICY, *, blend_epochs: int | None = None
     ) -> None:

@@ -115,6 +115,7 @@ def validate_run(config: TrainingConfig, task: Task, *, timed: bool = True) -> R
     check_memory(memory, config.device)  # before any weight is allocated
     with torch.random.fork_rng(devices=[]):  # a check: it must not move the run's streams
         model = create_model(task, config.device, slots=config.slots, spec=spec)
+    model.check_plan(config.lifecycle.plant)  # lifecycle.plant names this host's slots
     if config.policy == "ppo" and config.ppo.init_file is not None:  # refused before it starts
         driver = PolicyDriver(
             "ppo",
@@ -220,6 +221,10 @@ class VectorizedTrainer:
         if episode > 0 and first_epoch == 0:
             for env in self.envs:
                 env.reset_episode()
+        if first_epoch == 0 and self.config.lifecycle.plant:  # seeds planted from epoch 0
+            self.epoch = 0
+            for env in self.envs:
+                env.plant_at_start()
         for epoch in range(first_epoch, self.config.epochs):
             self.epoch = epoch
             self._run_epoch(epoch)

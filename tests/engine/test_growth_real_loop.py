@@ -89,14 +89,15 @@ def test_rollback_prunes_a_live_operator_and_restores_a_fossilized_one(images, o
 @pytest.mark.parametrize("operator", OPERATORS)
 def test_a_run_growing_with_an_operator_resumes_exactly(tmp_path: Path, images, operator) -> None:
     """Cut while the operator's seeds are live and after one fossilized (a NaN fault and a
-    governor rollback in between): the resumed recording equals the uninterrupted one."""
+    governor rollback in between; one seed planted before each episode): the resumed recording
+    equals the uninterrupted one."""
     cfg = msgspec.structs.replace(
         SMALL,
         policy="heuristic",
         epochs=8,
         faults=("nan:1:5",),
         heuristic=grow_with(operator),
-        lifecycle=LifecycleConfig(blend_epochs=1),
+        lifecycle=LifecycleConfig(blend_epochs=1, plant=(f"block3:{operator}",)),
     )
     reference = tmp_path / "reference.msgpack"
     _run(cfg, images, reference)
@@ -105,7 +106,7 @@ def test_a_run_growing_with_an_operator_resumes_exactly(tmp_path: Path, images, 
     assert {t.blueprint for t in transitions} == {operator}
     assert any(t.to_stage == "FOSSILIZED" for t in transitions)
     assert of(events, GovernorRollback)
-    for stop in (3, 11):
+    for stop in (3, 16):  # mid-episode, and at the first episode's end (the next is planted)
         path = tmp_path / f"cut-{stop}.msgpack"
         _run(cfg, images, path, stop_after=stop)
         cut = of(read_recording(path).events, EpochSummary)[-1]
@@ -147,3 +148,59 @@ def test_ppo_chooses_among_the_operators_and_its_sizes_follow_the_catalogue(imag
     assert agent.blueprint_head.out_features == len(names)
     assert agent.slot_head.out_features == N_OPS * 3
     assert next(agent.parameters()).shape[-1] == obs_dim(3)
+
+
+def test_planted_seeds_train_from_epoch_0_at_the_hosts_lr(images) -> None:
+    """lifecycle.plant germinates widen and stack before the first epoch of every episode; they
+    train in epoch 0 (so they may blend from epoch 1) with optimizers at the host's lr."""
+    lrs: dict = {}
+
+    def hook(trainer, event) -> None:
+        if isinstance(event, EpochSummary) and event.epoch == 0:
+            env = trainer.envs[0]
+            for sid, opt in env.state.seed_optimizers.items():
+                lrs[event.episode, sid] = opt.param_groups[0]["initial_lr"]
+            lrs[event.episode, "host"] = env.state.host_optimizer.param_groups[0]["initial_lr"]
+
+    cfg = config(
+        epochs=4,
+        episodes=2,
+        lifecycle=LifecycleConfig(plant=("block1:widen", "block3:stack")),
+    )
+    events, finished = run(images, cfg, hook)
+    assert finished.status == "completed", finished.error
+    for episode in (0, 1):
+        planted = [
+            (t.slot_id, t.blueprint, str(t.from_stage), str(t.to_stage), t.initiator)
+            for t in of(events, SeedTransition)
+            if t.episode == episode and t.epoch == 0 and t.to_stage in ("GERMINATED", "TRAINING")
+        ]
+        assert planted == [
+            ("block1", "widen", "DORMANT", "GERMINATED", "operator"),
+            ("block1", "widen", "GERMINATED", "TRAINING", "gate"),
+            ("block3", "stack", "DORMANT", "GERMINATED", "operator"),
+            ("block3", "stack", "GERMINATED", "TRAINING", "gate"),
+        ]
+        assert lrs[episode, "block1"] == lrs[episode, "block3"] == lrs[episode, "host"]
+        first = next(s for s in of(events, EpochSummary) if (s.episode, s.epoch) == (episode, 0))
+        for slot in first.slots:  # after epoch 0's action (the heuristic advances them)
+            if slot.slot_id in ("block1", "block3"):
+                assert slot.stage in ("TRAINING", "BLENDING") and slot.params > 0
+    # Advancing needs a seed gradient recorded in TRAINING: after epoch 0 they had trained in it.
+    advanced = [t for t in of(events, SeedTransition) if t.to_stage == "BLENDING"]
+    assert advanced and min((t.episode, t.epoch) for t in advanced) == (0, 0)
+
+
+def test_a_plant_naming_an_unknown_slot_or_blueprint_is_refused_before_the_run() -> None:
+    from esper_engine.config import TrainingConfig
+    from esper_engine.trainer import validate_run
+
+    images = __import__("esper_engine.tasks", fromlist=["load_task"]).load_task(
+        "synthetic-images", seed=0, scale="small"
+    )
+    with pytest.raises(ValueError, match="slot:blueprint"):
+        TrainingConfig(lifecycle=LifecycleConfig(plant=("block1",))).validate()
+    with pytest.raises(ValueError, match="unknown slot 'block9'"):
+        validate_run(TrainingConfig(lifecycle=LifecycleConfig(plant=("block9:widen",))), images)
+    with pytest.raises(ValueError, match="unknown cnn blueprint 'lora'"):
+        validate_run(TrainingConfig(lifecycle=LifecycleConfig(plant=("block1:lora",))), images)

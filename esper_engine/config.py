@@ -472,10 +472,10 @@ def _plant(entries: tuple[str, ...]) -> None:
     for entry in entries:
         slot, sep, blueprint = entry.partition(":")
         if not sep or not slot.strip() or not blueprint.strip() or ":" in blueprint:
-            raise ValueError(f"lifecycle.plant entries are slot:blueprint, got {entry!r}")
+            raise ValueError(f"plant entries are slot:blueprint, got {entry!r}")
         slots.append(slot)
     if len(set(slots)) != len(slots):
-        raise ValueError(f"lifecycle.plant names a slot twice: {list(entries)}")
+        raise ValueError(f"plant names a slot twice: {list(entries)}")
 
 
 def _names(name: str, values: tuple[str, ...], *, allow_empty: bool = True) -> None:

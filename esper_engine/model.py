@@ -139,8 +139,11 @@ class MorphogeneticModel(nn.Module):
         plan = []
         for entry in entries:
             slot_id, _, blueprint = entry.partition(":")
-            self._slot(slot_id)
-            get_blueprint(self.host_kind, blueprint)
+            try:
+                self._slot(slot_id)
+                get_blueprint(self.host_kind, blueprint)
+            except ValueError as error:
+                raise ValueError(f"lifecycle.plant: {error}") from None
             plan.append((slot_id, blueprint))
         return plan
 

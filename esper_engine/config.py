@@ -129,8 +129,12 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):
     min_prune_age: int = DEFAULT_MIN_PRUNE_AGE
     """Epochs since germination before the policy may prune a seed; the gate, the governor and
     the operator may prune at any age. Stops prune-after-one-epoch farming (epochs)."""
+    plant: tuple[str, ...] = ()
+    """Seeds germinated at the start of every episode, before epoch 0 trains, as slot:blueprint
+    (e.g. block1:widen); they follow the lifecycle like any other (initiator operator)."""
 
     def validate(self) -> None:
+        _plant(self.plant)
         _count("min_training_epochs", self.min_training_epochs, low=0)
         _count("blend_epochs", self.blend_epochs, low=1)
         _count("embargo_epochs", self.embargo_epochs, low=1)
@@ -530,6 +534,17 @@ def check_types(struct: msgspec.Struct) -> None:
         if allowed is not None:
             raise ValueError(f"{path} must be one of {', '.join(allowed)}, got {value!r}") from None
         raise ValueError(f"{path}: {message[0].lower()}{message[1:]}") from None  # the type
+
+
+def _plant(entries: tuple[str, ...]) -> None:
+    slots = []
+    for entry in entries:
+        slot, sep, blueprint = entry.partition(":")
+        if not sep or not slot.strip() or not blueprint.strip() or ":" in blueprint:
+            raise ValueError(f"plant entries are slot:blueprint, got {entry!r}")
+        slots.append(slot)
+    if len(set(slots)) != len(slots):
+        raise ValueError(f"plant names a slot twice: {list(entries)}")
 
 
 def _names(name: str, values: tuple[str, ...], *, allow_empty: bool = True) -> None:

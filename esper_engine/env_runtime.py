@@ -207,6 +207,21 @@ class EnvRuntime:
             seed_params=model.seed_param_count(),
         )
 
+    def plant_at_start(self) -> None:
+        """Germinate ``lifecycle.plant``'s seeds before the episode's first epoch and start
+        their training at once, so they learn from epoch 0."""
+        lifecycle = self.config.lifecycle
+        for slot_id, blueprint in self.model.check_plan(lifecycle.plant):
+            with drawing_from(self.generator):  # the seed's initial weights are this env's
+                self.model.germinate(
+                    slot_id,
+                    blueprint,
+                    initiator=Initiator.OPERATOR,
+                    blend_epochs=lifecycle.blend_epochs,
+                    schedule=lifecycle.alpha_schedule,
+                )
+            self.model.begin_training(slot_id)  # it trains in epoch 0 already
+
     def apply(self, action: Action, blueprints: tuple[str, ...]) -> None:
         """Carry out a (legal, masked) policy action on the model.
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from esper_engine.blueprints import blueprint_names, get_blueprint
+from esper_engine.blueprints import blueprint_names
 from esper_engine.host_presets import HostSpec, resolve_host
 from esper_engine.hosts import CNNHost, TransformerHost
 from esper_engine.model import MorphogeneticModel, create_model
@@ -241,10 +241,7 @@ def _meta_model(task: Any, spec: HostSpec) -> MorphogeneticModel:
 def _largest_seeds(model: MorphogeneticModel, config: Any) -> int:
     """Parameters of the largest blueprint in every slot the policy may fill at once."""
     per_slot = [
-        max(
-            get_blueprint(model.host_kind, name).param_count(model.slots[sid].dim)
-            for name in blueprint_names(model.host_kind)
-        )
+        max(model.blueprint_param_count(sid, name) for name in blueprint_names(model.host_kind))
         for sid in model.slot_ids
     ]
     live = len(per_slot)

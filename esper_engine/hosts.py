@@ -55,6 +55,10 @@ class CNNHost(nn.Module):
     def run_stage(self, i: int, h: Tensor) -> Tensor:
         return self.blocks[i](h) if i < len(self.blocks) else self.head(h)
 
+    def run_stage_with_input(self, i: int, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Block ``i``'s output and what its units read (its input): a ``widen`` seed's input."""
+        return self.blocks[i](h), h
+
     def forward(self, x: Tensor) -> Tensor:
         for i in range(self.n_stages):
             x = self.run_stage(i, x)
@@ -77,13 +81,22 @@ class DecoderLayer(nn.Module):
             nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _attend(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)
         q, k, v = (z.view(b, t, self.n_heads, -1).transpose(1, 2) for z in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._attend(x)
         return x + self.mlp(self.ln2(x))
+
+    def forward_with_mlp_input(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The layer's output and its MLP's input (``ln2`` of the attention's output)."""
+        x = self._attend(x)
+        u = self.ln2(x)
+        return x + self.mlp(u), u
 
 
 class TransformerHost(nn.Module):
@@ -140,6 +153,16 @@ class TransformerHost(nn.Module):
         for layer in self.layers[i * self.layers_per_segment : (i + 1) * self.layers_per_segment]:
             h = layer(h)
         return h
+
+    def run_stage_with_input(self, i: int, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage ``i < n``'s output and what its last layer's MLP units read: a ``widen`` seed's
+        input (its new hidden units sit beside that MLP's)."""
+        if i == 0:
+            h = self.embed(h)
+        layers = self.layers[i * self.layers_per_segment : (i + 1) * self.layers_per_segment]
+        for layer in layers[:-1]:
+            h = layer(h)
+        return layers[-1].forward_with_mlp_input(h)
 
     def forward(self, x: Tensor) -> Tensor:
         for i in range(self.n_stages):

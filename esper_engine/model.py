@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from esper_engine.blueprints import SeedSite, get_blueprint
 from esper_engine.contracts import Initiator, SeedTransition, SlotState
 from esper_engine.host_presets import HostSpec, resolve_host
 from esper_engine.hosts import CNNHost, TransformerHost
@@ -69,10 +70,21 @@ class MorphogeneticModel(nn.Module):
             h = self.host.run_stage(stage, h)
         return h
 
+    def run_segment_io(self, k: int, h: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Segment ``k``'s output, and the input of its last block when slot ``k``'s seed reads
+        it (a ``widen``; else None): pass both to the slot."""
+        if k >= len(self.slot_ids) or not self.slots[self.slot_ids[k]].reads_block_input:
+            return self.run_segment(k, h), None
+        stages = self._segments[k]
+        for stage in stages[:-1]:
+            h = self.host.run_stage(stage, h)
+        return self.host.run_stage_with_input(stages[-1], h)
+
     def forward(self, x: Tensor) -> Tensor:
         h = x
         for k, sid in enumerate(self.slot_ids):
-            h = self.slots[sid](self.run_segment(k, h))
+            h, u = self.run_segment_io(k, h)
+            h = self.slots[sid](h, block_input=u)
         return self.run_segment(len(self.slot_ids), h)
 
     def fused_forward(self, x: Tensor, alpha_overrides: Sequence[Mapping[str, float]]) -> Tensor:
@@ -91,7 +103,8 @@ class MorphogeneticModel(nn.Module):
         h = x.repeat(n_configs, *([1] * (x.dim() - 1)))
         for k, sid in enumerate(self.slot_ids):
             alpha = self._fused_alpha(sid, alpha_overrides, batch, x.device)
-            h = self.slots[sid](self.run_segment(k, h), alpha=alpha)
+            h, u = self.run_segment_io(k, h)
+            h = self.slots[sid](h, alpha=alpha, block_input=u)
         out = self.run_segment(len(self.slot_ids), h)
         return out.view(n_configs, batch, *out.shape[1:])
 
@@ -117,7 +130,25 @@ class MorphogeneticModel(nn.Module):
     ) -> None:
         """Plant ``blueprint`` in a DORMANT slot (kwargs: ``blend_epochs``, ``schedule``)."""
         device = next(self.host.parameters()).device
-        self._slot(slot_id).germinate(blueprint, initiator, device=device, **kwargs)
+        slot = self._slot(slot_id)
+        slot.germinate(blueprint, initiator, device=device, site=self.seed_site(slot_id), **kwargs)
+
+    def check_plan(self, entries: Sequence[str]) -> list[tuple[str, str]]:
+        """``slot:blueprint`` entries (``lifecycle.plant``) as pairs; one-line ValueError naming
+        an unknown slot or blueprint."""
+        plan = []
+        for entry in entries:
+            slot_id, _, blueprint = entry.partition(":")
+            try:
+                self._slot(slot_id)
+                get_blueprint(self.host_kind, blueprint)
+            except ValueError as error:
+                raise ValueError(f"lifecycle.plant: {error}") from None
+            plan.append((slot_id, blueprint))
+        return plan
+
+    def begin_training(self, slot_id: str) -> None:
+        self._slot(slot_id).begin_training()
 
     def advance(
         self, slot_id: str, initiator: Initiator | str = Initiator.POLICY, **kwargs: Any
@@ -193,6 +224,22 @@ class MorphogeneticModel(nn.Module):
     def slot_states(self) -> list[SlotState]:
         return [self.slots[sid].state() for sid in self.slot_ids]
 
+    def seed_site(self, slot_id: str) -> SeedSite:
+        """The slot's width and the host block it follows (what growth operators build from)."""
+        k = self.slot_ids.index(slot_id)
+        return SeedSite(self.slots[slot_id].dim, host=self.host, stage=self._segments[k][-1])
+
+    def seed_lr_source(self, slot_id: str) -> str:
+        """``"host"``: the seed trains at the host's lr (growth operators); else ``"seed"``."""
+        return self._slot(slot_id).lr_source
+
+    def blueprint_param_count(self, slot_id: str, blueprint: str) -> int:
+        """Parameters a ``blueprint`` seed would have in the slot: a built module's ``numel()``
+        (built without drawing from the global random stream)."""
+        with torch.random.fork_rng(devices=[]):
+            seed = get_blueprint(self.host_kind, blueprint).build(self.seed_site(slot_id))
+        return sum(p.numel() for p in seed.parameters())
+
     def host_param_count(self) -> int:
         return sum(p.numel() for p in self.host.parameters())
 
@@ -217,7 +264,7 @@ class MorphogeneticModel(nn.Module):
                 f"checkpoint slots {list(state['slots'])} do not match the model's {self.slot_ids}"
             )
         for sid, slot_state in state["slots"].items():
-            self.slots[sid].load_lifecycle_state(slot_state, device)
+            self.slots[sid].load_lifecycle_state(slot_state, device, self.seed_site(sid))
         self.load_state_dict(state["weights"], strict=True)
 
     # --- internals ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ def validate_run(config: TrainingConfig, task: Task, *, timed: bool = True) -> R
     check_memory(memory, config.device)  # before any weight is allocated
     with torch.random.fork_rng(devices=[]):  # a check: it must not move the run's streams
         model = create_model(task, config.device, slots=config.slots, spec=spec)
+    model.check_plan(config.lifecycle.plant)  # lifecycle.plant names this host's slots
     if config.policy == "ppo" and config.ppo.init_file is not None:  # refused before it starts
         build_policy(config, model.slot_ids, task.host_kind, spec)
     epoch_s = time_epoch(config, task, spec, config.n_envs) if timed else 0.0

@@ -209,10 +209,10 @@ def prefix_forward(
     b = x.shape[0]
     h, prefixes = x, [frozenset()]
     for k, sid in enumerate(model.slot_ids):
-        h = model.run_segment(k, h)
+        h, u = model.run_segment_io(k, h)  # u: the block input a widen seed reads, else None
         j = player_at.get(k)
         if j is None:
-            h = model.slots[sid](h)
+            h = model.slots[sid](h) if u is None else model.slots[sid](h, block_input=u)
             continue
         wanted = {frozenset(i for i in c if i <= j) for c in coalitions}
         off = [r for r, p in enumerate(prefixes) if p in wanted]
@@ -221,7 +221,9 @@ def prefix_forward(
         if off:
             parts.append(_select(h, off, len(prefixes), b))
         if on:
-            parts.append(model.slots[sid](_select(h, on, len(prefixes), b), alpha=alphas[j]))
+            h_on = _select(h, on, len(prefixes), b)
+            extra = {} if u is None else {"block_input": _select(u, on, len(prefixes), b)}
+            parts.append(model.slots[sid](h_on, alpha=alphas[j], **extra))
         prefixes = [prefixes[r] for r in off] + [prefixes[r] | {j} for r in on]
         h = torch.cat(parts) if len(parts) > 1 else parts[0]
     logits = model.run_segment(len(model.slot_ids), h)

@@ -36,7 +36,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from esper_engine.blueprints import get_blueprint
+from esper_engine.blueprints import SeedSite, get_blueprint
 from esper_engine.contracts import Initiator, SeedTransition, SlotState
 from esper_engine.lifecycle import (
     DEFAULT_MIN_PRUNE_AGE,
@@ -131,6 +131,18 @@ class SeedSlot(nn.Module):
     def param_count(self) -> int:
         return 0 if self.seed is None else sum(p.numel() for p in self.seed.parameters())
 
+    @property
+    def reads_block_input(self) -> bool:
+        """The seed (a ``widen``) reads the input of the block before the slot as well."""
+        return self.seed is not None and getattr(self.seed, "reads_block_input", False)
+
+    @property
+    def lr_source(self) -> str:
+        """``"host"`` when the seed's optimizer runs at the host's lr (growth operators)."""
+        if self.blueprint is None:
+            return "seed"
+        return get_blueprint(self.host_kind, self.blueprint).lr_source
+
     def state(self) -> SlotState:
         return SlotState(
             slot_id=self.slot_id,
@@ -194,12 +206,14 @@ class SeedSlot(nn.Module):
         device: torch.device | str | None = None,
         blend_epochs: int = 3,
         schedule: str = "linear",
+        site: SeedSite | None = None,
     ) -> None:
-        """Plant a new seed (exactly the identity) built from ``blueprint``."""
+        """Plant a new seed (exactly the identity) built from ``blueprint``; the growth operators
+        need ``site`` (the model passes the host block the slot follows)."""
         initiator = _initiator(initiator)
         self._require(self.can_germinate(), SeedStage.GERMINATED)
         _check_schedule(schedule, blend_epochs)
-        seed = get_blueprint(self.host_kind, blueprint).build(self.dim)
+        seed = get_blueprint(self.host_kind, blueprint).build(site or SeedSite(self.dim))
         self.seed = seed if device is None else seed.to(device)
         self.blueprint = blueprint
         self.alpha = 0.0
@@ -208,6 +222,14 @@ class SeedSlot(nn.Module):
         self.schedule = schedule
         self.blend_epochs = blend_epochs
         self._transition(SeedStage.GERMINATED, initiator)
+
+    def begin_training(self) -> None:
+        """GERMINATED -> TRAINING now rather than at the next boundary (initiator gate): a seed
+        planted before an episode's first epoch (``lifecycle.plant``) trains in that epoch."""
+        if self.stage is not SeedStage.GERMINATED:
+            raise LifecycleError(self.stage, SeedStage.TRAINING, "begin_training needs GERMINATED")
+        self._transition(SeedStage.TRAINING, Initiator.GATE)
+        self._healthy_last = None
 
     def advance(
         self, initiator: Initiator | str = Initiator.POLICY, *, blend_epochs: int | None = None
@@ -309,13 +331,16 @@ class SeedSlot(nn.Module):
             "healthy_last": self._healthy_last,
         }
 
-    def load_lifecycle_state(self, state: dict, device: torch.device | str) -> None:
+    def load_lifecycle_state(
+        self, state: dict, device: torch.device | str, site: SeedSite | None = None
+    ) -> None:
         """Restore ``lifecycle_state``; a seed module is rebuilt empty (the caller loads its
         weights) without drawing from the global random stream."""
         self.seed = None
         if state["has_seed"]:
+            blueprint = get_blueprint(self.host_kind, state["blueprint"])
             with torch.random.fork_rng(devices=[]):
-                self.seed = get_blueprint(self.host_kind, state["blueprint"]).build(self.dim)
+                self.seed = blueprint.build(site or SeedSite(self.dim))
             self.seed.to(device)
         self.blueprint = state["blueprint"]
         self.stage = SeedStage(state["stage"])
@@ -333,17 +358,26 @@ class SeedSlot(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
 
-    def forward(self, h: Tensor, alpha: Alpha | None = None) -> Tensor:
+    def forward(
+        self, h: Tensor, alpha: Alpha | None = None, block_input: Tensor | None = None
+    ) -> Tensor:
+        """``block_input``: the input of the block before the slot, for a seed that
+        ``reads_block_input`` (a ``widen``: its new units read what the block reads)."""
         seed = self.seed
         if seed is None or self.stage is SeedStage.GERMINATED:
             return h  # an untrained germinated seed is the identity: skip its compute
+        extra: tuple[Tensor, ...] = ()
+        if getattr(seed, "reads_block_input", False):
+            if block_input is None:
+                raise ValueError(f"the {self.blueprint} seed in {self.slot_id} needs block_input")
+            extra = (block_input,)
         if self.stage is SeedStage.FOSSILIZED:
-            return seed(h).to(h.dtype)
+            return seed(h, *extra).to(h.dtype)
         if alpha is None:
             alpha = self.forced_alpha
         d = h.detach()
         # Cast back to h's dtype: under autocast a seed's norm layer may return float32.
-        s = seed(d).to(h.dtype)
+        s = seed(d, *(u.detach() for u in extra)).to(h.dtype)
         if alpha is not None:
             return h + _weight(alpha, h) * (s - d)
         if self.stage is SeedStage.TRAINING:

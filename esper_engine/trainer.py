@@ -176,6 +176,10 @@ class VectorizedTrainer:
                 env.reset_episode()
         for env in self.envs:
             env.flops.start_episode(episode)
+        if first_epoch == 0 and self.config.lifecycle.plant:  # seeds planted from epoch 0
+            self.epoch = 0
+            for env in self.envs:
+                env.plant_at_start()
         for epoch in range(first_epoch, self.config.epochs):
             self.epoch = epoch
             self._run_epoch(epoch)

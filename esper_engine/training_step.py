@@ -107,12 +107,16 @@ class ParallelEnvState:
         params = list(self.model.seed_parameters(slot_id))
         if not params:
             raise ValueError(f"seed in slot {slot_id!r} has no parameters to optimise")
+        base_lr = self.seed_lr
+        source = getattr(self.model, "seed_lr_source", None)
+        if source is not None and source(slot_id) == "host":  # growth operators: host units
+            base_lr = self.host_optimizer.param_groups[0]["initial_lr"]
         optimizer = torch.optim.SGD(
             params,
-            lr=self.seed_lr * self.lr_scale * self.lr_multiplier,
+            lr=base_lr * self.lr_scale * self.lr_multiplier,
             momentum=self.seed_momentum,
         )
-        optimizer.param_groups[0]["initial_lr"] = self.seed_lr
+        optimizer.param_groups[0]["initial_lr"] = base_lr
         self.seed_optimizers[slot_id] = optimizer
         return optimizer
 

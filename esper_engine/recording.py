@@ -27,6 +27,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import re
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -351,6 +352,193 @@ def read_recording(path: str | os.PathLike[str]) -> RecordingReader:
             f"ignored); {len(events)} events read"
         )
     return RecordingReader(path, events, version, warning)
+
+
+# ``read_ends``: the tail read first (bytes), grown this many times over until it holds what the
+# caller wants; a recording this much longer than its tail is read whole instead.
+TAIL_BYTES = 2 * BATCH_BYTES
+TAIL_GROWTH = 8
+# Where an event starts: every event is a msgpack map whose first key is the tag field "type".
+_EVENT_KEY = re.compile(rb"\xa4type")
+
+
+class RecordingEnds:
+    """The two ends of a recording (``read_ends``): the events of its first frame and of its
+    last whole frames, read without decoding what lies between them.
+
+    ``whole`` is True when the file was small enough to read entirely (``head`` and ``tail``
+    then both hold every event); ``warning`` says that the last frame was cut short.
+    """
+
+    def __init__(
+        self, path: Path, head: list[Event], tail: list[Event], warning: str | None, whole: bool
+    ) -> None:
+        self.path = path
+        self.head = head
+        self.tail = tail
+        self.warning = warning
+        self.whole = whole
+
+    def last(self, kind: type[Event]) -> Event | None:
+        """The tail's last event of ``kind`` (None: not in the part read)."""
+        return next((e for e in reversed(self.tail) if type(e) is kind), None)
+
+
+def read_ends(
+    path: str | os.PathLike[str],
+    wanted: tuple[type[Event], ...] = (),
+    *,
+    tail_bytes: int = TAIL_BYTES,
+) -> RecordingEnds:
+    """The first frame and the tail of a recording, for a listing (``overwatch ps``) that shows
+    how a run started and where it stands without decoding every event in between.
+
+    Frames only chain forward (a length, then the events), so the tail is found by candidates:
+    a position that looks like the start of a frame (a length, an array header, then an event's
+    ``"type"`` key) whose chain of lengths reaches the end of the file exactly, or a final frame
+    cut short by a crash (its length runs past the end). The earliest candidate in the window
+    whose frames decode is taken; the tail is read back from the end, frame by frame, until it
+    holds an event of one of the ``wanted`` types, and the window grows (``TAIL_GROWTH`` times)
+    while none qualifies. A recording no longer than a few windows is simply read whole
+    (``read_recording``, with its errors). The events are checked against the run's declared
+    range and upgraded to the current schema like every other reader's.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > HEADER_SIZE + LENGTH_SIZE + 2 * tail_bytes:
+                ends = _read_ends(path, file, size, wanted, tail_bytes)
+                if ends is not None:
+                    return ends
+    except OSError as exc:
+        raise RecordingError(f"{path}: cannot read recording ({exc.strerror})") from None
+    reader = read_recording(path)
+    return RecordingEnds(path, reader.events, reader.events, reader.warning, whole=True)
+
+
+def _read_ends(
+    path: Path, file: BinaryIO, size: int, wanted: tuple[type[Event], ...], window: int
+) -> RecordingEnds | None:
+    """``read_ends`` of a recording longer than its tail; None: read it whole after all."""
+    header = file.read(HEADER_SIZE + LENGTH_SIZE)
+    version = _check_header(path, header)
+    if version is None or len(header) < HEADER_SIZE + LENGTH_SIZE:
+        return None
+    (length,) = _LENGTH.unpack_from(header, HEADER_SIZE)
+    if length == 0 or length > MAX_FRAME_SIZE or HEADER_SIZE + LENGTH_SIZE + length > size:
+        return None  # the whole read says what is wrong with it
+    head: list[Event] = []
+    first = header + file.read(length)
+    declared = DeclaredRange(path)
+    with _gc_paused():
+        _decode_frames(path, version, memoryview(first), HEADER_SIZE, 0, head, declared)
+    head_end = HEADER_SIZE + LENGTH_SIZE + length
+    while True:
+        start = max(size - window, head_end)
+        file.seek(start)
+        data = file.read(size - start)
+        if len(data) != size - start:
+            return None  # the file changed under us: the whole read copes
+        found = _tail_frames(path, version, data, start, size, wanted, declared)
+        if found is not None:
+            tail, warning = found
+            events = [*head, *tail]
+            SchemaUpgrade().apply(events)
+            return RecordingEnds(path, events[: len(head)], events[len(head) :], warning, False)
+        if start == head_end or window >= size:
+            return None
+        window *= TAIL_GROWTH
+
+
+def _tail_frames(
+    path: Path,
+    version: int,
+    data: bytes,
+    base: int,
+    size: int,
+    wanted: tuple[type[Event], ...],
+    declared: DeclaredRange,
+) -> tuple[list[Event], str | None] | None:
+    """The events of the last frames in ``data`` (file bytes ``base`` to ``size``), back to one
+    of the ``wanted`` types, and a truncation warning; None when no frame start is found in
+    ``data`` or none of the frames read back holds a wanted event."""
+    view = memoryview(data)
+    decode: Callable[[memoryview], object]
+    if version == 1:
+        decode, array = contracts.EVENT_DECODER.decode, False
+    else:
+        decode, array = _BATCH_DECODER.decode, True
+    for match in _EVENT_KEY.finditer(data):
+        start = _frame_start(data, match.start(), array)
+        if start is None:
+            continue
+        frames, torn = _chain(data, start)
+        if not frames:
+            continue
+        tail: list[Event] = []
+        try:
+            with _gc_paused():
+                for pos, stop in reversed(frames):
+                    decoded = decode(view[pos + LENGTH_SIZE : stop])
+                    if not decoded:
+                        raise msgspec.DecodeError("an empty frame")
+                    tail[:0] = decoded if array else [decoded]
+                    if not wanted or any(type(e) in wanted for e in tail):
+                        break
+        except msgspec.DecodeError:
+            continue  # not a frame start after all: a look-alike inside another frame's data
+        if wanted and not any(type(e) in wanted for e in tail):
+            return None
+        declared.check(tail, 0, base + pos)
+        warning = None
+        if torn is not None:
+            warning = (
+                f"{path}: last frame truncated at byte {base + torn} ({size - base - torn} "
+                f"trailing bytes ignored)"
+            )
+        return tail, warning
+    return None
+
+
+def _frame_start(data: bytes, key: int, array: bool) -> int | None:
+    """Where a frame would start whose first event's ``"type"`` key is at ``key``: before it the
+    event's map header, and (format 2) the frame's array header; None when those are not there."""
+    if key >= 1 and 0x80 <= data[key - 1] <= 0x8F:
+        pos = key - 1
+    elif key >= 3 and data[key - 3] == 0xDE:
+        pos = key - 3
+    else:
+        return None
+    if array:
+        if pos >= 1 and 0x91 <= data[pos - 1] <= 0x9F:
+            pos -= 1
+        elif pos >= 3 and data[pos - 3] == 0xDC:
+            pos -= 3
+        else:
+            return None
+    pos -= LENGTH_SIZE
+    return pos if pos >= 0 else None
+
+
+def _chain(data: bytes, pos: int) -> tuple[list[tuple[int, int]], int | None]:
+    """The frames (start, stop) chained from ``pos`` to the end of ``data``, and where a last
+    frame cut short starts (None: the chain ends exactly at the end); no frames when a length
+    is not a frame's."""
+    frames: list[tuple[int, int]] = []
+    size = len(data)
+    while pos < size:
+        if pos + LENGTH_SIZE > size:
+            return frames, pos
+        (length,) = _LENGTH.unpack_from(data, pos)
+        if length == 0 or length > MAX_FRAME_SIZE:
+            return [], None
+        stop = pos + LENGTH_SIZE + length
+        if stop > size:
+            return frames, pos
+        frames.append((pos, stop))
+        pos = stop
+    return frames, None
 
 
 class RecordingFollower:

@@ -30,7 +30,9 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -541,6 +543,190 @@ def _chain(data: bytes, pos: int) -> tuple[list[tuple[int, int]], int | None]:
     return frames, None
 
 
+class RecordingIndex:
+    """Random access to a recording's events without holding them all: the file offset of each
+    whole frame and the index of its first event, with the frames last decoded kept.
+
+    ``update`` reads the frames written since the last call (the whole file the first time) in
+    chunks of ``CHUNK_BYTES`` and hands their events to a callback, chunk by chunk, so indexing
+    a 600 MB recording never holds more than a chunk's events. Events are decoded, range-checked
+    and upgraded as ``read_recording`` does; a partial last frame is left for the next call
+    (``pending_bytes``, and ``truncation`` words it as ``read_recording``'s warning).
+    """
+
+    CHUNK_BYTES = 4 * 1024 * 1024
+    BLOCK_FRAMES = 64  # frames decoded together on a cache miss
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.format_version: int | None = None
+        self._file: BinaryIO | None = None
+        self._offsets = array("q")  # file offset of each whole frame's length prefix
+        self._firsts = array("q")  # index of its first event
+        self._count = 0  # events in whole frames
+        self._end = 0  # file offset just after the last whole frame
+        self._upgrade = SchemaUpgrade()
+        self._range = DeclaredRange(self.path)
+        self._block: tuple[int, list[Event]] = (0, [])  # (index of its first event, events)
+        self.pending_bytes = 0
+        self.following = True  # ``update`` reads on; False once ``stop_following``/``close``
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def frames(self) -> int:
+        return len(self._offsets)
+
+    def truncation(self) -> str | None:
+        """``read_recording``'s warning for the partial frame at the end (None: there is none)."""
+        if self.format_version is None and self.pending_bytes:
+            return (
+                f"{self.path}: truncated header ({self.pending_bytes} of {HEADER_SIZE} bytes); "
+                "no events"
+            )
+        if not self.pending_bytes:
+            return None
+        return (
+            f"{self.path}: last frame truncated at byte {self._end} ({self.pending_bytes} "
+            f"trailing bytes ignored); {self._count} events read"
+        )
+
+    def update(self, sink: Callable[[list[Event], int], None]) -> int:
+        """Index the whole frames written since the last call; ``sink(events, index of the
+        first)`` gets their events chunk by chunk. Returns how many were added (a missing file
+        has none yet)."""
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")  # closed by close()
+            except FileNotFoundError:
+                return 0
+            except OSError as exc:
+                raise RecordingError(
+                    f"{self.path}: cannot read recording ({exc.strerror})"
+                ) from None
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        if self.format_version is None:
+            header = os.pread(fd, HEADER_SIZE, 0)
+            self.format_version = _check_header(self.path, header)
+            self.pending_bytes = len(header)
+            if self.format_version is None:
+                return 0
+            self._end = HEADER_SIZE
+        added = 0
+        while self._end < size:
+            data = os.pread(fd, max(self.CHUNK_BYTES, self._next_frame_bytes(fd)), self._end)
+            if not data:
+                break
+            events: list[Event] = []
+            frames: list[tuple[int, int]] = []
+            with _gc_paused():
+                stop = _decode_frames(
+                    self.path,
+                    self.format_version,
+                    memoryview(data),
+                    0,
+                    self._end,
+                    events,
+                    self._range,
+                    frames,
+                )
+            if not frames:
+                break  # a partial frame: wait for the rest
+            self._upgrade.apply(events)
+            first = self._count
+            for offset, index in frames:
+                self._offsets.append(offset)
+                self._firsts.append(first + index)
+            self._count += len(events)
+            self._end += stop
+            added += len(events)
+            sink(events, first)
+        self.pending_bytes = size - self._end
+        return added
+
+    def _next_frame_bytes(self, fd: int) -> int:
+        """The length of the frame at ``_end`` with its prefix (0 when unknown yet)."""
+        prefix = os.pread(fd, LENGTH_SIZE, self._end)
+        if len(prefix) < LENGTH_SIZE:
+            return 0
+        (length,) = _LENGTH.unpack(prefix)
+        return LENGTH_SIZE + min(length, MAX_FRAME_SIZE)
+
+    def __getitem__(self, index: int) -> Event:
+        first, events = self._block
+        if not first <= index < first + len(events):
+            self._block = self._decode(index, index + 1, self.BLOCK_FRAMES)
+            first, events = self._block
+        return events[index - first]
+
+    def slice(self, start: int, stop: int) -> list[Event]:
+        """``events[start:stop]``, decoded from the file (or the frames last decoded)."""
+        start, stop = max(start, 0), min(stop, self._count)
+        if start >= stop:
+            return []
+        first, events = self._block
+        if first <= start and stop <= first + len(events):
+            return events[start - first : stop - first]
+        block_first, block = self._decode(start, stop, 0)
+        if len(block) <= self.BLOCK_FRAMES * 64:
+            self._block = (block_first, block)  # kept for the next look at these events
+        return block[start - block_first : stop - block_first]
+
+    def _decode(self, start: int, stop: int, extra_frames: int) -> tuple[int, list[Event]]:
+        """The events of the frames holding ``[start, stop)`` (and ``extra_frames`` more)."""
+        if self._file is None or self.format_version is None:
+            raise IndexError(start)
+        if self._file.closed:
+            self._file = open(self.path, "rb")  # closed by close()
+        lo = bisect_right(self._firsts, start) - 1
+        hi = min(bisect_left(self._firsts, stop) + extra_frames, len(self._offsets))
+        begin = self._offsets[lo]
+        end = self._offsets[hi] if hi < len(self._offsets) else self._end
+        data = os.pread(self._file.fileno(), end - begin, begin)
+        if len(data) != end - begin:
+            raise RecordingError(f"{self.path}: the recording was cut short while being read")
+        events: list[Event] = []
+        with _gc_paused():
+            _decode_frames(
+                self.path, self.format_version, memoryview(data), 0, begin, events, self._range
+            )
+        self._upgrade.apply(events)
+        return self._firsts[lo], events
+
+    def take(self, indices: Sequence[int]) -> list[Event]:
+        """The events at ``indices`` (ascending), each frame holding some decoded once."""
+        out: list[Event] = []
+        i = 0
+        while i < len(indices):
+            first, events = self._block
+            if first <= indices[i] < first + len(events):
+                out.append(events[indices[i] - first])
+                i += 1
+                continue
+            # The next run of indices whose frames lie close together, decoded in one read.
+            frame = bisect_right(self._firsts, indices[i]) - 1
+            j = i + 1
+            while j < len(indices):
+                nxt = bisect_right(self._firsts, indices[j]) - 1
+                if nxt - frame > self.BLOCK_FRAMES // 4:
+                    break
+                frame = nxt
+                j += 1
+            self._block = self._decode(indices[i], indices[j - 1] + 1, 0)
+        return out
+
+    def stop_following(self) -> None:
+        self.following = False
+
+    def close(self) -> None:
+        """Close the file (reopened if events are looked at again); no more updates."""
+        self.following = False
+        if self._file is not None:
+            self._file.close()
+
+
 class RecordingFollower:
     """Reads a recording that is still being written: each ``poll`` returns the new whole frames."""
 
@@ -646,10 +832,11 @@ def _decode_frames(
     base_offset: int,
     out: list[Event],
     declared: DeclaredRange,
+    frames: list[tuple[int, int]] | None = None,
 ) -> int:
     """Append the events of every whole frame from ``data[pos:]`` to ``out``; return where the
     first partial frame starts (``len(data)`` when none). ``base_offset`` maps ``data`` back to
-    file offsets."""
+    file offsets; ``frames``, when given, gets (file offset, index in ``out``) of each frame."""
     size = len(data)
     unpack_length = _LENGTH.unpack_from
     # Bound methods: no wrapper call per frame. Version 1 frames hold one event, version 2 a list.
@@ -680,5 +867,7 @@ def _decode_frames(
         first = len(out)
         add(decoded)
         declared.check(out, first, base_offset + pos)
+        if frames is not None:
+            frames.append((base_offset + pos, first))
         pos = stop
     return pos

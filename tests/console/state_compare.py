@@ -39,8 +39,10 @@ def replayed(events: list[Event]) -> object:
 
 
 def polled_state(polled: object, state: ConsoleState | None = None) -> ConsoleState:
-    """The state the app holds after a poll, as its tick builds it."""
+    """The state the app holds after a poll, as its tick builds it (``state``: the one it held
+    before; none: the empty state it starts with)."""
     if polled.reset:  # type: ignore[attr-defined]
         state = polled.state or ConsoleState()  # type: ignore[attr-defined]
-    assert state is not None
+    elif state is None:
+        state = ConsoleState()
     return reduce_many(state, polled.events)  # type: ignore[attr-defined]

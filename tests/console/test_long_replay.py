@@ -1,0 +1,218 @@
+"""Long runs stay cheap (issue 25, item 8): replay seeks from keyframes of the console state,
+which equal a replay from the start; the recording is indexed, not held; `ps` reads the ends.
+
+The long recordings are the real engine's (``fixtures/real_run.msgpack``) repeated with its
+episodes and wall times moved on (``bench/_long_runs.long_run_events``).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+import esper_engine.recording
+import overwatch.sources
+from esper_engine.contracts import EpochSummary, Event, GovernorRollback, RunFinished
+from esper_engine.recording import Recorder, read_recording
+from overwatch.app import OverwatchApp
+from overwatch.runs import RunState, list_runs
+from overwatch.sources import KEYFRAME_EPOCHS, MAX_KEYFRAMES, ReplayAction, ReplaySource
+from overwatch.state import reduce_many
+from tests.console.fixtures import REAL_RUN, real_events, run_async
+from tests.console.state_compare import canonical, polled_state, replayed
+from tests.console.test_real_recording import screen
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from _long_runs import long_run_events  # noqa: E402
+
+N_EVENTS = 12_000  # ~600 epochs: past what MAX_KEYFRAMES keyframes cover, so they thin out
+
+
+def write(path: Path, events: list[Event]) -> Path:
+    with Recorder(path) as recorder:
+        for event in events:
+            recorder.emit(event)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_events() -> list[Event]:
+    return long_run_events(real_events(), N_EVENTS)
+
+
+@pytest.fixture(scope="module")
+def long_recording(tmp_path_factory: pytest.TempPathFactory, long_events: list[Event]) -> Path:
+    return write(tmp_path_factory.mktemp("long") / "long.msgpack", long_events)
+
+
+def test_every_seek_gives_the_state_a_replay_from_the_start_gives(
+    long_recording: Path, long_events: list[Event]
+) -> None:
+    source = ReplaySource(long_recording, clock=lambda: 0.0)
+    assert source.playing
+    source.toggle_play()
+    state = polled_state(source.poll())
+    moves = [
+        *[ReplayAction.STEP_FORWARD] * 30,  # played by steps: the console reduces the events
+        ReplayAction.END,  # a jump: the state comes from the source
+        *[ReplayAction.STEP_BACK] * 12,
+        ReplayAction.PREVIOUS_INCIDENT,
+        *[ReplayAction.STEP_FORWARD] * 3,
+        ReplayAction.HOME,
+        ReplayAction.NEXT_INCIDENT,
+        *[ReplayAction.STEP_BACK] * 2,
+    ]
+    checked = 0
+    for n, action in enumerate(moves):
+        source.replay(action)
+        state = polled_state(source.poll(), state)
+        assert len(source._keyframes) <= MAX_KEYFRAMES + 1
+        if n % 3 == 0 or action is not ReplayAction.STEP_FORWARD:
+            assert canonical(state) == replayed(long_events[: source.cursor]), (n, action)
+            checked += 1
+    for episode, epoch in ((3, 2), (60, 7), (30, 0), (74, 5)):
+        assert source.seek_epoch(episode, epoch)
+        state = polled_state(source.poll(), state)
+        assert type(long_events[source.cursor - 1]) is EpochSummary
+        assert canonical(state) == replayed(long_events[: source.cursor])
+    assert checked > 10
+    assert len(source._keyframes) == MAX_KEYFRAMES + 1  # thinned out, never more
+
+
+def test_a_step_back_rebuilds_at_most_keyframe_epochs(
+    long_recording: Path, long_events: list[Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind where the operator has played, keyframes are dense: each step back reduces at
+    most KEYFRAME_EPOCHS epochs of events. After a far jump, the first step into a stretch
+    that thinning left sparse rebuilds it once (laying keyframes), the next ones are cheap."""
+    source = ReplaySource(long_recording, clock=lambda: 0.0)
+    reduced: list[int] = []
+    real_reduce_many = overwatch.sources.reduce_many
+
+    def counting(state, events):
+        events = list(events)
+        reduced.append(len(events))
+        return real_reduce_many(state, events)
+
+    monkeypatch.setattr(overwatch.sources, "reduce_many", counting)
+    stops = list(source._stops)
+    widest = max(b - a for a, b in zip(stops, stops[KEYFRAME_EPOCHS + 1 :], strict=False))
+    source.end()
+    source.poll()
+    for _ in range(KEYFRAME_EPOCHS * 3):
+        reduced.clear()
+        source.step_back()
+        polled = source.poll()
+        assert polled.reset and not polled.events
+        assert sum(reduced) <= widest, sum(reduced)  # K + 1 epochs at most
+    for start in (len(long_events) // 2, len(long_events) // 5):
+        source.seek(start)
+        source.poll()
+        positions = sorted(source._keyframes)
+        gap = max(b - a for a, b in zip(positions, positions[1:], strict=False))
+        steps = []
+        for _ in range(KEYFRAME_EPOCHS * 3):
+            reduced.clear()
+            source.step_back()
+            source.poll()
+            steps.append(sum(reduced))
+        assert sum(steps) <= len(steps) * widest + gap, steps
+        assert sorted(steps)[len(steps) // 2] <= widest, steps
+
+
+def replay_memory(path: Path) -> int:
+    """Bytes a replay source holds once it has been to the end and stepped back 20 epochs."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        source = ReplaySource(path, clock=lambda: 0.0)
+        source.end()
+        source.poll()
+        for _ in range(20):
+            source.step_back()
+            source.poll()
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    source.stop()
+    return held
+
+
+def test_memory_stays_bounded_as_the_recording_grows(
+    tmp_path: Path, long_events: list[Event]
+) -> None:
+    """Ten times the events, not ten times the memory: events are read from the file as
+    needed; what grows is the index (a few bytes per frame and per epoch)."""
+    short = write(tmp_path / "short.msgpack", long_events[: N_EVENTS // 10])
+    long = write(tmp_path / "long.msgpack", long_events)
+    small, big = replay_memory(short), replay_memory(long)
+    decoded = 500 * len(long_events)  # what holding the decoded events would take, at least
+    assert big < 2 * small and big - small < decoded / 10, (small, big)
+
+
+@run_async
+async def test_the_screen_after_stepping_back_is_the_screen_of_a_replay_to_there(
+    long_recording: Path, long_events: list[Event]
+) -> None:
+    back = ReplaySource(long_recording, clock=lambda: 0.0)
+    app = OverwatchApp(back, clock=lambda: 0.0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("end")
+        for _ in range(KEYFRAME_EPOCHS + 3):
+            await pilot.press("comma")
+        await pilot.pause()
+        seen = screen(app)
+        cursor = back.cursor
+        assert canonical(app.state) == replayed(long_events[:cursor])
+    direct = ReplaySource(long_recording, clock=lambda: 0.0)
+    direct.playing = False
+    direct.seek(cursor)
+    fresh = OverwatchApp(direct, clock=lambda: 0.0)
+    async with fresh.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert screen(fresh) == seen
+        assert "episode" in "\n".join(seen).lower()
+
+
+def test_ps_reads_the_ends_of_long_recordings(
+    tmp_path: Path, long_events: list[Event], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path / "done.msgpack", long_events)
+    crashed = write(tmp_path / "crashed.msgpack", long_events[:-1]).read_bytes()
+    (tmp_path / "crashed.msgpack").write_bytes(crashed[:-5])  # its last frame torn
+    cut = read_recording(tmp_path / "crashed.msgpack").events
+
+    def whole_read(path):
+        raise AssertionError(f"ps decoded all of {path}")
+
+    monkeypatch.setattr(esper_engine.recording, "read_recording", whole_read)
+    runs = {run.path.name: run for run in list_runs(tmp_path)}
+    done, killed = runs["done.msgpack"], runs["crashed.msgpack"]
+    last = [e for e in long_events if type(e) is EpochSummary][-1]
+    assert (done.state, done.episode, done.epoch) == (
+        RunState.COMPLETED,
+        last.episode + 1,
+        last.epoch + 1,
+    )
+    assert type(long_events[-1]) is RunFinished and done.episodes == long_events[0].episodes
+    last_cut = [e for e in cut if type(e) is EpochSummary][-1]
+    assert (killed.state, killed.episode, killed.epoch) == (
+        RunState.CRASHED,
+        last_cut.episode + 1,
+        last_cut.epoch + 1,
+    )
+    assert any(type(e) is GovernorRollback for e in long_events)  # every kind of event in it
+
+
+def test_short_real_recordings_replay_as_before(tmp_path: Path) -> None:
+    events = real_events(REAL_RUN)
+    source = ReplaySource(write(tmp_path / "r.msgpack", events), clock=lambda: 0.0)
+    source.end()
+    state = polled_state(source.poll())
+    assert canonical(state) == canonical(reduce_many(type(state)(), events))

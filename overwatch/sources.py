@@ -270,10 +270,14 @@ class _EventFile(RecordingIndex):
 
 # Keyframes: a copy of the console state every KEYFRAME_EPOCHS epoch stops, so a step back (or
 # any seek) rebuilds at most that many epochs from the nearest one. At most MAX_KEYFRAMES are
-# kept, dense near the playback position and thinning out with distance from it; a seek far
-# from any rebuilds from the nearest and lays keyframes down on its way.
+# kept (fewer for many envs: about KEYFRAME_BYTES in all), dense near the playback position and
+# thinning out with distance from it; a seek far from any rebuilds from the nearest and lays
+# keyframes down on its way.
 KEYFRAME_EPOCHS = 8
 MAX_KEYFRAMES = 24
+MIN_KEYFRAMES = 6
+KEYFRAME_BYTES = 8 * 1024 * 1024
+ENV_KEYFRAME_BYTES = 64 * 1024  # an env's share of a keyframe, its plot series packed (measured)
 # A forward move of more events than this reaches the console as a state (``Polled.state``)
 # built here, not as a list of events: memory stays bounded on a jump to the end.
 MAX_BATCH_EVENTS = 4096
@@ -512,6 +516,12 @@ class ReplaySource:
             reduce_many(state, self.events.slice(start, min(start + MAX_BATCH_EVENTS, index)))
         return state
 
+    @property
+    def max_keyframes(self) -> int:
+        """How many keyframes are kept: MAX_KEYFRAMES, fewer for a run of many envs."""
+        per_keyframe = ENV_KEYFRAME_BYTES * max(self._frontier.n_envs, 1)
+        return max(MIN_KEYFRAMES, min(MAX_KEYFRAMES, KEYFRAME_BYTES // per_keyframe))
+
     def _advance_frontier(self, index: int) -> None:
         """Reduce the frontier on to ``index``, chunk by chunk (memory stays bounded)."""
         while self._frontier_at < index:
@@ -526,8 +536,8 @@ class ReplaySource:
         state, at = self._frontier, self._frontier_at
         near = 0
         if target is not None:
-            near = bisect_right(self._stops, target) - KEYFRAME_EPOCHS * MAX_KEYFRAMES // 2
-        far_spacing = max(KEYFRAME_EPOCHS, len(self._stops) // (MAX_KEYFRAMES // 2))
+            near = bisect_right(self._stops, target) - KEYFRAME_EPOCHS * self.max_keyframes // 2
+        far_spacing = max(KEYFRAME_EPOCHS, len(self._stops) // (self.max_keyframes // 2))
         i = bisect_right(self._stops, at)
         next_stop = self._stops[i] if i < len(self._stops) else -1
         log_revision = state.log_revision
@@ -549,11 +559,11 @@ class ReplaySource:
 
     def _keep(self, at: int, state: ConsoleState) -> None:
         """Keep a copy of ``state`` (at ``at``) as a keyframe, its log left out (rebuilt from
-        the file: ``_log_before``), then thin the keyframes out to ``MAX_KEYFRAMES``."""
+        the file: ``_log_before``), then thin the keyframes out to ``max_keyframes``."""
         if at in self._keyframes:
             return
-        self._keyframes[at] = state.copy(log=())
-        while len(self._keyframes) > MAX_KEYFRAMES + 1:  # + the empty state at 0
+        self._keyframes[at] = state.keyframe()
+        while len(self._keyframes) > self.max_keyframes + 1:  # + the empty state at 0
             self._drop_one()
 
     def _drop_one(self) -> None:

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import itertools
 import math
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -418,23 +419,69 @@ class ConsoleState:
             state.log = deque(log, maxlen=LOG_SIZE)
         return state
 
+    def keyframe(self) -> ConsoleState:
+        """A compact copy to keep (a replay keyframe): no event log, and the plot and sparkline
+        series packed into arrays of doubles (8 bytes a figure instead of a float object and a
+        tuple slot). Only ``copy`` of it is a state to reduce into or show."""
+        state = _copied(self, skip="log", pack=True)
+        state.log = deque(maxlen=LOG_SIZE)
+        return state
+
 
 _REVISION_FIELDS = frozenset({"revision", "live_revision", "log_revision"})
 _SHARED = (int, float, str, bool, type(None), tuple, msgspec.Struct)
 
 
-def _copied(value: object, skip: str = "") -> object:
+class _Packed:
+    """A deque of floats, or of same-width tuples of floats, packed into doubles (``keyframe``)."""
+
+    __slots__ = ("data", "maxlen", "width")
+
+    def __init__(self, values: deque, width: int) -> None:
+        self.maxlen, self.width = values.maxlen, width
+        self.data = array("d", values if width == 0 else itertools.chain.from_iterable(values))
+
+    @staticmethod
+    def width_of(values: deque) -> int | None:
+        """0 for floats, n for n-tuples of floats, None when the deque holds anything else."""
+        if not values:
+            return None
+        first = values[0]
+        width = 0 if type(first) is float else len(first) if type(first) is tuple else None
+        if width is None:
+            return None
+        for v in values:
+            if width == 0:
+                if type(v) is not float:
+                    return None
+            elif type(v) is not tuple or len(v) != width or any(type(x) is not float for x in v):
+                return None
+        return width
+
+    def unpack(self) -> deque:
+        data, width = self.data, self.width
+        if width == 0:
+            return deque(data, self.maxlen)
+        return deque((tuple(data[i : i + width]) for i in range(0, len(data), width)), self.maxlen)
+
+
+def _copied(value: object, skip: str = "", pack: bool = False) -> object:
     """``value`` with every mutable container and mutable dataclass copied (fields named in
     ``_REVISION_FIELDS`` restamped); immutable values (scalars, tuples, frozen events, frozen
-    dataclasses) are shared. Generic over the fields, so a field added later is copied too."""
+    dataclasses) are shared. Generic over the fields, so a field added later is copied too.
+    ``pack``: float series become ``_Packed`` (a keyframe); a ``_Packed`` copies back to one."""
     if isinstance(value, _SHARED):
         return value
     if isinstance(value, deque):
-        return deque([_copied(v) for v in value], value.maxlen)
+        if pack and (width := _Packed.width_of(value)) is not None:
+            return _Packed(value, width)
+        return deque([_copied(v, pack=pack) for v in value], value.maxlen)
+    if isinstance(value, _Packed):
+        return value if pack else value.unpack()
     if isinstance(value, list):
-        return [_copied(v) for v in value]
+        return [_copied(v, pack=pack) for v in value]
     if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
+        return {k: _copied(v, pack=pack) for k, v in value.items()}
     if isinstance(value, set):
         return set(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -447,7 +494,7 @@ def _copied(value: object, skip: str = "") -> object:
             if f.name in _REVISION_FIELDS:
                 setattr(clone, f.name, next(_revisions))
             else:
-                setattr(clone, f.name, _copied(getattr(value, f.name)))
+                setattr(clone, f.name, _copied(getattr(value, f.name), pack=pack))
         return clone
     raise TypeError(f"a console state holds a {type(value).__name__}, which copy() cannot copy")
 

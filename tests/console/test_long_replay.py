@@ -11,6 +11,7 @@ import gc
 import sys
 import tracemalloc
 from pathlib import Path
+from types import FunctionType, MethodType, ModuleType
 
 import pytest
 
@@ -125,35 +126,53 @@ def test_a_step_back_rebuilds_at_most_keyframe_epochs(
         assert sorted(steps)[len(steps) // 2] <= widest, steps
 
 
-def replay_memory(path: Path) -> int:
-    """Bytes a replay source holds once it has been to the end and stepped back 20 epochs."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        source = ReplaySource(path, clock=lambda: 0.0)
-        source.end()
+def held_bytes(root: object) -> int:
+    """Bytes of the objects reachable from ``root`` (sys.getsizeof each, once)."""
+    seen: set[int] = set()
+    stack, total = [root], 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (type, ModuleType, FunctionType, MethodType)):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
+def replay_memory(path: Path) -> tuple[int, int]:
+    """(bytes a replay source holds once it has been to the end and stepped back 20 epochs,
+    bytes of its index: frame offsets, epoch stops, incidents, log positions)."""
+    source = ReplaySource(path, clock=lambda: 0.0)
+    source.end()
+    source.poll()
+    for _ in range(20):
+        source.step_back()
         source.poll()
-        for _ in range(20):
-            source.step_back()
-            source.poll()
-        gc.collect()
-        held = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
+    index = [source.events._offsets, source.events._firsts, source._stops, source._incidents]
+    index += [source._log_positions, source._epoch_last]
+    held = held_bytes(source)
     source.stop()
-    return held
+    return held, sum(held_bytes(part) for part in index)
 
 
 def test_memory_stays_bounded_as_the_recording_grows(
-    tmp_path: Path, long_events: list[Event]
+    tmp_path: Path, long_recording: Path, long_events: list[Event]
 ) -> None:
-    """Ten times the events, not ten times the memory: events are read from the file as
-    needed; what grows is the index (a few bytes per frame and per epoch)."""
-    short = write(tmp_path / "short.msgpack", long_events[: N_EVENTS // 10])
-    long = write(tmp_path / "long.msgpack", long_events)
-    small, big = replay_memory(short), replay_memory(long)
-    decoded = 500 * len(long_events)  # what holding the decoded events would take, at least
-    assert big < 2 * small and big - small < decoded / 10, (small, big)
+    """Four times the events, not four times the memory: events are read from the file as
+    needed and keyframes are capped; what grows is the index, a few bytes per frame, epoch and
+    logged event."""
+    longer = write(tmp_path / "longer.msgpack", long_run_events(real_events(), 4 * N_EVENTS))
+    (small, small_index), (big, big_index) = replay_memory(long_recording), replay_memory(longer)
+    assert big - big_index < 1.6 * (small - small_index), (small, big)
+    assert big_index < 4.2 * small_index and big_index < 16 * 4 * N_EVENTS  # bytes per event
+    tracemalloc.start()
+    try:
+        held = read_recording(longer).events  # what holding the decoded events would take
+        decoded = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(held) == 4 * N_EVENTS and big < decoded / 4, (big, decoded)
 
 
 @run_async

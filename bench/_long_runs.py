@@ -23,6 +23,7 @@ Each figure prints what was measured, whatever it is.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import subprocess
@@ -159,15 +160,16 @@ def _replay_through(path: str) -> None:
     from overwatch.sources import ReplaySource
 
     async def drive() -> None:
-        app = OverwatchApp(ReplaySource(path), clock=time.time)
+        keys = itertools.count(1000.0)  # a second between keys: each is a key, not a burst
+        app = OverwatchApp(ReplaySource(path), clock=time.time, key_clock=lambda: next(keys))
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.press("space", "end")
-            await pilot.pause()
-            for key in ["comma"] * 20 + ["full_stop"] * 5:
+            for key in ["space", "end"] + ["comma"] * 20 + ["full_stop"] * 5:
                 await pilot.press(key)
-            await pilot.pause()
-            if not app.state.events_seen:
-                raise RuntimeError("the console showed nothing")
+                await app.settle_keys()
+                await pilot.pause()
+            source = app.source
+            if not app.state.events_seen or source.at_end or not source.cursor:
+                raise RuntimeError("the console did not step back from the end")
 
     asyncio.run(drive())
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -554,8 +554,9 @@ class RecordingIndex:
     (``pending_bytes``, and ``truncation`` words it as ``read_recording``'s warning).
     """
 
-    CHUNK_BYTES = 4 * 1024 * 1024
+    CHUNK_BYTES = 1024 * 1024
     BLOCK_FRAMES = 64  # frames decoded together on a cache miss
+    CACHE_EVENTS = 1024  # a slice of at most this many events is kept for the next look
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -670,7 +671,7 @@ class RecordingIndex:
         if first <= start and stop <= first + len(events):
             return events[start - first : stop - first]
         block_first, block = self._decode(start, stop, 0)
-        if len(block) <= self.BLOCK_FRAMES * 64:
+        if len(block) <= self.CACHE_EVENTS:
             self._block = (block_first, block)  # kept for the next look at these events
         return block[start - block_first : stop - block_first]
 
@@ -699,8 +700,9 @@ class RecordingIndex:
         """The events at ``indices`` (ascending), each frame holding some decoded once."""
         out: list[Event] = []
         i = 0
+        block = self._block  # the cache is left as it was: these reads are scattered
         while i < len(indices):
-            first, events = self._block
+            first, events = block
             if first <= indices[i] < first + len(events):
                 out.append(events[indices[i] - first])
                 i += 1
@@ -714,7 +716,7 @@ class RecordingIndex:
                     break
                 frame = nxt
                 j += 1
-            self._block = self._decode(indices[i], indices[j - 1] + 1, 0)
+            block = self._decode(indices[i], indices[j - 1] + 1, 0)
         return out
 
     def stop_following(self) -> None:

@@ -214,7 +214,8 @@ async def test_the_screen_after_stepping_back_is_the_screen_of_a_replay_to_there
         await pilot.pause()
         assert screen(fresh) == seen
     last = long_events[cursor - 1]
-    assert f"{last.episode}:{last.epoch:02d}" in "\n".join(seen)  # the log's episode:epoch
+    header = f"episode {last.episode + 1}/{long_events[0].episodes} · epoch {last.epoch + 1}/"
+    assert header in seen[1]  # the header counts from 1
 
 
 def test_ps_reads_the_ends_of_long_recordings(

@@ -8,6 +8,7 @@ episodes and wall times moved on (``bench/_long_runs.long_run_events``).
 from __future__ import annotations
 
 import gc
+import shutil
 import sys
 import tracemalloc
 from pathlib import Path
@@ -254,3 +255,28 @@ def test_short_real_recordings_replay_as_before(tmp_path: Path) -> None:
     source.end()
     state = polled_state(source.poll())
     assert canonical(state) == canonical(reduce_many(type(state)(), events))
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_a_long_replay_steps_back_in_a_real_terminal_at_80x24(
+    long_recording: Path, long_events: list[Event]
+) -> None:
+    from tests.console.test_tmux_e2e import Console
+
+    total = len(long_events)
+    stops = list(ReplaySource.from_events(long_events)._stops)
+    console = Console(str(long_recording), (80, 24))
+    try:
+        console.wait_for("event ")
+        console.keys("End")
+        console.wait_for(f"event {total:,}/{total:,}")
+        cursor = total
+        for _ in range(3):  # one key at a time: a burst would be text for another window
+            console.keys(",")
+            cursor = max(s for s in stops if s < cursor)
+            console.wait_for(f"event {cursor:,}/{total:,}")
+        last = long_events[cursor - 1]
+        screen = console.screen()
+        assert f"epoch {last.epoch + 1}/" in screen.splitlines()[1], screen
+    finally:
+        console.close()

@@ -15,6 +15,15 @@ Anything else that does not parse is a ``RecordingError``, and so is an event th
 the contracts (an unknown seed stage, initiator, status...: msgspec validates them while
 decoding).
 
+Reading without decoding everything: ``read_ends`` gives the first frame and the last frames
+(what `overwatch ps` shows) after decoding a few KiB from the end; ``RecordingIndex`` keeps the
+offset of every frame and decodes events when they are looked at (replay), so neither holds a
+long recording's events. Frames chain only forward, so the tail's first frame is found by
+candidates (a length, an array header, an event's ``"type"`` key) whose chain of lengths reaches
+the end of the file and whose frames decode; bytes inside another frame that mimic all of that
+(only text crafted to) could at worst make ``ps`` show that text's figures: replay and export
+read from the start and never guess.
+
 Schema versions: the events of a recording whose ``RunStarted.schema_version`` is older than
 ``contracts.SCHEMA_VERSION`` are converted to the current schema as they are read
 (``SchemaUpgrade``), by ``read_recording`` and by ``RecordingFollower`` alike, so every consumer

@@ -29,6 +29,7 @@ import torch
 from _attribution import AttributionTimer, blending_model
 from _checkpoint import checkpoint_work, with_checkpoints
 from _console import SIZE, ConsoleRun, TmuxRunner, tmux_missing_reason
+from _long_runs import measure as measure_long_runs
 from _replay import build_recording, decode_seconds, ingest_seconds
 from _scaling import ScalingShape, run_once
 from _throughput import (
@@ -143,8 +144,11 @@ TARGETS = (
     Target("replay_ingest_s", 2.0, False, " s"),
     Target("proc_scaling", 1.7, True),
     Target("exchange_share", 0.01, False),
+    Target("ps_50_recordings", 1.2, False),  # CPU of `ps`, x that of an empty directory
+    Target("replay_step_back_s_200k", 0.05, False, " s"),  # CPU
+    Target("replay_memory_200k", 1.3, False),  # peak RSS, x that of a short replay
 )
-FIGURES = ("engine", "attribution", "console", "replay", "scaling")  # --only choices
+FIGURES = ("engine", "attribution", "console", "replay", "scaling", "long_runs")  # --only
 SIZES = ("tiny", "base")  # --sizes choices: host presets the engine and attribution run at
 # Base attribution per host kind: task, blueprint, validation set (batch_size, val_batches) and
 # attribution_batches (attributing on that many of them, every epoch), chosen from measurements
@@ -464,6 +468,15 @@ class Bench:
         self.values["replay_ingest_s"] = median(walls(ingest_s))
         self.details["replay"] = {"events": REPLAY_EVENTS, "bytes": size, **_timed_details(times)}
 
+    def long_runs(self) -> None:
+        """ps_50_recordings, replay_step_back_s_200k and replay_memory_200k (``_long_runs.py``)."""
+        self.say("long runs: 50 recordings for ps, a 200k-event recording ...")
+        figures = measure_long_runs(repeats=self.profile.replay_repeats)
+        self.values["ps_50_recordings"] = figures.ps_ratio
+        self.values["replay_step_back_s_200k"] = figures.step_back_max_s
+        self.values["replay_memory_200k"] = figures.memory_ratio
+        self.details["long_runs"] = asdict(figures)
+
     def scaling(self) -> None:
         """proc_scaling (env samples/s of 2 ranks / 1 process, one torch thread each, the same
         envs in total) and exchange_share (rank 0's exchange time / the training window)."""
@@ -675,6 +688,10 @@ def main(argv: list[str] | None = None) -> int:
         "console": (CONSOLE_KEYS, bench.console),
         "replay": (("replay_decode_events_per_s", "replay_ingest_s"), bench.replay),
         "scaling": (("proc_scaling", "exchange_share"), bench.scaling),
+        "long_runs": (
+            ("ps_50_recordings", "replay_step_back_s_200k", "replay_memory_200k"),
+            bench.long_runs,
+        ),
     }
     for name in FIGURES:
         if name in args.only:

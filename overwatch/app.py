@@ -606,7 +606,7 @@ class OverwatchApp(App[int]):
         polled = self.source.poll()
         with self.batch_update():
             if polled.reset:
-                self.state = ConsoleState.planned(self.source.plan)
+                self.state = polled.state or ConsoleState.planned(self.source.plan)
             reduce_many(self.state, polled.events)
             self.state.dropped = self.source.dropped
             self.state.setup = getattr(self.source, "setup_status", "")  # a live run's set-up

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunStatus
 from esper_engine.control import read_pid_file, socket_alive
-from esper_engine.recording import RecordingError, RecordingFollower
+from esper_engine.recording import RecordingError, read_ends
 from esper_engine.run_files import UnsafeFileError
 from overwatch.registry import find_registered, registered_runs, registry_dir
 from overwatch.widgets.formatting import host_label
@@ -85,19 +85,16 @@ def run_info(record: Path, run_id: str | None = None) -> RunInfo:
     last: EpochSummary | None = None
     finished: RunFinished | None = None
     readable = True
-    follower = RecordingFollower(record)
     try:
-        for event in follower.poll():  # a truncated last frame is simply left out
-            if type(event) is EpochSummary:
-                last = event
-            elif type(event) is RunStarted:
-                started = event
-            elif type(event) is RunFinished:
-                finished = event
+        # Only the two ends: how the run started, its last summary and how it ended. A
+        # truncated last frame is simply left out.
+        ends = read_ends(record, (EpochSummary,))
     except RecordingError:
         readable = False
-    finally:
-        follower.close()
+    else:
+        started = next((e for e in ends.head if type(e) is RunStarted), None)
+        last = ends.last(EpochSummary)
+        finished = ends.last(RunFinished)
     warning = None
     try:
         pid, sock = _running(record)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from esper_engine.config import MAX_EPOCHS
 from esper_engine.contracts import (
     EpochSummary,
     Event,
@@ -23,11 +26,20 @@ from esper_engine.contracts import (
     GovernorRollback,
     OperatorCommand,
     RunFinished,
+    RunResumed,
     RunStarted,
     RunStatus,
 )
-from esper_engine.recording import RecordingError, RecordingFollower, read_recording
-from overwatch.state import RunPlan
+from esper_engine.recording import RecordingError, RecordingFollower, RecordingIndex
+from overwatch.state import (
+    LOG_SIZE,
+    ConsoleState,
+    LogEntry,
+    RunPlan,
+    log_entry,
+    reduce,
+    reduce_many,
+)
 
 if TYPE_CHECKING:  # the session imports torch; replay never needs it
     from pathlib import Path
@@ -43,10 +55,13 @@ MAX_IDLE_S = 3.0
 
 @dataclass(frozen=True)
 class Polled:
-    """One poll's events; ``reset`` means: drop the current state and rebuild from ``events``."""
+    """One poll's events; ``reset`` means: drop the current state, take ``state`` (or an empty
+    one) and reduce ``events`` into it."""
 
     events: list[Event]
     reset: bool = False
+    # With ``reset``: the state to carry on from (then ``events``), instead of an empty one.
+    state: ConsoleState | None = None
 
 
 @dataclass(frozen=True)
@@ -219,12 +234,65 @@ class LiveSource:
         raise TypeError("a live run has no playback controls")
 
 
+class _EventList:
+    """Events already in memory (``ReplaySource.from_events``), behind ``RecordingIndex``'s
+    interface."""
+
+    def __init__(self, events: list[Event]) -> None:
+        self._events = events
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __getitem__(self, index: int) -> Event:
+        return self._events[index]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._events)
+
+    def slice(self, start: int, stop: int) -> list[Event]:
+        return self._events[max(start, 0) : stop]
+
+    def take(self, indices: Sequence[int]) -> list[Event]:
+        return [self._events[i] for i in indices]
+
+    def close(self) -> None:
+        pass
+
+
+class _EventFile(RecordingIndex):
+    """A recording's events read from the file as they are looked at (``RecordingIndex``)."""
+
+    def __iter__(self) -> Iterator[Event]:
+        for start in range(0, len(self), 4096):
+            yield from self.slice(start, start + 4096)
+
+
+# Keyframes: a copy of the console state every KEYFRAME_EPOCHS epoch stops, so a step back (or
+# any seek) rebuilds at most that many epochs from the nearest one. At most MAX_KEYFRAMES are
+# kept (fewer for many envs: about KEYFRAME_BYTES in all), dense near the playback position and
+# thinning out with distance from it; a seek far from any rebuilds from the nearest and lays
+# keyframes down on its way.
+KEYFRAME_EPOCHS = 8
+MAX_KEYFRAMES = 24
+MIN_KEYFRAMES = 6
+KEYFRAME_BYTES = 8 * 1024 * 1024
+ENV_KEYFRAME_BYTES = 64 * 1024  # an env's share of a keyframe, its plot series packed (measured)
+# A forward move of more events than this reaches the console as a state (``Polled.state``)
+# built here, not as a list of events: memory stays bounded on a jump to the end.
+MAX_BATCH_EVENTS = 4096
+
+
 class ReplaySource:
     """A recording played back read-only: play/pause, step by epoch, speed, jump to either end.
 
     The source keeps a cursor (how many events the console should have applied) and remembers
-    how many it has handed out; moving the cursor backwards makes the next poll a ``reset`` that
-    rebuilds the state from the start (the reducer is fast enough for that).
+    how many it has handed out. The recording is indexed, not held: events are decoded from the
+    file as they are needed (``RecordingIndex``), so memory does not grow with the recording.
+    Beside the console, the source reduces every event it hands out into a state of its own
+    (the *frontier*) and keeps copies of it at keyframes (``KEYFRAME_EPOCHS``); moving the
+    cursor backwards (or far forwards) makes the next poll a ``reset`` carrying the state at the
+    cursor, rebuilt from the nearest keyframe, which equals a replay from the start.
     """
 
     dropped = 0
@@ -239,14 +307,18 @@ class ReplaySource:
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        follower = RecordingFollower(path) if follow else None
-        if follower is not None:
-            events = follower.poll()  # a file not created yet has no events yet
-            self.warning = None if os.path.exists(path) else f"waiting for {path} to be created…"
-        else:
-            reader = read_recording(path)
-            events, self.warning = list(reader), reader.warning
-        self._setup(events, speed, clock, follower)
+        if not follow:
+            try:
+                open(path, "rb").close()  # noqa: SIM115 - a missing file says so here
+            except OSError as exc:
+                raise RecordingError(f"{path}: cannot read recording ({exc.strerror})") from None
+        store = _EventFile(path)
+        self.warning: str | None = None
+        self._setup(store, speed, clock, follow)
+        if follow and not os.path.exists(path):
+            self.warning = f"waiting for {path} to be created…"
+        elif not follow:
+            self.warning = store.truncation()
 
     @classmethod
     def from_events(
@@ -259,30 +331,38 @@ class ReplaySource:
         """A replay of events already in memory (tests, or a recording read elsewhere)."""
         source = cls.__new__(cls)
         source.warning = None
-        source._setup(list(events), speed, clock, None)
+        source._setup(_EventList(list(events)), speed, clock, False)
         return source
 
     def _setup(
         self,
-        events: list[Event],
+        store: _EventFile | _EventList,
         speed: float,
         clock: Callable[[], float],
-        follower: RecordingFollower | None,
+        follow: bool,
     ) -> None:
         if speed not in SPEEDS:
             speed = min(SPEEDS, key=lambda s: abs(s - speed))
-        self.events = events
+        self.events = store
         self.speed = speed
-        self.follow = follower is not None
+        self.follow = follow
         self.capabilities = Capabilities(controls=False, replay_controls=True, live=self.follow)
-        self._follower = follower
         self._clock = clock
-        self._stops: list[int] = []
-        self._epoch_last: dict[tuple[int, int], int] = {}
-        self._incidents: list[int] = []  # positions just after each governor panic or rollback
-        self._index_epochs(0)
+        self._stops = array("q")  # positions just after each epoch's last summary, ascending
+        self._epoch_last: dict[int, int] = {}  # _epoch_key(episode, epoch) -> its stop
+        self._incidents = array("q")  # positions just after each governor panic or rollback
+        # The frontier: every event handed out so far, reduced here too, and its log's events.
+        self._frontier = ConsoleState()
+        self._frontier_at = 0
+        self._log_positions = array("q")  # index of each event that made a log entry
+        self._keyframes: dict[int, ConsoleState] = {0: ConsoleState()}  # position -> state
+        self._keyframe_at = 0  # the frontier's last keyframe
+        if isinstance(store, _EventFile):
+            store.update(self._index_epochs)
+        else:
+            self._index_epochs(store.slice(0, len(store)), 0)
         self.playing = True
-        self.cursor = len(events) if self.follow else self.start_index
+        self.cursor = len(store) if self.follow else self.start_index
         self._applied = 0
         self._replay_time = self._wall_before(self.cursor)
         self._last_clock: float | None = None
@@ -296,14 +376,18 @@ class ReplaySource:
         now = self._clock()
         elapsed = 0.0 if self._last_clock is None else max(0.0, now - self._last_clock)
         self._last_clock = now
-        if self._follower is not None:
+        if self.follow:
             self._take_new_events()
         if self.playing:
             self._advance(math.inf if math.isinf(self.speed) else elapsed * self.speed)
-        if self.cursor < self._applied:
+        if self.cursor < self._applied or self.cursor - self._applied > MAX_BATCH_EVENTS:
             self._applied = self.cursor
-            return Polled(self.events[: self.cursor], reset=True)
-        batch = self.events[self._applied : self.cursor]
+            return Polled([], reset=True, state=self.state_at(self.cursor))
+        batch = self.events.slice(self._applied, self.cursor)
+        if self._frontier_at == self._applied:
+            self._reduce_frontier(batch)
+        else:
+            self._advance_frontier(self.cursor)
         self._applied = self.cursor
         return Polled(batch)
 
@@ -311,8 +395,8 @@ class ReplaySource:
         return None  # a recording cannot be steered
 
     def stop(self, timeout: float | None = None) -> bool:
-        if self._follower is not None:
-            self._follower.close()
+        """Stop following and close the recording (it is reopened if looked at again)."""
+        self.events.close()
         return True
 
     def position(self) -> ReplayPosition:
@@ -342,7 +426,7 @@ class ReplaySource:
 
     def seek_epoch(self, episode: int, epoch: int) -> bool:
         """Pause at the end of (episode, epoch); False (and no move) when there is none."""
-        stop = self._epoch_last.get((episode, epoch))
+        stop = self._epoch_last.get(_epoch_key(episode, epoch))
         if stop is None:
             return False
         self.playing = False
@@ -354,7 +438,7 @@ class ReplaySource:
     @property
     def start_index(self) -> int:
         """Where "home" lands: just after RunStarted, so the header is never blank."""
-        return 1 if self.events and type(self.events[0]) is RunStarted else 0
+        return 1 if len(self.events) and type(self.events[0]) is RunStarted else 0
 
     @property
     def at_end(self) -> bool:
@@ -369,13 +453,14 @@ class ReplaySource:
     def step_forward(self) -> None:
         """Pause and show the end of the next epoch."""
         self.playing = False
-        self.seek(next((s for s in self._stops if s > self.cursor), len(self.events)))
+        i = bisect_right(self._stops, self.cursor)
+        self.seek(self._stops[i] if i < len(self._stops) else len(self.events))
 
     def step_back(self) -> None:
         """Pause and show the end of the previous epoch."""
         self.playing = False
-        earlier = [s for s in self._stops if s < self.cursor]
-        self.seek(earlier[-1] if earlier else self.start_index)
+        i = bisect_left(self._stops, self.cursor)
+        self.seek(self._stops[i - 1] if i else self.start_index)
 
     def faster(self) -> None:
         self.speed = SPEEDS[min(SPEEDS.index(self.speed) + 1, len(SPEEDS) - 1)]
@@ -393,21 +478,131 @@ class ReplaySource:
 
     def next_incident(self) -> None:
         """Pause just after the next governor panic or rollback (none: stay)."""
-        later = [i for i in self._incidents if i > self.cursor]
+        i = bisect_right(self._incidents, self.cursor)
         self.playing = False
-        if later:
-            self.seek(later[0])
+        if i < len(self._incidents):
+            self.seek(self._incidents[i])
 
     def previous_incident(self) -> None:
-        earlier = [i for i in self._incidents if i < self.cursor]
+        i = bisect_left(self._incidents, self.cursor)
         self.playing = False
-        if earlier:
-            self.seek(earlier[-1])
+        if i:
+            self.seek(self._incidents[i - 1])
 
     def seek(self, index: int) -> None:
         """Move the cursor; playback time continues from the last event shown."""
         self.cursor = max(0, min(index, len(self.events)))
         self._replay_time = self._wall_before(self.cursor)
+
+    # --- the state at a position: keyframes -----------------------------------------------------
+
+    def state_at(self, index: int) -> ConsoleState:
+        """A new console state equal to reducing ``events[:index]`` into a fresh one, built
+        from the nearest keyframe at or before ``index`` (or from the frontier, moved on to it);
+        keyframes are laid down on the way."""
+        if index >= self._frontier_at:
+            self._advance_frontier(index)
+            return self._frontier.copy()
+        at = max(p for p in self._keyframes if p <= index)
+        state = self._keyframes[at].copy(log=self._log_before(at))
+        last = at
+        for stop in self._stops_between(at, index):
+            reduce_many(state, self.events.slice(at, stop))
+            at = stop
+            if self._epochs_between(last, at) >= KEYFRAME_EPOCHS:
+                self._keep(at, state)
+                last = at
+        for start in range(at, index, MAX_BATCH_EVENTS):
+            reduce_many(state, self.events.slice(start, min(start + MAX_BATCH_EVENTS, index)))
+        return state
+
+    @property
+    def max_keyframes(self) -> int:
+        """How many keyframes are kept: MAX_KEYFRAMES, fewer for a run of many envs."""
+        per_keyframe = ENV_KEYFRAME_BYTES * max(self._frontier.n_envs, 1)
+        return max(MIN_KEYFRAMES, min(MAX_KEYFRAMES, KEYFRAME_BYTES // per_keyframe))
+
+    def _advance_frontier(self, index: int) -> None:
+        """Reduce the frontier on to ``index``, chunk by chunk (memory stays bounded)."""
+        while self._frontier_at < index:
+            stop = min(index, self._frontier_at + MAX_BATCH_EVENTS)
+            self._reduce_frontier(self.events.slice(self._frontier_at, stop), index)
+
+    def _reduce_frontier(self, events: list[Event], target: int | None = None) -> None:
+        """Reduce ``events`` (those from the frontier on) into it, noting which make a log
+        entry, and keep a keyframe at each epoch stop ``KEYFRAME_EPOCHS`` after the last. On
+        the way to a ``target`` far ahead (a jump), keyframes far behind it, which thinning
+        would drop, are spaced as thinning leaves them instead of copied in vain."""
+        state, at = self._frontier, self._frontier_at
+        near = 0
+        if target is not None:
+            near = bisect_right(self._stops, target) - KEYFRAME_EPOCHS * self.max_keyframes // 2
+        far_spacing = max(KEYFRAME_EPOCHS, len(self._stops) // (self.max_keyframes // 2))
+        i = bisect_right(self._stops, at)
+        next_stop = self._stops[i] if i < len(self._stops) else -1
+        log_revision = state.log_revision
+        for event in events:
+            reduce(state, event)
+            if state.log_revision != log_revision:
+                log_revision = state.log_revision
+                self._log_positions.append(at)
+            at += 1
+            if at == next_stop:
+                i += 1
+                next_stop = self._stops[i] if i < len(self._stops) else -1
+                self._frontier_at = at
+                spacing = KEYFRAME_EPOCHS if target is None or i >= near else far_spacing
+                if self._epochs_between(self._keyframe_at, at) >= spacing:
+                    self._keep(at, state)
+                    self._keyframe_at = at
+        self._frontier_at = at
+
+    def _keep(self, at: int, state: ConsoleState) -> None:
+        """Keep a copy of ``state`` (at ``at``) as a keyframe, its log left out (rebuilt from
+        the file: ``_log_before``), then thin the keyframes out to ``max_keyframes``."""
+        if at in self._keyframes:
+            return
+        self._keyframes[at] = state.keyframe()
+        while len(self._keyframes) > self.max_keyframes + 1:  # + the empty state at 0
+            self._drop_one()
+
+    def _drop_one(self) -> None:
+        """Drop the keyframe whose neighbours are closest together for its distance from the
+        cursor: keyframes stay dense where the operator is and thin out with distance."""
+        positions = sorted(self._keyframes)
+        cursor = self.cursor
+        worst, worst_score = None, math.inf
+        for k in range(1, len(positions) - 1):
+            p = positions[k]
+            if p == self._keyframe_at:
+                continue  # the frontier's, for its next spacing
+            score = (positions[k + 1] - positions[k - 1]) / (1 + abs(p - cursor))
+            if score < worst_score:
+                worst, worst_score = p, score
+        if worst is None:
+            worst = positions[-1]
+        del self._keyframes[worst]
+
+    def _log_before(self, index: int) -> list[LogEntry]:
+        """The event log of the state at ``index``: the last ``LOG_SIZE`` events before it that
+        made an entry, read back from the recording."""
+        end = bisect_left(self._log_positions, index)
+        positions = self._log_positions[max(0, end - LOG_SIZE) : end]
+        events = self.events.take(positions)
+        entries: list[LogEntry] = []
+        for position, event in zip(positions, events, strict=True):
+            previous = None
+            if type(event) is RunResumed and position:
+                previous = self.events[position - 1].wall_time
+            entries.append(log_entry(event, previous))
+        return entries
+
+    def _stops_between(self, start: int, stop: int) -> array[int]:
+        """Epoch stops in (start, stop]."""
+        return self._stops[bisect_right(self._stops, start) : bisect_right(self._stops, stop)]
+
+    def _epochs_between(self, start: int, stop: int) -> int:
+        return bisect_right(self._stops, stop) - bisect_right(self._stops, start)
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -419,7 +614,8 @@ class ReplaySource:
                 self.playing = False
             return
         if math.isinf(recorded_seconds):  # as fast as possible: an epoch per tick
-            self.cursor = next((s for s in self._stops if s > self.cursor), n)
+            i = bisect_right(self._stops, self.cursor)
+            self.cursor = self._stops[i] if i < len(self._stops) else n
             self._replay_time = self._wall_before(self.cursor)
             return
         self._replay_time += recorded_seconds
@@ -432,38 +628,49 @@ class ReplaySource:
         self.cursor = cursor
 
     def _wall_before(self, index: int) -> float:
-        if not self.events:
+        if not len(self.events):
             return 0.0
         return self.events[max(index - 1, 0)].wall_time
 
     def _take_new_events(self) -> None:
         """Follow mode: append what the writer added; stay at the live end if we were there."""
-        try:
-            new = self._follower.poll() if self._follower is not None else []
-        except RecordingError as exc:  # the writer produced garbage: keep what we have
-            self.warning = f"stopped following: {exc}"
-            self._follower.close()
-            self._follower = None
-            return
-        if not new:
+        store = self.events
+        if not isinstance(store, _EventFile) or not store.following:
             return
         was_at_end = self.at_end
-        start = len(self.events)
-        self.events.extend(new)
-        self._index_epochs(start)
-        if was_at_end and self.playing:
-            self.cursor = len(self.events)
+        try:
+            added = store.update(self._index_epochs)
+        except RecordingError as exc:  # the writer produced garbage: keep what we have
+            self.warning = f"stopped following: {exc}"
+            store.stop_following()
+            return
+        if added and was_at_end and self.playing:
+            self.cursor = len(store)
             self._replay_time = self._wall_before(self.cursor)
 
-    def _index_epochs(self, start: int) -> None:
-        """Epoch stops: the position just after the last EpochSummary of each (episode, epoch)."""
-        for i in range(start, len(self.events)):
-            event = self.events[i]
+    def _index_epochs(self, events: list[Event], start: int) -> None:
+        """Epoch stops (the position just after the last EpochSummary of each (episode, epoch))
+        and incidents of ``events``, which begin at position ``start``."""
+        reordered = False
+        for i, event in enumerate(events, start + 1):
             if type(event) is EpochSummary:
-                self._epoch_last[(event.episode, event.epoch)] = i + 1
+                key = _epoch_key(event.episode, event.epoch)
+                old = self._epoch_last.get(key)
+                self._epoch_last[key] = i
+                if old is not None and old != i:
+                    reordered = True  # a resumed run summarised the epoch again
+                elif self._stops and self._stops[-1] == i:
+                    continue
+                else:
+                    self._stops.append(i)
             elif isinstance(event, INCIDENTS):
-                self._incidents.append(i + 1)
-        self._stops = sorted(set(self._epoch_last.values()))
+                self._incidents.append(i)
+        if reordered:
+            self._stops = array("q", sorted(set(self._epoch_last.values())))
+
+
+def _epoch_key(episode: int, epoch: int) -> int:
+    return episode * (MAX_EPOCHS + 1) + epoch
 
 
 class AttachSource:

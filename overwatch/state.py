@@ -8,8 +8,11 @@ place (and returns it) instead of copying it per event.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import math
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -416,6 +419,107 @@ class ConsoleState:
             return x
         return x - 1 + (batch + 1) / self.batches_per_epoch
 
+    def copy(self, log: Iterable[LogEntry] | None = None) -> ConsoleState:
+        """A state equal to this one that reduces on independently of it (a replay keyframe,
+        and what a seek starts from): every container is copied, down to the env views and
+        their slots, while the events and tuples they hold, all immutable, are shared. Every
+        revision is restamped, so widgets repaint from it as from a rebuilt state. ``log``
+        replaces the event log (a keyframe keeps none: the replay rebuilds it from the file).
+        """
+        state = _copied(self) if log is None else _copied(self, skip="log")
+        if log is not None:
+            state.log = deque(log, maxlen=LOG_SIZE)
+        return state
+
+    def keyframe(self) -> ConsoleState:
+        """A compact copy to keep (a replay keyframe): no event log, and the plot and sparkline
+        series packed into arrays of doubles (8 bytes a figure instead of a float object and a
+        tuple slot). Only ``copy`` of it is a state to reduce into or show."""
+        state = _copied(self, skip="log", pack=True)
+        state.log = deque(maxlen=LOG_SIZE)
+        return state
+
+
+_REVISION_FIELDS = frozenset({"revision", "live_revision", "log_revision"})
+_SHARED = (int, float, str, bool, type(None), tuple, msgspec.Struct)
+
+
+class _Packed:
+    """A deque of floats, or of same-width tuples of floats, packed into doubles (``keyframe``)."""
+
+    __slots__ = ("data", "maxlen", "width")
+
+    def __init__(self, values: deque, width: int) -> None:
+        self.maxlen, self.width = values.maxlen, width
+        self.data = array("d", values if width == 0 else itertools.chain.from_iterable(values))
+
+    @staticmethod
+    def width_of(values: deque) -> int | None:
+        """0 for floats, n for n-tuples of floats, None when the deque holds anything else."""
+        if not values:
+            return None
+        first = values[0]
+        width = 0 if type(first) is float else len(first) if type(first) is tuple else None
+        if width is None:
+            return None
+        for v in values:
+            if width == 0:
+                if type(v) is not float:
+                    return None
+            elif type(v) is not tuple or len(v) != width or any(type(x) is not float for x in v):
+                return None
+        return width
+
+    def unpack(self) -> deque:
+        data, width = self.data, self.width
+        if width == 0:
+            return deque(data, self.maxlen)
+        return deque((tuple(data[i : i + width]) for i in range(0, len(data), width)), self.maxlen)
+
+
+def _copied(value: object, skip: str = "", pack: bool = False) -> object:
+    """``value`` with every mutable container and mutable dataclass copied (fields named in
+    ``_REVISION_FIELDS`` restamped); immutable values (scalars, tuples, frozen events, frozen
+    dataclasses) are shared. Generic over the fields, so a field added later is copied too.
+    ``pack``: float series become ``_Packed`` (a keyframe); a ``_Packed`` copies back to one."""
+    if isinstance(value, _SHARED):
+        return value
+    if isinstance(value, deque):
+        if pack and (width := _Packed.width_of(value)) is not None:
+            return _Packed(value, width)
+        return deque([_copied(v, pack=pack) for v in value], value.maxlen)
+    if isinstance(value, _Packed):
+        return value if pack else value.unpack()
+    if isinstance(value, list):
+        return [_copied(v, pack=pack) for v in value]
+    if isinstance(value, dict):
+        return {k: _copied(v, pack=pack) for k, v in value.items()}
+    if isinstance(value, set):
+        return set(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        if value.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            return value
+        clone = copy.copy(value)
+        for f in dataclasses.fields(value):
+            if f.name == skip:
+                continue
+            if f.name in _REVISION_FIELDS:
+                setattr(clone, f.name, next(_revisions))
+            else:
+                setattr(clone, f.name, _copied(getattr(value, f.name), pack=pack))
+        return clone
+    raise TypeError(f"a console state holds a {type(value).__name__}, which copy() cannot copy")
+
+
+def log_entry(event: Event, previous_wall_time: float | None) -> LogEntry:
+    """The event log's entry for a logged event: the event itself, or for a RunResumed its
+    ``Resumed`` (how long the run was down: since ``previous_wall_time``, the event before)."""
+    if type(event) is RunResumed:
+        last = previous_wall_time
+        down = event.wall_time - last if last is not None and event.wall_time > last else None
+        return Resumed(event, down)
+    return event
+
 
 def reduce(state: ConsoleState, event: Event) -> ConsoleState:
     """Apply one event to ``state`` in place and return it (events of unknown type only count)."""
@@ -682,15 +786,13 @@ def _run_resumed(state: ConsoleState, ev: RunResumed) -> None:
     if state.paused_at is not None:  # it died paused: the pause ended with it
         state.pauses.append((state.paused_at, last if last is not None else ev.wall_time))
         state.paused_at = None
-    down = None
     if last is not None and ev.wall_time > last:
         state.down.append((last, ev.wall_time))
-        down = ev.wall_time - last
     state.trainer_state = "running"
     state.finished_status, state.error = None, None
     for view in state.envs:  # the epoch the dead process was in starts again
         view.progress, view.batch = None, None
-    _log(state, Resumed(ev, down))
+    _log(state, log_entry(ev, last))
 
 
 def _run_finished(state: ConsoleState, ev: RunFinished) -> None:

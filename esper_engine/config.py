@@ -23,7 +23,7 @@ from esper_engine.lifecycle import DEFAULT_MIN_PRUNE_AGE
 TASKS = ("synthetic-images", "synthetic-stories", "cifar10", "tinystories")
 POLICIES = ("heuristic", "ppo", "static")
 AMP_MODES = ("off", "bf16", "fp16")
-LR_SCHEDULES = ("cosine", "constant")
+LR_SCHEDULES = ("cosine", "constant", "cosine_to_zero")
 ALPHA_SCHEDULES = ("linear", "cosine")
 # The largest gradient-clip threshold a run accepts, from the CLI or a SetClipThreshold command.
 # A threshold this high already clips nothing a healthy run produces; the trainer compares it with
@@ -337,7 +337,9 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     # --- optimisation (appended: older recordings' configs still decode) ---
     lr_schedule: str = "cosine"
     """cosine: host and seed lrs follow 0.5 * (1 + cos(pi * epoch / epochs)) within each episode,
-    so the last epochs settle instead of swinging; constant: the base lrs throughout."""
+    so the last epochs settle instead of swinging; constant: the base lrs throughout;
+    cosine_to_zero: the same curve read at each epoch's middle, 0.5 * (1 + cos(pi * (epoch + 0.5)
+    / epochs)), so the last epoch trains at about 0 (fully decayed: the growth study's runs)."""
     # --- fault injection (appended; SPEC 11) ---
     faults: tuple[str, ...] = ()
     """KIND:ENV:EPOCH strings as the operator typed them (normalised), ENV and EPOCH counted
@@ -367,11 +369,19 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Validation batches each attribution scores its coalitions on: the first N of the fixed
     set (batches; 0: all). Exact Shapley values of accuracy on those, at about N / val_batches
     of the cost (the README's performance section measures the trade)."""
+    # --- compute price (appended; issue 24) ---
+    compute_price: float = 5.5
+    """Price of compute: the episode pays this per doubling of its training FLOPs over the static
+    host's (accuracy points; policy/rewards.py compute_price). The default is the static
+    frontier's exchange rate, accuracy points per doubling of FLOPs, that bench/growth.py --quick
+    measured (0 disables)."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
         if self.lr_schedule == "constant":
             return 1.0
+        if self.lr_schedule == "cosine_to_zero":
+            return 0.5 * (1.0 + math.cos(math.pi * (epoch + 0.5) / self.epochs))
         return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
 
     def clip_enabled(self) -> bool:
@@ -401,6 +411,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("shapley_exact_max", self.shapley_exact_max, low=0)
         _count("shapley_permutations", self.shapley_permutations, low=1)
         _real("param_rent", self.param_rent, low=0.0)
+        _real("compute_price", self.compute_price, low=0.0)
         _count("batch_stats_every", self.batch_stats_every, low=0)
         _count("event_queue_size", self.event_queue_size, low=1)
         _count("checkpoint_every", self.checkpoint_every, low=0)

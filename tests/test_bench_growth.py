@@ -1,0 +1,149 @@
+"""The growth study's statistics: the frontier, readings on log FLOPs, out-of-range runs, the
+bootstrap, and the compute price the reward charges."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from _frontier import (  # noqa: E402
+    ABOVE,
+    BELOW,
+    IN,
+    Point,
+    acc_at,
+    bootstrap_ci,
+    compare,
+    envelope,
+    exchange_rate,
+    flops_at,
+    geometric_mean,
+    ratio_cell,
+    summarise_arm,
+)
+
+from esper_engine.config import TrainingConfig  # noqa: E402
+from esper_engine.policy.rewards import compute_price  # noqa: E402
+
+# A seed's static runs: accuracy rises 10 points per doubling of FLOPs (1e9 -> 0.60, 2e9 ->
+# 0.70, 4e9 -> 0.80); a costlier run that is worse (8e9 -> 0.75) and a duplicate cost that is
+# worse (2e9 -> 0.65) are not on the frontier.
+RUNS = [
+    Point(2e9, 0.70),
+    Point(8e9, 0.75),
+    Point(1e9, 0.60),
+    Point(4e9, 0.80),
+    Point(2e9, 0.65),
+]
+
+
+def test_envelope_keeps_the_runs_no_cheaper_run_matches() -> None:
+    assert envelope(RUNS) == [Point(1e9, 0.60), Point(2e9, 0.70), Point(4e9, 0.80)]
+
+
+def test_flops_at_interpolates_on_log_flops() -> None:
+    frontier = envelope(RUNS)
+    # 0.75 is halfway between 2e9 and 4e9 on log FLOPs: 2e9 * sqrt(2), not the linear 3e9.
+    reading = flops_at(frontier, 0.75)
+    assert reading.where == IN
+    assert reading.value == pytest.approx(2e9 * math.sqrt(2))
+    assert flops_at(frontier, 0.70) == flops_at(frontier, 0.70)
+    assert flops_at(frontier, 0.70).value == pytest.approx(2e9)
+
+
+def test_acc_at_interpolates_on_log_flops() -> None:
+    frontier = envelope(RUNS)
+    reading = acc_at(frontier, 2e9 * math.sqrt(2))
+    assert reading.where == IN
+    assert reading.value == pytest.approx(0.75)
+    assert acc_at(frontier, 1e9).value == pytest.approx(0.60)
+
+
+def test_readings_outside_the_range_are_bounds_not_extrapolations() -> None:
+    frontier = envelope(RUNS)
+    above = flops_at(frontier, 0.85)
+    assert (above.where, above.value) == (ABOVE, 4e9)
+    below = flops_at(frontier, 0.50)
+    assert (below.where, below.value) == (BELOW, 1e9)
+    assert acc_at(frontier, 1e10).where == ABOVE
+    assert acc_at(frontier, 5e8).where == BELOW
+
+
+def test_a_growth_run_reads_as_a_ratio_and_an_accuracy_gain() -> None:
+    frontier = envelope(RUNS)
+    # 0.75 accuracy with 2e9 FLOPs: the frontier needs 2.83e9 for it, and gives 0.70 at 2e9.
+    row = compare(3, Point(2e9, 0.75), frontier)
+    assert row.ratio == pytest.approx(1 / math.sqrt(2))
+    assert row.acc_gain == pytest.approx(5.0)
+    assert ratio_cell(row) == "0.71"
+    above = compare(4, Point(3e9, 0.90), frontier)
+    assert ratio_cell(above) == "<0.75 (above)"
+    below = compare(5, Point(3e9, 0.50), frontier)
+    assert ratio_cell(below) == ">3.00 (below)"
+
+
+def test_the_summary_leaves_out_of_range_seeds_out_of_the_ci_and_counts_them() -> None:
+    frontier = envelope(RUNS)
+    rows = [
+        compare(0, Point(2e9, 0.75), frontier),
+        compare(1, Point(2e9, 0.75), frontier),
+        compare(2, Point(3e9, 0.90), frontier),
+        compare(3, Point(3e9, 0.50), frontier),
+    ]
+    summary = summarise_arm(rows)
+    assert (summary.n, summary.n_ratio, summary.above, summary.below) == (4, 2, 1, 1)
+    assert summary.ratio == pytest.approx(1 / math.sqrt(2))
+    assert summary.ratio_ci == pytest.approx((1 / math.sqrt(2), 1 / math.sqrt(2)))
+
+
+def test_exchange_rate_is_points_per_doubling() -> None:
+    assert exchange_rate(envelope(RUNS)) == pytest.approx(10.0)
+    assert math.isnan(exchange_rate([Point(1e9, 0.5)]))
+
+
+def test_bootstrap_ci_of_a_constant_is_that_constant() -> None:
+    assert bootstrap_ci([0.8] * 6, resamples=500) == pytest.approx((0.8, 0.8))
+
+
+def test_bootstrap_ci_matches_the_exact_resampling_distribution() -> None:
+    # Six values, three -1 and three +1: a resample's mean is (2K - 6) / 6 with K ~ Bin(6, 1/2).
+    # P(K <= 0) = 1/64 < 2.5% < P(K <= 1) = 7/64, so the 2.5th percentile is K = 1 (-2/3) and,
+    # by symmetry, the 97.5th is K = 5 (+2/3).
+    low, high = bootstrap_ci([-1.0, 1.0] * 3, resamples=20_000, seed=7)
+    assert (low, high) == pytest.approx((-2 / 3, 2 / 3))
+
+
+def test_bootstrap_ci_of_ratios_uses_the_geometric_mean() -> None:
+    # Log ratios -1 and +1 (ratios e^-1, e): the geometric mean's CI is e^(-2/3) .. e^(2/3).
+    ratios = [math.exp(-1), math.e] * 3
+    low, high = bootstrap_ci(ratios, geometric_mean, resamples=20_000, seed=3)
+    assert (low, high) == pytest.approx((math.exp(-2 / 3), math.exp(2 / 3)))
+
+
+def test_envelope_refuses_nothing_to_read() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        envelope([])
+
+
+def test_compute_price_charges_lambda_per_doubling() -> None:
+    assert compute_price(4e9, 1e9, 8.0) == pytest.approx(16.0)
+    assert compute_price(1e9, 1e9, 8.0) == 0.0
+    assert compute_price(5e8, 1e9, 8.0) == pytest.approx(-8.0)
+    with pytest.raises(ValueError, match="static_flops"):
+        compute_price(1e9, 0, 8.0)
+
+
+def test_cosine_to_zero_decays_to_about_zero_by_the_budgets_end() -> None:
+    for epochs in (6, 9, 12):
+        config = TrainingConfig(epochs=epochs, lr_schedule="cosine_to_zero")
+        scales = [config.lr_scale(e) for e in range(epochs)]
+        assert scales == sorted(scales, reverse=True)
+        assert scales[-1] < 0.02
+        assert scales[0] > 0.98
+    # the default cosine never gets there: its last epoch still trains at a few percent
+    assert TrainingConfig(epochs=6).lr_scale(5) > 0.06

@@ -52,7 +52,7 @@ def test_constant_schedule_keeps_the_base_lr() -> None:
 
 
 def test_unknown_schedule_is_a_one_line_error() -> None:
-    with pytest.raises(ValueError, match="lr_schedule must be one of cosine, constant, got 'step'"):
+    with pytest.raises(ValueError, match="lr_schedule must be one of cosine, constant, cosine_to_zero, got 'step'"):
         TrainingConfig(lr_schedule="step").validate()
 
 

@@ -147,3 +147,104 @@ def test_cosine_to_zero_decays_to_about_zero_by_the_budgets_end() -> None:
         assert scales[0] > 0.98
     # the default cosine never gets there: its last epoch still trains at a few percent
     assert TrainingConfig(epochs=6).lr_scale(5) > 0.06
+
+
+# --- the headroom's scripted plans and the study's readings ---------------------------------
+
+from _headroom import Plan, Planting, ScriptedPolicy, Variant  # noqa: E402
+
+from esper_engine.contracts import Op, SeedStage  # noqa: E402
+from esper_engine.policy.actions import Action, validate  # noqa: E402
+from esper_engine.policy.observation import EnvObservation, SlotObservation  # noqa: E402
+
+SLOT_IDS = ("block1", "block2", "block3")
+BLUEPRINTS = ("conv_light", "conv_heavy", "attention", "depthwise", "norm")
+
+
+def _obs(epoch: int, *slots: SlotObservation, max_epochs: int = 12) -> EnvObservation:
+    return EnvObservation(
+        epoch=epoch,
+        max_epochs=max_epochs,
+        val_accuracy=0.5,
+        val_loss=1.0,
+        train_loss=1.0,
+        random_guess_loss=2.3,
+        acc_history=(0.5,) * (epoch + 1),
+        loss_history=(1.0,) * (epoch + 1),
+        slots=slots,
+    )
+
+
+DORMANT = SlotObservation(SeedStage.DORMANT)
+
+
+def _act(policy: ScriptedPolicy, obs: EnvObservation) -> Action:
+    action = policy.act(obs)
+    validate(action, obs, len(BLUEPRINTS))  # never an illegal action
+    return action
+
+
+def test_a_plan_plants_in_order_then_advances_then_fossilizes() -> None:
+    plan = Plan(
+        "two", (Planting("block3", "depthwise"), Planting("block2", "conv_light")), blend_epochs=2
+    )
+    policy = ScriptedPolicy(plan, SLOT_IDS, BLUEPRINTS)
+    assert _act(policy, _obs(0, DORMANT, DORMANT, DORMANT)) == Action(Op.GERMINATE, 2, 3)
+    germinated = SlotObservation(SeedStage.GERMINATED, "depthwise")
+    assert _act(policy, _obs(1, DORMANT, DORMANT, germinated)) == Action(Op.GERMINATE, 1, 0)
+    training = SlotObservation(SeedStage.TRAINING, "depthwise", can_advance=True)
+    other = SlotObservation(SeedStage.GERMINATED, "conv_light")
+    assert _act(policy, _obs(2, DORMANT, other, training)) == Action(Op.ADVANCE, 2)
+    holding = SlotObservation(SeedStage.HOLDING, "depthwise", alpha=1.0, can_fossilize=True)
+    blending = SlotObservation(SeedStage.BLENDING, "conv_light", alpha=0.5)
+    assert _act(policy, _obs(5, DORMANT, blending, holding)) == Action(Op.FOSSILIZE, 2)
+
+
+def test_a_plan_waits_for_its_epoch_and_gives_up_after_the_late_window() -> None:
+    policy = ScriptedPolicy(
+        Plan("late", (Planting("block1", "conv_light", 0.5),)), SLOT_IDS, BLUEPRINTS
+    )
+    slots = (DORMANT, DORMANT, DORMANT)
+    assert _act(policy, _obs(5, *slots)) == Action(Op.WAIT)
+    assert _act(policy, _obs(6, *slots)) == Action(Op.GERMINATE, 0, 0)
+    assert _act(policy, _obs(8, *slots)) == Action(Op.GERMINATE, 0, 0)
+    assert _act(policy, _obs(9, *slots)) == Action(Op.WAIT)
+    # the slot is taken (an embargo, a rollback's leftovers): no germination is sent
+    embargoed = SlotObservation(SeedStage.EMBARGOED)
+    assert _act(policy, _obs(6, embargoed, DORMANT, DORMANT)) == Action(Op.WAIT)
+
+
+def test_a_plan_naming_an_operator_the_host_lacks_is_refused() -> None:
+    with pytest.raises(ValueError, match="no blueprint \\['widen'\\]"):
+        ScriptedPolicy(Plan("w", (Planting("block1", "widen"),)), SLOT_IDS, BLUEPRINTS)
+    with pytest.raises(ValueError, match="no slot \\['block9'\\]"):
+        ScriptedPolicy(Plan("s", (Planting("block9", "norm"),)), SLOT_IDS, BLUEPRINTS)
+
+
+def test_variants_change_the_task_they_name_and_nothing_else() -> None:
+    import torch
+
+    from esper_engine.tasks import load_task
+
+    task = load_task("synthetic-images", seed=0, scale="small")
+    small = Variant("small", train_size=100).task(task, 0)
+    assert len(small.train_x) == 100 and small.val_x is task.val_x
+    noisy = Variant("noisy", noise=0.15).task(task, 0)
+    assert noisy.train_x.shape == task.train_x.shape and noisy.train_x.dtype == torch.uint8
+    assert torch.equal(noisy.train_y, task.train_y)
+    extra = (noisy.val_x.float() - task.val_x.float()).std().item() / 255
+    assert 0.08 < extra < 0.16  # clamping at 0 and 255 trims some of the 0.15
+    assert torch.equal(Variant("again", noise=0.15).task(task, 0).val_x, noisy.val_x)
+
+
+def test_the_study_reads_the_report_split_where_the_summary_has_one() -> None:
+    from types import SimpleNamespace
+
+    from growth import accuracy_source, report_accuracy
+
+    old = SimpleNamespace(val_accuracy=0.7)
+    assert report_accuracy(old) == 0.7
+    assert accuracy_source(old).startswith("validation")
+    new = SimpleNamespace(val_accuracy=0.7, report_accuracy=0.65)
+    assert report_accuracy(new) == 0.65
+    assert accuracy_source(new) == "report split"

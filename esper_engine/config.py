@@ -370,11 +370,11 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     set (batches; 0: all). Exact Shapley values of accuracy on those, at about N / val_batches
     of the cost (the README's performance section measures the trade)."""
     # --- compute price (appended; issue 24) ---
-    compute_price: float = 5.5
+    compute_price: float = 13.0
     """Price of compute: the episode pays this per doubling of its training FLOPs over the static
-    host's (accuracy points; policy/rewards.py compute_price). The default is the static
-    frontier's exchange rate, accuracy points per doubling of FLOPs, that bench/growth.py --quick
-    measured (0 disables)."""
+    host's (accuracy points; policy/rewards.py compute_price; 0 disables). The default is the
+    static frontier's exchange rate, accuracy points per doubling of FLOPs, as bench/growth.py
+    --quick measured it (13.1: 17.2 on seed 0, 8.9 on seed 3); the full study prints its own."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""

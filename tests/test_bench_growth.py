@@ -248,3 +248,88 @@ def test_the_study_reads_the_report_split_where_the_summary_has_one() -> None:
     new = SimpleNamespace(val_accuracy=0.7, report_accuracy=0.65)
     assert report_accuracy(new) == 0.65
     assert accuracy_source(new) == "report split"
+
+
+def _run(arm: str, seed: int, flops: float, acc: float, epochs: int = 12):
+    from growth import RunResult
+
+    return RunResult(
+        arm=arm,
+        seed=seed,
+        epochs=epochs,
+        lr=0.2,
+        final=acc,
+        val_final=acc,
+        best=acc,
+        germinated=0,
+        fossilized=0,
+        host_params=1000,
+        seed_params=0,
+        train_flops=int(flops),
+        ops={"WAIT": 11},
+        seconds=1.0,
+        acc_source="validation",
+        flops_source="bench counter",
+    )
+
+
+def test_the_tables_and_the_plot_read_the_comparisons(tmp_path: Path) -> None:
+    import growth
+
+    seeds = (0, 1)
+    widths = ((3, 6, 12), (4, 8, 16), (5, 10, 20))
+    static = {
+        s: [
+            _run(growth.width_label(w), s, flops, acc)
+            for w, flops, acc in zip(widths, (1e9, 2e9, 4e9), (0.6, 0.7, 0.8), strict=True)
+        ]
+        for s in seeds
+    }
+    grid = {growth.width_label(w): {0.2: [static[0][i]]} for i, w in enumerate(widths)}
+    frontiers = {s: envelope([r.point for r in runs]) for s, runs in static.items()}
+    arms = {
+        "heuristic @12": [_run("heuristic", s, 2e9, 0.75) for s in seeds],
+        "cost-aware heuristic @12": [_run("c", 0, 3e9, 0.9), _run("c", 1, 3e9, 0.7)],
+    }
+    room = {
+        "price": 10.0,
+        "variants": {
+            "2,000 images": {
+                "epochs": 12,
+                "lr": 0.2,
+                "rows": {
+                    "static": [{"seed": 0, "return": 70.0}],
+                    "heuristic": [{"seed": 0, "return": 65.0}],
+                    "a plan": [{"seed": 0, "return": 66.5}],
+                },
+            }
+        },
+        "skipped": {"widen plan": "no blueprint widen in this build"},
+    }
+    figures = growth.summarise(
+        growth.QUICK,
+        seeds,
+        {w: 0.2 for w in widths},
+        grid,
+        static,
+        frontiers,
+        {s: exchange_rate(f) for s, f in frontiers.items()},
+        arms,
+        {"widen": "no blueprint widen in this build"},
+        {},
+        room,
+        1.0,
+    )
+    out = growth.tables(figures)
+    assert "| heuristic @12 | 0.71 | 0.71 | 0.71 [0.71, 0.71] (2/2) | +5.0 [+5.0, +5.0]" in out
+    assert "| cost-aware heuristic @12 | <0.75 (above) | 1.50 | 1.50 [1.50, 1.50] (1/2)" in out
+    assert "| widen | skipped: no blueprint widen in this build |" in out
+    assert "met by heuristic @12" in out
+    assert "mean 10.00" in out  # the exchange rate, points per doubling
+    assert "| static | +5.0 ** |" in out
+    assert "| a plan | +1.5 |" in out
+    assert "- 2,000 images: static" in out
+    (svg,) = growth.write_plots(figures, tmp_path)
+    text = svg.read_text()
+    assert "static frontier (mean)" in text and "heuristic @12" in text
+    assert text.count("<polyline") == 1

@@ -1,6 +1,6 @@
 """Does growth pay? Growth arms against a tuned, fully decayed static frontier, paired per seed.
 
-    python bench/growth.py [--quick] [--ppo] [--json PATH] [--svg-dir DIR] [--threads N]
+    python bench/growth.py [--quick | --large] [--ppo] [--json PATH] [--svg-dir DIR] [--threads N]
 
 Every run trains synthetic-images for one episode (one env, batches of 64) from the same data
 and batches per seed, its lr decayed to about 0 by the end of its budget (``cosine_to_zero``).
@@ -19,6 +19,8 @@ and batches per seed, its lr decayed to about 0 by the end of its budget (``cosi
 - **Headroom** (bench/_headroom.py): fixed growth plans against the heuristic and the static host
   on variants of the task, in compute-priced return (100 x accuracy - price x log2(FLOPs / static
   FLOPs)): where, if anywhere, does a plan beat the heuristic by 2 points?
+- ``--large`` (opt-in): the same study from the ``small`` CNN preset (8-16-32) with frontier
+  hosts up to 16-32-64. (The language task with stacking joins it once ``stack`` exists.)
 - ``--ppo`` (opt-in): kickstarted and scratch PPO agents trained on seed 0's task at the largest
   growth budget, evaluated from their policy files by argmax and by sampling.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -130,6 +133,7 @@ class Profile:
     demo_rounds: int
     imitation_rounds: int
     free_rounds: int  # rounds at imitation weight 0 after the decay
+    growth_widths: tuple[int, ...] = DEFAULT_WIDTHS  # the host the growth arms start from
 
     @property
     def rounds(self) -> int:
@@ -177,6 +181,15 @@ QUICK = Profile(
     free_rounds=2,
 )
 
+# Opt-in (--large): the study on the ``small`` CNN preset (8-16-32, the size users train) and
+# hosts up to twice its width; about 7x the default's FLOPs per run (hours on one CPU thread).
+LARGE = dataclasses.replace(
+    FULL,
+    name="large",
+    widths=((8, 16, 32), (12, 24, 48), (16, 32, 64)),
+    variants=(*VARIANTS[:2], Variant("host 12-24-48", widths=(12, 24, 48)), VARIANTS[3]),
+    growth_widths=(8, 16, 32),
+)
 
 # --- what a run leaves behind ---------------------------------------------------------------
 
@@ -655,7 +668,7 @@ def headroom(study: Study, chosen: dict, price: float) -> dict:
         else:
             plans.append(plan)
     for variant in p.variants:
-        widths = variant.widths or DEFAULT_WIDTHS
+        widths = variant.widths or p.growth_widths
         epochs = variant.epochs or p.epochs
         lr = chosen.get(widths, study.task(p.headroom_seeds[0]).host_lr)
         rows: dict[str, list[dict]] = {}
@@ -706,7 +719,7 @@ def run_study(profile: Profile, seeds: tuple[int, ...], out_dir: Path, with_ppo:
     if not math.isfinite(price):
         price = _DEFAULTS.compute_price
     study.progress(f"exchange rate {price:.2f} points per doubling of FLOPs")
-    lr = chosen.get(DEFAULT_WIDTHS, study.task(seeds[0]).host_lr)
+    lr = chosen.get(profile.growth_widths, study.task(seeds[0]).host_lr)
     arms, skipped = growth_runs(study, lr)
     trainings: dict[str, Training] = {}
     if with_ppo:
@@ -1053,6 +1066,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="CI size: 20 batches per epoch, budgets 4/6/8, seeds 0 and 3, 2 variants x 4 plans",
     )
     parser.add_argument(
+        "--large",
+        action="store_true",
+        help="opt-in: the small CNN preset (8-16-32) and wider hosts (hours on one CPU thread)",
+    )
+    parser.add_argument(
         "--ppo", action="store_true", help="also train and evaluate the PPO agents (slow)"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
@@ -1064,6 +1082,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--seeds", default=None, help="comma-separated evaluation seeds (default: the profile's)"
     )
     args = parser.parse_args(argv)
+    if args.quick and args.large:
+        parser.error("--quick and --large are two sizes: choose one")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.seeds is not None:
@@ -1082,7 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # One thread: results are reproducible run to run (thread counts change float reductions).
     torch.set_num_threads(args.threads)
-    profile = QUICK if args.quick else FULL
+    profile = QUICK if args.quick else LARGE if args.large else FULL
     seeds = args.seeds or profile.seeds
     with tempfile.TemporaryDirectory(prefix="growth-") as tmp:
         figures = run_study(profile, seeds, Path(tmp), args.ppo)

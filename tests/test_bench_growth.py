@@ -325,6 +325,7 @@ def test_the_tables_and_the_plot_read_the_comparisons(tmp_path: Path) -> None:
     assert "| cost-aware heuristic @12 | <0.75 (above) | 1.50 | 1.50 [1.50, 1.50] (1/2)" in out
     assert "| widen | skipped: no blueprint widen in this build |" in out
     assert "met by heuristic @12" in out
+    assert "longer budget on the frontier would read: cost-aware heuristic @12 (1)" in out
     assert "mean 10.00" in out  # the exchange rate, points per doubling
     assert "| static | +5.0 ** |" in out
     assert "| a plan | +1.5 |" in out

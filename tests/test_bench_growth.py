@@ -3,6 +3,7 @@ bootstrap, and the compute price the reward charges."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from pathlib import Path
@@ -334,3 +335,31 @@ def test_the_tables_and_the_plot_read_the_comparisons(tmp_path: Path) -> None:
     text = svg.read_text()
     assert "static frontier (mean)" in text and "heuristic @12" in text
     assert text.count("<polyline") == 1
+
+
+def test_a_plan_drives_the_real_loop_at_its_epochs_and_blend_speed() -> None:
+    import growth
+
+    from esper_engine.tasks import load_task
+
+    plan = Plan(
+        "two",
+        (Planting("block3", "depthwise"), Planting("block2", "conv_light", 0.5)),
+        blend_epochs=1,
+    )
+    profile = dataclasses.replace(growth.QUICK, batches_per_epoch=2)
+    config = growth.base_config(
+        profile, "heuristic", 0, epochs=6, val_batches=1, **plan.overrides()
+    )
+    assert config.lr_schedule == "cosine_to_zero" and config.lifecycle.blend_epochs == 1
+    sink = growth.EpisodeSink()
+    task = load_task("synthetic-images", seed=0, scale="small")
+    trainer = growth.make_trainer(
+        config, sink, task, "plan-test", lambda slots, bps: ScriptedPolicy(plan, slots, bps)
+    )
+    growth._run(trainer, "plan test")
+    planted = [(t.epoch, t.slot_id, t.blueprint) for t in sink.germinations]
+    # acted after epoch 0 and after epoch 3 (half of 6), each in its slot with its operator
+    assert planted == [(0, "block3", "depthwise"), (3, "block2", "conv_light")]
+    ops = [str(s.last_op) for s in sink.summaries]
+    assert ops[:3] == ["GERMINATE", "WAIT", "ADVANCE"]

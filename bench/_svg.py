@@ -13,7 +13,18 @@ from html import escape
 
 WIDTH, HEIGHT = 640, 400
 LEFT, RIGHT, TOP, BOTTOM = 70, 170, 30, 50
-COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+COLOURS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +32,7 @@ class Series:
     label: str
     points: Sequence[tuple[float, float]]
     marker: str = "circle"  # circle | square | triangle
+    line: bool = False  # joined by a line, no markers (whatever ``plot``'s ``joined`` says)
 
 
 def _ticks(low: float, high: float, n: int = 5) -> list[float]:
@@ -123,7 +135,7 @@ def _legend(series: Sequence[Series], joined: bool) -> list[str]:
     for i, s in enumerate(series):
         colour, y = COLOURS[i % len(COLOURS)], TOP + 12 + 16 * i
         x = WIDTH - RIGHT + 12
-        if joined:
+        if joined or s.line:
             out.append(
                 f'<line x1="{x}" y1="{y}" x2="{x + 14}" y2="{y}" stroke="{colour}" '
                 'stroke-width="2"/>'
@@ -151,12 +163,13 @@ def plot(
     for i, s in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
         points = [(axes.px(x), axes.py(y)) for x, y in s.points if math.isfinite(y)]
-        if joined and len(points) > 1:
+        if (joined or s.line) and len(points) > 1:
             path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
             out.append(
                 f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>'
             )
-        out.extend(_marker(s.marker, x, y, colour) for x, y in points)
+        if not s.line:
+            out.extend(_marker(s.marker, x, y, colour) for x, y in points)
     out.extend(_legend(series, joined))
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -1,32 +1,38 @@
-"""Does growth pay? Static hosts of several widths, heuristic and PPO growth, paired per seed.
+"""Does growth pay? Growth arms against a tuned, fully decayed static frontier, paired per seed.
 
-    python bench/growth.py [--quick] [--json PATH] [--svg-dir DIR] [--threads N]
+    python bench/growth.py [--quick | --large] [--ppo] [--json PATH] [--svg-dir DIR] [--threads N]
 
-Every evaluated arm trains synthetic-images for one episode (12 epochs x 40 batches of 64, one
-env) from the same initial host weights on the same batches for each seed; only the policy (and,
-for the static arms, the host's width) differs. Seeds 0-2 are the ones the heuristic was tuned
-on, 3-5 are held out. Arms:
+Every run trains synthetic-images for one episode (one env, batches of 64) from the same data
+and batches per seed, its lr decayed to about 0 by the end of its budget (``cosine_to_zero``).
 
-- ``static WxWxW``: a host of those block widths that never grows (the default host is 3-6-12;
-  5-10-20 has about the grown host's final size);
-- ``heuristic``: the hand-written policy;
-- ``ppo``: kickstarted PPO (heuristic demonstrations, behaviour clone, imitation term decaying to
-  0, then rounds at weight 0 with an entropy floor), trained once on seed 0's task with several
-  envs per round, saved as a policy file, then evaluated with ``--no-learn`` by its most likely
-  action (``ppo``) and by sampling (``ppo_sampled``);
-- ``ppo_scratch``: PPO from a fresh agent with the same rounds and envs, no demonstrations and no
-  imitation: the negative control (``ppo_scratch_sampled`` beside it).
+- **The static frontier**: hosts of three widths that never grow, each at three budgets (epochs).
+  Each width's host lr is tuned on seeds 0-2 at the largest budget (a small grid), then frozen for
+  every seed and budget. A seed's frontier is the upper envelope of its static runs in the
+  (training FLOPs, accuracy) plane, joined on log FLOPs (bench/_frontier.py). Its slope is the
+  exchange rate: accuracy points per doubling of FLOPs, the compute price's default.
+- **Growth arms** (``GROWTH_ARMS``: data; an arm needing a blueprint the host lacks is skipped and
+  said so) on the default 3-6-12 host at two budgets, at that width's tuned lr. For each run: the
+  FLOPs the same seed's frontier needs for the same accuracy, as a ratio (below 1: growth saved
+  compute), with a paired bootstrap CI of the geometric mean over seeds, and the accuracy above
+  the frontier at equal FLOPs. A run outside its frontier's range is shown as a bound (above /
+  below), never extrapolated, and left out of the CI.
+- **Headroom** (bench/_headroom.py): fixed growth plans against the heuristic and the static host
+  on variants of the task, in compute-priced return (100 x accuracy - price x log2(FLOPs / static
+  FLOPs)): where, if anywhere, does a plan beat the heuristic by 2 points?
+- ``--large`` (opt-in): the same study from the ``small`` CNN preset (8-16-32) with frontier
+  hosts up to 16-32-64. (The language task with stacking joins it once ``stack`` exists.)
+- ``--ppo`` (opt-in): kickstarted and scratch PPO agents trained on seed 0's task at the largest
+  growth budget, evaluated from their policy files by argmax and by sampling.
 
-"Final" is the validation accuracy of the episode's last epoch. Training FLOPs are counted from
-the model: one forward and backward pass of a training batch under
-``torch.utils.flop_counter.FlopCounterMode``, for the model as it is in each epoch (host plus the
-seeds present), times the epoch's batches. Stdout gets the tables, stderr the progress.
+Accuracy is read by ``report_accuracy`` (the held-out report split where the build has one) and
+training FLOPs by ``episode_train_flops``; the output says which source each used. Stdout gets
+the tables, stderr the progress.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import math
 import os
@@ -41,25 +47,35 @@ from pathlib import Path
 
 import msgspec
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _frontier import (  # noqa: E402
+    Point,
+    SeedComparison,
+    compare,
+    envelope,
+    exchange_rate,
+    mean_frontier,
+    ratio_cell,
+    summarise_arm,
+)
+from _headroom import BEATS_BY, PLANS, VARIANTS, Plan, ScriptedPolicy, Variant, priced_return  # noqa: E402
 from _svg import Series, plot  # noqa: E402
 
-from esper_engine.config import PPOConfig, TrainingConfig  # noqa: E402
+from esper_engine.blueprints import blueprint_names  # noqa: E402
+from esper_engine.config import HostConfig, PPOConfig, TrainingConfig  # noqa: E402
 from esper_engine.contracts import (  # noqa: E402
     EpochSummary,
     Event,
     GovernorRollback,
     Op,
     RunFinished,
-    RunStarted,
     RunStatus,
     SeedStage,
     SeedTransition,
 )
-from esper_engine.env_runtime import EnvRuntime  # noqa: E402
-from esper_engine.model import MorphogeneticModel, create_model  # noqa: E402
+from esper_engine.model import create_model, run_host_spec  # noqa: E402
+from esper_engine.policy.driver import build_policy  # noqa: E402
 from esper_engine.policy.policy_file import write_policy_file  # noqa: E402
 from esper_engine.policy.rewards import capacity_rent  # noqa: E402
 from esper_engine.tasks import Task, load_task  # noqa: E402
@@ -70,34 +86,76 @@ HELD_OUT_SEEDS = (3, 4, 5)
 TRAIN_SEED = 0  # the task the PPO agents train on
 DEFAULT_WIDTHS = (3, 6, 12)
 OPS = tuple(Op)
+SCHEDULE = "cosine_to_zero"  # every run, static or growing, ends fully decayed
+TASK = "synthetic-images"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A growth arm: a policy and the config it runs with (nested groups as dicts), the
+    blueprints it needs (skipped, and said so, where the host has none of them)."""
+
+    name: str
+    policy: str
+    overrides: dict = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+
+
+GROWTH_ARMS: tuple[Arm, ...] = (
+    Arm("heuristic", "heuristic"),
+    # Cost-aware: seeds only where they are cheap. A conv_light seed in block1 adds 89% of the
+    # host's FLOPs per step, in block3 22%; until the heuristic has its own cost order, the arm
+    # offers it block3 alone.
+    Arm("cost-aware heuristic", "heuristic", {"slots": ("block3",)}),
+    Arm("widen", "heuristic", {"heuristic": {"cnn_preference": ("widen",)}}, needs=("widen",)),
+    Arm("stack", "heuristic", {"heuristic": {"cnn_preference": ("stack",)}}, needs=("stack",)),
+)
 
 
 @dataclass(frozen=True)
 class Profile:
-    """The study's size: the budget of every evaluated episode, and the agents' training."""
+    """The study's size."""
 
     name: str
-    epochs: int
     batches_per_epoch: int
     seeds: tuple[int, ...]
-    widths: tuple[tuple[int, ...], ...]
-    train_envs: int  # envs per PPO round
+    tuning_seeds: tuple[int, ...]  # the host lr is tuned on these, at the largest budget
+    widths: tuple[tuple[int, ...], ...]  # the static frontier's hosts
+    budgets: tuple[int, ...]  # the static frontier's budgets (epochs)
+    growth_budgets: tuple[int, ...]  # the growth arms' budgets (epochs)
+    lr_grid: tuple[float, ...]  # host lrs tried per width
+    headroom_seeds: tuple[int, ...]
+    variants: tuple[Variant, ...]
+    plans: tuple[Plan, ...]
+    train_envs: int  # envs per PPO round (--ppo)
     demo_rounds: int
     imitation_rounds: int
     free_rounds: int  # rounds at imitation weight 0 after the decay
+    growth_widths: tuple[int, ...] = DEFAULT_WIDTHS  # the host the growth arms start from
 
     @property
     def rounds(self) -> int:
         return self.demo_rounds + self.imitation_rounds + self.free_rounds
 
+    @property
+    def epochs(self) -> int:
+        """The largest budget: the lr is tuned and PPO trains at it."""
+        return max(self.budgets)
+
 
 _DEFAULTS = TrainingConfig()
 FULL = Profile(
     "full",
-    _DEFAULTS.epochs,
     _DEFAULTS.batches_per_epoch,
     TUNING_SEEDS + HELD_OUT_SEEDS,
+    TUNING_SEEDS,
     ((3, 6, 12), (4, 8, 16), (5, 10, 20)),
+    budgets=(6, 9, 12),
+    growth_budgets=(6, 12),
+    lr_grid=(0.1, 0.2, 0.4),
+    headroom_seeds=TUNING_SEEDS,
+    variants=VARIANTS,
+    plans=PLANS,
     train_envs=4,
     demo_rounds=2,
     imitation_rounds=4,
@@ -105,16 +163,31 @@ FULL = Profile(
 )
 QUICK = Profile(
     "quick",
-    _DEFAULTS.epochs,
     20,
     (0, 3),
-    ((3, 6, 12), (5, 10, 20)),
+    (0,),
+    ((3, 6, 12), (4, 8, 16), (5, 10, 20)),
+    budgets=(4, 6, 8),
+    growth_budgets=(4, 8),
+    lr_grid=(0.2, 0.4),
+    headroom_seeds=(0,),
+    variants=VARIANTS[:2],
+    plans=PLANS[:4],
     train_envs=2,
     demo_rounds=1,
     imitation_rounds=2,
     free_rounds=2,
 )
 
+# Opt-in (--large): the study on the ``small`` CNN preset (8-16-32, the size users train) and
+# hosts up to twice its width; about 7x the default's FLOPs per run (hours on one CPU thread).
+LARGE = dataclasses.replace(
+    FULL,
+    name="large",
+    widths=((8, 16, 32), (12, 24, 48), (16, 32, 64)),
+    variants=(*VARIANTS[:2], Variant("host 12-24-48", widths=(12, 24, 48)), VARIANTS[3]),
+    growth_widths=(8, 16, 32),
+)
 
 # --- what a run leaves behind ---------------------------------------------------------------
 
@@ -142,102 +215,38 @@ class EpisodeSink:
         pass
 
 
-def _signature(model: MorphogeneticModel) -> tuple:
-    """What decides a training step's cost: which seeds run (stage) and of what kind."""
-    return tuple((str(s.stage), s.blueprint) for s in model.slot_states())
+# --- what the study reads: one place each, so the telemetry's own figures replace the fallbacks
 
 
-class FlopCounter:
-    """FLOPs of one training step (forward + backward of a batch) per model configuration."""
-
-    def __init__(self, task: Task, batch_size: int) -> None:
-        self.x = task.prepare(task.train_x[:batch_size])
-        self.y = task.train_y[:batch_size]
-        self.task = task
-        self._cache: dict[tuple, int] = {}
-
-    def step_flops(self, model: MorphogeneticModel) -> int:
-        key = (model.host_param_count(), _signature(model))
-        if key not in self._cache:
-            callback, model.on_transition = model.on_transition, None
-            try:
-                clone = copy.deepcopy(model)  # the run's own model, BatchNorm stats and all, stays
-            finally:
-                model.on_transition = callback
-            clone.train()
-            with FlopCounterMode(display=False) as counter:
-                self.task.loss(clone(self.x), self.y).backward()
-            self._cache[key] = counter.get_total_flops()
-        return self._cache[key]
+def report_accuracy(summary: EpochSummary) -> float:
+    """The accuracy the study reports: the held-out report split's, where the build has one
+    (``EpochSummary.report_accuracy``, issue 24), else validation's (``accuracy_source`` says)."""
+    value = getattr(summary, "report_accuracy", None)
+    return summary.val_accuracy if value is None else value
 
 
-class StudyEnvs:
-    """The study's env factory (the trainer's public seam): a host of chosen widths for the
-    static arms (None: the default host); keeps the envs so the FLOP count can read env 0."""
-
-    def __init__(self, widths: tuple[int, ...] | None = None) -> None:
-        self.widths = widths
-        self.envs: list[EnvRuntime] = []
-
-    def __call__(self, index: int, config: TrainingConfig, task: Task) -> EnvRuntime:
-        if self.widths is None or self.widths == DEFAULT_WIDTHS:
-            env = EnvRuntime(index, config, task)
-        else:
-            env = WideHostEnv(index, config, task, self.widths)
-        self.envs.append(env)
-        return env
+def accuracy_source(summary: EpochSummary) -> str:
+    if getattr(summary, "report_accuracy", None) is None:
+        return "validation (no report split in this build: the decisions read the same images)"
+    return "report split"
 
 
-class StudySink(EpisodeSink):
-    """An ``EpisodeSink`` that also counts env 0's training FLOPs, epoch by epoch: the model as
-    RunStarted finds it trains the first epoch, the model as an EpochSummary finds it (after
-    the epoch's action) the next. Neither instrument changes what the run computes."""
-
-    def __init__(self, envs: StudyEnvs, task: Task, config: TrainingConfig) -> None:
-        super().__init__()
-        self._envs = envs
-        self._config = config
-        self._flops = FlopCounter(task, config.batch_size)
-        self.train_flops = 0
-
-    def emit(self, event: Event) -> None:
-        super().emit(event)
-        next_epoch = isinstance(event, RunStarted) or (
-            isinstance(event, EpochSummary)
-            and event.env == 0
-            and event.epoch < self._config.epochs - 1
-        )
-        if next_epoch:
-            flops = self._flops.step_flops(self._envs.envs[0].model)
-            self.train_flops += flops * self._config.batches_per_epoch
-
-
-class WideHostEnv(EnvRuntime):
-    """An env whose host has other block widths (the static arms of other sizes)."""
-
-    def __init__(self, index: int, config: TrainingConfig, task: Task, widths: tuple[int, ...]):
-        self.widths = widths
-        super().__init__(index, config, task)
-
-    def _new_model(self) -> MorphogeneticModel:
-        init_seed = (self.config.seed * 1000 + self.index) * 1000 + self.episodes_started
-        with torch.random.fork_rng(devices=[]):  # as EnvRuntime: the same init stream
-            torch.manual_seed(init_seed)
-            return create_model(
-                self.task, self.config.device, slots=self.config.slots, widths=self.widths
-            )
-
-
-# --- one evaluated episode ---------------------------------------------------------------------
+def episode_train_flops(sink: EpisodeSink) -> tuple[int, str]:
+    """Training FLOPs of the episode (forward + backward): the telemetry's own count."""
+    return int(sink.summaries[-1].train_flops), "telemetry (EpochSummary.train_flops)"
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """One arm on one seed: the reported episode's accuracy, size, cost and choices."""
+    """One run: the reported episode's accuracy, size, cost and choices."""
 
+    arm: str
     seed: int
-    final: float
-    best: float
+    epochs: int
+    lr: float
+    final: float  # report_accuracy of the last epoch
+    val_final: float
+    best: float  # best validation accuracy of the episode
     germinated: int
     fossilized: int
     host_params: int
@@ -245,26 +254,64 @@ class RunResult:
     train_flops: int
     ops: dict[str, int]
     seconds: float
+    acc_source: str
+    flops_source: str
 
     @property
     def params(self) -> int:
         return self.host_params + self.seed_params
 
+    @property
+    def point(self) -> Point:
+        return Point(self.train_flops, self.final)
 
-def base_config(profile: Profile, policy: str, seed: int, **overrides: object) -> TrainingConfig:
-    """Everything but the policy equal across arms (one env, the defaults' budget)."""
+
+def base_config(
+    profile: Profile, policy: str, seed: int, *, epochs: int | None = None, **overrides: object
+) -> TrainingConfig:
+    """Everything but the policy equal across arms: one env, one episode, decayed to 0.
+
+    A nested group (``heuristic``, ``lifecycle``, ``host``, ...) may be given as a dict of its
+    fields: they replace the defaults' and keep the rest."""
     fields: dict = dict(
+        task=TASK,
         n_envs=1,
         episodes=1,
-        epochs=profile.epochs,
+        epochs=profile.epochs if epochs is None else epochs,
         batches_per_epoch=profile.batches_per_epoch,
         policy=policy,
         seed=seed,
         batch_stats_every=0,
         checkpoint_every=0,
+        lr_schedule=SCHEDULE,
     )
-    fields.update(overrides)
+    for name, value in overrides.items():
+        if isinstance(value, dict):
+            value = msgspec.structs.replace(getattr(_DEFAULTS, name), **value)
+        fields[name] = value
     return TrainingConfig(**fields)
+
+
+def static_config(profile: Profile, seed: int, widths: tuple[int, ...], epochs: int, lr: float):
+    return base_config(
+        profile, "static", seed, epochs=epochs, host_lr=lr, host=HostConfig(widths=widths)
+    )
+
+
+def make_trainer(
+    config: TrainingConfig, sink: EpisodeSink, task: Task, run_id: str, actor_factory=None
+) -> VectorizedTrainer:
+    """The one place the study builds a trainer. ``actor_factory(slot_ids, blueprints)`` gives
+    a scripted policy (config.policy must be "heuristic"), seated where the heuristic acts and
+    handed to the trainer through its public ``policy=`` seam."""
+    policy = None
+    if actor_factory is not None:
+        spec = run_host_spec(config, task)
+        with torch.random.fork_rng(devices=[]):  # only the slot ids: no stream of the run moves
+            slot_ids = create_model(task, config.device, slots=config.slots, spec=spec).slot_ids
+        policy = build_policy(config, slot_ids, task.host_kind, spec)
+        policy.heuristic = actor_factory(slot_ids, tuple(blueprint_names(task.host_kind)))
+    return VectorizedTrainer(config, sink, task=task, run_id=run_id, policy=policy)
 
 
 def _run(trainer: VectorizedTrainer, label: str) -> None:
@@ -279,33 +326,35 @@ def _ops(summaries: list[EpochSummary], epochs: int) -> dict[str, int]:
 
 
 def evaluate(
-    arm: str, profile: Profile, seed: int, task: Task, config: TrainingConfig, widths=None
+    arm: str, seed: int, task: Task, config: TrainingConfig, actor_factory=None
 ) -> RunResult:
     started = time.perf_counter()
-    if config.episodes != 1:
-        raise ValueError("an evaluated arm is one episode (the FLOP count reads one host)")
-    envs = StudyEnvs(widths)
-    sink = StudySink(envs, task, config)
-    trainer = VectorizedTrainer(
-        config, sink, task=task, run_id=f"growth-{arm}-{seed}", env_factory=envs
-    )
+    sink = EpisodeSink()
+    trainer = make_trainer(config, sink, task, f"growth-{arm}-{seed}", actor_factory)
     _run(trainer, f"{arm}, seed {seed}")
     final = sink.summaries[-1]
+    flops, flops_source = episode_train_flops(sink)
     return RunResult(
+        arm=arm,
         seed=seed,
-        final=final.val_accuracy,
+        epochs=config.epochs,
+        lr=config.host_lr or task.host_lr,
+        final=report_accuracy(final),
+        val_final=final.val_accuracy,
         best=max(s.val_accuracy for s in sink.summaries),
         germinated=len(sink.germinations),
         fossilized=sum(slot.stage == SeedStage.FOSSILIZED for slot in final.slots),
         host_params=final.host_params,
         seed_params=final.seed_params,
-        train_flops=sink.train_flops,
-        ops=_ops(sink.summaries, profile.epochs),
+        train_flops=flops,
+        ops=_ops(sink.summaries, config.epochs),
         seconds=time.perf_counter() - started,
+        acc_source=accuracy_source(final),
+        flops_source=flops_source,
     )
 
 
-# --- training an agent ---------------------------------------------------------------------
+# --- training an agent (--ppo) -------------------------------------------------------------------
 
 
 @dataclass
@@ -319,18 +368,23 @@ class Training:
 
 
 def train_agent(
-    label: str, profile: Profile, task: Task, ppo: PPOConfig, out_dir: Path
+    label: str, profile: Profile, task: Task, ppo: PPOConfig, out_dir: Path, lr: float
 ) -> Training:
     """PPO training on the training seed's task; every round's figures, the agent saved."""
     started = time.perf_counter()
     config = base_config(
-        profile, "ppo", TRAIN_SEED, n_envs=profile.train_envs, episodes=profile.rounds, ppo=ppo
+        profile,
+        "ppo",
+        TRAIN_SEED,
+        n_envs=profile.train_envs,
+        episodes=profile.rounds,
+        ppo=ppo,
+        host_lr=lr,
     )
     sink = EpisodeSink()
     trainer = VectorizedTrainer(config, sink, task=task, run_id=f"growth-train-{label}")
     _run(trainer, f"{label} training")
-    driver = trainer.driver
-    assert driver is not None  # one process: the trainer holds the policy itself
+    driver = trainer.policy
     path = out_dir / f"{label}.policy.pt"
     write_policy_file(path, driver.policy_state())
     training = Training(label, seconds=time.perf_counter() - started, policy_file=str(path))
@@ -386,43 +440,222 @@ def width_label(widths: tuple[int, ...]) -> str:
     return "static " + "-".join(map(str, widths))
 
 
-def run_study(profile: Profile, seeds: tuple[int, ...], out_dir: Path) -> dict:
-    started = time.perf_counter()
-    tasks = {seed: load_task("synthetic-images", seed=seed) for seed in {*seeds, TRAIN_SEED}}
+def arm_key(name: str, epochs: int) -> str:
+    return f"{name} @{epochs}"
+
+
+class Study:
+    """Runs episodes for the study: the seeds' tasks built once, progress to stderr."""
+
+    def __init__(self, profile: Profile, seeds: tuple[int, ...], out_dir: Path) -> None:
+        self.profile, self.seeds, self.out_dir = profile, seeds, out_dir
+        self.started = time.perf_counter()
+        self._tasks: dict[int, Task] = {}
+        self.blueprints = tuple(blueprint_names("cnn"))
+
+    def task(self, seed: int) -> Task:
+        if seed not in self._tasks:
+            self._tasks[seed] = load_task(TASK, seed=seed)
+        return self._tasks[seed]
+
+    def run(
+        self,
+        arm: str,
+        seed: int,
+        config: TrainingConfig,
+        task: Task | None = None,
+        actor_factory=None,
+    ) -> RunResult:
+        result = evaluate(arm, seed, task or self.task(seed), config, actor_factory)
+        self.progress(
+            f"{arm:<32} @{config.epochs:<2} seed {seed} lr {result.lr:g}: final {result.final:.3f}"
+            f", {result.train_flops / 1e9:.2f} GFLOP, {result.germinated} germinated, "
+            f"{result.fossilized} fossilized ({result.seconds:.0f}s)"
+        )
+        return result
+
+    def progress(self, message: str) -> None:
+        _progress(self.started, message)
+
+
+def tune_lr(study: Study) -> tuple[dict[tuple[int, ...], float], dict[str, dict[float, list]]]:
+    """Each width's host lr: the grid's best mean accuracy on the tuning seeds, largest budget."""
+    p = study.profile
+    chosen, grid = {}, {}
+    for widths in p.widths:
+        runs = {
+            lr: [
+                study.run(width_label(widths), s, static_config(p, s, widths, p.epochs, lr))
+                for s in p.tuning_seeds
+            ]
+            for lr in p.lr_grid
+        }
+        chosen[widths] = max(p.lr_grid, key=lambda lr: _mean(r.final for r in runs[lr]))
+        grid[width_label(widths)] = runs
+        study.progress(f"{width_label(widths)}: host lr {chosen[widths]:g}")
+    return chosen, grid
+
+
+def static_runs(study: Study, chosen: dict, grid: dict) -> dict[int, list[RunResult]]:
+    """Every seed's static runs: each width at each budget at its tuned lr (tuning runs reused)."""
+    p = study.profile
+    out: dict[int, list[RunResult]] = {}
+    for seed in study.seeds:
+        out[seed] = []
+        for widths in p.widths:
+            lr = chosen[widths]
+            for epochs in p.budgets:
+                tuned = grid[width_label(widths)][lr]
+                reuse = [r for r in tuned if r.seed == seed and r.epochs == epochs]
+                out[seed].append(
+                    reuse[0]
+                    if reuse
+                    else study.run(
+                        width_label(widths), seed, static_config(p, seed, widths, epochs, lr)
+                    )
+                )
+    return out
+
+
+def growth_runs(study: Study, lr: float) -> tuple[dict[str, list[RunResult]], dict[str, str]]:
+    """Each available growth arm at each growth budget on every seed; the skipped, and why."""
+    p = study.profile
+    runs: dict[str, list[RunResult]] = {}
+    skipped: dict[str, str] = {}
+    for arm in GROWTH_ARMS:
+        missing = sorted(set(arm.needs) - set(study.blueprints))
+        if missing:
+            skipped[arm.name] = f"no blueprint {', '.join(missing)} in this build"
+            continue
+        for epochs in p.growth_budgets:
+            runs[arm_key(arm.name, epochs)] = [
+                study.run(
+                    arm.name,
+                    seed,
+                    base_config(p, arm.policy, seed, epochs=epochs, host_lr=lr, **arm.overrides),
+                )
+                for seed in study.seeds
+            ]
+    return runs, skipped
+
+
+def ppo_runs(study: Study, lr: float) -> tuple[dict[str, list[RunResult]], dict[str, Training]]:
+    """--ppo: both agents trained on seed 0's task, evaluated at the largest growth budget."""
+    p = study.profile
+    task = study.task(TRAIN_SEED)
     trainings = {
-        "ppo": train_agent(
-            "ppo", profile, tasks[TRAIN_SEED], kickstart_config(profile, 0), out_dir
-        ),
-        "ppo_scratch": train_agent(
-            "ppo_scratch", profile, tasks[TRAIN_SEED], scratch_config(profile, 0), out_dir
-        ),
+        "ppo": train_agent("ppo", p, task, kickstart_config(p, 0), study.out_dir, lr),
+        "ppo_scratch": train_agent("ppo_scratch", p, task, scratch_config(p, 0), study.out_dir, lr),
     }
     for name, training in trainings.items():
-        _progress(started, f"{name} trained: {profile.rounds} rounds in {training.seconds:.0f}s")
-    arms: dict[str, tuple[dict, tuple[int, ...] | None]] = {}
-    for widths in profile.widths:
-        arms[width_label(widths)] = ({"policy": "static"}, widths)
-    arms["heuristic"] = ({"policy": "heuristic"}, None)
+        study.progress(f"{name} trained: {p.rounds} rounds in {training.seconds:.0f}s")
+    epochs = max(p.growth_budgets)
+    runs = {}
     for name, training in trainings.items():
-        arms[name] = ({"policy": "ppo", "ppo": eval_ppo(training.policy_file, True)}, None)
-        arms[f"{name}_sampled"] = (
-            {"policy": "ppo", "ppo": eval_ppo(training.policy_file, False)},
-            None,
-        )
-    results: dict[str, list[RunResult]] = {arm: [] for arm in arms}
-    for seed in seeds:
-        for arm, (overrides, widths) in arms.items():
-            overrides = dict(overrides)
-            config = base_config(profile, overrides.pop("policy"), seed, **overrides)
-            result = evaluate(arm, profile, seed, tasks[seed], config, widths)
-            results[arm].append(result)
-            _progress(
-                started,
-                f"{arm:<22} seed {seed}: final {result.final:.3f}, "
-                f"{result.params} params, {result.train_flops / 1e9:.2f} GFLOP, "
-                f"{result.germinated} germinated, {result.fossilized} fossilized",
+        for label, greedy in ((name, True), (f"{name}_sampled", False)):
+            runs[arm_key(label, epochs)] = [
+                study.run(
+                    label,
+                    seed,
+                    base_config(
+                        p,
+                        "ppo",
+                        seed,
+                        epochs=epochs,
+                        host_lr=lr,
+                        ppo=eval_ppo(training.policy_file, greedy),
+                    ),
+                )
+                for seed in study.seeds
+            ]
+    return runs, trainings
+
+
+def headroom(study: Study, chosen: dict, price: float) -> dict:
+    """Every plan, the heuristic and the static host on each variant: compute-priced returns."""
+    p = study.profile
+    out: dict = {"price": price, "variants": {}, "skipped": {}}
+    plans = []
+    for plan in p.plans:
+        missing = sorted(plan.blueprints() - set(study.blueprints))
+        if missing:
+            out["skipped"][plan.name] = f"no blueprint {', '.join(missing)} in this build"
+        else:
+            plans.append(plan)
+    for variant in p.variants:
+        widths = variant.widths or p.growth_widths
+        epochs = variant.epochs or p.epochs
+        lr = chosen.get(widths, study.task(p.headroom_seeds[0]).host_lr)
+        rows: dict[str, list[dict]] = {}
+        for seed in p.headroom_seeds:
+            task = variant.task(study.task(seed), seed)
+            common = dict(epochs=epochs, host_lr=lr, host=HostConfig(widths=widths))
+            label = f"[{variant.name}]"
+            static = study.run(
+                f"{label} static", seed, base_config(p, "static", seed, **common), task
             )
-    return summarise(profile, seeds, results, trainings, time.perf_counter() - started)
+            runs = {
+                "static": static,
+                "heuristic": study.run(
+                    f"{label} heuristic", seed, base_config(p, "heuristic", seed, **common), task
+                ),
+            }
+            for plan in plans:
+                runs[plan.name] = study.run(
+                    f"{label} {plan.name}",
+                    seed,
+                    base_config(p, "heuristic", seed, **common, **plan.overrides()),
+                    task,
+                    actor_factory=_actor(plan),
+                )
+            for name, run in runs.items():
+                value = priced_return(run.final, run.train_flops, static.train_flops, price)
+                rows.setdefault(name, []).append({"seed": seed, "return": value, **asdict(run)})
+        out["variants"][variant.name] = {
+            **asdict(variant),
+            "epochs": epochs,
+            "lr": lr,
+            "rows": rows,
+        }
+    return out
+
+
+def _actor(plan: Plan):
+    return lambda slot_ids, blueprints: ScriptedPolicy(plan, slot_ids, blueprints)
+
+
+def run_study(profile: Profile, seeds: tuple[int, ...], out_dir: Path, with_ppo: bool) -> dict:
+    study = Study(profile, seeds, out_dir)
+    chosen, grid = tune_lr(study)
+    static = static_runs(study, chosen, grid)
+    frontiers = {seed: envelope([r.point for r in runs]) for seed, runs in static.items()}
+    rates = {seed: exchange_rate(f) for seed, f in frontiers.items()}
+    price = _mean(rates.values())
+    if not math.isfinite(price):
+        price = _DEFAULTS.compute_price
+    study.progress(f"exchange rate {price:.2f} points per doubling of FLOPs")
+    lr = chosen.get(profile.growth_widths, study.task(seeds[0]).host_lr)
+    arms, skipped = growth_runs(study, lr)
+    trainings: dict[str, Training] = {}
+    if with_ppo:
+        ppo, trainings = ppo_runs(study, lr)
+        arms.update(ppo)
+    room = headroom(study, chosen, price)
+    seconds = time.perf_counter() - study.started
+    return summarise(
+        profile,
+        seeds,
+        chosen,
+        grid,
+        static,
+        frontiers,
+        rates,
+        arms,
+        skipped,
+        trainings,
+        room,
+        seconds,
+    )
 
 
 def _progress(started: float, message: str) -> None:
@@ -438,57 +671,66 @@ def wait_share(ops: dict[str, int]) -> float:
     return ops.get(str(Op.WAIT), 0) / max(sum(ops.values()), 1)
 
 
+def _run_dict(r: RunResult) -> dict:
+    return {**asdict(r), "params": r.params}
+
+
 def summarise(
     profile: Profile,
     seeds: tuple[int, ...],
-    results: dict[str, list[RunResult]],
+    chosen: dict,
+    grid: dict,
+    static: dict[int, list[RunResult]],
+    frontiers: dict[int, list[Point]],
+    rates: dict[int, float],
+    arms: dict[str, list[RunResult]],
+    skipped: dict[str, str],
     trainings: dict[str, Training],
+    room: dict,
     seconds: float,
 ) -> dict:
-    static = width_label(DEFAULT_WIDTHS)
-    held_out = [s for s in seeds if s in HELD_OUT_SEEDS]
+    every = [r for runs in static.values() for r in runs] + [r for rs in arms.values() for r in rs]
     figures: dict = {
         "profile": profile.name,
         "seeds": list(seeds),
-        "held_out_seeds": held_out,
-        "epochs": profile.epochs,
         "batches_per_epoch": profile.batches_per_epoch,
-        "train_envs": profile.train_envs,
-        "rounds": profile.rounds,
-        "demo_rounds": profile.demo_rounds,
-        "imitation_rounds": profile.imitation_rounds,
-        "free_rounds": profile.free_rounds,
-        "static_acc": _mean(r.final for r in results[static]),
-        "heuristic_acc": _mean(r.final for r in results["heuristic"]),
-        "ppo_acc": _mean(r.final for r in results["ppo"]),
-        "ppo_sampled_acc": _mean(r.final for r in results["ppo_sampled"]),
-        "ppo_scratch_acc": _mean(r.final for r in results["ppo_scratch"]),
-        "ppo_scratch_sampled_acc": _mean(r.final for r in results["ppo_scratch_sampled"]),
+        "budgets": list(profile.budgets),
+        "growth_budgets": list(profile.growth_budgets),
+        "lr_schedule": SCHEDULE,
+        "acc_source": sorted({r.acc_source for r in every}),
+        "flops_source": sorted({r.flops_source for r in every}),
+        "lr": {
+            label: {
+                "chosen": chosen[widths],
+                "grid": {str(lr): _mean(r.final for r in runs) for lr, runs in grid[label].items()},
+            }
+            for widths in profile.widths
+            for label in [width_label(widths)]
+        },
+        "static": {str(seed): [_run_dict(r) for r in runs] for seed, runs in static.items()},
+        "frontiers": {str(s): [[p.flops, p.acc] for p in f] for s, f in frontiers.items()},
+        "exchange_rate": {str(s): v for s, v in rates.items()},
+        "exchange_rate_mean": _mean(rates.values()),
         "arms": {},
+        "skipped_arms": skipped,
+        "headroom": room,
         "training": {},
     }
-    for arm, runs in results.items():
-        figures["arms"][arm] = {
+    for key, runs in arms.items():
+        rows = [compare(r.seed, r.point, frontiers[r.seed]) for r in runs]
+        figures["arms"][key] = {
             "acc": _mean(r.final for r in runs),
-            "acc_held_out": _mean(r.final for r in runs if r.seed in HELD_OUT_SEEDS),
+            "train_flops": _mean(r.train_flops for r in runs),
             "wait_share": _mean(wait_share(r.ops) for r in runs),
-            "runs": [{**asdict(r), "params": r.params} for r in runs],
+            "runs": [_run_dict(r) for r in runs],
+            "comparisons": [_comparison_dict(row) for row in rows],
+            "summary": asdict(summarise_arm(rows)),
         }
     for name, training in trainings.items():
-        free = [r for r in training.rounds if r.get("phase") == "ppo" and not r["imitation_weight"]]
         figures["training"][name] = {
             "seconds": round(training.seconds, 1),
             "rounds": training.rounds,
-            "max_explained_variance": max(
-                (r["explained_variance"] for r in training.rounds if "explained_variance" in r),
-                default=math.nan,
-            ),
-            "wait_share_after_imitation": _mean(r.get("share_WAIT") for r in free),
         }
-    figures["training_seconds"] = round(sum(t.seconds for t in trainings.values()), 1)
-    demo = [r for r in trainings["ppo"].rounds if r.get("phase") in ("demo", "clone")]
-    figures["heuristic_wait_share_in_training"] = _mean(r.get("share_WAIT") for r in demo)
-    figures["criteria"] = criteria(results, figures, held_out, static)
     figures["machine"] = {
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -500,30 +742,14 @@ def summarise(
     return figures
 
 
-def criteria(results: dict, figures: dict, held_out: list[int], static: str) -> dict:
-    """Issue 16's done-when figures on the held-out seeds, paired per seed."""
-
-    def on(arm: str) -> dict[int, float]:
-        return {r.seed: r.final for r in results[arm] if r.seed in held_out}
-
-    ppo, heuristic, base = on("ppo"), on("heuristic"), on(static)
-    vs_heuristic = {s: 100 * (ppo[s] - heuristic[s]) for s in held_out}
-    vs_static = {s: 100 * (ppo[s] - base[s]) for s in held_out}
-    kick = figures["training"]["ppo"]
-    heuristic_wait = _mean(wait_share(r.ops) for r in results["heuristic"])
+def _comparison_dict(row: SeedComparison) -> dict:
     return {
-        "ppo_minus_heuristic_points": vs_heuristic,
-        "ppo_minus_static_points": vs_static,
-        "ppo_within_1_5_of_heuristic": bool(held_out)
-        and all(v >= -1.5 for v in vs_heuristic.values()),
-        "ppo_static_plus_3": bool(held_out) and all(v >= 3.0 for v in vs_static.values()),
-        "training_minutes": kick["seconds"] / 60,
-        "training_within_30_min": kick["seconds"] <= 30 * 60,
-        "explained_variance_above_0_5": kick["max_explained_variance"] > 0.5,
-        "heuristic_wait_share": heuristic_wait,
-        "ppo_wait_share_after_imitation": kick["wait_share_after_imitation"],
-        "ppo_eval_wait_share": figures["arms"]["ppo"]["wait_share"],
-        "wait_within_10_points": abs(kick["wait_share_after_imitation"] - heuristic_wait) <= 0.10,
+        "seed": row.seed,
+        "ratio": row.ratio,
+        "ratio_where": row.static_flops.where,
+        "ratio_cell": ratio_cell(row),
+        "acc_gain": row.acc_gain,
+        "acc_gain_where": row.static_acc.where,
     }
 
 
@@ -531,37 +757,171 @@ def criteria(results: dict, figures: dict, held_out: list[int], static: str) -> 
 
 
 def tables(figures: dict) -> str:
-    arms = figures["arms"]
-    seeds = figures["seeds"]
-    lines = [
-        f"synthetic-images, {figures['epochs']} epochs x {figures['batches_per_epoch']} batches, "
-        f"one env; PPO trained {figures['rounds']} rounds x {figures['train_envs']} envs "
-        f"(kickstarted: {figures['demo_rounds']} demonstration, {figures['imitation_rounds']} "
-        f"decaying imitation, {figures['free_rounds']} free)",
+    return "\n".join(
+        _header(figures)
+        + _lr_table(figures)
+        + _frontier_table(figures)
+        + _growth_table(figures)
+        + _headroom_table(figures)
+        + _training_table(figures)
+    )
+
+
+def _header(figures: dict) -> list[str]:
+    return [
+        f"synthetic-images, one env, {figures['batches_per_epoch']} batches of 64 per epoch, "
+        f"seeds {_seeds(figures['seeds'])}; every lr decayed to about 0 by its budget's end "
+        f"({figures['lr_schedule']})",
+        f"accuracy: {'; '.join(figures['acc_source'])}",
+        f"training FLOPs: {'; '.join(figures['flops_source'])}",
         "",
-        "| arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean 0-2 | mean 3-5 "
-        "| params (mean) | training GFLOP (mean) | WAIT share |",
-        "|---|" + "---|" * (len(seeds) + 5),
     ]
-    for arm, data in arms.items():
-        runs = data["runs"]
-        tuning = [r["final"] for r in runs if r["seed"] in TUNING_SEEDS]
+
+
+def _lr_table(figures: dict) -> list[str]:
+    lrs = list(next(iter(figures["lr"].values()))["grid"])
+    lines = [
+        "Host lr per width: mean final accuracy on the tuning seeds at the largest budget "
+        "(* chosen, then frozen for every seed and budget)",
+        "",
+        "| host | " + " | ".join(f"lr {lr}" for lr in lrs) + " |",
+        "|---|" + "---|" * len(lrs),
+    ]
+    for label, data in figures["lr"].items():
+        cells = [
+            f"{acc:.3f}{'*' if float(lr) == data['chosen'] else ''}"
+            for lr, acc in data["grid"].items()
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def _frontier_table(figures: dict) -> list[str]:
+    by_cell: dict[tuple[str, int], list[dict]] = {}
+    for runs in figures["static"].values():
+        for r in runs:
+            by_cell.setdefault((r["arm"], r["epochs"]), []).append(r)
+    lines = [
+        "The static runs (the frontier is each seed's upper envelope of them)",
+        "",
+        "| host | epochs | lr | accuracy (mean) | min-max | training GFLOP |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (arm, epochs), runs in by_cell.items():
+        accs = [r["final"] for r in runs]
         lines.append(
-            f"| {arm} | "
-            + " | ".join(f"{r['final']:.3f}" for r in runs)
-            + f" | {_mean(tuning):.3f} | {data['acc_held_out']:.3f} | "
-            f"{_mean(r['params'] for r in runs):,.0f} | "
-            f"{_mean(r['train_flops'] for r in runs) / 1e9:.2f} | {data['wait_share']:.2f} |"
+            f"| {arm} | {epochs} | {runs[0]['lr']:g} | {_mean(accs):.3f} | "
+            f"{min(accs):.3f}-{max(accs):.3f} | {_mean(r['train_flops'] for r in runs) / 1e9:.2f} |"
         )
+    rates = ", ".join(f"seed {s} {v:.1f}" for s, v in figures["exchange_rate"].items())
     lines += [
         "",
+        f"exchange rate (accuracy points per doubling of training FLOPs along the frontier): "
+        f"{rates}; mean {figures['exchange_rate_mean']:.2f} (TrainingConfig.compute_price's "
+        f"default is {_DEFAULTS.compute_price:g})",
+        "",
+    ]
+    return lines
+
+
+def _growth_table(figures: dict) -> list[str]:
+    seeds = figures["seeds"]
+    lines = [
+        "Growth against the same seed's static frontier: FLOPs(growth) / FLOPs(static at equal "
+        "accuracy) per seed (<x (above): more accurate than every static run, x bounds the "
+        "ratio; >x (below): less accurate than the cheapest), its geometric mean over the seeds "
+        "in range with a paired bootstrap 95% CI, and accuracy above the frontier at equal FLOPs",
+        "",
+        "| arm @epochs | "
+        + " | ".join(f"seed {s}" for s in seeds)
+        + " | ratio [95% CI] (seeds in range) | points at equal FLOPs [95% CI] | accuracy "
+        "| training GFLOP | WAIT share |",
+        "|---|" + "---|" * (len(seeds) + 5),
+    ]
+    met, unread = [], []
+    for key, data in figures["arms"].items():
+        s = data["summary"]
+        cells = [c["ratio_cell"] for c in data["comparisons"]]
+        lo, hi = s["ratio_ci"]
+        glo, ghi = s["acc_gain_ci"]
+        lines.append(
+            f"| {key} | " + " | ".join(cells) + f" | {s['ratio']:.2f} [{lo:.2f}, {hi:.2f}] "
+            f"({s['n_ratio']}/{s['n']}) | {s['acc_gain']:+.1f} [{glo:+.1f}, {ghi:+.1f}] "
+            f"({s['n_gain']}/{s['n']}) | {data['acc']:.3f} | {data['train_flops'] / 1e9:.2f} | "
+            f"{data['wait_share']:.2f} |"
+        )
+        if s["n_ratio"] == s["n"] and s["ratio"] <= 0.8 and hi < 1.0:
+            met.append(key)
+        if s["above"]:
+            unread.append(f"{key} ({s['above']})")
+    for name, why in figures["skipped_arms"].items():
+        lines.append(f"| {name} | skipped: {why} |")
+    lines += [
+        "",
+        "goal (FLOPs ratio <= 0.8, the CI's upper end below 1, every seed within its frontier's "
+        "range): " + (f"met by {', '.join(met)}" if met else "met by no arm"),
+    ]
+    if unread:
+        lines.append(
+            "runs above every static run of their seed, which a wider host or a longer budget "
+            f"on the frontier would read: {', '.join(unread)}"
+        )
+    lines.append("")
+    return lines
+
+
+def _headroom_table(figures: dict) -> list[str]:
+    room = figures["headroom"]
+    variants = room["variants"]
+    if not variants:
+        return []
+    names = list(next(iter(variants.values()))["rows"])
+    seeds = sorted({r["seed"] for v in variants.values() for r in v["rows"]["static"]})
+    lines = [
+        f"Headroom: compute-priced return, 100 x accuracy - {room['price']:.2f} x "
+        f"log2(FLOPs / the static host's FLOPs), mean over seeds {_seeds(seeds)}: the heuristic's "
+        f"absolute, every other policy's as the difference from the heuristic's on the same seed "
+        f"(never growing, static, is one of them; ** at least +{BEATS_BY:g}: room for a "
+        f"controller)",
+        "",
+        "| policy | "
+        + " | ".join(f"{v} ({d['epochs']} ep, lr {d['lr']:g})" for v, d in variants.items())
+        + " |",
+        "|---|" + "---|" * len(variants),
+    ]
+    beats: dict[str, list[str]] = {variant: [] for variant in variants}
+    for name in ["heuristic", *(n for n in names if n != "heuristic")]:
+        cells = []
+        for variant, data in variants.items():
+            mine = data["rows"][name]
+            if name == "heuristic":
+                cells.append(f"{_mean(r['return'] for r in mine):.1f}")
+                continue
+            theirs = {r["seed"]: r["return"] for r in data["rows"]["heuristic"]}
+            delta = _mean(r["return"] - theirs[r["seed"]] for r in mine)
+            mark = " **" if delta >= BEATS_BY else ""
+            if mark:
+                beats[variant].append(name)
+            cells.append(f"{delta:+.1f}{mark}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, why in room["skipped"].items():
+        lines.append(f"| {name} | skipped: {why} |")
+    lines += ["", f"beating the heuristic by {BEATS_BY:g} points of compute-priced return:"]
+    lines += [f"- {v}: {'; '.join(names) if names else 'none'}" for v, names in beats.items()]
+    return [*lines, ""]
+
+
+def _training_table(figures: dict) -> list[str]:
+    if not figures["training"]:
+        return []
+    lines = [
         "| round | phase | imitation weight | final acc | return (acc, rent, penalty) "
         "| WAIT | GERM | PRUNE | FOSS | entropy | approx-KL | clip frac | EV | agree (taken, "
         "argmax) |",
         "|---|" * 1 + "---|" * 13,
     ]
-    for name in ("ppo", "ppo_scratch"):
-        for r in figures["training"][name]["rounds"]:
+    for name, training in figures["training"].items():
+        for r in training["rounds"]:
             lines.append(
                 f"| {name} {r['round']} | {r['phase']} | {r.get('imitation_weight', 0):.2f} | "
                 f"{r['final_acc']:.3f} | {r['return_accuracy']:+.1f}, {r['return_rent']:+.1f}, "
@@ -572,20 +932,11 @@ def tables(figures: dict) -> str:
                 f"{_f(r, 'explained_variance')} | {_f(r, 'heuristic_agreement')}, "
                 f"{_f(r, 'greedy_agreement')} |"
             )
-    c = figures["criteria"]
-    lines += [
-        "",
-        f"held out, ppo - heuristic (points): {_pp(c['ppo_minus_heuristic_points'])}; "
-        f">= -1.5 each: {c['ppo_within_1_5_of_heuristic']}",
-        f"held out, ppo - static (points): {_pp(c['ppo_minus_static_points'])}; "
-        f">= +3 each: {c['ppo_static_plus_3']}",
-        f"kickstarted training {c['training_minutes']:.1f} min (<= 30: "
-        f"{c['training_within_30_min']}); max EV > 0.5: {c['explained_variance_above_0_5']}",
-        f"WAIT share: heuristic {c['heuristic_wait_share']:.2f}, ppo after imitation "
-        f"{c['ppo_wait_share_after_imitation']:.2f} (training), {c['ppo_eval_wait_share']:.2f} "
-        f"(evaluation); within 10 points: {c['wait_within_10_points']}",
-    ]
-    return "\n".join(lines)
+    return [*lines, ""]
+
+
+def _seeds(seeds) -> str:
+    return ", ".join(map(str, seeds))
 
 
 def _f(r: dict, key: str, digits: int = 2) -> str:
@@ -593,86 +944,68 @@ def _f(r: dict, key: str, digits: int = 2) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def _pp(values: dict) -> str:
-    return ", ".join(f"seed {s} {v:+.1f}" for s, v in values.items())
+MARKERS = ("square", "triangle", "circle")
 
 
 def write_plots(figures: dict, out_dir: Path) -> list[Path]:
-    markers = {"heuristic": "square", "ppo": "triangle"}
-    arms = {a: d for a, d in figures["arms"].items() if not a.endswith("_sampled")}
-    series_flops, series_params = [], []
-    for arm, data in arms.items():
-        runs = data["runs"]
-        marker = markers.get(arm, "circle")
-        series_flops.append(Series(arm, [(r["train_flops"], r["final"]) for r in runs], marker))
-        series_params.append(Series(arm, [(r["params"], r["final"]) for r in runs], marker))
-    paths = [out_dir / "growth_acc_vs_flops.svg", out_dir / "growth_acc_vs_params.svg"]
-    paths[0].write_text(
+    """Accuracy vs training FLOPs (log x): the seeds' mean frontier, every static run, every
+    growth arm at each budget (one point per seed)."""
+    frontiers = [[Point(f, a) for f, a in pts] for pts in figures["frontiers"].values()]
+    low = max(f[0].flops for f in frontiers)
+    high = min(f[-1].flops for f in frontiers)
+    grid = [low * (high / low) ** (i / 40) for i in range(41)] if high > low else [low]
+    mean = mean_frontier(frontiers, grid)
+    series = [
+        Series("static frontier (mean)", [(p.flops, p.acc) for p in mean], line=True),
+        Series(
+            "static runs",
+            [(r["train_flops"], r["final"]) for rs in figures["static"].values() for r in rs],
+        ),
+    ]
+    for i, (key, data) in enumerate(figures["arms"].items()):
+        if key.split(" @")[0].endswith("_sampled"):
+            continue
+        points = [(r["train_flops"], r["final"]) for r in data["runs"]]
+        series.append(Series(key, points, MARKERS[i % len(MARKERS)]))
+    path = out_dir / "growth_acc_vs_flops.svg"
+    path.write_text(
         plot(
-            series_flops,
-            title="final accuracy vs training FLOPs (one point per arm and seed)",
+            series,
+            title="final accuracy vs training FLOPs (one point per run and seed)",
             x_label="training FLOPs of the episode (forward + backward)",
-            y_label="final validation accuracy",
+            y_label=f"final accuracy ({figures['acc_source'][0].split(' ')[0]})",
             log_x=True,
         )
     )
-    paths[1].write_text(
-        plot(
-            series_params,
-            title="final accuracy vs parameters at the end (one point per arm and seed)",
-            x_label="parameters (host + seeds)",
-            y_label="final validation accuracy",
-        )
-    )
-    curve = []
-    for name in ("ppo", "ppo_scratch"):
-        rounds = figures["training"][name]["rounds"]
-        curve.append(Series(f"{name}: final acc", [(r["round"], r["final_acc"]) for r in rounds]))
-    for name in ("ppo",):
-        rounds = figures["training"][name]["rounds"]
-        curve.append(
-            Series(
-                f"{name}: EV",
-                [
-                    (r["round"], r["explained_variance"])
-                    for r in rounds
-                    if "explained_variance" in r
-                ],
-            )
-        )
-        curve.append(
-            Series(
-                f"{name}: imitation w",
-                [(r["round"], r.get("imitation_weight", 0.0)) for r in rounds],
-            )
-        )
-    paths.append(out_dir / "growth_ppo_learning_curve.svg")
-    paths[2].write_text(
-        plot(
-            curve,
-            title="PPO learning curve (training rounds, seed 0's task)",
-            x_label="round",
-            y_label="final acc (mean over envs) / EV / weight",
-            joined=True,
-        )
-    )
-    return paths
+    return [path]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/growth.py", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="20 batches per epoch, seeds 0 and 3, 5 rounds"
+        "--quick",
+        action="store_true",
+        help="CI size: 20 batches per epoch, budgets 4/6/8, seeds 0 and 3, 2 variants x 4 plans",
+    )
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="opt-in: the small CNN preset (8-16-32) and wider hosts (hours on one CPU thread)",
+    )
+    parser.add_argument(
+        "--ppo", action="store_true", help="also train and evaluate the PPO agents (slow)"
     )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument(
-        "--svg-dir", type=Path, default=None, help="write the plots here (default: none)"
+        "--svg-dir", type=Path, default=None, help="write the plot here (default: none)"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument(
         "--seeds", default=None, help="comma-separated evaluation seeds (default: the profile's)"
     )
     args = parser.parse_args(argv)
+    if args.quick and args.large:
+        parser.error("--quick and --large are two sizes: choose one")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     if args.seeds is not None:
@@ -682,6 +1015,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
         if not args.seeds or len(set(args.seeds)) != len(args.seeds):
             parser.error("--seeds: at least one seed, none repeated")
+        if any(s < 0 for s in args.seeds):
+            parser.error(f"--seeds: seeds are >= 0, got {args.seeds}")
     return args
 
 
@@ -689,10 +1024,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     # One thread: results are reproducible run to run (thread counts change float reductions).
     torch.set_num_threads(args.threads)
-    profile = QUICK if args.quick else FULL
+    profile = QUICK if args.quick else LARGE if args.large else FULL
     seeds = args.seeds or profile.seeds
     with tempfile.TemporaryDirectory(prefix="growth-") as tmp:
-        figures = run_study(profile, seeds, Path(tmp))
+        figures = run_study(profile, seeds, Path(tmp), args.ppo)
     print(tables(figures))
     if args.svg_dir is not None:
         args.svg_dir.mkdir(parents=True, exist_ok=True)
@@ -706,6 +1041,8 @@ def main(argv: list[str] | None = None) -> int:
 def _jsonable(value: object) -> object:
     if isinstance(value, msgspec.Struct):
         return msgspec.to_builtins(value)
+    if isinstance(value, tuple | set):
+        return list(value)
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the built components import torch; this module must not
 # --set, a recorded config) and ``validate()`` checks a config built in Python the same way.
 TaskName = Literal["synthetic-images", "synthetic-stories", "cifar10", "tinystories"]
 AmpMode = Literal["off", "bf16", "fp16"]
-LrSchedule = Literal["cosine", "constant"]
+LrSchedule = Literal["cosine", "constant", "cosine_to_zero"]
 AlphaSchedule = Literal["linear", "cosine"]
 # The largest gradient-clip threshold a run accepts, from the CLI or a SetClipThreshold command.
 # A threshold this high already clips nothing a healthy run produces; the trainer compares it with
@@ -375,7 +375,9 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     # --- optimisation (appended: older recordings' configs still decode) ---
     lr_schedule: LrSchedule = "cosine"
     """cosine: host and seed lrs follow 0.5 * (1 + cos(pi * epoch / epochs)) within each episode,
-    so the last epochs settle instead of swinging; constant: the base lrs throughout."""
+    so the last epochs settle instead of swinging; constant: the base lrs throughout;
+    cosine_to_zero: the same curve read at each epoch's middle, 0.5 * (1 + cos(pi * (epoch + 0.5)
+    / epochs)), so the last epoch trains at about 0 (fully decayed: the growth study's runs)."""
     # --- fault injection (appended; SPEC 11) ---
     faults: tuple[str, ...] = ()
     """KIND:ENV:EPOCH strings as the operator typed them (normalised), ENV and EPOCH counted
@@ -410,6 +412,13 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Epochs between report evaluations on the task's held-out report split (epochs; 0: the
     episode's last epoch only, which is always reported). Never read by a decision."""
 
+    # --- compute price (appended; issue 24) ---
+    compute_price: float = 13.0
+    """Price of compute: the episode pays this per doubling of its training FLOPs over the static
+    host's (accuracy points; policy/rewards.py compute_price; 0 disables). The default is the
+    static frontier's exchange rate, accuracy points per doubling of FLOPs, as bench/growth.py
+    --quick measured it (13.1: 17.2 on seed 0, 8.9 on seed 3); the full study prints its own."""
+
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""
         match self.lr_schedule:
@@ -417,6 +426,8 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
                 return 1.0
             case "cosine":
                 return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+            case "cosine_to_zero":
+                return 0.5 * (1.0 + math.cos(math.pi * (epoch + 0.5) / self.epochs))
 
     def report_due(self, epoch: int) -> bool:
         """Whether ``epoch`` (from 0) of an episode evaluates the report split."""
@@ -447,6 +458,7 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("shapley_exact_max", self.shapley_exact_max, low=0)
         _count("shapley_permutations", self.shapley_permutations, low=1)
         _real("param_rent", self.param_rent, low=0.0)
+        _real("compute_price", self.compute_price, low=0.0)
         _count("batch_stats_every", self.batch_stats_every, low=0)
         _count("event_queue_size", self.event_queue_size, low=1)
         _count("checkpoint_every", self.checkpoint_every, low=0)

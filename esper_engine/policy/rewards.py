@@ -51,3 +51,17 @@ def compute_reward(
         )
     delta = 0.0 if prev_val_acc is None else val_acc - prev_val_acc
     return POINTS_PER_FRACTION * delta - (rent - prev_rent)
+
+
+def compute_price(episode_flops: float, static_flops: float, price: float) -> float:
+    """What the episode's compute costs, in points: ``price`` per doubling of its training FLOPs
+    over the static host's on the same budget (negative when it spent less: pruning pays back).
+
+    ``price`` is ``TrainingConfig.compute_price``; its default is the static frontier's exchange
+    rate (accuracy points per doubling of FLOPs, bench/growth.py), so growth that merely buys
+    accuracy at the frontier's going rate earns nothing."""
+    if not static_flops > 0:
+        raise ValueError(f"static_flops must be positive, got {static_flops}")
+    if not episode_flops > 0:
+        raise ValueError(f"episode_flops must be positive, got {episode_flops}")
+    return price * math.log2(episode_flops / static_flops)

@@ -54,7 +54,8 @@ def test_constant_schedule_keeps_the_base_lr() -> None:
 
 
 def test_unknown_schedule_is_a_one_line_error() -> None:
-    with pytest.raises(ValueError, match="lr_schedule must be one of cosine, constant, got 'step'"):
+    message = "lr_schedule must be one of cosine, constant, cosine_to_zero, got 'step'"
+    with pytest.raises(ValueError, match=message):
         TrainingConfig(lr_schedule="step").validate()
 
 

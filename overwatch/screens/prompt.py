@@ -93,6 +93,25 @@ def parse_number(low: int, high: int, what: str) -> Callable[[str], int]:
     return parse
 
 
+def parse_epoch(text: str, epochs: int) -> tuple[int, int]:
+    """``EPISODE:EPOCH`` (both from 1, as on screen) or ``N`` (epochs across the run, from 1)
+    as (episode, epoch) counted from 0, or ValueError with the reason."""
+    stripped = text.strip()
+    try:
+        if ":" in stripped:
+            episode_text, epoch_text = stripped.split(":", 1)
+            episode, epoch = int(episode_text) - 1, int(epoch_text) - 1
+        else:
+            episode, epoch = divmod(int(stripped) - 1, epochs)
+    except ValueError:
+        raise ValueError(
+            f"enter EPISODE:EPOCH (e.g. 2:3) or an epoch number, not {stripped!r}"
+        ) from None
+    if episode < 0 or not 0 <= epoch < epochs:
+        raise ValueError(f"no epoch {stripped}: episodes count from 1, epochs 1..{epochs}")
+    return episode, epoch
+
+
 def type_ahead(screen: ModalScreen, event: events.Key, selector: str) -> None:
     """A key that reaches the dialog before its input has the focus (typed right after the key
     that opened it, on a busy console) goes into the input, not to the screen behind."""

@@ -19,8 +19,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Static
 
+from overwatch.screens.prompt import type_ahead
 from overwatch.widgets.formatting import num
-from overwatch.widgets.prompt import type_ahead
 
 
 def parse_clip_value(text: str) -> float:

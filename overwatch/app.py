@@ -217,6 +217,13 @@ class OverwatchApp(App[int]):
 
     async def on_mount(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.app_resume_signal.subscribe(self, self._repaint_after_fg)
+
+    def _repaint_after_fg(self, _: object) -> None:
+        """Back from ctrl+z (`fg`): the terminal shows the shell's lines, so every cell is
+        written again (the line widgets would otherwise redraw only the lines that change)."""
+        self.main.refresh()
+        self.screen.refresh()
 
     async def start_source(self) -> None:
         """Once the main screen is laid out (its ``on_mount``): start the source and the tick."""

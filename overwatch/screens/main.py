@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 from textual.app import ComposeResult
 from textual.containers import Container, Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
-from textual.widgets._footer import FooterLabel
+from textual.widgets import Static
 
 from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollback, Stop
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
@@ -29,6 +28,7 @@ from overwatch.widgets.env_panel import EnvPanel
 from overwatch.widgets.env_plot import EnvPlot
 from overwatch.widgets.env_row import EnvRow
 from overwatch.widgets.event_log import LOG_KINDS, EventLog, LogFilter
+from overwatch.widgets.footer import ConsoleFooter
 from overwatch.widgets.formatting import env_label, episode_number, epoch_number
 from overwatch.widgets.header import RunHeader
 from overwatch.widgets.replay_bar import ReplayBar
@@ -56,19 +56,6 @@ LIVE_PERIOD_S = 1.0
 # Events that only move per-batch figures (the batch line, the epoch's progress bars): a tick that
 # brings one repaints them at the live cadence, not at once.
 LIVE_EVENTS = (BatchStats, EpochProgress)
-
-
-class ConsoleFooter(Footer):
-    """Textual's footer, opening with "read-only" where the keys cannot steer a run."""
-
-    def __init__(self, note: str = "", **kwargs: object) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.note = note
-
-    def compose(self) -> ComposeResult:
-        if self.note:
-            yield FooterLabel(self.note, id="footer-note", markup=False)
-        yield from super().compose()
 
 
 class MainScreen(Screen[None]):

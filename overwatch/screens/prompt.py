@@ -26,6 +26,9 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     AUTO_FOCUS = "#prompt-input"
+    NAME = "prompt"  # its parts' ids: #prompt-box, #prompt-input, #prompt-error
+    BOX_CLASSES = "dialog prompt-box"
+    GO = "go"  # what Enter does, in the key hint
 
     def __init__(
         self,
@@ -46,20 +49,20 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
         self.submit = submit
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog prompt-box"):
+        with Vertical(id=f"{self.NAME}-box", classes=self.BOX_CLASSES):
             yield Static(Text(self.title_text), classes="dialog-title")
             if self.detail:
                 yield Static(Text(self.detail), classes="dialog-detail")
-            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
-            yield Static("", id="prompt-error", classes="dialog-error")
-            yield Static("[b]enter[/b] go    [b]esc[/b] cancel", classes="dialog-keys")
+            yield Input(value=self.value, placeholder=self.placeholder, id=f"{self.NAME}-input")
+            yield Static("", id=f"{self.NAME}-error", classes="dialog-error")
+            yield Static(f"[b]enter[/b] {self.GO}    [b]esc[/b] cancel", classes="dialog-keys")
 
     def on_mount(self) -> None:
         if self.submit:
             self._answer(self.value)
 
     def on_key(self, event: events.Key) -> None:
-        type_ahead(self, event, "#prompt-input")
+        type_ahead(self, event, f"#{self.NAME}-input")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -69,7 +72,7 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
         try:
             value = self.parse(text)
         except ValueError as exc:
-            self.query_one("#prompt-error", Static).update(Text(str(exc)))
+            self.query_one(f"#{self.NAME}-error", Static).update(Text(str(exc)))
             return
         self.dismiss(value)
 

@@ -10,11 +10,8 @@ recording is closed.
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from rich.console import Console
 from rich.live import Live
@@ -28,10 +25,10 @@ from esper_engine.contracts import (
     RunStarted,
     RunStatus,
     SeedStage,
-    Stop,
     TelemetryEvent,
 )
 from esper_engine.session import TrainingSession
+from overwatch.signals import stop_on_signals
 from overwatch.sources import session_plan
 from overwatch.state import RunPlan
 from overwatch.widgets.formatting import estimate_duration, host_label, memory_size, num, pct
@@ -119,26 +116,6 @@ class HeadlessView:
             f"{s.consecutive_panics}/{s.total_panics} rb{s.rollbacks}",
             seeds or "-",
         )
-
-
-@contextmanager
-def stop_on_signals(session: TrainingSession) -> Iterator[None]:
-    """SIGINT, SIGTERM and SIGHUP ask the trainer to stop at its next safe point."""
-    wanted = [signal.SIGINT, signal.SIGTERM] + (
-        [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []
-    )
-    previous = {sig: signal.getsignal(sig) for sig in wanted}
-
-    def handler(signum: int, frame: object) -> None:
-        session.send(Stop())
-
-    for sig in wanted:
-        signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def run_headless(

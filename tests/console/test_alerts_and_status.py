@@ -50,15 +50,15 @@ async def test_incidents_raise_toasts_a_header_count_and_a_acknowledges() -> Non
         await pilot.pause()
         count = len(incidents(events))
         assert app.state.alerts == count
-        assert f"⚠ {count} alerts (a)" in app._header.lines[0]
+        assert f"⚠ {count} alerts (a)" in app.main._header.lines[0]
         severities = {n.severity for n in app._notifications}
         assert "error" in severities  # a rollback is an error, a panic a warning
         await pilot.press("a")
-        assert "alerts" not in app._header.lines[0] and not app._notifications
+        assert "alerts" not in app.main._header.lines[0] and not app._notifications
         rollback = next(e for e in events if type(e) is GovernorRollback)
         app.source.push(msgspec.structs.replace(rollback, wall_time=events[-1].wall_time))
         await app.tick()
-        assert "⚠ 1 alert (a)" in app._header.lines[0]  # singular, and only the new one
+        assert "⚠ 1 alert (a)" in app.main._header.lines[0]  # singular, and only the new one
 
 
 @run_async
@@ -104,7 +104,8 @@ async def test_toasts_sit_on_the_footer_line_and_never_cover_data(size) -> None:
         assert toasts[0].region.right == size[0]  # flush right, over the palette key
         footer = app.screen.query_one(Footer).region
         assert toasts[0].region.y == footer.y and toasts[0].region.height == 1
-        data = [app._header, *app._panels, *app._rows, app._detail, *app._logs, *app._plots]
+        main = app.main
+        data = [main._header, *main._panels, *main._rows, main._detail, *main._logs, *main._plots]
         for widget in data:
             if widget.display and widget.region:
                 assert not widget.region.overlaps(toasts[0].region), widget
@@ -189,7 +190,7 @@ async def test_one_env_is_singular_and_a_heuristic_run_has_no_ppo_line() -> None
     app = live_app(events)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        header = app._header.lines
+        header = app.main._header.lines
         assert " 1 env " in header[0] + " " and "1 envs" not in header[0]
         assert "PPO" not in "\n".join(header)
         assert "elapsed" in header[2] and "ETA" in header[2] and "epoch time" in header[2]
@@ -207,6 +208,6 @@ async def test_before_the_first_event_the_focused_panel_is_highlighted() -> None
         }
         await pilot.press("3")
         await pilot.pause()
-        assert [p.env for p in app._panels if p.has_class("-focused")] == [2]
-        progress = app._header.lines[1]
+        assert [p.env for p in app.main._panels if p.has_class("-focused")] == [2]
+        progress = app.main._header.lines[1]
         assert "episode -/2 · epoch -/8" in progress and "0%" in progress

@@ -17,15 +17,16 @@ from esper_engine.contracts import (
     RunFinished,
     SetClipThreshold,
 )
-from overwatch.app import CLIP_FACTOR, OverwatchApp
+from overwatch.app import OverwatchApp
+from overwatch.screens.clip_entry import ClipEntryModal, parse_clip_value
+from overwatch.screens.confirm import ConfirmModal
+from overwatch.screens.crash import CrashModal
+from overwatch.screens.help import HelpScreen
+from overwatch.screens.main import CLIP_FACTOR
 from overwatch.sources import LiveSource, ReplaySource
 from overwatch.state import RunPlan
-from overwatch.widgets.clip_entry import ClipEntryModal, parse_clip_value
-from overwatch.widgets.confirm import ConfirmModal
-from overwatch.widgets.crash import CrashModal
 from overwatch.widgets.env_panel import EnvPanel
 from overwatch.widgets.env_row import EnvRow
-from overwatch.widgets.help_screen import HelpScreen
 from tests.console.fixtures import (
     CRASH_ERROR,
     FakeLiveSource,
@@ -69,7 +70,7 @@ async def test_mount_starts_the_source_and_shows_every_env() -> None:
         assert len(app.state.envs) == N_ENVS
         assert len([p for p in app.query(EnvPanel) if p.id != "detail"]) == N_ENVS
         assert len(app.query(EnvRow)) == N_ENVS
-        assert app.layout_mode == "wide"
+        assert app.main.layout_mode == "wide"
         assert focused_panels(app) == [0]
 
 
@@ -78,25 +79,25 @@ async def test_digit_arrow_and_tab_keys_move_the_focus() -> None:
     app, _ = live_app()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("3")
-        assert app.focused_env == 2
+        assert app.main.focused_env == 2
         await pilot.press("9")  # no ninth env: focus stays
-        assert app.focused_env == 2
+        assert app.main.focused_env == 2
         await pilot.press("right")
-        assert app.focused_env == 3
+        assert app.main.focused_env == 3
         await pilot.press("right")  # wraps around
-        assert app.focused_env == 0
+        assert app.main.focused_env == 0
         await pilot.press("left")
-        assert app.focused_env == 3
+        assert app.main.focused_env == 3
         await pilot.press("tab")
-        assert app.focused_env == 0
+        assert app.main.focused_env == 0
         await pilot.press("shift+tab")
-        assert app.focused_env == 3
+        assert app.main.focused_env == 3
         await pilot.press("1", "down")  # wide layout: two panels per row, down is +2
-        assert app.focused_env == 2
+        assert app.main.focused_env == 2
         await pilot.press("up")
-        assert app.focused_env == 0
+        assert app.main.focused_env == 0
         await pilot.press("up")  # already on the top row
-        assert app.focused_env == 0
+        assert app.main.focused_env == 0
         await pilot.pause()
         assert focused_panels(app) == [0]
 
@@ -105,9 +106,9 @@ async def test_digit_arrow_and_tab_keys_move_the_focus() -> None:
 async def test_down_moves_one_env_in_the_compact_layout() -> None:
     app, _ = live_app()
     async with app.run_test(size=SMALL) as pilot:
-        assert app.layout_mode == "compact"
+        assert app.main.layout_mode == "compact"
         await pilot.press("down", "down")
-        assert app.focused_env == 2
+        assert app.main.focused_env == 2
         await pilot.pause()
         detail = app.query_one("#detail", EnvPanel)
         assert detail.env == 2
@@ -281,7 +282,8 @@ async def test_help_lists_every_key() -> None:
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpScreen)
         shown = {key for keys, _, _ in app.screen.rows for key in keys.split()}
-        bound = {b.key_display or b.key for b in app.BINDINGS if b.key not in "23456789"}
+        bindings = [*app.BINDINGS, *app.main.BINDINGS]
+        bound = {b.key_display or b.key for b in bindings if b.key not in "23456789"}
         assert (bound - {"?"}) | {"?", "f1"} <= shown
         assert all(description for _, description, _ in app.screen.rows)
         usable = [usable for _, _, usable in app.screen.rows]
@@ -296,7 +298,7 @@ async def test_help_lists_every_key() -> None:
 async def test_q_then_stop_and_enter_stops_the_source_and_exits_zero() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
-        rows = {keys: text for keys, text, _ in app.help_rows()}
+        rows = {keys: text for keys, text, _ in app.main.help_rows()}
         assert "type stop, Enter" in rows["q"] and "without asking" in rows["ctrl+c"]
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmModal) and app.screen.answer == "stop"
@@ -323,7 +325,7 @@ async def test_q_then_anything_but_stop_keeps_the_run_going(keys: list[str]) -> 
         assert "the run goes on: quit not confirmed, nothing sent" in [
             n.message for n in app._notifications
         ]
-        assert app.check_action("pause", ()) is True  # the controls still work
+        assert app.main.check_action("pause", ()) is True  # the controls still work
 
 
 @run_async
@@ -331,7 +333,7 @@ async def test_q_quits_at_once_in_a_replay() -> None:
     source = ReplaySource.from_events(real_events(), clock=lambda: 0.0)
     app = OverwatchApp(source, clock=lambda: 0.0)
     async with app.run_test(size=WIDE) as pilot:
-        assert ("q ctrl+c", "Quit", True) in app.help_rows()
+        assert ("q ctrl+c", "Quit", True) in app.main.help_rows()
         await pilot.press("q")
         await pilot.pause()
         assert app.return_code == 0
@@ -385,7 +387,7 @@ async def test_crash_shows_the_error_keeps_the_data_and_exits_one() -> None:
         assert isinstance(app.screen, CrashModal)
         assert app.screen.error == CRASH_ERROR
         assert app.state.envs[0].summary is not None  # the data is still there
-        assert app.check_action("rollback", ()) is None  # controls greyed after the end
+        assert app.main.check_action("rollback", ()) is None  # controls greyed after the end
         await pilot.press("escape")
         assert not isinstance(app.screen, CrashModal)
         await pilot.press("q")
@@ -417,7 +419,7 @@ async def test_replay_greys_out_the_controls() -> None:
     app = OverwatchApp(source, clock=lambda: 0.0)
     async with app.run_test(size=WIDE) as pilot:
         for action in ("rollback", "clip_step", "clip_entry", "pause"):
-            assert app.check_action(action, ()) is None
+            assert app.main.check_action(action, ()) is None
         await pilot.press("r", "c", "p", "right_square_bracket")
         await pilot.pause()
         assert app.screen is app.screen_stack[0]  # no modal opened
@@ -430,7 +432,7 @@ async def test_replay_greys_out_the_controls() -> None:
 async def test_live_mode_hides_the_replay_keys() -> None:
     app, _ = live_app()
     async with app.run_test(size=WIDE):
-        assert app.check_action("replay_toggle", ()) is False
+        assert app.main.check_action("replay_toggle", ()) is False
         assert "space" not in app.screen.active_bindings
 
 
@@ -449,7 +451,7 @@ async def test_layout_follows_the_terminal_size(size: tuple[int, int], mode: str
     app, _ = live_app()
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
-        assert app.layout_mode == mode
+        assert app.main.layout_mode == mode
         notice = app.query_one("#too-small")
         assert notice.display == (mode == "tiny")
         if mode == "tiny":
@@ -516,15 +518,15 @@ async def test_the_first_frame_says_what_is_starting() -> None:
     app = OverwatchApp(LiveSource(session), clock=lambda: 0.0)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        identity, progress = app._header.lines[:2]
+        identity, progress = app.main._header.lines[:2]
         assert identity.split()[:9] == [
             "OVERWATCH", "stub", "·", "synthetic-images", "·", "ppo", "·", "2", "envs",
         ]  # fmt: skip
         assert "trainer starting" in identity and "WAITING" in identity
         # nothing is done yet: no episode or epoch claimed
         assert "episode -/3 · epoch -/5" in progress and "clip 2.00" in progress
-        assert len(app._panels) == 2
-        assert all(p.lines == ["waiting for the first epoch"] for p in app._panels)
+        assert len(app.main._panels) == 2
+        assert all(p.lines == ["waiting for the first epoch"] for p in app.main._panels)
 
 
 @run_async
@@ -535,14 +537,14 @@ async def test_the_header_says_what_the_trainer_sets_up_until_it_runs() -> None:
     app = OverwatchApp(LiveSource(session), clock=lambda: 0.0)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        assert "trainer starting · building env 37/1024" in app._header.lines[0]
+        assert "trainer starting · building env 37/1024" in app.main._header.lines[0]
         session.setup_status = "building the policy"
         await app.tick()
-        assert "trainer starting · building the policy" in app._header.lines[0]
+        assert "trainer starting · building the policy" in app.main._header.lines[0]
         session.setup_status = ""
         session.queued = running_events()[:1]  # RunStarted: it runs
         await app.tick()
-        assert "building" not in app._header.lines[0]
+        assert "building" not in app.main._header.lines[0]
 
 
 @run_async

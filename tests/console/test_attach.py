@@ -11,8 +11,8 @@ from esper_engine.contracts import CommandAck, EpochSummary, RunFinished
 from esper_engine.recording import read_recording
 from overwatch.app import OverwatchApp
 from overwatch.runs import RunError, attach_target
+from overwatch.screens.confirm import ConfirmModal
 from overwatch.sources import AttachSource
-from overwatch.widgets.confirm import ConfirmModal
 from tests.console.fixtures import run_async
 from tests.console.test_control import tiny_session, wait_for
 
@@ -78,8 +78,8 @@ async def test_q_in_an_attached_console_detaches_and_the_run_goes_on(tmp_path: P
         app = OverwatchApp(AttachSource(*attach_target(str(session.record_path), tmp_path), "a"))
         async with app.run_test(size=WIDE) as pilot:
             await pilot.pause()
-            assert app.check_action("stop_run", ()) is True
-            assert ("q ctrl+c", "Detach and quit; the run goes on", True) in app.help_rows()
+            assert app.main.check_action("stop_run", ()) is True
+            assert ("q ctrl+c", "Detach and quit; the run goes on", True) in app.main.help_rows()
             await pilot.press("q")
             await pilot.pause()
         assert app.return_code == 0

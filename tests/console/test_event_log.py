@@ -16,7 +16,7 @@ SMALL = (80, 24)
 
 
 def log_of(app) -> EventLog:
-    return app._visible_log()
+    return app.main.visible_log()
 
 
 def visible(log: EventLog) -> list[str]:
@@ -52,7 +52,7 @@ async def test_l_gives_the_arrows_to_the_log_and_escape_takes_them_back() -> Non
         await pilot.press("l")
         assert app.focused is log
         await pilot.press("up", "up", "up")
-        assert log.back == 3 and app.focused_env == 0  # the arrows scrolled, focus stayed
+        assert log.back == 3 and app.main.focused_env == 0  # the arrows scrolled, focus stayed
         await pilot.press("down")
         assert log.back == 2
         await pilot.press("home")
@@ -60,7 +60,7 @@ async def test_l_gives_the_arrows_to_the_log_and_escape_takes_them_back() -> Non
         await pilot.press("end")
         assert log.back == 0
         await pilot.press("escape", "down")
-        assert app.focused is None and app.focused_env == 2  # down moves between envs again
+        assert app.focused is None and app.main.focused_env == 2  # down moves between envs again
 
 
 @run_async
@@ -91,11 +91,11 @@ async def test_f_cycles_the_kinds_of_entry() -> None:
         everything = len(log.shown)
         for kind, types in kinds.items():
             await pilot.press("f")
-            assert app.log_filter.kind == kind
+            assert app.main.log_filter.kind == kind
             assert log.shown and all(isinstance(e, types) for e in log.shown)
             assert str(log.border_title).startswith(f"events: {kind} · {len(log.shown)}/")
         await pilot.press("f")
-        assert app.log_filter.kind == "all" and len(log.shown) == everything
+        assert app.main.log_filter.kind == "all" and len(log.shown) == everything
 
 
 @run_async
@@ -110,7 +110,7 @@ async def test_e_shows_the_focused_env_and_follows_the_focus() -> None:
         await pilot.press("4")  # the log goes with the focus
         assert {entry.env for entry in log.shown} == {3}
         await pilot.press("e")
-        assert app.log_filter.env is None and len({entry.env for entry in log.shown}) > 2
+        assert app.main.log_filter.env is None and len({entry.env for entry in log.shown}) > 2
 
 
 @run_async
@@ -120,7 +120,7 @@ async def test_slash_searches_and_highlights_and_empty_clears() -> None:
         await pilot.pause()
         log = log_of(app)
         await pilot.press("slash", *"rollback", "enter")
-        assert app.log_filter.search == "rollback"
+        assert app.main.log_filter.search == "rollback"
         assert log.shown and all("rollback" in log.describe(e).plain.lower() for e in log.shown)
         lines = log.render()
         assert any(span.style == log._style("log--match") for span in lines.spans)
@@ -128,7 +128,7 @@ async def test_slash_searches_and_highlights_and_empty_clears() -> None:
         assert visible(log) == ["no event matches the filter"]
         await pilot.press("slash")
         await pilot.press(*["backspace"] * 20, "enter")
-        assert app.log_filter.search == "" and len(log.shown) > 20
+        assert app.main.log_filter.search == "" and len(log.shown) > 20
 
 
 @run_async
@@ -150,14 +150,14 @@ async def test_the_log_grows_on_a_tall_terminal() -> None:
     app = live_app()
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
-        short = app._logs[0].size.height
+        short = app.main._logs[0].size.height
         await pilot.resize_terminal(120, 70)
         await pilot.pause()
-        assert app._logs[0].size.height > short + 10
+        assert app.main._logs[0].size.height > short + 10
         await pilot.resize_terminal(*SMALL)
         await pilot.resize_terminal(80, 50)
         await pilot.pause()
-        assert app.layout_mode == "compact" and app._logs[1].size.height > 5
+        assert app.main.layout_mode == "compact" and app.main._logs[1].size.height > 5
 
 
 def test_a_filter_describes_itself() -> None:

@@ -28,10 +28,10 @@ from esper_engine.recording import read_recording
 from overwatch.app import OverwatchApp
 from overwatch.keys import DIALOG_GUARD_S, TYPING_GAP_S, Burst, KeyGuard, Stroke
 from overwatch.runs import attach_target
+from overwatch.screens.clip_entry import ClipEntryModal
+from overwatch.screens.confirm import ConfirmModal
+from overwatch.screens.prompt import PromptModal
 from overwatch.sources import AttachSource
-from overwatch.widgets.clip_entry import ClipEntryModal
-from overwatch.widgets.confirm import ConfirmModal
-from overwatch.widgets.prompt import PromptModal
 from tests.console.fixtures import FakeLiveSource, frozen_clock, run_async, running
 from tests.console.test_attach import summaries, until
 from tests.console.test_control import tiny_session, wait_for
@@ -138,7 +138,7 @@ async def test_words_and_shell_lines_typed_into_the_console_never_act(typed: str
         await step(app, pilot, clock)
         assert source.sent == []
         assert app.screen is app.screen_stack[0]  # no dialog opened
-        assert (app.sort, app.layout_choice, app.focused_env) == ("id", "auto", 0)
+        assert (app.main.sort, app.main.layout_choice, app.main.focused_env) == ("id", "auto", 0)
         new = toasts(app)[before:]
         assert len(new) == 1 and new[0].startswith(f"ignored {len(typed)} keys typed at once")
 
@@ -159,7 +159,7 @@ async def test_a_busy_console_reading_keys_late_still_sees_a_word(monkeypatch) -
             key.time = typed_at + 0.05 * i
             app.post_message(key)
         await until(pilot, lambda: any("ignored 2 keys" in t for t in toasts(app)), "the toast")
-        assert source.sent == [] and app.sort == "id"
+        assert source.sent == [] and app.main.sort == "id"
         await pilot.press("p")  # one key on its own still acts, once the gap has passed
         await until(pilot, lambda: source.sent == [Pause()], "the pause")
 
@@ -184,7 +184,7 @@ async def test_a_lone_r_then_the_real_confirmation_rolls_back() -> None:
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press("2")
         await step(app, pilot, clock)
-        assert app.focused_env == 1  # a deliberate single key acts once the gap has passed
+        assert app.main.focused_env == 1  # a deliberate single key acts once the gap has passed
         await pilot.press("r")
         assert app.screen is app.screen_stack[0]  # held: it might begin a word
         await step(app, pilot, clock)
@@ -226,7 +226,7 @@ async def test_slash_and_a_word_typed_at_once_fill_the_search_prompt() -> None:
         assert isinstance(app.screen, PromptModal)
         assert app.screen.query_one("#prompt-input").value == "ready"
         await pilot.press("enter")
-        assert app.log_filter.search == "ready" and source.sent == []
+        assert app.main.log_filter.search == "ready" and source.sent == []
 
 
 @run_async
@@ -235,12 +235,12 @@ async def test_keys_reaching_a_prompt_before_its_input_has_focus_go_into_it() ->
     they used to fall through to the screen behind."""
     app, source = typing_app()[:2]
     async with app.run_test(size=WIDE) as pilot:
-        await app.push_screen(ClipEntryModal(1.0), lambda v: app._send_clip(v))
+        await app.push_screen(ClipEntryModal(1.0), lambda v: app.send_clip(v))
         app.screen.set_focus(None)
         await pilot.press("2", "enter")
         await pilot.pause()
         assert source.sent == [SetClipThreshold(value=2.0, env=None)]
-        assert app.focused_env == 0  # the 2 did not focus env 2 behind the dialog
+        assert app.main.focused_env == 0  # the 2 did not focus env 2 behind the dialog
 
 
 @pytest.mark.parametrize("typed", ["inf", "nan", "-inf", "Infinity"])
@@ -304,7 +304,7 @@ async def test_a_recording_whose_run_id_holds_brackets_is_shown_as_text() -> Non
     app = OverwatchApp(FakeLiveSource(events_), clock=frozen_clock(events_))
     async with app.run_test(size=WIDE, notifications=True) as pilot:
         await pilot.pause()
-        assert "a[/]b [bold]" in app._header.lines[0]
+        assert "a[/]b [bold]" in app.main._header.lines[0]
 
 
 # --- attach: read-only, and never leaving the run paused ---------------------------------------
@@ -322,7 +322,7 @@ async def test_a_read_only_attach_greys_every_control_and_sends_nothing(tmp_path
         async with app.run_test(size=WIDE) as pilot:
             await pilot.pause()
             for action in ("rollback", "clip_step", "clip_entry", "pause", "stop_run"):
-                assert app.check_action(action, ()) is None, action
+                assert app.main.check_action(action, ()) is None, action
             bindings = app.screen.active_bindings
             assert not bindings["r"].enabled and not bindings["S"].enabled
             note = app.query_one("#footer-note")

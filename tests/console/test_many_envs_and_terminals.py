@@ -11,7 +11,8 @@ from textual.color import Color
 from textual.command import CommandPalette
 
 from overwatch import app as app_module
-from overwatch.app import PANEL_MIN_HEIGHT, OverwatchApp
+from overwatch.app import OverwatchApp
+from overwatch.screens.main import PANEL_MIN_HEIGHT
 from overwatch.widgets.ascii import AsciiFilter
 from overwatch.widgets.env_plot import EnvPlot
 from tests.console.fixtures import (
@@ -34,7 +35,7 @@ def app_32() -> OverwatchApp:
 
 def row_envs(app: OverwatchApp) -> list[int]:
     """The envs of the rows in screen order, as their labels say ("▶env12 ...")."""
-    return [int(row.render().plain[4:6]) - 1 for row in app._rows]
+    return [int(row.render().plain[4:6]) - 1 for row in app.main._rows]
 
 
 def on_screen(app: OverwatchApp, widget) -> bool:
@@ -46,15 +47,15 @@ async def test_32_envs_at_120x40_get_the_table_and_every_env_is_reachable() -> N
     app = app_32()
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        assert len(app.state.envs) == 32 and app.layout_mode == "compact"
+        assert len(app.state.envs) == 32 and app.main.layout_mode == "compact"
         await pilot.press("g", "2", "5", "enter")
         await pilot.pause()
-        assert app.focused_env == 24 and app._detail.env == 24
-        assert on_screen(app, app._rows[24])  # the table scrolled to it
+        assert app.main.focused_env == 24 and app.main._detail.env == 24
+        assert on_screen(app, app.main._rows[24])  # the table scrolled to it
         await pilot.press("g", "4", "0", "enter")  # no env 40: the prompt says so and stays
         assert "not within 1..32" in str(app.screen.query_one("#prompt-error").render())
         await pilot.press("escape", "down")
-        assert app.focused_env == 25
+        assert app.main.focused_env == 25
 
 
 @run_async
@@ -64,18 +65,18 @@ async def test_s_cycles_the_sort_order_trouble_first() -> None:
         await pilot.pause()
         assert row_envs(app) == list(range(32))
         await pilot.press("s")
-        assert app.sort == "accuracy" and "sort accuracy" in app._header.lines[1]
+        assert app.main.sort == "accuracy" and "sort accuracy" in app.main._header.lines[1]
         accuracies = [app.state.envs[env].summary.val_accuracy for env in row_envs(app)]
         assert accuracies == sorted(accuracies)  # the worst first
         await pilot.press("s")
-        assert app.sort == "panics"
+        assert app.main.sort == "panics"
         await pilot.press("s")
         grads = [app.state.envs[env].grad_period[0] for env in row_envs(app)]
-        assert app.sort == "grad norm" and grads == sorted(grads, reverse=True)
+        assert app.main.sort == "grad norm" and grads == sorted(grads, reverse=True)
         await pilot.press("right")  # the next env in the order on screen
-        assert app.focused_env == app.order[app.order.index(0) + 1]
+        assert app.main.focused_env == app.main.order[app.main.order.index(0) + 1]
         await pilot.press("s")
-        assert app.sort == "id" and row_envs(app) == list(range(32))
+        assert app.main.sort == "id" and row_envs(app) == list(range(32))
 
 
 @run_async
@@ -84,21 +85,21 @@ async def test_t_picks_table_or_panels_on_any_size_and_panels_scroll() -> None:
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         await pilot.press("t")  # table (auto was the table already, here)
-        assert app.layout_choice == "table" and app.layout_mode == "compact"
+        assert app.main.layout_choice == "table" and app.main.layout_mode == "compact"
         await pilot.press("t")
         await pilot.pause()
-        assert app.layout_choice == "panels" and app.layout_mode == "wide"
-        assert all(p.outer_size.height >= PANEL_MIN_HEIGHT for p in app._panels)  # not crushed
+        assert app.main.layout_choice == "panels" and app.main.layout_mode == "wide"
+        assert all(p.outer_size.height >= PANEL_MIN_HEIGHT for p in app.main._panels)  # not crushed
         await pilot.press("g", "3", "1", "enter")
         await pilot.pause()
-        assert on_screen(app, app._panels[30])  # the grid scrolled to the focused panel
+        assert on_screen(app, app.main._panels[30])  # the grid scrolled to the focused panel
         await pilot.press("t")
-        assert app.layout_choice == "auto" and app.layout_mode == "compact"
+        assert app.main.layout_choice == "auto" and app.main.layout_mode == "compact"
     small = live_app()  # 4 envs at 80x24: the table by itself, panels on request
     async with small.run_test(size=SMALL) as pilot:
-        assert small.layout_mode == "compact"
+        assert small.main.layout_mode == "compact"
         await pilot.press("t", "t")
-        assert small.layout_mode == "wide"
+        assert small.main.layout_mode == "wide"
 
 
 @run_async
@@ -107,7 +108,7 @@ async def test_a_big_terminal_plots_the_focused_env_with_its_marks() -> None:
     async with app.run_test(size=BIG) as pilot:
         await pilot.pause()
         plot = app.query_one("#wide-plot", EnvPlot)
-        assert app.plot_shown and plot.display and plot.size.width >= 70
+        assert app.main.plot_shown and plot.display and plot.size.width >= 70
         view = app.state.envs[1]
         await pilot.press("2")
         await pilot.pause()
@@ -119,7 +120,7 @@ async def test_a_big_terminal_plots_the_focused_env_with_its_marks() -> None:
         assert any(kind == "rollback" for _, kind in view.marks)  # env 2 was rolled back
         assert acc._v_lines and "rollback" in str(plot._title.render())
     async with live_app().run_test(size=WIDE) as pilot:
-        assert not pilot.app.plot_shown  # 120x40: the panels need the room
+        assert not pilot.app.main.plot_shown  # 120x40: the panels need the room
 
 
 @pytest.mark.parametrize("theme", ["high-contrast", "light", "dark", "nord"])

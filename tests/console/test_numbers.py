@@ -117,18 +117,18 @@ async def test_a_tiny_clip_threshold_reads_in_significant_digits_everywhere() ->
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         assert app.state.clip_threshold == 1e-6
-        header = "\n".join(app._header.lines)
+        header = "\n".join(app.main._header.lines)
         assert "clip 1e-06" in header and "clip 0.00" not in header
-        for panel in app._panels:
+        for panel in app.main._panels:
             grad = next(line for line in panel.lines if line.startswith("grad "))
             assert "/1e-06" in grad, grad
-        log = "\n".join(app._logs[0].describe(entry).plain for entry in app.state.log)
+        log = "\n".join(app.main._logs[0].describe(entry).plain for entry in app.state.log)
         assert "SetClipThreshold 1e-06 accepted" in log
     async with OverwatchApp(FakeLiveSource([*events, tiny]), clock=frozen_clock(events)).run_test(
         size=COMPACT
     ) as pilot:
         await pilot.pause()
-        rows = [str(row.render()) for row in pilot.app._rows]
+        rows = [str(row.render()) for row in pilot.app.main._rows]
         assert all("/1e-06" in row for row in rows), rows
 
 
@@ -161,7 +161,7 @@ async def test_the_log_says_where_a_run_resumed_and_after_how_long(resumed_recor
     app = live_app(shifted)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        lines = [app._logs[0].describe(entry).plain for entry in app.state.log]
+        lines = [app.main._logs[0].describe(entry).plain for entry in app.state.log]
         resumed = events[at]
         assert any(
             f"run resumed at episode 1 epoch {resumed.from_epoch + 1} after 4m0" in line
@@ -256,9 +256,9 @@ async def test_panel_row_and_header_show_the_epoch_in_progress(resumed_recording
     app = live_app(shown)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        header = "\n".join(app._header.lines)
+        header = "\n".join(app.main._header.lines)
         assert f"epoch {progress.epoch + 1}/{SLOW.epochs}" in header
-        panel = app._panels[progress.env]
+        panel = app.main._panels[progress.env]
         label = f"{progress.batch}/{progress.batches}"
         assert panel.lines[0].startswith("first epoch ") and label in panel.lines[0]
         assert str(panel.border_subtitle).startswith(f"epoch {progress.epoch + 1} ")
@@ -267,7 +267,7 @@ async def test_panel_row_and_header_show_the_epoch_in_progress(resumed_recording
         size=COMPACT
     ) as pilot:
         await pilot.pause()
-        row = str(pilot.app._rows[progress.env].render())
+        row = str(pilot.app.main._rows[progress.env].render())
         assert "first epoch" in row and label in row
 
 
@@ -282,13 +282,13 @@ async def test_a_sent_line_is_logged_at_the_epoch_in_progress(resumed_recording)
     app = live_app(events[: at + 1])
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        header = "\n".join(app._header.lines)
+        header = "\n".join(app.main._header.lines)
         assert "epoch 2/4" in header and app.state.epoch == 0  # epoch 1 summarised, 2 runs
-        app._send(Pause())
+        app.send(Pause())
         await pilot.pause()
         note = app.state.log[-1]
         assert (note.episode, note.epoch) == (0, 1)
-        assert app._logs[0].describe(note).plain.split()[1] == "1:02"
+        assert app.main._logs[0].describe(note).plain.split()[1] == "1:02"
 
 
 # --- the clipped share while an epoch runs ---------------------------------------------------
@@ -307,13 +307,13 @@ async def test_the_live_clipped_share_says_it_is_a_sample_until_the_summary() ->
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         view = app.state.envs[0]
-        grad = next(line for line in app._panels[0].lines if line.startswith("grad "))
+        grad = next(line for line in app.main._panels[0].lines if line.startswith("grad "))
         assert re.search(rf"clipped \d+% of {view.epoch_steps} sampled", grad), grad
     end = next(i for i in summaries if i > mid and events[i].env == 0)
     app = live_app(events[: end + 1])
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        grad = next(line for line in app._panels[0].lines if line.startswith("grad "))
+        grad = next(line for line in app.main._panels[0].lines if line.startswith("grad "))
         assert "clipped" in grad and "sampled" not in grad, grad
 
 
@@ -331,7 +331,7 @@ async def test_the_log_says_which_console_sent_a_command() -> None:
     app = live_app([*events, *acks])
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        lines = [app._logs[0].describe(entry).plain for entry in app.state.log][-2:]
+        lines = [app.main._logs[0].describe(entry).plain for entry in app.state.log][-2:]
         assert lines[0].endswith("✓ Pause accepted (#1 from first)")
         assert lines[1].endswith("✓ Resume accepted (#1 from the run's process)")
 
@@ -342,15 +342,15 @@ async def test_sent_lines_do_not_change_the_event_count() -> None:
     app = live_app(events)
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        app._send(Pause())
+        app.send(Pause())
         await pilot.pause()
-        live_title = str(app._logs[0].border_title)
+        live_title = str(app.main._logs[0].border_title)
     source = ReplaySource.from_events(events, clock=lambda: 0.0)
     source.seek(len(events))
     replay = OverwatchApp(source, clock=lambda: 0.0)
     async with replay.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        replay_title = str(replay._logs[0].border_title)
+        replay_title = str(replay.main._logs[0].border_title)
     logged = sum(1 for entry in replay.state.log)
     assert f"events · {logged} (+1 sent)" in live_title, live_title
     assert f"events · {logged} ·" in replay_title, replay_title
@@ -377,10 +377,10 @@ async def test_the_rollback_penalty_has_one_sign_and_the_operators_is_no_alert()
     app = live_app(events[: events.index(summary) + 1])
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        line = app._logs[0].describe(governor).plain
+        line = app.main._logs[0].describe(governor).plain
         assert f"reward {signed(-governor.penalty, 1)}" in line and "+" not in line
         assert summary.reward == pytest.approx(-governor.penalty)  # the panel's reward: -X
-        act = next(ln for ln in app._panels[governor.env].lines if ln.startswith("act "))
+        act = next(ln for ln in app.main._panels[governor.env].lines if ln.startswith("act "))
         assert f"reward {signed(summary.reward)}" in act
     assert describe_alert(operator) is None and describe_alert(governor) is not None
     upto = events[: events.index(operator) + 1]
@@ -397,7 +397,7 @@ async def test_no_panel_text_is_cut_mid_word(size) -> None:
     app = live_app()
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
-        for panel in app._panels:
+        for panel in app.main._panels:
             width = panel.content_size.width
             for line in panel.lines:
                 assert len(line) <= width
@@ -421,10 +421,10 @@ async def test_no_header_or_log_text_is_cut_mid_word(size) -> None:
     app = live_app(running(REAL_RUN_LM))
     async with app.run_test(size=size) as pilot:
         await pilot.pause()
-        ppo = app._header._ppo(app.state).plain
-        third = app._header.lines[2]
+        ppo = app.main._header._ppo(app.state).plain
+        third = app.main._header.lines[2]
         assert whole(third, ppo), (third, ppo)
-        log = app._logs[0]
+        log = app.main._logs[0]
         shown = log.render().plain.splitlines()
         for line, entry in zip(shown, log.shown[-len(shown) :], strict=True):
             assert whole(line, log.describe(entry).plain), line

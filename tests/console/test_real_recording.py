@@ -414,7 +414,7 @@ async def screen_mismatches(events: list[Event], *, every_env: bool = True) -> M
                     check_header(f"{label} (wide)", lines, envs, bad)
                     update = updates[-1] if updates else None
                     check_ppo(f"{label} (wide)", lines[2], started.policy, update, bad)
-                    for panel in app._panels:
+                    for panel in app.main._panels:
                         where = f"{label}, env {panel.env + 1} (wide)"
                         check_panel(where, crop(lines, panel), envs[panel.env], lm, bad)
                     continue

@@ -46,13 +46,13 @@ async def repaints(pushed: list[Event], ticks: int = 1) -> tuple[list[int], int,
     async with app.run_test(size=WIDE) as pilot:
         await app.tick()  # the first CUT events
         await pilot.pause()
-        before, header_before = panels_made(app), app._header.strips_made
+        before, header_before = panels_made(app), app.main._header.strips_made
         source.push(*pushed)
         for _ in range(ticks):
             await app.tick()
         await pilot.pause()
         made = [after - b for after, b in zip(panels_made(app), before, strict=True)]
-        return made, app._header.strips_made - header_before, app
+        return made, app.main._header.strips_made - header_before, app
 
 
 @run_async
@@ -65,11 +65,11 @@ async def test_batch_stats_repaint_one_line_of_their_own_panel_only() -> None:
     made, header, app = await repaints([batch], ticks=2)  # the second tick brings nothing
     assert made == [0, 1, 0, 0]  # the grad line and nothing else
     assert header == 1  # the run's samples/s, on the progress line
-    grad = next(line for line in app._panels[1].lines if line.startswith("grad "))
+    grad = next(line for line in app.main._panels[1].lines if line.startswith("grad "))
     assert grad.startswith(f"grad {batch.grad_norm_post_clip:.2f}/")
     summary = app.state.envs[1].summary
     # the border shows the last epoch's throughput, which a batch does not change
-    assert app._panels[1].border_subtitle == (
+    assert app.main._panels[1].border_subtitle == (
         f"epoch {batch.epoch + 1} · {summary.samples_per_s:,.0f}/s"
     )
 
@@ -98,7 +98,7 @@ async def test_a_live_runs_batch_figures_repaint_once_per_live_period() -> None:
     async with app.run_test(size=WIDE) as pilot:
         await app.tick()
         await pilot.pause()
-        panel = app._panels[real.env]
+        panel = app.main._panels[real.env]
         repainted = []
         for tick, batch in enumerate(batches, start=1):
             now[0] += 1 / 4
@@ -144,7 +144,7 @@ async def test_a_live_runs_progress_bars_repaint_once_per_live_period() -> None:
     async with app.run_test(size=WIDE) as pilot:
         await app.tick()
         await pilot.pause()
-        panel = app._panels[real.env]
+        panel = app.main._panels[real.env]
         repainted = []
         for tick, event in enumerate(progress, start=1):
             now[0] += 1 / 4
@@ -172,7 +172,7 @@ async def test_an_epoch_summary_repaints_its_panel_and_the_header() -> None:
     made, header, app = await repaints([summary])
     assert made[2] > 1 and [made[i] for i in (0, 1, 3)] == [0, 0, 0]  # figures, charts ...
     assert header > 0  # samples/s is a sum over envs
-    assert app._panels[2].border_subtitle.startswith(f"epoch {summary.epoch + 1} ")
+    assert app.main._panels[2].border_subtitle.startswith(f"epoch {summary.epoch + 1} ")
 
 
 @run_async
@@ -190,14 +190,14 @@ async def test_hidden_layout_is_not_updated_until_shown() -> None:
         await app.tick()
         await pilot.pause()
         rows = app.query("EnvRow")
-        assert app._detail.view is None and all(row.view is None for row in rows)
+        assert app.main._detail.view is None and all(row.view is None for row in rows)
         await pilot.resize_terminal(*SMALL)
         await pilot.pause()
-        assert app.layout_mode == "compact"
-        assert app._detail.view is app.state.envs[0]
+        assert app.main.layout_mode == "compact"
+        assert app.main._detail.view is app.state.envs[0]
         assert [row.view for row in rows] == app.state.envs
         await pilot.press("3")  # compact: the wide panels now wait in turn
-        assert [panel.has_class("-focused") for panel in app._panels] == [True] + [False] * 3
+        assert [panel.has_class("-focused") for panel in app.main._panels] == [True] + [False] * 3
 
 
 async def screen_after(
@@ -242,12 +242,12 @@ async def test_footer_keys_are_rebuilt_only_when_the_run_ends() -> None:
     app.refresh_bindings = counted  # type: ignore[method-assign]
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
-        assert calls == [] and app.check_action("rollback", ()) is True
+        assert calls == [] and app.main.check_action("rollback", ()) is True
         source.push(events[-1])
         await app.tick()
         await app.tick()
         assert len(calls) == 1
-        assert app.check_action("rollback", ()) is None  # greyed out in the footer
+        assert app.main.check_action("rollback", ()) is None  # greyed out in the footer
 
 
 @run_async
@@ -267,10 +267,10 @@ async def test_live_panels_are_laid_out_before_the_trainer_starts_and_kept() -> 
     async with app.run_test(size=WIDE) as pilot:
         await pilot.pause()
         assert started_with == [4]
-        panels = list(app._panels)
+        panels = list(app.main._panels)
         assert all(p.lines == ["waiting for the first epoch"] for p in panels)
         source.push(*events[:CUT])
         await app.tick()
         await pilot.pause()
-        assert app._panels == panels  # the same widgets, not mounted again
+        assert app.main._panels == panels  # the same widgets, not mounted again
         assert all(p.lines[0] != "waiting for the first epoch" for p in panels)

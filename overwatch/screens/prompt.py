@@ -26,6 +26,9 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     AUTO_FOCUS = "#prompt-input"
+    NAME = "prompt"  # its parts' ids: #prompt-box, #prompt-input, #prompt-error
+    BOX_CLASSES = "dialog prompt-box"
+    GO = "go"  # what Enter does, in the key hint
 
     def __init__(
         self,
@@ -46,20 +49,20 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
         self.submit = submit
 
     def compose(self) -> ComposeResult:
-        with Vertical(classes="dialog prompt-box"):
+        with Vertical(id=f"{self.NAME}-box", classes=self.BOX_CLASSES):
             yield Static(Text(self.title_text), classes="dialog-title")
             if self.detail:
                 yield Static(Text(self.detail), classes="dialog-detail")
-            yield Input(value=self.value, placeholder=self.placeholder, id="prompt-input")
-            yield Static("", id="prompt-error", classes="dialog-error")
-            yield Static("[b]enter[/b] go    [b]esc[/b] cancel", classes="dialog-keys")
+            yield Input(value=self.value, placeholder=self.placeholder, id=f"{self.NAME}-input")
+            yield Static("", id=f"{self.NAME}-error", classes="dialog-error")
+            yield Static(f"[b]enter[/b] {self.GO}    [b]esc[/b] cancel", classes="dialog-keys")
 
     def on_mount(self) -> None:
         if self.submit:
             self._answer(self.value)
 
     def on_key(self, event: events.Key) -> None:
-        type_ahead(self, event, "#prompt-input")
+        type_ahead(self, event, f"#{self.NAME}-input")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
@@ -69,7 +72,7 @@ class PromptModal(ModalScreen[T | None], Generic[T]):
         try:
             value = self.parse(text)
         except ValueError as exc:
-            self.query_one("#prompt-error", Static).update(Text(str(exc)))
+            self.query_one(f"#{self.NAME}-error", Static).update(Text(str(exc)))
             return
         self.dismiss(value)
 
@@ -91,6 +94,25 @@ def parse_number(low: int, high: int, what: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def parse_epoch(text: str, epochs: int) -> tuple[int, int]:
+    """``EPISODE:EPOCH`` (both from 1, as on screen) or ``N`` (epochs across the run, from 1)
+    as (episode, epoch) counted from 0, or ValueError with the reason."""
+    stripped = text.strip()
+    try:
+        if ":" in stripped:
+            episode_text, epoch_text = stripped.split(":", 1)
+            episode, epoch = int(episode_text) - 1, int(epoch_text) - 1
+        else:
+            episode, epoch = divmod(int(stripped) - 1, epochs)
+    except ValueError:
+        raise ValueError(
+            f"enter EPISODE:EPOCH (e.g. 2:3) or an epoch number, not {stripped!r}"
+        ) from None
+    if episode < 0 or not 0 <= epoch < epochs:
+        raise ValueError(f"no epoch {stripped}: episodes count from 1, epochs 1..{epochs}")
+    return episode, epoch
 
 
 def type_ahead(screen: ModalScreen, event: events.Key, selector: str) -> None:

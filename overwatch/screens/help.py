@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import Static
 
 from esper_engine.contracts import SeedStage
+from overwatch.screens.bindings import (
+    APP_BINDINGS,
+    HELP_ORDER,
+    HELP_PAIRS,
+    QUIT_HELP_ATTACHED,
+    QUIT_HELP_REPLAY,
+    action_name,
+)
 from overwatch.widgets.formatting import STAGE_GLYPHS
+
+if TYPE_CHECKING:
+    from overwatch.app import OverwatchApp
 
 # The compact row, field by field: what an operator sees without a panel.
 ROW_LEGEND = (
@@ -71,3 +83,31 @@ class HelpScreen(ModalScreen[None]):
         stages = "  ".join(f"{STAGE_GLYPHS[stage]} {stage.lower()}" for stage in SeedStage)
         table.add_row("slots", Text(f"one glyph per slot: {stages}"))
         return table
+
+
+def help_rows(app: OverwatchApp, screen: Screen) -> list[tuple[str, str, bool]]:
+    """(keys, description, usable now) for every binding of the app and its main ``screen``;
+    paired keys share a row, digits fold into one, and the keys usable in this mode come first."""
+    caps = app.source.capabilities
+    rows: dict[str, tuple[list[str], bool]] = {}
+    for binding in HELP_ORDER:
+        name = action_name(binding)
+        if name == "focus_env" and binding.key != "1":
+            continue
+        keys = "? f1" if name == "help" else binding.key_display or binding.key
+        description = HELP_PAIRS.get(name) or binding.tooltip or binding.description
+        if name in ("quit", "quit_now") and caps.attached:
+            description = QUIT_HELP_ATTACHED
+        elif name in ("quit", "quit_now") and not caps.controls:
+            description = QUIT_HELP_REPLAY
+        owner = app if binding in APP_BINDINGS or binding.action.startswith("app.") else screen
+        usable = owner.check_action(name, ()) is True or name in ("pause", "resume")
+        if name in ("pause", "resume"):
+            usable = screen.check_action("pause" if app.paused() else "resume", ()) is not None
+        if description not in rows:
+            rows[description] = ([], usable)
+        if keys not in rows[description][0]:
+            rows[description][0].append(keys)
+    table = [(" ".join(keys), text, usable) for text, (keys, usable) in rows.items()]
+    table.append(("ctrl+p", "Command palette: pick a theme", True))  # Textual's own key
+    return sorted(table, key=lambda row: not row[2])

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunStatus
 from esper_engine.control import read_pid_file, socket_alive
-from esper_engine.recording import RecordingError, read_ends
+from esper_engine.recording import RecordingError
+from esper_engine.recording_index import read_ends
 from esper_engine.run_files import UnsafeFileError
 from overwatch.registry import find_registered, registered_runs, registry_dir
 from overwatch.widgets.formatting import host_label

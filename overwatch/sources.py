@@ -30,7 +30,8 @@ from esper_engine.contracts import (
     RunStarted,
     RunStatus,
 )
-from esper_engine.recording import RecordingError, RecordingFollower, RecordingIndex
+from esper_engine.recording import RecordingError, RecordingFollower
+from esper_engine.recording_index import RecordingIndex
 from overwatch.state import (
     LOG_SIZE,
     ConsoleState,

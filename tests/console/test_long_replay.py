@@ -17,6 +17,7 @@ from types import FunctionType, MethodType, ModuleType
 import pytest
 
 import esper_engine.recording
+import esper_engine.recording_index
 import overwatch.sources
 from esper_engine.contracts import EpochSummary, Event, GovernorRollback, RunFinished
 from esper_engine.recording import Recorder, read_recording
@@ -231,6 +232,7 @@ def test_ps_reads_the_ends_of_long_recordings(
         raise AssertionError(f"ps decoded all of {path}")
 
     monkeypatch.setattr(esper_engine.recording, "read_recording", whole_read)
+    monkeypatch.setattr(esper_engine.recording_index, "read_recording", whole_read)
     runs = {run.path.name: run for run in list_runs(tmp_path)}
     done, killed = runs["done.msgpack"], runs["crashed.msgpack"]
     last = [e for e in long_events if type(e) is EpochSummary][-1]

@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from esper_engine.contracts import EpochSummary, Event, RunFinished, RunStarted, encode
-from esper_engine.recording import (
-    TAIL_BYTES,
-    Recorder,
-    RecordingError,
-    RecordingIndex,
-    read_ends,
-    read_recording,
-)
+from esper_engine.recording import Recorder, RecordingError, read_recording
+from esper_engine.recording_index import TAIL_BYTES, RecordingIndex, read_ends
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 

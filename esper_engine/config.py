@@ -13,12 +13,17 @@ This module never imports torch: the CLI reads it for ``--help`` and ``--print-c
 from __future__ import annotations
 
 import math
-import re
-import typing
 from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from esper_engine.config_checks import (
+    check_count,
+    check_names,
+    check_plant,
+    check_real,
+    check_types,
+)
 from esper_engine.contracts import PolicyKind
 from esper_engine.faults import check_faults
 from esper_engine.host_presets import HostPreset, resolve_host
@@ -46,8 +51,6 @@ MAX_CLIP_THRESHOLD = 1e6
 # Seeds are non-negative and fit in 32 bits: the per-env seeds derived from them (initial
 # weights: seed * 10**6 + env * 1000 + episode) then stay inside torch's 64-bit range.
 MAX_SEED = 2**32 - 1
-# Counts are recorded as 64-bit integers.
-MAX_COUNT = 2**63 - 1
 # The governor's lobotomy rule needs this many losses in its history (governor.py,
 # LOBOTOMY_MIN_HISTORY): a shorter history_window could never detect it, so the governor refuses it.
 MIN_HISTORY_WINDOW = 10
@@ -99,13 +102,13 @@ class GovernorConfig(msgspec.Struct, frozen=True, kw_only=True):
     (reward units: accuracy points)."""
 
     def validate(self) -> None:
-        _real("sensitivity", self.sensitivity, low=0.0)
-        _real("multiplier", self.multiplier, low=0.0)
-        _real("absolute_threshold", self.absolute_threshold)
-        _count("history_window", self.history_window, low=MIN_HISTORY_WINDOW)
-        _count("min_panics_before_rollback", self.min_panics_before_rollback, low=1)
-        _count("max_rollbacks_per_episode", self.max_rollbacks_per_episode, low=1)
-        _real("death_penalty", self.death_penalty, low=0.0)
+        check_real("sensitivity", self.sensitivity, low=0.0)
+        check_real("multiplier", self.multiplier, low=0.0)
+        check_real("absolute_threshold", self.absolute_threshold)
+        check_count("history_window", self.history_window, low=MIN_HISTORY_WINDOW)
+        check_count("min_panics_before_rollback", self.min_panics_before_rollback, low=1)
+        check_count("max_rollbacks_per_episode", self.max_rollbacks_per_episode, low=1)
+        check_real("death_penalty", self.death_penalty, low=0.0)
 
     def build(self, model: torch.nn.Module, *args: Any, **owner: Any) -> TolariaGovernor:
         """The governor of one env's ``model`` with these thresholds; the rest are
@@ -134,11 +137,11 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):
     (e.g. block1:widen); they follow the lifecycle like any other (initiator operator)."""
 
     def validate(self) -> None:
-        _plant(self.plant)
-        _count("min_training_epochs", self.min_training_epochs, low=0)
-        _count("blend_epochs", self.blend_epochs, low=1)
-        _count("embargo_epochs", self.embargo_epochs, low=1)
-        _count("min_prune_age", self.min_prune_age, low=0)
+        check_plant(self.plant)
+        check_count("min_training_epochs", self.min_training_epochs, low=0)
+        check_count("blend_epochs", self.blend_epochs, low=1)
+        check_count("embargo_epochs", self.embargo_epochs, low=1)
+        check_count("min_prune_age", self.min_prune_age, low=0)
 
 
 class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,16 +176,16 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Blueprints to germinate on a transformer host, the first available one wins."""
 
     def validate(self) -> None:
-        _count("plateau_window", self.plateau_window, low=1)
-        _real("plateau_delta", self.plateau_delta, low=0.0)
-        _real("fossilize_threshold", self.fossilize_threshold)
-        _real("prune_threshold", self.prune_threshold)
-        _count("min_blending_epochs", self.min_blending_epochs, low=0)
-        _count("holding_patience", self.holding_patience, low=0)
-        _count("max_live", self.max_live, low=0)
-        _count("min_epochs_left", self.min_epochs_left, low=0)
-        _names("cnn_preference", self.cnn_preference)
-        _names("transformer_preference", self.transformer_preference)
+        check_count("plateau_window", self.plateau_window, low=1)
+        check_real("plateau_delta", self.plateau_delta, low=0.0)
+        check_real("fossilize_threshold", self.fossilize_threshold)
+        check_real("prune_threshold", self.prune_threshold)
+        check_count("min_blending_epochs", self.min_blending_epochs, low=0)
+        check_count("holding_patience", self.holding_patience, low=0)
+        check_count("max_live", self.max_live, low=0)
+        check_count("min_epochs_left", self.min_epochs_left, low=0)
+        check_names("cnn_preference", self.cnn_preference)
+        check_names("transformer_preference", self.transformer_preference)
 
     def build(self, n_slots: int, blueprints: Sequence[str], host_kind: str) -> HeuristicPolicy:
         """The heuristic with these rules, preferring the blueprints of ``host_kind``."""
@@ -258,28 +261,28 @@ class PPOConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Start from this saved policy (a RUN.policy.pt file) instead of a fresh agent (a path)."""
 
     def validate(self) -> None:
-        _real("lr", self.lr, low=0.0, open_low=True)
-        _real("gamma", self.gamma, low=0.0, high=1.0)
-        _real("gae_lambda", self.gae_lambda, low=0.0, high=1.0)
-        _real("clip_coef", self.clip_coef, low=0.0, open_low=True)
-        _real("ent_coef", self.ent_coef, low=0.0)
-        _real("vf_coef", self.vf_coef, low=0.0)
-        _real("max_grad_norm", self.max_grad_norm, low=0.0, open_low=True)
-        _count("update_epochs", self.update_epochs, low=1)
-        _count("minibatch_size", self.minibatch_size, low=1)
+        check_real("lr", self.lr, low=0.0, open_low=True)
+        check_real("gamma", self.gamma, low=0.0, high=1.0)
+        check_real("gae_lambda", self.gae_lambda, low=0.0, high=1.0)
+        check_real("clip_coef", self.clip_coef, low=0.0, open_low=True)
+        check_real("ent_coef", self.ent_coef, low=0.0)
+        check_real("vf_coef", self.vf_coef, low=0.0)
+        check_real("max_grad_norm", self.max_grad_norm, low=0.0, open_low=True)
+        check_count("update_epochs", self.update_epochs, low=1)
+        check_count("minibatch_size", self.minibatch_size, low=1)
         if self.target_kl is not None:
-            _real("target_kl", self.target_kl, low=0.0, open_low=True)
-        _count("hidden", self.hidden, low=1, high=MAX_PPO_HIDDEN)
+            check_real("target_kl", self.target_kl, low=0.0, open_low=True)
+        check_count("hidden", self.hidden, low=1, high=MAX_PPO_HIDDEN)
         if self.seed is not None:
-            _count("seed", self.seed, low=0, high=MAX_SEED)
-        _real("reward_scale", self.reward_scale, low=0.0, open_low=True)
-        _count("demo_rounds", self.demo_rounds, low=0)
-        _count("bc_steps", self.bc_steps, low=0)
-        _real("bc_lr", self.bc_lr, low=0.0, open_low=True)
-        _real("imitation_coef", self.imitation_coef, low=0.0)
-        _count("imitation_rounds", self.imitation_rounds, low=0)
-        _real("entropy_floor", self.entropy_floor, low=0.0)
-        _real("entropy_floor_coef", self.entropy_floor_coef, low=0.0)
+            check_count("seed", self.seed, low=0, high=MAX_SEED)
+        check_real("reward_scale", self.reward_scale, low=0.0, open_low=True)
+        check_count("demo_rounds", self.demo_rounds, low=0)
+        check_count("bc_steps", self.bc_steps, low=0)
+        check_real("bc_lr", self.bc_lr, low=0.0, open_low=True)
+        check_real("imitation_coef", self.imitation_coef, low=0.0)
+        check_count("imitation_rounds", self.imitation_rounds, low=0)
+        check_real("entropy_floor", self.entropy_floor, low=0.0)
+        check_real("entropy_floor_coef", self.entropy_floor_coef, low=0.0)
         if self.init_file is not None and not self.init_file.strip():
             raise ValueError("init_file must be a path (or none), got an empty string")
 
@@ -445,25 +448,25 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
         """Raise ValueError with a one-line message naming the bad value (dotted if nested)."""
         check_types(self)
         for name, (high, why) in _COUNTS.items():
-            _count(name, getattr(self, name), low=1, high=high, why=why)
-        _count("seed", self.seed, low=0, high=MAX_SEED)
+            check_count(name, getattr(self, name), low=1, high=high, why=why)
+        check_count("seed", self.seed, low=0, high=MAX_SEED)
         for name in ("host_lr", "seed_lr"):
             value = getattr(self, name)
             if value is not None:
-                _real(name, value, low=0.0, open_low=True)
+                check_real(name, value, low=0.0, open_low=True)
         self._validate_max_grad_norm()
         if self.slots is not None:
-            _names("slots", self.slots, allow_empty=False)
-        _count("attribution_every", self.attribution_every, low=0)
-        _count("shapley_exact_max", self.shapley_exact_max, low=0)
-        _count("shapley_permutations", self.shapley_permutations, low=1)
-        _real("param_rent", self.param_rent, low=0.0)
-        _real("compute_price", self.compute_price, low=0.0)
-        _count("batch_stats_every", self.batch_stats_every, low=0)
-        _count("event_queue_size", self.event_queue_size, low=1)
-        _count("checkpoint_every", self.checkpoint_every, low=0)
-        _count("attribution_batches", self.attribution_batches, low=0)
-        _count("report_every", self.report_every, low=0)
+            check_names("slots", self.slots, allow_empty=False)
+        check_count("attribution_every", self.attribution_every, low=0)
+        check_count("shapley_exact_max", self.shapley_exact_max, low=0)
+        check_count("shapley_permutations", self.shapley_permutations, low=1)
+        check_real("param_rent", self.param_rent, low=0.0)
+        check_real("compute_price", self.compute_price, low=0.0)
+        check_count("batch_stats_every", self.batch_stats_every, low=0)
+        check_count("event_queue_size", self.event_queue_size, low=1)
+        check_count("checkpoint_every", self.checkpoint_every, low=0)
+        check_count("attribution_batches", self.attribution_batches, low=0)
+        check_count("report_every", self.report_every, low=0)
         check_faults(self.faults, self.n_envs, self.epochs)
         for group in ("governor", "lifecycle", "heuristic", "ppo"):
             try:
@@ -480,88 +483,3 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(
                 f"max_grad_norm must be within 0..{MAX_CLIP_THRESHOLD:g} (0 disables), got {value}"
             )
-
-
-# --- checks: each raises ValueError("<name> must ..., got <value>") --------------------------
-
-
-def _count(name: str, value: int, *, low: int, high: int = MAX_COUNT, why: str = "") -> None:
-    if low <= value <= high:
-        return
-    if why and value > high:  # a bound on size: the reason says why it is there
-        raise ValueError(f"{name} must be within {low}..{high} ({why}), got {value}")
-    if high != MAX_COUNT and not why:
-        raise ValueError(f"{name} must be within {low}..{high}, got {value}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    raise ValueError(f"{name} must be <= 2**63 - 1 (recorded as int64), got {value}")
-
-
-def _real(
-    name: str,
-    value: float,
-    *,
-    low: float = -math.inf,
-    high: float = math.inf,
-    open_low: bool = False,
-) -> None:
-    above_low = value > low if open_low else value >= low
-    if math.isfinite(value) and above_low and value <= high:
-        return
-    if high != math.inf:
-        wanted = f"a finite number within {low:g}..{high:g}"
-    elif low != -math.inf:
-        wanted = f"a finite number {'>' if open_low else '>='} {low:g}"
-    else:
-        wanted = "a finite number"
-    raise ValueError(f"{name} must be {wanted}, got {value}")
-
-
-def choices(tp: Any) -> tuple[str, ...] | None:
-    """The values a ``Literal`` type (or an optional one) allows; None for any other type."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) is Literal:
-        return tuple(args)
-    if len(args) == 1 and typing.get_origin(args[0]) is Literal:
-        return typing.get_args(args[0])
-    return None
-
-
-def check_types(struct: msgspec.Struct) -> None:
-    """msgspec's validation of every field's type, for a struct built in Python (which msgspec
-    does not check): a ValueError naming the dotted key, e.g. ``amp must be one of ...``."""
-    try:
-        msgspec.convert(msgspec.to_builtins(struct), type(struct))
-    except msgspec.ValidationError as exc:
-        message, _, where = str(exc).rpartition(" - at `$.")
-        path = where.rstrip("`")
-        if not message or not re.fullmatch(r"[a-z_.]+", path):  # not a field: say it as it is
-            raise ValueError(str(exc)) from None
-        value: Any = struct
-        tp: Any = type(struct)
-        for part in path.split("."):
-            tp = typing.get_type_hints(tp)[part]
-            value = getattr(value, part)
-        allowed = choices(tp)
-        if allowed is not None:
-            raise ValueError(f"{path} must be one of {', '.join(allowed)}, got {value!r}") from None
-        raise ValueError(f"{path}: {message[0].lower()}{message[1:]}") from None  # the type
-
-
-def _plant(entries: tuple[str, ...]) -> None:
-    slots = []
-    for entry in entries:
-        slot, sep, blueprint = entry.partition(":")
-        if not sep or not slot.strip() or not blueprint.strip() or ":" in blueprint:
-            raise ValueError(f"plant entries are slot:blueprint, got {entry!r}")
-        slots.append(slot)
-    if len(set(slots)) != len(slots):
-        raise ValueError(f"plant names a slot twice: {list(entries)}")
-
-
-def _names(name: str, values: tuple[str, ...], *, allow_empty: bool = True) -> None:
-    if not values and not allow_empty:
-        raise ValueError(f"{name} must name at least one (or be none for all)")
-    for value in values:
-        if not value.strip():
-            raise ValueError(f"{name} must not contain an empty name, got {list(values)}")

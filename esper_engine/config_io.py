@@ -27,7 +27,8 @@ from typing import Any
 
 import msgspec
 
-from esper_engine.config import TrainingConfig, choices
+from esper_engine.config import TrainingConfig
+from esper_engine.config_checks import choices
 
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})

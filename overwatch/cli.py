@@ -24,14 +24,13 @@ import msgspec
 
 from esper_engine.config import (
     MAX_CLIP_THRESHOLD,
-    MAX_COUNT,
     MAX_SEED,
     AmpMode,
     PolicyKind,
     TaskName,
     TrainingConfig,
-    choices,
 )
+from esper_engine.config_checks import MAX_COUNT, choices
 from esper_engine.config_io import apply_set, apply_table, load_toml, set_value, to_toml
 from esper_engine.faults import FaultKind, parse_fault
 

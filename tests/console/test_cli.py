@@ -197,6 +197,8 @@ def other_value(path: str) -> tuple[str, object]:
     value = tuple(reversed(default)) if default and len(default) > 1 else ("nan:1:1", "block1")
     if path == "faults":
         value = ("nan:1:1", "crash:2:3")
+    if path == "lifecycle.plant":
+        value = ("block1:widen", "block3:stack")
     return ",".join(value), value
 
 

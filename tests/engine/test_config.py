@@ -26,8 +26,8 @@ from esper_engine.config import (
     PPOConfig,
     TaskName,
     TrainingConfig,
-    choices,
 )
+from esper_engine.config_checks import choices
 from esper_engine.config_io import field_docs
 from esper_engine.contracts import RunStarted
 from esper_engine.governor import TolariaGovernor

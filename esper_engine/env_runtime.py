@@ -18,6 +18,7 @@ from esper_engine.contracts import Initiator
 from esper_engine.epoch_figures import EpochFigures
 from esper_engine.flops import EnvFlops
 from esper_engine.governor import TolariaGovernor
+from esper_engine.lifecycle import SeedStage
 from esper_engine.model import MorphogeneticModel, create_model, run_host_spec
 from esper_engine.policy.actions import Action, Op
 from esper_engine.policy.observation import EnvObservation, SlotObservation
@@ -182,6 +183,14 @@ class EnvRuntime:
 
     def set_clip_threshold(self, value: float) -> None:
         self.state.clip_threshold = value
+
+    def prune_failed_seeds(self) -> None:
+        """An incubating seed that failed its health gate (non-finite outputs or gradients) is
+        pruned by the gate; the host, which never saw its output, trains on."""
+        for slot_id in self.model.live_slots():
+            slot = self.model.slots[slot_id]
+            if slot.stage is SeedStage.TRAINING and slot.healthy() is False:
+                self.model.prune(slot_id, initiator=Initiator.GATE)
 
     def record(self, figures: EpochFigures) -> None:
         self.acc_history.append(figures.val_accuracy)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -216,3 +217,10 @@ class Reporter:
         )
         self.sink.emit(finished)
         return finished
+
+
+def describe_crash(exc: BaseException) -> str:
+    """RunFinished's error: one line that says what failed, then the tail of the traceback."""
+    head = f"{type(exc).__name__}: {exc}"
+    tail = "".join(traceback.format_exception(exc)[-6:]).rstrip()
+    return f"{head}\n{tail}"

@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from esper_engine.contracts import Attribution
 
 if TYPE_CHECKING:  # annotations only: tests drive the engine with small stand-in models
+    from esper_engine.config import TrainingConfig
+    from esper_engine.env_runtime import EnvRuntime
     from esper_engine.model import MorphogeneticModel
     from esper_engine.tasks import Task
 
@@ -329,3 +331,34 @@ class CounterfactualEngine:
             scores.add(frozenset(), self.model(x), y)
         scores.values()  # forces the device to finish
         return time.perf_counter() - start
+
+
+def attribute_env(
+    env: EnvRuntime,
+    task: Task,
+    config: TrainingConfig,
+    val_batches: Sequence[tuple[Tensor, Tensor]],
+    episode: int,
+    epoch: int,
+) -> Attribution | None:
+    """The env's seeds' Shapley values on the first ``attribution_batches`` of the fixed
+    validation batches, on the epochs that attribute (``attribution_every``), set on its slots
+    (the policy reads them) and their FLOPs counted; None when nothing is attributed."""
+    every = config.attribution_every
+    if not every or epoch % every or not env.model.active_slots():
+        return None
+    engine = CounterfactualEngine(
+        env.model,
+        task,
+        exact_max=config.shapley_exact_max,
+        permutations=config.shapley_permutations,
+        seed=attribution_seed(config.seed, env.index, episode, epoch),
+    )
+    on_cpu = torch.device(config.device).type == "cpu"  # CUDA times need a sync
+    batches = list(val_batches[: config.attribution_batches or None])  # 0: all
+    attribution = engine.attribute(batches, env.val_pass_s if on_cpu else None)
+    samples = sum(len(x) for x, _ in batches)
+    env.flops.add_attribution(env.model, samples, env.model.active_slots(), engine.evaluated)
+    for slot_id, value in attribution.shapley.items():
+        env.model.slots[slot_id].contribution = value
+    return attribution

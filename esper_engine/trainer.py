@@ -17,7 +17,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -46,15 +45,14 @@ from esper_engine.epoch_figures import EpochFigures, TensorTotals, batch_stats_t
 from esper_engine.faults import check_faults, inject
 from esper_engine.flops import RunFlops
 from esper_engine.footprint import RunEstimate, estimate_run
-from esper_engine.lifecycle import SeedStage
 from esper_engine.model import run_host_spec
 from esper_engine.policy.driver import PolicyDriver, build_policy
 from esper_engine.policy.observation import EnvObservation
 from esper_engine.policy.policy_file import policy_path, write_policy_file
 from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.report import evaluate_report, report_batches
-from esper_engine.reports import PROGRESS_PERIOD_S, Reporter
-from esper_engine.shapley import CounterfactualEngine, attribution_seed
+from esper_engine.reports import PROGRESS_PERIOD_S, Reporter, describe_crash
+from esper_engine.shapley import attribute_env
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
 from esper_engine.training_step import (
@@ -158,7 +156,7 @@ class VectorizedTrainer:
         except StopRequested:
             status = RunStatus.STOPPED
         except Exception as exc:  # noqa: BLE001 - a crash is reported, not swallowed
-            status, error = RunStatus.CRASHED, _describe(exc)
+            status, error = RunStatus.CRASHED, describe_crash(exc)
         finally:
             self.exchange.stop_watch()
         status, error = self._last_checkpoint_written(status, error)
@@ -208,7 +206,7 @@ class VectorizedTrainer:
         healthy = [env for env in self.envs if not self._govern(env, figures[env.index])]
         for env in healthy:
             self.desk.stop_point()
-            self._prune_failed_seeds(env)
+            env.prune_failed_seeds()
             self._attribute(env, epoch)
         for env in self.envs:  # the epoch is over: age the seeds before anyone looks at them
             env.model.end_epoch()
@@ -288,33 +286,11 @@ class VectorizedTrainer:
         env.record(figures)
         return False
 
-    def _prune_failed_seeds(self, env: EnvRuntime) -> None:
-        """An incubating seed that failed its health gate (non-finite outputs or gradients) is
-        pruned by the gate; the host, which never saw its output, trains on."""
-        for slot_id in env.model.live_slots():
-            slot = env.model.slots[slot_id]
-            if slot.stage is SeedStage.TRAINING and slot.healthy() is False:
-                env.model.prune(slot_id, initiator=Initiator.GATE)
-
     def _attribute(self, env: EnvRuntime, epoch: int) -> None:
-        every = self.config.attribution_every
-        if not every or epoch % every or not env.model.active_slots():
-            return
-        engine = CounterfactualEngine(
-            env.model,
-            self.task,
-            exact_max=self.config.shapley_exact_max,
-            permutations=self.config.shapley_permutations,
-            seed=attribution_seed(self.config.seed, env.index, self.episode, epoch),
-        )
-        on_cpu = torch.device(self.config.device).type == "cpu"  # CUDA times need a sync
-        batches = self.val_batches[: self.config.attribution_batches or None]  # 0: all
-        attribution = engine.attribute(batches, env.val_pass_s if on_cpu else None)
-        samples = sum(len(x) for x, _ in batches)
-        env.flops.add_attribution(env.model, samples, env.model.active_slots(), engine.evaluated)
-        for slot_id, value in attribution.shapley.items():
-            env.model.slots[slot_id].contribution = value
-        self.report.emit(attribution, env.index)
+        args = (self.task, self.config, self.val_batches, self.episode, epoch)
+        attribution = attribute_env(env, *args)
+        if attribution is not None:  # an epoch that attributes, with seeds to attribute
+            self.report.emit(attribution, env.index)
 
     def _reward(self, env: EnvRuntime, fig: EpochFigures, obs: EnvObservation) -> None:
         """Pay the env's previous action now that its effect is measured."""
@@ -377,7 +353,7 @@ class VectorizedTrainer:
             self.checkpoints.wait()
         except Exception as exc:  # noqa: BLE001 - reported as the run's crash
             if status is not RunStatus.CRASHED:
-                return RunStatus.CRASHED, _describe(exc)
+                return RunStatus.CRASHED, describe_crash(exc)
         return status, error
 
     def _checkpoint_due(self, next_episode: int, next_epoch: int) -> None:
@@ -466,14 +442,8 @@ class VectorizedTrainer:
             prepare=self.task.prepare,
             keep=self.shard.envs,
         )
-        self.val_batches = fixed_val_batches(
-            self.task.val_x,
-            self.task.val_y,
-            cfg.batch_size * 2,
-            cfg.val_batches,
-            device,
-            self.task.prepare,
-        )
+        x, y, size = self.task.val_x, self.task.val_y, cfg.batch_size * 2
+        self.val_batches = fixed_val_batches(x, y, size, cfg.val_batches, device, self.task.prepare)
         self.report_batches = report_batches(self.task, cfg, device)
         self._reports = {}
         self.faults = check_faults(cfg.faults, cfg.n_envs, cfg.epochs)
@@ -511,10 +481,3 @@ class VectorizedTrainer:
             self.config, slot_ids, kind, self.host_spec
         )
         return self.driver
-
-
-def _describe(exc: BaseException) -> str:
-    """One line that says what failed, then the tail of the traceback for the record."""
-    head = f"{type(exc).__name__}: {exc}"
-    tail = "".join(traceback.format_exception(exc)[-6:]).rstrip()
-    return f"{head}\n{tail}"

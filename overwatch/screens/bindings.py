@@ -319,6 +319,7 @@ MAIN_BINDINGS = [
         "env_filter",
         description="Find",
         key_display="\\",
+        show=False,  # the footer has no room left: ? and ctrl+p list it
         tooltip="Filter the envs (also F4): panic, live, acc<50; words combine; esc clears",
         id="env-filter",
     ),

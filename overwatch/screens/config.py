@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.text import Text
-from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -47,8 +46,8 @@ def run_lines(started: RunStarted) -> list[str]:
     host = " ".join(part for part in (started.host_kind, started.host_sizes) if part)
     lines = [
         f"run_id = {started.run_id}",
-        f"task = {started.task} ({started.task_kind})",
-        f"slots = [{', '.join(started.slot_ids)}]",
+        f"task_kind = {started.task_kind}",
+        f"slot_ids = [{', '.join(started.slot_ids)}]",
         f"blueprints = [{', '.join(started.blueprints)}]",
     ]
     if host:
@@ -92,10 +91,6 @@ class ConfigScreen(ModalScreen[None]):
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
         self._show(event.value)
-
-    def on_key(self, event: events.Key) -> None:
-        if event.key == "enter":  # nothing to submit: Enter keeps the lines as they are
-            event.stop()
 
     def _show(self, search: str) -> None:
         needle = search.strip().lower()

@@ -15,7 +15,7 @@ from textual.app import SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from overwatch.screens.bindings import APP_BINDINGS, HELP_ORDER, HELP_PAIRS, action_name
+from overwatch.screens.bindings import APP_BINDINGS, HELP_ORDER, action_name
 
 if TYPE_CHECKING:
     from overwatch.app import OverwatchApp
@@ -38,7 +38,7 @@ def palette_commands(app: OverwatchApp, screen: Screen) -> Iterator[SystemComman
         if owner.check_action(name, ()) is not True:
             continue
         keys = binding.key_display or binding.key.split(",")[0]
-        help_text = binding.tooltip or HELP_PAIRS.get(name) or binding.description
+        help_text = binding.tooltip or binding.description
         yield SystemCommand(f"{_title(binding, name)} ({keys})", help_text, _runner(owner, binding))
 
 

@@ -29,7 +29,16 @@ from overwatch.screens.config import ConfigScreen, config_lines, run_lines
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.palette import palette_commands
 from overwatch.sources import ReplaySource
-from tests.console.fixtures import FIXTURES, live_app, real_events, run_async, running
+from tests.console.fixtures import (
+    FIXTURES,
+    FakeLiveSource,
+    frozen_clock,
+    live_app,
+    real_events,
+    run_async,
+    running,
+)
+from tests.console.test_keys import StillClock, step
 
 FAULTS_RUN = FIXTURES / "real_run_faults.msgpack"
 SMALL, WIDE = (80, 24), (120, 40)
@@ -159,6 +168,18 @@ async def test_a_filter_no_env_matches_stays_and_says_so() -> None:
 
 
 @run_async
+async def test_backslash_and_words_typed_at_once_filter_at_once() -> None:
+    """htop's habit, typed fast: \\ panic Enter in one burst applies the filter."""
+    events = running(FAULTS_RUN)
+    clock = StillClock()
+    app = OverwatchApp(FakeLiveSource(events), clock=frozen_clock(events), key_clock=clock)
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("backslash", *"panic", "enter")
+        await step(app, pilot, clock)
+        assert app.screen is app.main and listed(app) == sorted(panicking_envs(events))
+
+
+@run_async
 async def test_the_filter_holds_with_the_32_envs_table() -> None:
     from tests.console.fixtures import REAL_RUN_32
 
@@ -252,3 +273,19 @@ async def test_config_values_are_text_never_markup() -> None:
         await pilot.pause()
         rendered = app.screen.query_one("#config-text", Static).render()
         assert "data_dir = /data/[b]x[/b]" in str(rendered)  # as markup, the tags would go
+
+
+@run_async
+async def test_the_filter_hides_panels_in_the_wide_layout() -> None:
+    events = running()  # 4 envs: panels at 120x40
+    app = live_app(events)
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.pause()
+        assert app.main.layout_mode == "wide"
+        await filter_by(pilot, "panic")
+        envs = sorted(panicking_envs(events))
+        assert 0 < len(envs) < 4 and listed(app) == envs
+        assert [panel.env for panel in app.main._panels if panel.display] == envs
+        await pilot.press("escape")
+        await pilot.pause()
+        assert listed(app) == [0, 1, 2, 3]

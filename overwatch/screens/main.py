@@ -166,8 +166,8 @@ class MainScreen(Screen[None]):
         )
         if mode == "wide":
             self._size_wide(wide_room, panel_rows, columns)
-        elif mode == "compact":
-            self._size_compact(height - 2 - bars, n)
+        elif mode == "compact":  # a filter's rows only: the detail and the log get the rest
+            self._size_compact(height - 2 - bars, n if self._listed < 0 else max(self._listed, 1))
 
     def _size_wide(self, room: int, panel_rows: int, columns: int) -> None:
         """Panels share the room above the log; too many to fit at their minimum height keep
@@ -231,6 +231,7 @@ class MainScreen(Screen[None]):
         self._rows = [EnvRow(i) for i in range(n)]
         await self._grid.mount(*self._panels)
         await self._row_list.mount(*self._rows)
+        self._listed = -1  # the new widgets are all on display
         self.focused_env = min(self.focused_env, max(n - 1, 0))
         self.resize(self.app.size.width, self.app.size.height)
 
@@ -325,6 +326,7 @@ class MainScreen(Screen[None]):
         for widgets in (self._panels, self._rows):
             for at, widget in enumerate(widgets):
                 widget.display = n < 0 or at < n
+        self.resize(self.app.size.width, self.app.size.height)
 
     def _nearest_listed(self) -> int:
         """The listed env nearest the focused one (the next one on a tie): where the focus goes

@@ -137,9 +137,11 @@ async def test_focus_moves_to_the_nearest_listed_env_and_hidden_envs_cannot_be_f
     async with app.run_test(size=SMALL) as pilot:
         await pilot.press("5")  # env 5 (index 4) has no panic; 6 (index 5) has
         await pilot.pause()
+        table = app.main._row_list.region.height
         await filter_by(pilot, "panic")
         assert listed(app) == [2, 5]
         assert app.main.focused_env == 5 and app.main._detail.env == 5
+        assert app.main._row_list.region.height == 2 < table  # the rest goes to detail and log
         await pilot.press("1")  # hidden: the focus stays, a toast says why
         await pilot.pause()
         assert app.main.focused_env == 5

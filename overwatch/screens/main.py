@@ -348,6 +348,8 @@ class MainScreen(Screen[None]):
         caps = self.source.capabilities
         if action in REPLAY_ACTIONS:
             return caps.replay_controls
+        if action == "clear_env_filter":
+            return self.env_filter.active  # listed (palette, help) only while there is one
         if action == "stop_run" and not caps.attached:
             return False  # a console's own run stops with q
         if action in ("pause", "resume"):

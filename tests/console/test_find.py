@@ -208,6 +208,9 @@ async def test_the_palette_lists_the_actions_usable_here_with_their_keys() -> No
         live = titles(app)
         assert {"Rollback (r)", "Sort (s)", "Find (\\)", "Quit (q)", "Help (?)"} <= set(live)
         assert "Play (space)" not in live  # a replay's key
+        assert "Unfilter (escape)" not in live  # no filter to clear
+        await filter_by(pilot, "panic")
+        assert "Unfilter (escape)" in titles(app)
     replay = OverwatchApp(ReplaySource.from_events(real_events(), clock=lambda: 0.0))
     async with replay.run_test(size=WIDE) as pilot:
         await pilot.pause()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 try:
     import termios
@@ -22,8 +22,9 @@ except ImportError:  # not on Windows
     termios = None
 
 from textual import events
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.driver import Driver
+from textual.screen import Screen
 from textual.timer import Timer
 
 from esper_engine.contracts import (
@@ -40,6 +41,7 @@ from overwatch.screens.bindings import APP_BINDINGS, MAIN_BINDINGS, PROMPT_ACTIO
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.crash import CrashModal
 from overwatch.screens.main import MainScreen
+from overwatch.screens.palette import TEXTUAL_SHADOWED, palette_commands
 from overwatch.signals import STOP_TIMEOUT_S, console_signals
 from overwatch.sources import EventSource, LiveSource
 from overwatch.state import ConsoleState, log_note, reduce_many
@@ -61,7 +63,8 @@ class OverwatchApp(App[int]):
 
     CSS_PATH = "overwatch.tcss"
     TITLE = "Overwatch"
-    # On for its theme picker (ctrl+p); the console's own commands are all keys.
+    # ctrl+p: every action of the main screen by name, with its key (screens/palette.py), and
+    # Textual's theme picker.
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = APP_BINDINGS  # the main screen's keys are in overwatch.screens.bindings
 
@@ -115,6 +118,13 @@ class OverwatchApp(App[int]):
 
     def get_default_screen(self) -> MainScreen:
         return self.main
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        if screen is self.main:
+            yield from palette_commands(self, screen)
+        for command in super().get_system_commands(screen):
+            if command.title not in TEXTUAL_SHADOWED:
+                yield command
 
     # --- keys: single commands, not typing -------------------------------------------------------
 

@@ -326,6 +326,7 @@ class ConsoleState:
     log_revision: int = field(default=0, compare=False)  # restamped on every log entry
     envs: list[EnvView] = field(default_factory=list)
     log: deque[LogEntry] = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
+    run_started: RunStarted | None = None  # the latest, whole: its config for the config screen
 
     @classmethod
     def planned(cls, plan: RunPlan | None) -> ConsoleState:
@@ -631,6 +632,7 @@ def _run_started(state: ConsoleState, ev: RunStarted) -> None:
     state.trainer_state = "running"
     threshold = ev.config.get("max_grad_norm")
     state.clip_threshold = float(threshold) if threshold else None
+    state.run_started = ev
     state.envs = []
     for env in range(ev.n_envs):
         env_view(state, env)

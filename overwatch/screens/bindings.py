@@ -20,7 +20,7 @@ QUIT_HELP_ATTACHED = "Detach and quit; the run goes on"
 QUIT_HELP_REPLAY = "Quit"
 
 # Keys whose action opens a prompt: a burst that begins with one is typed into that prompt.
-PROMPT_ACTIONS = frozenset({"clip_entry", "goto_env", "log_search", "replay_goto"})
+PROMPT_ACTIONS = frozenset({"clip_entry", "goto_env", "log_search", "replay_goto", "env_filter"})
 # Actions that steer the trainer: greyed out in replay and once the run has finished.
 CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause", "resume", "stop_run"})
 REPLAY_ACTIONS = frozenset(
@@ -312,6 +312,32 @@ MAIN_BINDINGS = [
         description="Table",
         tooltip="Layout: auto, table (one line per env), panels",
         id="layout",
+    ),
+    # htop's filter keys (F4, and \ in htop 3): list only the envs that match.
+    Binding(
+        "backslash,f4",
+        "env_filter",
+        description="Find",
+        key_display="\\",
+        show=False,  # the footer has no room left: ? and ctrl+p list it
+        tooltip="Filter the envs (also F4): panic, live, acc<50; words combine; esc clears",
+        id="env-filter",
+    ),
+    Binding(
+        "escape",
+        "clear_env_filter",
+        description="Unfilter",
+        show=False,
+        tooltip="Clear the env filter: list every env again",
+        id="env-filter-clear",
+    ),
+    Binding(
+        "i",
+        "show_config",
+        description="Config",
+        show=False,
+        tooltip="The run's recorded config (type to search)",
+        id="config",
     ),
 ]
 

@@ -109,5 +109,6 @@ def help_rows(app: OverwatchApp, screen: Screen) -> list[tuple[str, str, bool]]:
         if keys not in rows[description][0]:
             rows[description][0].append(keys)
     table = [(" ".join(keys), text, usable) for text, (keys, usable) in rows.items()]
-    table.append(("ctrl+p", "Command palette: pick a theme", True))  # Textual's own key
+    # Textual's own key: the console's actions by name (screens/palette.py), and themes
+    table.append(("ctrl+p", "Command palette: every action here by name, and themes", True))
     return sorted(table, key=lambda row: not row[2])

@@ -17,8 +17,10 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollback, Stop
+from overwatch.env_filter import FILTER_HELP, EnvFilter, parse_filter
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
 from overwatch.screens.clip_entry import ClipEntryModal
+from overwatch.screens.config import ConfigScreen
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.help import HelpScreen, help_rows
 from overwatch.screens.prompt import PromptModal, parse_epoch, parse_number
@@ -71,6 +73,8 @@ class MainScreen(Screen[None]):
         self.layout_choice = "auto"  # t: auto | table | panels
         self.sort = "id"
         self.order: list[int] = []  # env indices in the sort order on screen
+        self.env_filter = EnvFilter()  # \ or F4: only the envs that match are listed
+        self._listed = -1  # panels / rows on display while a filter is active (-1: all)
         self.log_filter = LogFilter()
         self.log_follows_focus = False  # e: the log shows the focused env's events
         self.acknowledged = 0  # alerts acknowledged so far (a)
@@ -162,8 +166,8 @@ class MainScreen(Screen[None]):
         )
         if mode == "wide":
             self._size_wide(wide_room, panel_rows, columns)
-        elif mode == "compact":
-            self._size_compact(height - 2 - bars, n)
+        elif mode == "compact":  # a filter's rows only: the detail and the log get the rest
+            self._size_compact(height - 2 - bars, n if self._listed < 0 else max(self._listed, 1))
 
     def _size_wide(self, room: int, panel_rows: int, columns: int) -> None:
         """Panels share the room above the log; too many to fit at their minimum height keep
@@ -227,6 +231,7 @@ class MainScreen(Screen[None]):
         self._rows = [EnvRow(i) for i in range(n)]
         await self._grid.mount(*self._panels)
         await self._row_list.mount(*self._rows)
+        self._listed = -1  # the new widgets are all on display
         self.focused_env = min(self.focused_env, max(n - 1, 0))
         self.resize(self.app.size.width, self.app.size.height)
 
@@ -252,11 +257,15 @@ class MainScreen(Screen[None]):
             sort=self.sort,
             layout=self.layout_choice,
             live=live,
+            env_filter=self._filter_label(),
         )
         lm = state.is_language_model
         params = (state.host_params, state.seed_params)
         self.order = self._sorted_envs()
         views = [state.envs[i] for i in self.order if i < len(state.envs)]
+        self._list_only(len(views) if self.env_filter.active else -1)
+        if self.env_filter.active and views and self.focused_env not in self.order:
+            self.focused_env = self._nearest_listed()
         focused_view = state.envs[self.focused_env] if self.focused_env < len(state.envs) else None
         if mode == "wide":
             for panel, view in zip(self._panels, views, strict=False):
@@ -282,7 +291,10 @@ class MainScreen(Screen[None]):
 
     def _sorted_envs(self) -> list[int]:
         """Env indices in the order chosen with s; trouble first (lowest accuracy, most panics,
-        largest grad norm), ties by id."""
+        largest grad norm), ties by id; only those the env filter lists."""
+        return self._filtered(self._sort_all())
+
+    def _sort_all(self) -> list[int]:
         envs = self.state.envs
         if self.sort == "id" or not envs:
             return list(range(len(envs) or len(self._panels)))
@@ -300,6 +312,32 @@ class MainScreen(Screen[None]):
 
         return [view.env for view in sorted(envs, key=key)]
 
+    def _filtered(self, order: list[int]) -> list[int]:
+        envs, env_filter = self.state.envs, self.env_filter
+        if not env_filter.active:
+            return order
+        return [env for env in order if env < len(envs) and env_filter.matches(envs[env])]
+
+    def _list_only(self, n: int) -> None:
+        """Show the first ``n`` panels and rows (the listed envs, in order), or all (-1)."""
+        if n == self._listed:
+            return
+        self._listed = n
+        for widgets in (self._panels, self._rows):
+            for at, widget in enumerate(widgets):
+                widget.display = n < 0 or at < n
+        self.resize(self.app.size.width, self.app.size.height)
+
+    def _nearest_listed(self) -> int:
+        """The listed env nearest the focused one (the next one on a tie): where the focus goes
+        when a filter hides its env."""
+        return min(self.order, key=lambda env: (abs(env - self.focused_env), -env))
+
+    def _filter_label(self) -> str:
+        if not self.env_filter.active:
+            return ""
+        return f"{self.env_filter.describe()} ({len(self.order)}/{len(self.state.envs)})"
+
     def visible_log(self) -> EventLog:
         return self._logs[0 if self.layout_mode == "wide" else 1]
 
@@ -310,6 +348,8 @@ class MainScreen(Screen[None]):
         caps = self.source.capabilities
         if action in REPLAY_ACTIONS:
             return caps.replay_controls
+        if action == "clear_env_filter":
+            return self.env_filter.active  # listed (palette, help) only while there is one
         if action == "stop_run" and not caps.attached:
             return False  # a console's own run stops with q
         if action in ("pause", "resume"):
@@ -325,7 +365,17 @@ class MainScreen(Screen[None]):
 
     def action_focus_env(self, env: int) -> None:
         if env < len(self._panels):  # the plan's envs too, before their first event
+            if self.env_filter.active and env not in self.order:
+                self._hidden(env)
+                return
             self._set_focus(env)
+
+    def _hidden(self, env: int) -> None:
+        self.app.notify(
+            f"{env_label(env)} is hidden by the filter {self.env_filter.describe()} "
+            "(esc clears it)",
+            severity="warning",
+        )
 
     def action_focus_step(self, delta: int) -> None:
         """Previous / next env in the order on screen."""
@@ -355,7 +405,7 @@ class MainScreen(Screen[None]):
 
         def chosen(env: int | None) -> None:
             if env is not None:
-                self._set_focus(env - 1)
+                self.action_focus_env(env - 1)
 
         self.app.push_screen(
             PromptModal(
@@ -434,6 +484,40 @@ class MainScreen(Screen[None]):
         self.resize(self.app.size.width, self.app.size.height)
         self.update_widgets()
         self.call_after_refresh(self._scroll_to_focus)
+
+    def action_env_filter(self, typed: str | None = None, submit: bool = False) -> None:
+        def chosen(env_filter: EnvFilter | None) -> None:
+            if env_filter is not None:
+                self._apply_filter(env_filter)
+
+        self.app.push_screen(
+            PromptModal(
+                "Filter the envs",
+                parse_filter,
+                detail=f"{FILTER_HELP}; words combine; empty: every env",
+                placeholder="panic acc<50",
+                value=self.env_filter.describe() if typed is None else typed,
+                submit=submit,
+            ),
+            chosen,
+        )
+
+    def action_clear_env_filter(self) -> None:
+        if self.env_filter.active:
+            self._apply_filter(EnvFilter())
+
+    def _apply_filter(self, env_filter: EnvFilter) -> None:
+        self.env_filter = env_filter
+        self.update_widgets()
+        if env_filter.active and not self.order:
+            self.app.notify(
+                f"no env matches {env_filter.describe()} now; the filter stays (esc clears it)",
+                severity="warning",
+            )
+        self.call_after_refresh(self._scroll_to_focus)
+
+    def action_show_config(self) -> None:
+        self.app.push_screen(ConfigScreen(self.state.run_started))
 
     def action_help(self) -> None:
         caps = self.source.capabilities

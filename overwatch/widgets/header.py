@@ -51,6 +51,7 @@ class RunHeader(LineWidget):
         self.alerts = 0  # not yet acknowledged
         self.sort = "id"
         self.layout_choice = "auto"  # the operator's choice with t; auto is not shown
+        self.env_filter = ""  # the env filter (\ or F4) and how many envs it lists; "": none
         self._shown: tuple | None = None
         self._live_shown = -1  # the state's live_revision last drawn
 
@@ -64,6 +65,7 @@ class RunHeader(LineWidget):
         sort: str = "id",
         layout: str = "auto",
         live: bool = True,
+        env_filter: str = "",
     ) -> None:
         """Redraw when a figure up here may have changed; ``live``: whether BatchStats alone
         (the run's samples/s) may redraw (the app's live cadence)."""
@@ -79,6 +81,7 @@ class RunHeader(LineWidget):
             sort,
             layout,
             state.setup,
+            env_filter,
         )
         if shown == self._shown and (not live or state.live_revision == self._live_shown):
             return
@@ -87,6 +90,7 @@ class RunHeader(LineWidget):
         self.liveness = liveness
         self.now, self.alerts, self.sort = now, alerts, sort
         self.layout_choice = layout
+        self.env_filter = env_filter
         self.redraw()  # most events change no figure up here: usually nothing to repaint
 
     def build_lines(self, width: int, height: int) -> list[Text]:
@@ -199,6 +203,9 @@ class RunHeader(LineWidget):
                 segments[1:4] = [self._elapsed_eta(state, short=True), *compute, throughput]
         if not state.epochs_done and (state.epoch_s_estimate or state.memory_estimate):
             segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet
+        if self.env_filter:  # second, so that 80 columns still show it: most rows are hidden
+            filtered = Text(" │ filter ", style=label).append(self.env_filter, "reverse")
+            segments.insert(1, filtered)
         if self.sort != "id":
             segments.append(Text(" │ sort ", style=label).append(self.sort))
         if self.layout_choice != "auto":

@@ -194,9 +194,7 @@ COMMAND_SAMPLES: dict[type, c.Command] = {
     c.Resume: c.Resume(command_id=4, console="d"),
     c.Stop: c.Stop(command_id=5, console="e"),
     c.SetLrScale: c.SetLrScale(command_id=6, value=0.5, env=1, console="f"),
-    c.SetGovernorSensitivity: c.SetGovernorSensitivity(
-        command_id=7, value=4.0, env=0, console="g"
-    ),
+    c.SetGovernorSensitivity: c.SetGovernorSensitivity(command_id=7, value=4.0, env=0, console="g"),
     c.GerminateSeed: c.GerminateSeed(
         command_id=8, env=1, slot_id="block1", blueprint="conv_light", console="h"
     ),

@@ -268,6 +268,9 @@ class EnvPanel(LineWidget):
     def _training(self, summary: EpochSummary) -> Text:
         text = self._label("train ")
         text.append(f"loss {num(summary.train_loss)} · acc {pct(summary.train_accuracy)} · ")
+        if summary.host_lr is not None:  # the schedule's lr, times the operator's factor
+            scale = f"×{summary.lr_scale:g}" if summary.lr_scale != 1.0 else ""
+            text.append(f"lr {summary.host_lr:.3g}{scale} · ")
         return text.append_text(self._params(summary.host_params, summary.seed_params))
 
     def _params(self, host: int, seeds: int) -> Text:

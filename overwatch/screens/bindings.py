@@ -323,6 +323,7 @@ MAIN_BINDINGS = [
         "m",
         "note",
         description="Note",
+        show=False,
         tooltip="Write a note on the focused env (!text: on the run); recorded with the run",
         id="note",
     ),

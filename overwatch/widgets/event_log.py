@@ -272,7 +272,7 @@ class EventLog(Widget):
         if isinstance(entry, OperatorNote):  # the operator's words: text, never markup
             text = Text("NOTE ", style=self._style("log--note"))
             text.append(entry.text)
-            sender = entry.console or "the run's console"
+            sender = entry.console or "the run's process"
             return text.append(f" ({sender})", self._style("log--dim"))
         if isinstance(entry, PolicyUpdate):
             return Text(

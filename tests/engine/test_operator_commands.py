@@ -216,3 +216,21 @@ class _HookSink(ListSink):
     def emit(self, event) -> None:
         super().emit(event)
         self.hook(event)
+
+
+def test_the_operators_lr_factor_and_sensitivity_survive_a_checkpoint_and_an_episode(images):
+    from esper_engine.env_runtime import EnvRuntime
+
+    config = small_config(policy="static")
+    env = EnvRuntime(0, config, images)
+    env.set_operator_lr_scale(0.25)
+    env.governor.sensitivity = 2.5
+    base = env.state.host_optimizer.param_groups[0]["initial_lr"]
+    assert env.state.host_optimizer.param_groups[0]["lr"] == pytest.approx(base * 0.25)
+    restored = EnvRuntime(0, config, images)
+    restored.load_state_dict(env.state_dict())
+    assert restored.state.operator_lr_scale == 0.25 and restored.governor.sensitivity == 2.5
+    restored.reset_episode()  # a new host keeps the operator's settings, like the threshold
+    restored.state.set_lr_scale(1.0)
+    assert restored.state.host_optimizer.param_groups[0]["lr"] == pytest.approx(base * 0.25)
+    assert restored.governor.sensitivity == 2.5

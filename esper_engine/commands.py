@@ -17,19 +17,43 @@ from collections.abc import Callable
 from numbers import Integral, Real
 from typing import Any, Protocol
 
-from esper_engine.config import MAX_CLIP_THRESHOLD
+from esper_engine.config import MAX_CLIP_THRESHOLD, MAX_GOVERNOR_SENSITIVITY, MAX_LR_SCALE
 from esper_engine.contracts import (
+    AddNote,
+    CheckpointNow,
     CommandAck,
     ForceRollback,
+    FossilizeSeed,
+    GerminateSeed,
     OperatorCommand,
     Pause,
+    PruneSeed,
     Resume,
     SetClipThreshold,
+    SetGovernorSensitivity,
+    SetLrScale,
     Stop,
     event_type,
 )
 
-_KNOWN = (ForceRollback, SetClipThreshold, Pause, Resume, Stop)
+_KNOWN = (
+    ForceRollback,
+    SetClipThreshold,
+    Pause,
+    Resume,
+    Stop,
+    SetLrScale,
+    SetGovernorSensitivity,
+    GerminateSeed,
+    PruneSeed,
+    FossilizeSeed,
+    CheckpointNow,
+    AddNote,
+)
+SEED_COMMANDS = (GerminateSeed, PruneSeed, FossilizeSeed)
+_ENV_REQUIRED = (ForceRollback, *SEED_COMMANDS)
+_VALUED = (SetClipThreshold, SetLrScale, SetGovernorSensitivity)  # the ack records the value
+MAX_NOTE_CHARS = 500  # a note is a line or two in the log, not a document
 
 
 class StopRequested(Exception):
@@ -44,6 +68,19 @@ class CommandTarget(Protocol):
 
     def set_clip_threshold(self, env: int | None, value: float) -> None:
         """The clip threshold of global env ``env`` (None: every env this process trains)."""
+
+    def set_lr_scale(self, env: int | None, value: float) -> None:
+        """The operator's lr factor of global env ``env`` (None: every env here)."""
+
+    def set_governor_sensitivity(self, env: int | None, value: float) -> None:
+        """The governor sensitivity of global env ``env`` (None: every env here)."""
+
+    def refusal(self, command: OperatorCommand) -> str | None:
+        """Why a command that depends on the run's state (a seed command, a checkpoint) cannot
+        be applied now, or None."""
+
+    def apply_command(self, command: OperatorCommand) -> None:
+        """A checked seed command, a checkpoint request or a note."""
 
 
 class CommandDesk:
@@ -114,6 +151,12 @@ class CommandDesk:
             self.target.rollback_by_operator(command.env)
         elif isinstance(command, SetClipThreshold):
             self.target.set_clip_threshold(command.env, command.value)
+        elif isinstance(command, SetLrScale):
+            self.target.set_lr_scale(command.env, command.value)
+        elif isinstance(command, SetGovernorSensitivity):
+            self.target.set_governor_sensitivity(command.env, command.value)
+        elif isinstance(command, (*SEED_COMMANDS, CheckpointNow, AddNote)):
+            self.target.apply_command(command)
         elif isinstance(command, Pause | Resume):
             self.paused = isinstance(command, Pause)
         if self.acknowledges:
@@ -131,6 +174,8 @@ class CommandDesk:
 
     def _valid(self, command: OperatorCommand, paused: bool) -> bool:
         reason = rejection(command, self.n_envs, paused)
+        if reason is None:
+            reason = self.target.refusal(command)
         if reason is not None:
             self.emit(acknowledge(command, accepted=False, n_envs=self.n_envs, reason=reason))
         return reason is None
@@ -152,7 +197,7 @@ def rejection(command: OperatorCommand, n_envs: int, paused: bool) -> str | None
     """
     if not isinstance(command, _KNOWN):
         return f"unknown command {type(command).__name__}"
-    if isinstance(command, ForceRollback) or getattr(command, "env", None) is not None:
+    if isinstance(command, _ENV_REQUIRED) or getattr(command, "env", None) is not None:
         env = command.env
         if not _is_int(env) or not 0 <= env < n_envs:
             # said to people, who count envs from 1 (the console, headless, exports)
@@ -160,6 +205,14 @@ def rejection(command: OperatorCommand, n_envs: int, paused: bool) -> str | None
             return f"unknown env {shown}; envs are 1..{n_envs}"
     if isinstance(command, SetClipThreshold):
         return _clip_rejection(command.value)
+    if isinstance(command, SetLrScale):
+        return _bounded_rejection("lr scale", command.value, MAX_LR_SCALE)
+    if isinstance(command, SetGovernorSensitivity):
+        return _bounded_rejection("governor sensitivity", command.value, MAX_GOVERNOR_SENSITIVITY)
+    if isinstance(command, SEED_COMMANDS):
+        return _seed_rejection(command)
+    if isinstance(command, AddNote):
+        return _note_rejection(command.text)
     if isinstance(command, Pause) and paused:
         return "already paused"
     if isinstance(command, Resume) and not paused:
@@ -168,14 +221,35 @@ def rejection(command: OperatorCommand, n_envs: int, paused: bool) -> str | None
 
 
 def _clip_rejection(value: object) -> str | None:
+    return _bounded_rejection("clip threshold", value, MAX_CLIP_THRESHOLD)
+
+
+def _bounded_rejection(name: str, value: object, most: float) -> str | None:
     if not _is_number(value):
-        return f"clip threshold must be a number, got {_show(value)}"
+        return f"{name} must be a number, got {_show(value)}"
     if not isinstance(value, Integral) and not math.isfinite(value):  # a huge int has no inf
-        return f"clip threshold must be finite, got {_show(value)}"
+        return f"{name} must be finite, got {_show(value)}"
     if value <= 0:
-        return f"clip threshold must be positive, got {_show(value)}"
-    if value > MAX_CLIP_THRESHOLD:  # exact for ints of any size too
-        return f"clip threshold must be at most {MAX_CLIP_THRESHOLD:g}, got {_show(value)}"
+        return f"{name} must be positive, got {_show(value)}"
+    if value > most:  # exact for ints of any size too
+        return f"{name} must be at most {most:g}, got {_show(value)}"
+    return None
+
+
+def _seed_rejection(command: GerminateSeed | PruneSeed | FossilizeSeed) -> str | None:
+    if not isinstance(command.slot_id, str) or not command.slot_id:
+        return f"slot must be a slot id, got {_show(command.slot_id)}"
+    blueprint = getattr(command, "blueprint", "")
+    if isinstance(command, GerminateSeed) and (not isinstance(blueprint, str) or not blueprint):
+        return f"blueprint must be a blueprint name, got {_show(blueprint)}"
+    return None
+
+
+def _note_rejection(text: object) -> str | None:
+    if not isinstance(text, str) or not text.strip():
+        return "a note needs some text"
+    if len(text) > MAX_NOTE_CHARS:
+        return f"a note is at most {MAX_NOTE_CHARS} characters, got {len(text)}"
     return None
 
 
@@ -189,7 +263,7 @@ def acknowledge(
     outside the run, recording.DeclaredRange; the reason names what was asked), so a malformed
     command can never make the recording undecodable.
     """
-    value = command.value if isinstance(command, SetClipThreshold) else None
+    value = command.value if isinstance(command, _VALUED) else None
     env = getattr(command, "env", None)  # the env the command named
     command_id = getattr(command, "command_id", 0)
     console = getattr(command, "console", "")

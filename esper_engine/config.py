@@ -48,6 +48,12 @@ AlphaSchedule = Literal["linear", "cosine"]
 # A threshold this high already clips nothing a healthy run produces; the trainer compares it with
 # float32 norms, and above float32's range (3.4e38) that comparison overflows and crashes.
 MAX_CLIP_THRESHOLD = 1e6
+# The largest operator lr factor (SetLrScale): 100x already makes most hosts diverge; the
+# ``diverge`` fault uses 1e4 to be sure of it.
+MAX_LR_SCALE = 100.0
+# The largest governor sensitivity (SetGovernorSensitivity), in standard deviations: above it
+# the divergence gate's other two tests (multiplier, absolute threshold) decide alone.
+MAX_GOVERNOR_SENSITIVITY = 1000.0
 # Seeds are non-negative and fit in 32 bits: the per-env seeds derived from them (initial
 # weights: seed * 10**6 + env * 1000 + episode) then stay inside torch's 64-bit range.
 MAX_SEED = 2**32 - 1

@@ -193,6 +193,11 @@ class EpochSummary(Event, frozen=True, kw_only=True):
     report_accuracy: float | None = None  # fraction
     report_loss: float | None = None  # nats
     report_perplexity: float | None = None  # unitless, exp(report_loss); language models only
+    # Learning rate (appended; issue 25): the host optimizer's lr at the epoch's end (the
+    # schedule's factor x the operator's SetLrScale); None in older recordings.
+    host_lr: float | None = None  # lr (SGD step size)
+    lr_scale: float = 1.0  # factor: the operator's SetLrScale on this env
+    governor_sensitivity: float | None = None  # standard deviations; None in older recordings
 
 
 class SeedTransition(Event, frozen=True, kw_only=True):
@@ -297,6 +302,15 @@ class EpochProgress(Event, frozen=True, kw_only=True):
     elapsed_s: float = 0.0  # seconds since the epoch started, its pauses left out
 
 
+class OperatorNote(Event, frozen=True, kw_only=True):
+    """A note an operator wrote on the run (``env``: about that env; None: about the run),
+    recorded where the trainer was when it arrived. Shown as text, never as markup."""
+
+    text: str
+    console: str = ""  # who wrote it: "" the run's own console or script, else an attached one
+    command_id: int = 0
+
+
 TelemetryEvent = (
     RunStarted
     | BatchStats
@@ -310,6 +324,7 @@ TelemetryEvent = (
     | RunFinished
     | RunResumed
     | EpochProgress
+    | OperatorNote
 )
 
 # --- commands: console -> trainer -------------------------------------------------------------
@@ -341,7 +356,67 @@ class Stop(Command, frozen=True, kw_only=True):
     pass
 
 
-OperatorCommand = ForceRollback | SetClipThreshold | Pause | Resume | Stop
+class SetLrScale(Command, frozen=True, kw_only=True):
+    """The operator's factor on the learning rates (host and seeds), on top of the schedule."""
+
+    value: float  # factor, at most config.MAX_LR_SCALE
+    env: int | None = None  # index from 0; None: every env
+
+
+class SetGovernorSensitivity(Command, frozen=True, kw_only=True):
+    """The governor's divergence gate: loss > mean + value x std of its history."""
+
+    value: float  # standard deviations, at most config.MAX_GOVERNOR_SENSITIVITY
+    env: int | None = None  # index from 0; None: every env
+
+
+class GerminateSeed(Command, frozen=True, kw_only=True):
+    """Plant a seed of ``blueprint`` in ``slot_id`` of ``env``, under the policy's legality."""
+
+    env: int  # index from 0
+    slot_id: str
+    blueprint: str
+
+
+class PruneSeed(Command, frozen=True, kw_only=True):
+    """Prune the live seed in ``slot_id`` of ``env``, under the policy's gates (minimum age)."""
+
+    env: int  # index from 0
+    slot_id: str
+
+
+class FossilizeSeed(Command, frozen=True, kw_only=True):
+    """Fossilize the HOLDING seed in ``slot_id`` of ``env``, under the policy's gates."""
+
+    env: int  # index from 0
+    slot_id: str
+
+
+class CheckpointNow(Command, frozen=True, kw_only=True):
+    """Write a checkpoint at the next epoch boundary, whatever ``checkpoint_every`` says."""
+
+
+class AddNote(Command, frozen=True, kw_only=True):
+    """Record an ``OperatorNote`` with ``text`` (about ``env``; None: the run)."""
+
+    text: str  # at most commands.MAX_NOTE_CHARS characters
+    env: int | None = None  # index from 0
+
+
+OperatorCommand = (
+    ForceRollback
+    | SetClipThreshold
+    | Pause
+    | Resume
+    | Stop
+    | SetLrScale
+    | SetGovernorSensitivity
+    | GerminateSeed
+    | PruneSeed
+    | FossilizeSeed
+    | CheckpointNow
+    | AddNote
+)
 
 
 # --- one reusable encoder/decoder -------------------------------------------------------------

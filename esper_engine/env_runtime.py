@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from esper_engine.blueprints import blueprint_names
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Initiator
 from esper_engine.epoch_figures import EpochFigures
@@ -20,7 +21,7 @@ from esper_engine.flops import EnvFlops
 from esper_engine.governor import TolariaGovernor
 from esper_engine.lifecycle import SeedStage
 from esper_engine.model import MorphogeneticModel, create_model, run_host_spec
-from esper_engine.policy.actions import Action, Op
+from esper_engine.policy.actions import Action, Op, legal_in_slot
 from esper_engine.policy.observation import EnvObservation, SlotObservation
 from esper_engine.tasks import Task
 from esper_engine.training_step import ParallelEnvState
@@ -111,7 +112,9 @@ class EnvRuntime:
         self.episodes_started += 1
         model = self._new_model()
         model.on_transition = callback
+        operator_lr_scale = self.state.operator_lr_scale
         self.state = self._new_state(model, self.state.clip_threshold)
+        self.state.operator_lr_scale = operator_lr_scale  # the operator's, like the threshold
         self.governor.reset_episode(
             model, self.state.host_optimizer, self.state.scaler, self.state.seed_optimizers
         )
@@ -138,6 +141,8 @@ class EnvRuntime:
             "lr_scale": state.lr_scale,
             "lr_multiplier": state.lr_multiplier,
             "clip_threshold": self.clip_threshold,
+            "operator_lr_scale": state.operator_lr_scale,
+            "governor_sensitivity": self.governor.sensitivity,
             "governor": self.governor.state_dict(),
             "acc_history": list(self.acc_history),
             "loss_history": list(self.loss_history),
@@ -169,7 +174,11 @@ class EnvRuntime:
         state.lr_scale = float(saved["lr_scale"])
         state.lr_multiplier = float(saved["lr_multiplier"])
         state.clip_threshold = saved["clip_threshold"]
+        state.operator_lr_scale = float(saved.get("operator_lr_scale", 1.0))
         self.governor.load_state_dict(saved["governor"])
+        self.governor.sensitivity = float(
+            saved.get("governor_sensitivity", self.config.governor.sensitivity)
+        )
         self.acc_history = [float(v) for v in saved["acc_history"]]
         self.loss_history = [float(v) for v in saved["loss_history"]]
         self.last_action = saved["last_action"]
@@ -191,6 +200,52 @@ class EnvRuntime:
             slot = self.model.slots[slot_id]
             if slot.stage is SeedStage.TRAINING and slot.healthy() is False:
                 self.model.prune(slot_id, initiator=Initiator.GATE)
+
+    def set_operator_lr_scale(self, value: float) -> None:
+        """The operator's factor, applied to every optimizer now and kept across episodes."""
+        self.state.operator_lr_scale = float(value)
+        self.state.set_lr_scale(self.state.lr_scale)
+
+    def seed_command_refusal(self, op: Op, slot_id: str, blueprint: str | None) -> str | None:
+        """Why an operator's seed command is illegal now, by the policy's own rules (its
+        masks' ``legal_in_slot`` and the slot's gates, the minimum prune age included)."""
+        model = self.model
+        if slot_id not in model.slot_ids:
+            return f"unknown slot {slot_id!r}; slots are {', '.join(model.slot_ids)}"
+        if blueprint is not None and blueprint not in blueprint_names(self.task.host_kind):
+            known = ", ".join(blueprint_names(self.task.host_kind))
+            return f"unknown blueprint {blueprint!r}; blueprints are {known}"
+        slot = model.slots[slot_id]
+        gate = {
+            Op.GERMINATE: slot.can_germinate,
+            Op.PRUNE: lambda: slot.can_prune(Initiator.POLICY),
+            Op.FOSSILIZE: slot.can_fossilize,
+        }[op]()
+        if not gate[0]:
+            return f"{op.name.lower()} {slot_id}: {gate[1]}"
+        observation = _slot_observation(model, slot_id)
+        if not legal_in_slot(op, observation):  # the policy's mask says no
+            return f"{op.name.lower()} {slot_id}: masked for the policy in {slot.stage}"
+        return None
+
+    def apply_operator(self, op: Op, slot_id: str, blueprint: str | None) -> None:
+        """An operator's (checked) seed command, recorded with initiator ``operator``; the
+        policy learns nothing from the epoch it changed (``cut_by_operator``: a truncation)."""
+        model = self.model
+        if op is Op.GERMINATE:
+            with drawing_from(self.generator):
+                model.germinate(
+                    slot_id,
+                    blueprint,
+                    initiator=Initiator.OPERATOR,
+                    blend_epochs=self.config.lifecycle.blend_epochs,
+                    schedule=self.config.lifecycle.alpha_schedule,
+                )
+        elif op is Op.PRUNE:
+            model.prune(slot_id, initiator=Initiator.OPERATOR)
+        elif op is Op.FOSSILIZE:
+            model.fossilize(slot_id, initiator=Initiator.OPERATOR)
+        self.cut_by_operator = True
 
     def record(self, figures: EpochFigures) -> None:
         self.acc_history.append(figures.val_accuracy)

@@ -69,6 +69,7 @@ _FLUSH_ON = (
     # A few a second at most: an attached console or a follower sees an epoch move (and does
     # not read a slow first epoch as STALE) without waiting for BATCH_BYTES to fill.
     contracts.EpochProgress,
+    contracts.OperatorNote,  # an operator's word: seen by every attached console at once
 )
 
 

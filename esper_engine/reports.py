@@ -197,6 +197,9 @@ class Reporter:
                 seed_params=env.model.seed_param_count(),
                 **env.flops.summary_fields(),
                 **report,
+                host_lr=env.state.host_optimizer.param_groups[0]["lr"],
+                lr_scale=env.state.operator_lr_scale,
+                governor_sensitivity=gov.sensitivity,
             ),
             env.index,
         )

@@ -36,9 +36,20 @@ from esper_engine.checkpoint import (
     hold_point,
     restore,
 )
-from esper_engine.commands import CommandDesk, StopRequested
+from esper_engine.commands import SEED_COMMANDS, CommandDesk, StopRequested
 from esper_engine.config import TrainingConfig
-from esper_engine.contracts import Initiator, OperatorCommand, RunFinished, RunStatus
+from esper_engine.contracts import (
+    AddNote,
+    CheckpointNow,
+    GerminateSeed,
+    Initiator,
+    Op,
+    OperatorCommand,
+    OperatorNote,
+    PruneSeed,
+    RunFinished,
+    RunStatus,
+)
 from esper_engine.distributed import Shard, exchange_for
 from esper_engine.env_runtime import EnvRuntime
 from esper_engine.epoch_figures import EpochFigures, TensorTotals, batch_stats_tensor, synchronise
@@ -111,6 +122,7 @@ class VectorizedTrainer:
         )
         self._resume_from = resume_from
         self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
+        self._checkpoint_asked = False  # CheckpointNow: one at the next epoch boundary
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = exchange_for(self.shard)
         self.setup_status = "starting"  # what _setup is doing, for a view's first frames; "" after
@@ -338,6 +350,38 @@ class VectorizedTrainer:
             if own is not None:
                 own.set_clip_threshold(value)
 
+    def set_lr_scale(self, env: int | None, value: float) -> None:
+        for own in self.envs if env is None else [self._own_env(env)]:
+            if own is not None:
+                own.set_operator_lr_scale(value)
+
+    def set_governor_sensitivity(self, env: int | None, value: float) -> None:
+        for own in self.envs if env is None else [self._own_env(env)]:
+            if own is not None:
+                own.governor.sensitivity = float(value)
+
+    def refusal(self, command: OperatorCommand) -> str | None:
+        if isinstance(command, CheckpointNow) and not self.checkpoints.enabled:
+            return "this run writes no checkpoints (it has no recording)"
+        if not isinstance(command, SEED_COMMANDS):
+            return None
+        own = self._own_env(command.env)
+        if own is None:  # the leader checks; another rank's env is out of its sight
+            return f"env {command.env + 1} is trained by another rank: seed commands reach rank 0's"
+        return own.seed_command_refusal(*_seed_op(command))
+
+    def apply_command(self, command: OperatorCommand) -> None:
+        if isinstance(command, CheckpointNow):
+            self._checkpoint_asked = True
+        elif isinstance(command, AddNote):
+            if self.shard.is_leader:
+                note = OperatorNote(
+                    text=command.text, console=command.console, command_id=command.command_id
+                )
+                self.report.emit(note, command.env)
+        elif (own := self._own_env(command.env)) is not None:
+            own.apply_operator(*_seed_op(command))
+
     def _own_env(self, env: int) -> EnvRuntime | None:
         """Global env ``env`` if this process trains it."""
         envs = self.shard.envs
@@ -359,7 +403,10 @@ class VectorizedTrainer:
     def _checkpoint_due(self, next_episode: int, next_epoch: int) -> None:
         """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
         starts, with the recording's length at this point (its events are all written)."""
-        if not self.checkpoints.due(next_episode, next_epoch):
+        asked, self._checkpoint_asked = self._checkpoint_asked, False  # CheckpointNow
+        if not (asked and self.checkpoints.enabled) and not self.checkpoints.due(
+            next_episode, next_epoch
+        ):
             return
         join_env_streams(env.state for env in self.envs)
         # Sharded: the leader writes every env's state; a worker's go to it.
@@ -481,3 +528,12 @@ class VectorizedTrainer:
             self.config, slot_ids, kind, self.host_spec
         )
         return self.driver
+
+
+def _seed_op(command: OperatorCommand) -> tuple[Op, str, str | None]:
+    """(op, slot, blueprint) of a seed command."""
+    if isinstance(command, GerminateSeed):
+        return Op.GERMINATE, command.slot_id, command.blueprint
+    op = Op.PRUNE if isinstance(command, PruneSeed) else Op.FOSSILIZE
+    return op, command.slot_id, None
+

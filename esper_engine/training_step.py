@@ -95,6 +95,7 @@ class ParallelEnvState:
         # ``lr_multiplier`` (1 unless a ``diverge`` fault is injected).
         self.lr_scale = 1.0
         self.lr_multiplier = 1.0
+        self.operator_lr_scale = 1.0  # the operator's SetLrScale, kept across episodes
         for group in host_optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
@@ -113,7 +114,7 @@ class ParallelEnvState:
             base_lr = self.host_optimizer.param_groups[0]["initial_lr"]
         optimizer = torch.optim.SGD(
             params,
-            lr=base_lr * self.lr_scale * self.lr_multiplier,
+            lr=base_lr * self.lr_scale * self.lr_multiplier * self.operator_lr_scale,
             momentum=self.seed_momentum,
         )
         optimizer.param_groups[0]["initial_lr"] = base_lr
@@ -141,13 +142,14 @@ class ParallelEnvState:
 
     def set_lr_scale(self, scale: float) -> None:
         """Every optimizer's lr = its base lr x ``scale`` (the schedule's factor for this epoch)
-        x ``lr_multiplier``."""
+        x ``lr_multiplier`` x ``operator_lr_scale``."""
         if not (math.isfinite(scale) and scale >= 0):
             raise ValueError(f"lr scale must be finite and >= 0, got {scale}")
         self.lr_scale = scale
         for optimizer in (self.host_optimizer, *self.seed_optimizers.values()):
             for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * scale * self.lr_multiplier
+                factor = scale * self.lr_multiplier * self.operator_lr_scale
+                group["lr"] = group["initial_lr"] * factor
 
     def after_rollback(self) -> None:
         """A rollback restored the weights and optimizers of the last good epoch (the governor

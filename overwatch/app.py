@@ -106,7 +106,8 @@ class OverwatchApp(App[int]):
         self.state = ConsoleState.planned(source.plan)
         self.main = MainScreen(source)
         self._sent_ids: set[int] = set()
-        self._pending_clip: float | None = None  # sent, not yet acknowledged
+        # (env or None: every env, threshold) sent, not yet acknowledged
+        self._pending_clip: tuple[int | None, float] | None = None
         self._pause_wanted: bool | None = None  # likewise for pause/resume
         self._crash_shown = False
         self._paused_shown = False  # the footer says Pause until a pause is acknowledged
@@ -320,15 +321,19 @@ class OverwatchApp(App[int]):
         self.main.update_widgets()
         return True
 
-    def current_clip(self) -> float | None:
-        """The threshold to build on: one still in flight wins over the last one reported."""
-        if self._pending_clip is not None:
-            return self._pending_clip
+    def current_clip(self, env: int | None = None) -> float | None:
+        """The threshold of ``env`` (None: the run's) to build on: one still in flight for it
+        (or for every env) wins over the last one reported."""
+        pending = self._pending_clip
+        if pending is not None and pending[0] in (env, None):
+            return pending[1]
+        if env is not None and env < len(self.state.envs):
+            return self.state.envs[env].clip_threshold
         return self.state.clip_threshold
 
-    def send_clip(self, value: float) -> None:
-        self._pending_clip = value
-        self.send(SetClipThreshold(value=value, env=None))
+    def send_clip(self, value: float, env: int | None = None) -> None:
+        self._pending_clip = (env, value)
+        self.send(SetClipThreshold(value=value, env=env), env=env)
 
     def paused(self) -> bool:
         """Paused as far as the operator is concerned: the last p wins until its ack lands."""

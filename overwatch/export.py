@@ -12,7 +12,9 @@ CSV: one row per ``EpochSummary``: a column per field of the struct (``CSV_COLUM
 declaration order, so a field added to ``EpochSummary`` is exported with no change here), with
 ``env``, ``episode`` and ``epoch`` counted from 1 as the console shows them (``FROM_ONE``), then
 one per field of ``SlotState`` (``SLOT_FIELDS``) for every slot in the run, named
-``<slot_id>.<field>``. None becomes an empty cell; non-finite floats are written as ``inf``/``nan``.
+``<slot_id>.<field>``, and last ``notes``: the operator's notes made during that epoch about that
+env or the whole run (``OperatorNote``), joined by `` | ``. None becomes an empty cell; non-finite
+floats are written as ``inf``/``nan``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import IO, Any
 
 import msgspec
 
-from esper_engine.contracts import EpochSummary, Event, RunStarted, SlotState
+from esper_engine.contracts import EpochSummary, Event, OperatorNote, RunStarted, SlotState
 from esper_engine.recording import read_recording
 
 FORMATS = ("jsonl", "csv", "tensorboard")
@@ -35,6 +37,7 @@ SLOTS_FIELD = "slots"  # the nested list: one group of columns per slot instead
 CSV_COLUMNS = tuple(f.name for f in msgspec.structs.fields(EpochSummary) if f.name != SLOTS_FIELD)
 SLOT_FIELDS = tuple(f.name for f in msgspec.structs.fields(SlotState) if f.name != "slot_id")
 FROM_ONE = frozenset({"env", "episode", "epoch"})  # indices from 0 in the recording, 1 in a CSV
+NOTES_COLUMN = "notes"
 
 
 def export_recording(
@@ -92,10 +95,22 @@ def write_csv(events: Iterable[Event], out: IO[str]) -> int:
     summaries = [e for e in events if isinstance(e, EpochSummary)]
     slot_ids = _slot_ids(events)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*CSV_COLUMNS, *(f"{s}.{f}" for s in slot_ids for f in SLOT_FIELDS)])
+    notes = _notes_by_epoch(events)
+    slot_columns = (f"{s}.{f}" for s in slot_ids for f in SLOT_FIELDS)
+    writer.writerow([*CSV_COLUMNS, *slot_columns, NOTES_COLUMN])
     for summary in summaries:
-        writer.writerow(_csv_row(summary, slot_ids))
+        about = notes.get((summary.episode, summary.epoch), [])
+        said = " | ".join(n.text for n in about if n.env in (None, summary.env))
+        writer.writerow([*_csv_row(summary, slot_ids), said])
     return len(summaries)
+
+
+def _notes_by_epoch(events: list[Event]) -> dict[tuple[int, int], list[OperatorNote]]:
+    notes: dict[tuple[int, int], list[OperatorNote]] = {}
+    for event in events:
+        if isinstance(event, OperatorNote):
+            notes.setdefault((event.episode, event.epoch), []).append(event)
+    return notes
 
 
 def _slot_ids(events: list[Event]) -> list[str]:

@@ -25,6 +25,7 @@ from esper_engine.contracts import (
     GovernorPanic,
     GovernorRollback,
     OperatorCommand,
+    OperatorNote,
     RunFinished,
     RunResumed,
     RunStarted,
@@ -103,6 +104,8 @@ class ReplayAction(StrEnum):
     END = "end"
     NEXT_INCIDENT = "next_incident"  # the next governor panic or rollback
     PREVIOUS_INCIDENT = "previous_incident"
+    NEXT_NOTE = "next_note"  # the next operator note
+    PREVIOUS_NOTE = "previous_note"
 
 
 def speed_label(speed: float) -> str:
@@ -352,6 +355,7 @@ class ReplaySource:
         self._stops = array("q")  # positions just after each epoch's last summary, ascending
         self._epoch_last: dict[int, int] = {}  # _epoch_key(episode, epoch) -> its stop
         self._incidents = array("q")  # positions just after each governor panic or rollback
+        self._notes = array("q")  # positions just after each operator note
         # The frontier: every event handed out so far, reduced here too, and its log's events.
         self._frontier = ConsoleState()
         self._frontier_at = 0
@@ -423,6 +427,8 @@ class ReplaySource:
             ReplayAction.END: self.end,
             ReplayAction.NEXT_INCIDENT: self.next_incident,
             ReplayAction.PREVIOUS_INCIDENT: self.previous_incident,
+            ReplayAction.NEXT_NOTE: lambda: self._jump(self._notes, forward=True),
+            ReplayAction.PREVIOUS_NOTE: lambda: self._jump(self._notes, forward=False),
         }[action]()
 
     def seek_epoch(self, episode: int, epoch: int) -> bool:
@@ -489,6 +495,18 @@ class ReplaySource:
         self.playing = False
         if i:
             self.seek(self._incidents[i - 1])
+
+    def _jump(self, positions: array, *, forward: bool) -> None:
+        """Pause just after the next (or previous) of ``positions`` (none: stay)."""
+        self.playing = False
+        if forward:
+            i = bisect_right(positions, self.cursor)
+            if i < len(positions):
+                self.seek(positions[i])
+        else:
+            i = bisect_left(positions, self.cursor)
+            if i:
+                self.seek(positions[i - 1])
 
     def seek(self, index: int) -> None:
         """Move the cursor; playback time continues from the last event shown."""
@@ -666,6 +684,8 @@ class ReplaySource:
                     self._stops.append(i)
             elif isinstance(event, INCIDENTS):
                 self._incidents.append(i)
+            elif type(event) is OperatorNote:
+                self._notes.append(i)
         if reordered:
             self._stops = array("q", sorted(set(self._epoch_last.values())))
 

@@ -30,6 +30,7 @@ from esper_engine.contracts import (
     GovernorPanic,
     GovernorRollback,
     Initiator,
+    OperatorNote,
     PolicyUpdate,
     RunFinished,
     RunResumed,
@@ -808,6 +809,15 @@ def _run_finished(state: ConsoleState, ev: RunFinished) -> None:
     _log(state, ev)
 
 
+def _operator_note(state: ConsoleState, ev: OperatorNote) -> None:
+    """An operator's note: in the log, and a mark on its env's plot (a run's note: every env's)."""
+    x = state.epoch_x(ev.episode, ev.epoch)
+    views = state.envs if ev.env is None else [env_view(state, ev.env)]
+    for view in views:
+        view.marks.append((x, "note"))
+    _log(state, ev)
+
+
 _HANDLERS: dict[type[Event], Callable[[ConsoleState, Event], None]] = {
     RunStarted: _run_started,
     BatchStats: _batch_stats,
@@ -821,6 +831,7 @@ _HANDLERS: dict[type[Event], Callable[[ConsoleState, Event], None]] = {
     RunFinished: _run_finished,
     RunResumed: _run_resumed,
     EpochProgress: _epoch_progress,
+    OperatorNote: _operator_note,
 }
 # Events that only move figures the console repaints at its live cadence (LIVE_PERIOD_S).
 _LIVE_TYPES = frozenset({BatchStats, EpochProgress})

@@ -33,6 +33,7 @@ from esper_engine.contracts import (
     BatchStats,
     EpochSummary,
     Event,
+    OperatorNote,
     PolicyUpdate,
     RunFinished,
     RunStarted,
@@ -75,7 +76,12 @@ EPOCH_TAGS = {
     "report_accuracy": "report/accuracy",
     "report_loss": "report/loss",
     "report_perplexity": "report/perplexity",
+    # issue 25: the host's lr as it ran (schedule x operator factor), the operator's knobs
+    "host_lr": "lr/host",
+    "lr_scale": "lr/operator_scale",
+    "governor_sensitivity": "governor/sensitivity",
 }
+NOTES_TAG = "notes/operator"  # OperatorNote as TensorBoard text, on its env's run (or run/)
 BATCH_TAGS = {
     "loss": "batch/loss",
     "grad_norm_pre_clip": "batch/grad_norm_pre_clip",
@@ -123,10 +129,28 @@ def write_tensorboard(events: Iterable[Event], output: str | os.PathLike[str]) -
                 stack.callback(writers[run].close)
             return writers[run]
 
+        events = list(events)
         for run, tag, value, step, wall_time in scalars(events):
             writer(run).add_scalar(tag, value, global_step=step, walltime=wall_time)
             count += 1
+        for run, text, step, wall_time in notes(events):
+            writer(run).add_text(NOTES_TAG, text, global_step=step, walltime=wall_time)
+            count += 1
     return count
+
+
+def notes(events: Iterable[Event]) -> Iterator[tuple[str, str, int, float]]:
+    """(run, text, step, wall time) of every operator note: an env's on its run, the whole
+    run's on ``run/``; the step is the epoch it was written in, counted as the scalars are."""
+    epochs = 1
+    for event in events:
+        if isinstance(event, RunStarted):
+            epochs = max(event.epochs, 1)
+        elif isinstance(event, OperatorNote):
+            run = RUN_RUN if event.env is None else env_run(event.env)
+            who = f" ({event.console})" if event.console else ""
+            step = event.episode * epochs + event.epoch + 1
+            yield run, f"{event.text}{who}", step, event.wall_time
 
 
 def scalars(events: Iterable[Event]) -> Iterator[tuple[str, str, float, int, float]]:

@@ -20,9 +20,15 @@ QUIT_HELP_ATTACHED = "Detach and quit; the run goes on"
 QUIT_HELP_REPLAY = "Quit"
 
 # Keys whose action opens a prompt: a burst that begins with one is typed into that prompt.
-PROMPT_ACTIONS = frozenset({"clip_entry", "goto_env", "log_search", "replay_goto", "env_filter"})
+PROMPT_ACTIONS = frozenset(
+    {"clip_entry", "clip_all_entry", "goto_env", "log_search", "replay_goto", "env_filter"}
+)
 # Actions that steer the trainer: greyed out in replay and once the run has finished.
-CONTROL_ACTIONS = frozenset({"rollback", "clip_step", "clip_entry", "pause", "resume", "stop_run"})
+CONTROL_ACTIONS = frozenset(
+    {"rollback", "clip_step", "clip_entry", "pause", "resume", "stop_run"}
+    | {"clip_all_step", "clip_all_entry", "lr_scale", "governor_sensitivity", "seed_op"}
+    | {"checkpoint_now", "note"}
+)
 REPLAY_ACTIONS = frozenset(
     {
         "replay_toggle",
@@ -32,6 +38,7 @@ REPLAY_ACTIONS = frozenset(
         "replay_end",
         "replay_goto",
         "replay_incident",
+        "replay_note",
     }
 )
 
@@ -42,7 +49,9 @@ HELP_PAIRS = {
     "replay_step": "Step back / forward one epoch",
     "replay_speed": "Slower / faster replay (0.25x to 64x, then max: an epoch per refresh)",
     "replay_incident": "Previous / next governor panic or rollback",
-    "clip_step": "Clip threshold of every env ÷1.25 / ×1.25",
+    "clip_step": "Clip threshold of the focused env ÷1.25 / ×1.25",
+    "clip_all_step": "Clip threshold of every env ÷1.25 / ×1.25",
+    "replay_note": "Previous / next operator note",
     "log_scroll": "Scroll the event log a page older / newer",
 }
 _CLIP = Binding.Group("Clip", compact=True)
@@ -201,6 +210,24 @@ MAIN_BINDINGS = [
         id="replay-next-incident",
     ),
     Binding(
+        "left_parenthesis",
+        "replay_note(-1)",
+        description="Prev note",
+        key_display="(",
+        show=False,
+        tooltip="Jump back to the previous operator note",
+        id="replay-previous-note",
+    ),
+    Binding(
+        "right_parenthesis",
+        "replay_note(1)",
+        description="Next note",
+        key_display=")",
+        show=False,
+        tooltip="Jump to the next operator note",
+        id="replay-next-note",
+    ),
+    Binding(
         "r",
         "rollback",
         description="Rollback",
@@ -213,7 +240,7 @@ MAIN_BINDINGS = [
         description="Clip down",
         key_display="[",
         group=_CLIP,
-        tooltip="Lower the clip threshold of every env (÷1.25)",
+        tooltip="Lower the clip threshold of the focused env (÷1.25)",
         id="clip-down",
     ),
     Binding(
@@ -222,15 +249,83 @@ MAIN_BINDINGS = [
         description="Clip up",
         key_display="]",
         group=_CLIP,
-        tooltip="Raise the clip threshold of every env (×1.25)",
+        tooltip="Raise the clip threshold of the focused env (×1.25)",
         id="clip-up",
     ),
     Binding(
         "c",
         "clip_entry",
         description="Clip=",
-        tooltip="Type an exact clip threshold",
+        tooltip="Type an exact clip threshold for the focused env",
         id="clip-entry",
+    ),
+    # issue 25: every env's threshold, the lr factor, the governor, seeds, checkpoint, notes
+    Binding(
+        "left_curly_bracket",
+        "clip_all_step(-1)",
+        description="Clip all down",
+        key_display="{",
+        show=False,
+        tooltip="Lower the clip threshold of every env (÷1.25)",
+        id="clip-all-down",
+    ),
+    Binding(
+        "right_curly_bracket",
+        "clip_all_step(1)",
+        description="Clip all up",
+        key_display="}",
+        show=False,
+        tooltip="Raise the clip threshold of every env (×1.25)",
+        id="clip-all-up",
+    ),
+    Binding(
+        "C",
+        "clip_all_entry",
+        description="Clip all=",
+        show=False,
+        tooltip="Type an exact clip threshold for every env",
+        id="clip-all-entry",
+    ),
+    Binding(
+        "L",
+        "lr_scale",
+        description="LR",
+        show=False,
+        tooltip="Learning-rate factor of the focused env (all N: every env)",
+        id="lr-scale",
+    ),
+    Binding(
+        "V",
+        "governor_sensitivity",
+        description="Governor",
+        show=False,
+        tooltip="Governor sensitivity of the focused env, in std devs (all N: every env)",
+        id="governor-sensitivity",
+    ),
+    Binding(
+        "o",
+        "seed_op",
+        description="Seed",
+        show=False,
+        tooltip="Germinate, prune or fossilize a slot of the focused env (prune and "
+        "fossilize: type the slot and Enter to confirm)",
+        id="seed-op",
+    ),
+    Binding(
+        "K",
+        "checkpoint_now",
+        description="Checkpoint",
+        show=False,
+        tooltip="Write a checkpoint at the next epoch boundary",
+        id="checkpoint-now",
+    ),
+    Binding(
+        "m",
+        "note",
+        description="Note",
+        show=False,
+        tooltip="Write a note on the focused env (!text: on the run); recorded with the run",
+        id="note",
     ),
     # One key, two bindings: the footer shows the one that applies (Resume while paused).
     Binding("p", "pause", description="Pause", tooltip="Pause / resume training", id="pause"),

@@ -38,9 +38,16 @@ class ClipEntryModal(PromptModal[float]):
     BOX_CLASSES = "dialog"
     GO = "apply"
 
-    def __init__(self, current: float | None, value: str = "", submit: bool = False) -> None:
+    def __init__(
+        self,
+        current: float | None,
+        value: str = "",
+        submit: bool = False,
+        *,
+        target: str = "every env",
+    ) -> None:
         super().__init__(
-            "Set the gradient-clip threshold for every env",
+            f"Set the gradient-clip threshold for {target}",
             parse_clip_value,
             detail=f"current: {num(current, 4)}",
             placeholder="e.g. 0.5",

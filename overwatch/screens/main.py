@@ -19,10 +19,10 @@ from textual.widgets import Static
 from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollback, Stop
 from overwatch.env_filter import FILTER_HELP, EnvFilter, parse_filter
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
-from overwatch.screens.clip_entry import ClipEntryModal
 from overwatch.screens.config import ConfigScreen
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.help import HelpScreen, help_rows
+from overwatch.screens.operator import OperatorActions
 from overwatch.screens.prompt import PromptModal, parse_epoch, parse_number
 from overwatch.sources import EventSource, ReplayAction
 from overwatch.state import ConsoleState, EnvView, liveness
@@ -38,7 +38,6 @@ from overwatch.widgets.replay_bar import ReplayBar
 if TYPE_CHECKING:
     from overwatch.app import OverwatchApp
 
-CLIP_FACTOR = 1.25  # ] and [ multiply / divide the threshold by this
 WIDE_MIN = (100, 30)  # below either: the compact layout (one line per env)
 TINY_MIN = (60, 16)  # below either: only a "terminal too small" notice
 PANEL_MIN_WIDTH = 56  # wide layout: columns of env panels = width // this
@@ -60,7 +59,7 @@ LIVE_PERIOD_S = 1.0
 LIVE_EVENTS = (BatchStats, EpochProgress)
 
 
-class MainScreen(Screen[None]):
+class MainScreen(OperatorActions, Screen[None]):
     """The run on screen: wide (a grid of env panels), compact (a table of env rows and the
     focused env's panel) or tiny (a notice), chosen by ``resize``."""
 
@@ -554,24 +553,6 @@ class MainScreen(Screen[None]):
             ),
             answered,
         )
-
-    def action_clip_step(self, direction: int) -> None:
-        current = self.overwatch.current_clip()
-        if current is None:
-            self.app.notify(
-                "gradient clipping is off; press c to set a threshold", severity="warning"
-            )
-            return
-        value = current * CLIP_FACTOR if direction > 0 else current / CLIP_FACTOR
-        self.overwatch.send_clip(value)
-
-    def action_clip_entry(self, typed: str = "", submit: bool = False) -> None:
-        def entered(value: float | None) -> None:
-            if value is not None:
-                self.overwatch.send_clip(value)
-
-        current = self.overwatch.current_clip()
-        self.app.push_screen(ClipEntryModal(current, typed, submit), entered)
 
     def action_pause(self) -> None:
         self.overwatch.set_paused(True)

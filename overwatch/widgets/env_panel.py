@@ -320,6 +320,10 @@ class EnvPanel(LineWidget):
         reward = summary.reward
         style = "panel--dim" if reward is None else ("panel--good" if reward >= 0 else "panel--bad")
         text.append(signed(reward), self._style(style))
+        if summary.host_lr is not None:  # the schedule's lr, times the operator's factor
+            scale = f"×{summary.lr_scale:g}" if summary.lr_scale != 1.0 else ""
+            text.append(self._label(" · lr "))
+            text.append(f"{summary.host_lr:.3g}{scale}")
         return text
 
     def _label(self, label: str) -> Text:

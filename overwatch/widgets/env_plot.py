@@ -20,6 +20,7 @@ MARK_STYLES = {
     SeedStage.BLENDING: "cyan",
     SeedStage.FOSSILIZED: "green",
     SeedStage.PRUNED: "red",
+    "note": "yellow",  # an operator's note (OperatorNote)
 }
 
 

@@ -16,19 +16,26 @@ from textual.binding import Binding
 from textual.widget import Widget
 
 from esper_engine.contracts import (
+    AddNote,
     Command,
     CommandAck,
     EpochSummary,
     ForceRollback,
+    FossilizeSeed,
+    GerminateSeed,
     GovernorPanic,
     GovernorRollback,
     Initiator,
+    OperatorNote,
     PolicyUpdate,
+    PruneSeed,
     RunFinished,
     RunStarted,
     RunStatus,
     SeedTransition,
     SetClipThreshold,
+    SetGovernorSensitivity,
+    SetLrScale,
 )
 from overwatch.state import LOG_SIZE, LogEntry, Note, Resumed
 from overwatch.widgets.formatting import (
@@ -48,7 +55,7 @@ LOG_KINDS = ("all", "lifecycle", "governor", "commands")  # f cycles through the
 _KIND_TYPES: dict[str, tuple[type, ...]] = {
     "lifecycle": (SeedTransition,),
     "governor": (GovernorPanic, GovernorRollback),
-    "commands": (CommandAck, Note),
+    "commands": (CommandAck, Note, OperatorNote),
 }
 
 
@@ -262,6 +269,11 @@ class EventLog(Widget):
             return text.append(", episode ended" if entry.episode_ended else "")
         if isinstance(entry, CommandAck):
             return self._ack(entry)
+        if isinstance(entry, OperatorNote):  # the operator's words: text, never markup
+            text = Text("NOTE ", style=self._style("log--note"))
+            text.append(entry.text)
+            sender = entry.console or "the run's process"
+            return text.append(f" ({sender})", self._style("log--dim"))
         if isinstance(entry, PolicyUpdate):
             return Text(
                 f"PPO update #{entry.update}: policy {signed(entry.policy_loss)}"
@@ -329,9 +341,15 @@ def describe_command(command: Command) -> str:
     name = type(command).__name__
     if isinstance(command, ForceRollback):
         return f"{name} {env_label(command.env)}"
-    if isinstance(command, SetClipThreshold):
+    if isinstance(command, SetClipThreshold | SetLrScale | SetGovernorSensitivity):
         target = "every env" if command.env is None else env_label(command.env)
         return f"{name} {num(command.value, 4)} ({target})"
+    if isinstance(command, GerminateSeed):
+        return f"{name} {env_label(command.env)} {command.slot_id} {command.blueprint}"
+    if isinstance(command, PruneSeed | FossilizeSeed):
+        return f"{name} {env_label(command.env)} {command.slot_id}"
+    if isinstance(command, AddNote):
+        return f"{name} ({'the run' if command.env is None else env_label(command.env)})"
     return name
 
 

@@ -22,7 +22,7 @@ from overwatch.screens.clip_entry import ClipEntryModal, parse_clip_value
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.crash import CrashModal
 from overwatch.screens.help import HelpScreen
-from overwatch.screens.main import CLIP_FACTOR
+from overwatch.screens.operator import CLIP_FACTOR
 from overwatch.sources import LiveSource, ReplaySource
 from overwatch.state import RunPlan
 from overwatch.widgets.env_panel import EnvPanel
@@ -135,14 +135,14 @@ async def test_rollback_asks_for_the_env_number_and_sends_only_on_it() -> None:
 
 
 @run_async
-async def test_clip_keys_scale_the_current_threshold() -> None:
+async def test_clip_all_keys_scale_the_run_wide_threshold() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
         current = app.state.clip_threshold
         assert current is not None
-        await pilot.press("right_square_bracket")
-        await pilot.press("right_square_bracket")  # builds on the value still in flight
-        await pilot.press("left_square_bracket")
+        await pilot.press("right_curly_bracket")
+        await pilot.press("right_curly_bracket")  # builds on the value still in flight
+        await pilot.press("left_curly_bracket")
         values = [command.value for command in source.sent]
         assert values == pytest.approx(
             [current * CLIP_FACTOR, current * CLIP_FACTOR**2, current * CLIP_FACTOR]
@@ -153,8 +153,30 @@ async def test_clip_keys_scale_the_current_threshold() -> None:
             CommandAck(command="SetClipThreshold", accepted=True, value=values[-1], command_id=3)
         )
         await app.tick()
-        await pilot.press("left_square_bracket")
+        await pilot.press("left_curly_bracket")
         assert source.sent[-1].value == pytest.approx(values[-1] / CLIP_FACTOR)
+
+
+@run_async
+async def test_clip_keys_act_on_the_focused_env_only() -> None:
+    """Issue 25: [ ] and c set the focused env's threshold; { } and C every env's."""
+    app, source = live_app()
+    async with app.run_test(size=WIDE) as pilot:
+        await pilot.press("2")
+        current = app.state.envs[1].clip_threshold
+        await pilot.press("right_square_bracket")
+        assert source.sent == [SetClipThreshold(value=pytest.approx(current * CLIP_FACTOR), env=1)]
+        await pilot.press("c", *"0.3", "enter")
+        await pilot.pause()
+        assert source.sent[-1] == SetClipThreshold(value=0.3, env=1)
+        source.push(trainer_answer(source.sent[-1], command_id=2))
+        await app.tick()
+        assert app.state.envs[1].clip_threshold == 0.3
+        assert app.state.envs[0].clip_threshold == current  # the other envs keep theirs
+        await pilot.press("left_curly_bracket")
+        assert source.sent[-1] == SetClipThreshold(
+            value=pytest.approx(app.state.clip_threshold / CLIP_FACTOR), env=None
+        )
 
 
 @pytest.mark.parametrize("text", ["abc", "", "  ", "1.2.3", "0,5", "inf", "nan", "-inf", "NaN"])
@@ -181,7 +203,7 @@ def trainer_answer(command: SetClipThreshold, command_id: int) -> CommandAck:
 async def test_clip_entry_refuses_text_then_sends_any_number() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
-        await pilot.press("c")
+        await pilot.press("C")
         assert isinstance(app.screen, ClipEntryModal)
         await pilot.press("a", "b", "c", "enter")
         assert isinstance(app.screen, ClipEntryModal)  # still open
@@ -200,7 +222,7 @@ async def test_a_threshold_the_trainer_refuses_is_sent_and_its_rejection_shown()
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
         before = app.state.clip_threshold
-        await pilot.press("c", *"1e40", "enter")
+        await pilot.press("C", *"1e40", "enter")
         await pilot.pause()
         assert source.sent == [SetClipThreshold(value=1e40, env=None)]
         source.push(trainer_answer(source.sent[0], command_id=1))
@@ -212,7 +234,7 @@ async def test_a_threshold_the_trainer_refuses_is_sent_and_its_rejection_shown()
             "SetClipThreshold" in m and "rejected: clip threshold must be at most" in m
             for m in toasts
         )
-        await pilot.press("right_square_bracket")  # builds on the reported threshold again
+        await pilot.press("right_curly_bracket")  # builds on the reported threshold again
         assert source.sent[-1].value == pytest.approx(before * CLIP_FACTOR)
 
 
@@ -220,19 +242,19 @@ async def test_a_threshold_the_trainer_refuses_is_sent_and_its_rejection_shown()
 async def test_raising_past_the_bound_is_rejected_and_the_pending_value_reverted() -> None:
     app, source = live_app()
     async with app.run_test(size=WIDE) as pilot:
-        await pilot.press("c", *"1e6", "enter")
+        await pilot.press("C", *"1e6", "enter")
         await pilot.pause()
         source.push(trainer_answer(source.sent[-1], command_id=1))  # accepted: at the bound
         await app.tick()
         assert app.state.clip_threshold == MAX_CLIP_THRESHOLD
-        await pilot.press("right_square_bracket")
+        await pilot.press("right_curly_bracket")
         assert source.sent[-1].value == pytest.approx(MAX_CLIP_THRESHOLD * CLIP_FACTOR)
         source.push(trainer_answer(source.sent[-1], command_id=2))
         await app.tick()
         await pilot.pause()
         assert app.state.log[-1].accepted is False
         assert app.state.clip_threshold == MAX_CLIP_THRESHOLD
-        await pilot.press("left_square_bracket")  # from 1e6, not from the refused 1.25e6
+        await pilot.press("left_curly_bracket")  # from 1e6, not from the refused 1.25e6
         assert source.sent[-1].value == pytest.approx(MAX_CLIP_THRESHOLD / CLIP_FACTOR)
 
 

@@ -176,3 +176,37 @@ def test_a_run_without_a_usable_socket_directory_trains_anyway_and_says_why(
     assert session.wait(timeout=60) and session.control is None
     assert source.warning is not None and source.warning.startswith("no control socket")
     assert read_recording(session.record_path).events[-1].status == "completed"
+
+
+def test_the_socket_carries_issue_25s_commands_and_notes(tmp_path: Path, socket_dir: Path) -> None:
+    """An attached console's seed command, lr factor, sensitivity and note reach the trainer,
+    are acked with its name, and the note is recorded as that console's."""
+    from esper_engine.contracts import (
+        AddNote,
+        GerminateSeed,
+        OperatorNote,
+        SeedTransition,
+        SetGovernorSensitivity,
+        SetLrScale,
+    )
+
+    session = tiny_session(tmp_path, epochs=6)
+    session.start()
+    client = ControlClient(session.control.path, "attach-n")
+    sent = {
+        client.send(GerminateSeed(env=1, slot_id="block1", blueprint="conv_light")): "germ",
+        client.send(GerminateSeed(env=1, slot_id="block1", blueprint="norm")): "again",
+        client.send(SetLrScale(value=0.25, env=0)): "lr",
+        client.send(SetGovernorSensitivity(value=3.0)): "gov",
+        client.send(AddNote(text="[red]not markup[/red]", env=1)): "note",
+    }
+    assert session.wait(timeout=120)
+    events = read_recording(session.record_path).events
+    acks = {sent[e.command_id]: e for e in events if type(e) is CommandAck and e.command_id in sent}
+    assert all(a.console == "attach-n" for a in acks.values())
+    assert [acks[k].accepted for k in ("germ", "lr", "gov", "note")] == [True] * 4
+    assert not acks["again"].accepted and "not DORMANT" in acks["again"].reason
+    (note,) = [e for e in events if type(e) is OperatorNote]
+    assert (note.text, note.env, note.console) == ("[red]not markup[/red]", 1, "attach-n")
+    by_operator = [e for e in events if type(e) is SeedTransition and e.initiator == "operator"]
+    assert [(t.env, t.slot_id, t.to_stage) for t in by_operator] == [(1, "block1", "GERMINATED")]

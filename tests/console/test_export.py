@@ -86,18 +86,18 @@ CSV_HEADER = (
     "consecutive_panics,total_panics,rollbacks,last_panic_reason,last_action,reward,"
     "samples_per_s,host_params,seed_params,skipped_steps,last_op,"
     "train_flops,val_flops,attribution_flops,report_flops,report_accuracy,report_loss,"
-    "report_perplexity,"
+    "report_perplexity,host_lr,lr_scale,governor_sensitivity,"
     "s0.stage,s0.blueprint,s0.alpha,s0.epochs_in_stage,s0.params,"
-    "s1.stage,s1.blueprint,s1.alpha,s1.epochs_in_stage,s1.params"
+    "s1.stage,s1.blueprint,s1.alpha,s1.epochs_in_stage,s1.params,notes"
 )
 # env, episode and epoch counted from 1, as the console shows them (recorded: 0, 0, 1 and 1, 0, 1)
 CSV_ROWS = [
     "r1,1,1,2,2.0,2.5,0.25,3.0,0.125,inf,4.0,1.0,0.75,1.0,1,2,0,,GERMINATE s0 mlp,,800.0,0,0,3,,"
-    "0,0,0,0,,,,"
-    "TRAINING,mlp,0.0,0,0,DORMANT,,0.0,0,0",
+    "0,0,0,0,,,,,1.0,,"
+    "TRAINING,mlp,0.0,0,0,DORMANT,,0.0,0,0,",
     "r1,2,1,2,2.5,2.0,0.5,2.25,0.375,9.5,0.5,0.5,0.0,,0,0,1,,WAIT,-0.5,0.0,0,0,0,,"
-    "0,0,0,0,,,,"
-    ",,,,,BLENDING,attn,0.5,0,0",
+    "0,0,0,0,,,,,1.0,,"
+    ",,,,,BLENDING,attn,0.5,0,0,",
 ]
 
 
@@ -179,7 +179,8 @@ def test_csv_columns_are_the_fields_of_the_structs() -> None:
     header = CSV_HEADER.split(",")
     summary_fields = [f.name for f in msgspec.structs.fields(c.EpochSummary) if f.name != "slots"]
     slot_fields = [f.name for f in msgspec.structs.fields(c.SlotState) if f.name != "slot_id"]
-    assert header == summary_fields + [f"{s}.{f}" for s in ("s0", "s1") for f in slot_fields]
+    slots = [f"{s}.{f}" for s in ("s0", "s1") for f in slot_fields]
+    assert header == [*summary_fields, *slots, "notes"]
 
 
 def test_a_reader_that_stops_early_ends_the_export_quietly() -> None:

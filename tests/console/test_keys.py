@@ -203,7 +203,7 @@ async def test_c_then_a_number_and_enter_typed_at_once_sets_the_clip() -> None:
     async with app.run_test(size=WIDE) as pilot:
         await pilot.press(*"c1.0", "enter")
         await step(app, pilot, clock)
-        assert source.sent == [SetClipThreshold(value=1.0, env=None)]
+        assert source.sent == [SetClipThreshold(value=1.0, env=0)]
         assert app.screen is app.screen_stack[0]
 
 

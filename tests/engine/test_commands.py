@@ -138,6 +138,9 @@ class _Target:
     def set_clip_threshold(self, env: int | None, value: float) -> None:
         self.calls.append(("clip", env, value))
 
+    def refusal(self, command) -> str | None:
+        return None
+
 
 def _desk(*commands, acknowledges: bool = True):
     from esper_engine.commands import CommandDesk

@@ -104,6 +104,9 @@ EVENT_SAMPLES: dict[type, c.Event] = {
         report_accuracy=0.52,
         report_loss=1.2,
         report_perplexity=3.3,
+        host_lr=0.04,
+        lr_scale=0.5,
+        governor_sensitivity=4.0,
     ),
     c.SeedTransition: c.SeedTransition(
         **COMMON,
@@ -180,6 +183,9 @@ EVENT_SAMPLES: dict[type, c.Event] = {
     c.RunResumed: c.RunResumed(
         **COMMON, from_episode=1, from_epoch=2, recording_bytes=4096, pid=1234
     ),
+    c.OperatorNote: c.OperatorNote(
+        **COMMON, text="[b]lr looks high[/b]", console="attach-7", command_id=9
+    ),
 }
 COMMAND_SAMPLES: dict[type, c.Command] = {
     c.ForceRollback: c.ForceRollback(command_id=1, env=2, console="a"),
@@ -187,6 +193,15 @@ COMMAND_SAMPLES: dict[type, c.Command] = {
     c.Pause: c.Pause(command_id=3, console="c"),
     c.Resume: c.Resume(command_id=4, console="d"),
     c.Stop: c.Stop(command_id=5, console="e"),
+    c.SetLrScale: c.SetLrScale(command_id=6, value=0.5, env=1, console="f"),
+    c.SetGovernorSensitivity: c.SetGovernorSensitivity(command_id=7, value=4.0, env=0, console="g"),
+    c.GerminateSeed: c.GerminateSeed(
+        command_id=8, env=1, slot_id="block1", blueprint="conv_light", console="h"
+    ),
+    c.PruneSeed: c.PruneSeed(command_id=9, env=1, slot_id="block1", console="i"),
+    c.FossilizeSeed: c.FossilizeSeed(command_id=10, env=0, slot_id="block2", console="j"),
+    c.CheckpointNow: c.CheckpointNow(command_id=11, console="k"),
+    c.AddNote: c.AddNote(command_id=12, text="raised the lr", env=0, console="l"),
 }
 ALL_SAMPLES = [*EVENT_SAMPLES.values(), *COMMAND_SAMPLES.values()]
 

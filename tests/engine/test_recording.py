@@ -36,6 +36,7 @@ FLUSHED = (
     c.RunFinished,
     c.RunResumed,
     c.EpochProgress,
+    c.OperatorNote,
 )
 BATCH_DECODER = msgspec.msgpack.Decoder(list[c.TelemetryEvent])
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections.abc import Callable
 
@@ -36,10 +37,12 @@ from esper_engine.contracts import (
     SetClipThreshold,
 )
 from overwatch.keys import Burst, KeyClock, KeyGuard, Stroke
+from overwatch.run_summary import run_summary, summary_lines
 from overwatch.screens.bindings import APP_BINDINGS, MAIN_BINDINGS, PROMPT_ACTIONS, action_name
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.crash import CrashModal
 from overwatch.screens.main import MainScreen
+from overwatch.screens.summary import SummaryScreen
 from overwatch.signals import STOP_TIMEOUT_S, console_signals
 from overwatch.sources import EventSource, LiveSource
 from overwatch.state import ConsoleState, log_note, reduce_many
@@ -106,6 +109,7 @@ class OverwatchApp(App[int]):
         self._pending_clip: float | None = None  # sent, not yet acknowledged
         self._pause_wanted: bool | None = None  # likewise for pause/resume
         self._crash_shown = False
+        self._summary_shown = False  # the end-of-run summary has opened by itself
         self._paused_shown = False  # the footer says Pause until a pause is acknowledged
         self._finished_shown = False  # the run's end as the footer's key states last saw it
         self._warned: str | None = None
@@ -263,6 +267,11 @@ class OverwatchApp(App[int]):
         if self.state.finished_status == RunStatus.CRASHED and not self._crash_shown:
             self._crash_shown = True
             self.push_screen(CrashModal(self.state.error, self.exit_code()))
+        elif self.state.finished and not self._summary_shown:
+            self._summary_shown = True  # once: u opens it again
+            summary = run_summary(self.state)
+            if summary is not None:
+                self.push_screen(SummaryScreen(summary))
 
     def _react(self, new_events: list[Event]) -> None:
         """Toast the acks of commands this console sent; settle what was pending on them."""
@@ -457,6 +466,15 @@ def run_app(app: OverwatchApp, *, mouse: bool = True) -> int:
             app.source.session.wait()  # the run outlives its terminal
         else:
             app.source.stop(STOP_TIMEOUT_S)  # whatever ended the app, never leave a trainer
+    if not app.detached:  # a terminal that hung up has nowhere to print to
+        print_summary(app.state)
     if app.detached and isinstance(app.source, LiveSource):
         return app.source.session.exit_code
     return app.return_code if app.return_code is not None else app.exit_code()
+
+
+def print_summary(state: ConsoleState, file=None) -> None:
+    """On the console's exit: the run's summary on stdout, when the run has ended."""
+    summary = run_summary(state) if state.finished else None
+    if summary is not None:
+        print("\n".join(summary_lines(summary)), file=file or sys.stdout, flush=True)

@@ -313,6 +313,13 @@ MAIN_BINDINGS = [
         tooltip="Layout: auto, table (one line per env), panels",
         id="layout",
     ),
+    Binding(
+        "u",
+        "summary",
+        description="Summary",
+        tooltip="The run's summary: envs ranked by final accuracy, seeds, rollbacks, FLOPs, time",
+        id="summary",
+    ),
 ]
 
 

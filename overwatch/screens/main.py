@@ -17,11 +17,13 @@ from textual.screen import Screen
 from textual.widgets import Static
 
 from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollback, Stop
+from overwatch.run_summary import run_summary
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
 from overwatch.screens.clip_entry import ClipEntryModal
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.help import HelpScreen, help_rows
 from overwatch.screens.prompt import PromptModal, parse_epoch, parse_number
+from overwatch.screens.summary import SummaryScreen
 from overwatch.sources import EventSource, ReplayAction
 from overwatch.state import ConsoleState, EnvView, liveness
 from overwatch.widgets.env_panel import EnvPanel
@@ -442,6 +444,13 @@ class MainScreen(Screen[None]):
         else:
             mode = "live" if caps.controls else "replay, read-only"
         self.app.push_screen(HelpScreen(self.help_rows(), mode))
+
+    def action_summary(self) -> None:
+        summary = run_summary(self.state)
+        if summary is None:
+            self.notify("no summary yet: no epoch has ended", severity="warning")
+        else:
+            self.app.push_screen(SummaryScreen(summary))
 
     def help_rows(self) -> list[tuple[str, str, bool]]:
         return help_rows(self.overwatch, self)

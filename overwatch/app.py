@@ -36,6 +36,7 @@ from esper_engine.contracts import (
     RunStatus,
     SetClipThreshold,
 )
+from overwatch.compare import RunSeries, SeriesBuilder
 from overwatch.keys import Burst, KeyClock, KeyGuard, Stroke
 from overwatch.run_summary import run_summary, summary_lines
 from overwatch.screens.bindings import APP_BINDINGS, MAIN_BINDINGS, PROMPT_ACTIONS, action_name
@@ -80,6 +81,7 @@ class OverwatchApp(App[int]):
         ascii_only: bool = False,
         ansi16: bool = False,
         key_clock: Callable[[], float] | None = None,
+        compare: RunSeries | None = None,
     ) -> None:
         super().__init__()
         if not math.isfinite(refresh_hz) or refresh_hz <= 0:
@@ -110,6 +112,9 @@ class OverwatchApp(App[int]):
         self._pause_wanted: bool | None = None  # likewise for pause/resume
         self._crash_shown = False
         self._summary_shown = False  # the end-of-run summary has opened by itself
+        # run --compare REF: the reference, and this run's series as its events arrive (v)
+        self.compare_reference = compare
+        self.compare_live = SeriesBuilder("live") if compare is not None else None
         self._paused_shown = False  # the footer says Pause until a pause is acknowledged
         self._finished_shown = False  # the run's end as the footer's key states last saw it
         self._warned: str | None = None
@@ -251,6 +256,8 @@ class OverwatchApp(App[int]):
             if polled.reset:
                 self.state = polled.state or ConsoleState.planned(self.source.plan)
             reduce_many(self.state, polled.events)
+            if self.compare_live is not None:
+                self.compare_live.ingest(polled.events)
             self.state.dropped = self.source.dropped
             self.state.setup = getattr(self.source, "setup_status", "")  # a live run's set-up
             if not polled.reset:
@@ -442,10 +449,19 @@ def run_console(
     theme: str | None = None,
     ascii_only: bool = False,
     mouse: bool = True,
+    compare: RunSeries | None = None,
 ) -> int:
     """Run the console until the operator quits; returns the process exit code. SIGTERM and a
-    hang-up (``on_hangup``: stop or detach) are handled as ``overwatch.signals`` describes."""
-    app = OverwatchApp(source, refresh_hz=refresh_hz, bell=bell, theme=theme, ascii_only=ascii_only)
+    hang-up (``on_hangup``: stop or detach) are handled as ``overwatch.signals`` describes.
+    ``compare``: a reference run that ``v`` compares this one against."""
+    app = OverwatchApp(
+        source,
+        refresh_hz=refresh_hz,
+        bell=bell,
+        theme=theme,
+        ascii_only=ascii_only,
+        compare=compare,
+    )
     # What the terminal says it can show (TERM, COLORTERM), as Textual itself reads it.
     app.ansi16 = app.console.color_system in ("standard", "windows")
     with console_signals(app, on_hangup):

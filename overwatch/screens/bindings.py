@@ -320,6 +320,13 @@ MAIN_BINDINGS = [
         tooltip="The run's summary: envs ranked by final accuracy, seeds, rollbacks, FLOPs, time",
         id="summary",
     ),
+    Binding(
+        "v",
+        "compare",
+        description="Versus",
+        tooltip="Compare this run with the reference recording (overwatch run --compare REF)",
+        id="compare",
+    ),
 ]
 
 

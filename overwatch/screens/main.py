@@ -20,6 +20,7 @@ from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollba
 from overwatch.run_summary import run_summary
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
 from overwatch.screens.clip_entry import ClipEntryModal
+from overwatch.screens.compare import CompareScreen
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.help import HelpScreen, help_rows
 from overwatch.screens.prompt import PromptModal, parse_epoch, parse_number
@@ -451,6 +452,18 @@ class MainScreen(Screen[None]):
             self.notify("no summary yet: no epoch has ended", severity="warning")
         else:
             self.app.push_screen(SummaryScreen(summary))
+
+    def action_compare(self) -> None:
+        app = self.overwatch
+        reference, live = app.compare_reference, app.compare_live
+        if reference is None or live is None:
+            self.notify(
+                "no reference run: start with overwatch run --compare REF", severity="warning"
+            )
+        elif not live.series.points["accuracy"]:
+            self.notify("nothing to compare yet: no epoch has ended", severity="warning")
+        else:
+            self.app.push_screen(CompareScreen(lambda: [reference, live.series], live=True))
 
     def help_rows(self) -> list[tuple[str, str, bool]]:
         return help_rows(self.overwatch, self)

@@ -274,8 +274,8 @@ class OverwatchApp(App[int]):
         if self.state.finished_status == RunStatus.CRASHED and not self._crash_shown:
             self._crash_shown = True
             self.push_screen(CrashModal(self.state.error, self.exit_code()))
-        elif self.state.finished and not self._summary_shown:
-            self._summary_shown = True  # once: u opens it again
+        elif self.state.finished and not self._summary_shown and not self._crash_shown:
+            self._summary_shown = True  # once: u opens it again (a crash's notice comes first)
             summary = run_summary(self.state)
             if summary is not None:
                 self.push_screen(SummaryScreen(summary))

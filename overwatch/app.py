@@ -53,6 +53,7 @@ from overwatch.widgets.event_log import describe_ack, describe_alert, describe_c
 from overwatch.widgets.themes import ALIASES, THEMES
 
 ALERT_TOAST_S = 10.0
+SUMMARY_TOAST_S = 20.0  # a replay's end: the summary's headline, u for the rest
 termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
 SEVERITIES = ("information", "warning", "error")  # the worst of a tick's alerts colours its toast
 # Keys that act at once even inside a burst of typing.
@@ -277,7 +278,13 @@ class OverwatchApp(App[int]):
         elif self.state.finished and not self._summary_shown and not self._crash_shown:
             self._summary_shown = True  # once: u opens it again (a crash's notice comes first)
             summary = run_summary(self.state)
-            if summary is not None:
+            if summary is None:
+                pass
+            elif self.source.capabilities.replay_controls:
+                # A replay at its end: its keys (step back, search) stay the operator's.
+                headline = "\n".join(summary_lines(summary)[:3])
+                self.notify(f"{headline}\nu: the ranked summary", timeout=SUMMARY_TOAST_S)
+            else:
                 self.push_screen(SummaryScreen(summary))
 
     def _react(self, new_events: list[Event]) -> None:

@@ -137,6 +137,9 @@ def run_headless(
         follow = _follow_live if console.is_terminal else _follow_lines
         follow(session, view, console, period)
     finished = session.finished
+    summary = run_summary(view.state)
+    if summary is not None:  # before the status line, which stays the last
+        console.print(Text("\n".join(summary_lines(summary))), highlight=False, soft_wrap=True)
     if session.recording_error:  # a full disk: one line, not the trainer's traceback tail
         console.print(
             f"overwatch: error: {escape(session.recording_error)}", highlight=False, soft_wrap=True
@@ -145,9 +148,6 @@ def run_headless(
         console.print(f"[bold red]run crashed:[/] {escape(finished.error or '')}")
     elif finished is not None:
         console.print(f"run {finished.status}")
-    summary = run_summary(view.state)
-    if summary is not None:
-        console.print(Text("\n".join(summary_lines(summary))), highlight=False, soft_wrap=True)
     return session.exit_code
 
 

@@ -82,6 +82,7 @@ class CompareScreen(Screen[None]):
         self.redraw()
 
     def action_close(self) -> None:
+        """Back to the console it was opened over; the compare app alone quits."""
         if len(self.app.screen_stack) > 1:
             self.app.pop_screen()
         else:
@@ -160,8 +161,8 @@ class CompareApp(App[int]):
         if ascii_only:
             self._filters.append(AsciiFilter())
 
-    def on_mount(self) -> None:
-        self.push_screen(CompareScreen(lambda: self._runs))
+    def get_default_screen(self) -> CompareScreen:
+        return CompareScreen(lambda: self._runs)
 
 
 def run_compare(

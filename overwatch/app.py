@@ -282,8 +282,9 @@ class OverwatchApp(App[int]):
                 pass
             elif self.source.capabilities.replay_controls:
                 # A replay at its end: its keys (step back, search) stay the operator's.
-                headline = "\n".join(summary_lines(summary)[:3])
-                self.notify(f"{headline}\nu: the ranked summary", timeout=SUMMARY_TOAST_S)
+                # One toast line over the footer: the key first, so a narrow one cuts the rest.
+                best = summary_lines(summary)[2]
+                self.notify(f"u: run summary · {best}", timeout=SUMMARY_TOAST_S)
             else:
                 self.push_screen(SummaryScreen(summary))
 

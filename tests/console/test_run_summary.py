@@ -164,7 +164,7 @@ async def test_a_crash_shows_its_notice_not_the_summary() -> None:
 
 
 @run_async
-async def test_a_replay_at_its_end_toasts_the_headline_and_keeps_its_keys() -> None:
+async def test_a_replay_at_its_end_toasts_the_best_and_worst_and_keeps_its_keys() -> None:
     events = real_events()
     source = ReplaySource.from_events(events, clock=lambda: 0.0)
     app = OverwatchApp(source, clock=lambda: 0.0)
@@ -175,8 +175,8 @@ async def test_a_replay_at_its_end_toasts_the_headline_and_keeps_its_keys() -> N
         await pilot.pause()
         assert app.state.finished
         assert not isinstance(app.screen, SummaryScreen)  # replay keys stay the operator's
-        headline = summary_lines(run_summary(app.state))[:3]
+        best = summary_lines(run_summary(app.state))[2]
         toasts = [n.message for n in app._notifications]
-        assert any(t.startswith("\n".join(headline)) for t in toasts), toasts
+        assert f"u: run summary · {best}" in toasts, toasts
         await pilot.press("u")
         assert isinstance(app.screen, SummaryScreen)

@@ -103,6 +103,8 @@ class CompareScreen(Screen[None]):
         plot = self._plot
         plot.clear()
         plot.set_ylabel(label)
+        # --ascii: full-height blocks, which the ASCII filter can draw (braille it cannot)
+        mode = None if getattr(self.app, "ascii_only", False) else HiResMode.BRAILLE
         for i, run in enumerate(c.runs):
             series = c.series(run, key, env)
             if series:
@@ -112,7 +114,7 @@ class CompareScreen(Screen[None]):
                     xs,
                     [scale * series[x] for x in xs],
                     line_style=RUN_STYLES[i % len(RUN_STYLES)],
-                    hires_mode=HiResMode.BRAILLE,
+                    hires_mode=mode,
                 )
         lines = list(c.left_out)
         if len({run.last_x for run in c.runs}) > 1:
@@ -158,6 +160,7 @@ class CompareApp(App[int]):
             self.register_theme(custom)
         if theme is not None:
             self.theme = ALIASES.get(theme, theme)
+        self.ascii_only = ascii_only
         if ascii_only:
             self._filters.append(AsciiFilter())
 

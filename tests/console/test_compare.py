@@ -211,11 +211,11 @@ async def test_without_a_reference_v_says_how_to_give_one() -> None:
 
 @run_async
 async def test_file_names_are_shown_as_text_never_markup(tmp_path) -> None:
-    odd = tmp_path / "[bold red]b[/].msgpack"
+    odd = tmp_path / "[bold red]b[dim].msgpack"
     odd.write_bytes(B.read_bytes())
     app = CompareApp(load_runs([str(A), str(odd)]))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         screen = app.screen
-        assert "[bold red]b[/].msgpack" in text_of(screen._title.content)
-        assert "[bold red]b[/].msgpack" in text_of(screen._table.content, width=120)
+        assert "[bold red]b[dim].msgpack" in text_of(screen._title.content)
+        assert "[bold red]b[dim].msgpack" in text_of(screen._table.content, width=120)

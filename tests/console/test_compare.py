@@ -218,4 +218,4 @@ async def test_file_names_are_shown_as_text_never_markup(tmp_path) -> None:
         await pilot.pause()
         screen = app.screen
         assert "[bold red]b[dim].msgpack" in text_of(screen._title.content)
-        assert "[bold red]b[dim].msgpack" in text_of(screen._table.content, width=120)
+        assert "[bold red]b[dim].ms…" in text_of(screen._table.content)  # cut at 20 columns

@@ -9,6 +9,7 @@ both carry FLOPs. ``real_run.msgpack`` predates FLOPs, ``real_run_lm.msgpack`` i
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 from rich.console import Console
@@ -18,6 +19,7 @@ from overwatch.app import OverwatchApp
 from overwatch.cli import main
 from overwatch.compare import comparison, load_run, load_runs
 from overwatch.screens.compare import CompareApp, CompareScreen
+from overwatch.screens.summary import SummaryScreen
 from tests.console.fixtures import (
     FIXTURES,
     REAL_RUN,
@@ -219,3 +221,23 @@ async def test_file_names_are_shown_as_text_never_markup(tmp_path) -> None:
         screen = app.screen
         assert "[bold red]b[dim].msgpack" in text_of(screen._title.content)
         assert "[bold red]b[dim].ms…" in text_of(screen._table.content)  # cut at 20 columns
+
+
+# --- snapshots (the README's screenshots of these screens) -----------------------------------
+
+
+def test_snapshot_compare_80x24(snap_compare) -> None:
+    assert snap_compare(CompareApp(load_runs([str(A), str(B)])), terminal_size=(80, 24))
+
+
+def test_snapshot_summary_of_a_finished_live_run_80x24(snap_compare) -> None:
+    events = real_events()
+    app = OverwatchApp(FakeLiveSource(events), clock=frozen_clock(events))
+
+    async def ended(pilot) -> None:  # the app's own poll timer brings RunFinished in
+        deadline = time.monotonic() + 30
+        while not isinstance(app.screen, SummaryScreen):
+            assert time.monotonic() < deadline, "the summary never opened"
+            await pilot.pause(0.05)
+
+    assert snap_compare(app, run_before=ended, terminal_size=(80, 24))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 
@@ -36,12 +37,15 @@ from esper_engine.contracts import (
     RunStatus,
     SetClipThreshold,
 )
+from overwatch.compare import RunSeries, SeriesBuilder
 from overwatch.keys import Burst, KeyClock, KeyGuard, Stroke
+from overwatch.run_summary import run_summary, summary_lines
 from overwatch.screens.bindings import APP_BINDINGS, MAIN_BINDINGS, PROMPT_ACTIONS, action_name
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.crash import CrashModal
 from overwatch.screens.main import MainScreen
 from overwatch.screens.palette import TEXTUAL_SHADOWED, palette_commands
+from overwatch.screens.summary import SummaryScreen
 from overwatch.signals import STOP_TIMEOUT_S, console_signals
 from overwatch.sources import EventSource, LiveSource
 from overwatch.state import ConsoleState, log_note, reduce_many
@@ -51,6 +55,7 @@ from overwatch.widgets.event_log import describe_ack, describe_alert, describe_c
 from overwatch.widgets.themes import ALIASES, THEMES
 
 ALERT_TOAST_S = 10.0
+SUMMARY_TOAST_S = 20.0  # a replay's end: the summary's headline, u for the rest
 termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
 SEVERITIES = ("information", "warning", "error")  # the worst of a tick's alerts colours its toast
 # Keys that act at once even inside a burst of typing.
@@ -80,6 +85,7 @@ class OverwatchApp(App[int]):
         ascii_only: bool = False,
         ansi16: bool = False,
         key_clock: Callable[[], float] | None = None,
+        compare: RunSeries | None = None,
     ) -> None:
         super().__init__()
         if not math.isfinite(refresh_hz) or refresh_hz <= 0:
@@ -110,6 +116,10 @@ class OverwatchApp(App[int]):
         self._pending_clip: tuple[int | None, float] | None = None
         self._pause_wanted: bool | None = None  # likewise for pause/resume
         self._crash_shown = False
+        self._summary_shown = False  # the end-of-run summary has opened by itself
+        # run --compare REF: the reference, and this run's series as its events arrive (v)
+        self.compare_reference = compare
+        self.compare_live = SeriesBuilder("live") if compare is not None else None
         self._paused_shown = False  # the footer says Pause until a pause is acknowledged
         self._finished_shown = False  # the run's end as the footer's key states last saw it
         self._warned: str | None = None
@@ -258,6 +268,8 @@ class OverwatchApp(App[int]):
             if polled.reset:
                 self.state = polled.state or ConsoleState.planned(self.source.plan)
             reduce_many(self.state, polled.events)
+            if self.compare_live is not None:
+                self.compare_live.ingest(polled.events)
             self.state.dropped = self.source.dropped
             self.state.setup = getattr(self.source, "setup_status", "")  # a live run's set-up
             if not polled.reset:
@@ -274,6 +286,18 @@ class OverwatchApp(App[int]):
         if self.state.finished_status == RunStatus.CRASHED and not self._crash_shown:
             self._crash_shown = True
             self.push_screen(CrashModal(self.state.error, self.exit_code()))
+        elif self.state.finished and not self._summary_shown and not self._crash_shown:
+            self._summary_shown = True  # once: u opens it again (a crash's notice comes first)
+            summary = run_summary(self.state)
+            if summary is None:
+                pass
+            elif self.source.capabilities.replay_controls:
+                # A replay at its end: its keys (step back, search) stay the operator's.
+                # One toast line over the footer: the key first, so a narrow one cuts the rest.
+                best = summary_lines(summary)[2]
+                self.notify(f"u: run summary · {best}", timeout=SUMMARY_TOAST_S)
+            else:
+                self.push_screen(SummaryScreen(summary))
 
     def _react(self, new_events: list[Event]) -> None:
         """Toast the acks of commands this console sent; settle what was pending on them."""
@@ -448,10 +472,19 @@ def run_console(
     theme: str | None = None,
     ascii_only: bool = False,
     mouse: bool = True,
+    compare: RunSeries | None = None,
 ) -> int:
     """Run the console until the operator quits; returns the process exit code. SIGTERM and a
-    hang-up (``on_hangup``: stop or detach) are handled as ``overwatch.signals`` describes."""
-    app = OverwatchApp(source, refresh_hz=refresh_hz, bell=bell, theme=theme, ascii_only=ascii_only)
+    hang-up (``on_hangup``: stop or detach) are handled as ``overwatch.signals`` describes.
+    ``compare``: a reference run that ``v`` compares this one against."""
+    app = OverwatchApp(
+        source,
+        refresh_hz=refresh_hz,
+        bell=bell,
+        theme=theme,
+        ascii_only=ascii_only,
+        compare=compare,
+    )
     # What the terminal says it can show (TERM, COLORTERM), as Textual itself reads it.
     app.ansi16 = app.console.color_system in ("standard", "windows")
     with console_signals(app, on_hangup):
@@ -472,6 +505,15 @@ def run_app(app: OverwatchApp, *, mouse: bool = True) -> int:
             app.source.session.wait()  # the run outlives its terminal
         else:
             app.source.stop(STOP_TIMEOUT_S)  # whatever ended the app, never leave a trainer
+    if not app.detached:  # a terminal that hung up has nowhere to print to
+        print_summary(app.state)
     if app.detached and isinstance(app.source, LiveSource):
         return app.source.session.exit_code
     return app.return_code if app.return_code is not None else app.exit_code()
+
+
+def print_summary(state: ConsoleState, file=None) -> None:
+    """On the console's exit: the run's summary on stdout, when the run has ended."""
+    summary = run_summary(state) if state.finished else None
+    if summary is not None:
+        print("\n".join(summary_lines(summary)), file=file or sys.stdout, flush=True)

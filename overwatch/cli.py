@@ -1,4 +1,4 @@
-"""The `overwatch` command: run (console or headless), replay, attach, ps, export, serve.
+"""The `overwatch` command: run (console or headless), replay, attach, ps, export, serve, compare.
 
 Bad input is one line on stderr and exit code 2; a crashed run exits 1; completed or stopped, 0.
 
@@ -265,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="output path (default: stdout); a directory for tensorboard (required)",
     )
 
+    compare = sub.add_parser(
+        "compare",
+        help="overlay the metrics of several recordings by epoch, with their final figures",
+        formatter_class=_HelpFormatter,
+    )
+    compare.add_argument("files", nargs="+", metavar="FILE", help="two recordings or more")
+    _add_console_flags(compare)
+
     serve = sub.add_parser(
         "serve",
         help="serve the read-only replay console to a browser on 127.0.0.1",
@@ -419,6 +427,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         help="with several processes: how long any exchange between them may take before the "
         "run ends as crashed, naming the rank that did not answer",
     )
+    run.add_argument(
+        "--compare",
+        default=None,
+        metavar="REF",
+        help="a reference recording to compare the live run against (v in the console)",
+    )
     _add_refresh_hz(run)
     _add_console_flags(run)
 
@@ -539,6 +553,7 @@ def _cmd_run_here(
     from esper_engine.session import prepare_session  # keeps --help fast
     from esper_engine.tasks import DataError
 
+    reference = _compare_reference(args)
     _stop_set_up_on_signals()
     if args.resume is not None:
         session = _resume_session(args, resumed, shard, config)
@@ -599,6 +614,7 @@ def _cmd_run_here(
             LiveSource(session),
             refresh_hz=args.refresh_hz,
             on_hangup=args.on_hangup,
+            compare=reference,
             **_console_options(args),
         )
     if shard is not None:
@@ -610,6 +626,20 @@ def _cmd_run_here(
     if path is not None:
         print(f"recorded to {path}", file=sys.stderr)
     return code
+
+
+def _compare_reference(args: argparse.Namespace):  # -> RunSeries | None (imported lazily)
+    """``run --compare REF``: the reference's series, read before the run starts."""
+    if args.compare is None:
+        return None
+    if args.headless:
+        raise BadInput("--compare needs the console; it does nothing with --headless")
+    from overwatch.compare import CompareError, load_run
+
+    try:
+        return load_run(args.compare)
+    except CompareError as exc:
+        raise BadInput(str(exc)) from None
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
@@ -934,6 +964,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from overwatch.compare import CompareError, load_runs
+    from overwatch.screens.compare import run_compare
+
+    try:
+        runs = load_runs(args.files)
+    except CompareError as exc:
+        raise BadInput(str(exc)) from None
+    return run_compare(runs, **_console_options(args))
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from overwatch.serve import ServeError, serve
 
@@ -958,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
             "ps": _cmd_ps,
             "export": _cmd_export,
             "serve": _cmd_serve,
+            "compare": _cmd_compare,
         }[args.command]
         return handler(args)
     except BadInput as exc:

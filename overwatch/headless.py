@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from esper_engine.contracts import (
     LIVE_SEED_STAGES,
@@ -28,9 +29,10 @@ from esper_engine.contracts import (
     TelemetryEvent,
 )
 from esper_engine.session import TrainingSession
+from overwatch.run_summary import run_summary, summary_lines
 from overwatch.signals import stop_on_signals
 from overwatch.sources import session_plan
-from overwatch.state import RunPlan
+from overwatch.state import ConsoleState, RunPlan, reduce_many
 from overwatch.widgets.formatting import estimate_duration, host_label, memory_size, num, pct
 
 COLUMNS = ("env", "episode", "epoch", "acc", "loss", "grad|clip", "panics", "seeds")
@@ -45,10 +47,12 @@ class HeadlessView:
         self.started: RunStarted | None = None
         self.latest: dict[int, EpochSummary] = {}
         self.finished: RunFinished | None = None
+        self.state = ConsoleState()  # the console's reducer, for the end-of-run summary
 
     def ingest(self, events: list[TelemetryEvent]) -> list[EpochSummary]:
         """Keep the latest state; returns the new per-env summaries (a progress line each)."""
         new: list[EpochSummary] = []
+        reduce_many(self.state, events)
         for event in events:
             if isinstance(event, EpochSummary) and event.env is not None:
                 self.latest[event.env] = event
@@ -133,6 +137,9 @@ def run_headless(
         follow = _follow_live if console.is_terminal else _follow_lines
         follow(session, view, console, period)
     finished = session.finished
+    summary = run_summary(view.state)
+    if summary is not None:  # before the status line, which stays the last
+        console.print(Text("\n".join(summary_lines(summary))), highlight=False, soft_wrap=True)
     if session.recording_error:  # a full disk: one line, not the trainer's traceback tail
         console.print(
             f"overwatch: error: {escape(session.recording_error)}", highlight=False, soft_wrap=True

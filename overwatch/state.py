@@ -155,6 +155,14 @@ class EnvView:
     epoch_clipped: int = 0
     epoch_grad_sum: float = 0.0
     epoch_grad_steps: int = 0
+    # The run so far, for the end-of-run summary (overwatch.run_summary): the best val accuracy
+    # and its (episode, epoch), seeds fossilized and pruned, rollbacks, FLOPs over episodes.
+    best_val_accuracy: float | None = None
+    best_at: tuple[int, int] | None = None
+    fossilized: int = 0
+    pruned: int = 0
+    run_rollbacks: int = 0
+    run_flops: int = 0
 
     @property
     def flops(self) -> int:
@@ -664,7 +672,13 @@ def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
     view.summary, view.batch = ev, None
     episode, before = state.flops_seen.get(view.env, (ev.episode, 0))
     now = view.flops
-    state.total_flops += max(0, now - (before if episode == ev.episode else 0))
+    grown = max(0, now - (before if episode == ev.episode else 0))
+    state.total_flops += grown
+    view.run_flops += grown
+    if math.isfinite(ev.val_accuracy) and (
+        view.best_val_accuracy is None or ev.val_accuracy > view.best_val_accuracy
+    ):
+        view.best_val_accuracy, view.best_at = ev.val_accuracy, (ev.episode, ev.epoch)
     state.flops_seen[view.env] = (ev.episode, now)
     if view.progress is not None and (view.progress.episode, view.progress.epoch) <= (
         ev.episode,
@@ -721,6 +735,10 @@ def _seed_transition(state: ConsoleState, ev: SeedTransition) -> None:
     )
     _set_slot(view, new)  # GERMINATED: a new seed, so the slot's last value was another's
     view.marks.append((state.epoch_x(ev.episode, ev.epoch), str(ev.to_stage)))
+    if ev.to_stage == SeedStage.FOSSILIZED:
+        view.fossilized += 1
+    elif ev.to_stage == SeedStage.PRUNED:
+        view.pruned += 1
     _log(state, ev)
 
 
@@ -734,6 +752,7 @@ def _governor_rollback(state: ConsoleState, ev: GovernorRollback) -> None:
     view = env_view(state, ev.env or 0)
     view.governor_events.append(ev)
     view.marks.append((state.epoch_x(ev.episode, ev.epoch), "rollback"))
+    view.run_rollbacks += 1
     if ev.initiator != Initiator.OPERATOR:  # the operator's own rollback is no incident
         state.alerts += 1
     _log(state, ev)

@@ -434,6 +434,22 @@ MAIN_BINDINGS = [
         tooltip="The run's recorded config (type to search)",
         id="config",
     ),
+    Binding(
+        "u",
+        "summary",
+        description="Summary",
+        show=False,
+        tooltip="The run's summary: envs ranked by final accuracy, seeds, rollbacks, FLOPs, time",
+        id="summary",
+    ),
+    Binding(
+        "v",
+        "compare",
+        description="Versus",
+        show=False,
+        tooltip="Compare this run with the reference recording (overwatch run --compare REF)",
+        id="compare",
+    ),
 ]
 
 

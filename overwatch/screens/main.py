@@ -18,12 +18,15 @@ from textual.widgets import Static
 
 from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollback, Stop
 from overwatch.env_filter import FILTER_HELP, EnvFilter, parse_filter
+from overwatch.run_summary import run_summary
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
+from overwatch.screens.compare import CompareScreen
 from overwatch.screens.config import ConfigScreen
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.help import HelpScreen, help_rows
 from overwatch.screens.operator import OperatorActions
 from overwatch.screens.prompt import PromptModal, parse_epoch, parse_number
+from overwatch.screens.summary import SummaryScreen
 from overwatch.sources import EventSource, ReplayAction
 from overwatch.state import ConsoleState, EnvView, liveness
 from overwatch.widgets.env_panel import EnvPanel
@@ -525,6 +528,25 @@ class MainScreen(OperatorActions, Screen[None]):
         else:
             mode = "live" if caps.controls else "replay, read-only"
         self.app.push_screen(HelpScreen(self.help_rows(), mode))
+
+    def action_summary(self) -> None:
+        summary = run_summary(self.state)
+        if summary is None:
+            self.notify("no summary yet: no epoch has ended", severity="warning")
+        else:
+            self.app.push_screen(SummaryScreen(summary))
+
+    def action_compare(self) -> None:
+        app = self.overwatch
+        reference, live = app.compare_reference, app.compare_live
+        if reference is None or live is None:
+            self.notify(
+                "no reference run: start with overwatch run --compare REF", severity="warning"
+            )
+        elif not live.series.points["accuracy"]:
+            self.notify("nothing to compare yet: no epoch has ended", severity="warning")
+        else:
+            self.app.push_screen(CompareScreen(lambda: [reference, live.series], live=True))
 
     def help_rows(self) -> list[tuple[str, str, bool]]:
         return help_rows(self.overwatch, self)

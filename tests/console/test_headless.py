@@ -111,8 +111,9 @@ def test_off_a_terminal_each_epoch_is_a_plain_line_as_it_happens() -> None:
     assert code == 0
     assert "\x1b" not in text  # no cursor movement in a log file
     assert lines[0].startswith(started.run_id) and lines[-1] == "run completed"
-    progress = lines[1:-1]
-    assert len(progress) == len(summaries)
+    # the progress lines, then the run's summary (overwatch.run_summary), then its status
+    progress = lines[1 : 1 + len(summaries)]
+    assert lines[1 + len(summaries)].startswith(f"run {started.run_id} completed: ")
     for line, s in zip(progress, summaries, strict=True):
         assert line.startswith(
             f"env {s.env + 1}  episode {s.episode + 1}/{started.episodes}  "
@@ -139,7 +140,13 @@ def test_in_a_terminal_the_table_is_live_and_the_status_has_its_own_line() -> No
     assert "\x1b[" in text  # redrawn in place
     assert not re.search(r"^env \d+  episode", plain, re.MULTILINE)  # no log lines
     assert plain.endswith("\nrun completed\n")
-    final_row = plain.splitlines()[-2].split()
+    lines = plain.splitlines()
+    # the live table's last redraw, then the run's summary (overwatch.run_summary), the status
+    headline = next(
+        i for i, line in enumerate(lines) if line.startswith(f"run {events[0].run_id} ")
+    )
+    assert lines[headline + 2].startswith("best env ")
+    final_row = lines[headline - 1].split()
     assert final_row[0] == str(max(last) + 1)
     assert final_row[3] == f"{100 * last[max(last)].val_accuracy:.1f}%"
 

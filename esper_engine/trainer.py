@@ -54,6 +54,7 @@ from esper_engine.policy.policy_file import policy_path, write_policy_file
 from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.report import evaluate_report, report_batches
 from esper_engine.reports import PROGRESS_PERIOD_S, Reporter
+from esper_engine.resources import ResourceSampler
 from esper_engine.shapley import CounterfactualEngine, attribution_seed
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
@@ -129,6 +130,7 @@ class VectorizedTrainer:
             paused_s=lambda: self.desk.paused_s,
             batch_size=config.batch_size,
             progress=self.shard.is_leader,  # a worker's events reach the leader at epoch end
+            resources=ResourceSampler(config.device, self.shard.rank),
         )
         self.desk = CommandDesk(
             commands or queue.Queue(),

@@ -16,7 +16,14 @@ from textual.containers import Container, Grid, Horizontal, Vertical, VerticalSc
 from textual.screen import Screen
 from textual.widgets import Static
 
-from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollback, Stop
+from esper_engine.contracts import (
+    BatchStats,
+    EpochProgress,
+    Event,
+    ForceRollback,
+    ResourceSample,
+    Stop,
+)
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
 from overwatch.screens.clip_entry import ClipEntryModal
 from overwatch.screens.confirm import ConfirmModal
@@ -55,7 +62,7 @@ LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env co
 LIVE_PERIOD_S = 1.0
 # Events that only move per-batch figures (the batch line, the epoch's progress bars): a tick that
 # brings one repaints them at the live cadence, not at once.
-LIVE_EVENTS = (BatchStats, EpochProgress)
+LIVE_EVENTS = (BatchStats, EpochProgress, ResourceSample)
 
 
 class MainScreen(Screen[None]):

@@ -195,6 +195,9 @@ class RunHeader(LineWidget):
             segments.remove(throughput)
             segments.insert(segments.index(used[0]) + 1, throughput)
             segments[0] = self._position(state, PROGRESS_WIDTH // 2)
+            at = segments.index(used[0])
+            if sum(t.cell_len for t in segments[: at + 1]) > width - 1:
+                segments[at] = self._resources(state, short=True)  # CPU % only, per rank
         if not state.epochs_done and (state.epoch_s_estimate or state.memory_estimate):
             segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet
         if self.sort != "id":
@@ -216,9 +219,10 @@ class RunHeader(LineWidget):
         progress.append(hbar(done, bar).replace(" ", "░"), self._style("header--bar"))
         return progress.append(f" {100 * done:3.0f}%")
 
-    def _resources(self, state: ConsoleState) -> Text:
+    def _resources(self, state: ConsoleState, *, short: bool = False) -> Text:
         """Each rank's CPU (% of one core), resident memory and, on a GPU, torch's allocated /
-        reserved memory and the device's utilisation where the driver tells it."""
+        reserved memory and the device's utilisation where the driver tells it; ``short``:
+        the percentages only (a narrow terminal, several ranks)."""
         label = self._style("header--label")
         text = Text(" │ ", style=self._style("header--dim"))
         ranked = len(state.resources) > 1
@@ -226,7 +230,12 @@ class RunHeader(LineWidget):
             if i:
                 text.append(" ")
             text.append(f"r{rank} " if ranked else "cpu ", label)
-            text.append(f"{sample.cpu_percent:.0f}% {short_bytes(sample.rss_bytes)}")
+            text.append(f"{sample.cpu_percent:.0f}%")
+            if short:
+                if sample.gpu_utilization is not None:
+                    text.append(f"/{sample.gpu_utilization:.0f}%")
+                continue
+            text.append(f" {short_bytes(sample.rss_bytes)}")
             if sample.gpu_allocated is not None:
                 reserved = sample.gpu_reserved or 0
                 text.append(" gpu " if not ranked else " ", label)

@@ -313,6 +313,31 @@ MAIN_BINDINGS = [
         tooltip="Layout: auto, table (one line per env), panels",
         id="layout",
     ),
+    # The focused env's plots (terminals from 170x36): issue 25.
+    Binding(
+        "m",
+        "plot_metric",
+        description="Plot",
+        show=False,
+        tooltip="Plot metric: val, train vs val, grad norm, Shapley per seed, PPO losses, FLOPs",
+        id="plot-metric",
+    ),
+    Binding(
+        "y",
+        "plot_log",
+        description="Log y",
+        show=False,
+        tooltip="Plots: log scale on / off",
+        id="plot-log",
+    ),
+    Binding(
+        "z",
+        "plot_smooth",
+        description="Smooth",
+        show=False,
+        tooltip="Plots: EMA smoothing off, 0.6, 0.9",
+        id="plot-smooth",
+    ),
 ]
 
 

@@ -195,7 +195,7 @@ def short_bytes(n: int) -> str:
         if n >= scale:
             value = n / scale
             return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
-    return f"{max(n / 2**10, 0):.0f}K"
+    return f"{max(n / 2**10, 1):.0f}K"
 
 
 def estimate_duration(seconds: float) -> str:

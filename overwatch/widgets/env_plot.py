@@ -75,6 +75,17 @@ def robust_limits(values: Sequence[float]) -> tuple[float, float] | None:
     return lo - pad, hi + pad
 
 
+def flat_limits(values: Sequence[float]) -> tuple[float, float] | None:
+    """Limits around a series whose finite values are all one (a single point, a constant):
+    textual-plot cannot make ticks for an empty span."""
+    finite = {v for v in values if math.isfinite(v)}
+    if len(finite) != 1:
+        return None
+    (v,) = finite
+    half = 0.5 * abs(v) or 1.0
+    return v - half, v + half
+
+
 def _quantile(ordered: list[float], q: float) -> float:
     at = q * (len(ordered) - 1)
     i = int(at)
@@ -109,14 +120,14 @@ def panels(mode: str, view: EnvView, state: ConsoleState | None) -> list[tuple[s
         txs = [x for x, _, _ in view.train_points]
         return [
             (
-                "acc % (train/val)",
+                "acc %",
                 [
                     Series(txs, [100 * a for _, a, _ in view.train_points], "yellow"),
                     Series(xs, [100 * a for _, a, _ in view.epoch_points], "green"),
                 ],
             ),
             (
-                "loss (train/val)",
+                "loss",
                 [
                     Series(txs, [v for _, _, v in view.train_points], "yellow"),
                     Series(xs, [v for _, _, v in view.epoch_points], "magenta"),
@@ -290,8 +301,9 @@ class EnvPlot(Vertical):
         for s in series:
             ys = log10(s.ys) if self.log_scale else list(s.ys)
             drawn.append((s, ys, ema(ys, self.smoothing) if self.smoothing else ys))
-        limits = robust_limits([y for _, ys, _ in drawn for y in ys])
-        plot.set_ylimits(*(limits or (None, None)))
+        values = [y for _, ys, _ in drawn for y in ys]
+        limits = robust_limits(values)
+        plot.set_ylimits(*(limits or flat_limits(values) or (None, None)))
         clipped = 0
         for s, raw, smooth in drawn:
             if not s.xs:

@@ -45,3 +45,23 @@ def test_a_run_reports_its_resources_at_its_progress_points(monkeypatch):
     }
     assert decode_event(encode(samples[-1])) == samples[-1]
 
+
+def test_a_cuda_sample_reads_torchs_counters_and_skips_a_missing_nvml(monkeypatch):
+    """No GPU here: torch's own counters stand in (the sampler calls them, never syncs); a
+    driver without nvml (torch.cuda.utilization raises) leaves utilisation out, asked once."""
+    asked = []
+
+    def no_nvml(device):
+        asked.append(device)
+        raise ModuleNotFoundError("pynvml does not seem to be installed")
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 4 * 2**30)
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    sampler = ResourceSampler("cuda:0", rank=1)
+    first, second = sampler.sample(), sampler.sample()
+    assert (first.gpu_allocated, first.gpu_reserved) == (3 * 2**30, 4 * 2**30)
+    assert first.gpu_utilization is None and second.gpu_utilization is None
+    assert len(asked) == 1  # refused once: not asked again every 2 s
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device: 87)
+    assert ResourceSampler("cuda:0").sample().gpu_utilization == 87.0

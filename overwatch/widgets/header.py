@@ -195,8 +195,13 @@ class RunHeader(LineWidget):
             segments.remove(throughput)
             segments.insert(segments.index(used[0]) + 1, throughput)
             segments[0] = self._position(state, PROGRESS_WIDTH // 2)
+        if used and sum(t.cell_len for t in segments) > width - 1:
+            # Short of room: a zero dropped count goes first, then the resources' memory.
+            if not state.dropped:
+                segments.remove(dropped)
             at = segments.index(used[0])
-            if sum(t.cell_len for t in segments[: at + 1]) > width - 1:
+            keep = at + 2 if segments[at + 1 : at + 2] == [clip] else at + 1  # clip stays too
+            if sum(t.cell_len for t in segments[:keep]) > width - 1:
                 segments[at] = self._resources(state, short=True)  # CPU % only, per rank
         if not state.epochs_done and (state.epoch_s_estimate or state.memory_estimate):
             segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet

@@ -43,6 +43,9 @@ from esper_engine.contracts import (
 
 HISTORY = 120  # points kept per sparkline; wider than any panel shows
 PLOT_POINTS = 600  # points kept per plot series (the focused env's plot; ~5 screens wide)
+# points kept per series of the plot's other metrics (m): every replay keyframe holds them, so
+# fewer (a keyframe's memory stays within ENV_KEYFRAME_BYTES an env, sources.py)
+METRIC_POINTS = 100
 MARKS = 200  # rollback and seed-transition marks kept per env for its plot
 LOG_SIZE = 2000  # event log entries kept (scrollable); older ones fall off
 STALE_AFTER_S = 10.0  # live mode: no event for this long means the trainer looks stuck...
@@ -149,14 +152,10 @@ class EnvView:
         default_factory=lambda: deque(maxlen=PLOT_POINTS)
     )
     marks: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=MARKS))
-    # The plot's other metrics (issue 25), x as above: (x, train accuracy, train loss) and
-    # (x, training FLOPs of the episode so far) per epoch; each slot's Shapley value per
-    # attribution, by slot id.
-    train_points: deque[tuple[float, float, float]] = field(
-        default_factory=lambda: deque(maxlen=PLOT_POINTS)
-    )
-    flops_points: deque[tuple[float, float]] = field(
-        default_factory=lambda: deque(maxlen=PLOT_POINTS)
+    # The plot's other metrics (issue 25), x as above: (x, train accuracy, train loss, training
+    # FLOPs of the episode so far) per epoch; each slot's Shapley value per attribution, by id.
+    train_points: deque[tuple[float, float, float, float]] = field(
+        default_factory=lambda: deque(maxlen=METRIC_POINTS)
     )
     shapley_points: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
     # The epoch in progress, from its BatchStats: steps, clipped steps, post-clip norms summed
@@ -336,7 +335,7 @@ class ConsoleState:
     resources: dict[int, ResourceSample] = field(default_factory=dict)
     # The policy's updates for the plot: (x, policy loss, value loss, entropy, approx KL).
     ppo_points: deque[tuple[float, float, float, float, float]] = field(
-        default_factory=lambda: deque(maxlen=PLOT_POINTS)
+        default_factory=lambda: deque(maxlen=METRIC_POINTS)
     )
     revision: int = field(default=0, compare=False)  # restamped on every event but BatchStats
     live_revision: int = field(default=0, compare=False)  # restamped on every BatchStats
@@ -691,8 +690,7 @@ def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
     view.val_loss_history.append(ev.val_loss)
     x = state.epoch_x(ev.episode, ev.epoch)
     view.epoch_points.append((x, ev.val_accuracy, ev.val_loss))
-    view.train_points.append((x, ev.train_accuracy, ev.train_loss))
-    view.flops_points.append((x, float(ev.train_flops)))
+    view.train_points.append((x, ev.train_accuracy, ev.train_loss, float(ev.train_flops)))
     if not view.grad_from_batches:
         view.grad_history.append(ev.grad_norm_post_clip)
         view.grad_points.append((x, ev.grad_norm_post_clip))
@@ -762,7 +760,7 @@ def _attribution(state: ConsoleState, ev: Attribution) -> None:
     for slot_id, value in ev.shapley.items():
         points = view.shapley_points.get(slot_id)
         if points is None:
-            points = view.shapley_points[slot_id] = deque(maxlen=PLOT_POINTS)
+            points = view.shapley_points[slot_id] = deque(maxlen=METRIC_POINTS)
         points.append((x, float(value)))
     for slot_id in ev.shapley:
         slot = view.slots.get(slot_id)

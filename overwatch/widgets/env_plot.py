@@ -117,19 +117,19 @@ def panels(mode: str, view: EnvView, state: ConsoleState | None) -> list[tuple[s
     xs = [x for x, _, _ in view.epoch_points]
     grad = Series([x for x, _ in view.grad_points], [g for _, g in view.grad_points], "cyan")
     if mode == "train/val":
-        txs = [x for x, _, _ in view.train_points]
+        txs = [p[0] for p in view.train_points]
         return [
             (
                 "acc %",
                 [
-                    Series(txs, [100 * a for _, a, _ in view.train_points], "yellow"),
+                    Series(txs, [100 * p[1] for p in view.train_points], "yellow"),
                     Series(xs, [100 * a for _, a, _ in view.epoch_points], "green"),
                 ],
             ),
             (
                 "loss",
                 [
-                    Series(txs, [v for _, _, v in view.train_points], "yellow"),
+                    Series(txs, [p[2] for p in view.train_points], "yellow"),
                     Series(xs, [v for _, _, v in view.epoch_points], "magenta"),
                 ],
             ),
@@ -163,8 +163,8 @@ def panels(mode: str, view: EnvView, state: ConsoleState | None) -> list[tuple[s
                 "train FLOPs",
                 [
                     Series(
-                        [x for x, _ in view.flops_points],
-                        [f for _, f in view.flops_points],
+                        [p[0] for p in view.train_points],
+                        [p[3] for p in view.train_points],
                         "yellow",
                     )
                 ],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import cycle
 
 from rich.markup import escape
 from textual.app import ComposeResult
@@ -144,7 +145,7 @@ def panels(mode: str, view: EnvView, state: ConsoleState | None) -> list[tuple[s
                 [
                     Series([x for x, _ in pts], [100 * v for _, v in pts], style)
                     for (_, pts), style in zip(
-                        sorted(view.shapley_points.items()), _cycle(SLOT_STYLES), strict=False
+                        sorted(view.shapley_points.items()), cycle(SLOT_STYLES), strict=False
                     )
                 ],
             )
@@ -175,11 +176,6 @@ def panels(mode: str, view: EnvView, state: ConsoleState | None) -> list[tuple[s
         ("val loss", [Series(xs, [v for _, _, v in view.epoch_points], "magenta")]),
         ("grad norm", [grad]),
     ]
-
-
-def _cycle(styles: Sequence[str]):
-    while True:
-        yield from styles
 
 
 class QuietPlot(PlotWidget):
@@ -281,7 +277,7 @@ class EnvPlot(Vertical):
         if self.mode == "train/val":
             choices[0] = "[yellow]train[/] vs val"
         if self.mode == "shapley":  # slot ids come from the recording: text, never markup
-            slots = zip(sorted(view.shapley_points), _cycle(SLOT_STYLES), strict=False)
+            slots = zip(sorted(view.shapley_points), cycle(SLOT_STYLES), strict=False)
             choices.extend(f"[{style}]{escape(slot)}[/]" for slot, style in slots)
         if self.mode == "ppo" and not self._has_ppo:
             choices.append("no policy updates")

@@ -29,6 +29,7 @@ from esper_engine.config import HostConfig, TrainingConfig  # noqa: E402
 from esper_engine.contracts import (  # noqa: E402
     EpochProgress,
     EpochSummary,
+    ResourceSample,
     RunResumed,
     RunStatus,
 )
@@ -51,7 +52,7 @@ def comparable(path: Path) -> list[dict]:
     same NaN loss)."""
     out = []
     for event in read_recording(path).events:
-        if isinstance(event, RunResumed | EpochProgress):
+        if isinstance(event, RunResumed | EpochProgress | ResourceSample):
             continue
         fields = msgspec.to_builtins(event)
         for name in TIMING:

@@ -311,6 +311,19 @@ class OperatorNote(Event, frozen=True, kw_only=True):
     command_id: int = 0
 
 
+class ResourceSample(Event, frozen=True, kw_only=True):
+    """What one process uses, every ``esper_engine.resources.RESOURCE_PERIOD_S`` at most (issue
+    25): a run-level event (``env`` None), one per rank in a sharded run. GPU figures are None
+    on a CPU run and where the driver does not tell them (utilisation needs pynvml)."""
+
+    rank: int = 0  # the process's rank (0: the leader, or the only process)
+    cpu_percent: float = 0.0  # percent of one core: process CPU time over wall time since the last
+    rss_bytes: int = 0  # bytes: resident set size now
+    gpu_allocated: int | None = None  # bytes: torch's allocated device memory now
+    gpu_reserved: int | None = None  # bytes: held by torch's caching allocator now
+    gpu_utilization: float | None = None  # percent: the device's busy time (nvml's sample)
+
+
 TelemetryEvent = (
     RunStarted
     | BatchStats
@@ -325,6 +338,7 @@ TelemetryEvent = (
     | RunResumed
     | EpochProgress
     | OperatorNote
+    | ResourceSample
 )
 
 # --- commands: console -> trainer -------------------------------------------------------------

@@ -25,6 +25,7 @@ from esper_engine.contracts import (
     RunStarted,
     RunStatus,
 )
+from esper_engine.resources import ResourceSampler
 from esper_engine.telemetry import TelemetrySink
 from esper_engine.training_step import perplexity
 
@@ -50,16 +51,19 @@ class Reporter:
         paused_s: Callable[[], float],
         batch_size: int,
         progress: bool = True,
+        resources: ResourceSampler | None = None,
     ) -> None:
         """``position``: (episode, epoch) now; ``paused_s``: the epoch's time paused so far
         (throughput excludes it); ``progress``: whether this process sends EpochProgress (a
-        sharded run's workers do not: their events reach the leader at the epoch's end)."""
+        sharded run's workers do not: their events reach the leader at the epoch's end);
+        ``resources``: the process's sampler (every rank has one; None: no ResourceSample)."""
         self.sink = sink
         self.run_id = ""
         self._position = position
         self._paused_s = paused_s
         self._batch_size = batch_size
         self._progress = progress
+        self._resources = resources
         self._progress_due = self._epoch_started = self._train_started = 0.0
 
     def common(self, env: int | None) -> dict:
@@ -154,6 +158,8 @@ class Reporter:
         """EpochProgress for ``envs`` when PROGRESS_PERIOD_S has passed since the last: the
         batch counter and the clock only, so the loop never waits for the device."""
         now = time.perf_counter()
+        if self._resources is not None and self._resources.due(now):
+            self.emit(self._resources.sample())  # a worker's is forwarded with its other events
         if now < self._progress_due or not self._progress:
             return
         self._progress_due = now + PROGRESS_PERIOD_S

@@ -63,6 +63,7 @@ from esper_engine.policy.policy_file import policy_path, write_policy_file
 from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.report import evaluate_report, report_batches
 from esper_engine.reports import PROGRESS_PERIOD_S, Reporter, describe_crash
+from esper_engine.resources import ResourceSampler
 from esper_engine.shapley import attribute_env
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
@@ -139,6 +140,7 @@ class VectorizedTrainer:
             paused_s=lambda: self.desk.paused_s,
             batch_size=config.batch_size,
             progress=self.shard.is_leader,  # a worker's events reach the leader at epoch end
+            resources=ResourceSampler(config.device, self.shard.rank),
         )
         self.desk = CommandDesk(
             commands or queue.Queue(),
@@ -536,4 +538,3 @@ def _seed_op(command: OperatorCommand) -> tuple[Op, str, str | None]:
         return Op.GERMINATE, command.slot_id, command.blueprint
     op = Op.PRUNE if isinstance(command, PruneSeed) else Op.FOSSILIZE
     return op, command.slot_id, None
-

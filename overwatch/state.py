@@ -32,6 +32,7 @@ from esper_engine.contracts import (
     Initiator,
     OperatorNote,
     PolicyUpdate,
+    ResourceSample,
     RunFinished,
     RunResumed,
     RunStarted,
@@ -43,6 +44,9 @@ from esper_engine.contracts import (
 
 HISTORY = 120  # points kept per sparkline; wider than any panel shows
 PLOT_POINTS = 600  # points kept per plot series (the focused env's plot; ~5 screens wide)
+# points kept per series of the plot's other metrics (m): every replay keyframe holds them, so
+# fewer (a keyframe's memory stays within ENV_KEYFRAME_BYTES an env, sources.py)
+METRIC_POINTS = 100
 MARKS = 200  # rollback and seed-transition marks kept per env for its plot
 LOG_SIZE = 2000  # event log entries kept (scrollable); older ones fall off
 STALE_AFTER_S = 10.0  # live mode: no event for this long means the trainer looks stuck...
@@ -149,6 +153,12 @@ class EnvView:
         default_factory=lambda: deque(maxlen=PLOT_POINTS)
     )
     marks: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=MARKS))
+    # The plot's other metrics (issue 25), x as above: (x, train accuracy, train loss, training
+    # FLOPs of the episode so far) per epoch; each slot's Shapley value per attribution, by id.
+    train_points: deque[tuple[float, float, float, float]] = field(
+        default_factory=lambda: deque(maxlen=METRIC_POINTS)
+    )
+    shapley_points: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
     # The epoch in progress, from its BatchStats: steps, clipped steps, post-clip norms summed
     # over the finite steps (as EpochSummary averages them).
     epoch_steps: int = 0
@@ -330,6 +340,12 @@ class ConsoleState:
     # (as the trainer sums them for RunFinished, whose total replaces it); 0 in old recordings
     total_flops: int = 0
     flops_seen: dict[int, tuple[int, int]] = field(default_factory=dict)  # env -> (episode, total)
+    # Each rank's latest ResourceSample (issue 25), by rank; empty in older recordings.
+    resources: dict[int, ResourceSample] = field(default_factory=dict)
+    # The policy's updates for the plot: (x, policy loss, value loss, entropy, approx KL).
+    ppo_points: deque[tuple[float, float, float, float, float]] = field(
+        default_factory=lambda: deque(maxlen=METRIC_POINTS)
+    )
     revision: int = field(default=0, compare=False)  # restamped on every event but BatchStats
     live_revision: int = field(default=0, compare=False)  # restamped on every BatchStats
     log_revision: int = field(default=0, compare=False)  # restamped on every log entry
@@ -691,6 +707,7 @@ def _epoch_summary(state: ConsoleState, ev: EpochSummary) -> None:
     view.val_loss_history.append(ev.val_loss)
     x = state.epoch_x(ev.episode, ev.epoch)
     view.epoch_points.append((x, ev.val_accuracy, ev.val_loss))
+    view.train_points.append((x, ev.train_accuracy, ev.train_loss, float(ev.train_flops)))
     if not view.grad_from_batches:
         view.grad_history.append(ev.grad_norm_post_clip)
         view.grad_points.append((x, ev.grad_norm_post_clip))
@@ -761,6 +778,12 @@ def _governor_rollback(state: ConsoleState, ev: GovernorRollback) -> None:
 def _attribution(state: ConsoleState, ev: Attribution) -> None:
     view = env_view(state, ev.env or 0)
     view.attribution = ev
+    x = state.epoch_x(ev.episode, ev.epoch)
+    for slot_id, value in ev.shapley.items():
+        points = view.shapley_points.get(slot_id)
+        if points is None:
+            points = view.shapley_points[slot_id] = deque(maxlen=METRIC_POINTS)
+        points.append((x, float(value)))
     for slot_id in ev.shapley:
         slot = view.slots.get(slot_id)
         if slot is not None:
@@ -769,6 +792,10 @@ def _attribution(state: ConsoleState, ev: Attribution) -> None:
 
 def _policy_update(state: ConsoleState, ev: PolicyUpdate) -> None:
     state.policy_update = ev
+    x = state.epoch_x(ev.episode, ev.epoch)
+    state.ppo_points.append(
+        (x, float(ev.policy_loss), float(ev.value_loss), float(ev.entropy), float(ev.approx_kl))
+    )
     _log(state, ev)
 
 
@@ -800,6 +827,10 @@ def _epoch_progress(state: ConsoleState, ev: EpochProgress) -> None:
     if summary is not None and (ev.episode, ev.epoch) <= (summary.episode, summary.epoch):
         return  # late news of an epoch already summarised
     view.progress = ev
+
+
+def _resource_sample(state: ConsoleState, ev: ResourceSample) -> None:
+    state.resources[ev.rank] = ev
 
 
 def _run_resumed(state: ConsoleState, ev: RunResumed) -> None:
@@ -851,6 +882,7 @@ _HANDLERS: dict[type[Event], Callable[[ConsoleState, Event], None]] = {
     RunResumed: _run_resumed,
     EpochProgress: _epoch_progress,
     OperatorNote: _operator_note,
+    ResourceSample: _resource_sample,
 }
 # Events that only move figures the console repaints at its live cadence (LIVE_PERIOD_S).
-_LIVE_TYPES = frozenset({BatchStats, EpochProgress})
+_LIVE_TYPES = frozenset({BatchStats, EpochProgress, ResourceSample})

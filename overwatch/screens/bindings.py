@@ -450,6 +450,31 @@ MAIN_BINDINGS = [
         tooltip="Compare this run with the reference recording (overwatch run --compare REF)",
         id="compare",
     ),
+    # The focused env's plots (terminals from 170x36): issue 25.
+    Binding(
+        "P",
+        "plot_metric",
+        description="Plot",
+        show=False,
+        tooltip="Plot metric: val, train vs val, grad norm, Shapley per seed, PPO losses, FLOPs",
+        id="plot-metric",
+    ),
+    Binding(
+        "y",
+        "plot_log",
+        description="Log y",
+        show=False,
+        tooltip="Plots: log scale on / off",
+        id="plot-log",
+    ),
+    Binding(
+        "z",
+        "plot_smooth",
+        description="Smooth",
+        show=False,
+        tooltip="Plots: EMA smoothing off, 0.6, 0.9",
+        id="plot-smooth",
+    ),
 ]
 
 

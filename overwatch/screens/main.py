@@ -16,7 +16,14 @@ from textual.containers import Container, Grid, Horizontal, Vertical, VerticalSc
 from textual.screen import Screen
 from textual.widgets import Static
 
-from esper_engine.contracts import BatchStats, EpochProgress, Event, ForceRollback, Stop
+from esper_engine.contracts import (
+    BatchStats,
+    EpochProgress,
+    Event,
+    ForceRollback,
+    ResourceSample,
+    Stop,
+)
 from overwatch.env_filter import FILTER_HELP, EnvFilter, parse_filter
 from overwatch.run_summary import run_summary
 from overwatch.screens.bindings import CONTROL_ACTIONS, MAIN_BINDINGS, REPLAY_ACTIONS
@@ -30,7 +37,7 @@ from overwatch.screens.summary import SummaryScreen
 from overwatch.sources import EventSource, ReplayAction
 from overwatch.state import ConsoleState, EnvView, liveness
 from overwatch.widgets.env_panel import EnvPanel
-from overwatch.widgets.env_plot import EnvPlot
+from overwatch.widgets.env_plot import MODE_TITLES, PLOT_MODES, SMOOTHING, EnvPlot
 from overwatch.widgets.env_row import EnvRow
 from overwatch.widgets.event_log import LOG_KINDS, EventLog, LogFilter
 from overwatch.widgets.footer import ConsoleFooter
@@ -59,7 +66,7 @@ LAYOUTS = ("auto", "table", "panels")  # t cycles: auto picks by size and env co
 LIVE_PERIOD_S = 1.0
 # Events that only move per-batch figures (the batch line, the epoch's progress bars): a tick that
 # brings one repaints them at the live cadence, not at once.
-LIVE_EVENTS = (BatchStats, EpochProgress)
+LIVE_EVENTS = (BatchStats, EpochProgress, ResourceSample)
 
 
 class MainScreen(OperatorActions, Screen[None]):
@@ -285,7 +292,7 @@ class MainScreen(OperatorActions, Screen[None]):
             else:
                 self._detail.show_planned(focused=True)
         if self.plot_shown:
-            self._plots[0 if mode == "wide" else 1].update(focused_view, live=live)
+            self._plots[0 if mode == "wide" else 1].update(focused_view, live=live, state=state)
         if self.log_follows_focus:
             self.log_filter.env = self.focused_env
         self.visible_log().update(state.log, state.log_revision, self.log_filter)
@@ -480,6 +487,26 @@ class MainScreen(OperatorActions, Screen[None]):
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
         self.update_widgets()
         self.call_after_refresh(self._scroll_to_focus)
+
+    def _choose_plot(self, what: str, **choice: object) -> None:
+        """P / y / z: the focused env's plots (both layouts' plots, so a resize keeps it)."""
+        for plot in self._plots:
+            plot.choose(**choice)  # type: ignore[arg-type]
+        where = "" if self.plot_shown else f" (plots show from {PLOT_MIN[0]}x{PLOT_MIN[1]})"
+        self.notify(f"plot: {what}{where}", timeout=2)
+        self.update_widgets()
+
+    def action_plot_metric(self) -> None:
+        mode = PLOT_MODES[(PLOT_MODES.index(self._plots[0].mode) + 1) % len(PLOT_MODES)]
+        self._choose_plot(MODE_TITLES[mode], mode=mode)
+
+    def action_plot_log(self) -> None:
+        log_scale = not self._plots[0].log_scale
+        self._choose_plot("log scale" if log_scale else "linear scale", log_scale=log_scale)
+
+    def action_plot_smooth(self) -> None:
+        weight = SMOOTHING[(SMOOTHING.index(self._plots[0].smoothing) + 1) % len(SMOOTHING)]
+        self._choose_plot(f"EMA {weight:g}" if weight else "no smoothing", smoothing=weight)
 
     def action_layout(self) -> None:
         self.layout_choice = LAYOUTS[(LAYOUTS.index(self.layout_choice) + 1) % len(LAYOUTS)]

@@ -189,6 +189,15 @@ def memory_size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{max(n / 2**20, 1):.0f} MiB"
 
 
+def short_bytes(n: int) -> str:
+    """``594M``, ``1.2G``, ``12G``: a size in a few cells (binary units), for the header."""
+    for unit, scale in (("T", 2**40), ("G", 2**30), ("M", 2**20)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+    return f"{max(n / 2**10, 1):.0f}K"
+
+
 def estimate_duration(seconds: float) -> str:
     """An estimated span: ``duration``, or ``<1s`` for a short one (never a plain ``0s``)."""
     return duration(seconds) if seconds >= 0.5 else "<1s"

@@ -18,6 +18,7 @@ from overwatch.widgets.formatting import (
     memory_size,
     num,
     plural,
+    short_bytes,
     signed,
 )
 from overwatch.widgets.lines import LineWidget
@@ -169,16 +170,7 @@ class RunHeader(LineWidget):
 
     def _progress(self, state: ConsoleState, *, timing: bool, width: int = 0) -> list[Text]:
         label, dim = self._style("header--label"), self._style("header--dim")
-        # The epoch in progress (or the last summarised), as every env panel's border says it;
-        # "-" before the first word of one.
-        at = state.at
-        progress = Text(" episode ", style=label)
-        progress.append(f"{episode_number(at[0]) if at else '-'}/{state.episodes or '-'}")
-        progress.append(" · epoch ", label)
-        progress.append(f"{epoch_number(at[1]) if at else '-'}/{state.epochs or '-'} ")
-        done = state.epoch_fraction()  # moves inside an epoch with its progress events
-        progress.append(hbar(done, PROGRESS_WIDTH).replace(" ", "░"), self._style("header--bar"))
-        progress.append(f" {100 * done:3.0f}%")
+        progress = self._position(state, PROGRESS_WIDTH)
         rate = state.samples_per_s
         throughput = (
             Text(" │ ", style=dim)
@@ -194,13 +186,27 @@ class RunHeader(LineWidget):
         dropped = Text(" │ dropped ", style=label).append(
             f"{state.dropped}", self._style("header--bad") if state.dropped else Style()
         )
-        segments = [progress, throughput, *compute, clip, dropped]
+        used = [self._resources(state)] if state.resources else []  # none in older recordings
+        segments = [progress, throughput, *compute, *used, clip, dropped]
         if timing:
             segments.insert(1, self._elapsed_eta(state))
             # Narrow (80 columns): the run's FLOPs come before samples/s, and elapsed loses its
             # word, so the compute shows beside the ETA instead of being dropped off the end.
             if compute and sum(t.cell_len for t in segments[:4]) > width - 1:
                 segments[1:4] = [self._elapsed_eta(state, short=True), *compute, throughput]
+        if used and sum(t.cell_len for t in segments[: segments.index(used[0]) + 1]) > width - 1:
+            # Narrow: the resources come before samples/s, with a shorter progress bar.
+            segments.remove(throughput)
+            segments.insert(segments.index(used[0]) + 1, throughput)
+            segments[0] = self._position(state, PROGRESS_WIDTH // 2)
+        if used and sum(t.cell_len for t in segments) > width - 1:
+            # Short of room: a zero dropped count goes first, then the resources' memory.
+            if not state.dropped:
+                segments.remove(dropped)
+            at = segments.index(used[0])
+            keep = at + 2 if segments[at + 1 : at + 2] == [clip] else at + 1  # clip stays too
+            if sum(t.cell_len for t in segments[:keep]) > width - 1:
+                segments[at] = self._resources(state, short=True)  # CPU % only, per rank
         if not state.epochs_done and (state.epoch_s_estimate or state.memory_estimate):
             segments.insert(1, self._estimate(state))  # before elapsed: there is no ETA yet
         if self.env_filter:  # second, so that 80 columns still show it: most rows are hidden
@@ -211,6 +217,44 @@ class RunHeader(LineWidget):
         if self.layout_choice != "auto":
             segments.append(Text(" │ layout ", style=label).append(self.layout_choice))
         return segments
+
+    def _position(self, state: ConsoleState, bar: int) -> Text:
+        """The epoch in progress (or the last summarised), as every env panel's border says
+        it ("-" before the first word of one), and the run's progress bar ``bar`` cells wide."""
+        label = self._style("header--label")
+        at = state.at
+        progress = Text(" episode ", style=label)
+        progress.append(f"{episode_number(at[0]) if at else '-'}/{state.episodes or '-'}")
+        progress.append(" · epoch ", label)
+        progress.append(f"{epoch_number(at[1]) if at else '-'}/{state.epochs or '-'} ")
+        done = state.epoch_fraction()  # moves inside an epoch with its progress events
+        progress.append(hbar(done, bar).replace(" ", "░"), self._style("header--bar"))
+        return progress.append(f" {100 * done:3.0f}%")
+
+    def _resources(self, state: ConsoleState, *, short: bool = False) -> Text:
+        """Each rank's CPU (% of one core), resident memory and, on a GPU, torch's allocated /
+        reserved memory and the device's utilisation where the driver tells it; ``short``:
+        the percentages only (a narrow terminal, several ranks)."""
+        label = self._style("header--label")
+        text = Text(" │ ", style=self._style("header--dim"))
+        ranked = len(state.resources) > 1
+        for i, (rank, sample) in enumerate(sorted(state.resources.items())):
+            if i:
+                text.append(" ")
+            text.append(f"r{rank} " if ranked else "cpu ", label)
+            text.append(f"{sample.cpu_percent:.0f}%")
+            if short:
+                if sample.gpu_utilization is not None:
+                    text.append(f"/{sample.gpu_utilization:.0f}%")
+                continue
+            text.append(f" {short_bytes(sample.rss_bytes)}")
+            if sample.gpu_allocated is not None:
+                reserved = sample.gpu_reserved or 0
+                text.append(" gpu " if not ranked else " ", label)
+                text.append(f"{short_bytes(sample.gpu_allocated)}/{short_bytes(reserved)}")
+                if sample.gpu_utilization is not None:
+                    text.append(f" {sample.gpu_utilization:.0f}%")
+        return text
 
     def _estimate(self, state: ConsoleState) -> Text:
         """What the run was estimated to cost, until its first epoch tells the real time."""

@@ -35,6 +35,16 @@ REAL_RUN_LM = FIXTURES / "real_run_lm.msgpack"  # a language model, 2 envs x 2 e
 # by the real engine with `overwatch run --headless --n-envs 32 --episodes 1 --epochs 3
 # --batches-per-epoch 2 --seed 7 --record tests/console/fixtures/real_run_32.msgpack`.
 REAL_RUN_32 = FIXTURES / "real_run_32.msgpack"
+# Issue 25 (resources, plots): recorded by the real engine with ResourceSample events, seed 0.
+# 1 env x 2 episodes x 8 epochs of 10 batches with `--fault diverge:1:7`: two validation losses
+# near 4e5 and 4e4 among losses near 2 (the plot's outlier case), a governor rollback, seeds.
+# `overwatch run --headless --n-envs 1 --episodes 2 --epochs 8 --batches-per-epoch 10
+# --fault diverge:1:7 --record tests/console/fixtures/real_run_outlier.msgpack`
+REAL_RUN_OUTLIER = FIXTURES / "real_run_outlier.msgpack"
+# 2 ranks (`--nprocs 2`), 2 envs x 1 episode x 3 epochs of 30 batches: each rank's samples.
+# `overwatch run --headless --nprocs 2 --n-envs 2 --episodes 1 --epochs 3
+# --batches-per-epoch 30 --record tests/console/fixtures/real_run_sharded.msgpack`
+REAL_RUN_SHARDED = FIXTURES / "real_run_sharded.msgpack"
 CRASH_ERROR = "RuntimeError: CUDA out of memory while allocating 2.00 GiB (env 2, epoch 3)"
 
 

@@ -29,6 +29,7 @@ from esper_engine.contracts import (
     GovernorRollback,
     Initiator,
     Pause,
+    ResourceSample,
     Resume,
     RunFinished,
     RunResumed,
@@ -90,7 +91,7 @@ def per_env(path: Path) -> dict[int | None, list[str]]:
     EpochProgress aside: how many there are depends on the wall clock (a worker sends none)."""
     out: dict[int | None, list[str]] = {}
     for event in read_recording(path).events:
-        if isinstance(event, EpochProgress):
+        if isinstance(event, EpochProgress | ResourceSample):
             continue
         fields = msgspec.to_builtins(event)
         for name in (*TIMING, "run_id"):

@@ -74,6 +74,15 @@ EVENT_SAMPLES: dict[type, c.Event] = {
     c.EpochProgress: c.EpochProgress(
         **COMMON, phase="validate", batch=3, batches=20, elapsed_s=12.5
     ),
+    c.ResourceSample: c.ResourceSample(
+        **COMMON,  # env set only to prove the field survives: the trainer sends None
+        rank=1,
+        cpu_percent=187.5,
+        rss_bytes=1_234_567_890,
+        gpu_allocated=3_000_000_000,
+        gpu_reserved=4_000_000_000,
+        gpu_utilization=87.0,
+    ),
     c.EpochSummary: c.EpochSummary(
         **COMMON,
         train_loss=0.9,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from esper_engine.config import LifecycleConfig, TrainingConfig
-from esper_engine.contracts import EpochProgress, EpochSummary, RunFinished
+from esper_engine.contracts import EpochProgress, EpochSummary, ResourceSample, RunFinished
 from esper_engine.tasks import load_task
 from esper_engine.tasks.synthetic_images import SIZES, generate
 from esper_engine.telemetry import ListSink
@@ -72,7 +72,7 @@ def _decisions(events):
     whole: how many there are depends on the wall clock)."""
     out = []
     for event in events:
-        if isinstance(event, EpochProgress):
+        if isinstance(event, EpochProgress | ResourceSample):
             continue
         data = msgspec.structs.asdict(event)
         for key in REPORT_ONLY | CLOCK:

@@ -21,6 +21,7 @@ from esper_engine.contracts import (
     EpochSummary,
     Event,
     ForceRollback,
+    ResourceSample,
     RunFinished,
     RunResumed,
     RunStatus,
@@ -57,12 +58,12 @@ def comparable(path: Path, *ignored: str) -> list[str]:
 
 
 def comparable_events(events: Iterable[Event], *ignored: str) -> list[str]:
-    """The events without RunResumed and EpochProgress (how many of those there are depends on
-    the wall clock) and without the fields that measure time (and the ``ignored`` ones), as
-    JSON text: a NaN loss then equals the same NaN loss."""
+    """The events without RunResumed, EpochProgress and ResourceSample (how many of those there
+    are depends on the wall clock) and without the fields that measure time (and the
+    ``ignored`` ones), as JSON text: a NaN loss then equals the same NaN loss."""
     out = []
     for event in events:
-        if isinstance(event, RunResumed | EpochProgress):
+        if isinstance(event, RunResumed | EpochProgress | ResourceSample):
             continue
         fields = msgspec.to_builtins(event)
         for name in (*TIMING, *ignored):

@@ -171,6 +171,9 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Blueprints to germinate on a CNN host, the first available one wins (blueprint names)."""
     transformer_preference: tuple[str, ...] = ("lora", "mlp_small", "attention", "norm")
     """Blueprints to germinate on a transformer host, the first available one wins."""
+    cost_aware: bool = False
+    """Germinate in the slot where the chosen blueprint adds the fewest training FLOPs (the
+    observation's per-slot cost), not the shallowest; a slot where it cannot grow is skipped."""
 
     def validate(self) -> None:
         _count("plateau_window", self.plateau_window, low=1)
@@ -183,6 +186,8 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
         _count("min_epochs_left", self.min_epochs_left, low=0)
         _names("cnn_preference", self.cnn_preference)
         _names("transformer_preference", self.transformer_preference)
+        if not isinstance(self.cost_aware, bool):
+            raise ValueError(f"heuristic.cost_aware must be true or false, got {self.cost_aware!r}")
 
     def build(self, n_slots: int, blueprints: Sequence[str], host_kind: str) -> HeuristicPolicy:
         """The heuristic with these rules, preferring the blueprints of ``host_kind``."""

@@ -194,7 +194,7 @@ def test_planted_seeds_train_from_epoch_0_at_the_hosts_lr(images) -> None:
 
 def test_a_plant_naming_an_unknown_slot_or_blueprint_is_refused_before_the_run() -> None:
     from esper_engine.config import TrainingConfig
-    from esper_engine.trainer import validate_run
+    from esper_engine.preflight import validate_run
 
     images = __import__("esper_engine.tasks", fromlist=["load_task"]).load_task(
         "synthetic-images", seed=0, scale="small"

@@ -418,13 +418,12 @@ class TrainingConfig(msgspec.Struct, frozen=True, kw_only=True):
     episode's last epoch only, which is always reported). Never read by a decision."""
 
     # --- compute price (appended; issue 24) ---
-    compute_price: float = 13.0
+    compute_price: float = 10.7
     """Price of compute: the episode pays this per doubling of its training FLOPs over the static
     host's on the same samples (accuracy points; the reward pays its change each step,
     policy/rewards.py episode_price; 0 disables and leaves every reward as before). The default
-    is the static frontier's exchange rate, accuracy points per doubling of FLOPs, as
-    bench/growth.py --quick measured it (13.1: 17.2 on seed 0, 8.9 on seed 3); the full study
-    prints its own."""
+    is the static frontier's exchange rate, accuracy points per doubling of training FLOPs, as
+    the full bench/growth.py study measured it: 10.67, the mean of seeds 0-5 (8.5 to 14.5)."""
 
     def lr_scale(self, epoch: int) -> float:
         """The factor applied to every base lr during ``epoch`` of an episode."""

@@ -57,20 +57,21 @@ class Plan:
 
 PLANS: tuple[Plan, ...] = (
     Plan("block3 light, now, blend 1", (Planting("block3", "conv_light"),), blend_epochs=1),
-    Plan("block3 light, now, blend 3", (Planting("block3", "conv_light"),), blend_epochs=3),
+    Plan("widen block3, now, blend 2", (Planting("block3", "widen"),), blend_epochs=2),
+    Plan("stack block1, now, blend 2", (Planting("block1", "stack"),), blend_epochs=2),
     Plan("block3 light, at 1/3, blend 2", (Planting("block3", "conv_light", 1 / 3),), 2),
     Plan("block2 light, now, blend 2", (Planting("block2", "conv_light"),), blend_epochs=2),
     Plan("block1 light, now, blend 2", (Planting("block1", "conv_light"),), blend_epochs=2),
     Plan(
-        "block2+3 light, now, blend 2",
-        (Planting("block3", "conv_light"), Planting("block2", "conv_light")),
+        "widen block2+3, now, blend 2",
+        (Planting("block3", "widen"), Planting("block2", "widen")),
         blend_epochs=2,
     ),
-    Plan("block3 heavy, now, blend 2", (Planting("block3", "conv_heavy"),), blend_epochs=2),
-    Plan("block3 depthwise, now, blend 2", (Planting("block3", "depthwise"),), blend_epochs=2),
-    # after issue 24's operators land, e.g.:
-    # Plan("widen block1, now, blend 2", (Planting("block1", "widen"),), blend_epochs=2),
-    # Plan("stack block3, now, blend 2", (Planting("block3", "stack"),), blend_epochs=2),
+    Plan(
+        "stack block2+3, now, blend 2",
+        (Planting("block3", "stack"), Planting("block2", "stack")),
+        blend_epochs=2,
+    ),
 )
 
 

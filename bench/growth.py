@@ -1,6 +1,7 @@
 """Does growth pay? Growth arms against a tuned, fully decayed static frontier, paired per seed.
 
     python bench/growth.py [--quick | --large] [--ppo] [--json PATH] [--svg-dir DIR] [--threads N]
+                           [--frontier-cache PATH]
 
 Every run trains synthetic-images for one episode (one env, batches of 64) from the same data
 and batches per seed, its lr decayed to about 0 by the end of its budget (``cosine_to_zero``).
@@ -103,10 +104,10 @@ class Arm:
 
 GROWTH_ARMS: tuple[Arm, ...] = (
     Arm("heuristic", "heuristic"),
-    # Cost-aware: seeds only where they are cheap. A conv_light seed in block1 adds 89% of the
-    # host's FLOPs per step, in block3 22%; until the heuristic has its own cost order, the arm
-    # offers it block3 alone.
-    Arm("cost-aware heuristic", "heuristic", {"slots": ("block3",)}),
+    # Cost-aware: the heuristic's own cheapest-slot order (HeuristicConfig.cost_aware): its
+    # conv_light seeds go where they add the fewest training FLOPs (block3: +16% of the host's
+    # per step, block1: +62%), measured by flops.measure_seed_costs.
+    Arm("cost-aware heuristic", "heuristic", {"heuristic": {"cost_aware": True}}),
     Arm("widen", "heuristic", {"heuristic": {"cnn_preference": ("widen",)}}, needs=("widen",)),
     Arm("stack", "heuristic", {"heuristic": {"cnn_preference": ("stack",)}}, needs=("stack",)),
 )
@@ -624,10 +625,114 @@ def _actor(plan: Plan):
     return lambda slot_ids, blueprints: ScriptedPolicy(plan, slot_ids, blueprints)
 
 
-def run_study(profile: Profile, seeds: tuple[int, ...], out_dir: Path, with_ppo: bool) -> dict:
-    study = Study(profile, seeds, out_dir)
+# --- the static frontier, cached (--frontier-cache) ---------------------------------------------
+
+FRONTIER_VERSION = 1  # bump when what a static run computes changes without a config change
+# Settings a static run never reads (its policy never acts or learns): left out of the key.
+_POLICY_ONLY = frozenset({"heuristic", "ppo", "compute_price", "param_rent"})
+
+
+class StaleCache(ValueError):
+    """A frontier cache made for another profile, seeds or settings."""
+
+
+def frontier_key(profile: Profile, seeds: tuple[int, ...]) -> dict:
+    """What the static frontier depends on: the profile's frontier settings, the seeds, the
+    full config of a static run (every default included), the task, torch's version."""
+    sample = static_config(profile, seeds[0], profile.widths[0], profile.budgets[0], 0.1)
+    key = {
+        "version": FRONTIER_VERSION,
+        "task": TASK,
+        "profile": profile.name,
+        "seeds": list(seeds),
+        "tuning_seeds": list(profile.tuning_seeds),
+        "batches_per_epoch": profile.batches_per_epoch,
+        "widths": [list(w) for w in profile.widths],
+        "budgets": list(profile.budgets),
+        "lr_grid": list(profile.lr_grid),
+        "static_config": {
+            name: value
+            for name, value in msgspec.to_builtins(
+                msgspec.structs.replace(sample, seed=0, host_lr=None, epochs=0)
+            ).items()
+            if name not in _POLICY_ONLY
+        },
+        "torch": torch.__version__,
+    }
+    return json.loads(json.dumps(key, default=_jsonable))
+
+
+def _result(data: dict) -> RunResult:
+    fields = {f.name for f in dataclasses.fields(RunResult)}
+    return RunResult(**{k: v for k, v in data.items() if k in fields})
+
+
+def load_frontier(path: Path, key: dict) -> tuple[dict, dict, dict[int, list[RunResult]]]:
+    """``tune_lr``'s and ``static_runs``' results from a cache written for ``key``; a
+    ``StaleCache`` naming the first setting that differs otherwise."""
+    try:
+        saved = json.loads(path.read_text())
+        cached_key = saved["key"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise StaleCache(f"--frontier-cache {path}: not a frontier cache ({error})") from None
+    if cached_key != key:
+        differs = sorted(
+            k for k in key.keys() | cached_key.keys() if key.get(k) != cached_key.get(k)
+        )
+        raise StaleCache(
+            f"--frontier-cache {path} was made for other settings ({', '.join(differs)} "
+            f"differ): delete it or name another path"
+        )
+    chosen = {tuple(widths): float(lr) for widths, lr in saved["chosen"]}
+    grid = {
+        label: {float(lr): [_result(r) for r in runs] for lr, runs in by_lr.items()}
+        for label, by_lr in saved["grid"].items()
+    }
+    static = {int(seed): [_result(r) for r in runs] for seed, runs in saved["static"].items()}
+    return chosen, grid, static
+
+
+def save_frontier(path: Path, key: dict, chosen: dict, grid: dict, static: dict) -> None:
+    data = {
+        "key": key,
+        "chosen": [[list(widths), lr] for widths, lr in chosen.items()],
+        "grid": {
+            label: {str(lr): [asdict(r) for r in runs] for lr, runs in by_lr.items()}
+            for label, by_lr in grid.items()
+        },
+        "static": {str(seed): [asdict(r) for r in runs] for seed, runs in static.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
+    tmp.replace(path)
+
+
+def frontier(study: Study, cache: Path | None) -> tuple[dict, dict, dict[int, list[RunResult]]]:
+    """The tuned lrs, the lr grid's runs and every seed's static runs: from ``cache`` where it
+    exists (refused if made for other settings), else run (and written there)."""
+    key = frontier_key(study.profile, study.seeds) if cache is not None else None
+    if cache is not None and cache.exists():
+        chosen, grid, static = load_frontier(cache, key)
+        study.progress(f"static frontier read from {cache} (not rerun)")
+        return chosen, grid, static
     chosen, grid = tune_lr(study)
     static = static_runs(study, chosen, grid)
+    if cache is not None:
+        save_frontier(cache, key, chosen, grid, static)
+        study.progress(f"static frontier written to {cache}")
+    return chosen, grid, static
+
+
+def run_study(
+    profile: Profile,
+    seeds: tuple[int, ...],
+    out_dir: Path,
+    with_ppo: bool,
+    frontier_cache: Path | None = None,
+) -> dict:
+    study = Study(profile, seeds, out_dir)
+    chosen, grid, static = frontier(study, frontier_cache)
     frontiers = {seed: envelope([r.point for r in runs]) for seed, runs in static.items()}
     rates = {seed: exchange_rate(f) for seed, f in frontiers.items()}
     price = _mean(rates.values())
@@ -999,6 +1104,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--svg-dir", type=Path, default=None, help="write the plot here (default: none)"
     )
+    parser.add_argument(
+        "--frontier-cache",
+        type=Path,
+        default=None,
+        help="read the static frontier (lr tuning and static runs, the expensive part) from this "
+        "JSON file, or write it there if absent; refused if made for another profile, seeds or "
+        "config",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument(
         "--seeds", default=None, help="comma-separated evaluation seeds (default: the profile's)"
@@ -1027,7 +1140,11 @@ def main(argv: list[str] | None = None) -> int:
     profile = QUICK if args.quick else LARGE if args.large else FULL
     seeds = args.seeds or profile.seeds
     with tempfile.TemporaryDirectory(prefix="growth-") as tmp:
-        figures = run_study(profile, seeds, Path(tmp), args.ppo)
+        try:
+            figures = run_study(profile, seeds, Path(tmp), args.ppo, args.frontier_cache)
+        except StaleCache as error:
+            print(f"bench/growth.py: error: {error}", file=sys.stderr)
+            return 2
     print(tables(figures))
     if args.svg_dir is not None:
         args.svg_dir.mkdir(parents=True, exist_ok=True)

@@ -17,12 +17,13 @@ from esper_engine.blueprints import blueprint_names
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import Initiator
 from esper_engine.epoch_figures import EpochFigures
-from esper_engine.flops import EnvFlops
+from esper_engine.flops import EnvFlops, SeedCosts
 from esper_engine.governor import TolariaGovernor
 from esper_engine.lifecycle import SeedStage
 from esper_engine.model import MorphogeneticModel, create_model, run_host_spec
 from esper_engine.policy.actions import Action, Op, legal_in_slot
 from esper_engine.policy.observation import EnvObservation, SlotObservation
+from esper_engine.policy.rewards import episode_price
 from esper_engine.tasks import Task
 from esper_engine.training_step import ParallelEnvState
 
@@ -46,6 +47,7 @@ class EnvRuntime:
     last_reward: float | None = None  # accuracy points (the reward's unit)
     prev_val_acc: float | None = None
     prev_rent: float = 0.0  # capacity_rent when prev_val_acc was measured (accuracy points)
+    prev_price: float = 0.0  # rewards.episode_price then (accuracy points)
     cut_by_operator: bool = False  # an operator rollback this epoch: the episode is truncated
     val_pass_s: float | None = None  # this epoch's plain validation pass, in seconds
     episodes_started: int = 0
@@ -120,7 +122,7 @@ class EnvRuntime:
         )
         self.acc_history.clear()
         self.loss_history.clear()
-        self.prev_val_acc, self.prev_rent = None, 0.0
+        self.prev_val_acc, self.prev_rent, self.prev_price = None, 0.0, 0.0
         self.cut_by_operator = False
         self.last_action, self.last_op, self.last_reward = "WAIT", Op.WAIT, None
 
@@ -151,6 +153,7 @@ class EnvRuntime:
             "last_reward": self.last_reward,
             "prev_val_acc": self.prev_val_acc,
             "prev_rent": self.prev_rent,
+            "prev_price": self.prev_price,
             "cut_by_operator": self.cut_by_operator,
             "val_pass_s": self.val_pass_s,
             "flops": self.flops.state_dict(),
@@ -186,6 +189,7 @@ class EnvRuntime:
         self.last_reward = saved["last_reward"]
         self.prev_val_acc = saved["prev_val_acc"]
         self.prev_rent = float(saved.get("prev_rent", 0.0))
+        self.prev_price = float(saved.get("prev_price", 0.0))
         self.cut_by_operator = bool(saved["cut_by_operator"])
         self.val_pass_s = saved["val_pass_s"]
         self.flops.load_state_dict(saved.get("flops"))
@@ -251,9 +255,35 @@ class EnvRuntime:
         self.acc_history.append(figures.val_accuracy)
         self.loss_history.append(figures.val_loss)
 
+    def seed_costs(self) -> SeedCosts:
+        """What a seed of each blueprint would add in each slot (measured once per process, on
+        a bare host: ``flops.measure_seed_costs``)."""
+        return self.flops.seed_costs(self._new_model, blueprint_names(self.task.host_kind))
+
+    def compute_spent(self) -> tuple[float, float]:
+        """This episode's training FLOPs so far over the bare host's on the same samples (1.0
+        before any training), and over the bare host's whole budget (epochs x batches)."""
+        costs = self.seed_costs()
+        static = self.flops.static_train_flops()
+        spent = self.flops.totals["train"]
+        ratio = spent / static if static > 0 else 1.0
+        per_epoch = self.config.batches_per_epoch * self.config.batch_size
+        budget = costs.host * per_epoch * max(self.config.epochs, 1)
+        return ratio, spent / budget if budget > 0 else 0.0
+
+    def price_so_far(self, price: float) -> float:
+        """``rewards.episode_price`` of this episode's training FLOPs so far (points)."""
+        if price == 0.0:
+            return 0.0
+        self.seed_costs()  # the bare host's per-sample FLOPs
+        return episode_price(self.flops.totals["train"], self.flops.static_train_flops(), price)
+
     def observe(self, epoch: int, figures: EpochFigures) -> EnvObservation:
         model = self.model
-        slots = tuple(_slot_observation(model, sid) for sid in model.slot_ids)
+        costs = self.seed_costs()
+        blueprints = tuple(blueprint_names(self.task.host_kind))
+        slots = tuple(_slot_observation(model, sid, costs, blueprints) for sid in model.slot_ids)
+        ratio, budget_share = self.compute_spent()
         return EnvObservation(
             epoch=epoch,
             max_epochs=self.config.epochs,
@@ -269,6 +299,9 @@ class EnvRuntime:
             rollbacks=self.governor.rollbacks,
             host_params=model.host_param_count(),
             seed_params=model.seed_param_count(),
+            blueprints=blueprints,
+            flops_ratio=ratio,
+            flops_budget_share=budget_share,
         )
 
     def plant_at_start(self) -> None:
@@ -332,7 +365,9 @@ def drawing_from(generator: torch.Generator) -> Iterator[None]:
         yield
 
 
-def _slot_observation(model: MorphogeneticModel, slot_id: str) -> SlotObservation:
+def _slot_observation(
+    model: MorphogeneticModel, slot_id: str, costs: SeedCosts, blueprints: tuple[str, ...]
+) -> SlotObservation:
     slot = model.slots[slot_id]
     state = slot.state()
     return SlotObservation(
@@ -344,4 +379,5 @@ def _slot_observation(model: MorphogeneticModel, slot_id: str) -> SlotObservatio
         can_advance=slot.can_advance()[0],
         can_prune=slot.can_prune(Initiator.POLICY)[0],
         can_fossilize=slot.can_fossilize()[0],
+        flop_costs=tuple(costs.ratio(slot_id, b) for b in blueprints),
     )

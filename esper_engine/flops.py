@@ -19,8 +19,10 @@ cache: no counter runs per batch.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from esper_engine.contracts import EpochSummary, Event, SeedStage
+from esper_engine.lifecycle import LifecycleError
 from esper_engine.shapley import Coalition, prefix_forward
 
 Architecture = tuple[tuple[str, str, str], ...]
@@ -100,6 +103,53 @@ def attribution_flops(
     return int(counter.get_total_flops())
 
 
+@dataclass(frozen=True)
+class SeedCosts:
+    """What a seed would cost, measured once on the bare host (issue 24: the observation's
+    per-slot FLOP cost, the heuristic's cost-aware order, the compute price's static host).
+
+    ``host``: training FLOPs per sample of the bare host (no seed). ``added[(slot, blueprint)]``:
+    the training FLOPs per sample a live (training or blending) seed of that blueprint adds in
+    that slot, over the bare host's; None where the blueprint cannot grow there. Measured on the
+    bare host, so a slot's figure does not follow other slots' seeds (a widened block makes the
+    next block's seeds slightly dearer: not counted)."""
+
+    host: int
+    added: dict[tuple[str, str], int | None]
+
+    def ratio(self, slot: str, blueprint: str) -> float:
+        """The added FLOPs as a fraction of the host's (inf where it cannot grow)."""
+        added = self.added.get((slot, blueprint))
+        return math.inf if added is None else added / self.host
+
+
+def measure_seed_costs(
+    bare: Any, task: Any, x: Tensor, y: Tensor, blueprints: Sequence[str]
+) -> SeedCosts:
+    """``SeedCosts`` of a host with no seed: one counted training step per (slot, blueprint),
+    each on a copy germinated there (the run's weights and random streams untouched)."""
+    host = train_step_flops(bare, task, x, y)
+    added: dict[tuple[str, str], int | None] = {}
+    for slot_id in bare.slot_ids:
+        for blueprint in blueprints:
+            with _forked_rng(x.device):
+                twin = copy.deepcopy(bare)
+                twin.on_transition = None
+                try:
+                    twin.germinate(slot_id, blueprint)
+                    twin.begin_training(slot_id)
+                except (ValueError, RuntimeError, LifecycleError):
+                    added[(slot_id, blueprint)] = None
+                    continue
+            added[(slot_id, blueprint)] = max(0, train_step_flops(twin, task, x, y) - host)
+    return SeedCosts(host, added)
+
+
+# SeedCosts by (task type, the bare host's structure, sample shape, blueprints, device): they
+# depend on shapes alone, so every run of one host in a process measures them once.
+_SEED_COSTS: dict[tuple, SeedCosts] = {}
+
+
 class FlopCache:
     """Per-sample FLOPs by architecture and kind, measured once each; shared by the envs of a
     process (they train the same host on the same task, so the same architecture costs the
@@ -111,6 +161,7 @@ class FlopCache:
         self._sample: tuple[Tensor, Tensor] | None = None
         self.counts: dict[tuple, int] = {}  # (kind, architecture[, coalitions]) -> FLOPs
         self.measurements = 0  # how many times a counter ran (tests: once per architecture)
+        self.seed_costs: SeedCosts | None = None  # measured once, on the bare host
 
     def sample(self) -> tuple[Tensor, Tensor]:
         """One validation sample, prepared, on the run's device (the unit of every count)."""
@@ -135,6 +186,7 @@ class EnvFlops:
         self.cache = FlopCache(task, device)
         self.episode = 0
         self.totals = dict.fromkeys(KINDS, 0)
+        self.train_samples = 0  # samples trained this episode (the static host's FLOPs: x host)
 
     def share(self, other: EnvFlops) -> None:
         """Use ``other``'s cache (an env of the same run: same host, same task)."""
@@ -169,6 +221,26 @@ class EnvFlops:
             lambda: attribution_flops(model, cache.sample()[0], active, coalitions),
         )
 
+    def seed_costs(self, bare: Any, blueprints: Sequence[str]) -> SeedCosts:
+        """The cache's ``SeedCosts``, measured on first use; ``bare()`` builds a host with no
+        seed (called only then)."""
+        cache = self.cache
+        if cache.seed_costs is None:
+            host = bare()
+            x, y = cache.sample()
+            key = (type(self.task).__name__, repr(host), tuple(x.shape), tuple(blueprints))
+            key = (*key, str(cache.device))
+            if key not in _SEED_COSTS:  # the process's runs of one host share it (the study)
+                _SEED_COSTS[key] = measure_seed_costs(host, self.task, x, y, blueprints)
+            cache.seed_costs = _SEED_COSTS[key]
+        return cache.seed_costs
+
+    def static_train_flops(self) -> int:
+        """What the bare host would have spent on this episode's training samples so far (0
+        before the seed costs are measured)."""
+        costs = self.cache.seed_costs
+        return 0 if costs is None else self.train_samples * costs.host
+
     # --- the episode's totals -----------------------------------------------------------------
 
     def start_episode(self, episode: int) -> None:
@@ -176,9 +248,11 @@ class EnvFlops:
         if episode != self.episode:
             self.episode = episode
             self.totals = dict.fromkeys(KINDS, 0)
+            self.train_samples = 0
 
     def add_train(self, model: Any, samples: int) -> None:
         self.totals["train"] += samples * self.train_per_sample(model)
+        self.train_samples += samples
 
     def add_validation(self, model: Any, samples: int) -> None:
         self.totals["val"] += samples * self.forward_per_sample(model)
@@ -204,7 +278,11 @@ class EnvFlops:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"episode": self.episode, "totals": dict(self.totals)}
+        return {
+            "episode": self.episode,
+            "totals": dict(self.totals),
+            "train_samples": self.train_samples,
+        }
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         """A checkpoint's totals (None: a checkpoint older than them, which counts from 0)."""
@@ -212,6 +290,7 @@ class EnvFlops:
             return
         self.episode = int(state["episode"])
         self.totals = {kind: int(state["totals"].get(kind, 0)) for kind in KINDS}
+        self.train_samples = int(state.get("train_samples", 0))
 
 
 def summary_total(event: EpochSummary) -> int:

@@ -309,14 +309,17 @@ class VectorizedTrainer:
     def _reward(self, env: EnvRuntime, fig: EpochFigures, obs: EnvObservation) -> None:
         """Pay the env's previous action now that its effect is measured."""
         rent = capacity_rent(obs.host_params, obs.seed_params, self.config.param_rent)
+        price = env.price_so_far(self.config.compute_price)
         if env.cut_by_operator:  # the operator's rollback, not the action, shaped this epoch
             self.policy.truncate(env.index, obs)
             env.cut_by_operator, env.last_reward = False, 0.0
         else:
-            reward = compute_reward(env.prev_val_acc, fig.val_accuracy, env.prev_rent, rent)
+            reward = compute_reward(
+                env.prev_val_acc, fig.val_accuracy, env.prev_rent, rent, env.prev_price, price
+            )
             self.policy.reward(env.index, reward)
             env.last_reward = reward
-        env.prev_val_acc, env.prev_rent = fig.val_accuracy, rent
+        env.prev_val_acc, env.prev_rent, env.prev_price = fig.val_accuracy, rent, price
 
     def _act(self, envs: list[EnvRuntime], observations: dict[int, EnvObservation]) -> None:
         indices = [env.index for env in envs]

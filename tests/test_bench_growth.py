@@ -363,3 +363,77 @@ def test_a_plan_drives_the_real_loop_at_its_epochs_and_blend_speed() -> None:
     assert planted == [(0, "block3", "depthwise"), (3, "block2", "conv_light")]
     ops = [str(s.last_op) for s in sink.summaries]
     assert ops[:3] == ["GERMINATE", "WAIT", "ADVANCE"]
+
+
+def test_the_frontier_cache_is_read_back_for_its_settings_and_refused_for_others(
+    tmp_path: Path, capsys
+) -> None:
+    """--frontier-cache: the static frontier (tuned lrs, the lr grid's runs, every seed's static
+    runs) is written once and read back as it was for the same profile, seeds and config; a
+    cache made for other settings is refused with one line naming what differs, exit 2."""
+    import growth
+
+    profile = growth.QUICK
+    seeds = (0, 3)
+    key = growth.frontier_key(profile, seeds)
+    widths = profile.widths
+    chosen = {w: 0.2 for w in widths}
+    static = {
+        s: [_run(growth.width_label(w), s, 1e9 * (i + 1), 0.6) for i, w in enumerate(widths)]
+        for s in seeds
+    }
+    grid = {growth.width_label(w): {0.2: [static[0][i]], 0.4: []} for i, w in enumerate(widths)}
+    path = tmp_path / "frontier.json"
+    growth.save_frontier(path, key, chosen, grid, static)
+    assert growth.load_frontier(path, key) == (chosen, grid, static)
+
+    class Study:  # frontier() reads it from the cache: no run is started
+        def __init__(self, seeds):
+            self.profile, self.seeds, self.messages = profile, seeds, []
+
+        def progress(self, message):
+            self.messages.append(message)
+
+    study = Study(seeds)
+    assert growth.frontier(study, path) == (chosen, grid, static)
+    assert study.messages == [f"static frontier read from {path} (not rerun)"]
+    # another seed list, another budget, another config default: stale
+    with pytest.raises(growth.StaleCache, match=r"other settings \(seeds differ\)"):
+        growth.frontier(Study((0, 1)), path)
+    other = growth.frontier_key(dataclasses.replace(profile, budgets=(4, 6, 9)), seeds)
+    with pytest.raises(growth.StaleCache, match=r"\(budgets differ\)"):
+        growth.load_frontier(path, other)
+    # a policy-only setting (the compute price) does not change what a static run computes
+    assert key == growth.frontier_key(profile, seeds)
+    assert "compute_price" not in key["static_config"] and "heuristic" not in key["static_config"]
+    assert key["static_config"]["lr_schedule"] == growth.SCHEDULE
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(growth.StaleCache, match="not a frontier cache"):
+        growth.load_frontier(tmp_path / "junk.json", key)
+    code = growth.main(["--quick", "--seeds", "0,1", "--frontier-cache", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("bench/growth.py: error: --frontier-cache ") and "seeds" in err[-1]
+
+
+def test_the_growth_arms_and_plans_use_the_real_operators() -> None:
+    import growth
+    from _headroom import PLANS
+
+    from esper_engine.blueprints import blueprint_names
+
+    names = set(blueprint_names("cnn"))
+    arms = {arm.name: arm for arm in growth.GROWTH_ARMS}
+    assert arms["cost-aware heuristic"].overrides == {"heuristic": {"cost_aware": True}}
+    for name in ("widen", "stack"):
+        assert arms[name].overrides["heuristic"]["cnn_preference"] == (name,)
+        assert set(arms[name].needs) <= names
+    used = set().union(*(plan.blueprints() for plan in PLANS))
+    assert {"widen", "stack"} <= used <= names
+    assert len(PLANS) == 8
+    # the quick profile's plans include both operators
+    assert {"widen", "stack"} <= set().union(*(p.blueprints() for p in growth.QUICK.plans))
+    config = growth.base_config(
+        growth.QUICK, "heuristic", 0, **arms["cost-aware heuristic"].overrides
+    )
+    assert config.heuristic.cost_aware and config.lr_schedule == growth.SCHEDULE

@@ -83,7 +83,9 @@ class PolicyDriver:
             if ppo.seed is None:
                 raise ValueError("PolicyDriver needs ppo.seed set (TrainingConfig.ppo_seed())")
             self.ppo = ppo
-            self.learner = ppo.build(obs_dim(len(slot_ids)), len(slot_ids), len(blueprints))
+            self.learner = ppo.build(
+                obs_dim(len(slot_ids), len(blueprints)), len(slot_ids), len(blueprints)
+            )
             self.agent = self.learner.agent
             self.buffer = RolloutBuffer(n_envs)
             self.demos = RolloutBuffer(n_envs)  # heuristic episodes not yet cloned
@@ -210,7 +212,7 @@ class PolicyDriver:
         return {
             "slot_ids": list(self.slot_ids),
             "blueprints": list(self.blueprints),
-            "obs_dim": obs_dim(len(self.slot_ids)),
+            "obs_dim": obs_dim(len(self.slot_ids), len(self.blueprints)),
             "ppo": msgspec.to_builtins(self.ppo),
             "normalisation": {"reward_scale": self.ppo.reward_scale},
             **self.learner.state_dict(),  # agent, optimizer, generator
@@ -225,7 +227,7 @@ class PolicyDriver:
         for key, mine in (
             ("slot_ids", list(self.slot_ids)),
             ("blueprints", list(self.blueprints)),
-            ("obs_dim", obs_dim(len(self.slot_ids))),
+            ("obs_dim", obs_dim(len(self.slot_ids), len(self.blueprints))),
         ):
             if state.get(key) != mine:
                 raise ValueError(f"{source}: {key} {state.get(key)!r}, this run's are {mine!r}")

@@ -7,6 +7,7 @@ rules), which the tests check over many random observations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from esper_engine.config import HeuristicConfig
@@ -140,7 +141,21 @@ class HeuristicPolicy:
             return None
         if not (self._early_seed_due(obs) or self._late_seed_due(obs)):
             return None
+        if self.config.cost_aware:
+            return self._cheapest_germination(obs)
         action = self._first(obs, Op.GERMINATE, lambda s: True)
         if action is None:
             return None
         return Action(Op.GERMINATE, action.slot_index, self.blueprint_index)
+
+    def _cheapest_germination(self, obs: EnvObservation) -> Action | None:
+        """Cost-aware: the legal slot where the chosen blueprint adds the fewest training FLOPs
+        (ties: the shallowest); a slot where it cannot grow (infinite cost) is never chosen."""
+        legal = [
+            (slot.cost(self.blueprint_index), index)
+            for index, slot in enumerate(obs.slots)
+            if legal_in_slot(Op.GERMINATE, slot) and math.isfinite(slot.cost(self.blueprint_index))
+        ]
+        if not legal:
+            return None
+        return Action(Op.GERMINATE, min(legal)[1], self.blueprint_index)

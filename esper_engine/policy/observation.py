@@ -18,8 +18,9 @@ STAGES: tuple[SeedStage, ...] = tuple(SeedStage)
 
 HISTORY_DELTAS = 4  # recent per-epoch changes of accuracy and loss in the vector
 PLATEAU_WINDOW = 3  # epochs whose best accuracy is compared with the best before them
-GLOBAL_FEATURES = 10 + 2 * HISTORY_DELTAS
-SLOT_FEATURES = len(STAGES) + 8
+GLOBAL_FEATURES = 12 + 2 * HISTORY_DELTAS
+SLOT_FEATURES = len(STAGES) + 8  # plus 2 per blueprint: its FLOP cost here, the one-hot
+COST_LIMIT = 4.0  # a seed adding 4x the host's FLOPs or more (or none possible) reads as 4
 # Contributions below this (a tenth of an accuracy point) are compressed linearly, above it
 # logarithmically: see ``_symlog_contribution``.
 CONTRIBUTION_UNIT = 0.001
@@ -37,6 +38,13 @@ class SlotObservation:
     can_advance: bool = False
     can_prune: bool = False
     can_fossilize: bool = False
+    # per blueprint (EnvObservation.blueprints' order): the training FLOPs a seed of it adds
+    # here, over the bare host's (inf: it cannot grow here); () where not measured
+    flop_costs: tuple[float, ...] = ()
+
+    def cost(self, blueprint_index: int) -> float:
+        """The FLOP cost of a seed of that blueprint here (0 where not measured)."""
+        return self.flop_costs[blueprint_index] if self.flop_costs else 0.0
 
     def __post_init__(self) -> None:
         try:
@@ -74,6 +82,9 @@ class EnvObservation:
     rollbacks: int = 0
     host_params: int = 1
     seed_params: int = 0
+    blueprints: tuple[str, ...] = ()  # the catalogue, in action order (the one-hot's order)
+    flops_ratio: float = 1.0  # training FLOPs this episode / the bare host's on the same samples
+    flops_budget_share: float = 0.0  # training FLOPs this episode / the bare host's whole budget
 
     @property
     def n_slots(self) -> int:
@@ -83,16 +94,19 @@ class EnvObservation:
         return sum(slot.is_live for slot in self.slots)
 
     def to_vector(self) -> torch.Tensor:
-        """Encode as a float32 vector of length ``obs_dim(n_slots)``, every entry O(1)."""
+        """Encode as a float32 vector of length ``obs_dim(n_slots, len(blueprints))``, every
+        entry O(1)."""
         features = _global_features(self)
         for slot in self.slots:
             features.extend(_slot_features(slot))
+            features.extend(_slot_cost_features(slot, self.blueprints))
         return torch.tensor(features, dtype=torch.float32)
 
 
-def obs_dim(n_slots: int) -> int:
-    """Length of ``EnvObservation.to_vector()`` for a host with ``n_slots`` slots."""
-    return GLOBAL_FEATURES + SLOT_FEATURES * n_slots
+def obs_dim(n_slots: int, n_blueprints: int = 0) -> int:
+    """Length of ``EnvObservation.to_vector()`` for a host with ``n_slots`` slots and a
+    catalogue of ``n_blueprints`` blueprints."""
+    return GLOBAL_FEATURES + (SLOT_FEATURES + 2 * n_blueprints) * n_slots
 
 
 def stack_observations(observations: Sequence[EnvObservation]) -> torch.Tensor:
@@ -128,6 +142,9 @@ def _global_features(obs: EnvObservation) -> list[float]:
         math.log1p(obs.total_panics) / 3.0,
         math.log1p(obs.rollbacks) / 3.0,
         math.log2(1.0 + obs.seed_params / max(obs.host_params, 1)),  # doublings of capacity
+        # doublings of compute over the bare host so far (the compute price's argument)
+        _finite(math.log2(obs.flops_ratio), 5.0) if obs.flops_ratio > 0 else 0.0,
+        _finite(obs.flops_budget_share, 5.0),  # 1.0: the bare host's whole budget spent
         *_plateau_features(obs.acc_history),
     ]
 
@@ -177,3 +194,15 @@ def _slot_features(slot: SlotObservation) -> list[float]:
         float(slot.can_prune),
         float(slot.can_fossilize),
     ]
+
+
+def _slot_cost_features(slot: SlotObservation, blueprints: Sequence[str]) -> list[float]:
+    """Per blueprint: what a seed of it adds here (a fraction of the host's FLOPs, capped at
+    ``COST_LIMIT``; 0 where not measured), then the one-hot of the blueprint in the slot."""
+    if slot.flop_costs and len(slot.flop_costs) != len(blueprints):
+        raise ValueError(
+            f"slot has {len(slot.flop_costs)} FLOP costs for {len(blueprints)} blueprints"
+        )
+    costs = [min(c, COST_LIMIT) if not math.isnan(c) else COST_LIMIT for c in slot.flop_costs]
+    costs = costs or [0.0] * len(blueprints)
+    return [*costs, *(1.0 if slot.blueprint == name else 0.0 for name in blueprints)]

@@ -117,7 +117,8 @@ def test_a_run_growing_with_an_operator_resumes_exactly(tmp_path: Path, images, 
 
 def test_ppo_chooses_among_the_operators_and_its_sizes_follow_the_catalogue(images) -> None:
     """The policy's blueprint head covers every blueprint, widen and stack included (the action
-    space grows with the catalogue; the observation's size depends on the slots only), and a
+    space grows with the catalogue, and so does the observation: a FLOP cost and a one-hot per
+    slot and blueprint), and a
     PPO run from scratch plants them on the real loop."""
     from esper_engine.blueprints import blueprint_names
     from esper_engine.config import PPOConfig
@@ -147,7 +148,7 @@ def test_ppo_chooses_among_the_operators_and_its_sizes_follow_the_catalogue(imag
     agent = driver.agent
     assert agent.blueprint_head.out_features == len(names)
     assert agent.slot_head.out_features == N_OPS * 3
-    assert next(agent.parameters()).shape[-1] == obs_dim(3)
+    assert next(agent.parameters()).shape[-1] == obs_dim(3, len(names))
 
 
 def test_planted_seeds_train_from_epoch_0_at_the_hosts_lr(images) -> None:

@@ -23,7 +23,7 @@ from esper_engine.policy.policy_file import (
     write_policy_file,
 )
 from esper_engine.policy.ppo import PPOAgent
-from esper_engine.policy.rewards import capacity_rent
+from esper_engine.policy.rewards import capacity_rent, episode_price
 from esper_engine.tasks import load_task
 from esper_engine.telemetry import ListSink
 from esper_engine.trainer import VectorizedTrainer
@@ -92,22 +92,28 @@ def observation(epoch: int, stage: str = "DORMANT") -> EnvObservation:
         slots=(SlotObservation(stage, can_advance=stage != "DORMANT"),)
         + 2 * (SlotObservation("DORMANT"),),
         host_params=1063,
+        blueprints=BLUEPRINTS,  # the catalogue the driver's agent is sized for
     )
 
 
 def test_a_scripted_episode_earns_its_final_gain_minus_its_final_capacitys_rent(images):
     """The heuristic's episodes (germinations, blends, maybe prunes): every env's rewards sum
-    to its accuracy gain from the first epoch to the last minus the rent of what it ends with."""
+    to its accuracy gain from the first epoch to the last minus the rent of what it ends with
+    and the compute price of the FLOPs it spent (over the bare host's on the same samples)."""
     config = tiny(episodes=1, policy="heuristic")
-    _, sink = run(images, config)
+    trainer, sink = run(images, config)
+    host = trainer.envs[0].seed_costs().host  # the bare host's training FLOPs per sample
+    static = config.epochs * config.batches_per_epoch * config.batch_size * host
     for env in range(config.n_envs):
         summaries = [e for e in sink.events if isinstance(e, EpochSummary) and e.env == env]
         first, last = summaries[0], summaries[-1]
         assert max(s.seed_params for s in summaries) > 0  # it grew: rent was charged
         paid = sum(s.reward for s in summaries[1:])
         rent = capacity_rent(last.host_params, last.seed_params, config.param_rent)
+        price = episode_price(last.train_flops, static, config.compute_price)
+        assert price > 0  # it grew: it spent more than the bare host
         gain = 100 * (last.val_accuracy - first.val_accuracy)
-        assert paid == pytest.approx(gain - rent, abs=1e-9)
+        assert paid == pytest.approx(gain - rent - price, abs=1e-9)
 
 
 class ObservationsSeen(VectorizedTrainer):

@@ -61,7 +61,7 @@ class StopRequested(Exception):
 
 
 class CommandTarget(Protocol):
-    """What a command acts on: the trainer, for the envs this process trains."""
+    """What a command acts on (run_controls.RunControls): the envs this process trains."""
 
     def rollback_by_operator(self, env: int) -> None:
         """Global env ``env``'s operator rollback (nothing when another process trains it)."""

@@ -36,17 +36,11 @@ from esper_engine.checkpoint import (
     hold_point,
     restore,
 )
-from esper_engine.commands import SEED_COMMANDS, CommandDesk, StopRequested
+from esper_engine.commands import CommandDesk, StopRequested
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
-    AddNote,
-    CheckpointNow,
-    GerminateSeed,
     Initiator,
-    Op,
     OperatorCommand,
-    OperatorNote,
-    PruneSeed,
     RunFinished,
     RunStatus,
 )
@@ -64,6 +58,7 @@ from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.report import evaluate_report, report_batches
 from esper_engine.reports import PROGRESS_PERIOD_S, Reporter, describe_crash
 from esper_engine.resources import ResourceSampler
+from esper_engine.run_controls import RunControls
 from esper_engine.shapley import attribute_env
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
@@ -123,7 +118,7 @@ class VectorizedTrainer:
         )
         self._resume_from = resume_from
         self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
-        self._checkpoint_asked = False  # CheckpointNow: one at the next epoch boundary
+        self.checkpoint_asked = False  # CheckpointNow: one at the next epoch boundary
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = exchange_for(self.shard)
         self.setup_status = "starting"  # what _setup is doing, for a view's first frames; "" after
@@ -145,7 +140,7 @@ class VectorizedTrainer:
         self.desk = CommandDesk(
             commands or queue.Queue(),
             config.n_envs,
-            self,
+            RunControls(self),
             self.report.emit_for_own_env,
             stop=stop or threading.Event(),
             acknowledges=self.shard.is_leader,
@@ -295,7 +290,7 @@ class VectorizedTrainer:
         if panic is not None and env.governor.consecutive_panics > 0:
             self.report.emit(panic, env.index)
         if rollback_due:
-            self._rollback(env, initiator=Initiator.GOVERNOR)
+            self.rollback(env, initiator=Initiator.GOVERNOR)
             return True
         env.record(figures)
         return False
@@ -343,51 +338,9 @@ class VectorizedTrainer:
         self._updates += 1
         self.report.policy_update(self._updates, stats)
 
-    # --- commands: the desk's target, and where the loop lets it in -----------------------------
+    # --- what the operator's commands reach ---------------------------------------------------
 
-    def rollback_by_operator(self, env: int) -> None:
-        own = self._own_env(env)
-        if own is not None:  # another rank's env: that rank rolls it back
-            self._rollback(own, initiator=Initiator.OPERATOR)
-
-    def set_clip_threshold(self, env: int | None, value: float) -> None:
-        for own in self.envs if env is None else [self._own_env(env)]:
-            if own is not None:
-                own.set_clip_threshold(value)
-
-    def set_lr_scale(self, env: int | None, value: float) -> None:
-        for own in self.envs if env is None else [self._own_env(env)]:
-            if own is not None:
-                own.set_operator_lr_scale(value)
-
-    def set_governor_sensitivity(self, env: int | None, value: float) -> None:
-        for own in self.envs if env is None else [self._own_env(env)]:
-            if own is not None:
-                own.governor.sensitivity = float(value)
-
-    def refusal(self, command: OperatorCommand) -> str | None:
-        if isinstance(command, CheckpointNow) and not self.checkpoints.enabled:
-            return "this run writes no checkpoints (it has no recording)"
-        if not isinstance(command, SEED_COMMANDS):
-            return None
-        own = self._own_env(command.env)
-        if own is None:  # the leader checks; another rank's env is out of its sight
-            return f"env {command.env + 1} is trained by another rank: seed commands reach rank 0's"
-        return own.seed_command_refusal(*_seed_op(command))
-
-    def apply_command(self, command: OperatorCommand) -> None:
-        if isinstance(command, CheckpointNow):
-            self._checkpoint_asked = True
-        elif isinstance(command, AddNote):
-            if self.shard.is_leader:
-                note = OperatorNote(
-                    text=command.text, console=command.console, command_id=command.command_id
-                )
-                self.report.emit(note, command.env)
-        elif (own := self._own_env(command.env)) is not None:
-            own.apply_operator(*_seed_op(command))
-
-    def _own_env(self, env: int) -> EnvRuntime | None:
+    def own_env(self, env: int) -> EnvRuntime | None:
         """Global env ``env`` if this process trains it."""
         envs = self.shard.envs
         return self.envs[env - envs.start] if env in envs else None
@@ -408,7 +361,7 @@ class VectorizedTrainer:
     def _checkpoint_due(self, next_episode: int, next_epoch: int) -> None:
         """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
         starts, with the recording's length at this point (its events are all written)."""
-        asked, self._checkpoint_asked = self._checkpoint_asked, False  # CheckpointNow
+        asked, self.checkpoint_asked = self.checkpoint_asked, False  # CheckpointNow
         if not (asked and self.checkpoints.enabled) and not self.checkpoints.due(
             next_episode, next_epoch
         ):
@@ -455,7 +408,7 @@ class VectorizedTrainer:
 
     # --- governor and faults ------------------------------------------------------------------
 
-    def _rollback(self, env: EnvRuntime, initiator: Initiator) -> None:
+    def rollback(self, env: EnvRuntime, initiator: Initiator) -> None:
         report = env.governor.execute_rollback(initiator=initiator)
         env.state.after_rollback()
         self.report.emit(report, env.index)
@@ -471,7 +424,7 @@ class VectorizedTrainer:
         """SPEC 11: the run's ``--fault`` schedule (first episode), before the epoch trains;
         another rank's env is that rank's to break."""
         for fault in self.faults if self.episode == 0 else ():
-            env = self._own_env(fault.env)
+            env = self.own_env(fault.env)
             if fault.epoch == epoch and env is not None:
                 inject(fault, env)
 
@@ -533,11 +486,3 @@ class VectorizedTrainer:
             self.config, slot_ids, kind, self.host_spec
         )
         return self.driver
-
-
-def _seed_op(command: OperatorCommand) -> tuple[Op, str, str | None]:
-    """(op, slot, blueprint) of a seed command."""
-    if isinstance(command, GerminateSeed):
-        return Op.GERMINATE, command.slot_id, command.blueprint
-    op = Op.PRUNE if isinstance(command, PruneSeed) else Op.FOSSILIZE
-    return op, command.slot_id, None

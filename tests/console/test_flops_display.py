@@ -78,6 +78,7 @@ async def test_the_flops_on_screen_are_the_recordings(flops_run: Path, size) -> 
         await pilot.pause()
         await app.tick()
         await pilot.pause()
+        await close_summary(app, pilot)  # the run has ended: its summary opened over the panels
         lines = screen(app)
         header = "\n".join(lines[:3])
         assert f"│ {flops(finished.total_flops)} FLOPs" in header, header
@@ -99,6 +100,7 @@ async def test_an_old_recording_shows_no_flops() -> None:
     app = OverwatchApp(FakeLiveSource(events), clock=frozen_clock(events))
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
+        await close_summary(app, pilot)
         assert "FLOPs" not in "\n".join(screen(app))
 
 
@@ -138,3 +140,12 @@ def test_tensorboard_carries_the_flops_and_the_report(flops_run: Path) -> None:
         assert points.get((run, "report/accuracy", step)) == s.report_accuracy
     last = started.episodes * started.epochs
     assert points["run", "flops/total", last] == events[-1].total_flops
+
+
+async def close_summary(app: OverwatchApp, pilot) -> None:
+    """Close the end-of-run summary a finished live run opens by itself (issue 25)."""
+    from overwatch.screens.summary import SummaryScreen
+
+    if isinstance(app.screen, SummaryScreen):
+        app.screen.dismiss()
+        await pilot.pause()

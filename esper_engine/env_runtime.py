@@ -227,7 +227,8 @@ class EnvRuntime:
         }[op]()
         if not gate[0]:
             return f"{op.name.lower()} {slot_id}: {gate[1]}"
-        observation = _slot_observation(model, slot_id)
+        blueprints = tuple(blueprint_names(self.task.host_kind))
+        observation = _slot_observation(model, slot_id, self.seed_costs(), blueprints)
         if not legal_in_slot(op, observation):  # the policy's mask says no
             return f"{op.name.lower()} {slot_id}: masked for the policy in {slot.stage}"
         return None

@@ -89,8 +89,9 @@ def test_a_slow_first_epoch_shows_its_progress_and_never_reads_stale(tmp_path: P
 
 
 def elapsed_seconds(screen: str) -> int | None:
-    """The header's ``elapsed 1m07s`` (or ``42s``) in seconds."""
-    match = re.search(r"elapsed (?:(\d+)m)?(\d+)s", screen)
+    """The header's ``elapsed 1m07s`` (or ``42s``) in seconds; at 80 columns the header drops the
+    word: ``│ 1m07s ETA 12s``."""
+    match = re.search(r"(?:elapsed |│ )(?:(\d+)m)?(\d+)s(?= · ETA| ETA)", screen)
     if match is None:
         return None
     return int(match.group(1) or 0) * 60 + int(match.group(2))

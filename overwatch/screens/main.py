@@ -257,6 +257,7 @@ class MainScreen(OperatorActions, Screen[None]):
             return  # only the "too small" notice is on screen
         caps = self.source.capabilities
         now = self.overwatch.clock()
+        self.order = self._sorted_envs()  # before the header, which counts the listed envs
         self._header.update(
             state,
             liveness=liveness(state, now, is_live=caps.live, read_only=not caps.controls),
@@ -270,7 +271,6 @@ class MainScreen(OperatorActions, Screen[None]):
         )
         lm = state.is_language_model
         params = (state.host_params, state.seed_params)
-        self.order = self._sorted_envs()
         views = [state.envs[i] for i in self.order if i < len(state.envs)]
         self._list_only(len(views) if self.env_filter.active else -1)
         if self.env_filter.active and views and self.focused_env not in self.order:

@@ -18,6 +18,7 @@ from esper_engine.contracts import (
 )
 
 if TYPE_CHECKING:
+    from esper_engine.env_runtime import EnvRuntime
     from esper_engine.trainer import VectorizedTrainer
 
 
@@ -28,25 +29,29 @@ class RunControls:
     def __init__(self, run: VectorizedTrainer) -> None:
         self.run = run
 
+    def _envs(self, env: int | None) -> list[EnvRuntime]:
+        """Global env ``env`` if this process trains it (None: every env it trains)."""
+        if env is None:
+            return list(self.run.envs)
+        own = self.run.own_env(env)
+        return [] if own is None else [own]
+
     def rollback_by_operator(self, env: int) -> None:
         own = self.run.own_env(env)
         if own is not None:  # another rank's env: that rank rolls it back
             self.run.rollback(own, initiator=Initiator.OPERATOR)
 
     def set_clip_threshold(self, env: int | None, value: float) -> None:
-        for own in self.run.envs if env is None else [self.run.own_env(env)]:
-            if own is not None:
-                own.set_clip_threshold(value)
+        for own in self._envs(env):
+            own.set_clip_threshold(value)
 
     def set_lr_scale(self, env: int | None, value: float) -> None:
-        for own in self.run.envs if env is None else [self.run.own_env(env)]:
-            if own is not None:
-                own.set_operator_lr_scale(value)
+        for own in self._envs(env):
+            own.set_operator_lr_scale(value)
 
     def set_governor_sensitivity(self, env: int | None, value: float) -> None:
-        for own in self.run.envs if env is None else [self.run.own_env(env)]:
-            if own is not None:
-                own.governor.sensitivity = float(value)
+        for own in self._envs(env):
+            own.governor.sensitivity = float(value)
 
     def refusal(self, command: OperatorCommand) -> str | None:
         if isinstance(command, CheckpointNow) and not self.run.checkpoints.enabled:

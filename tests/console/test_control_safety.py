@@ -87,7 +87,13 @@ def test_a_command_that_timed_out_on_a_stopped_run_is_never_applied(
     finally:
         os.kill(run.pid, signal.SIGCONT)
     log = control.log_path(path)
-    wait_until(lambda: "dropped SetClipThreshold" in log.read_text(), "the drop logged", run)
+    # The log is created by its first line: until the run has woken and dropped the command,
+    # there may be no file at all.
+    wait_until(
+        lambda: log.exists() and "dropped SetClipThreshold" in log.read_text(),
+        "the drop logged",
+        run,
+    )
     ControlClient(sock, "test").send(Resume())
     code, err = finish(run)
     assert code == 0, err

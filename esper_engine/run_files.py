@@ -17,6 +17,7 @@ import fcntl
 import os
 import secrets
 import stat
+import time
 from pathlib import Path
 
 LOCK_SUFFIX = ".lock"
@@ -119,7 +120,7 @@ class RunLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                pid = _holder_pid(fd)
+                pid = _live_holder_pid(fd)
                 os.close(fd)
                 raise RunLockedError(Path(record), pid) from None
             # A holder that released unlinks the file: a lock on an unlinked file locks nothing.
@@ -144,6 +145,28 @@ class RunLock:
                 self.path.unlink()
         finally:
             os.close(fd)  # the unlink comes first: a waiting locker then sees a new file
+
+
+def _live_holder_pid(fd: int, wait: float = 2.0) -> int | None:
+    """The holder's pid. A new holder writes it just after taking the lock, so for a moment the
+    file may hold nothing or a killed holder's pid: wait up to ``wait`` seconds for a live one
+    (a refusal must never name a dead process)."""
+    deadline = time.monotonic() + wait
+    while True:
+        pid = _holder_pid(fd)
+        if (pid is not None and _alive(pid)) or time.monotonic() > deadline:
+            return pid
+        time.sleep(0.01)  # the holder is between its flock and its pwrite
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
 
 
 def _holder_pid(fd: int) -> int | None:

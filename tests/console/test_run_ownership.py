@@ -3,6 +3,7 @@ the holder's pid, the first run completes whole, and kill -9 of the holder frees
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -199,6 +200,32 @@ def test_the_lock_names_its_holder_and_is_free_once_released(tmp_path: Path) -> 
     lock.release()
     assert not lock_path(record).exists()
     RunLock.acquire(record).release()
+
+
+def test_a_refusal_in_the_holders_first_instant_names_the_holder_not_a_killed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new holder writes its pid just after its flock: a refusal in between must wait for it,
+    never name the killed run whose pid the file still holds (a race seen under load)."""
+    record = tmp_path / "r.msgpack"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock_path(record).write_text(f"{dead.pid}\n")  # what a kill -9 leaves behind
+    holder = os.open(lock_path(record), os.O_RDWR)  # the new holder, before its pwrite
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    waits: list[float] = []
+
+    def holder_writes_its_pid(seconds: float) -> None:  # the holder's pwrite, while we wait
+        waits.append(seconds)
+        os.pwrite(holder, f"{os.getpid()}\n".encode(), 0)
+
+    monkeypatch.setattr(time, "sleep", holder_writes_its_pid)
+    try:
+        with pytest.raises(RunLockedError, match=f"pid {os.getpid()}"):
+            RunLock.acquire(record)
+        assert waits  # the dead pid was not taken at its word
+    finally:
+        os.close(holder)
 
 
 def test_a_planted_lock_link_or_foreign_lock_is_refused(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ What goes in is assembled (``assemble``) from the run's header and each part's o
 ``state_dict`` (the ``Stateful`` shape: the loader, the envs, the policy) and goes back with
 each part's ``load_state_dict`` (``restore``). This module owns the file, its format check
 and the resume plan: the checks that a recording, its checkpoint and each other agree before
-anything is changed.
+anything is changed; ``run_checkpoints`` is the running trainer's side (when, what, the restore).
 """
 
 from __future__ import annotations
@@ -154,40 +154,6 @@ class CheckpointWriter:
             write_checkpoint(self.path, share_equal_tensors(state))
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
             self._error = exc
-
-
-class RunCheckpoints:
-    """When a run writes its checkpoint (every ``every`` epochs, ``path`` None: never) and the
-    one in flight. ``recording_bytes`` flushes the recording and returns its length, which is
-    stored with each checkpoint (the recording is cut back to it on resume)."""
-
-    def __init__(
-        self,
-        path: Path | None,
-        every: int,
-        epochs: int,
-        recording_bytes: Callable[[], int] | None = None,
-    ) -> None:
-        self.path = path
-        self.writer = None if path is None else CheckpointWriter(path)
-        self.enabled = path is not None  # sharded: the leader's answer, on every rank
-        self._every, self._epochs, self._recording_bytes = every, epochs, recording_bytes
-
-    def due(self, next_episode: int, next_epoch: int) -> bool:
-        done = next_episode * self._epochs + next_epoch  # epochs finished so far
-        return self.enabled and bool(self._every) and not done % self._every
-
-    def recording_length(self) -> int:
-        return self._recording_bytes() if self._recording_bytes is not None else 0
-
-    def submit(self, state_at: Callable[[int], dict[str, Any]]) -> None:
-        """Write ``state_at(recording length)`` in the background (a worker writes none)."""
-        if self.writer is not None:
-            self.writer.submit(state_at(self.recording_length()))
-
-    def wait(self) -> None:
-        if self.writer is not None:
-            self.writer.wait()
 
 
 def _detached(value: Any) -> Any:

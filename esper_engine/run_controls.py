@@ -65,7 +65,7 @@ class RunControls:
 
     def apply_command(self, command: OperatorCommand) -> None:
         if isinstance(command, CheckpointNow):
-            self.run.checkpoint_asked = True
+            self.run.checkpoints.asked = True
         elif isinstance(command, AddNote):
             if self.run.shard.is_leader:
                 note = OperatorNote(

@@ -9,7 +9,8 @@ must not block (``QueueSink`` drops, the recorder writes to a file).
 The process model stays behind two objects: the exchange (``distributed.NullExchange`` in one
 process, a torchrun rank's ``Exchange`` otherwise) and the policy it hands out (the driver
 itself, or the leader's and workers' relays). Commands go through one ``CommandDesk``; what
-is reported is ``reports.Reporter``'s; the checkpoint is the parts' own states.
+is reported is ``reports.Reporter``'s; ``run_checkpoints.RunCheckpoints`` says when a checkpoint
+is due, assembles it from the parts' own states and puts a resumed run back.
 """
 
 from __future__ import annotations
@@ -27,15 +28,7 @@ import torch
 
 from esper_engine.batching import SharedBatchIterator, fixed_val_batches
 from esper_engine.blueprints import blueprint_names
-from esper_engine.checkpoint import (
-    Each,
-    RunCheckpoints,
-    Stateful,
-    assemble,
-    check_checkpoint_host,
-    hold_point,
-    restore,
-)
+from esper_engine.checkpoint import hold_point
 from esper_engine.commands import CommandDesk, StopRequested
 from esper_engine.config import TrainingConfig
 from esper_engine.contracts import (
@@ -58,6 +51,7 @@ from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.report import evaluate_report, report_batches
 from esper_engine.reports import PROGRESS_PERIOD_S, Reporter, describe_crash
 from esper_engine.resources import ResourceSampler
+from esper_engine.run_checkpoints import RunCheckpoints
 from esper_engine.run_controls import RunControls
 from esper_engine.shapley import attribute_env
 from esper_engine.tasks import Task, load_task
@@ -113,12 +107,9 @@ class VectorizedTrainer:
         self.epoch = 0
         self.envs: list[EnvRuntime] = []
         self.checkpoint = checkpoint
-        self.checkpoints = RunCheckpoints(
-            checkpoint, config.checkpoint_every, config.epochs, recording_bytes
-        )
+        self.checkpoints = RunCheckpoints(self, checkpoint, recording_bytes)
         self._resume_from = resume_from
         self._start = (0, 0)  # (episode, epoch) the loop starts at; a resume moves it
-        self.checkpoint_asked = False  # CheckpointNow: one at the next epoch boundary
         self.shard = shard or Shard(0, 1, config.n_envs)
         self.exchange = exchange_for(self.shard)
         self.setup_status = "starting"  # what _setup is doing, for a view's first frames; "" after
@@ -168,7 +159,7 @@ class VectorizedTrainer:
             status, error = RunStatus.CRASHED, describe_crash(exc)
         finally:
             self.exchange.stop_watch()
-        status, error = self._last_checkpoint_written(status, error)
+        status, error = self.checkpoints.wait_for_last(status, error)
         if error is not None:
             self.exchange.report_crash(error)  # a worker's: the leader names it in RunFinished
         total = 0 if self.run_flops is None else self.run_flops.total
@@ -191,12 +182,12 @@ class VectorizedTrainer:
             self.epoch = epoch
             self._run_epoch(epoch)
             if epoch < last_epoch:
-                self._checkpoint_due(episode, epoch + 1)
+                self.checkpoints.write_if_due(episode, epoch + 1)
         for env in self.envs:  # the host is discarded: terminal, nothing to bootstrap from
             self.policy.end_episode(env.index)
         self._update_policy()
         if episode < self.config.episodes - 1:  # after the update, before the next host
-            self._checkpoint_due(episode + 1, 0)
+            self.checkpoints.write_if_due(episode + 1, 0)
 
     def _run_epoch(self, epoch: int) -> None:
         started = time.perf_counter()
@@ -335,8 +326,8 @@ class VectorizedTrainer:
                 write_policy_file(policy_path(self.checkpoint), state)
         if stats is None:
             return
-        self._updates += 1
-        self.report.policy_update(self._updates, stats)
+        self.policy_updates += 1
+        self.report.policy_update(self.policy_updates, stats)
 
     # --- what the operator's commands reach ---------------------------------------------------
 
@@ -345,66 +336,13 @@ class VectorizedTrainer:
         envs = self.shard.envs
         return self.envs[env - envs.start] if env in envs else None
 
-    # --- checkpoints --------------------------------------------------------------------------
-
-    def _last_checkpoint_written(
-        self, status: RunStatus, error: str | None
-    ) -> tuple[RunStatus, str | None]:
-        """Wait for the checkpoint in flight, so a stopped run resumes from its latest one."""
-        try:
-            self.checkpoints.wait()
-        except Exception as exc:  # noqa: BLE001 - reported as the run's crash
-            if status is not RunStatus.CRASHED:
-                return RunStatus.CRASHED, describe_crash(exc)
-        return status, error
-
-    def _checkpoint_due(self, next_episode: int, next_epoch: int) -> None:
-        """Every ``checkpoint_every`` epochs: the state from which ``(next_episode, next_epoch)``
-        starts, with the recording's length at this point (its events are all written)."""
-        asked, self.checkpoint_asked = self.checkpoint_asked, False  # CheckpointNow
-        if not (asked and self.checkpoints.enabled) and not self.checkpoints.due(
-            next_episode, next_epoch
-        ):
-            return
-        join_env_streams(env.state for env in self.envs)
-        # Sharded: the leader writes every env's state; a worker's go to it.
-        envs = self.exchange.gather_env_states([env.state_dict() for env in self.envs])
-        self.checkpoints.submit(
-            lambda length: self.checkpoint_state(next_episode, next_epoch, length, envs)
-        )
+    # --- checkpoints (``run_checkpoints``: when, what goes in, the resume) ----------------------
 
     def checkpoint_state(
         self, episode: int, epoch: int, recording_bytes: int, envs: list[dict] | None = None
     ) -> dict[str, Any]:
-        """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12); ``envs``:
-        every env's state when they are not all here (a sharded run's leader). No global random
-        stream: every env's generator is in its state, the loader's and the policy's in theirs."""
-        header = {
-            "run_id": self.run_id,
-            # as the recording's RunStarted holds it (lists, not tuples), so the two compare
-            "config": msgspec.msgpack.decode(msgspec.msgpack.encode(self.config)),
-            "episode": episode,
-            "epoch": epoch,
-            "updates": self._updates,
-            "recording_bytes": recording_bytes,
-            "host": msgspec.to_builtins(self.host_spec),  # checked on resume (plan_resume)
-            "run_flops": None if self.run_flops is None else self.run_flops.state_dict(),
-        }
-        return assemble(header, self._parts(), **({} if envs is None else {"envs": envs}))
-
-    def _parts(self) -> dict[str, Stateful]:
-        envs = Each(self.envs, "envs", before=lambda: self.desk.stop_point(setup=True))
-        return {"envs": envs, "batches": self.batches, "policy": self.policy}
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        """Load a checkpoint onto the freshly set-up run."""
-        check_checkpoint_host(state, self.host_spec, "checkpoint")
-        restore(state, self._parts())
-        self._updates = int(state["updates"])
-        if self.run_flops is not None:  # a checkpoint older than it has none: counts from 0
-            self.run_flops.load_state_dict(state.get("run_flops"))
-        self.episode, self.epoch = int(state["episode"]), int(state["epoch"])
-        self._start = (self.episode, self.epoch)
+        """Everything needed to continue exactly at ``(episode, epoch)`` (SPEC 12)."""
+        return self.checkpoints.state(episode, epoch, recording_bytes, envs)
 
     # --- governor and faults ------------------------------------------------------------------
 
@@ -466,13 +404,14 @@ class VectorizedTrainer:
         self.setup_status = "building the policy"
         self.blueprints = tuple(blueprint_names(self.task.host_kind))
         self.policy = self.exchange.relay(self._build_policy)
-        self._updates = 0
+        self.policy_updates = 0
         resume_from, self._resume_from = self._resume_from, None  # the run will hold its tensors
         self.checkpoints.enabled = self.exchange.agree(self.checkpoints.enabled)
         resume_from = self.exchange.share_resume_state(resume_from)  # each rank gets its part
         if resume_from is not None:
             self.setup_status = "restoring the checkpoint"
-            self._restore(resume_from)
+            self.episode, self.epoch, self.policy_updates = self.checkpoints.restore(resume_from)
+            self._start = (self.episode, self.epoch)
             if self.shard.is_leader:
                 length = self.checkpoints.recording_length()
                 self.report.run_resumed(self.episode, self.epoch, length)

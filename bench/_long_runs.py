@@ -165,7 +165,7 @@ def _replay_through(path: str) -> None:
         async with app.run_test(size=(120, 40)) as pilot:
             for key in ["space", "end"] + ["comma"] * 20 + ["full_stop"] * 5:
                 await pilot.press(key)
-                await app.settle_keys()
+                await app.key_settler.settle()
                 await pilot.pause()
             source = app.source
             if not app.state.events_seen or source.at_end or not source.cursor:

@@ -6,7 +6,8 @@ the events into ``ConsoleState`` inside ``batch_update()``; the main screen
 (``overwatch.screens``) ask before anything irreversible, and ``overwatch.signals`` says what
 SIGTERM and a hang-up do. Commands go out through the source; their acknowledgements come back as
 events (log + toast). Every key on the main screen passes a typing guard first
-(``overwatch.keys``): text meant for another window never acts.
+(``overwatch.key_settling``, by the rules of ``overwatch.keys``): text meant for another window
+never acts.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from textual import events
 from textual.app import App, SystemCommand
 from textual.driver import Driver
 from textual.screen import Screen
-from textual.timer import Timer
 
 from esper_engine.contracts import (
     CommandAck,
@@ -38,9 +38,10 @@ from esper_engine.contracts import (
     SetClipThreshold,
 )
 from overwatch.compare import RunSeries, SeriesBuilder
-from overwatch.keys import Burst, KeyClock, KeyGuard, Stroke
+from overwatch.key_settling import KeySettler
+from overwatch.keys import KeyClock
 from overwatch.run_summary import run_summary, summary_lines
-from overwatch.screens.bindings import APP_BINDINGS, MAIN_BINDINGS, PROMPT_ACTIONS, action_name
+from overwatch.screens.bindings import APP_BINDINGS
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.screens.crash import CrashModal
 from overwatch.screens.main import MainScreen
@@ -58,9 +59,6 @@ ALERT_TOAST_S = 10.0
 SUMMARY_TOAST_S = 20.0  # a replay's end: the summary's headline, u for the rest
 termios_error: type[Exception] = getattr(termios, "error", OSError) if termios else OSError
 SEVERITIES = ("information", "warning", "error")  # the worst of a tick's alerts colours its toast
-# Keys that act at once even inside a burst of typing.
-UNGUARDED_KEYS = frozenset({"ctrl+c"})
-BURST_SHOWN = 24  # characters of an ignored burst quoted in its toast
 
 
 class OverwatchApp(App[int]):
@@ -105,8 +103,7 @@ class OverwatchApp(App[int]):
         self.clock = clock
         # Keys are timed apart from the wall clock: a burst of them is text for another window.
         self.key_clock = KeyClock(key_clock)
-        self._keys = KeyGuard()
-        self._settle_timer: Timer | None = None
+        self.key_settler = KeySettler(self, self.key_clock, forward=super().on_event)
         self._paused_here = False  # this console paused the run and has not resumed it
         self.stop_timeout = stop_timeout
         self.state = ConsoleState.planned(source.plan)
@@ -140,80 +137,9 @@ class OverwatchApp(App[int]):
     # --- keys: single commands, not typing -------------------------------------------------------
 
     async def on_event(self, event: events.Event) -> None:
-        """On the main screen every key passes the typing guard (``overwatch.keys``) and a paste
-        is ignored: text meant for another window never acts. Dialogs get their keys as typed."""
-        guarded = (
-            isinstance(event, (events.Key, events.Paste))
-            and not event.is_forwarded
-            and bool(self.screen_stack)
-            and not self.screen.is_modal
-        )
-        if guarded and isinstance(event, events.Key) and event.key not in UNGUARDED_KEYS:
-            stroke = Stroke(event.key, event.character, self.key_clock.stamp(event.time))
-            for decided in self._keys.feed(stroke):
-                await self._decide(decided)
-            if self._keys.pending:
-                # Only a timer: it lands behind any key already queued (a busy console reads
-                # keys late, and a word must still be one burst). An injected clock (tests) is
-                # read, not waited for: it may have moved on already.
-                if self.key_clock.injected:
-                    self.call_next(self.settle_keys)
-                self._settle_after(self._keys.gap)
-            return
-        if guarded and isinstance(event, events.Paste):
-            held = self._keys.drop()
-            self._ignored(event.text, len(event.text) + held, "pasted")
-            return
-        await super().on_event(event)
-
-    async def settle_keys(self) -> None:
-        """Act on a held key, or set a burst aside, once the typing gap has passed after it."""
-        if not self._keys.pending:
-            return
-        if self.screen.is_modal:  # a dialog opened meanwhile: held keys were not meant for it
-            self._keys.drop()
-            return
-        decided = self._keys.settle(self.key_clock.now())
-        if decided is None:
-            remaining = self._keys.gap - (self.key_clock.now() - self._keys.pending[-1].time)
-            self._settle_after(max(remaining, 0.01))
-            return
-        await self._decide(decided)
-
-    def _settle_after(self, seconds: float) -> None:
-        """One timer for the held keys, restarted by each key: a word is one wait, not many."""
-        if self._settle_timer is not None:
-            self._settle_timer.stop()
-        self._settle_timer = self.set_timer(seconds, self.settle_keys)
-
-    async def _decide(self, decided: Stroke | Burst) -> None:
-        if isinstance(decided, Stroke):
-            await super().on_event(events.Key(decided.key, decided.character))
-            return
-        first = decided.strokes[0]
-        action = self._prompt_action(first.key)
-        typed = decided.prompt_text()
-        if action is not None and typed is not None:
-            text, submit = typed
-            getattr(self.main, f"action_{action}")(text, submit)
-            return
-        self._ignored(decided.text, len(decided.strokes), "typed")
-
-    def _prompt_action(self, key: str) -> str | None:
-        """The prompt ``key`` opens here and now, if it opens one."""
-        for binding in MAIN_BINDINGS:
-            name = action_name(binding)
-            if key in binding.key.split(",") and name in PROMPT_ACTIONS:
-                return name if self.main.check_action(name, ()) is True else None
-        return None
-
-    def _ignored(self, text: str, keys: int, how: str) -> None:
-        shown = text if len(text) <= BURST_SHOWN else text[: BURST_SHOWN - 1] + "…"
-        self.notify(
-            f"ignored {keys} keys {how} at once ({shown!r}): this console takes single keys, "
-            "pressed one at a time",
-            severity="warning",
-        )
+        """A key or paste for the main screen passes the typing guard first (``key_settling``)."""
+        if not await self.key_settler.intercept(event):
+            await super().on_event(event)
 
     def notify(
         self,

@@ -60,7 +60,7 @@ def typing_app() -> tuple[OverwatchApp, FakeLiveSource, StillClock]:
 async def step(app: OverwatchApp, pilot, clock: StillClock, seconds: float = 1.0) -> None:
     """Let ``seconds`` pass with no key: a held key acts, a burst is set aside."""
     clock.now += seconds
-    await app.settle_keys()
+    await app.key_settler.settle()
     await pilot.pause()
 
 

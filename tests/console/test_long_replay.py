@@ -202,7 +202,7 @@ async def test_the_screen_after_stepping_back_is_the_screen_of_a_replay_to_there
         assert back.at_end
         for n in range(steps):
             await pilot.press("comma")
-            await app.settle_keys()
+            await app.key_settler.settle()
             await pilot.pause()
             assert back.cursor == stops[-1 - n - (stops[-1] == len(long_events))]
         seen = screen(app)

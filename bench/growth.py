@@ -328,6 +328,7 @@ class RunResult:
     seconds: float
     acc_source: str
     flops_source: str
+    blueprints: dict[str, int] = field(default_factory=dict)  # germinations per blueprint
 
     @property
     def params(self) -> int:
@@ -423,6 +424,7 @@ def evaluate(
         seconds=time.perf_counter() - started,
         acc_source=accuracy_source(final, task.kind),
         flops_source=flops_source,
+        blueprints=dict(Counter(str(t.blueprint) for t in sink.germinations)),
     )
 
 

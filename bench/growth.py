@@ -1,10 +1,11 @@
 """Does growth pay? Growth arms against a tuned, fully decayed static frontier, paired per seed.
 
-    python bench/growth.py [--quick | --large] [--ppo] [--json PATH] [--svg-dir DIR] [--threads N]
-                           [--frontier-cache PATH]
+    python bench/growth.py [--quick | --large] [--task images|lm] [--ppo] [--json PATH]
+                           [--svg-dir DIR] [--threads N] [--frontier-cache PATH]
 
-Every run trains synthetic-images for one episode (one env, batches of 64) from the same data
-and batches per seed, its lr decayed to about 0 by the end of its budget (``cosine_to_zero``).
+Every run trains synthetic-images (the language part: synthetic-stories) for one episode (one
+env, batches of 64) from the same data and batches per seed, its lr decayed to about 0 by the
+end of its budget (``cosine_to_zero``).
 
 - **The static frontier**: hosts of three widths that never grow, each at three budgets (epochs).
   Each width's host lr is tuned on seeds 0-2 at the largest budget (a small grid), then frozen for
@@ -21,7 +22,14 @@ and batches per seed, its lr decayed to about 0 by the end of its budget (``cosi
   on variants of the task, in compute-priced return (100 x accuracy - price x log2(FLOPs / static
   FLOPs)): where, if anywhere, does a plan beat the heuristic by 2 points?
 - ``--large`` (opt-in): the same study from the ``small`` CNN preset (8-16-32) with frontier
-  hosts up to 16-32-64. (The language task with stacking joins it once ``stack`` exists.)
+  hosts up to 16-32-64, then its language part: synthetic-stories (byte-level, next-byte
+  accuracy on the held-out report text) from the ``small`` Transformer preset (d_model 128, 4
+  layers, 4 heads), a frontier of d_model 96 / 128 / 192 (32 units per head, MLP 4 x d_model)
+  tuned and judged the same way, and the arms ``LM_ARMS``: the heuristic (its
+  transformer_preference), ``stack`` and ``widen``. Printed under its own heading, in the JSON
+  under ``language``, plotted to growth_lm_acc_vs_flops.svg, with its measured pace and the
+  whole part's estimate. ``--large --task lm`` runs the language part alone (``--task images``
+  the image study alone); ``--quick --task lm`` is its smoke size (``LM_QUICK``).
 - ``--ppo`` (opt-in): kickstarted and scratch PPO agents trained on seed 0's task at the largest
   growth budget, evaluated from their policy files by argmax and by sampling.
 
@@ -241,7 +249,8 @@ LM_LARGE = dataclasses.replace(
     arms=LM_ARMS,
 )
 # A smoke size of it (--quick --task lm): the ``tiny`` preset's 3 layers at 16 units per head,
-# growth from the narrowest, 16 batches per epoch, 2 budgets, seeds 0 and 1.
+# growth from the preset itself (64x3 h4), 16 batches per epoch, 2 budgets, seeds 0 and 1; lr
+# 0.4 left the smoke's hosts at the most frequent byte's accuracy (0.20), so its grid is 0.1, 0.2.
 LM_QUICK = dataclasses.replace(
     QUICK,
     name="quick-lm",
@@ -250,9 +259,10 @@ LM_QUICK = dataclasses.replace(
     widths=((48, 3, 3), (64, 3, 4), (80, 3, 5)),
     budgets=(3, 6),
     growth_budgets=(3, 6),
+    lr_grid=(0.1, 0.2),
     variants=(),
     plans=(),
-    growth_widths=(48, 3, 3),
+    growth_widths=(64, 3, 4),
     task=LM_TASK,
     arms=LM_ARMS,
 )
@@ -454,6 +464,7 @@ def train_agent(
         episodes=profile.rounds,
         ppo=ppo,
         host_lr=lr,
+        host=profile.host(profile.growth_widths),
     )
     sink = EpisodeSink()
     trainer = VectorizedTrainer(config, sink, task=task, run_id=f"growth-train-{label}")
@@ -611,7 +622,15 @@ def growth_runs(study: Study, lr: float) -> tuple[dict[str, list[RunResult]], di
                 study.run(
                     arm.name,
                     seed,
-                    base_config(p, arm.policy, seed, epochs=epochs, host_lr=lr, **arm.overrides),
+                    base_config(
+                        p,
+                        arm.policy,
+                        seed,
+                        epochs=epochs,
+                        host_lr=lr,
+                        host=p.host(p.growth_widths),
+                        **arm.overrides,
+                    ),
                 )
                 for seed in study.seeds
             ]
@@ -642,6 +661,7 @@ def ppo_runs(study: Study, lr: float) -> tuple[dict[str, list[RunResult]], dict[
                         seed,
                         epochs=epochs,
                         host_lr=lr,
+                        host=p.host(p.growth_widths),
                         ppo=eval_ppo(training.policy_file, greedy),
                     ),
                 )
@@ -1101,8 +1121,21 @@ def language_tables(figures: dict) -> str:
         + _lr_table(figures)
         + _frontier_table(figures)
         + _growth_table(figures)
+        + _germination_lines(figures)
         + _pace_lines(figures)
     )
+
+
+def _germination_lines(figures: dict) -> list[str]:
+    """What each arm planted (from its runs' germinations), summed over its seeds."""
+    lines = ["seeds germinated, per arm over its seeds (blueprint x count):", ""]
+    for key, data in figures["arms"].items():
+        counts: Counter = Counter()
+        for r in data["runs"]:
+            counts.update(r["blueprints"])
+        planted = ", ".join(f"{name} x{n}" for name, n in sorted(counts.items()))
+        lines.append(f"- {key}: {planted or 'none'}")
+    return [*lines, ""]
 
 
 def _pace_lines(figures: dict) -> list[str]:

@@ -464,6 +464,8 @@ def test_the_language_part_stacks_a_transformer_against_its_own_frontier(tmp_pat
     host = static["static 16x2 h2"]
     # the heuristic plants from the episode's start: two stack seeds, each a copy of a layer
     assert stack.blueprints == {"stack": 2} and stack.seed_params > 0
+    # grown from the profile's growth host (not the task's default preset), at its tuned lr
+    assert stack.host_params == host.host_params and stack.lr == host.lr
     assert stack.train_flops > host.train_flops  # the stacked layers train too
     assert measured.profile.host_kind == "transformer"
     assert "next-byte accuracy" in stack.acc_source
@@ -483,7 +485,7 @@ def test_the_language_part_stacks_a_transformer_against_its_own_frontier(tmp_pat
     out = growth.language_tables(figures)
     assert out.startswith("## The language task: synthetic-stories")
     assert "| stack @3 |" in out and "| static 32x2 h4 | 3 |" in out
-    assert "time: 9 runs in" in out
+    assert "- stack @3: stack x2" in out and "time: 9 runs in" in out
     (svg,) = growth.write_plots(figures, tmp_path, "growth_lm_acc_vs_flops.svg")
     assert "synthetic-stories: final accuracy" in svg.read_text()
     json.dumps({"language": figures}, default=growth._jsonable)

@@ -1384,7 +1384,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--large",
         action="store_true",
-        help="opt-in: the small CNN preset (8-16-32) and wider hosts (hours on one CPU thread)",
+        help="opt-in: the small CNN preset (8-16-32) and wider hosts, then the language part "
+        "(the small Transformer preset, stack and widen): hours on one CPU thread",
     )
     parser.add_argument(
         "--task",

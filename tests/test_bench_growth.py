@@ -495,3 +495,18 @@ def load_task_for(profile):
     from esper_engine.tasks import load_task
 
     return load_task(profile.task, seed=0)
+
+
+def test_the_language_part_is_asked_for_with_a_size(capsys: pytest.CaptureFixture[str]) -> None:
+    import growth
+
+    with pytest.raises(SystemExit) as exit_info:
+        growth.main(["--task", "lm"])
+    assert exit_info.value.code == 2
+    assert "--task lm: the language part is in the --large study" in capsys.readouterr().err
+    assert growth.parse_args(["--large", "--task", "lm"]).task == "lm"
+    from esper_engine.host_presets import CNN_PRESETS, TRANSFORMER_PRESETS
+
+    assert growth.LM_LARGE.growth_widths == TRANSFORMER_PRESETS["small"][:3]
+    assert growth.LARGE.growth_widths == CNN_PRESETS["small"]
+    assert growth.LM_LARGE.host_kind == "transformer" and growth.LARGE.host_kind == "cnn"

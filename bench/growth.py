@@ -1,10 +1,11 @@
 """Does growth pay? Growth arms against a tuned, fully decayed static frontier, paired per seed.
 
-    python bench/growth.py [--quick | --large] [--ppo] [--json PATH] [--svg-dir DIR] [--threads N]
-                           [--frontier-cache PATH]
+    python bench/growth.py [--quick | --large] [--task images|lm] [--ppo] [--json PATH]
+                           [--svg-dir DIR] [--threads N] [--frontier-cache PATH]
 
-Every run trains synthetic-images for one episode (one env, batches of 64) from the same data
-and batches per seed, its lr decayed to about 0 by the end of its budget (``cosine_to_zero``).
+Every run trains synthetic-images (the language part: synthetic-stories) for one episode (one
+env, batches of 64) from the same data and batches per seed, its lr decayed to about 0 by the
+end of its budget (``cosine_to_zero``).
 
 - **The static frontier**: hosts of three widths that never grow, each at three budgets (epochs).
   Each width's host lr is tuned on seeds 0-2 at the largest budget (a small grid), then frozen for
@@ -21,7 +22,14 @@ and batches per seed, its lr decayed to about 0 by the end of its budget (``cosi
   on variants of the task, in compute-priced return (100 x accuracy - price x log2(FLOPs / static
   FLOPs)): where, if anywhere, does a plan beat the heuristic by 2 points?
 - ``--large`` (opt-in): the same study from the ``small`` CNN preset (8-16-32) with frontier
-  hosts up to 16-32-64. (The language task with stacking joins it once ``stack`` exists.)
+  hosts up to 16-32-64, then its language part: synthetic-stories (byte-level, next-byte
+  accuracy on the held-out report text) from the ``small`` Transformer preset (d_model 128, 4
+  layers, 4 heads), a frontier of d_model 96 / 128 / 192 (32 units per head, MLP 4 x d_model)
+  tuned and judged the same way, and the arms ``LM_ARMS``: the heuristic (its
+  transformer_preference), ``stack`` and ``widen``. Printed under its own heading, in the JSON
+  under ``language``, plotted to growth_lm_acc_vs_flops.svg, with its measured pace and the
+  whole part's estimate. ``--large --task lm`` runs the language part alone (``--task images``
+  the image study alone); ``--quick --task lm`` is its smoke size (``LM_QUICK``).
 - ``--ppo`` (opt-in): kickstarted and scratch PPO agents trained on seed 0's task at the largest
   growth budget, evaluated from their policy files by argmax and by sampling.
 
@@ -45,6 +53,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import torch
@@ -75,6 +84,8 @@ from esper_engine.contracts import (  # noqa: E402
     SeedStage,
     SeedTransition,
 )
+from esper_engine.footprint import host_cost  # noqa: E402
+from esper_engine.host_presets import TASK_HOST_KIND, resolve_host  # noqa: E402
 from esper_engine.model import create_model, run_host_spec  # noqa: E402
 from esper_engine.policy.driver import build_policy  # noqa: E402
 from esper_engine.policy.policy_file import write_policy_file  # noqa: E402
@@ -89,6 +100,7 @@ DEFAULT_WIDTHS = (3, 6, 12)
 OPS = tuple(Op)
 SCHEDULE = "cosine_to_zero"  # every run, static or growing, ends fully decayed
 TASK = "synthetic-images"
+LM_TASK = "synthetic-stories"  # the embedded byte-level language task (Transformer host)
 
 
 @dataclass(frozen=True)
@@ -102,14 +114,29 @@ class Arm:
     needs: tuple[str, ...] = ()
 
 
+def operator_arm(operator: str, host_kind: str) -> Arm:
+    """The heuristic growing only by ``operator`` (a blueprint of the same name on every host
+    kind): its preference for ``host_kind`` names that blueprint alone."""
+    preference = {f"{host_kind}_preference": (operator,)}
+    return Arm(operator, "heuristic", {"heuristic": preference}, needs=(operator,))
+
+
 GROWTH_ARMS: tuple[Arm, ...] = (
     Arm("heuristic", "heuristic"),
     # Cost-aware: the heuristic's own cheapest-slot order (HeuristicConfig.cost_aware): its
     # conv_light seeds go where they add the fewest training FLOPs (block3: +16% of the host's
     # per step, block1: +62%), measured by flops.measure_seed_costs.
     Arm("cost-aware heuristic", "heuristic", {"heuristic": {"cost_aware": True}}),
-    Arm("widen", "heuristic", {"heuristic": {"cnn_preference": ("widen",)}}, needs=("widen",)),
-    Arm("stack", "heuristic", {"heuristic": {"cnn_preference": ("stack",)}}, needs=("stack",)),
+    operator_arm("widen", "cnn"),
+    operator_arm("stack", "cnn"),
+)
+# The language task's arms: the heuristic (its transformer_preference: lora, mlp_small, ...),
+# stacking (a copy of a segment's last decoder layer behind a zero gate) and widening (that
+# layer's MLP gains 2 x d_model hidden units, zero outgoing weights).
+LM_ARMS: tuple[Arm, ...] = (
+    Arm("heuristic", "heuristic"),
+    operator_arm("stack", "transformer"),
+    operator_arm("widen", "transformer"),
 )
 
 
@@ -133,6 +160,23 @@ class Profile:
     imitation_rounds: int
     free_rounds: int  # rounds at imitation weight 0 after the decay
     growth_widths: tuple[int, ...] = DEFAULT_WIDTHS  # the host the growth arms start from
+    task: str = TASK
+    arms: tuple[Arm, ...] = GROWTH_ARMS
+
+    @property
+    def host_kind(self) -> str:
+        return TASK_HOST_KIND[self.task]
+
+    def host(self, widths: tuple[int, ...]) -> HostConfig:
+        """A host's config from its sizes: a CNN's block widths, a Transformer's (d_model,
+        n_layers, n_heads) (its MLP is 4 x d_model wide, one slot per layer)."""
+        if self.host_kind == "cnn":
+            return HostConfig(widths=widths)
+        d_model, n_layers, n_heads = widths
+        return HostConfig(d_model=d_model, n_layers=n_layers, n_heads=n_heads, layers_per_segment=1)
+
+    def label(self, widths: tuple[int, ...]) -> str:
+        return width_label(widths, self.host_kind)
 
     @property
     def rounds(self) -> int:
@@ -190,6 +234,39 @@ LARGE = dataclasses.replace(
     growth_widths=(8, 16, 32),
 )
 
+# The language part of --large: synthetic-stories from the ``small`` Transformer preset (d_model
+# 128, 4 layers, 4 heads), the frontier's widths at 32 units per head (MLP 4 x d_model): about
+# 0.56x, 1x and 2.25x the preset's FLOPs per step. No headroom plans (they are CNN plans) and no
+# PPO here. Hours per seed on one CPU thread: ``--large --task lm`` prints the measured pace.
+LM_LARGE = dataclasses.replace(
+    FULL,
+    name="large-lm",
+    widths=((96, 4, 3), (128, 4, 4), (192, 4, 6)),
+    variants=(),
+    plans=(),
+    growth_widths=(128, 4, 4),
+    task=LM_TASK,
+    arms=LM_ARMS,
+)
+# A smoke size of it (--quick --task lm): the ``tiny`` preset's 3 layers at 16 units per head,
+# growth from the preset itself (64x3 h4), 16 batches per epoch, 2 budgets, seeds 0 and 1; lr
+# 0.4 left the smoke's hosts at the most frequent byte's accuracy (0.20), so its grid is 0.1, 0.2.
+LM_QUICK = dataclasses.replace(
+    QUICK,
+    name="quick-lm",
+    batches_per_epoch=16,
+    seeds=(0, 1),
+    widths=((48, 3, 3), (64, 3, 4), (80, 3, 5)),
+    budgets=(3, 6),
+    growth_budgets=(3, 6),
+    lr_grid=(0.1, 0.2),
+    variants=(),
+    plans=(),
+    growth_widths=(64, 3, 4),
+    task=LM_TASK,
+    arms=LM_ARMS,
+)
+
 # --- what a run leaves behind ---------------------------------------------------------------
 
 
@@ -226,9 +303,13 @@ def report_accuracy(summary: EpochSummary) -> float:
     return summary.val_accuracy if value is None else value
 
 
-def accuracy_source(summary: EpochSummary) -> str:
+def accuracy_source(summary: EpochSummary, task_kind: str = "classification") -> str:
     if getattr(summary, "report_accuracy", None) is None:
         return "validation (no report split in this build: the decisions read the same images)"
+    if task_kind == "language_model":
+        # EpochSummary.report_accuracy is argmax next-byte accuracy (Task.correct); the
+        # perplexity is carried apart (report_perplexity) and not what the study reads.
+        return "report split: next-byte accuracy on held-out text (not perplexity-based)"
     return "report split"
 
 
@@ -257,6 +338,7 @@ class RunResult:
     seconds: float
     acc_source: str
     flops_source: str
+    blueprints: dict[str, int] = field(default_factory=dict)  # germinations per blueprint
 
     @property
     def params(self) -> int:
@@ -275,7 +357,7 @@ def base_config(
     A nested group (``heuristic``, ``lifecycle``, ``host``, ...) may be given as a dict of its
     fields: they replace the defaults' and keep the rest."""
     fields: dict = dict(
-        task=TASK,
+        task=profile.task,
         n_envs=1,
         episodes=1,
         epochs=profile.epochs if epochs is None else epochs,
@@ -295,7 +377,7 @@ def base_config(
 
 def static_config(profile: Profile, seed: int, widths: tuple[int, ...], epochs: int, lr: float):
     return base_config(
-        profile, "static", seed, epochs=epochs, host_lr=lr, host=HostConfig(widths=widths)
+        profile, "static", seed, epochs=epochs, host_lr=lr, host=profile.host(widths)
     )
 
 
@@ -350,8 +432,9 @@ def evaluate(
         train_flops=flops,
         ops=_ops(sink.summaries, config.epochs),
         seconds=time.perf_counter() - started,
-        acc_source=accuracy_source(final),
+        acc_source=accuracy_source(final, task.kind),
         flops_source=flops_source,
+        blueprints=dict(Counter(str(t.blueprint) for t in sink.germinations)),
     )
 
 
@@ -381,6 +464,7 @@ def train_agent(
         episodes=profile.rounds,
         ppo=ppo,
         host_lr=lr,
+        host=profile.host(profile.growth_widths),
     )
     sink = EpisodeSink()
     trainer = VectorizedTrainer(config, sink, task=task, run_id=f"growth-train-{label}")
@@ -437,8 +521,13 @@ def eval_ppo(policy_file: str, greedy: bool) -> PPOConfig:
     return PPOConfig(init_file=policy_file, learn=False, greedy=greedy)
 
 
-def width_label(widths: tuple[int, ...]) -> str:
-    return "static " + "-".join(map(str, widths))
+def width_label(widths: tuple[int, ...], host_kind: str = "cnn") -> str:
+    """``static 3-6-12`` (CNN block widths), ``static 128x4 h4`` (Transformer d_model x
+    layers, heads)."""
+    if host_kind == "cnn":
+        return "static " + "-".join(map(str, widths))
+    d_model, n_layers, n_heads = widths
+    return f"static {d_model}x{n_layers} h{n_heads}"
 
 
 def arm_key(name: str, epochs: int) -> str:
@@ -452,11 +541,11 @@ class Study:
         self.profile, self.seeds, self.out_dir = profile, seeds, out_dir
         self.started = time.perf_counter()
         self._tasks: dict[int, Task] = {}
-        self.blueprints = tuple(blueprint_names("cnn"))
+        self.blueprints = tuple(blueprint_names(profile.host_kind))
 
     def task(self, seed: int) -> Task:
         if seed not in self._tasks:
-            self._tasks[seed] = load_task(TASK, seed=seed)
+            self._tasks[seed] = load_task(self.profile.task, seed=seed)
         return self._tasks[seed]
 
     def run(
@@ -486,14 +575,14 @@ def tune_lr(study: Study) -> tuple[dict[tuple[int, ...], float], dict[str, dict[
     for widths in p.widths:
         runs = {
             lr: [
-                study.run(width_label(widths), s, static_config(p, s, widths, p.epochs, lr))
+                study.run(p.label(widths), s, static_config(p, s, widths, p.epochs, lr))
                 for s in p.tuning_seeds
             ]
             for lr in p.lr_grid
         }
         chosen[widths] = max(p.lr_grid, key=lambda lr: _mean(r.final for r in runs[lr]))
-        grid[width_label(widths)] = runs
-        study.progress(f"{width_label(widths)}: host lr {chosen[widths]:g}")
+        grid[p.label(widths)] = runs
+        study.progress(f"{p.label(widths)}: host lr {chosen[widths]:g}")
     return chosen, grid
 
 
@@ -506,13 +595,13 @@ def static_runs(study: Study, chosen: dict, grid: dict) -> dict[int, list[RunRes
         for widths in p.widths:
             lr = chosen[widths]
             for epochs in p.budgets:
-                tuned = grid[width_label(widths)][lr]
+                tuned = grid[p.label(widths)][lr]
                 reuse = [r for r in tuned if r.seed == seed and r.epochs == epochs]
                 out[seed].append(
                     reuse[0]
                     if reuse
                     else study.run(
-                        width_label(widths), seed, static_config(p, seed, widths, epochs, lr)
+                        p.label(widths), seed, static_config(p, seed, widths, epochs, lr)
                     )
                 )
     return out
@@ -523,7 +612,7 @@ def growth_runs(study: Study, lr: float) -> tuple[dict[str, list[RunResult]], di
     p = study.profile
     runs: dict[str, list[RunResult]] = {}
     skipped: dict[str, str] = {}
-    for arm in GROWTH_ARMS:
+    for arm in p.arms:
         missing = sorted(set(arm.needs) - set(study.blueprints))
         if missing:
             skipped[arm.name] = f"no blueprint {', '.join(missing)} in this build"
@@ -533,7 +622,15 @@ def growth_runs(study: Study, lr: float) -> tuple[dict[str, list[RunResult]], di
                 study.run(
                     arm.name,
                     seed,
-                    base_config(p, arm.policy, seed, epochs=epochs, host_lr=lr, **arm.overrides),
+                    base_config(
+                        p,
+                        arm.policy,
+                        seed,
+                        epochs=epochs,
+                        host_lr=lr,
+                        host=p.host(p.growth_widths),
+                        **arm.overrides,
+                    ),
                 )
                 for seed in study.seeds
             ]
@@ -564,6 +661,7 @@ def ppo_runs(study: Study, lr: float) -> tuple[dict[str, list[RunResult]], dict[
                         seed,
                         epochs=epochs,
                         host_lr=lr,
+                        host=p.host(p.growth_widths),
                         ppo=eval_ppo(training.policy_file, greedy),
                     ),
                 )
@@ -590,7 +688,7 @@ def headroom(study: Study, chosen: dict, price: float) -> dict:
         rows: dict[str, list[dict]] = {}
         for seed in p.headroom_seeds:
             task = variant.task(study.task(seed), seed)
-            common = dict(epochs=epochs, host_lr=lr, host=HostConfig(widths=widths))
+            common = dict(epochs=epochs, host_lr=lr, host=p.host(widths))
             label = f"[{variant.name}]"
             static = study.run(
                 f"{label} static", seed, base_config(p, "static", seed, **common), task
@@ -642,7 +740,7 @@ def frontier_key(profile: Profile, seeds: tuple[int, ...]) -> dict:
     sample = static_config(profile, seeds[0], profile.widths[0], profile.budgets[0], 0.1)
     key = {
         "version": FRONTIER_VERSION,
-        "task": TASK,
+        "task": profile.task,
         "profile": profile.name,
         "seeds": list(seeds),
         "tuning_seeds": list(profile.tuning_seeds),
@@ -724,6 +822,34 @@ def frontier(study: Study, cache: Path | None) -> tuple[dict, dict, dict[int, li
     return chosen, grid, static
 
 
+class Measured(NamedTuple):
+    """Everything a study ran, in ``summarise``'s order."""
+
+    profile: Profile
+    seeds: tuple[int, ...]
+    chosen: dict
+    grid: dict
+    static: dict[int, list[RunResult]]
+    frontiers: dict[int, list[Point]]
+    rates: dict[int, float]
+    arms: dict[str, list[RunResult]]
+    skipped: dict[str, str]
+    trainings: dict[str, Training]
+    room: dict
+    seconds: float
+
+    def every_run(self) -> list[RunResult]:
+        """Each run once: the lr grid's, the static runs not taken from it, the arms'."""
+        runs = {_run_key(r): r for by_lr in self.grid.values() for rs in by_lr.values() for r in rs}
+        for rs in [*self.static.values(), *self.arms.values()]:
+            runs.update({_run_key(r): r for r in rs})
+        return list(runs.values())
+
+
+def _run_key(r: RunResult) -> tuple:
+    return (r.arm, r.seed, r.epochs, r.lr)
+
+
 def run_study(
     profile: Profile,
     seeds: tuple[int, ...],
@@ -731,6 +857,16 @@ def run_study(
     with_ppo: bool,
     frontier_cache: Path | None = None,
 ) -> dict:
+    return summarise(*measure(profile, seeds, out_dir, with_ppo, frontier_cache))
+
+
+def measure(
+    profile: Profile,
+    seeds: tuple[int, ...],
+    out_dir: Path,
+    with_ppo: bool,
+    frontier_cache: Path | None = None,
+) -> Measured:
     study = Study(profile, seeds, out_dir)
     chosen, grid, static = frontier(study, frontier_cache)
     frontiers = {seed: envelope([r.point for r in runs]) for seed, runs in static.items()}
@@ -747,7 +883,7 @@ def run_study(
         arms.update(ppo)
     room = headroom(study, chosen, price)
     seconds = time.perf_counter() - study.started
-    return summarise(
+    return Measured(
         profile,
         seeds,
         chosen,
@@ -761,6 +897,104 @@ def run_study(
         room,
         seconds,
     )
+
+
+# --- the language part's pace and the whole study's estimate ---------------------------------
+
+
+def planned_runs(
+    profile: Profile, seeds: tuple[int, ...]
+) -> list[tuple[tuple[int, ...], str, int]]:
+    """Every run ``run_study`` makes at this size, as (host sizes, arm, epochs): the lr grid on
+    the tuning seeds, the static runs it does not reuse from it, each growth arm (PPO and the
+    headroom runs left out)."""
+    runs = []
+    for widths in profile.widths:
+        tuning = len(profile.lr_grid) * len(profile.tuning_seeds)
+        runs += [(widths, "static", profile.epochs)] * tuning
+        for seed in seeds:
+            for epochs in profile.budgets:
+                if seed not in profile.tuning_seeds or epochs != profile.epochs:
+                    runs.append((widths, "static", epochs))
+    for arm in profile.arms:
+        runs += [
+            (profile.growth_widths, arm.name, e) for e in profile.growth_budgets for _ in seeds
+        ]
+    return runs
+
+
+def host_step_flops(profile: Profile, widths: tuple[int, ...], task: Task) -> int:
+    """A training batch's forward FLOPs on this host (footprint.host_cost: FlopCounterMode)."""
+    spec = resolve_host(profile.host(widths), profile.task, profile.host_kind)
+    return host_cost(task, spec).flops_per_sample * _DEFAULTS.batch_size
+
+
+def pace(measured: Measured, target: Profile, task: Task) -> dict:
+    """How long this part's runs took (each run's own clock, a cached frontier's included), and
+    ``target``'s runs (its default seeds) estimated at the same seconds per training FLOP: a
+    static run's FLOPs from its host's forward FLOPs at the ratio measured here, a growth arm's
+    at its measured share over its static host at the same budget and seed."""
+    p = measured.profile
+    runs = measured.every_run()
+    seconds = sum(r.seconds for r in runs)
+    per_flop = seconds / sum(r.train_flops for r in runs)
+    forward = {w: host_step_flops(p, w, task) for w in p.widths}
+    train_per_forward = _mean(
+        r.train_flops / (forward[w] * r.epochs * p.batches_per_epoch)
+        for w in p.widths
+        for r in runs
+        if r.arm == p.label(w)
+    )
+    host = {(r.epochs, r.seed): r.train_flops for r in runs if r.arm == p.label(p.growth_widths)}
+    growth = {
+        arm.name: _mean(
+            r.train_flops / host[r.epochs, r.seed]
+            for r in runs
+            if r.arm == arm.name and (r.epochs, r.seed) in host
+        )
+        for arm in p.arms
+    }
+    steps = {w: host_step_flops(target, w, task) for w in {*target.widths, target.growth_widths}}
+    planned = planned_runs(target, target.seeds)
+    target_flops = sum(
+        steps[w]
+        * train_per_forward
+        * e
+        * target.batches_per_epoch
+        * (1.0 if arm == "static" or not math.isfinite(growth.get(arm, math.nan)) else growth[arm])
+        for w, arm, e in planned
+    )
+    return {
+        "runs": len(runs),
+        "seconds": round(seconds, 1),
+        "seconds_per_run": round(seconds / len(runs), 1),
+        "seconds_per_epoch": round(seconds / sum(r.epochs for r in runs), 2),
+        "ns_per_train_flop": per_flop * 1e9,
+        "train_per_forward_flop": train_per_forward,
+        "growth_flops_share": growth,
+        "target": target.name,
+        "target_seeds": list(target.seeds),
+        "target_runs": len(planned),
+        "target_train_flops": target_flops,
+        "target_seconds": round(per_flop * target_flops),
+    }
+
+
+def run_language(
+    profile: Profile,
+    seeds: tuple[int, ...],
+    out_dir: Path,
+    frontier_cache: Path | None = None,
+    target: Profile | None = None,
+) -> dict:
+    """The language part: the study's frontier and growth arms on the language task (no PPO,
+    no headroom plans: they are CNN plans), its pace and the estimate for ``target`` (the
+    language part of --large unless named)."""
+    measured = measure(profile, seeds, out_dir, False, frontier_cache)
+    figures = summarise(*measured)
+    task = load_task(profile.task, seed=seeds[0])
+    figures["pace"] = pace(measured, target or LM_LARGE, task)
+    return figures
 
 
 def _progress(started: float, message: str) -> None:
@@ -796,6 +1030,8 @@ def summarise(
 ) -> dict:
     every = [r for runs in static.values() for r in runs] + [r for rs in arms.values() for r in rs]
     figures: dict = {
+        "task": profile.task,
+        "host_kind": profile.host_kind,
         "profile": profile.name,
         "seeds": list(seeds),
         "batches_per_epoch": profile.batches_per_epoch,
@@ -810,7 +1046,7 @@ def summarise(
                 "grid": {str(lr): _mean(r.final for r in runs) for lr, runs in grid[label].items()},
             }
             for widths in profile.widths
-            for label in [width_label(widths)]
+            for label in [profile.label(widths)]
         },
         "static": {str(seed): [_run_dict(r) for r in runs] for seed, runs in static.items()},
         "frontiers": {str(s): [[p.flops, p.acc] for p in f] for s, f in frontiers.items()},
@@ -872,9 +1108,57 @@ def tables(figures: dict) -> str:
     )
 
 
-def _header(figures: dict) -> list[str]:
+def language_tables(figures: dict) -> str:
+    """The language part, under a heading of its own: the same tables (no headroom, no PPO)
+    and its pace."""
+    heading = (
+        f"## The language task: {figures['task']} (byte-level LM, Transformer host; hosts are "
+        f"d_model x layers, heads, MLP 4 x d_model), growth by stacking and widening"
+    )
+    return "\n".join(
+        [heading, ""]
+        + _header(figures)
+        + _lr_table(figures)
+        + _frontier_table(figures)
+        + _growth_table(figures)
+        + _germination_lines(figures)
+        + _pace_lines(figures)
+    )
+
+
+def _germination_lines(figures: dict) -> list[str]:
+    """What each arm planted (from its runs' germinations), summed over its seeds."""
+    lines = ["seeds germinated, per arm over its seeds (blueprint x count):", ""]
+    for key, data in figures["arms"].items():
+        counts: Counter = Counter()
+        for r in data["runs"]:
+            counts.update(r["blueprints"])
+        planted = ", ".join(f"{name} x{n}" for name, n in sorted(counts.items()))
+        lines.append(f"- {key}: {planted or 'none'}")
+    return [*lines, ""]
+
+
+def _pace_lines(figures: dict) -> list[str]:
+    pace = figures.get("pace")
+    if not pace:
+        return []
     return [
-        f"synthetic-images, one env, {figures['batches_per_epoch']} batches of 64 per epoch, "
+        f"time: {pace['runs']} runs in {pace['seconds'] / 60:.1f} min "
+        f"({pace['seconds_per_run']:.0f} s per run, {pace['seconds_per_epoch']:.1f} s per epoch of "
+        f"{figures['batches_per_epoch']} batches; {pace['ns_per_train_flop']:.2f} ns per "
+        f"training FLOP, {torch.get_num_threads()} torch thread(s))",
+        f"estimate at that pace: {pace['target']} (seeds {_seeds(pace['target_seeds'])}, "
+        f"{pace['target_runs']} runs, {pace['target_train_flops'] / 1e15:.2f} PFLOP of training) "
+        f"about {pace['target_seconds'] / 3600:.1f} h on this machine",
+        "",
+    ]
+
+
+def _header(figures: dict) -> list[str]:
+    per_batch = "64" if figures.get("host_kind", "cnn") == "cnn" else "64 windows of 64 bytes"
+    return [
+        f"{figures.get('task', TASK)}, one env, {figures['batches_per_epoch']} batches of "
+        f"{per_batch} per epoch, "
         f"seeds {_seeds(figures['seeds'])}; every lr decayed to about 0 by its budget's end "
         f"({figures['lr_schedule']})",
         f"accuracy: {'; '.join(figures['acc_source'])}",
@@ -1052,7 +1336,7 @@ def _f(r: dict, key: str, digits: int = 2) -> str:
 MARKERS = ("square", "triangle", "circle")
 
 
-def write_plots(figures: dict, out_dir: Path) -> list[Path]:
+def write_plots(figures: dict, out_dir: Path, name: str = "growth_acc_vs_flops.svg") -> list[Path]:
     """Accuracy vs training FLOPs (log x): the seeds' mean frontier, every static run, every
     growth arm at each budget (one point per seed)."""
     frontiers = [[Point(f, a) for f, a in pts] for pts in figures["frontiers"].values()]
@@ -1072,13 +1356,18 @@ def write_plots(figures: dict, out_dir: Path) -> list[Path]:
             continue
         points = [(r["train_flops"], r["final"]) for r in data["runs"]]
         series.append(Series(key, points, MARKERS[i % len(MARKERS)]))
-    path = out_dir / "growth_acc_vs_flops.svg"
+    path = out_dir / name
+    task = "" if figures.get("task", TASK) == TASK else f"{figures['task']}: "
     path.write_text(
         plot(
             series,
-            title="final accuracy vs training FLOPs (one point per run and seed)",
+            title=f"{task}final accuracy vs training FLOPs (one point per run and seed)",
             x_label="training FLOPs of the episode (forward + backward)",
-            y_label=f"final accuracy ({figures['acc_source'][0].split(' ')[0]})",
+            y_label=(
+                f"final accuracy ({figures['acc_source'][0].split(' ')[0]})"
+                if not task
+                else "final next-byte accuracy (report split)"
+            ),
             log_x=True,
         )
     )
@@ -1095,7 +1384,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--large",
         action="store_true",
-        help="opt-in: the small CNN preset (8-16-32) and wider hosts (hours on one CPU thread)",
+        help="opt-in: the small CNN preset (8-16-32) and wider hosts, then the language part "
+        "(the small Transformer preset, stack and widen): hours on one CPU thread",
+    )
+    parser.add_argument(
+        "--task",
+        choices=("images", "lm"),
+        default=None,
+        help="with --large (or --quick, at a smoke size): only the image study or only the "
+        "language part (synthetic-stories, stacking and widening a Transformer); --large runs "
+        "both unless named",
     )
     parser.add_argument(
         "--ppo", action="store_true", help="also train and evaluate the PPO agents (slow)"
@@ -1110,7 +1408,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="read the static frontier (lr tuning and static runs, the expensive part) from this "
         "JSON file, or write it there if absent; refused if made for another profile, seeds or "
-        "config",
+        "config (the language part's: the same name with _lm before its suffix)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument(
@@ -1121,6 +1419,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--quick and --large are two sizes: choose one")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.task == "lm" and not (args.large or args.quick):
+        parser.error("--task lm: the language part is in the --large study (--quick: a smoke size)")
+    if args.task == "lm" and args.ppo:
+        parser.error("--ppo trains on the image task: not with --task lm")
     if args.seeds is not None:
         try:
             args.seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
@@ -1138,17 +1440,33 @@ def main(argv: list[str] | None = None) -> int:
     # One thread: results are reproducible run to run (thread counts change float reductions).
     torch.set_num_threads(args.threads)
     profile = QUICK if args.quick else LARGE if args.large else FULL
-    seeds = args.seeds or profile.seeds
+    images = args.task != "lm"
+    language = args.task == "lm" or (args.large and args.task is None)
+    lm_profile = LM_QUICK if args.quick else LM_LARGE
+    cache = args.frontier_cache
+    figures: dict = {}
     with tempfile.TemporaryDirectory(prefix="growth-") as tmp:
         try:
-            figures = run_study(profile, seeds, Path(tmp), args.ppo, args.frontier_cache)
+            if images:
+                seeds = args.seeds or profile.seeds
+                figures = run_study(profile, seeds, Path(tmp), args.ppo, cache)
+            if language:
+                lm_cache = None if cache is None else cache.with_stem(cache.stem + "_lm")
+                seeds = args.seeds or lm_profile.seeds
+                figures["language"] = run_language(lm_profile, seeds, Path(tmp), lm_cache)
         except StaleCache as error:
             print(f"bench/growth.py: error: {error}", file=sys.stderr)
             return 2
-    print(tables(figures))
+    if images:
+        print(tables(figures))
+    if language:
+        print(language_tables(figures["language"]))
     if args.svg_dir is not None:
         args.svg_dir.mkdir(parents=True, exist_ok=True)
-        for path in write_plots(figures, args.svg_dir):
+        paths = write_plots(figures, args.svg_dir) if images else []
+        if language:
+            paths += write_plots(figures["language"], args.svg_dir, "growth_lm_acc_vs_flops.svg")
+        for path in paths:
             print(f"wrote {path}", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(figures, indent=2, default=_jsonable) + "\n")

@@ -437,3 +437,76 @@ def test_the_growth_arms_and_plans_use_the_real_operators() -> None:
         growth.QUICK, "heuristic", 0, **arms["cost-aware heuristic"].overrides
     )
     assert config.heuristic.cost_aware and config.lr_schedule == growth.SCHEDULE
+
+
+def test_the_language_part_stacks_a_transformer_against_its_own_frontier(tmp_path: Path) -> None:
+    """The language part on the real loop at a tiny size: the stack arm germinates ``stack``
+    seeds in the Transformer, its ratio is read from the telemetry's FLOPs against the same
+    seed's static frontier, and the JSON and the plot have a language section of their own."""
+    import json
+
+    import growth
+
+    profile = dataclasses.replace(
+        growth.LM_QUICK,
+        batches_per_epoch=2,
+        seeds=(0,),
+        tuning_seeds=(0,),
+        widths=((16, 2, 2), (24, 2, 3), (32, 2, 4)),
+        growth_widths=(16, 2, 2),
+        budgets=(1, 3),
+        growth_budgets=(3,),
+        lr_grid=(0.2,),
+    )
+    measured = growth.measure(profile, (0,), tmp_path, False)
+    (stack,) = measured.arms["stack @3"]
+    static = {r.arm: r for r in measured.static[0] if r.epochs == 3}
+    host = static["static 16x2 h2"]
+    # the heuristic plants from the episode's start: two stack seeds, each a copy of a layer
+    assert stack.blueprints == {"stack": 2} and stack.seed_params > 0
+    # grown from the profile's growth host (not the task's default preset), at its tuned lr
+    assert stack.host_params == host.host_params and stack.lr == host.lr
+    assert stack.train_flops > host.train_flops  # the stacked layers train too
+    assert measured.profile.host_kind == "transformer"
+    assert "next-byte accuracy" in stack.acc_source
+    figures = growth.summarise(*measured)
+    row = figures["arms"]["stack @3"]["comparisons"][0]
+    frontier = [Point(f, a) for f, a in figures["frontiers"]["0"]]
+    assert row == growth._comparison_dict(
+        compare(0, Point(stack.train_flops, stack.final), frontier)
+    )
+    assert figures["flops_source"] == ["telemetry (EpochSummary.train_flops)"]
+    config = growth.base_config(profile, "heuristic", 0, **growth.LM_ARMS[1].overrides)
+    assert config.task == "synthetic-stories"
+    assert config.heuristic.transformer_preference == ("stack",)
+    figures["pace"] = growth.pace(measured, profile, load_task_for(profile))
+    assert figures["pace"]["runs"] == len(measured.every_run()) == 6 + 3
+    assert figures["pace"]["target_seconds"] > 0
+    out = growth.language_tables(figures)
+    assert out.startswith("## The language task: synthetic-stories")
+    assert "| stack @3 |" in out and "| static 32x2 h4 | 3 |" in out
+    assert "- stack @3: stack x2" in out and "time: 9 runs in" in out
+    (svg,) = growth.write_plots(figures, tmp_path, "growth_lm_acc_vs_flops.svg")
+    assert "synthetic-stories: final accuracy" in svg.read_text()
+    json.dumps({"language": figures}, default=growth._jsonable)
+
+
+def load_task_for(profile):
+    from esper_engine.tasks import load_task
+
+    return load_task(profile.task, seed=0)
+
+
+def test_the_language_part_is_asked_for_with_a_size(capsys: pytest.CaptureFixture[str]) -> None:
+    import growth
+
+    with pytest.raises(SystemExit) as exit_info:
+        growth.main(["--task", "lm"])
+    assert exit_info.value.code == 2
+    assert "--task lm: the language part is in the --large study" in capsys.readouterr().err
+    assert growth.parse_args(["--large", "--task", "lm"]).task == "lm"
+    from esper_engine.host_presets import CNN_PRESETS, TRANSFORMER_PRESETS
+
+    assert growth.LM_LARGE.growth_widths == TRANSFORMER_PRESETS["small"][:3]
+    assert growth.LARGE.growth_widths == CNN_PRESETS["small"]
+    assert growth.LM_LARGE.host_kind == "transformer" and growth.LARGE.host_kind == "cnn"

@@ -102,14 +102,24 @@ class Arm:
     needs: tuple[str, ...] = ()
 
 
+# The heuristic's blueprint order before this study set its default (residual seeds first).
+RESIDUAL_FIRST = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
+
 GROWTH_ARMS: tuple[Arm, ...] = (
-    Arm("heuristic", "heuristic"),
-    # Cost-aware: the heuristic's own cheapest-slot order (HeuristicConfig.cost_aware): its
-    # conv_light seeds go where they add the fewest training FLOPs (block3: +16% of the host's
-    # per step, block1: +62%), measured by flops.measure_seed_costs.
+    # The heuristic as it ships: stack first (HeuristicConfig.cnn_preference), in the shallowest
+    # free slot, so its first seed is a copy of block1 behind a zero gate.
+    Arm("heuristic", "heuristic", needs=("stack",)),
+    Arm(
+        "residual-first heuristic",
+        "heuristic",
+        {"heuristic": {"cnn_preference": RESIDUAL_FIRST}},
+        needs=("conv_light",),
+    ),
+    # Cost-aware: the heuristic's own cheapest-slot order (HeuristicConfig.cost_aware): its seeds
+    # go where they add the fewest training FLOPs (a conv_light seed: block3 +16% of the host's
+    # per step, block1 +62%), measured by flops.measure_seed_costs.
     Arm("cost-aware heuristic", "heuristic", {"heuristic": {"cost_aware": True}}),
     Arm("widen", "heuristic", {"heuristic": {"cnn_preference": ("widen",)}}, needs=("widen",)),
-    Arm("stack", "heuristic", {"heuristic": {"cnn_preference": ("stack",)}}, needs=("stack",)),
 )
 
 

@@ -121,14 +121,25 @@ def operator_arm(operator: str, host_kind: str) -> Arm:
     return Arm(operator, "heuristic", {"heuristic": preference}, needs=(operator,))
 
 
+# The heuristic's blueprint order before this study set its default (residual seeds first).
+RESIDUAL_FIRST = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
+
 GROWTH_ARMS: tuple[Arm, ...] = (
-    Arm("heuristic", "heuristic"),
-    # Cost-aware: the heuristic's own cheapest-slot order (HeuristicConfig.cost_aware): its
-    # conv_light seeds go where they add the fewest training FLOPs (block3: +16% of the host's
-    # per step, block1: +62%), measured by flops.measure_seed_costs.
+    # The heuristic as it ships: stack first (HeuristicConfig.cnn_preference), in the shallowest
+    # free slot, so its first seed is a copy of block1 behind a zero gate.
+    Arm("heuristic", "heuristic", needs=("stack",)),
+    Arm(
+        "residual-first heuristic",
+        "heuristic",
+        {"heuristic": {"cnn_preference": RESIDUAL_FIRST}},
+        needs=("conv_light",),
+    ),
+    # Cost-aware: the heuristic's own cheapest-slot order (HeuristicConfig.cost_aware): its seeds
+    # go where they add the fewest training FLOPs, measured by flops.measure_seed_costs (a
+    # conv_light seed: block3 +16% of the host's per step, block1 +62%; a stacked copy +12% in
+    # every block of the 3-6-12 host, so a tie, and the shallowest wins as in the plain order).
     Arm("cost-aware heuristic", "heuristic", {"heuristic": {"cost_aware": True}}),
     operator_arm("widen", "cnn"),
-    operator_arm("stack", "cnn"),
 )
 # The language task's arms: the heuristic (its transformer_preference: lora, mlp_small, ...),
 # stacking (a copy of a segment's last decoder layer behind a zero gate) and widening (that

@@ -425,9 +425,14 @@ def test_the_growth_arms_and_plans_use_the_real_operators() -> None:
     names = set(blueprint_names("cnn"))
     arms = {arm.name: arm for arm in growth.GROWTH_ARMS}
     assert arms["cost-aware heuristic"].overrides == {"heuristic": {"cost_aware": True}}
-    for name in ("widen", "stack"):
-        assert arms[name].overrides["heuristic"]["cnn_preference"] == (name,)
-        assert set(arms[name].needs) <= names
+    assert arms["widen"].overrides["heuristic"]["cnn_preference"] == ("widen",)
+    # The shipped heuristic (no overrides) grows by stacking; the previous order is an arm.
+    assert arms["heuristic"].overrides == {}
+    assert growth.base_config(growth.QUICK, "heuristic", 0).heuristic.cnn_preference[0] == "stack"
+    residual = arms["residual-first heuristic"].overrides["heuristic"]["cnn_preference"]
+    assert residual[0] == "conv_light"
+    for arm in arms.values():
+        assert set(arm.needs) <= names
     used = set().union(*(plan.blueprints() for plan in PLANS))
     assert {"widen", "stack"} <= used <= names
     assert len(PLANS) == 8

@@ -277,10 +277,15 @@ def test_cost_aware_heuristic_is_legal_on_anything() -> None:
 def test_cost_aware_is_a_config_knob_and_the_real_loop_plants_in_the_cheapest_slot(images) -> None:
     with pytest.raises(ValueError, match="cost_aware must be true or false"):
         HeuristicConfig(cost_aware="yes").validate()
-    cfg = small(heuristic=HeuristicConfig(cost_aware=True, max_live=1))
+    # conv_light seeds: block3 is their cheapest slot (the default grows by stacking, and a
+    # copy of this host's block1 is no dearer than one of block3, so it would not move).
+    light = ("conv_light",)
+    cfg = small(heuristic=HeuristicConfig(cost_aware=True, max_live=1, cnn_preference=light))
     _, _, events = run(images, cfg)
     planted = [e for e in events if isinstance(e, SeedTransition) and e.to_stage == "GERMINATED"]
-    assert planted and planted[0].slot_id == "block3"  # conv_light: block3 is the cheapest
-    _, _, events = run(images, small(heuristic=HeuristicConfig(max_live=1)))
+    assert planted and planted[0].slot_id == "block3"
+    assert planted[0].blueprint == "conv_light"
+    cfg = small(heuristic=HeuristicConfig(max_live=1, cnn_preference=light))
+    _, _, events = run(images, cfg)
     planted = [e for e in events if isinstance(e, SeedTransition) and e.to_stage == "GERMINATED"]
     assert planted and planted[0].slot_id == "block1"  # the default: the shallowest

@@ -73,7 +73,12 @@ from _headroom import BEATS_BY, PLANS, VARIANTS, Plan, ScriptedPolicy, Variant, 
 from _svg import Series, plot  # noqa: E402
 
 from esper_engine.blueprints import blueprint_names  # noqa: E402
-from esper_engine.config import HostConfig, PPOConfig, TrainingConfig  # noqa: E402
+from esper_engine.config import (  # noqa: E402
+    CNN_RESIDUAL_SEEDS,
+    HostConfig,
+    PPOConfig,
+    TrainingConfig,
+)
 from esper_engine.contracts import (  # noqa: E402
     EpochSummary,
     Event,
@@ -121,9 +126,6 @@ def operator_arm(operator: str, host_kind: str) -> Arm:
     return Arm(operator, "heuristic", {"heuristic": preference}, needs=(operator,))
 
 
-# The heuristic's blueprint order before this study set its default (residual seeds first).
-RESIDUAL_FIRST = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
-
 GROWTH_ARMS: tuple[Arm, ...] = (
     # The heuristic as it ships: stack first (HeuristicConfig.cnn_preference), in the shallowest
     # free slot, so its first seed is a copy of block1 behind a zero gate.
@@ -131,7 +133,7 @@ GROWTH_ARMS: tuple[Arm, ...] = (
     Arm(
         "residual-first heuristic",
         "heuristic",
-        {"heuristic": {"cnn_preference": RESIDUAL_FIRST}},
+        {"heuristic": {"cnn_preference": CNN_RESIDUAL_SEEDS}},
         needs=("conv_light",),
     ),
     # Cost-aware: the heuristic's own cheapest-slot order (HeuristicConfig.cost_aware): its seeds

@@ -150,6 +150,10 @@ class LifecycleConfig(msgspec.Struct, frozen=True, kw_only=True):
         check_count("min_prune_age", self.min_prune_age, low=0)
 
 
+# The CNN's residual seeds in the heuristic's order (its default before it stacked first).
+CNN_RESIDUAL_SEEDS = ("conv_light", "depthwise", "attention", "conv_heavy", "norm")
+
+
 class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
     """``HeuristicPolicy``'s rules (SPEC 8): germinate on plateau, keep winners, cut losers.
 
@@ -176,26 +180,17 @@ class HeuristicConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Plant the first max_live seeds one per epoch from the episode's start, not on a plateau."""
     min_epochs_left: int = 5
     """No plateau germination with fewer epochs than this left in the episode (epochs)."""
-    cnn_preference: tuple[str, ...] = (
-        "stack",
-        "conv_light",
-        "depthwise",
-        "attention",
-        "conv_heavy",
-        "norm",
-    )
-    """Blueprints to germinate on a CNN host, the first available one wins (blueprint names).
-    ``stack`` first, as bench/growth.py found (seeds 0-5): stacking a copy of the block is the
-    only growth at parity with the tuned static frontier (FLOPs ratio 0.96 at 12 epochs against
-    1.27 for the residual-first order), and the best fixed plan in its headroom table."""
+    cnn_preference: tuple[str, ...] = ("stack", *CNN_RESIDUAL_SEEDS)
+    """Blueprints to germinate on a CNN host, the first available one wins (blueprint names):
+    ``stack`` first, the growth study's best (README, "Growth, judged against ...")."""
     transformer_preference: tuple[str, ...] = ("lora", "mlp_small", "attention", "norm")
     """Blueprints to germinate on a transformer host, the first available one wins."""
     cost_aware: bool = False
     """Germinate in the slot where the chosen blueprint adds the fewest training FLOPs (the
     observation's per-slot cost), not the shallowest; a slot where it cannot grow is skipped.
-    Off by default: in bench/growth.py (seeds 0-5) it spent 20-33% fewer FLOPs than the plain
-    order but ended 6 points less accurate at 12 epochs (0.809 vs 0.871), a tie in compute-priced
-    return there; it pays at 6 epochs (+2.3 points of priced return)."""
+    Off by default: with residual seeds it saved 20-33% of FLOPs but lost 6 points at 12 epochs
+    (bench/growth.py, a tie in priced return); with stack first it changes nothing on the tiny
+    host (a stacked copy adds 12% of its FLOPs in every block)."""
 
     def validate(self) -> None:
         check_count("plateau_window", self.plateau_window, low=1)

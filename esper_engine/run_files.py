@@ -154,18 +154,19 @@ def _live_holder_pid(fd: int, wait: float = 2.0) -> int | None:
     deadline = time.monotonic() + wait
     while True:
         pid = _holder_pid(fd)
-        if (pid is not None and _alive(pid)) or time.monotonic() > deadline:
+        if (pid is not None and pid_alive(pid)) or time.monotonic() > deadline:
             return pid
         time.sleep(0.01)  # the holder is between its flock and its pwrite
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's live process
+        return True  # someone else's process has that pid: alive, just not ours
     return True
 
 

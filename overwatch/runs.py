@@ -9,7 +9,6 @@ process (``esper_engine.run_files``), ``RUN.pid`` names that process and its con
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,7 +18,7 @@ from esper_engine.contracts import EpochSummary, RunFinished, RunStarted, RunSta
 from esper_engine.control import read_pid_file, socket_alive
 from esper_engine.recording import RecordingError
 from esper_engine.recording_index import read_ends
-from esper_engine.run_files import UnsafeFileError
+from esper_engine.run_files import UnsafeFileError, pid_alive
 from overwatch.registry import find_registered, registered_runs, registry_dir
 from overwatch.widgets.formatting import host_label
 
@@ -58,23 +57,13 @@ class RunInfo:
     host: str = ""  # "cnn 32-64-128 · 95k params" ("" for a recording older than the field)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process has that pid: alive, just not ours
-    return True
-
-
 def _running(record: Path) -> tuple[int | None, str | None]:
     """(pid, socket path) of the live process behind a recording, or (None, None)."""
     info = read_pid_file(record)
     if info is None:
         return None, None
     pid, sock = info.get("pid"), info.get("socket")
-    if not isinstance(pid, int) or not _pid_alive(pid):
+    if not isinstance(pid, int) or not pid_alive(pid):
         return None, None
     return pid, sock if isinstance(sock, str) else None
 

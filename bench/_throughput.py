@@ -23,6 +23,7 @@ from esper_engine.config import HostConfig, TrainingConfig
 from esper_engine.contracts import Event, RunStatus
 from esper_engine.model import create_model, run_host_spec
 from esper_engine.recording import Recorder
+from esper_engine.report import report_batches
 from esper_engine.session import TrainingSession
 from esper_engine.tasks import Task
 
@@ -140,15 +141,21 @@ def _bare_loop(config: TrainingConfig, task: Task) -> None:
         prepare=task.prepare,
     )
     val = fixed_val_batches(task, config)
-    for _ in range(config.episodes * config.epochs):
-        for _ in range(config.batches_per_epoch):
-            for host, optimizer, (x, y) in zip(hosts, optimizers, next(batches), strict=True):
-                optimizer.zero_grad(set_to_none=True)
-                loss = task.loss(host(x), y)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(host.parameters(), config.max_grad_norm)
-                optimizer.step()
-        _validate(hosts, val, task)
+    # The held-out report split, evaluated where the trainer evaluates it (the episode's last
+    # epoch at least): work the trainer does since issue 24, so the bare loop does it too.
+    report = report_batches(task, config, torch.device(config.device))
+    for _ in range(config.episodes):
+        for epoch in range(config.epochs):
+            for _ in range(config.batches_per_epoch):
+                for host, optimizer, (x, y) in zip(hosts, optimizers, next(batches), strict=True):
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = task.loss(host(x), y)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(host.parameters(), config.max_grad_norm)
+                    optimizer.step()
+            _validate(hosts, val, task)
+            if report and config.report_due(epoch):
+                _validate(hosts, report, task)
 
 
 def _validate(hosts: list[torch.nn.Module], val: list[tuple[Tensor, Tensor]], task: Task) -> None:

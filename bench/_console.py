@@ -181,6 +181,7 @@ class TmuxRunner:
         screen = ""
         deadline = time.monotonic() + self.timeout_s
         quit_sent = confirmed = False
+        running = None  # the last sample taken while the run had not finished
         with RecordingFollower(recording) as follower:
             while not status.exists():
                 events += follower.poll()
@@ -188,7 +189,11 @@ class TmuxRunner:
                 if start is None and any(type(e) is RunStarted for e in events):
                     start = sample
                 if end is None and any(type(e) is RunFinished for e in events):
-                    end = sample
+                    # The window ends at the last sample of the running run: the console then
+                    # draws its ended header and the end-of-run summary over the screen once
+                    # (about 50 KB at 120x40), which would land inside the window or not by a
+                    # poll's timing and is no part of a rate a running console streams.
+                    end = running or sample
                     if send_quit:
                         screen = self._final_screen(name)
                         self._tmux("send-keys", "-t", name, "q")
@@ -205,6 +210,8 @@ class TmuxRunner:
                         f"{name}: no exit within {self.timeout_s:.0f} s "
                         f"({len(events)} events): {self._pane_tail(name)}"
                     )
+                if end is None:
+                    running = sample
                 time.sleep(POLL_S)
             events += follower.poll()
         if end is None and any(type(e) is RunFinished for e in events):

@@ -292,7 +292,7 @@ class RunResumed(Event, frozen=True, kw_only=True):
 
 class EpochProgress(Event, frozen=True, kw_only=True):
     """Life inside an epoch: where one env's epoch is, a few times a second at most
-    (``esper_engine.trainer.PROGRESS_PERIOD_S``), read off the batch loop's counter with no
+    (``esper_engine.reports.PROGRESS_PERIOD_S``), read off the batch loop's counter with no
     device sync. Made for the console's progress bars and its STALE test, not for analysis:
     how many are recorded depends on the wall clock, so a re-run records a different number."""
 

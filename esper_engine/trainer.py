@@ -49,7 +49,7 @@ from esper_engine.policy.observation import EnvObservation
 from esper_engine.policy.policy_file import policy_path, write_policy_file
 from esper_engine.policy.rewards import capacity_rent, compute_reward
 from esper_engine.report import evaluate_report, report_batches
-from esper_engine.reports import PROGRESS_PERIOD_S, Reporter, describe_crash
+from esper_engine.reports import Reporter, describe_crash
 from esper_engine.resources import ResourceSampler
 from esper_engine.run_checkpoints import RunCheckpoints
 from esper_engine.run_controls import RunControls
@@ -63,7 +63,7 @@ from esper_engine.training_step import (
     process_val_batch,
 )
 
-__all__ = ["PROGRESS_PERIOD_S", "StopRequested", "VectorizedTrainer"]
+__all__ = ["StopRequested", "VectorizedTrainer"]
 
 EnvFactory = Callable[[int, TrainingConfig, Task], EnvRuntime]
 

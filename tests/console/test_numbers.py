@@ -10,7 +10,7 @@ import re
 import msgspec
 import pytest
 
-from esper_engine import trainer
+from esper_engine import reports
 from esper_engine.checkpoint import plan_resume
 from esper_engine.commands import acknowledge
 from esper_engine.config import TrainingConfig
@@ -76,7 +76,7 @@ def resumed_recording(tmp_path_factory: pytest.TempPathFactory) -> list[Event]:
     path = tmp_path_factory.mktemp("resumed") / "run.msgpack"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_STATE_HOME", str(path.parent / "state"))
-        patch.setattr(trainer, "PROGRESS_PERIOD_S", PERIOD_S)
+        patch.setattr(reports, "PROGRESS_PERIOD_S", PERIOD_S)  # the Reporter reads it
         task = load_task("synthetic-images", seed=0, scale="small")
         first = TrainingSession(SLOW, task, run_id="resumed", record_path=path)
         emit, seen = first.recorder.emit, [0]

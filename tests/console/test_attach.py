@@ -14,7 +14,7 @@ from overwatch.runs import RunError, attach_target
 from overwatch.screens.confirm import ConfirmModal
 from overwatch.sources import AttachSource
 from tests.console.fixtures import run_async
-from tests.console.test_control import tiny_session, wait_for
+from tests.console.test_control import LONG_RUN, tiny_session, wait_for
 
 WIDE = (120, 40)
 
@@ -38,7 +38,7 @@ async def until(pilot, condition, what: str, timeout: float = 30.0) -> None:
 async def test_attach_shows_the_history_then_live_and_its_keys_steer_the_run(
     tmp_path: Path,
 ) -> None:
-    session = tiny_session(tmp_path, epochs=400)
+    session = tiny_session(tmp_path, epochs=LONG_RUN)
     session.start()
     try:
         wait_for(lambda: summaries(session.record_path) >= 4, "two epochs of history")
@@ -71,7 +71,7 @@ async def test_attach_shows_the_history_then_live_and_its_keys_steer_the_run(
 
 @run_async
 async def test_q_in_an_attached_console_detaches_and_the_run_goes_on(tmp_path: Path) -> None:
-    session = tiny_session(tmp_path, epochs=400)
+    session = tiny_session(tmp_path, epochs=LONG_RUN)
     session.start()
     try:
         wait_for(lambda: summaries(session.record_path) >= 2, "a first epoch")

@@ -36,6 +36,11 @@ def socket_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
     base.rmdir()
 
 
+# Epochs enough to outlive any test that watches a run go on (a tiny epoch takes tens of ms on
+# an idle machine: 400 of them ended under a test once); the test stops it.
+LONG_RUN = 10_000
+
+
 def tiny_session(tmp_path: Path, epochs: int = 4) -> TrainingSession:
     config = TrainingConfig(
         n_envs=2, episodes=1, epochs=epochs, batches_per_epoch=2, batch_size=16, val_batches=1

@@ -23,7 +23,7 @@ from esper_engine.run_files import UnsafeFileError
 from overwatch.cli import main
 from overwatch.runs import RunError, attach_target
 from tests.console import test_control, test_run_ownership
-from tests.console.test_control import framed, raw, tiny_session, wait_for
+from tests.console.test_control import LONG_RUN, framed, raw, tiny_session, wait_for
 from tests.console.test_ps import copy_recording
 from tests.console.test_run_ownership import FLAGS, finish, overwatch, wait_until
 
@@ -36,7 +36,7 @@ NOBODY = 65534
 def test_idle_connections_do_not_shut_out_a_client_and_100_at_once_all_succeed(
     tmp_path: Path, socket_dir: Path
 ) -> None:
-    session = tiny_session(tmp_path, epochs=400)
+    session = tiny_session(tmp_path, epochs=LONG_RUN)
     session.start()
     path = str(session.control.path)
     idle = []
@@ -138,7 +138,7 @@ def test_a_client_refuses_a_socket_served_by_another_user(tmp_path: Path) -> Non
 
 
 def test_the_server_refuses_a_peer_of_another_user(tmp_path: Path, socket_dir: Path) -> None:
-    session = tiny_session(tmp_path, epochs=400)
+    session = tiny_session(tmp_path, epochs=LONG_RUN)
     session.start()
     path = session.control.path
     try:
@@ -241,7 +241,7 @@ def test_console_names_are_printable_and_bounded(
 def test_the_server_refuses_a_raw_name_and_logs_nothing_raw(
     tmp_path: Path, socket_dir: Path
 ) -> None:
-    session = tiny_session(tmp_path, epochs=400)
+    session = tiny_session(tmp_path, epochs=LONG_RUN)
     session.start()
     try:
         ControlClient(session.control.path, "me").send(Pause())

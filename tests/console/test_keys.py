@@ -34,7 +34,7 @@ from overwatch.screens.prompt import PromptModal
 from overwatch.sources import AttachSource
 from tests.console.fixtures import FakeLiveSource, frozen_clock, run_async, running
 from tests.console.test_attach import summaries, until
-from tests.console.test_control import tiny_session, wait_for
+from tests.console.test_control import LONG_RUN, tiny_session, wait_for
 
 WIDE = (120, 40)
 
@@ -312,7 +312,7 @@ async def test_a_recording_whose_run_id_holds_brackets_is_shown_as_text() -> Non
 
 @run_async
 async def test_a_read_only_attach_greys_every_control_and_sends_nothing(tmp_path: Path) -> None:
-    session = tiny_session(tmp_path, epochs=400)
+    session = tiny_session(tmp_path, epochs=LONG_RUN)
     session.start()
     try:
         wait_for(lambda: summaries(session.record_path) >= 2, "a first epoch")
@@ -348,7 +348,7 @@ async def test_a_read_only_attach_greys_every_control_and_sends_nothing(tmp_path
 
 @run_async
 async def test_an_attached_console_that_crashes_resumes_the_run_it_paused(tmp_path: Path) -> None:
-    session = tiny_session(tmp_path, epochs=400)
+    session = tiny_session(tmp_path, epochs=LONG_RUN)
     session.start()
     try:
         wait_for(lambda: summaries(session.record_path) >= 2, "a first epoch")

@@ -18,32 +18,61 @@ STEPS = "steps"  # a divisor: the epoch's training steps (counted on the host)
 
 
 class TensorTotals:
-    """One env's per-epoch sums: name -> a float64 device scalar."""
+    """One env's per-epoch sums: a float64 device vector per prefix, one named column each.
+
+    A step's figures are stacked and added in one go (two kernels, not one per figure: at a
+    tiny host the per-figure adds were a measurable share of a step's Python, issue 22)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
+        self._names: dict[str, tuple[str, ...]] = {}  # prefix -> its columns' names
+        self._vectors: dict[str, torch.Tensor] = {}  # prefix -> float64 sums, one per name
         self.steps = 0
 
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        """name (``<prefix><field>``) -> its sum, a float64 device scalar."""
+        return {
+            f"{prefix}{name}": vector[i]
+            for prefix, vector in self._vectors.items()
+            for i, name in enumerate(self._names[prefix])
+        }
+
     def add(self, prefix: str, values: dict[str, torch.Tensor]) -> None:
-        for name, value in values.items():
-            key = f"{prefix}{name}"
-            if key not in self.sums:
-                self.sums[key] = torch.zeros((), device=self.device, dtype=torch.float64)
-            self.sums[key] += value
+        """Add a step's device scalars (integer, bool or float) to the prefix's columns; every
+        step of a prefix gives the same names in the same order."""
+        self._add_row(prefix, tuple(values), torch.stack(list(values.values())))
+
+    def _add_row(self, prefix: str, names: tuple[str, ...], row: torch.Tensor) -> None:
+        vector = self._vectors.get(prefix)
+        if vector is None:
+            vector = torch.zeros(len(names), device=self.device, dtype=torch.float64)
+            self._names[prefix], self._vectors[prefix] = names, vector
+        elif names != self._names[prefix]:
+            raise ValueError(f"{prefix} figures {names} after {self._names[prefix]}")
+        vector += row
 
     def add_train(self, result: TrainStepResult) -> None:
-        values = result._asdict()
-        # A step the GradScaler skipped (inf/NaN norm) must not turn the epoch's mean into inf.
-        finite = torch.isfinite(result.grad_norm_pre)
-        values["grad_norm_pre"] = torch.where(finite, result.grad_norm_pre, 0.0)
-        values["grad_norm_post"] = torch.where(finite, result.grad_norm_post, 0.0)
-        values["finite_steps"] = finite
-        self.add("train_", values)
+        pre, post = result.grad_norm_pre, result.grad_norm_post
+        finite = torch.isfinite(pre)
+        row = torch.stack([pre, post, finite, *(result[i] for i in _OTHER_FIELDS)])
+        # A step the GradScaler skipped (inf/NaN norm) must not turn the epoch's mean into inf:
+        # its norms count 0 (post is finite exactly when pre is, so the two columns go alike).
+        torch.nan_to_num_(row[:2], nan=0.0, posinf=0.0, neginf=0.0)
+        self._add_row("train_", TRAIN_COLUMNS, row)
         self.steps += 1
 
     def add_val(self, result: ValStepResult) -> None:
-        self.add("val_", result._asdict())
+        self._add_row("val_", VAL_COLUMNS, torch.stack(list(result)))
+
+
+# The columns of a training step's row (TensorTotals.add_train): the two norms, whose non-finite
+# values count 0, and the count of the steps whose norm was finite, then every other field of
+# the step's result; a validation batch's row is its result's fields.
+_NORMS = ("grad_norm_pre", "grad_norm_post")
+_OTHER_FIELDS = tuple(i for i, f in enumerate(TrainStepResult._fields) if f not in _NORMS)
+TRAIN_COLUMNS = (*_NORMS, "finite_steps", *(TrainStepResult._fields[i] for i in _OTHER_FIELDS))
+VAL_COLUMNS = ValStepResult._fields
 
 
 def _figure(name: str) -> property:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from esper_engine.epoch_figures import TensorTotals
-from esper_engine.training_step import perplexity, process_val_batch
+from esper_engine.training_step import evaluating, perplexity, process_val_batch
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -39,8 +39,9 @@ def evaluate_report(env: Any, batches: Batches, task: Any) -> dict[str, float | 
     """One env's report (``EpochSummary``'s report fields), its FLOPs added to the env's count;
     one host sync."""
     total = TensorTotals(torch.device(env.config.device))
-    for x, y in batches:
-        total.add_val(process_val_batch(env.model, x, y, task))
+    with evaluating(env.model):  # one switch of modes for the pass, not per batch
+        for x, y in batches:
+            total.add_val(process_val_batch(env.model, x, y, task))
     env.flops.add_report(env.model, sum(len(x) for x, _ in batches))
     loss, correct, count = torch.stack(
         [total.sums[f"val_{name}"] for name in ("loss_sum", "correct", "count")]

@@ -7,8 +7,11 @@ pynvml is installed, the device's utilisation. Nothing here waits for the device
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import resource
+import sys
 import time
 
 import torch
@@ -18,6 +21,33 @@ from esper_engine.contracts import ResourceSample
 # A ResourceSample at most this often per process: a few reads every 2 s cost nothing measurable.
 RESOURCE_PERIOD_S = 2.0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def use_one_malloc_arena() -> bool:
+    """glibc: every thread of the process allocates from the main arena; True when set here.
+
+    A run trains in a thread of its own (the console's, the session's). glibc gives such a
+    thread an arena of 64 MiB heaps, and a heap left empty when a step frees its activations is
+    unmapped at once (the trim threshold never applies to it), so the next step faults every page
+    back in: on the bench's tiny host, 12k-117k page faults in a 2 s run where the main thread
+    had 5, and the same loop 4-5% slower in the thread (``bench/run.py``'s engine_overhead).
+    The main arena keeps its pages. Call before the process starts its threads (those that
+    already have an arena keep it); an operator's own MALLOC_ARENA_MAX or glibc tunable wins.
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    if "arena_max" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError, TypeError):  # no libc by that name, or not glibc's
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return mallopt(M_ARENA_MAX, 1) == 1
 
 
 def rss_bytes() -> int:

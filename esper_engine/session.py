@@ -30,6 +30,7 @@ from esper_engine.footprint import RunEstimate
 from esper_engine.model import resolve_device
 from esper_engine.preflight import validate_run
 from esper_engine.recording import Recorder, RecordingError, read_recording
+from esper_engine.resources import use_one_malloc_arena
 from esper_engine.run_files import RunLock
 from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import FanOutSink, QueueSink
@@ -104,6 +105,7 @@ class TrainingSession:
             stop=self._stop,
             estimate=estimate,
         )
+        use_one_malloc_arena()  # the trainer thread keeps its pages between steps (resources)
         self._thread = threading.Thread(target=self._run, name="esper-trainer", daemon=True)
         self.finished: RunFinished | None = None
         self.control: ControlServer | None = None  # the socket attached consoles send to

@@ -58,6 +58,7 @@ from esper_engine.tasks import Task, load_task
 from esper_engine.telemetry import TelemetrySink
 from esper_engine.training_step import (
     env_stream,
+    evaluating,
     join_env_streams,
     process_train_batch,
     process_val_batch,
@@ -258,9 +259,10 @@ class VectorizedTrainer:
         for env, total in zip(self.envs, totals, strict=True):
             self.desk.stop_point()
             started = time.perf_counter()
-            for done, (x, y) in enumerate(self.val_batches, start=1):
-                total.add_val(process_val_batch(env.model, x, y, self.task))
-                self.report.progress("validate", [env], done, len(self.val_batches))
+            with evaluating(env.model):  # one switch of modes for the pass, not per batch
+                for done, (x, y) in enumerate(self.val_batches, start=1):
+                    total.add_val(process_val_batch(env.model, x, y, self.task))
+                    self.report.progress("validate", [env], done, len(self.val_batches))
             env.val_pass_s = time.perf_counter() - started  # the unit of attribution cost (CPU)
             env.flops.add_validation(env.model, sum(len(x) for x, _ in self.val_batches))
 

@@ -247,7 +247,7 @@ def process_train_batch(env: ParallelEnvState, x: Tensor, y: Tensor, task: Any) 
 
 def process_val_batch(model: nn.Module, x: Tensor, y: Tensor, task: Any) -> ValStepResult:
     """Evaluate one batch in eval mode without autograd."""
-    with _evaluating(model):
+    with evaluating(model):
         logits = model(x)
         return _val_result(logits, y, task)
 
@@ -260,7 +260,7 @@ def process_fused_val_batch(
     alpha_overrides: Sequence[Mapping[str, float]],
 ) -> list[ValStepResult]:
     """Evaluate several alpha configurations in one fused pass: one result per configuration."""
-    with _evaluating(model):
+    with evaluating(model):
         logits = model.fused_forward(x, alpha_overrides)  # [C, B, ...]
         if logits.shape[0] != len(alpha_overrides):
             raise ValueError(
@@ -424,15 +424,21 @@ def join_env_streams(envs: Iterable[ParallelEnvState]) -> None:
 
 
 @contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and inference mode for the block; the caller's training mode comes back after."""
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and inference mode for the block; the caller's training mode comes back after.
+
+    Switching modes walks every module: a pass over many batches enters this once around them
+    all, and each batch's own entry then finds the model in eval mode and walks nothing.
+    """
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
         with torch.inference_mode():
             yield
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 def _val_result(logits: Tensor, y: Tensor, task: Any) -> ValStepResult:

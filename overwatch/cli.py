@@ -33,6 +33,7 @@ from esper_engine.config import (
 from esper_engine.config_checks import MAX_COUNT, choices
 from esper_engine.config_io import apply_set, apply_table, load_toml, set_value, to_toml
 from esper_engine.faults import FaultKind, parse_fault
+from esper_engine.resources import use_one_malloc_arena
 
 EXIT_OK, EXIT_CRASHED, EXIT_BAD_INPUT = 0, 1, 2
 RUNS_DIR = "overwatch-runs"  # where runs are recorded unless --record says otherwise
@@ -989,6 +990,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_one_malloc_arena()  # before any thread allocates: a run trains in one (resources)
     try:
         args = build_parser().parse_args(argv)
         args.argv = None if argv is None else list(argv)[1:]  # run's own arguments

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -65,3 +70,39 @@ def test_a_cuda_sample_reads_torchs_counters_and_skips_a_missing_nvml(monkeypatc
     assert len(asked) == 1  # refused once: not asked again every 2 s
     monkeypatch.setattr(torch.cuda, "utilization", lambda device: 87)
     assert ResourceSampler("cuda:0").sample().gpu_utilization == 87.0
+
+
+# Threads that each allocate, then glibc's own account of its arenas (malloc_stats, on stderr).
+ARENA_PROBE = """
+import ctypes, ctypes.util, sys, threading
+import torch
+from esper_engine.resources import use_one_malloc_arena
+print(use_one_malloc_arena() if sys.argv[1] == "one" else None)
+held = []
+def allocate():
+    held.append(torch.ones(1 << 18))  # 1 MiB through the CPU allocator's malloc
+threads = [threading.Thread(target=allocate) for _ in range(3)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(ctypes.util.find_library("c")).malloc_stats()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's arenas")
+@pytest.mark.parametrize("arenas", ["one", "default"])
+def test_one_malloc_arena_serves_every_thread(arenas):
+    """A run trains in a thread: with one arena it allocates from the main arena, as the main
+    thread does (resources.use_one_malloc_arena says why)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_ARENA_MAX", "GLIBC_TUNABLES")}
+    done = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, arenas], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == (["True"] if arenas == "one" else ["None"])
+    count = len(re.findall(r"^Arena \d+:", done.stderr, flags=re.MULTILINE))
+    assert count == 1 if arenas == "one" else count > 1
+
+
+def test_an_operators_own_arena_setting_is_kept(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert not resources.use_one_malloc_arena()

@@ -30,12 +30,12 @@ def use_one_malloc_arena() -> bool:
     """glibc: every thread of the process allocates from the main arena; True when set here.
 
     A run trains in a thread of its own (the console's, the session's). glibc gives such a
-    thread an arena of 64 MiB heaps, and a heap left empty when a step frees its activations is
-    unmapped at once (the trim threshold never applies to it), so the next step faults every page
-    back in: on the bench's tiny host, 12k-117k page faults in a 2 s run where the main thread
-    had 5, and the same loop 4-5% slower in the thread (``bench/run.py``'s engine_overhead).
-    The main arena keeps its pages. Call before the process starts its threads (those that
-    already have an arena keep it); an operator's own MALLOC_ARENA_MAX or glibc tunable wins.
+    thread an arena of its own, made of 64 MiB heaps, and a heap left empty when a step frees
+    its activations is unmapped whatever the trim threshold, so the next step faults its pages
+    back in: the bench's tiny-host loop run in a thread took 11k-117k page faults and up to
+    0.1 s of system time per 2 s run, where the main thread took 5; with one arena, about 10.
+    Call before the process starts its threads (one that already has an arena keeps it); an
+    operator's own MALLOC_ARENA_MAX or glibc tunable wins.
     """
     if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
         return False

@@ -2,10 +2,11 @@
 
 One line per env (epoch, accuracy, loss or perplexity, grad norm after clipping, panics, seeds),
 refreshed a few times a second in a terminal; elsewhere (nohup, a batch job, a pipe) one plain
-line per env and epoch as it happens. Before the first epoch, what the trainer is setting up
-("building env 37/1024") is in the title, or a line every few seconds. SIGINT, SIGTERM and SIGHUP
-stop the trainer promptly, set-up included (the next env it would build or train), and the
-recording is closed.
+line per env and epoch as it happens. An operator's note (``AddNote``, from the run's script or
+an attached console) is a plain line of its own. Before the first epoch, what the trainer is
+setting up ("building env 37/1024") is in the title, or a line every few seconds. SIGINT, SIGTERM
+and SIGHUP stop the trainer promptly, set-up included (the next env it would build or train),
+and the recording is closed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.text import Text
 from esper_engine.contracts import (
     LIVE_SEED_STAGES,
     EpochSummary,
+    OperatorNote,
     RunFinished,
     RunStarted,
     RunStatus,
@@ -48,6 +50,7 @@ class HeadlessView:
         self.latest: dict[int, EpochSummary] = {}
         self.finished: RunFinished | None = None
         self.state = ConsoleState()  # the console's reducer, for the end-of-run summary
+        self.notes: list[OperatorNote] = []  # received, not yet printed (take_note_lines)
 
     def ingest(self, events: list[TelemetryEvent]) -> list[EpochSummary]:
         """Keep the latest state; returns the new per-env summaries (a progress line each)."""
@@ -61,7 +64,26 @@ class HeadlessView:
                 self.started = event
             elif isinstance(event, RunFinished):
                 self.finished = event
+            elif isinstance(event, OperatorNote):
+                self.notes.append(event)
         return new
+
+    def take_note_lines(self) -> list[str]:
+        """The notes received since the last call, a plain line each."""
+        notes, self.notes = self.notes, []
+        return [self.note_line(note) for note in notes]
+
+    @staticmethod
+    def note_line(note: OperatorNote) -> str:
+        """``note  env 2  episode 1  epoch 3  loss spike?  (from lab-laptop)``: where the trainer
+        was when it arrived; the operator's words with control characters shown escaped, so a
+        pasted escape sequence or newline never moves the cursor of the terminal or the log."""
+        where = "run" if note.env is None else f"env {note.env + 1}"
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in note.text)
+        sender = f"from {note.console}" if note.console else "from the run's process"
+        return (
+            f"note  {where}  episode {note.episode + 1}  epoch {note.epoch + 1}  {text}  ({sender})"
+        )
 
     def title(self, dropped: int = 0, setup: str = "") -> str:
         s = self.started or self.plan
@@ -159,9 +181,17 @@ def _follow_live(
     with Live(view.render(), console=console, refresh_per_second=refresh) as live:
         while not session.wait(timeout=period):
             view.ingest(session.poll())
+            _print_notes(view, live.console)
             live.update(view.render(session.dropped, session.setup_status))
         view.ingest(session.poll())
+        _print_notes(view, live.console)
         live.update(view.render(session.dropped))
+
+
+def _print_notes(view: HeadlessView, console: Console) -> None:
+    """Notes go above the live table, which stays at the bottom; as text, never markup."""
+    for line in view.take_note_lines():
+        console.print(Text(line), highlight=False, soft_wrap=True)
 
 
 def _follow_lines(
@@ -175,6 +205,7 @@ def _follow_lines(
     while not done:
         done = session.wait(timeout=period)
         lines = [view.line(summary) for summary in view.ingest(session.poll())]
+        lines += view.take_note_lines()
         if view.started is None and (line := setup.line(session.setup_status)):
             lines.append(line)
         if not announced and view.started is not None:

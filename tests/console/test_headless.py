@@ -16,8 +16,17 @@ from pathlib import Path
 from rich.console import Console
 
 from esper_engine.config import TrainingConfig
-from esper_engine.contracts import EpochSummary, Event, RunFinished, RunStarted
+from esper_engine.contracts import (
+    AddNote,
+    EpochSummary,
+    Event,
+    OperatorNote,
+    RunFinished,
+    RunStarted,
+)
 from esper_engine.recording import read_recording
+from esper_engine.session import TrainingSession
+from esper_engine.tasks import load_task
 from overwatch.headless import SETUP_LINE_EVERY_S, HeadlessView, SetupLines, run_headless
 from overwatch.state import RunPlan
 from tests.console.fixtures import CRASH_ERROR, crashed_run, real_events
@@ -284,3 +293,43 @@ def test_a_full_disk_under_the_recorder_is_one_line_and_exit_one(tmp_path: Path)
     read = read_recording(path)
     assert read.warning is None and isinstance(read.events[0], RunStarted)
     assert 0 < path.stat().st_size <= 6000
+
+
+def _session_with_notes(tmp_path: Path) -> TrainingSession:
+    """A real run (1 env, 2 tiny epochs) with two notes queued for its first safe point, one of
+    them pasted with an escape sequence and a newline in it."""
+    config = TrainingConfig(
+        n_envs=1, episodes=1, epochs=2, batches_per_epoch=2, batch_size=16, val_batches=1
+    )
+    task = load_task(config.task, seed=config.seed)
+    session = TrainingSession(config, task, run_id="notes", record_path=tmp_path / "n.msgpack")
+    session.send(AddNote(text="loss spike?\x1b[2J\nsee above", env=0))
+    session.send(AddNote(text="whole run", env=None))
+    return session
+
+
+def test_off_a_terminal_an_operators_note_is_a_plain_line_of_its_own(tmp_path: Path) -> None:
+    session = _session_with_notes(tmp_path)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=100, color_system=None)
+    assert run_headless(session, console=console) == 0
+    notes = [e for e in read_recording(tmp_path / "n.msgpack") if isinstance(e, OperatorNote)]
+    assert [(n.env, n.text) for n in notes] == [
+        (0, "loss spike?\x1b[2J\nsee above"),
+        (None, "whole run"),
+    ]
+    at = f"episode {notes[0].episode + 1}  epoch {notes[0].epoch + 1}"
+    lines = out.getvalue().splitlines()
+    assert f"note  env 1  {at}  loss spike?\\x1b[2J\\nsee above  (from the run's process)" in lines
+    assert f"note  run  {at}  whole run  (from the run's process)" in lines
+    assert "\x1b" not in out.getvalue()
+
+
+def test_in_a_terminal_a_note_is_printed_once_above_the_live_table(tmp_path: Path) -> None:
+    session = _session_with_notes(tmp_path)
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, color_system=None)
+    assert run_headless(session, refresh_hz=20.0, console=console) == 0
+    text = ANSI.sub("", out.getvalue())
+    assert text.count("whole run  (from the run's process)") == 1
+    assert text.count("loss spike?\\x1b[2J\\nsee above") == 1

@@ -236,9 +236,11 @@ class EnvView:
 
     @property
     def attribution_current(self) -> bool:
-        """The latest attribution measured the epoch on screen (or a newer one)."""
+        """The latest attribution measured the epoch on screen. Not an earlier one, and not the
+        next one either: its event comes just before that epoch's summary, and until the summary
+        arrives its values would sit beside the previous epoch's accuracy."""
         a, s = self.attribution, self.summary
-        return a is not None and (s is None or (a.episode, a.epoch) >= (s.episode, s.epoch))
+        return a is not None and (s is None or (a.episode, a.epoch) == (s.episode, s.epoch))
 
     def shapley(self, slot: SlotView) -> ShapleyFigure | None:
         measured = slot.measured

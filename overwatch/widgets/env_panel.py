@@ -253,8 +253,8 @@ class EnvPanel(LineWidget):
         return text
 
     def _shapley(self, figure: ShapleyFigure, room: int) -> Text:
-        """The value with its bar; one measured in an earlier epoch is dimmed and says when
-        (``+3.1pp@e4``) instead of passing for the current one."""
+        """The value with its bar; one measured in another epoch than the one on screen is
+        dimmed and says when (``+3.1pp@e4``) instead of passing for the current one."""
         value = points(figure.value)
         if not figure.current:
             stale = f"{value}{measured_at(figure.epoch)}"
@@ -277,7 +277,7 @@ class EnvPanel(LineWidget):
 
     def _shapley_summary(self, view: EnvView) -> Text:
         """v(all) and v(none) of the attribution the slots' current values come from; dimmed and
-        marked with its epoch when that is an earlier one (``shapley@e4``)."""
+        marked with its epoch when that is not the epoch on screen (``shapley@e4``)."""
         attribution = view.attribution
         text = self._label("shapley")
         if attribution is None:

@@ -90,8 +90,9 @@ class Sources:
 
     @property
     def quiet_since_summary(self) -> bool:
-        """Nothing but batches since the summary: every other figure is still the summary's."""
-        return all(type(e) is BatchStats for e in self.since)
+        """Nothing but batches (and attributions, which change no slot) since the summary: every
+        other figure is still the summary's."""
+        return all(type(e) in (BatchStats, Attribution) for e in self.since)
 
     @property
     def samples_per_s(self) -> float:
@@ -259,8 +260,15 @@ def expected_shapley(src: Sources, slot_id: str) -> str | None:
     if measured is None:
         return None
     value = points(measured.shapley[slot_id])
-    current = measured is src.attribution and measured.epoch >= src.summary.epoch
+    current = measured is src.attribution and on_screen(measured, src)
     return value if current else value + measured_at(measured.epoch)
+
+
+def on_screen(attribution: Attribution, src: Sources) -> bool:
+    """The attribution measured the epoch whose summary is on screen: not an earlier one, nor
+    the next one, whose attribution arrives just before its summary."""
+    summary = src.summary
+    return (attribution.episode, attribution.epoch) == (summary.episode, summary.epoch)
 
 
 def check_attribution_line(where: str, text: str, src: Sources, bad: Mismatches) -> None:
@@ -274,7 +282,7 @@ def check_attribution_line(where: str, text: str, src: Sources, bad: Mismatches)
         return
     if line is None:
         return  # no room for it in this panel
-    current = a.epoch >= src.summary.epoch
+    current = on_screen(a, src)
     bad.check(where, "attribution epoch", line.group(1), None if current else measured_at(a.epoch))
     bad.check(where, "v(all)", line.group(2), pct(a.full_value))
     bad.check(where, "v(none)", line.group(3), pct(a.empty_value))
@@ -387,7 +395,14 @@ def check_points(events: list[Event]) -> list[tuple[str, int]]:
                 break
             if type(events[i + 1]) is EpochSummary:
                 break
-    return out
+    # The moment an attribution has arrived and its epoch's summary not yet (the next epoch's
+    # Shapley values beside the last epoch's accuracy): the first two in the run.
+    early = [
+        (f"env {a.env + 1} episode {a.episode + 1} epoch {a.epoch + 1} attributed", i + 1)
+        for i, a in enumerate(events)
+        if type(a) is Attribution and type(events[i + 1]) is not EpochSummary
+    ]
+    return sorted(out + early[:2], key=lambda point: point[1])
 
 
 async def screen_mismatches(events: list[Event], *, every_env: bool = True) -> Mismatches:

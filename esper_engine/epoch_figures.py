@@ -38,6 +38,15 @@ class TensorTotals:
             for i, name in enumerate(self._names[prefix])
         }
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every sum's name (``<prefix><field>``), in the order of ``vector()``."""
+        return tuple(f"{prefix}{name}" for prefix, names in self._names.items() for name in names)
+
+    def vector(self) -> torch.Tensor:
+        """Every sum in one float64 device vector, in the order of ``names``."""
+        return torch.cat(list(self._vectors.values()))
+
     def add(self, prefix: str, values: dict[str, torch.Tensor]) -> None:
         """Add a step's device scalars (integer, bool or float) to the prefix's columns; every
         step of a prefix gives the same names in the same order."""
@@ -96,8 +105,10 @@ class EpochFigures:
 
 def synchronise(totals: list[TensorTotals], batch_size: int) -> list[EpochFigures]:
     """The epoch's one device-to-host copy: every env's sums at once, read back by name."""
-    names = list(totals[0].sums)
-    rows = torch.stack([torch.stack([t.sums[name] for name in names]) for t in totals]).tolist()
+    names = totals[0].names
+    if any(t.names != names for t in totals):
+        raise ValueError(f"envs summed different figures: {[t.names for t in totals]}")
+    rows = torch.stack([t.vector() for t in totals]).tolist()
     figures = []
     for t, row in zip(totals, rows, strict=True):
         sums = {**dict(zip(names, row, strict=True)), STEPS: float(t.steps)}

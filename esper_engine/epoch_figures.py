@@ -47,12 +47,9 @@ class TensorTotals:
         """Every sum in one float64 device vector, in the order of ``names``."""
         return torch.cat(list(self._vectors.values()))
 
-    def add(self, prefix: str, values: dict[str, torch.Tensor]) -> None:
-        """Add a step's device scalars (integer, bool or float) to the prefix's columns; every
-        step of a prefix gives the same names in the same order."""
-        self._add_row(prefix, tuple(values), torch.stack(list(values.values())))
-
     def _add_row(self, prefix: str, names: tuple[str, ...], row: torch.Tensor) -> None:
+        """Add a step's stacked figures (``names``, the same every step of a prefix) to the
+        prefix's columns."""
         vector = self._vectors.get(prefix)
         if vector is None:
             vector = torch.zeros(len(names), device=self.device, dtype=torch.float64)

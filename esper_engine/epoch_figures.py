@@ -30,15 +30,6 @@ class TensorTotals:
         self.steps = 0
 
     @property
-    def sums(self) -> dict[str, torch.Tensor]:
-        """name (``<prefix><field>``) -> its sum, a float64 device scalar."""
-        return {
-            f"{prefix}{name}": vector[i]
-            for prefix, vector in self._vectors.items()
-            for i, name in enumerate(self._names[prefix])
-        }
-
-    @property
     def names(self) -> tuple[str, ...]:
         """Every sum's name (``<prefix><field>``), in the order of ``vector()``."""
         return tuple(f"{prefix}{name}" for prefix, names in self._names.items() for name in names)

@@ -43,10 +43,8 @@ def evaluate_report(env: Any, batches: Batches, task: Any) -> dict[str, float | 
         for x, y in batches:
             total.add_val(process_val_batch(env.model, x, y, task))
     env.flops.add_report(env.model, sum(len(x) for x, _ in batches))
-    sums = total.sums
-    loss, correct, count = torch.stack(
-        [sums[f"val_{name}"] for name in ("loss_sum", "correct", "count")]
-    ).tolist()
+    sums = dict(zip(total.names, total.vector().tolist(), strict=True))  # the one sync
+    loss, correct, count = (sums[f"val_{name}"] for name in ("loss_sum", "correct", "count"))
     mean_loss = loss / max(count, 1)
     return {
         "report_accuracy": correct / max(count, 1),
